@@ -1,0 +1,20 @@
+"""Top-level URL map: admin, API v1, OpenAPI schema and docs, probes."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from config import health
+
+admin.site.site_header = "TenantML operations"
+admin.site.site_title = "TenantML"
+admin.site.index_title = "Fleet, tenants and models"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("tenants.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+]

@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class DeploymentsConfig(AppConfig):
+    name = "deployments"
+    verbose_name = "Deployments"
+
+    def ready(self) -> None:
+        from deployments import signals  # noqa: F401  (registers the post-migrate schedule sync)

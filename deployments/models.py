@@ -1,0 +1,357 @@
+"""Where models run: instance types, endpoints, their instances, placements, events, usage."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import F, Q
+
+from models_registry.models import ModelVersion
+from tenants.models import Tenant
+
+
+class InstanceType(models.Model):
+    """One row of the instance catalog; operators edit prices and sizes in the admin."""
+
+    name = models.CharField(max_length=64, unique=True)
+    gpu_count = models.PositiveSmallIntegerField(default=0)
+    gpu_name = models.CharField(max_length=32, blank=True)
+    memory_per_gpu_mb = models.PositiveIntegerField(default=0)
+    host_memory_mb = models.PositiveIntegerField()
+    vcpus = models.PositiveSmallIntegerField()
+    usd_per_hour = models.DecimalField(max_digits=10, decimal_places=4)
+    is_local = models.BooleanField(default=False, help_text="Runs on this machine (local backend).")
+    available = models.BooleanField(default=True, help_text="Offered to the placement solver.")
+    notes = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["usd_per_hour", "name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(usd_per_hour__gte=0), name="instancetype_price_non_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(host_memory_mb__gt=0), name="instancetype_host_memory_positive"
+            ),
+            models.CheckConstraint(condition=Q(vcpus__gt=0), name="instancetype_vcpus_positive"),
+            models.CheckConstraint(
+                condition=Q(gpu_count=0, memory_per_gpu_mb=0)
+                | Q(gpu_count__gt=0, memory_per_gpu_mb__gt=0),
+                name="instancetype_gpu_memory_matches_count",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def gpu_memory_mb(self) -> int:
+        """Total GPU memory across the instance's GPUs."""
+        return self.gpu_count * self.memory_per_gpu_mb
+
+
+class Endpoint(models.Model):
+    class Backend(models.TextChoices):
+        LOCAL = "local", "Local Triton"
+        SAGEMAKER = "sagemaker", "Amazon SageMaker"
+
+    class Mode(models.TextChoices):
+        MME = "mme", "Multi-model endpoint"
+        INFERENCE_COMPONENT = "inference-component", "Inference components"
+        DEDICATED = "dedicated", "Dedicated (one model)"
+
+    class Status(models.TextChoices):
+        CREATING = "creating", "Creating"
+        IN_SERVICE = "in_service", "In service"
+        UPDATING = "updating", "Updating"
+        FAILED = "failed", "Failed"
+        RETIRING = "retiring", "Retiring"
+        RETIRED = "retired", "Retired"
+
+    name = models.CharField(max_length=63, unique=True)
+    backend = models.CharField(max_length=16, choices=Backend.choices, default=Backend.LOCAL)
+    mode = models.CharField(max_length=24, choices=Mode.choices, default=Mode.MME)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CREATING)
+    instance_type = models.ForeignKey(
+        InstanceType, on_delete=models.PROTECT, related_name="endpoints"
+    )
+    # One model kind per endpoint keeps the container and memory profile homogeneous.
+    model_kind = models.CharField(max_length=50, blank=True)
+    min_instances = models.PositiveSmallIntegerField(default=1)
+    max_instances = models.PositiveSmallIntegerField(default=1)
+    target_memory_utilization = models.DecimalField(
+        max_digits=3,
+        decimal_places=2,
+        default=Decimal("0.80"),
+        validators=[MinValueValidator(Decimal("0.05")), MaxValueValidator(Decimal("1.00"))],
+    )
+    region = models.CharField(max_length=32, blank=True)
+    # SageMaker endpoint ARN (empty for local endpoints).
+    external_arn = models.CharField(max_length=512, blank=True)
+    status_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(min_instances__lte=F("max_instances")),
+                name="endpoint_min_le_max_instances",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_instances__gte=1), name="endpoint_max_instances_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(target_memory_utilization__gt=0) & Q(target_memory_utilization__lte=1),
+                name="endpoint_target_utilization_fraction",
+            ),
+            models.CheckConstraint(
+                condition=Q(backend__in=["local", "sagemaker"]), name="endpoint_backend_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(mode__in=["mme", "inference-component", "dedicated"]),
+                name="endpoint_mode_valid",
+            ),
+        ]
+        indexes = [models.Index(fields=["status"], name="endpoint_status")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Instance(models.Model):
+    """One machine behind an endpoint: a Triton process locally, an EC2 host on SageMaker."""
+
+    class Status(models.TextChoices):
+        STARTING = "starting", "Starting"
+        HEALTHY = "healthy", "Healthy"
+        UNHEALTHY = "unhealthy", "Unhealthy"
+        DRAINING = "draining", "Draining"
+        STOPPED = "stopped", "Stopped"
+
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="instances")
+    ordinal = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTING)
+    host = models.CharField(max_length=255, blank=True)
+    port = models.PositiveIntegerField(null=True, blank=True)
+    metrics_port = models.PositiveIntegerField(null=True, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    external_id = models.CharField(max_length=255, blank=True)
+    # The memory models may use on this instance (target utilization × the type's memory, or an
+    # operator's override); loads never exceed it.
+    memory_budget_mb = models.PositiveIntegerField()
+    restarts = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    last_health_at = models.DateTimeField(null=True, blank=True)
+    status_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["endpoint__name", "ordinal"]
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "ordinal"], name="instance_unique_ordinal"),
+            models.UniqueConstraint(
+                fields=["host", "port"],
+                condition=Q(port__isnull=False) & ~Q(status="stopped"),
+                name="instance_unique_live_port",
+            ),
+            models.CheckConstraint(
+                condition=Q(memory_budget_mb__gt=0), name="instance_budget_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint.name}/{self.ordinal}"
+
+
+class Placement(models.Model):
+    """A model version assigned to an endpoint (and, where the platform chooses, an instance)."""
+
+    class DesiredState(models.TextChoices):
+        LOADED = "loaded", "Loaded (evictable)"
+        PINNED = "pinned", "Pinned (never evicted)"
+        UNLOADED = "unloaded", "Unloaded"
+
+    class ActualState(models.TextChoices):
+        PENDING = "pending", "Pending"
+        LOADING = "loading", "Loading"
+        LOADED = "loaded", "Loaded"
+        UNLOADED = "unloaded", "Unloaded"
+        EVICTED = "evicted", "Evicted"
+        FAILED = "failed", "Failed"
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="placements")
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="placements")
+    # Null where the backend picks the instance (SageMaker MME) or for inference components.
+    instance = models.ForeignKey(
+        Instance, null=True, blank=True, on_delete=models.SET_NULL, related_name="placements"
+    )
+    desired_state = models.CharField(
+        max_length=16, choices=DesiredState.choices, default=DesiredState.LOADED
+    )
+    actual_state = models.CharField(
+        max_length=16, choices=ActualState.choices, default=ActualState.PENDING
+    )
+    copies = models.PositiveSmallIntegerField(default=1)
+    min_copies = models.PositiveSmallIntegerField(default=0)
+    # Memory measured for this copy on this instance (the version holds the canonical figure).
+    host_memory_mb = models.FloatField(null=True, blank=True)
+    gpu_memory_mb = models.FloatField(null=True, blank=True)
+    load_time_ms = models.FloatField(null=True, blank=True)
+    last_invoked_at = models.DateTimeField(null=True, blank=True)
+    loaded_at = models.DateTimeField(null=True, blank=True)
+    failure_reason = models.TextField(blank=True)
+    retries = models.PositiveSmallIntegerField(default=0)
+    # SageMaker inference-component name, or the MME target-model key.
+    external_name = models.CharField(max_length=512, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["endpoint__name", "-last_invoked_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version", "instance"],
+                condition=Q(instance__isnull=False),
+                name="placement_once_per_instance",
+            ),
+            models.UniqueConstraint(
+                fields=["version", "endpoint"],
+                condition=Q(instance__isnull=True),
+                name="placement_once_per_endpoint_without_instance",
+            ),
+            models.CheckConstraint(
+                condition=Q(min_copies__lte=F("copies")), name="placement_min_le_copies"
+            ),
+            models.CheckConstraint(
+                condition=Q(desired_state__in=["loaded", "pinned", "unloaded"]),
+                name="placement_desired_state_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    actual_state__in=[
+                        "pending",
+                        "loading",
+                        "loaded",
+                        "unloaded",
+                        "evicted",
+                        "failed",
+                    ]
+                ),
+                name="placement_actual_state_valid",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["endpoint", "actual_state"], name="placement_endpoint_state"),
+            models.Index(fields=["instance", "actual_state"], name="placement_instance_state"),
+            models.Index(fields=["version", "actual_state"], name="placement_version_state"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.version} on {self.instance or self.endpoint}"
+
+    @property
+    def is_pinned(self) -> bool:
+        return self.desired_state == self.DesiredState.PINNED
+
+
+class Event(models.Model):
+    """Something the platform did and why (reconciler, warm-ups, deploys, training, operators)."""
+
+    class Severity(models.TextChoices):
+        INFO = "info", "Info"
+        WARNING = "warning", "Warning"
+        ERROR = "error", "Error"
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    kind = models.CharField(max_length=64, help_text='Dotted name, e.g. "placement.evicted".')
+    severity = models.CharField(max_length=8, choices=Severity.choices, default=Severity.INFO)
+    actor = models.CharField(
+        max_length=64, help_text='Who acted: "reconciler", "api", "admin:alice"...'
+    )
+    message = models.TextField()
+    tenant = models.ForeignKey(
+        Tenant, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    endpoint = models.ForeignKey(
+        Endpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    instance = models.ForeignKey(
+        Instance, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["kind", "-created_at"], name="event_kind_recent"),
+            models.Index(fields=["tenant", "-created_at"], name="event_tenant_recent"),
+            models.Index(fields=["endpoint", "-created_at"], name="event_endpoint_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message[:60]}"
+
+
+class InstanceUsageMinute(models.Model):
+    """One minute of one instance: memory in use and traffic, for utilization and cost charts."""
+
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="usage")
+    minute = models.DateTimeField()
+    host_memory_used_mb = models.FloatField(default=0)
+    gpu_memory_used_mb = models.FloatField(default=0)
+    models_loaded = models.PositiveIntegerField(default=0)
+    invocations = models.PositiveIntegerField(default=0)
+    cold_starts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-minute"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["instance", "minute"], name="instanceusage_one_row_per_minute"
+            ),
+        ]
+        indexes = [models.Index(fields=["minute"], name="instanceusage_minute")]
+
+    def __str__(self) -> str:
+        return f"{self.instance} @ {self.minute:%Y-%m-%d %H:%M}"
+
+
+class VersionUsageMinute(models.Model):
+    """One minute of one model version on one endpoint: traffic, latency and cache behaviour."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="usage")
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="version_usage")
+    # Denormalised so per-tenant cost and traffic need no join through versions and models.
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage")
+    minute = models.DateTimeField()
+    invocations = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    cold_starts = models.PositiveIntegerField(default=0)
+    cache_hits = models.PositiveIntegerField(default=0)
+    latency_ms_sum = models.FloatField(default=0)
+    latency_ms_max = models.FloatField(default=0)
+    # Counts per latency bucket upper bound in ms, so p50/p99 survive aggregation.
+    latency_histogram = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-minute"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version", "endpoint", "minute"], name="versionusage_one_row_per_minute"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["minute"], name="versionusage_minute"),
+            models.Index(fields=["tenant", "minute"], name="versionusage_tenant_minute"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.version} on {self.endpoint} @ {self.minute:%Y-%m-%d %H:%M}"

@@ -1,0 +1,47 @@
+"""Reads for endpoints, instances and placements (admin columns, dashboard, cost)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db.models import Count, F, FloatField, Q, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce
+
+from deployments.models import Endpoint, Instance, Placement
+
+# Placements that hold memory on their instance right now.
+RESIDENT_STATES = (Placement.ActualState.LOADED, Placement.ActualState.LOADING)
+
+
+def instances_with_memory_use() -> QuerySet[Instance]:
+    """Instances annotated with ``memory_used_mb`` and ``models_loaded`` (resident placements)."""
+    resident = Q(placements__actual_state__in=RESIDENT_STATES)
+    return Instance.objects.select_related("endpoint", "endpoint__instance_type").annotate(
+        memory_used_mb=Coalesce(
+            Sum(
+                Coalesce(
+                    "placements__host_memory_mb",
+                    "placements__version__host_memory_mb",
+                    output_field=FloatField(),
+                ),
+                filter=resident,
+            ),
+            Value(0.0),
+            output_field=FloatField(),
+        ),
+        models_loaded=Count("placements", filter=resident),
+    )
+
+
+def endpoints_with_cost() -> QuerySet[Endpoint]:
+    """Endpoints annotated with their live instance count and cost in USD per hour."""
+    live = ~Q(instances__status=Instance.Status.STOPPED)
+    return Endpoint.objects.select_related("instance_type").annotate(
+        live_instances=Count("instances", filter=live),
+        usd_per_hour=F("instance_type__usd_per_hour") * Count("instances", filter=live),
+    )
+
+
+def endpoint_usd_per_hour(*, endpoint: Endpoint) -> Decimal:
+    live = endpoint.instances.exclude(status=Instance.Status.STOPPED).count()
+    return endpoint.instance_type.usd_per_hour * live

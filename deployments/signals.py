@@ -1,0 +1,13 @@
+"""Signal wiring for the deployments app."""
+
+from django.db.models.signals import post_migrate
+from django.dispatch import receiver
+
+
+@receiver(post_migrate, dispatch_uid="tenantml_sync_periodic_tasks")
+def sync_periodic_tasks_after_migrate(sender, app_config=None, **kwargs) -> None:
+    if app_config is None or app_config.label != "deployments":
+        return
+    from deployments.services import sync_periodic_tasks
+
+    sync_periodic_tasks(using=kwargs.get("using", "default"))

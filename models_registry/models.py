@@ -1,0 +1,216 @@
+"""Tenants' datasets, models, versions and the training jobs that produce versions."""
+
+from __future__ import annotations
+
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+from tenants.models import SLUG_VALIDATOR, Tenant
+
+
+class Dataset(models.Model):
+    class Format(models.TextChoices):
+        CSV = "csv", "CSV"
+        JSONL = "jsonl", "JSON Lines"
+
+    class Status(models.TextChoices):
+        VALID = "valid", "Valid"
+        INVALID = "invalid", "Invalid"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="datasets")
+    name = models.CharField(max_length=200)
+    format = models.CharField(max_length=8, choices=Format.choices)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.VALID)
+    storage_uri = models.CharField(
+        max_length=1024, help_text="Where the file lives in the artifact store."
+    )
+    size_bytes = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64)
+    rows = models.PositiveIntegerField(default=0)
+    # {"label": count}; for the embedding kind also the number of positive-pair groups.
+    labels = models.JSONField(default=dict, blank=True)
+    validation_report = models.JSONField(default=dict, blank=True)
+    # Row indexes of the stratified train/validation split, fixed at upload so every job agrees.
+    split = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "name"], name="dataset_unique_name_per_tenant"
+            ),
+            models.CheckConstraint(
+                condition=Q(size_bytes__gte=0), name="dataset_size_non_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(format__in=["csv", "jsonl"]), name="dataset_format_valid"
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "sha256"], name="dataset_tenant_sha256")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}/{self.name}"
+
+
+class TenantModel(models.Model):
+    """A tenant's named model (e.g. "intents"); its versions are what gets served."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="models")
+    name = models.CharField(max_length=50, validators=[SLUG_VALIDATOR])
+    # A key in the model-kind registry ("intent-classifier", "embedding", ...); plugins add kinds,
+    # so it is validated by the registry rather than by database choices.
+    kind = models.CharField(max_length=50)
+    description = models.TextField(blank=True)
+    active_version = models.ForeignKey(
+        "ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tenant__slug", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="model_unique_name_per_tenant"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}/{self.name}"
+
+
+class TrainingJob(models.Model):
+    class Backend(models.TextChoices):
+        LOCAL = "local", "Local process"
+        SAGEMAKER = "sagemaker", "SageMaker training job"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        LAUNCHING = "launching", "Launching"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+    model = models.ForeignKey(TenantModel, on_delete=models.CASCADE, related_name="training_jobs")
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="training_jobs")
+    backend = models.CharField(max_length=16, choices=Backend.choices, default=Backend.LOCAL)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # Process id for local jobs, training-job ARN for SageMaker.
+    external_id = models.CharField(max_length=512, blank=True)
+    progress_pct = models.PositiveSmallIntegerField(
+        default=0, validators=[MinValueValidator(0), MaxValueValidator(100)]
+    )
+    hyperparameters = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    log_tail = models.TextField(blank=True)
+    failure_reason = models.TextField(blank=True)
+    # The client's (or the platform's) key; a re-delivered message or a double click finds the
+    # existing job through it instead of launching a second one.
+    idempotency_key = models.CharField(max_length=128)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "idempotency_key"], name="trainingjob_unique_idempotency_key"
+            ),
+            models.CheckConstraint(
+                condition=Q(progress_pct__gte=0) & Q(progress_pct__lte=100),
+                name="trainingjob_progress_is_percent",
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    status__in=[
+                        "queued",
+                        "launching",
+                        "running",
+                        "succeeded",
+                        "failed",
+                        "cancelled",
+                    ]
+                ),
+                name="trainingjob_status_valid",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "heartbeat_at"], name="trainingjob_status_heartbeat")
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} for {self.model}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL_STATUSES
+
+
+class ModelVersion(models.Model):
+    class Status(models.TextChoices):
+        REGISTERED = "registered", "Registered"
+        PACKAGING = "packaging", "Packaging"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+        RETIRED = "retired", "Retired"
+
+    model = models.ForeignKey(TenantModel, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.REGISTERED)
+    training_job = models.OneToOneField(
+        TrainingJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="version"
+    )
+    artifact_uri = models.CharField(
+        max_length=1024, blank=True, help_text="Trained artifact directory."
+    )
+    package_uri = models.CharField(max_length=1024, blank=True, help_text="Triton model.tar.gz.")
+    sha256 = models.CharField(max_length=64, blank=True, help_text="Of the Triton package.")
+    size_bytes = models.BigIntegerField(default=0)
+    # Measured on first load, never guessed: placement packs by these figures.
+    host_memory_mb = models.FloatField(null=True, blank=True)
+    gpu_memory_mb = models.FloatField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    # Why the quality gate held the version back, or why it failed.
+    status_reason = models.TextField(blank=True)
+    promoted_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model", "-number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "number"], name="version_unique_number_per_model"
+            ),
+            models.CheckConstraint(condition=Q(number__gte=1), name="version_number_positive"),
+            models.CheckConstraint(
+                condition=Q(size_bytes__gte=0), name="version_size_non_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(host_memory_mb__isnull=True) | Q(host_memory_mb__gte=0),
+                name="version_host_memory_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(gpu_memory_mb__isnull=True) | Q(gpu_memory_mb__gte=0),
+                name="version_gpu_memory_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["registered", "packaging", "ready", "failed", "retired"]),
+                name="version_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} v{self.number}"
+
+    @property
+    def triton_model_name(self) -> str:
+        """The name the model has inside a Triton server (unique across tenants)."""
+        return f"{self.model.tenant.slug}.{self.model.name}.v{self.number}"

@@ -1,0 +1,17 @@
+"""API permissions shared by every app's views."""
+
+from rest_framework.permissions import BasePermission
+
+from tenants.access import caller_for_request
+
+
+class IsPlatformCaller(BasePermission):
+    """Operators only: a platform token or a staff user."""
+
+    message = "This operation needs a platform token."
+
+    def has_permission(self, request, view) -> bool:
+        return (
+            bool(request.user and request.user.is_authenticated)
+            and caller_for_request(request).is_platform
+        )

@@ -1,0 +1,80 @@
+"""Tenant and token endpoints; thin: parse, call a service or selector, render."""
+
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.errors import DomainError, NotFound
+from tenants import selectors, services
+from tenants.access import caller_for_request
+from tenants.api.permissions import IsPlatformCaller
+from tenants.api.serializers import (
+    IssuedTokenSerializer,
+    TenantSerializer,
+    TokenCreateSerializer,
+    TokenSerializer,
+)
+
+
+class TenantListView(APIView):
+    @extend_schema(responses=TenantSerializer(many=True))
+    def get(self, request):
+        tenants = selectors.visible_tenants(caller=caller_for_request(request))
+        return Response(TenantSerializer(tenants, many=True).data)
+
+    @extend_schema(request=TenantSerializer, responses={201: TenantSerializer})
+    def post(self, request):
+        if not IsPlatformCaller().has_permission(request, self):
+            self.permission_denied(request, message=IsPlatformCaller.message)
+        serializer = TenantSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        tenant = services.create_tenant(
+            **serializer.validated_data, actor=caller_for_request(request).label
+        )
+        return Response(TenantSerializer(tenant).data, status=status.HTTP_201_CREATED)
+
+
+class TenantDetailView(APIView):
+    @extend_schema(responses=TenantSerializer)
+    def get(self, request, slug: str):
+        tenant = selectors.tenant_for_caller(caller=caller_for_request(request), slug=slug)
+        return Response(TenantSerializer(tenant).data)
+
+
+class TenantTokenListView(APIView):
+    @extend_schema(responses=TokenSerializer(many=True))
+    def get(self, request, slug: str):
+        tenant = selectors.tenant_for_caller(caller=caller_for_request(request), slug=slug)
+        return Response(TokenSerializer(selectors.tokens_for_tenant(tenant=tenant), many=True).data)
+
+    @extend_schema(request=TokenCreateSerializer, responses={201: IssuedTokenSerializer})
+    def post(self, request, slug: str):
+        caller = caller_for_request(request)
+        tenant = selectors.tenant_for_caller(caller=caller, slug=slug)
+        serializer = TokenCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        expires_at = serializer.validated_data.get("expires_at")
+        if expires_at is not None and expires_at <= timezone.now():
+            raise DomainError("expires_at must be in the future.", field="expires_at")
+        issued = services.issue_token(
+            name=serializer.validated_data["name"],
+            tenant=tenant,
+            expires_at=expires_at,
+            actor=caller.label,
+        )
+        data = TokenSerializer(issued.token).data | {"token": issued.secret}
+        return Response(data, status=status.HTTP_201_CREATED)
+
+
+class TenantTokenDetailView(APIView):
+    @extend_schema(responses=TokenSerializer)
+    def delete(self, request, slug: str, token_id: int):
+        caller = caller_for_request(request)
+        tenant = selectors.tenant_for_caller(caller=caller, slug=slug)
+        token = selectors.tokens_for_tenant(tenant=tenant).filter(pk=token_id).first()
+        if token is None:
+            raise NotFound(f"No token {token_id} for tenant {slug!r}.")
+        token = services.revoke_token(token=token, actor=caller.label)
+        return Response(TokenSerializer(token).data)

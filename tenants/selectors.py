@@ -1,0 +1,29 @@
+"""Reads for tenants, scoped to what the caller may see."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from tenants.access import Caller
+from tenants.exceptions import TenantNotFound
+from tenants.models import ApiToken, Tenant
+
+
+def visible_tenants(*, caller: Caller) -> QuerySet[Tenant]:
+    """Every tenant for a platform caller, only its own for anyone else."""
+    if caller.is_platform:
+        return Tenant.objects.all()
+    return Tenant.objects.filter(pk__in=caller.tenant_ids)
+
+
+def tenant_for_caller(*, caller: Caller, slug: str) -> Tenant:
+    """The tenant named by ``slug`` if the caller may see it; otherwise 404 (never 403, so tenant
+    names do not leak)."""
+    tenant = visible_tenants(caller=caller).filter(slug=slug).first()
+    if tenant is None:
+        raise TenantNotFound(f"No tenant {slug!r}.")
+    return tenant
+
+
+def tokens_for_tenant(*, tenant: Tenant) -> QuerySet[ApiToken]:
+    return ApiToken.objects.filter(tenant=tenant).order_by("-created_at")

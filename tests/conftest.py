@@ -1,0 +1,70 @@
+"""Shared fixtures. The suite runs on whatever DATABASE_URL / CELERY_BROKER_URL name (Postgres and
+Redis in CI) and on the embedded SQLite and file-system defaults with nothing set."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tenants.services import issue_token
+from tests.factories import TenantFactory
+
+POSTGRES_SKIP_REASON = (
+    "needs PostgreSQL (row locks and real concurrency); the embedded SQLite default has neither. "
+    "CI points DATABASE_URL at Postgres, where these always run."
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``postgres`` on SQLite, and refuse to skip them where CI asks for it."""
+    from django.conf import settings
+
+    if "postgresql" in settings.DATABASES["default"]["ENGINE"]:
+        return
+    marked = [item for item in items if "postgres" in item.keywords]
+    if marked and os.environ.get("TENANTML_REQUIRE_POSTGRES_TESTS") == "1":
+        raise pytest.UsageError(
+            "TENANTML_REQUIRE_POSTGRES_TESTS=1 but DATABASE_URL is not PostgreSQL."
+        )
+    for item in marked:
+        item.add_marker(pytest.mark.skip(reason=POSTGRES_SKIP_REASON))
+
+
+@pytest.fixture
+def tenant(db):
+    return TenantFactory()
+
+
+@pytest.fixture
+def other_tenant(db):
+    return TenantFactory()
+
+
+@pytest.fixture
+def platform_token(db):
+    return issue_token(name="ops", tenant=None, actor="test").secret
+
+
+@pytest.fixture
+def tenant_token(tenant):
+    return issue_token(name="product", tenant=tenant, actor="test").secret
+
+
+@pytest.fixture
+def api_client():
+    from rest_framework.test import APIClient
+
+    return APIClient()
+
+
+@pytest.fixture
+def platform_client(api_client, platform_token):
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {platform_token}")
+    return api_client
+
+
+@pytest.fixture
+def tenant_client(api_client, tenant_token):
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {tenant_token}")
+    return api_client
