@@ -17,6 +17,10 @@ import environ
 
 PROFILES = ("embedded", "production")
 SECRET_KEY_FILE = "secret_key"
+SUPPORTED_DATABASE_ENGINES = {
+    "django.db.backends.sqlite3",
+    "django.db.backends.postgresql",
+}
 
 
 class ConfigurationError(Exception):
@@ -42,6 +46,10 @@ def database_config(url: str | None, *, var_dir: Path) -> dict:
     except Exception as exc:  # environ raises bare exceptions for unknown schemes
         raise ConfigurationError(f"DATABASE_URL is not a database URL: {exc}") from exc
     engine = config.get("ENGINE", "")
+    if engine not in SUPPORTED_DATABASE_ENGINES:
+        raise ConfigurationError(
+            f"DATABASE_URL must be a postgres:// or sqlite:/// URL; got engine {engine!r}."
+        )
     if engine == "django.db.backends.sqlite3":
         # WAL lets the web server read while a worker writes; IMMEDIATE transactions take the
         # write lock up front so two writers wait for each other instead of failing mid-way.
@@ -67,11 +75,14 @@ def broker_config(url: str | None, *, var_dir: Path) -> BrokerConfig:
     if not url or url.strip() in {"filesystem://", "filesystem:///"}:
         folder = var_dir / "broker"
         return BrokerConfig(
-            url="filesystem://",
+            # kombu ignores the host for this transport but warns when none is given.
+            url="filesystem://localhost/",
             transport_options={
                 "data_folder_in": str(folder / "queue"),
                 "data_folder_out": str(folder / "queue"),
                 "processed_folder": str(folder / "processed"),
+                # Broadcast (remote control) messages; kombu's default is ./control in the cwd.
+                "control_folder": str(folder / "control"),
                 "store_processed": False,
             },
         )

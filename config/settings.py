@@ -134,6 +134,13 @@ ARTIFACT_STORE = parse.artifact_store(env.str("ARTIFACT_STORE", default=""), var
 _broker = parse.broker_config(env.str("CELERY_BROKER_URL", default=""), var_dir=VAR_DIR)
 CELERY_BROKER_URL = _broker.url
 CELERY_BROKER_TRANSPORT_OPTIONS = _broker.transport_options
+# kombu's file-system transport expects its folders to exist; so does whitenoise's static root.
+for _folder in (
+    *(CELERY_BROKER_TRANSPORT_OPTIONS.get(k) for k in ("data_folder_in", "processed_folder", "control_folder")),
+    STATIC_ROOT if not PRODUCTION else None,
+):
+    if _folder:
+        Path(_folder).mkdir(parents=True, exist_ok=True)
 # Tasks write their outcome to the database (jobs, placements, events); Celery results are unused.
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None

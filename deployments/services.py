@@ -8,8 +8,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from config.errors import DomainError
 from deployments.events import record_event
-from deployments.models import InstanceUsageMinute
+from deployments.models import InstanceUsageMinute, Placement
 from deployments.selectors import instances_with_memory_use
 
 
@@ -67,3 +68,34 @@ def sample_fleet_utilization(*, now: datetime | None = None) -> int:
                 instance=instance,
             )
     return sampled
+
+
+def set_placement_desired_state(
+    *, placement: Placement, desired_state: str, actor: str
+) -> Placement:
+    """Pin, unpin or unload a placement; the reconciler makes the instance match."""
+    if desired_state not in Placement.DesiredState.values:
+        raise DomainError(
+            f"desired_state must be one of {', '.join(Placement.DesiredState.values)}.",
+            field="desired_state",
+        )
+    with transaction.atomic():
+        placement = (
+            Placement.objects.select_for_update(of=("self",))
+            .select_related("version__model__tenant", "endpoint", "instance")
+            .get(pk=placement.pk)
+        )
+        if placement.desired_state == desired_state:
+            return placement
+        previous = placement.desired_state
+        placement.desired_state = desired_state
+        placement.save(update_fields=["desired_state", "updated_at"])
+        record_event(
+            kind="placement.desired_state_changed",
+            message=f"{placement.version} on {placement.endpoint}: {previous} → {desired_state}.",
+            actor=actor,
+            version=placement.version,
+            endpoint=placement.endpoint,
+            instance=placement.instance,
+        )
+    return placement

@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from config.errors import DomainError
 from deployments.events import record_event
 from tenants.exceptions import InvalidToken, TenantAlreadyExists
 from tenants.models import SLUG_VALIDATOR, ApiToken, Tenant
@@ -37,8 +38,6 @@ def create_tenant(*, slug: str, name: str, tier: str = Tenant.Tier.STANDARD, act
     try:
         SLUG_VALIDATOR(slug)
     except ValidationError as exc:
-        from config.errors import DomainError
-
         raise DomainError(f"slug {slug!r}: {exc.messages[0]}", field="slug") from exc
     try:
         with transaction.atomic():

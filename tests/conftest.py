@@ -68,3 +68,12 @@ def platform_client(api_client, platform_token):
 def tenant_client(api_client, tenant_token):
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {tenant_token}")
     return api_client
+
+
+@pytest.fixture(autouse=True)
+def isolated_artifact_store(settings, tmp_path):
+    """Each test writes artifacts under its own temporary directory."""
+    from config.env import ArtifactStore
+
+    settings.ARTIFACT_STORE = ArtifactStore(kind="local", root=str(tmp_path / "artifacts"))
+    return tmp_path / "artifacts"

@@ -1,0 +1,144 @@
+"""Writes for datasets, tenant models, versions and training jobs."""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+
+from config.errors import DomainError
+from deployments.events import record_event
+from models_registry import artifacts
+from models_registry.datasets import MAX_PROBLEMS_REPORTED, detect_format, parse_dataset
+from models_registry.exceptions import (
+    InvalidDataset,
+    JobNotCancellable,
+    ModelAlreadyExists,
+)
+from models_registry.kinds import get_kind
+from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
+from tenants.models import SLUG_VALIDATOR, Tenant
+
+
+def create_dataset(
+    *, tenant: Tenant, name: str, content: bytes, actor: str, format: str | None = None
+) -> Dataset:
+    """Validate an uploaded file and store it; an invalid file raises and stores nothing."""
+    format = format or detect_format(name, content)
+    parsed = parse_dataset(content, format=format)
+    if not parsed.problems and not parsed.rows:
+        parsed.problems.append("file: has no rows.")
+    if parsed.problems:
+        shown = parsed.problems[:MAX_PROBLEMS_REPORTED]
+        more = len(parsed.problems) - len(shown)
+        message = "; ".join(shown) + (f"; and {more} more problem(s)." if more else "")
+        raise InvalidDataset(message, field="file")
+    digest = hashlib.sha256(content).hexdigest()
+    stored = artifacts.put_bytes(f"datasets/{tenant.slug}/{digest}.{format}", content)
+    try:
+        with transaction.atomic():
+            dataset = Dataset.objects.create(
+                tenant=tenant,
+                name=name,
+                format=format,
+                storage_uri=stored.uri,
+                size_bytes=stored.size_bytes,
+                sha256=stored.sha256,
+                rows=len(parsed.rows),
+                labels=parsed.label_counts,
+                validation_report={"problems": [], "rows": len(parsed.rows)},
+            )
+            record_event(
+                kind="dataset.uploaded",
+                message=f"Dataset {name} ({len(parsed.rows)} rows) uploaded for {tenant.slug}.",
+                actor=actor,
+                tenant=tenant,
+            )
+    except IntegrityError as exc:
+        raise InvalidDataset(
+            f"Tenant {tenant.slug} already has a dataset named {name!r}.", field="name"
+        ) from exc
+    return dataset
+
+
+def create_model(
+    *, tenant: Tenant, name: str, kind: str, actor: str, description: str = ""
+) -> TenantModel:
+    """Create a tenant's named model of a registered kind."""
+    get_kind(kind)
+    try:
+        SLUG_VALIDATOR(name)
+    except ValidationError as exc:
+        raise DomainError(f"name {name!r}: {exc.messages[0]}", field="name") from exc
+    try:
+        with transaction.atomic():
+            model = TenantModel.objects.create(
+                tenant=tenant, name=name, kind=kind, description=description
+            )
+            record_event(
+                kind="model.created",
+                message=f"Model {tenant.slug}/{name} ({kind}) created.",
+                actor=actor,
+                tenant=tenant,
+            )
+    except IntegrityError as exc:
+        raise ModelAlreadyExists(
+            f"Tenant {tenant.slug} already has a model named {name!r}.", field="name"
+        ) from exc
+    return model
+
+
+def register_version(
+    *,
+    model: TenantModel,
+    actor: str,
+    training_job: TrainingJob | None = None,
+    artifact_uri: str = "",
+    metrics: dict | None = None,
+) -> ModelVersion:
+    """Add the next numbered version of a model.
+
+    The model row is locked while the number is chosen, so two jobs finishing together get
+    consecutive numbers instead of one failing on the unique constraint.
+    """
+    with transaction.atomic():
+        TenantModel.objects.select_for_update().get(pk=model.pk)
+        last = model.versions.aggregate(last=Max("number"))["last"] or 0
+        version = ModelVersion.objects.create(
+            model=model,
+            number=last + 1,
+            training_job=training_job,
+            artifact_uri=artifact_uri,
+            metrics=metrics or {},
+        )
+        record_event(
+            kind="version.registered",
+            message=f"{model} v{version.number} registered.",
+            actor=actor,
+            version=version,
+        )
+    return version
+
+
+def request_training_cancel(*, job: TrainingJob, actor: str) -> TrainingJob:
+    """Ask a queued or running job to stop; the job's runner honours the flag."""
+    with transaction.atomic():
+        job = TrainingJob.objects.select_for_update().get(pk=job.pk)
+        if job.is_terminal:
+            raise JobNotCancellable(f"Training job {job.pk} already {job.status}.")
+        job.cancel_requested = True
+        update = ["cancel_requested"]
+        if job.status == TrainingJob.Status.QUEUED:
+            # Nothing runs yet, so the cancellation is complete at once.
+            job.status = TrainingJob.Status.CANCELLED
+            update.append("status")
+        job.save(update_fields=update)
+        record_event(
+            kind="training.cancel_requested",
+            message=f"Cancellation of training job {job.pk} requested.",
+            actor=actor,
+            tenant=job.model.tenant,
+        )
+    return job
