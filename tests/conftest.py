@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config, items):
 
     if "postgresql" in settings.DATABASES["default"]["ENGINE"]:
         return
-    marked = [item for item in items if "postgres" in item.keywords]
+    marked = [item for item in items if item.get_closest_marker("postgres")]
     if marked and os.environ.get("TENANTML_REQUIRE_POSTGRES_TESTS") == "1":
         raise pytest.UsageError(
             "TENANTML_REQUIRE_POSTGRES_TESTS=1 but DATABASE_URL is not PostgreSQL."
