@@ -136,7 +136,10 @@ CELERY_BROKER_URL = _broker.url
 CELERY_BROKER_TRANSPORT_OPTIONS = _broker.transport_options
 # kombu's file-system transport expects its folders to exist; so does whitenoise's static root.
 for _folder in (
-    *(CELERY_BROKER_TRANSPORT_OPTIONS.get(k) for k in ("data_folder_in", "processed_folder", "control_folder")),
+    *(
+        CELERY_BROKER_TRANSPORT_OPTIONS.get(key)
+        for key in ("data_folder_in", "processed_folder", "control_folder")
+    ),
     STATIC_ROOT if not PRODUCTION else None,
 ):
     if _folder:
