@@ -31,6 +31,27 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.skip(reason=POSTGRES_SKIP_REASON))
 
 
+@pytest.fixture(autouse=True)
+def instance_catalog(request):
+    """The seeded instance catalog, for every test that touches the database.
+
+    A data migration seeds it, but a transactional test ends by flushing every table, which would
+    leave the tests after it without the catalog the platform always has.
+    """
+    marker = request.node.get_closest_marker("django_db")
+    transactional = "transactional_db" in request.fixturenames or bool(
+        marker and marker.kwargs.get("transaction")
+    )
+    if not (marker or transactional or "db" in request.fixturenames):
+        return
+    request.getfixturevalue("transactional_db" if transactional else "db")
+    from deployments.catalog import seed_instance_catalog
+    from deployments.models import InstanceType
+
+    if not InstanceType.objects.exists():
+        seed_instance_catalog(InstanceType)
+
+
 @pytest.fixture
 def tenant(db):
     return TenantFactory()

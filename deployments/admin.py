@@ -1,0 +1,426 @@
+"""Operator admin for the instance catalog, endpoints, instances, placements, events and usage."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.utils.html import format_html_join
+
+from deployments.models import (
+    Endpoint,
+    Event,
+    Instance,
+    InstanceType,
+    InstanceUsageMinute,
+    Placement,
+    VersionUsageMinute,
+)
+from deployments.selectors import endpoints_with_cost, instances_with_memory_use
+from deployments.services import set_placement_desired_state
+from models_registry.kinds import kind_names
+from tenants.admin import AddFieldsMixin, ViewOnlyAdmin, admin_actor, changelist_link, events_link
+
+MESSAGE_PREVIEW_CHARS = 120
+
+
+def ordered(model_admin: admin.ModelAdmin, request, queryset):
+    """Apply the admin's ordering to a selector's queryset, as ModelAdmin.get_queryset would."""
+    ordering = model_admin.get_ordering(request)
+    return queryset.order_by(*ordering) if ordering else queryset
+
+
+@admin.register(InstanceType)
+class InstanceTypeAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "gpu_count",
+        "gpu_name",
+        "memory_per_gpu_mb",
+        "gpu_memory",
+        "host_memory_mb",
+        "vcpus",
+        "usd_per_hour",
+        "is_local",
+        "available",
+    )
+    list_filter = ("available", "is_local", "gpu_name")
+    search_fields = ("name", "gpu_name", "notes")
+    ordering = ("usd_per_hour", "name")
+    readonly_fields = ("gpu_memory",)
+
+    @admin.display(description="GPU memory total (MB)")
+    def gpu_memory(self, obj: InstanceType) -> str:
+        return f"{obj.gpu_memory_mb:,}"
+
+
+class EndpointForm(forms.ModelForm):
+    """An endpoint serves one registered kind; the choice list comes from the kind registry."""
+
+    model_kind = forms.ChoiceField(
+        choices=lambda: [("", "---------"), *((name, name) for name in kind_names())],
+        required=False,
+    )
+
+    class Meta:
+        model = Endpoint
+        fields = (
+            "name",
+            "backend",
+            "mode",
+            "instance_type",
+            "model_kind",
+            "min_instances",
+            "max_instances",
+            "target_memory_utilization",
+            "region",
+        )
+
+
+@admin.register(Endpoint)
+class EndpointAdmin(AddFieldsMixin, admin.ModelAdmin):
+    form = EndpointForm
+    list_display = (
+        "name",
+        "backend",
+        "mode",
+        "status",
+        "instance_type",
+        "model_kind",
+        "live_instance_count",
+        "cost_per_hour",
+    )
+    list_filter = ("status", "backend", "mode", "instance_type")
+    list_select_related = ("instance_type",)
+    search_fields = ("name", "model_kind", "region", "external_arn")
+    ordering = ("name",)
+    autocomplete_fields = ("instance_type",)
+    add_fields = (
+        "name",
+        "backend",
+        "mode",
+        "instance_type",
+        "model_kind",
+        "min_instances",
+        "max_instances",
+        "target_memory_utilization",
+        "region",
+    )
+    fields = (
+        "name",
+        "backend",
+        "mode",
+        "status",
+        "status_reason",
+        "instance_type",
+        "model_kind",
+        "min_instances",
+        "max_instances",
+        "target_memory_utilization",
+        "region",
+        "external_arn",
+        "live_instance_count",
+        "cost_per_hour",
+        "links",
+        "created_at",
+        "updated_at",
+    )
+    # Backend, mode, type, kind and region shape the running endpoint; changing them is a
+    # redeploy, not an edit. Status and ARN are the backend's to write.
+    readonly_fields = (
+        "backend",
+        "mode",
+        "status",
+        "status_reason",
+        "instance_type",
+        "model_kind",
+        "region",
+        "external_arn",
+        "live_instance_count",
+        "cost_per_hour",
+        "links",
+        "created_at",
+        "updated_at",
+    )
+
+    def get_queryset(self, request):
+        return ordered(self, request, endpoints_with_cost())
+
+    @admin.display(description="Live instances", ordering="live_instances")
+    def live_instance_count(self, obj: Endpoint) -> str:
+        return f"{obj.live_instances} (min {obj.min_instances}, max {obj.max_instances})"
+
+    @admin.display(description="Cost per hour (USD)", ordering="usd_per_hour")
+    def cost_per_hour(self, obj: Endpoint) -> str:
+        return f"${obj.usd_per_hour or 0:,.4f}"
+
+    @admin.display(description="Related")
+    def links(self, obj: Endpoint) -> str:
+        return format_html_join(
+            " · ",
+            "{}",
+            (
+                (changelist_link(view=view, label=label, endpoint__id__exact=obj.pk),)
+                for view, label in (
+                    ("deployments_instance", "Instances"),
+                    ("deployments_placement", "Placements"),
+                    ("deployments_event", "Events"),
+                )
+            ),
+        )
+
+
+@admin.register(Instance)
+class InstanceAdmin(admin.ModelAdmin):
+    list_display = (
+        "__str__",
+        "status",
+        "host",
+        "port",
+        "memory",
+        "models_loaded",
+        "restarts",
+        "last_health_at",
+    )
+    list_filter = ("status", "endpoint")
+    list_select_related = ("endpoint", "endpoint__instance_type")
+    search_fields = ("endpoint__name", "host", "external_id")
+    ordering = ("endpoint__name", "ordinal")
+    fields = (
+        "endpoint",
+        "ordinal",
+        "status",
+        "status_reason",
+        "host",
+        "port",
+        "metrics_port",
+        "pid",
+        "external_id",
+        "memory_budget_mb",
+        "memory",
+        "models_loaded",
+        "restarts",
+        "started_at",
+        "last_health_at",
+        "created_at",
+        "updated_at",
+        "events",
+    )
+    # Only the memory budget is the operator's to set; the rest is what the backend reports.
+    readonly_fields = tuple(field for field in fields if field != "memory_budget_mb")
+
+    def get_queryset(self, request):
+        return ordered(self, request, instances_with_memory_use())
+
+    def has_add_permission(self, request) -> bool:
+        # Instances exist because the backend started a Triton process or an EC2 host.
+        return False
+
+    @admin.display(description="Memory used / budget", ordering="memory_used_mb")
+    def memory(self, obj: Instance) -> str:
+        used = obj.memory_used_mb
+        budget = obj.memory_budget_mb
+        return f"{used:,.0f} / {budget:,} MB ({100 * used / budget:.0f} %)"
+
+    @admin.display(description="Models loaded", ordering="models_loaded")
+    def models_loaded(self, obj: Instance) -> int:
+        return obj.models_loaded
+
+    @admin.display(description="Events")
+    def events(self, obj: Instance) -> str:
+        return events_link(label=f"Events for {obj}", instance__id__exact=obj.pk)
+
+
+@admin.register(Placement)
+class PlacementAdmin(admin.ModelAdmin):
+    list_display = (
+        "version",
+        "tenant",
+        "endpoint",
+        "instance",
+        "desired_state",
+        "pinned",
+        "actual_state",
+        "host_memory_mb",
+        "last_invoked_at",
+        "loaded_at",
+    )
+    list_filter = ("desired_state", "actual_state", "endpoint")
+    list_select_related = ("version__model__tenant", "endpoint", "instance__endpoint")
+    search_fields = (
+        "version__model__name",
+        "version__model__tenant__slug",
+        "endpoint__name",
+        "external_name",
+    )
+    ordering = ("endpoint__name", "-last_invoked_at")
+    fields = (
+        "version",
+        "tenant",
+        "endpoint",
+        "instance",
+        "desired_state",
+        "pinned",
+        "actual_state",
+        "copies",
+        "min_copies",
+        "host_memory_mb",
+        "gpu_memory_mb",
+        "load_time_ms",
+        "last_invoked_at",
+        "loaded_at",
+        "retries",
+        "failure_reason",
+        "external_name",
+        "created_at",
+        "updated_at",
+    )
+    # Where a placement lives is the solver's decision and its state the reconciler's; the desired
+    # state changes through the actions so each change is recorded as an event.
+    readonly_fields = tuple(field for field in fields if field not in ("copies", "min_copies"))
+    actions = ("pin_placements", "unpin_placements", "unload_placements")
+
+    def has_add_permission(self, request) -> bool:
+        # Placements come from deploying a version, which picks the endpoint and instance.
+        return False
+
+    @admin.display(description="Tenant", ordering="version__model__tenant__slug")
+    def tenant(self, obj: Placement) -> str:
+        return obj.version.model.tenant.slug
+
+    @admin.display(description="Pinned", boolean=True, ordering="desired_state")
+    def pinned(self, obj: Placement) -> bool:
+        return obj.is_pinned
+
+    def _set_desired_state(self, request, queryset, desired_state: str) -> None:
+        actor = admin_actor(request)
+        count = 0
+        for placement in queryset:
+            set_placement_desired_state(
+                placement=placement, desired_state=desired_state, actor=actor
+            )
+            count += 1
+        self.message_user(
+            request,
+            f"Set {count} placement(s) to {Placement.DesiredState(desired_state).label}.",
+            level=messages.SUCCESS,
+        )
+
+    @admin.action(description="Pin (never evict)", permissions=["change"])
+    def pin_placements(self, request, queryset):
+        self._set_desired_state(request, queryset, Placement.DesiredState.PINNED)
+
+    @admin.action(description="Unpin (loaded, evictable)", permissions=["change"])
+    def unpin_placements(self, request, queryset):
+        self._set_desired_state(request, queryset, Placement.DesiredState.LOADED)
+
+    @admin.action(description="Unload", permissions=["change"])
+    def unload_placements(self, request, queryset):
+        self._set_desired_state(request, queryset, Placement.DesiredState.UNLOADED)
+
+
+@admin.register(Event)
+class EventAdmin(ViewOnlyAdmin):
+    list_display = (
+        "created_at",
+        "severity",
+        "kind",
+        "actor",
+        "tenant",
+        "endpoint",
+        "instance",
+        "message_preview",
+    )
+    list_filter = ("severity", "kind", "actor", "tenant", "endpoint")
+    list_select_related = ("tenant", "endpoint", "instance__endpoint")
+    search_fields = ("kind", "actor", "message", "tenant__slug")
+    date_hierarchy = "created_at"
+    ordering = ("-created_at", "-id")
+    fields = (
+        "created_at",
+        "severity",
+        "kind",
+        "actor",
+        "message",
+        "tenant",
+        "version",
+        "endpoint",
+        "instance",
+        "data",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="Message")
+    def message_preview(self, obj: Event) -> str:
+        if len(obj.message) <= MESSAGE_PREVIEW_CHARS:
+            return obj.message
+        return obj.message[: MESSAGE_PREVIEW_CHARS - 1] + "…"
+
+
+@admin.register(InstanceUsageMinute)
+class InstanceUsageMinuteAdmin(ViewOnlyAdmin):
+    list_display = (
+        "minute",
+        "instance",
+        "host_memory_used_mb",
+        "gpu_memory_used_mb",
+        "models_loaded",
+        "invocations",
+        "cold_starts",
+    )
+    list_filter = ("instance__endpoint",)
+    list_select_related = ("instance__endpoint",)
+    search_fields = ("instance__endpoint__name", "instance__host")
+    date_hierarchy = "minute"
+    ordering = ("-minute",)
+    fields = (
+        "instance",
+        "minute",
+        "host_memory_used_mb",
+        "gpu_memory_used_mb",
+        "models_loaded",
+        "invocations",
+        "cold_starts",
+    )
+    readonly_fields = fields
+
+
+@admin.register(VersionUsageMinute)
+class VersionUsageMinuteAdmin(ViewOnlyAdmin):
+    list_display = (
+        "minute",
+        "tenant",
+        "version",
+        "endpoint",
+        "invocations",
+        "errors",
+        "cold_starts",
+        "cache_hits",
+        "mean_latency_ms",
+        "latency_ms_max",
+    )
+    list_filter = ("endpoint",)
+    list_select_related = ("tenant", "version__model__tenant", "endpoint")
+    search_fields = ("tenant__slug", "version__model__name", "endpoint__name")
+    date_hierarchy = "minute"
+    ordering = ("-minute",)
+    fields = (
+        "minute",
+        "tenant",
+        "version",
+        "endpoint",
+        "invocations",
+        "errors",
+        "cold_starts",
+        "cache_hits",
+        "latency_ms_sum",
+        "mean_latency_ms",
+        "latency_ms_max",
+        "latency_histogram",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="Mean latency (ms)")
+    def mean_latency_ms(self, obj: VersionUsageMinute) -> str | None:
+        if not obj.invocations:
+            return None
+        return f"{obj.latency_ms_sum / obj.invocations:,.1f}"
