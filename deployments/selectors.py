@@ -45,3 +45,35 @@ def endpoints_with_cost() -> QuerySet[Endpoint]:
 def endpoint_usd_per_hour(*, endpoint: Endpoint) -> Decimal:
     live = endpoint.instances.exclude(status=Instance.Status.STOPPED).count()
     return endpoint.instance_type.usd_per_hour * live
+
+
+def fleet_overview() -> list[dict]:
+    """The headline figures of the landing page, as ``{"label", "value"}`` rows."""
+    from models_registry.models import ModelVersion, TenantModel
+    from tenants.models import Tenant
+
+    live_instances = Instance.objects.exclude(status=Instance.Status.STOPPED)
+    hourly = sum(
+        (
+            instance.endpoint.instance_type.usd_per_hour
+            for instance in live_instances.select_related("endpoint__instance_type")
+        ),
+        Decimal("0"),
+    )
+    return [
+        {"label": "active tenants", "value": Tenant.objects.filter(status="active").count()},
+        {"label": "tenant models", "value": TenantModel.objects.count()},
+        {
+            "label": "versions ready to serve",
+            "value": ModelVersion.objects.filter(status=ModelVersion.Status.READY).count(),
+        },
+        {
+            "label": "endpoints in service",
+            "value": Endpoint.objects.filter(status=Endpoint.Status.IN_SERVICE).count(),
+        },
+        {
+            "label": "models loaded",
+            "value": Placement.objects.filter(actual_state__in=RESIDENT_STATES).count(),
+        },
+        {"label": "fleet cost per hour", "value": f"${hourly:,.2f}"},
+    ]
