@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -95,3 +96,84 @@ def sha256_of(uri: str) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def put_file(key: str, source: Path) -> StoredArtifact:
+    """Store a file under ``key`` atomically, streaming it (packages are tens of MB)."""
+    key = _checked_key(key)
+    digest = hashlib.sha256()
+    size = 0
+    with open(source, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    store = settings.ARTIFACT_STORE
+    if store.kind == "s3":
+        import boto3
+
+        bucket, _, prefix = store.root.partition("/")
+        object_key = f"{prefix}/{key}" if prefix else key
+        boto3.client("s3").upload_file(str(source), bucket, object_key)
+    else:
+        target = Path(store.root) / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        os.close(fd)
+        try:
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return StoredArtifact(key=key, uri=uri_for(key), sha256=digest.hexdigest(), size_bytes=size)
+
+
+def put_directory(key: str, source: Path) -> str:
+    """Store every file of a directory under ``key/``; returns the directory's URI.
+
+    Locally the directory is built beside its final place and renamed into it, so readers see
+    the whole artifact or none of it.
+    """
+    key = _checked_key(key)
+    store = settings.ARTIFACT_STORE
+    files = sorted(path for path in Path(source).rglob("*") if path.is_file())
+    if store.kind == "s3":
+        for path in files:
+            put_file(f"{key}/{path.relative_to(source).as_posix()}", path)
+        return uri_for(key)
+    target = Path(store.root) / key
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        for path in files:
+            destination = staging / path.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, destination)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return uri_for(key)
+
+
+def local_copy(uri: str, scratch: Path) -> Path:
+    """A local directory holding the artifact directory at ``uri`` (downloaded for S3)."""
+    if not uri.startswith("s3://"):
+        return Path(uri)
+    import boto3
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    client = boto3.client("s3")
+    target = scratch / "artifact"
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
+        for item in page.get("Contents", []):
+            relative = item["Key"][len(prefix.rstrip("/")) + 1 :]
+            destination = target / _checked_key(relative)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, item["Key"], str(destination))
+    return target
