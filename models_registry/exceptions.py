@@ -17,3 +17,18 @@ class InvalidDataset(DomainError):
 
 class JobNotCancellable(Conflict):
     code = "not_cancellable"
+
+
+class InvalidArtifact(DomainError):
+    code = "invalid_artifact"
+
+
+class PackageChecksumMismatch(DomainError):
+    # The stored package is corrupt or was swapped: nothing the caller sent is at fault, and the
+    # model cannot be served until it is repackaged (a bad upstream, not a crash of ours).
+    status_code = 502
+    code = "package_checksum_mismatch"
+
+
+class InvalidVersion(Conflict):
+    code = "invalid_version"

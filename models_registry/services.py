@@ -15,6 +15,7 @@ from models_registry import artifacts
 from models_registry.datasets import MAX_PROBLEMS_REPORTED, detect_format, parse_dataset
 from models_registry.exceptions import (
     InvalidDataset,
+    InvalidVersion,
     JobNotCancellable,
     ModelAlreadyExists,
 )
@@ -207,3 +208,71 @@ def seed_demo(*, rows: int, seed: int, actor: str) -> list[SeededTenant]:
             SeededTenant(tenant=tenant, created=created, datasets=datasets, models=models)
         )
     return results
+
+
+def package_version(*, version: ModelVersion, actor: str) -> ModelVersion:
+    """Build the version's Triton package (``model.tar.gz``), store it with its sha256 and size,
+    and mark the version ready to serve; a failure marks it failed with the reason."""
+    import tempfile
+    from pathlib import Path
+
+    from models_registry.packaging import build_triton_package
+
+    with transaction.atomic():
+        version = (
+            ModelVersion.objects.select_for_update()
+            .select_related("model__tenant")
+            .get(pk=version.pk)
+        )
+        if version.status == ModelVersion.Status.READY and version.package_uri:
+            return version  # a re-delivered task: already done
+        if not version.artifact_uri:
+            raise InvalidVersion(f"{version} has no trained artifact to package.", field="version")
+        version.status = ModelVersion.Status.PACKAGING
+        version.save(update_fields=["status", "updated_at"])
+    try:
+        with tempfile.TemporaryDirectory(prefix="tenantml-package-") as scratch:
+            info = build_triton_package(
+                kind=version.model.kind,
+                artifact_dir=Path(artifacts.local_copy(version.artifact_uri, Path(scratch))),
+                triton_model_name=version.triton_model_name,
+                out_path=Path(scratch) / "model.tar.gz",
+            )
+            stored = artifacts.put_file(
+                f"packages/{version.model.tenant.slug}/{version.model.name}/"
+                f"v{version.number}/model.tar.gz",
+                info.path,
+            )
+    except (DomainError, OSError, ValueError) as exc:
+        reason = getattr(exc, "message", None) or str(exc)
+        ModelVersion.objects.filter(pk=version.pk).update(
+            status=ModelVersion.Status.FAILED, status_reason=f"Packaging failed: {reason}"
+        )
+        record_event(
+            kind="version.packaging_failed",
+            severity="error",
+            message=f"{version} could not be packaged for Triton: {reason}",
+            actor=actor,
+            version=version,
+        )
+        raise
+    with transaction.atomic():
+        ModelVersion.objects.filter(pk=version.pk).update(
+            status=ModelVersion.Status.READY,
+            package_uri=stored.uri,
+            sha256=stored.sha256,
+            size_bytes=stored.size_bytes,
+            status_reason="",
+        )
+        record_event(
+            kind="version.packaged",
+            message=(
+                f"{version} packaged for Triton: {stored.size_bytes / 1e6:,.1f} MB, "
+                f"sha256 {stored.sha256[:12]}…"
+            ),
+            actor=actor,
+            version=version,
+            data={"sha256": stored.sha256, "size_bytes": stored.size_bytes},
+        )
+    version.refresh_from_db()
+    return version

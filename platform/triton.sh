@@ -36,18 +36,38 @@ fi
 
 site_packages="$(dirname "$pytriton_dir")"
 python_libdir="$("$python_bin" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')"
+python_bindir="$("$python_bin" -c 'import os, sys; print(os.path.dirname(sys.executable))')"
 
-var_dir="${TENANTML_VAR_DIR:-$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../var}"
+repo_dir="$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
+var_dir="${TENANTML_VAR_DIR:-$repo_dir/var}"
 model_repository="${TRITON_MODEL_REPOSITORY:-$var_dir/triton/empty-repo}"
 mkdir -p "$model_repository"
+
+# The python backend and the stub built for this Python, prepared exactly as the platform's local
+# backend prepares them (deployments/backends/local.py); the wheel ships the stubs apart from the
+# backend, so Triton's default backend directory would have no usable python backend.
+backend_dir="$(cd "$repo_dir" && "$python_bin" -c '
+import sys
+from pathlib import Path
+from deployments.backends.local import prepare_triton_home
+print(prepare_triton_home(Path(sys.argv[1])))
+' "$var_dir")"
 
 # The python library directory must come first: tritonserver's Python backend links against
 # libpython, and the copy this interpreter was built with has to win over anything bundled.
 # nvidia_pytriton.libs holds the shared libraries the wheel vendors for tritonserver.
 export LD_LIBRARY_PATH="$python_libdir:$site_packages/nvidia_pytriton.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The stub's embedded interpreter ignores PYTHONPATH and takes its sys.prefix from the first
+# python3 on PATH: this interpreter's directory must come first or model code runs on another
+# environment's packages (a NumPy the stub cannot read corrupts every tensor).
+export PATH="$python_bindir:$PATH"
+export PYTHONPATH="$site_packages"
 # Lets the SageMaker endpoint load and unload models by name at run time (multi-model endpoint).
 export SAGEMAKER_MULTI_MODEL=true
+# Model code must not reach the Hugging Face hub at run time.
+export HF_HUB_OFFLINE=1
 
+# --strict-readiness=false: otherwise one model that failed to load makes /ping fail for good.
 exec "$tritonserver" \
     --allow-sagemaker=true \
     --sagemaker-port "${TRITON_SAGEMAKER_PORT:-8080}" \
@@ -56,4 +76,8 @@ exec "$tritonserver" \
     --model-control-mode=explicit \
     --model-repository="$model_repository" \
     --metrics-port "${TRITON_METRICS_PORT:-8002}" \
+    --backend-directory="$backend_dir" \
+    --strict-readiness=false \
+    --disable-auto-complete-config \
+    --exit-timeout-secs=10 \
     "$@"

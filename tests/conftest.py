@@ -10,6 +10,7 @@ import pytest
 from tenants.services import issue_token
 from tests.factories import TenantFactory
 
+pytest_plugins = ["tests.serving_fixtures"]
 POSTGRES_SKIP_REASON = (
     "needs PostgreSQL (row locks and real concurrency); the embedded SQLite default has neither. "
     "CI points DATABASE_URL at Postgres, where these always run."

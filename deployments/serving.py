@@ -1,0 +1,646 @@
+"""Serving writes: local endpoint instances, and multi-model semantics on each instance.
+
+SageMaker multi-model endpoints load a model on its first request, unload the least recently
+used one when memory runs short and count cache hits; this module gives local endpoints the same
+behaviour on real Triton processes:
+
+- a request for a model that is not loaded loads it (``ensure_loaded``), and N concurrent requests
+  for the same cold model cause one load (single-flight: in process through a shared future,
+  across processes through the placement row, which only one process can move to ``loading``);
+- before a load, the eviction policy picks least-recently-used unpinned models to unload so that
+  the measured memory of what stays plus the new model fits the instance's budget; pinned models
+  are never evicted, and a model that cannot fit raises ``CapacityExceeded``;
+- every load verifies the package's sha256, measures the loaded model's real resident memory and
+  stores it on the placement (and on the version the first time), and records an Event; a failed
+  load marks the placement failed with Triton's reason and leaves the instance serving.
+
+It is the serving half of the deployments services (``services.py`` keeps the bookkeeping), split
+out because it is the only part that talks to a backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from config.errors import Conflict, DomainError
+from deployments import usage
+from deployments.backends.local import (
+    TritonMultiModelClient,
+    model_memory_mb,
+    prepare_model_dir,
+    start_triton,
+    stop_triton,
+)
+from deployments.events import record_event
+from deployments.eviction import CapacityExceeded, ResidentModel, plan_load, plan_trim
+from deployments.exceptions import InstanceUnavailable, ModelLoadFailed
+from deployments.models import Endpoint, Instance, Placement
+from models_registry import artifacts
+from models_registry.kinds import get_kind
+from models_registry.models import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "serving"
+# What a model of an unmeasured kind is assumed to need before its first load; the measurement
+# then replaces it and the instance is trimmed back under budget if it was more.
+DEFAULT_EXPECTED_MEMORY_MB = 200.0
+# How long a request waits for another process's load of the same model.
+FOREIGN_LOAD_WAIT_S = 60.0
+LOAD_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    placement_id: int
+    cold_start: bool
+    load_time_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class InvokeResult:
+    outputs: list
+    cold_start: bool
+    latency_ms: float
+    model_version: int
+
+
+# --- Instances -------------------------------------------------------------------------------
+
+
+def instances_root() -> Path:
+    return Path(settings.VAR_DIR) / "triton" / "instances"
+
+
+def models_root() -> Path:
+    """Where verified packages are unpacked, by sha256, shared by every local instance."""
+    return Path(settings.VAR_DIR) / "triton" / "models"
+
+
+def start_local_instance(
+    *, endpoint: Endpoint, actor: str, memory_budget_mb: int | None = None
+) -> Instance:
+    """Start one more Triton process for a local endpoint and record it as a healthy instance."""
+    if endpoint.backend != Endpoint.Backend.LOCAL:
+        raise DomainError(f"Endpoint {endpoint.name} is not a local endpoint.", field="endpoint")
+    instance_type = endpoint.instance_type
+    budget = memory_budget_mb or int(
+        instance_type.host_memory_mb * float(endpoint.target_memory_utilization)
+    )
+    with transaction.atomic():
+        Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+        ordinal = max(endpoint.instances.values_list("ordinal", flat=True), default=-1) + 1
+        instance = Instance.objects.create(
+            endpoint=endpoint,
+            ordinal=ordinal,
+            status=Instance.Status.STARTING,
+            host="127.0.0.1",
+            memory_budget_mb=budget,
+        )
+    workdir = instances_root() / f"{endpoint.name}-{ordinal}"
+    try:
+        process = start_triton(workdir=workdir, host="127.0.0.1")
+    except InstanceUnavailable as exc:
+        instance.status = Instance.Status.STOPPED
+        instance.status_reason = exc.message
+        instance.save(update_fields=["status", "status_reason", "updated_at"])
+        record_event(
+            kind="instance.start_failed",
+            severity="error",
+            actor=actor,
+            message=f"{instance} did not start: {exc.message}",
+            endpoint=endpoint,
+            instance=instance,
+        )
+        raise
+    _STARTED[process.pid] = process
+    now = timezone.now()
+    instance.port = process.port
+    instance.metrics_port = process.metrics_port
+    instance.pid = process.pid
+    instance.external_id = str(workdir)
+    instance.status = Instance.Status.HEALTHY
+    instance.started_at = now
+    instance.last_health_at = now
+    instance.save()
+    if endpoint.status != Endpoint.Status.IN_SERVICE:
+        endpoint.status = Endpoint.Status.IN_SERVICE
+        endpoint.save(update_fields=["status", "updated_at"])
+    record_event(
+        kind="instance.started",
+        actor=actor,
+        message=(
+            f"{instance} started: Triton pid {process.pid} on port {process.port}, "
+            f"{budget:,} MB budget."
+        ),
+        endpoint=endpoint,
+        instance=instance,
+    )
+    return instance
+
+
+def stop_local_instance(*, instance: Instance, actor: str, reason: str = "") -> Instance:
+    """Stop an instance's Triton process; its placements become unloaded."""
+    process = _process_of(instance)
+    if process is not None:
+        stop_triton(process)
+    with transaction.atomic():
+        instance = Instance.objects.select_for_update().get(pk=instance.pk)
+        instance.status = Instance.Status.STOPPED
+        instance.status_reason = reason
+        instance.pid = None
+        instance.save(update_fields=["status", "status_reason", "pid", "updated_at"])
+        instance.placements.filter(
+            actual_state__in=[Placement.ActualState.LOADED, Placement.ActualState.LOADING]
+        ).update(actual_state=Placement.ActualState.UNLOADED, updated_at=timezone.now())
+        record_event(
+            kind="instance.stopped",
+            actor=actor,
+            message=f"{instance} stopped{': ' + reason if reason else '.'}",
+            endpoint=instance.endpoint,
+            instance=instance,
+        )
+    _forget_client(instance)
+    return instance
+
+
+def check_instance_health(*, instance: Instance, actor: str = ACTOR) -> bool:
+    """Ping the instance; a dead one is marked unhealthy with an Event (the reconciler restarts
+    it)."""
+    if instance.status == Instance.Status.STOPPED:
+        return False
+    healthy = client_for(instance).ping()
+    now = timezone.now()
+    if healthy:
+        Instance.objects.filter(pk=instance.pk).update(
+            last_health_at=now, status=Instance.Status.HEALTHY, status_reason=""
+        )
+        return True
+    if instance.status != Instance.Status.UNHEALTHY:
+        Instance.objects.filter(pk=instance.pk).update(
+            status=Instance.Status.UNHEALTHY, status_reason="Did not answer /ping."
+        )
+        instance.placements.filter(
+            actual_state__in=[Placement.ActualState.LOADED, Placement.ActualState.LOADING]
+        ).update(actual_state=Placement.ActualState.UNLOADED, updated_at=now)
+        record_event(
+            kind="instance.unhealthy",
+            severity="error",
+            actor=actor,
+            message=f"{instance} stopped answering; its models are marked unloaded.",
+            endpoint=instance.endpoint,
+            instance=instance,
+        )
+    return False
+
+
+# --- Placements on instances --------------------------------------------------------------
+
+
+def place_on_instance(
+    *, version: ModelVersion, instance: Instance, actor: str, pinned: bool = False
+) -> Placement:
+    """Assign a packaged version to an instance (loaded on first request, or by a warm-up)."""
+    if version.status != ModelVersion.Status.READY or not version.package_uri:
+        raise Conflict(
+            f"{version} is {version.status}, not a packaged version ready to serve.",
+            field="version",
+        )
+    desired = Placement.DesiredState.PINNED if pinned else Placement.DesiredState.LOADED
+    placement, created = Placement.objects.get_or_create(
+        version=version,
+        instance=instance,
+        defaults={"endpoint": instance.endpoint, "desired_state": desired},
+    )
+    if created:
+        record_event(
+            kind="placement.created",
+            actor=actor,
+            message=f"{version} placed on {instance} ({desired}).",
+            version=version,
+            endpoint=instance.endpoint,
+            instance=instance,
+        )
+    return placement
+
+
+def ensure_loaded(*, placement: Placement, actor: str = ACTOR) -> LoadOutcome:
+    """Make sure the placement's model is loaded on its instance; loads it if not (one load for
+    any number of concurrent callers) and says whether this call was a cold start."""
+    state = Placement.objects.values_list("actual_state", flat=True).get(pk=placement.pk)
+    if state == Placement.ActualState.LOADED:
+        return LoadOutcome(placement_id=placement.pk, cold_start=False)
+    future, leader = _SINGLE_FLIGHT.join(placement.pk)
+    if not leader:
+        outcome = future.result(timeout=LOAD_TIMEOUT_S + FOREIGN_LOAD_WAIT_S)
+        return LoadOutcome(placement_id=placement.pk, cold_start=outcome.cold_start)
+    try:
+        outcome = _load(placement_id=placement.pk, actor=actor)
+    except BaseException as exc:
+        _SINGLE_FLIGHT.fail(placement.pk, exc)
+        raise
+    _SINGLE_FLIGHT.resolve(placement.pk, outcome)
+    return outcome
+
+
+def unload_placement(*, placement: Placement, actor: str, reason: str) -> Placement:
+    """Unload a placement's model from its instance (the desired state is left as it is)."""
+    client = client_for(placement.instance)
+    name = placement.version.triton_model_name
+    client.unload_model(name)
+    Placement.objects.filter(pk=placement.pk).update(
+        actual_state=Placement.ActualState.UNLOADED, updated_at=timezone.now()
+    )
+    record_event(
+        kind="placement.unloaded",
+        actor=actor,
+        message=f"{placement.version} unloaded from {placement.instance}: {reason}",
+        version=placement.version,
+        endpoint=placement.endpoint,
+        instance=placement.instance,
+    )
+    placement.actual_state = Placement.ActualState.UNLOADED
+    return placement
+
+
+def invoke_placement(*, placement: Placement, inputs: list) -> InvokeResult:
+    """Answer ``inputs`` with the placement's model, loading it first when it is cold."""
+    version = placement.version
+    kind = get_kind(version.model.kind)
+    body = kind.encode_request(inputs)
+    started = time.perf_counter()
+    cold_start = False
+    try:
+        cold_start = ensure_loaded(placement=placement).cold_start
+        answer = client_for(placement.instance).invoke(version.triton_model_name, body)
+        outputs = kind.decode_response(answer)
+    except Exception:
+        _count(placement, started, cold_start=cold_start, error=True)
+        raise
+    latency_ms = _count(placement, started, cold_start=cold_start, error=False)
+    return InvokeResult(
+        outputs=outputs,
+        cold_start=cold_start,
+        latency_ms=latency_ms,
+        model_version=version.number,
+    )
+
+
+def _count(placement: Placement, started: float, *, cold_start: bool, error: bool) -> float:
+    latency_ms = (time.perf_counter() - started) * 1000
+    usage.COUNTERS.record(
+        version_id=placement.version_id,
+        endpoint_id=placement.endpoint_id,
+        tenant_id=placement.version.model.tenant_id,
+        latency_ms=latency_ms,
+        cold_start=cold_start,
+        error=error,
+        placement_id=placement.pk,
+    )
+    _touch(placement.pk)
+    return latency_ms
+
+
+# --- The load itself -------------------------------------------------------------------------
+
+
+def _resident_view(instance: Instance, *, exclude: int) -> tuple[list[ResidentModel], dict]:
+    """The instance's resident placements as the eviction policy sees them."""
+    resident = (
+        Placement.objects.filter(
+            instance=instance,
+            actual_state__in=[Placement.ActualState.LOADED, Placement.ActualState.LOADING],
+        )
+        .exclude(pk=exclude)
+        .select_related("version")
+    )
+    view, by_key = [], {}
+    for other in resident:
+        key = str(other.pk)
+        by_key[key] = other
+        last_used = _last_used(other)
+        view.append(
+            ResidentModel(
+                key=key,
+                memory_mb=_memory_of(other),
+                pinned=other.is_pinned,
+                last_used=last_used,
+                loading=other.actual_state == Placement.ActualState.LOADING,
+            )
+        )
+    return view, by_key
+
+
+def _load(*, placement_id: int, actor: str) -> LoadOutcome:
+    # 1. Claim the load under the instance's row lock: the plan and the "loading" mark are one
+    #    decision, so two processes can neither both load nor both spend the same free memory.
+    with transaction.atomic():
+        placement = (
+            Placement.objects.select_for_update(of=("self",))
+            .select_related("version__model__tenant", "instance__endpoint", "endpoint")
+            .get(pk=placement_id)
+        )
+        if placement.actual_state == Placement.ActualState.LOADED:
+            return LoadOutcome(placement_id=placement_id, cold_start=False)
+        if placement.actual_state == Placement.ActualState.LOADING and _recently_updated(placement):
+            foreign = True
+        else:
+            foreign = False
+            instance = Instance.objects.select_for_update().get(pk=placement.instance_id)
+            if instance.status not in (Instance.Status.HEALTHY, Instance.Status.STARTING):
+                raise InstanceUnavailable(
+                    f"{instance} is {instance.status}; retry once the reconciler restarts it."
+                )
+            resident, by_key = _resident_view(instance, exclude=placement.pk)
+            plan = plan_load(
+                resident=resident,
+                incoming_key=str(placement.pk),
+                incoming_mb=_memory_of(placement),
+                budget_mb=instance.memory_budget_mb,
+            )
+            victims = [by_key[key] for key in plan.evict]
+            placement.actual_state = Placement.ActualState.LOADING
+            placement.failure_reason = ""
+            placement.save(update_fields=["actual_state", "failure_reason", "updated_at"])
+    if foreign:
+        return _wait_for_foreign_load(placement_id)
+
+    version = placement.version
+    instance = placement.instance
+    client = client_for(instance)
+    try:
+        for victim in victims:
+            _evict(client=client, placement=victim, to_make_room_for=placement, actor=actor)
+        model_dir = _unpacked_package(version)
+        started = time.perf_counter()
+        client.load_model(version.triton_model_name, str(model_dir), timeout_s=LOAD_TIMEOUT_S)
+        load_time_ms = (time.perf_counter() - started) * 1000
+    except (DomainError, OSError) as exc:
+        _mark_load_failed(placement, exc, actor=actor)
+        raise
+    reading = _measure(instance, version)
+    now = timezone.now()
+    with transaction.atomic():
+        Placement.objects.filter(pk=placement.pk).update(
+            actual_state=Placement.ActualState.LOADED,
+            host_memory_mb=reading,
+            load_time_ms=load_time_ms,
+            loaded_at=now,
+            last_invoked_at=now,
+            retries=0,
+            updated_at=now,
+        )
+        if reading is not None and version.host_memory_mb is None:
+            ModelVersion.objects.filter(pk=version.pk, host_memory_mb__isnull=True).update(
+                host_memory_mb=reading
+            )
+        record_event(
+            kind="placement.loaded",
+            actor=actor,
+            message=(
+                f"{version} loaded on {instance} in {load_time_ms:,.0f} ms"
+                + (f", {reading:,.0f} MB resident." if reading is not None else ".")
+            ),
+            version=version,
+            endpoint=placement.endpoint,
+            instance=instance,
+            data={"load_time_ms": round(load_time_ms, 1), "host_memory_mb": reading},
+        )
+    _trim_to_budget(instance=instance, keep=placement, client=client, actor=actor)
+    return LoadOutcome(placement_id=placement.pk, cold_start=True, load_time_ms=load_time_ms)
+
+
+def _evict(*, client, placement: Placement, to_make_room_for: Placement, actor: str) -> None:
+    client.unload_model(placement.version.triton_model_name)
+    Placement.objects.filter(pk=placement.pk).update(
+        actual_state=Placement.ActualState.EVICTED, updated_at=timezone.now()
+    )
+    record_event(
+        kind="placement.evicted",
+        actor=actor,
+        message=(
+            f"{placement.version} evicted from {placement.instance} (least recently used) to "
+            f"make room for {to_make_room_for.version}."
+        ),
+        version=placement.version,
+        endpoint=placement.endpoint,
+        instance=placement.instance,
+        data={"host_memory_mb": _memory_of(placement)},
+    )
+
+
+def _trim_to_budget(*, instance: Instance, keep: Placement, client, actor: str) -> None:
+    """After a load measured more than expected, evict until the instance is within budget."""
+    with transaction.atomic():
+        locked = Instance.objects.select_for_update().get(pk=instance.pk)
+        resident, by_key = _resident_view(locked, exclude=-1)
+        victims = [
+            by_key[key]
+            for key in plan_trim(
+                resident=resident, budget_mb=locked.memory_budget_mb, keep=str(keep.pk)
+            )
+        ]
+    for victim in victims:
+        _evict(client=client, placement=victim, to_make_room_for=keep, actor=actor)
+
+
+def _mark_load_failed(placement: Placement, exc: BaseException, *, actor: str) -> None:
+    reason = getattr(exc, "message", None) or str(exc)
+    Placement.objects.filter(pk=placement.pk).update(
+        actual_state=Placement.ActualState.FAILED,
+        failure_reason=reason[:4000],
+        retries=placement.retries + 1,
+        updated_at=timezone.now(),
+    )
+    ModelVersion.objects.filter(pk=placement.version_id).update(
+        status_reason=f"Load on {placement.instance} failed: {reason}"[:4000]
+    )
+    record_event(
+        kind="placement.load_failed",
+        severity="error",
+        actor=actor,
+        message=f"{placement.version} failed to load on {placement.instance}: {reason}",
+        version=placement.version,
+        endpoint=placement.endpoint,
+        instance=placement.instance,
+    )
+
+
+def _wait_for_foreign_load(placement_id: int) -> LoadOutcome:
+    """Another process is loading this model: wait for its outcome instead of loading twice."""
+    deadline = time.monotonic() + FOREIGN_LOAD_WAIT_S
+    while time.monotonic() < deadline:
+        state, reason = Placement.objects.values_list("actual_state", "failure_reason").get(
+            pk=placement_id
+        )
+        if state == Placement.ActualState.LOADED:
+            return LoadOutcome(placement_id=placement_id, cold_start=True)
+        if state == Placement.ActualState.FAILED:
+            raise ModelLoadFailed(reason or "The model failed to load.")
+        if state != Placement.ActualState.LOADING:
+            break
+        time.sleep(0.05)
+    raise InstanceUnavailable("The model is still loading in another worker; retry shortly.")
+
+
+def _unpacked_package(version: ModelVersion) -> Path:
+    """The verified, unpacked Triton package of a version (the MME ``url`` to load from)."""
+    package_path = Path(version.package_uri)
+    if version.package_uri.startswith("s3://"):
+        cache = models_root() / "downloads" / f"{version.sha256}.tar.gz"
+        if not cache.exists():
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".part")
+            tmp.write_bytes(artifacts.read_bytes(version.package_uri))
+            tmp.replace(cache)
+        package_path = cache
+    return prepare_model_dir(
+        package_path=package_path, expected_sha256=version.sha256, models_root=models_root()
+    )
+
+
+def _measure(instance: Instance, version: ModelVersion) -> float | None:
+    if not instance.pid:
+        return None
+    reading = model_memory_mb(instance.pid, version.triton_model_name)
+    return round(reading.rss_mb, 1) if reading is not None else None
+
+
+# --- Small helpers -------------------------------------------------------------------------
+
+
+def _memory_of(placement: Placement) -> float:
+    for figure in (placement.host_memory_mb, placement.version.host_memory_mb):
+        if figure is not None:
+            return float(figure)
+    return float(getattr(get_kind(placement.version.model.kind), "expected_memory_mb", 0) or 0) or (
+        DEFAULT_EXPECTED_MEMORY_MB
+    )
+
+
+def _recently_updated(placement: Placement) -> bool:
+    return placement.updated_at >= timezone.now() - timedelta(seconds=LOAD_TIMEOUT_S)
+
+
+# Last use per placement in this process (monotonic clock), so ordering by recency needs no
+# database write per request; the database's last_invoked_at is the cross-process fallback.
+_LAST_USED: dict[int, float] = {}
+_LAST_USED_LOCK = threading.Lock()
+
+
+def _touch(placement_id: int) -> None:
+    with _LAST_USED_LOCK:
+        _LAST_USED[placement_id] = time.monotonic()
+
+
+def _last_used(placement: Placement) -> float:
+    with _LAST_USED_LOCK:
+        local = _LAST_USED.get(placement.pk)
+    if local is not None:
+        # Map the monotonic stamp onto the wall clock so it compares with database stamps.
+        return time.time() - (time.monotonic() - local)
+    stamp = placement.last_invoked_at or placement.loaded_at
+    return stamp.timestamp() if stamp else 0.0
+
+
+class _SingleFlight:
+    """One in-process load per placement; later callers wait on the first caller's future."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inflight: dict[int, Future] = {}
+
+    def join(self, key: int) -> tuple[Future, bool]:
+        with self._lock:
+            future = self._inflight.get(key)
+            if future is not None:
+                return future, False
+            future = Future()
+            self._inflight[key] = future
+            return future, True
+
+    def resolve(self, key: int, outcome: LoadOutcome) -> None:
+        with self._lock:
+            future = self._inflight.pop(key)
+        future.set_result(outcome)
+
+    def fail(self, key: int, exc: BaseException) -> None:
+        with self._lock:
+            future = self._inflight.pop(key)
+        future.set_exception(exc)
+
+
+_SINGLE_FLIGHT = _SingleFlight()
+
+# Triton processes this process started, by pid: their handles reap the child on stop.
+_STARTED: dict[int, object] = {}
+
+_CLIENTS: dict[tuple[str, int], TritonMultiModelClient] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def client_for(instance: Instance) -> TritonMultiModelClient:
+    """A pooled protocol client for a local instance."""
+    if instance is None or not instance.port:
+        raise InstanceUnavailable("The placement has no running instance.")
+    key = (instance.host, instance.port)
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = TritonMultiModelClient(
+                host=instance.host,
+                port=instance.port,
+                metrics_port=instance.metrics_port,
+                # Load failures without a Python traceback are explained by the server's log.
+                log_path=Path(instance.external_id) / "triton.log"
+                if instance.external_id
+                else None,
+            )
+            _CLIENTS[key] = client
+        return client
+
+
+def _forget_client(instance: Instance) -> None:
+    with _CLIENTS_LOCK:
+        _CLIENTS.pop((instance.host, instance.port or 0), None)
+
+
+def _process_of(instance: Instance):
+    from deployments.backends.local import TritonProcess
+
+    if not instance.pid:
+        return None
+    started_here = _STARTED.pop(instance.pid, None)
+    if started_here is not None:
+        return started_here  # holds the child handle, so stopping also reaps it
+    return TritonProcess.from_record(
+        pid=instance.pid,
+        host=instance.host,
+        port=instance.port,
+        metrics_port=instance.metrics_port,
+        workdir=Path(instance.external_id) if instance.external_id else None,
+    )
+
+
+__all__ = [
+    "CapacityExceeded",
+    "InvokeResult",
+    "LoadOutcome",
+    "check_instance_health",
+    "ensure_loaded",
+    "invoke_placement",
+    "place_on_instance",
+    "start_local_instance",
+    "stop_local_instance",
+    "unload_placement",
+]

@@ -1,0 +1,319 @@
+"""Triton packages: a kind's artifact directory → ``model.tar.gz`` as SageMaker MME with Triton
+loads it, plus the checksum check run before a package is trusted.
+
+The tarball holds one Triton model directory::
+
+    <triton_model_name>/config.pbtxt          backend "python", batching, tensors, instances
+    <triton_model_name>/1/model.py            the kind's triton_runtime module, verbatim
+    <triton_model_name>/1/<artifact files>    encoder.onnx, tokenizer.json, ...
+    <triton_model_name>/<env>.tar.gz          only with an execution environment
+
+It is byte-for-byte deterministic (sorted entries, fixed mtimes, owners and modes, no gzip
+timestamp), so the same artifact always gives the same sha256 and a rebuild can be recognised.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import io
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from config.errors import DomainError
+from models_registry import artifacts
+from models_registry.exceptions import InvalidArtifact, PackageChecksumMismatch
+from models_registry.kinds import ModelKind, TritonSignature, get_kind
+
+MAX_QUEUE_DELAY_MICROSECONDS = 1000
+MODEL_VERSION_DIR = "1"
+RUNTIME_FILE = "model.py"
+CONFIG_FILE = "config.pbtxt"
+# 1980-01-01: a fixed, non-zero mtime (some extractors warn about the epoch) for every member.
+_FIXED_MTIME = 315532800
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class PackageInfo:
+    path: Path
+    sha256: str
+    size_bytes: int
+    triton_model_name: str
+
+
+@dataclass(frozen=True)
+class PackageEntry:
+    """One file of a package: its path inside the tarball and its content (a file or bytes)."""
+
+    name: str
+    source: Path | None = None
+    content: bytes | None = None
+
+
+def build_triton_package(
+    *,
+    kind: str,
+    artifact_dir: Path,
+    triton_model_name: str,
+    out_path: Path,
+    execution_env_uri: str | None = None,
+    instance_count: int = 1,
+) -> PackageInfo:
+    """Write the Triton ``model.tar.gz`` for an artifact of ``kind`` to ``out_path`` atomically."""
+    model_kind = get_kind(kind)
+    artifact_dir = Path(artifact_dir)
+    _check_model_name(triton_model_name)
+    if instance_count < 1:
+        raise DomainError(f"instance_count must be at least 1 (got {instance_count}).")
+    if not model_kind.runtime_module or model_kind.triton_signature is None:
+        raise InvalidArtifact(f"The {kind!r} kind cannot be served on Triton.", field="kind")
+    artifact_files = _artifact_files(model_kind, artifact_dir)
+    env_name = None
+    with tempfile.TemporaryDirectory(prefix="tenantml-env-") as scratch:
+        entries = [
+            PackageEntry(name=f"{MODEL_VERSION_DIR}/{RUNTIME_FILE}", content=runtime_source(kind))
+        ]
+        entries += [
+            PackageEntry(name=f"{MODEL_VERSION_DIR}/{relative}", source=artifact_dir / relative)
+            for relative in artifact_files
+        ]
+        if execution_env_uri:
+            env_path = _local_env(execution_env_uri, Path(scratch))
+            env_name = env_path.name
+            entries.append(PackageEntry(name=env_name, source=env_path))
+        config = render_config(
+            signature=model_kind.triton_signature(artifact_dir),
+            max_batch_size=model_kind.max_batch_size,
+            instance_count=instance_count,
+            execution_env_file=env_name,
+        )
+        entries.append(PackageEntry(name=CONFIG_FILE, content=config.encode()))
+        return write_package(
+            entries=entries, triton_model_name=triton_model_name, out_path=out_path
+        )
+
+
+def verify_package(*, path: Path, expected_sha256: str) -> None:
+    """Raise PackageChecksumMismatch unless the file at ``path`` has ``expected_sha256``."""
+    actual = _sha256_file(Path(path))
+    if actual != expected_sha256.lower():
+        raise PackageChecksumMismatch(
+            f"Triton package {path} has sha256 {actual}, but {expected_sha256} was recorded "
+            "when it was built; it is corrupt or was replaced, so it will not be loaded. "
+            "Rebuild the package for this version."
+        )
+
+
+def runtime_source(kind: str) -> bytes:
+    """The source of the kind's python-backend module, as packaged into ``1/model.py``."""
+    module = get_kind(kind).runtime_module
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise InvalidArtifact(f"The runtime module {module!r} of kind {kind!r} is not installed.")
+    return Path(spec.origin).read_bytes()
+
+
+def render_config(
+    *,
+    signature: TritonSignature,
+    max_batch_size: int,
+    instance_count: int = 1,
+    execution_env_file: str | None = None,
+) -> str:
+    """The ``config.pbtxt`` text of a python-backend model with dynamic batching on CPU.
+
+    It has no ``name``: SageMaker loads the model under its own name for the directory, and
+    Triton fills the field in.
+    """
+    parameters = dict(signature.parameters)
+    if execution_env_file:
+        # $$ is Triton's escape for the model directory of wherever SageMaker unpacked it.
+        parameters["EXECUTION_ENV_PATH"] = f"$$TRITON_MODEL_DIRECTORY/{execution_env_file}"
+    lines = [
+        'backend: "python"',
+        f"max_batch_size: {max_batch_size}",
+        "dynamic_batching {",
+        f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_MICROSECONDS}",
+        "}",
+        *_tensors("input", signature.inputs),
+        *_tensors("output", signature.outputs),
+        "instance_group [",
+        "  {",
+        f"    count: {instance_count}",
+        "    kind: KIND_CPU",
+        "  }",
+        "]",
+    ]
+    for key, value in sorted(parameters.items()):
+        lines += [
+            "parameters {",
+            f"  key: {_quote(key)}",
+            f"  value: {{ string_value: {_quote(value)} }}",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_package(
+    *, entries: Iterable[PackageEntry], triton_model_name: str, out_path: Path
+) -> PackageInfo:
+    """Write ``entries`` under ``<triton_model_name>/`` as a deterministic tar.gz, atomically."""
+    _check_model_name(triton_model_name)
+    entries = sorted(entries, key=lambda entry: entry.name)
+    names = [entry.name for entry in entries]
+    if len(set(names)) != len(names):
+        raise InvalidArtifact(f"A package cannot hold two files with the same name: {names}.")
+    directories = sorted(
+        {str(parent) for name in names for parent in PurePosixPath(name).parents} - {"."}
+    )
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=out_path.parent, prefix=".tmp-", suffix=".tar.gz")
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            hashing = _HashingWriter(raw)
+            # filename="" and mtime=0 keep the gzip header free of the temp name and the clock.
+            with (
+                gzip.GzipFile(filename="", mode="wb", fileobj=hashing, mtime=0) as compressed,
+                tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
+            ):
+                tar.addfile(_member(triton_model_name, directory=True))
+                for directory in directories:
+                    tar.addfile(_member(f"{triton_model_name}/{directory}", directory=True))
+                for entry in entries:
+                    _add_file(tar, f"{triton_model_name}/{entry.name}", entry)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp_name, out_path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return PackageInfo(
+        path=out_path,
+        sha256=hashing.digest.hexdigest(),
+        size_bytes=hashing.size,
+        triton_model_name=triton_model_name,
+    )
+
+
+class _HashingWriter(io.RawIOBase):
+    """Passes writes through to ``target`` while hashing them, so the file is read only once."""
+
+    def __init__(self, target) -> None:
+        self.target = target
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        self.target.write(data)
+        return len(data)
+
+
+def _member(name: str, *, directory: bool = False, size: int = 0) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mode = 0o755 if directory else 0o644
+    info.size = size
+    info.mtime = _FIXED_MTIME
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _add_file(tar: tarfile.TarFile, name: str, entry: PackageEntry) -> None:
+    if entry.content is not None:
+        tar.addfile(_member(name, size=len(entry.content)), io.BytesIO(entry.content))
+        return
+    with open(entry.source, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        tar.addfile(_member(name, size=size), handle)
+
+
+def _artifact_files(kind: ModelKind, artifact_dir: Path) -> list[str]:
+    if not artifact_dir.is_dir():
+        raise InvalidArtifact(f"The artifact directory {artifact_dir} does not exist.")
+    missing = [name for name in kind.artifact_files if not (artifact_dir / name).is_file()]
+    if missing:
+        raise InvalidArtifact(
+            f"The {kind.name!r} artifact in {artifact_dir} lacks {', '.join(missing)}; "
+            "retrain the version to produce a complete artifact."
+        )
+    files = sorted(
+        path.relative_to(artifact_dir).as_posix()
+        for path in artifact_dir.rglob("*")
+        if path.is_file() and not path.name.startswith(".")
+    )
+    if RUNTIME_FILE in files:
+        raise InvalidArtifact(f"An artifact may not contain {RUNTIME_FILE}; the kind provides it.")
+    return files
+
+
+def _local_env(uri: str, scratch: Path) -> Path:
+    """The execution environment tarball as a local file (fetched from the store if remote)."""
+    name = PurePosixPath(uri.removeprefix("file://")).name
+    if not name.endswith(".tar.gz"):
+        raise InvalidArtifact(
+            f"The execution environment {uri!r} must be a conda-pack .tar.gz file.",
+            field="execution_env_uri",
+        )
+    if uri.startswith("s3://"):
+        local = scratch / name
+        local.write_bytes(artifacts.read_bytes(uri))
+        return local
+    local = Path(uri.removeprefix("file://"))
+    if not local.is_file():
+        raise InvalidArtifact(
+            f"The execution environment {uri} does not exist.", field="execution_env_uri"
+        )
+    return local
+
+
+def _tensors(section: str, tensors) -> list[str]:
+    lines = [f"{section} ["]
+    for index, tensor in enumerate(tensors):
+        dims = ", ".join(str(size) for size in tensor.dims)
+        lines += [
+            "  {",
+            f"    name: {_quote(tensor.name)}",
+            f"    data_type: {tensor.data_type}",
+            f"    dims: [ {dims} ]",
+            "  }" + ("," if index < len(tensors) - 1 else ""),
+        ]
+    return [*lines, "]"]
+
+
+def _quote(value: str) -> str:
+    """A protobuf text-format string literal; UTF-8 stays as is (older parsers lack \\u)."""
+    for character, escape in (
+        ("\\", "\\\\"),
+        ('"', '\\"'),
+        ("\n", "\\n"),
+        ("\r", "\\r"),
+        ("\t", "\\t"),
+    ):
+        value = value.replace(character, escape)
+    return f'"{value}"'
+
+
+def _check_model_name(name: str) -> None:
+    if not name or "/" in name or name in {".", ".."} or name.startswith("."):
+        raise DomainError(f"{name!r} is not a valid Triton model name.", field="triton_model_name")
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,151 @@
+"""Triton python-backend model for the ``embedding`` kind: text → 384-float unit vector.
+
+This file is copied verbatim as ``1/model.py`` into the kind's Triton package, so it imports only
+numpy, onnxruntime, tokenizers and the standard library (plus Triton's own
+``triton_python_backend_utils`` when Triton runs it). The files it loads sit beside it in ``1/``:
+``encoder.onnx`` (the tenant's encoder) and ``tokenizer.json``.
+
+Wire format (KServe v2 JSON, ``POST /models/<name>/invoke`` on a SageMaker-mode Triton)::
+
+    request:  {"inputs": [{"name": "TEXT", "shape": [n, 1], "datatype": "BYTES",
+                           "data": ["How do I reset my password?", ...]}]}
+    response: {"outputs": [
+        {"name": "EMBEDDING", "datatype": "FP32", "shape": [n, 384], "data": [e00, e01, ...]}]}
+
+Row i of EMBEDDING (row-major in ``data``) is the L2-normalized mean-pooled embedding of text i,
+so a dot product is the cosine similarity. At most 32 texts per request (``max_batch_size``);
+Triton's dynamic batcher merges concurrent requests into one encoder run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Triton's python stub runs an isolated interpreter: it inherits PYTHONPATH but does not put it on
+# sys.path. Honour it, first as Python would, so the server's environment picks numpy/onnxruntime.
+for _entry in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]):
+    if _entry not in sys.path:
+        sys.path.insert(0, _entry)
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # imported outside Triton: packaging and tests use Predictor
+    pb_utils = None
+
+ENCODER_FILE = "encoder.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+MAX_TOKENS = 128
+ENCODE_BATCH_SIZE = 32
+EMBEDDING_DIM = 384
+
+# tokenizers would otherwise start a thread per core in every loaded model's stub process; one
+# host holds hundreds of models, and the batches here are at most 32 short texts.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class Encoder:
+    """The base encoder: tokenizes, runs the ONNX graph and mean-pools to unit-norm vectors."""
+
+    def __init__(self, model_dir: str) -> None:
+        options = ort.SessionOptions()
+        # One thread and no arena: a host runs many small models side by side, and each one's
+        # memory must stay what was measured at load, not grow with the largest batch seen.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = False
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            os.path.join(model_dir, ENCODER_FILE), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = {node.name for node in self.session.get_inputs()}
+        self.tokenizer = Tokenizer.from_file(os.path.join(model_dir, TOKENIZER_FILE))
+        padding = self.tokenizer.padding or {}
+        self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
+        # No fixed length: pad to the longest text of each batch.
+        self.tokenizer.enable_padding(
+            pad_id=padding.get("pad_id", 0), pad_token=padding.get("pad_token", "[PAD]")
+        )
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit-norm mean-pooled embeddings, one float32 row per text."""
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        # Sorting by length keeps padding (wasted encoder work) small within each chunk.
+        order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
+        rows: list[np.ndarray] = [np.empty(0)] * len(texts)
+        for start in range(0, len(order), ENCODE_BATCH_SIZE):
+            chunk = order[start : start + ENCODE_BATCH_SIZE]
+            for index, row in zip(chunk, self._embed_batch([texts[i] for i in chunk]), strict=True):
+                rows[index] = row
+        return np.stack(rows)
+
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(texts)
+        mask = np.array([item.attention_mask for item in encodings], dtype=np.int64)
+        feeds = {
+            "input_ids": np.array([item.ids for item in encodings], dtype=np.int64),
+            "attention_mask": mask,
+        }
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.array([item.type_ids for item in encodings], np.int64)
+        hidden = self.session.run(None, feeds)[0]
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+
+class Predictor:
+    """The embedding model loaded from a directory holding the files named above."""
+
+    def __init__(self, model_dir: str) -> None:
+        self.encoder = Encoder(model_dir)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit-norm embeddings as a float32 array of shape [len(texts), 384]."""
+        if not texts:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        return self.encoder.embed(texts)
+
+    def predict(self, texts: list[str]) -> list[list[float]]:
+        """One list of 384 floats (unit L2 norm) per text."""
+        return self.embed(texts).tolist()
+
+
+class TritonPythonModel:
+    """Triton's entry point: one Predictor per model instance, one encoder run per batch."""
+
+    def initialize(self, args: dict) -> None:
+        model_dir = os.path.join(args["model_repository"], args["model_version"])
+        self.predictor = Predictor(model_dir)
+
+    def execute(self, requests: list) -> list:
+        texts_per_request = []
+        try:
+            for request in requests:
+                tensor = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
+                texts_per_request.append([_text(value) for value in tensor.reshape(-1)])
+            vectors = self.predictor.embed([t for texts in texts_per_request for t in texts])
+        except Exception as exc:  # answer every request of the batch with the reason
+            error = pb_utils.TritonError(f"embedding failed: {exc}")
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        responses, start = [], 0
+        for texts in texts_per_request:
+            rows = vectors[start : start + len(texts)]
+            start += len(texts)
+            responses.append(
+                pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("EMBEDDING", rows)])
+            )
+        return responses
+
+    def finalize(self) -> None:
+        self.predictor = None
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

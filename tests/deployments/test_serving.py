@@ -1,0 +1,350 @@
+"""Serving tenant models on a real Triton in multi-model mode, through the platform's services.
+
+Every test packages real model versions (the int8 MiniLM encoder with a trained head, or the
+embedding encoder), loads them into a real tritonserver and checks what a user would notice: the
+answers equal running the artifact directly, cold starts and cache hits, least-recently-used
+eviction within the memory budget, pinned models staying, one load for many concurrent requests,
+and clear failures (never a hung instance) for corrupt packages and broken model code.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from deployments import serving
+from deployments.backends.local import TritonMultiModelClient, start_triton, stop_triton
+from deployments.eviction import CapacityExceeded
+from deployments.exceptions import ModelLoadFailed
+from deployments.models import Endpoint, Event, Instance, Placement
+from models_registry.exceptions import PackageChecksumMismatch
+from models_registry.models import ModelVersion
+from models_registry.services import package_version
+from models_registry.triton_runtime.embedding import Predictor as EmbeddingPredictor
+from models_registry.triton_runtime.intent_classifier import Predictor as IntentPredictor
+from tests.factories import EndpointFactory, InstanceFactory, ModelVersionFactory
+
+TICKETS = [
+    "Where is my refund? I sent the parcel back a month ago.",
+    "I can't sign in, the password reset link is broken.",
+    "My package was delivered to the wrong address.",
+]
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory):
+    """One real Triton server for the module; each test gets its own instance row on it."""
+    process = start_triton(workdir=tmp_path_factory.mktemp("triton-serving"))
+    yield process
+    stop_triton(process)
+
+
+@pytest.fixture
+def triton_client(triton):
+    return TritonMultiModelClient.for_process(triton)
+
+
+@pytest.fixture
+def instance(db, triton, triton_client):
+    endpoint = EndpointFactory(backend=Endpoint.Backend.LOCAL, model_kind="intent-classifier")
+    row = InstanceFactory(
+        endpoint=endpoint,
+        host=triton.host,
+        port=triton.port,
+        metrics_port=triton.metrics_port,
+        pid=triton.pid,
+        external_id=str(triton.workdir),
+        memory_budget_mb=4000,
+    )
+    yield row
+    for model in triton_client.list_models():  # leave the shared server empty for the next test
+        triton_client.unload_model(model.name)
+
+
+def packaged(artifact_dir: Path, *, kind: str = "intent-classifier") -> ModelVersion:
+    version = ModelVersionFactory(
+        model__kind=kind,
+        status=ModelVersion.Status.REGISTERED,
+        artifact_uri=str(artifact_dir),
+        host_memory_mb=None,
+    )
+    return package_version(version=version, actor="test")
+
+
+def loaded_names(client) -> set[str]:
+    return {model.name for model in client.list_models()}
+
+
+def test_packaging_stores_the_tarball_with_its_digest(db, intent_artifact):
+    version = packaged(intent_artifact)
+
+    assert version.status == ModelVersion.Status.READY
+    package = Path(version.package_uri)
+    assert package.name == "model.tar.gz" and package.stat().st_size == version.size_bytes
+    import hashlib
+
+    assert hashlib.sha256(package.read_bytes()).hexdigest() == version.sha256
+    assert Event.objects.filter(kind="version.packaged", version=version).exists()
+
+
+def test_intent_classifier_answers_like_its_artifact_run_directly(
+    instance, intent_artifact, triton_client
+):
+    version = packaged(intent_artifact)
+    placement = serving.place_on_instance(version=version, instance=instance, actor="test")
+
+    first = serving.invoke_placement(placement=placement, inputs=TICKETS)
+    second = serving.invoke_placement(placement=placement, inputs=TICKETS[:1])
+
+    expected = IntentPredictor(str(intent_artifact)).predict(TICKETS)
+    assert [o["label"] for o in first.outputs] == [e["label"] for e in expected]
+    assert [o["label"] for o in first.outputs] == ["refund", "account_access", "shipping"]
+    for got, want in zip(first.outputs, expected, strict=True):
+        for label, score in want["scores"].items():
+            assert got["scores"][label] == pytest.approx(score, abs=0.02)
+    assert first.cold_start is True and second.cold_start is False
+    assert first.model_version == version.number
+    assert version.triton_model_name in loaded_names(triton_client)
+    placement.refresh_from_db()
+    version.refresh_from_db()
+    assert placement.actual_state == Placement.ActualState.LOADED
+    assert 30 < placement.host_memory_mb < 400  # measured from the model's own stub process
+    assert version.host_memory_mb == placement.host_memory_mb
+    assert placement.load_time_ms > 0
+    assert Event.objects.filter(kind="placement.loaded", version=version).count() == 1
+
+
+def test_embedding_answers_like_its_artifact_and_unloads(
+    instance, embedding_artifact, triton_client
+):
+    version = packaged(embedding_artifact, kind="embedding")
+    placement = serving.place_on_instance(version=version, instance=instance, actor="test")
+
+    result = serving.invoke_placement(placement=placement, inputs=TICKETS[:2])
+
+    expected = EmbeddingPredictor(str(embedding_artifact)).predict(TICKETS[:2])
+    got = np.asarray(result.outputs, dtype=np.float32)
+    assert got.shape == (2, 384)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)
+    cosine = (got * np.asarray(expected)).sum(axis=1)
+    assert cosine.min() > 0.98  # int8 answers shift slightly with what Triton batches together
+
+    serving.unload_placement(placement=placement, actor="test", reason="test done")
+
+    assert version.triton_model_name not in loaded_names(triton_client)
+    placement.refresh_from_db()
+    assert placement.actual_state == Placement.ActualState.UNLOADED
+
+
+def three_versions(intent_artifact) -> list[ModelVersion]:
+    return [packaged(intent_artifact) for _ in range(3)]
+
+
+def test_least_recently_used_model_is_evicted_to_stay_within_budget(
+    instance, intent_artifact, triton_client
+):
+    first, second, third = three_versions(intent_artifact)
+    placements = [
+        serving.place_on_instance(version=v, instance=instance, actor="test")
+        for v in (first, second, third)
+    ]
+    serving.invoke_placement(placement=placements[0], inputs=TICKETS[:1])
+    measured = Placement.objects.get(pk=placements[0].pk).host_memory_mb
+    # Room for two models of this size, not three.
+    Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(measured * 2.5))
+    serving.invoke_placement(placement=placements[1], inputs=TICKETS[:1])
+    serving.invoke_placement(placement=placements[0], inputs=TICKETS[:1])  # first is now recent
+
+    result = serving.invoke_placement(placement=placements[2], inputs=TICKETS[:1])
+
+    assert result.cold_start is True
+    names = loaded_names(triton_client)
+    assert second.triton_model_name not in names
+    assert {first.triton_model_name, third.triton_model_name} <= names
+    evicted = Event.objects.get(kind="placement.evicted")
+    assert evicted.version == second
+    states = dict(Placement.objects.values_list("version_id", "actual_state"))
+    assert states[second.pk] == Placement.ActualState.EVICTED
+    resident = Placement.objects.filter(instance=instance, actual_state="loaded")
+    assert sum(p.host_memory_mb for p in resident) <= measured * 2.5
+
+
+def test_pinned_models_are_never_evicted_and_a_model_that_cannot_fit_is_refused(
+    instance, intent_artifact, triton_client
+):
+    first, second, third = three_versions(intent_artifact)
+    pinned = [
+        serving.place_on_instance(version=v, instance=instance, actor="test", pinned=True)
+        for v in (first, second)
+    ]
+    for placement in pinned:
+        serving.invoke_placement(placement=placement, inputs=TICKETS[:1])
+    measured = max(Placement.objects.filter(instance=instance).values_list("host_memory_mb"))[0]
+    Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(measured * 2.5))
+    extra = serving.place_on_instance(version=third, instance=instance, actor="test")
+
+    with pytest.raises(CapacityExceeded, match="pinned and loading models hold"):
+        serving.invoke_placement(placement=extra, inputs=TICKETS[:1])
+
+    assert {first.triton_model_name, second.triton_model_name} <= loaded_names(triton_client)
+    assert third.triton_model_name not in loaded_names(triton_client)
+    assert not Event.objects.filter(kind="placement.evicted").exists()
+
+
+@pytest.mark.django_db(transaction=True)  # the requests run on threads with their own connections
+def test_concurrent_requests_for_a_cold_model_cause_one_load(
+    triton, triton_client, intent_artifact
+):
+    endpoint = EndpointFactory(backend=Endpoint.Backend.LOCAL)
+    instance = InstanceFactory(
+        endpoint=endpoint,
+        port=triton.port,
+        metrics_port=triton.metrics_port,
+        pid=triton.pid,
+        external_id=str(triton.workdir),
+        memory_budget_mb=4000,
+    )
+    version = packaged(intent_artifact)
+    placement = serving.place_on_instance(version=version, instance=instance, actor="test")
+    results, errors = [], []
+
+    def call():
+        from django.db import connection
+
+        try:
+            results.append(serving.invoke_placement(placement=placement, inputs=TICKETS[:1]))
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+
+        assert errors == []
+        assert len(results) == 8
+        assert {r.outputs[0]["label"] for r in results} == {"refund"}
+        assert Event.objects.filter(kind="placement.loaded", version=version).count() == 1
+    finally:
+        for model in triton_client.list_models():
+            triton_client.unload_model(model.name)
+
+
+def test_a_corrupted_package_fails_clearly_and_the_instance_keeps_serving(
+    instance, intent_artifact, triton_client
+):
+    corrupt, healthy = three_versions(intent_artifact)[:2]
+    package = Path(corrupt.package_uri)
+    data = bytearray(package.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    package.write_bytes(bytes(data))
+    bad = serving.place_on_instance(version=corrupt, instance=instance, actor="test")
+    good = serving.place_on_instance(version=healthy, instance=instance, actor="test")
+
+    with pytest.raises(PackageChecksumMismatch, match=corrupt.sha256):
+        serving.invoke_placement(placement=bad, inputs=TICKETS[:1])
+
+    bad.refresh_from_db()
+    corrupt.refresh_from_db()
+    assert bad.actual_state == Placement.ActualState.FAILED
+    assert corrupt.sha256 in bad.failure_reason
+    assert "Load on" in corrupt.status_reason
+    assert Event.objects.filter(kind="placement.load_failed", version=corrupt).exists()
+    assert serving.invoke_placement(placement=good, inputs=TICKETS[:1]).outputs
+
+
+def with_model_py(version: ModelVersion, source: str, scratch: Path) -> ModelVersion:
+    """Rewrite a packaged version's ``model.py`` (as a bad release would) with a valid digest."""
+    import hashlib
+    import tarfile
+
+    unpacked = scratch / "unpacked"
+    with tarfile.open(version.package_uri) as tar:
+        tar.extractall(unpacked, filter="data")
+    (unpacked / version.triton_model_name / "1" / "model.py").write_text(source)
+    package = scratch / "model.tar.gz"
+    with tarfile.open(package, "w:gz") as tar:
+        tar.add(unpacked / version.triton_model_name, arcname=version.triton_model_name)
+    version.package_uri = str(package)
+    version.sha256 = hashlib.sha256(package.read_bytes()).hexdigest()
+    version.save()
+    return version
+
+
+def test_a_broken_model_py_fails_the_load_with_its_error_and_the_instance_keeps_serving(
+    instance, intent_artifact, triton_client, tmp_path
+):
+    broken = with_model_py(
+        packaged(intent_artifact),
+        "class TritonPythonModel:\n"
+        "    def initialize(self, args):\n"
+        "        raise RuntimeError('head weights missing from this release')\n",
+        tmp_path,
+    )
+    healthy = packaged(intent_artifact)
+    bad = serving.place_on_instance(version=broken, instance=instance, actor="test")
+    good = serving.place_on_instance(version=healthy, instance=instance, actor="test")
+
+    with pytest.raises(ModelLoadFailed, match="head weights missing from this release"):
+        serving.invoke_placement(placement=bad, inputs=TICKETS[:1])
+
+    bad.refresh_from_db()
+    assert bad.actual_state == Placement.ActualState.FAILED
+    assert "head weights missing" in bad.failure_reason
+    event = Event.objects.get(kind="placement.load_failed", version=broken)
+    assert event.severity == "error"
+    assert serving.check_instance_health(instance=instance)
+    assert serving.invoke_placement(placement=good, inputs=TICKETS[:1]).outputs
+
+
+def test_packaging_an_invalid_artifact_fails_the_version_with_the_reason(
+    db, intent_artifact, tmp_path
+):
+    broken_artifact = tmp_path / "broken"
+    shutil.copytree(intent_artifact, broken_artifact)
+    (broken_artifact / "labels.json").write_text("not json")
+    version = ModelVersionFactory(
+        status=ModelVersion.Status.REGISTERED, artifact_uri=str(broken_artifact)
+    )
+
+    with pytest.raises(ValueError):
+        package_version(version=version, actor="test")
+
+    version.refresh_from_db()
+    assert version.status == ModelVersion.Status.FAILED
+    assert version.status_reason.startswith("Packaging failed:")
+    assert Event.objects.filter(kind="version.packaging_failed", version=version).exists()
+
+
+def test_a_local_instance_starts_serves_and_stops_without_leftovers(db, intent_artifact):
+    endpoint = EndpointFactory(backend=Endpoint.Backend.LOCAL, status=Endpoint.Status.CREATING)
+    instance = serving.start_local_instance(endpoint=endpoint, actor="test")
+    pid = instance.pid
+    try:
+        assert instance.status == Instance.Status.HEALTHY and instance.pid
+        assert instance.memory_budget_mb == int(16 * 1024 * 0.8)  # the local type at 80 %
+        endpoint.refresh_from_db()
+        assert endpoint.status == Endpoint.Status.IN_SERVICE
+        placement = serving.place_on_instance(
+            version=packaged(intent_artifact), instance=instance, actor="test"
+        )
+        assert serving.invoke_placement(placement=placement, inputs=TICKETS[:1]).cold_start
+    finally:
+        serving.stop_local_instance(instance=instance, actor="test", reason="test done")
+
+    instance.refresh_from_db()
+    assert instance.status == Instance.Status.STOPPED
+    placement.refresh_from_db()
+    assert placement.actual_state == Placement.ActualState.UNLOADED
+    assert not serving.check_instance_health(instance=instance)
+    assert instance.pid is None
+    assert not psutil.pid_exists(pid)
