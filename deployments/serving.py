@@ -204,6 +204,76 @@ def check_instance_health(*, instance: Instance, actor: str = ACTOR) -> bool:
     return False
 
 
+def ensure_default_local_endpoints(*, actor: str) -> list[Endpoint]:
+    """On a platform with no local endpoint yet, create one per model kind (one kind per
+    endpoint keeps each Triton's memory profile homogeneous) on the ``local`` instance type."""
+    from deployments.models import InstanceType
+    from models_registry.kinds import kind_names
+
+    if Endpoint.objects.filter(backend=Endpoint.Backend.LOCAL).exists():
+        return []
+    local_type = InstanceType.objects.filter(is_local=True).order_by("usd_per_hour").first()
+    if local_type is None:
+        raise DomainError("The instance catalog has no local instance type.", field="instance_type")
+    created = []
+    for kind in kind_names():
+        endpoint = Endpoint.objects.create(
+            name=f"local-{kind}",
+            backend=Endpoint.Backend.LOCAL,
+            mode=Endpoint.Mode.MME,
+            instance_type=local_type,
+            model_kind=kind,
+            min_instances=1,
+            max_instances=2,
+        )
+        record_event(
+            kind="endpoint.created",
+            actor=actor,
+            message=f"Local multi-model endpoint {endpoint.name} created for {kind} models.",
+            endpoint=endpoint,
+        )
+        created.append(endpoint)
+    return created
+
+
+def start_local_endpoints(*, actor: str) -> list[Instance]:
+    """Bring every local endpoint up to its minimum instance count on this machine.
+
+    Instances recorded as live whose Triton process is gone (the machine or ``up`` stopped
+    without a clean shutdown) are first marked stopped, with their placements unloaded, so the
+    record is true before anything routes to them.
+    """
+    from deployments.backends.local import TritonProcess
+
+    started: list[Instance] = []
+    endpoints = Endpoint.objects.filter(backend=Endpoint.Backend.LOCAL).exclude(
+        status__in=[Endpoint.Status.RETIRING, Endpoint.Status.RETIRED]
+    )
+    for endpoint in endpoints.select_related("instance_type"):
+        live = 0
+        for instance in endpoint.instances.exclude(status=Instance.Status.STOPPED):
+            process = (
+                TritonProcess.from_record(
+                    pid=instance.pid,
+                    host=instance.host,
+                    port=instance.port,
+                    metrics_port=instance.metrics_port,
+                    workdir=Path(instance.external_id) if instance.external_id else None,
+                )
+                if instance.pid
+                else None
+            )
+            if process is not None and process.is_running():
+                live += 1
+                continue
+            stop_local_instance(
+                instance=instance, actor=actor, reason="its Triton process was gone at start-up"
+            )
+        for _ in range(max(0, endpoint.min_instances - live)):
+            started.append(start_local_instance(endpoint=endpoint, actor=actor))
+    return started
+
+
 # --- Placements on instances --------------------------------------------------------------
 
 
@@ -382,6 +452,7 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
         for victim in victims:
             _evict(client=client, placement=victim, to_make_room_for=placement, actor=actor)
         model_dir = _unpacked_package(version)
+        gpu_before = _gpu_memory_used_mb(client)
         started = time.perf_counter()
         client.load_model(version.triton_model_name, str(model_dir), timeout_s=LOAD_TIMEOUT_S)
         load_time_ms = (time.perf_counter() - started) * 1000
@@ -389,11 +460,15 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
         _mark_load_failed(placement, exc, actor=actor)
         raise
     reading = _measure(instance, version)
+    gpu_after = _gpu_memory_used_mb(client) if gpu_before is not None else None
+    # Triton reports GPU memory per device, not per model: the load's growth is the model's.
+    gpu_mb = round(max(0.0, gpu_after - gpu_before), 1) if gpu_after is not None else None
     now = timezone.now()
     with transaction.atomic():
         Placement.objects.filter(pk=placement.pk).update(
             actual_state=Placement.ActualState.LOADED,
             host_memory_mb=reading,
+            gpu_memory_mb=gpu_mb,
             load_time_ms=load_time_ms,
             loaded_at=now,
             last_invoked_at=now,
@@ -403,6 +478,10 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
         if reading is not None and version.host_memory_mb is None:
             ModelVersion.objects.filter(pk=version.pk, host_memory_mb__isnull=True).update(
                 host_memory_mb=reading
+            )
+        if gpu_mb is not None and version.gpu_memory_mb is None:
+            ModelVersion.objects.filter(pk=version.pk, gpu_memory_mb__isnull=True).update(
+                gpu_memory_mb=gpu_mb
             )
         record_event(
             kind="placement.loaded",
@@ -507,6 +586,18 @@ def _unpacked_package(version: ModelVersion) -> Path:
     return prepare_model_dir(
         package_path=package_path, expected_sha256=version.sha256, models_root=models_root()
     )
+
+
+def _gpu_memory_used_mb(client) -> float | None:
+    """GPU memory in use on the instance's GPUs, or None without a GPU (or metrics)."""
+    if client.metrics_port is None:
+        return None
+    try:
+        gpus = client.metrics()["gpus"]
+    except DomainError:
+        return None
+    used = [gpu["memory_used_mb"] for gpu in gpus.values() if "memory_used_mb" in gpu]
+    return sum(used) if used else None
 
 
 def _measure(instance: Instance, version: ModelVersion) -> float | None:

@@ -121,8 +121,16 @@ def test_up_runs_the_platform_and_stops_every_child_on_ctrl_c(tmp_path):
         )
         platform.wait_for(r"Task deployments\.tasks\.sample_fleet_utilization\[.*\] succeeded")
 
+        # One local multi-model endpoint per model kind, each with a live Triton instance.
+        triton = platform.wait_for(r"started triton local-intent-classifier/0 \(pid (\d+)")
+        triton_pids = [int(triton.group(1))]
+        triton = platform.wait_for(r"started triton local-embedding/0 \(pid (\d+)")
+        triton_pids.append(int(triton.group(1)))
+        assert all(alive(pid) for pid in triton_pids)
+
         pids = platform.child_pids()
         assert len(pids) == 3
+        pids += triton_pids
         assert platform.interrupt() == 0
         deadline = time.monotonic() + 10
         while any(alive(pid) for pid in pids) and time.monotonic() < deadline:

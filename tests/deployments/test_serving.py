@@ -116,6 +116,7 @@ def test_intent_classifier_answers_like_its_artifact_run_directly(
     assert 30 < placement.host_memory_mb < 400  # measured from the model's own stub process
     assert version.host_memory_mb == placement.host_memory_mb
     assert placement.load_time_ms > 0
+    assert placement.gpu_memory_mb in (None, 0.0)  # a CPU model holds no GPU memory
     assert Event.objects.filter(kind="placement.loaded", version=version).count() == 1
 
 
@@ -348,3 +349,33 @@ def test_a_local_instance_starts_serves_and_stops_without_leftovers(db, intent_a
     assert not serving.check_instance_health(instance=instance)
     assert instance.pid is None
     assert not psutil.pid_exists(pid)
+
+
+def test_start_up_marks_instances_whose_triton_is_gone_and_starts_fresh_ones(db):
+    endpoint = EndpointFactory(backend=Endpoint.Backend.LOCAL, min_instances=1)
+    stale = InstanceFactory(endpoint=endpoint, port=1, pid=2**22 + 1, external_id="")
+    placement = serving.Placement.objects.create(
+        version=ModelVersionFactory(), endpoint=endpoint, instance=stale, actual_state="loaded"
+    )
+
+    started = serving.start_local_endpoints(actor="test")
+    try:
+        stale.refresh_from_db()
+        placement.refresh_from_db()
+        assert stale.status == Instance.Status.STOPPED
+        assert "gone at start-up" in stale.status_reason
+        assert placement.actual_state == Placement.ActualState.UNLOADED
+        assert [instance.endpoint for instance in started] == [endpoint]
+        assert serving.check_instance_health(instance=started[0])
+        assert serving.start_local_endpoints(actor="test") == []  # already at its minimum
+    finally:
+        for instance in started:
+            serving.stop_local_instance(instance=instance, actor="test")
+
+
+def test_default_local_endpoints_are_created_once_one_per_kind(db):
+    created = serving.ensure_default_local_endpoints(actor="test")
+
+    assert sorted(e.model_kind for e in created) == ["embedding", "intent-classifier"]
+    assert all(e.backend == "local" and e.instance_type.is_local for e in created)
+    assert serving.ensure_default_local_endpoints(actor="test") == []

@@ -28,14 +28,29 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--worker-concurrency", type=int, default=2)
         parser.add_argument("--no-beat", action="store_true", help="Do not run periodic tasks.")
+        parser.add_argument(
+            "--no-triton",
+            action="store_true",
+            help="Do not start the local endpoints' Triton instances.",
+        )
 
-    def handle(self, *args, host: str, port: int, worker_concurrency: int, no_beat: bool, **opts):
+    def handle(
+        self,
+        *args,
+        host: str,
+        port: int,
+        worker_concurrency: int,
+        no_beat: bool,
+        no_triton: bool = False,
+        **opts,
+    ):
         write = self._writer()
         call_command("migrate", interactive=False, verbosity=0)
         write(
             f"[up] database migrated ({settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]})"
         )
         self._first_run_credentials(write)
+        instances = [] if no_triton else self._start_triton_instances(write)
 
         specs = [
             ChildSpec(
@@ -86,6 +101,7 @@ class Command(BaseCommand):
         self._announce_when_ready(host, port, supervisor, write)
         code = supervisor.watch()
         supervisor.stop()
+        self._stop_triton_instances(instances, write)
         write("[up] stopped.")
         if code:
             sys.exit(code)
@@ -110,6 +126,33 @@ class Command(BaseCommand):
             password = secrets.token_urlsafe(12)
             User.objects.create_superuser("admin", "admin@localhost", password)
             write(f"[up] admin login (shown once): user admin, password {password}")
+
+    def _start_triton_instances(self, write) -> list:
+        """Start the local endpoints' Triton instances (creating one endpoint per model kind on
+        the first run); the platform still runs without them if Triton cannot start."""
+        from deployments.exceptions import InstanceUnavailable
+        from deployments.serving import ensure_default_local_endpoints, start_local_endpoints
+
+        for endpoint in ensure_default_local_endpoints(actor="up"):
+            write(f"[up] created local endpoint {endpoint.name} for {endpoint.model_kind} models")
+        try:
+            instances = start_local_endpoints(actor="up")
+        except InstanceUnavailable as exc:
+            write(f"[up] local Triton did not start; serving is unavailable: {exc.message}")
+            return []
+        for instance in instances:
+            write(
+                f"[up] started triton {instance} (pid {instance.pid}, port {instance.port}, "
+                f"{instance.memory_budget_mb:,} MB budget)"
+            )
+        return instances
+
+    def _stop_triton_instances(self, instances: list, write) -> None:
+        from deployments.serving import stop_local_instance
+
+        for instance in instances:
+            stop_local_instance(instance=instance, actor="up", reason="platform stopped")
+            write(f"[up] stopped triton {instance}")
 
     def _announce_when_ready(self, host, port, supervisor, write, timeout_s: float = 60.0) -> None:
         url = f"http://{host}:{port}/healthz"
