@@ -1,0 +1,703 @@
+"""SageMaker training backend: launch, watch and stop tenant training jobs with plain boto3.
+
+This module owns everything that talks to the SageMaker training API and to the S3 prefix a job
+reads its inputs from. It is ORM-free on purpose: plain dataclasses in (``TrainingLaunch``), plain
+dataclasses out (``TrainingStatus``), so services decide what to store and tests need no database.
+
+AWS facts it relies on:
+- CreateTrainingJob is rate limited to about one call per second per account and region, so
+  launches go through an interval limiter and throttling answers are retried with exponential
+  backoff and full jitter (the AWS Architecture Blog's "Exponential Backoff And Jitter").
+- Training-job names are unique per account and region and match
+  ``^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}``; a name derived from the job id makes a re-delivered
+  launch find the job it already created instead of starting a second one.
+- The SageMaker PyTorch training container (sagemaker-training toolkit) downloads
+  ``sagemaker_submit_directory`` (a ``sourcedir.tar.gz``) and runs ``sagemaker_program`` from it;
+  every hyperparameter value must be a string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from config.errors import DomainError
+
+__all__ = [
+    "DEFAULT_METRIC_DEFINITIONS",
+    "IntervalRateLimiter",
+    "SageMakerTrainingBackend",
+    "TrainingBackendError",
+    "TrainingImageUnavailable",
+    "TrainingLaunch",
+    "TrainingLaunchThrottled",
+    "TrainingStatus",
+    "default_backend",
+    "training_image_uri",
+    "training_job_name",
+]
+
+TrainingState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+PLATFORM_TAG = "tenantml"
+JOB_NAME_MAX_LENGTH = 63
+JOB_NAME_PREFIX = "tml"
+
+
+class TrainingLaunchThrottled(DomainError):
+    """SageMaker kept throttling the launch; the job can be retried later."""
+
+    status_code = 503
+    code = "training_launch_throttled"
+
+
+class TrainingBackendError(DomainError):
+    """SageMaker (or S3) refused a training request; the message is AWS's own."""
+
+    status_code = 502
+    code = "training_backend_error"
+
+
+class TrainingImageUnavailable(DomainError):
+    """No training image is known for the requested region, framework or instance type."""
+
+    status_code = 400
+    code = "training_image_unavailable"
+
+
+# ---------------------------------------------------------------------------------------------
+# Job names and launch description
+# ---------------------------------------------------------------------------------------------
+
+_NOT_NAME_CHARS = re.compile(r"[^a-zA-Z0-9]+")
+
+
+def _name_part(value: object) -> str:
+    """Collapse anything outside [a-zA-Z0-9] to single hyphens, trimmed at both ends."""
+    return _NOT_NAME_CHARS.sub("-", str(value)).strip("-")
+
+
+def training_job_name(tenant_slug: str, model_name: str, job_id: object) -> str:
+    """A deterministic SageMaker job name (≤ 63 chars of [a-zA-Z0-9-]) that keeps the job id."""
+    job = _name_part(job_id)
+    if not job:
+        raise ValueError("job_id must contain at least one letter or digit")
+    tenant = _name_part(tenant_slug).lower() or "tenant"
+    model = _name_part(model_name).lower() or "model"
+    name = f"{JOB_NAME_PREFIX}-{tenant}-{model}-{job}"
+    if len(name) <= JOB_NAME_MAX_LENGTH:
+        return name
+    # Too long: shorten tenant and model, and add a digest of the full originals so two long
+    # names that share a prefix stay distinct and the same inputs always give the same name.
+    digest = hashlib.sha256(f"{tenant_slug}\0{model_name}\0{job_id}".encode()).hexdigest()[:6]
+    fixed = len(JOB_NAME_PREFIX) + len(digest) + len(job) + 4  # four separating hyphens
+    room = JOB_NAME_MAX_LENGTH - fixed
+    if room < 2:
+        # Only a pathological job id gets here; its tail is the most specific part.
+        return f"{JOB_NAME_PREFIX}-{digest}-{job[-(JOB_NAME_MAX_LENGTH - 11) :].strip('-')}"
+    tenant_room = max(1, min(len(tenant), room // 2))
+    model_room = max(1, room - tenant_room)
+    tenant = tenant[:tenant_room].strip("-") or "t"
+    model = model[:model_room].strip("-") or "m"
+    return f"{JOB_NAME_PREFIX}-{tenant}-{model}-{digest}-{job}"
+
+
+# The training entry point (``entrypoint.report_metrics``) prints ``validation:<name>=<%.6g>;``;
+# SageMaker scans the job's log with these regexes and publishes the first group as the value.
+# The trailing ``=`` and ``;`` keep ``recall_at_5`` from matching ``recall_at_5_before``.
+_NUMBER = r"(-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"
+DEFAULT_METRIC_DEFINITIONS: tuple[dict[str, str], ...] = (
+    {"Name": "validation:macro_f1", "Regex": rf"validation:macro_f1={_NUMBER};"},
+    {"Name": "validation:recall_at_5", "Regex": rf"validation:recall_at_5={_NUMBER};"},
+    {"Name": "validation:accuracy", "Regex": rf"validation:accuracy={_NUMBER};"},
+)
+
+# Tag values allow letters, digits, spaces and _.:/=+-@ only; anything else becomes "_".
+_NOT_TAG_CHARS = re.compile(r"[^\w\s.:/=+\-@]", re.UNICODE)
+
+
+def _tag_value(value: object) -> str:
+    return _NOT_TAG_CHARS.sub("_", str(value))[:256]
+
+
+def _hyperparameter_value(value: object) -> str:
+    # Strings pass through untouched; everything else is JSON so the training toolkit (which
+    # json-decodes each value, falling back to the raw string) hands the script a real bool/number.
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+@dataclass(frozen=True)
+class TrainingLaunch:
+    """Everything CreateTrainingJob needs for one tenant training job."""
+
+    job_name: str
+    role_arn: str
+    image_uri: str
+    train_s3_uri: str
+    validation_s3_uri: str
+    output_s3_uri: str
+    sourcedir_s3_uri: str
+    instance_type: str = "ml.m5.xlarge"
+    instance_count: int = 1
+    volume_gb: int = 30
+    max_runtime_s: int = 4 * 3600
+    entry_point: str = "train.py"
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    metric_definitions: tuple[dict[str, str], ...] = DEFAULT_METRIC_DEFINITIONS
+
+    @classmethod
+    def for_tenant_job(
+        cls,
+        *,
+        tenant_slug: str,
+        model_name: str,
+        job_id: object,
+        **fields: Any,
+    ) -> TrainingLaunch:
+        """A launch named and tagged after the tenant, model and job it trains."""
+        tags = {
+            "tenant": _tag_value(tenant_slug),
+            "model": _tag_value(model_name),
+            "job_id": _tag_value(job_id),
+            **dict(fields.pop("tags", {}) or {}),
+        }
+        return cls(job_name=training_job_name(tenant_slug, model_name, job_id), tags=tags, **fields)
+
+    def request_hyperparameters(self) -> dict[str, str]:
+        """The string-only HyperParameters map, with the keys the PyTorch container reads."""
+        values = {key: _hyperparameter_value(value) for key, value in self.hyperparameters.items()}
+        values["sagemaker_program"] = self.entry_point
+        values["sagemaker_submit_directory"] = self.sourcedir_s3_uri
+        return values
+
+    def request_tags(self) -> list[dict[str, str]]:
+        """Tags in the API's Key/Value form; ``platform`` always says which product made the job."""
+        tags = {key: _tag_value(value) for key, value in self.tags.items()}
+        tags["platform"] = PLATFORM_TAG
+        return [{"Key": key, "Value": value} for key, value in tags.items()]
+
+    def create_request(self) -> dict[str, Any]:
+        """The CreateTrainingJob parameters for this launch."""
+        return {
+            "TrainingJobName": self.job_name,
+            "AlgorithmSpecification": {
+                "TrainingImage": self.image_uri,
+                "TrainingInputMode": "File",
+                "MetricDefinitions": [dict(item) for item in self.metric_definitions],
+            },
+            "RoleArn": self.role_arn,
+            "InputDataConfig": [
+                _s3_channel("train", self.train_s3_uri),
+                _s3_channel("validation", self.validation_s3_uri),
+            ],
+            "OutputDataConfig": {"S3OutputPath": self.output_s3_uri},
+            "ResourceConfig": {
+                "InstanceType": self.instance_type,
+                "InstanceCount": self.instance_count,
+                "VolumeSizeInGB": self.volume_gb,
+            },
+            "StoppingCondition": {"MaxRuntimeInSeconds": self.max_runtime_s},
+            "HyperParameters": self.request_hyperparameters(),
+            "Tags": self.request_tags(),
+        }
+
+
+def _s3_channel(name: str, s3_uri: str) -> dict[str, Any]:
+    return {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {
+                "S3DataType": "S3Prefix",
+                "S3Uri": s3_uri,
+                # Every instance gets the whole (small, per-tenant) dataset.
+                "S3DataDistributionType": "FullyReplicated",
+            }
+        },
+        "ContentType": "application/jsonlines",
+        "InputMode": "File",
+    }
+
+
+@dataclass(frozen=True)
+class TrainingStatus:
+    """What DescribeTrainingJob says about one job, in the platform's words."""
+
+    status: TrainingState
+    secondary_status: str
+    failure_reason: str
+    model_artifacts_s3_uri: str | None
+    final_metrics: dict[str, float]
+    progress_pct: int
+    billable_seconds: int | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in ("succeeded", "failed", "cancelled")
+
+
+# SecondaryStatus values before the training container starts: the job is still waiting on
+# capacity, so the platform shows it as queued rather than running.
+_QUEUED_SECONDARY = frozenset(
+    {"Pending", "Starting", "LaunchingMLInstances", "PreparingTrainingStack"}
+)
+_PROGRESS_BY_SECONDARY = {
+    "Pending": 0,
+    "Starting": 5,
+    "LaunchingMLInstances": 5,
+    "PreparingTrainingStack": 10,
+    "Downloading": 15,
+    "DownloadingTrainingImage": 15,
+    "Training": 50,
+    "Uploading": 90,
+    "Completed": 100,
+}
+
+
+def _progress_pct(description: Mapping[str, Any]) -> int:
+    secondary = description.get("SecondaryStatus", "")
+    if secondary in _PROGRESS_BY_SECONDARY:
+        return _PROGRESS_BY_SECONDARY[secondary]
+    # Failed/Stopped/Interrupted and friends: report how far the job got before it ended.
+    for transition in reversed(description.get("SecondaryStatusTransitions") or []):
+        if transition.get("Status") in _PROGRESS_BY_SECONDARY:
+            return min(_PROGRESS_BY_SECONDARY[transition["Status"]], 99)
+    return 0
+
+
+def _status_from_description(description: Mapping[str, Any]) -> TrainingStatus:
+    aws_status = description.get("TrainingJobStatus", "")
+    secondary = description.get("SecondaryStatus", "")
+    state: TrainingState
+    if aws_status == "Completed":
+        state = "succeeded"
+    elif aws_status == "Failed":
+        state = "failed"
+    elif aws_status == "Stopped":
+        state = "cancelled"
+    elif aws_status == "InProgress" and secondary in _QUEUED_SECONDARY:
+        state = "queued"
+    else:
+        # InProgress, and Stopping: not final yet, the container may still upload artifacts.
+        state = "running"
+    artifacts = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+    return TrainingStatus(
+        status=state,
+        secondary_status=secondary,
+        failure_reason=description.get("FailureReason", ""),
+        # AWS reports the artifact path up front; it only holds a model once the job succeeded.
+        model_artifacts_s3_uri=artifacts if state == "succeeded" else None,
+        final_metrics={
+            item["MetricName"]: float(item["Value"])
+            for item in description.get("FinalMetricDataList") or []
+            if "MetricName" in item and "Value" in item
+        },
+        progress_pct=_progress_pct(description),
+        billable_seconds=description.get("BillableTimeInSeconds"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Rate limiting and retries
+# ---------------------------------------------------------------------------------------------
+
+
+class IntervalRateLimiter:
+    """Spaces calls at least ``min_interval_s`` apart across threads (a one-token bucket)."""
+
+    def __init__(
+        self,
+        min_interval_s: float,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.min_interval_s = min_interval_s
+        self._sleep = sleep
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next_slot: float | None = None
+
+    def acquire(self) -> float:
+        """Wait for the next free slot; returns the seconds waited."""
+        with self._lock:
+            now = self._clock()
+            slot = now if self._next_slot is None else max(now, self._next_slot)
+            # Reserve the slot under the lock but sleep outside it, so concurrent callers each
+            # get their own later slot instead of queueing on the lock.
+            self._next_slot = slot + self.min_interval_s
+        wait_s = slot - now
+        if wait_s > 0:
+            self._sleep(wait_s)
+        return wait_s
+
+
+_THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "ProvisionedThroughputExceededException",
+        "ProvisionedThroughputExceeded",
+        "SlowDown",
+    }
+)
+
+
+def _is_throttling(error: ClientError) -> bool:
+    code = error.response.get("Error", {}).get("Code", "")
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in _THROTTLING_CODES or status == 429
+
+
+def _error_code(error: ClientError) -> str:
+    return error.response.get("Error", {}).get("Code", "")
+
+
+def _error_message(error: ClientError) -> str:
+    return error.response.get("Error", {}).get("Message", "") or str(error)
+
+
+def _is_already_exists(error: ClientError) -> bool:
+    code = _error_code(error)
+    if code in ("ResourceInUse", "ResourceInUseException"):
+        return True
+    # Real SageMaker answers a duplicate name with a ValidationException whose message says
+    # "... a training job with this name already exists".
+    return code == "ValidationException" and "already exist" in _error_message(error).lower()
+
+
+def _full_jitter(ceiling_s: float) -> float:
+    return random.uniform(0.0, ceiling_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend
+# ---------------------------------------------------------------------------------------------
+
+
+class SageMakerTrainingBackend:
+    """Launches, describes and stops SageMaker training jobs; uploads their inputs to S3."""
+
+    def __init__(
+        self,
+        client: Any | None = None,
+        region: str | None = None,
+        min_interval_s: float = 1.0,
+        max_retries: int = 6,
+        base_backoff_s: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        s3_client: Any | None = None,
+        max_backoff_s: float = 20.0,
+        jitter: Callable[[float], float] = _full_jitter,
+    ) -> None:
+        self.region = region or (client.meta.region_name if client is not None else None)
+        self._client = client
+        self._s3_client = s3_client
+        self.max_retries = max_retries
+        self.base_backoff_s = base_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._sleep = sleep
+        self._jitter = jitter
+        self._client_lock = threading.Lock()
+        self.launch_limiter = IntervalRateLimiter(min_interval_s, sleep=sleep, clock=clock)
+
+    # -- clients -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _client_config() -> Config:
+        # This class is the only retry policy for throttling, so botocore must not retry on its
+        # own: stacked retries would multiply calls against CreateTrainingJob's ~1 TPS budget.
+        return Config(retries={"mode": "standard", "total_max_attempts": 1})
+
+    @property
+    def client(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                self._client = boto3.client(
+                    "sagemaker", region_name=self.region, config=self._client_config()
+                )
+            return self._client
+
+    @property
+    def s3_client(self) -> Any:
+        with self._client_lock:
+            if self._s3_client is None:
+                self._s3_client = boto3.client("s3", region_name=self.region)
+            return self._s3_client
+
+    # -- retry loop --------------------------------------------------------------------------
+
+    def _call(
+        self,
+        operation: str,
+        *,
+        rate_limited: bool = False,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """Call one SageMaker operation, retrying throttling with backoff and full jitter."""
+        method = getattr(self.client, operation)
+        attempt = 0
+        while True:
+            if rate_limited:
+                self.launch_limiter.acquire()
+            try:
+                return method(**params)
+            except ClientError as error:
+                if not _is_throttling(error):
+                    raise
+                if attempt >= self.max_retries:
+                    raise TrainingLaunchThrottled(
+                        f"SageMaker is throttling {operation} (tried {attempt + 1} times); "
+                        "the training job will be retried shortly."
+                    ) from error
+                ceiling = min(self.max_backoff_s, self.base_backoff_s * (2**attempt))
+                self._sleep(self._jitter(ceiling))
+                attempt += 1
+
+    # -- public API --------------------------------------------------------------------------
+
+    def launch(self, launch: TrainingLaunch) -> str:
+        """Create the training job (or find the one already created under its name); its ARN."""
+        try:
+            response = self._call(
+                "create_training_job", rate_limited=True, **launch.create_request()
+            )
+        except ClientError as error:
+            if _is_already_exists(error):
+                # A re-delivered task or a retry after a lost response: the job is already there.
+                return self._describe_raw(launch.job_name)["TrainingJobArn"]
+            raise _backend_error("CreateTrainingJob", error) from error
+        except BotoCoreError as error:
+            raise TrainingBackendError(f"CreateTrainingJob failed: {error}") from error
+        return response["TrainingJobArn"]
+
+    def describe(self, job_name: str) -> TrainingStatus:
+        """The job's current status, progress, final metrics and artifact location."""
+        return _status_from_description(self._describe_raw(job_name))
+
+    def stop(self, job_name: str) -> None:
+        """Ask SageMaker to stop the job; a job that already ended or is stopping is fine."""
+        try:
+            self._call("stop_training_job", TrainingJobName=job_name)
+        except ClientError as error:
+            if _error_code(error) != "ValidationException":
+                raise _backend_error("StopTrainingJob", error) from error
+            # SageMaker refuses to stop a job that is not InProgress; that is success for us
+            # if the job is already on its way out or over.
+            current = self._describe_raw(job_name).get("TrainingJobStatus")
+            if current not in ("Stopping", "Stopped", "Completed", "Failed"):
+                raise _backend_error("StopTrainingJob", error) from error
+        except BotoCoreError as error:
+            raise TrainingBackendError(f"StopTrainingJob failed: {error}") from error
+
+    def upload_training_inputs(
+        self,
+        *,
+        bucket: str,
+        prefix: str,
+        train_jsonl: bytes,
+        validation_jsonl: bytes,
+        sourcedir: Path,
+    ) -> dict[str, str]:
+        """Put the datasets and the training code under ``s3://bucket/prefix/``; their URIs.
+
+        ``train`` and ``validation`` are channel prefixes (trailing slash, so a sibling such as
+        ``train-old/`` is never pulled in), ``sourcedir`` the code archive, ``output`` where
+        SageMaker should write model artifacts.
+        """
+        base = prefix.strip("/")
+
+        def key(*parts: str) -> str:
+            return "/".join(part for part in (base, *parts) if part)
+
+        s3 = self.s3_client
+        try:
+            s3.put_object(
+                Bucket=bucket,
+                Key=key("train", "train.jsonl"),
+                Body=train_jsonl,
+                ContentType="application/jsonlines",
+            )
+            s3.put_object(
+                Bucket=bucket,
+                Key=key("validation", "validation.jsonl"),
+                Body=validation_jsonl,
+                ContentType="application/jsonlines",
+            )
+            with tempfile.TemporaryDirectory() as scratch:
+                archive = _sourcedir_archive(Path(sourcedir), Path(scratch))
+                s3.upload_file(str(archive), bucket, key("code", "sourcedir.tar.gz"))
+        except ClientError as error:
+            raise _backend_error("S3 upload", error) from error
+        except BotoCoreError as error:
+            raise TrainingBackendError(f"S3 upload failed: {error}") from error
+        return {
+            "train": f"s3://{bucket}/{key('train')}/",
+            "validation": f"s3://{bucket}/{key('validation')}/",
+            "sourcedir": f"s3://{bucket}/{key('code', 'sourcedir.tar.gz')}",
+            "output": f"s3://{bucket}/{key('output')}/",
+        }
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _describe_raw(self, job_name: str) -> dict[str, Any]:
+        try:
+            return self._call("describe_training_job", TrainingJobName=job_name)
+        except ClientError as error:
+            raise _backend_error("DescribeTrainingJob", error) from error
+        except BotoCoreError as error:
+            raise TrainingBackendError(f"DescribeTrainingJob failed: {error}") from error
+
+
+def _backend_error(operation: str, error: ClientError) -> TrainingBackendError:
+    return TrainingBackendError(
+        f"{operation} failed ({_error_code(error) or 'error'}): {_error_message(error)}"
+    )
+
+
+def _sourcedir_archive(sourcedir: Path, scratch: Path) -> Path:
+    """A ready ``.tar.gz`` as is, or a directory packed with its files at the archive root."""
+    if sourcedir.is_file():
+        return sourcedir
+    if not sourcedir.is_dir():
+        raise TrainingBackendError(f"Training code not found at {sourcedir}.")
+    archive = scratch / "sourcedir.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(sourcedir.rglob("*")):
+            relative = path.relative_to(sourcedir)
+            # Byte-code caches are per-interpreter and only bloat the upload.
+            if "__pycache__" in relative.parts or path.suffix == ".pyc" or not path.is_file():
+                continue
+            tar.add(path, arcname=str(relative))
+    return archive
+
+
+_default_backend: SageMakerTrainingBackend | None = None
+_default_backend_lock = threading.Lock()
+
+
+def default_backend() -> SageMakerTrainingBackend:
+    """The process-wide backend, so every launch in this process shares one rate limiter."""
+    global _default_backend
+    with _default_backend_lock:
+        if _default_backend is None:
+            _default_backend = SageMakerTrainingBackend()
+        return _default_backend
+
+
+# ---------------------------------------------------------------------------------------------
+# Training image URIs
+# ---------------------------------------------------------------------------------------------
+
+# Offline fallback for when the optional ``sagemaker`` SDK (the ``aws`` extra) is not installed.
+# Source: the SDK's ``sagemaker/image_uri_config/pytorch.json`` "registries" map (AWS Deep Learning
+# Containers accounts) and the DLC release tags listed in aws/deep-learning-containers'
+# available_images.md for PyTorch 2.3.0 / 2.2.0 training.
+_DLC_ACCOUNTS = {
+    "af-south-1": "626614931356",
+    "ap-east-1": "871362719292",
+    "ap-northeast-1": "763104351884",
+    "ap-northeast-2": "763104351884",
+    "ap-northeast-3": "364406365360",
+    "ap-south-1": "763104351884",
+    "ap-southeast-1": "763104351884",
+    "ap-southeast-2": "763104351884",
+    "ap-southeast-3": "907027046896",
+    "ca-central-1": "763104351884",
+    "cn-north-1": "727897471807",
+    "cn-northwest-1": "727897471807",
+    "eu-central-1": "763104351884",
+    "eu-north-1": "763104351884",
+    "eu-south-1": "692866216735",
+    "eu-west-1": "763104351884",
+    "eu-west-2": "763104351884",
+    "eu-west-3": "763104351884",
+    "il-central-1": "780543022126",
+    "me-south-1": "217643126080",
+    "sa-east-1": "763104351884",
+    "us-east-1": "763104351884",
+    "us-east-2": "763104351884",
+    "us-gov-west-1": "442386744353",
+    "us-west-1": "763104351884",
+    "us-west-2": "763104351884",
+}
+_PYTORCH_TRAINING_TAGS = {
+    ("2.3", "py311", "cpu"): "2.3.0-cpu-py311-ubuntu20.04-sagemaker",
+    ("2.3", "py311", "gpu"): "2.3.0-gpu-py311-cu121-ubuntu20.04-sagemaker",
+    ("2.2", "py310", "cpu"): "2.2.0-cpu-py310-ubuntu20.04-sagemaker",
+    ("2.2", "py310", "gpu"): "2.2.0-gpu-py310-cu121-ubuntu20.04-sagemaker",
+}
+
+
+def _processor(instance_type: str) -> Literal["cpu", "gpu"]:
+    family = instance_type.removeprefix("ml.").split(".")[0]
+    if family.startswith(("trn", "inf")):
+        raise TrainingImageUnavailable(
+            f"{instance_type} needs a Neuron training image; choose a CPU or GPU instance type."
+        )
+    return "gpu" if family.startswith(("p", "g")) else "cpu"
+
+
+def _major_minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def training_image_uri(
+    *,
+    region: str,
+    instance_type: str,
+    framework_version: str = "2.3",
+    py_version: str = "py311",
+) -> str:
+    """The SageMaker PyTorch training image for this region and instance type (no network)."""
+    processor = _processor(instance_type)
+    try:
+        from sagemaker import image_uris  # optional ``aws`` extra
+    except ImportError:
+        image_uris = None
+    if image_uris is not None:
+        try:
+            # The SDK reads its bundled JSON tables; nothing here goes to the network.
+            return image_uris.retrieve(
+                framework="pytorch",
+                region=region,
+                version=framework_version,
+                py_version=py_version,
+                instance_type=instance_type,
+                image_scope="training",
+            )
+        except ValueError as error:
+            raise TrainingImageUnavailable(str(error)) from error
+    account = _DLC_ACCOUNTS.get(region)
+    if account is None:
+        raise TrainingImageUnavailable(f"No PyTorch training image is known for region {region}.")
+    tag = _PYTORCH_TRAINING_TAGS.get((_major_minor(framework_version), py_version, processor))
+    if tag is None:
+        raise TrainingImageUnavailable(
+            f"No PyTorch {framework_version} {py_version} {processor} training image is known."
+        )
+    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"{account}.dkr.ecr.{region}.{domain}/pytorch-training:{tag}"
