@@ -167,7 +167,19 @@ TENANTML_PERIODIC_TASKS = [
         "task": "deployments.tasks.sample_fleet_utilization",
         "every_seconds": 60,
     },
+    {
+        "name": "Reconcile training jobs",
+        "task": "models_registry.tasks.reconcile_training_jobs",
+        "every_seconds": 60,
+    },
 ]
+
+# --- Training ---
+# How much worse (absolute, in the kind's primary metric) a new version may score than the active
+# one and still be promoted automatically.
+TENANTML_QUALITY_GATE_TOLERANCE = env.float("QUALITY_GATE_TOLERANCE", default=0.01)
+# A local training process running longer than this is stopped and the job failed.
+TENANTML_TRAINING_TIMEOUT_S = env.int("TRAINING_TIMEOUT_S", default=1800)
 
 # --- REST API ---
 REST_FRAMEWORK = {

@@ -5,10 +5,18 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 
+from config.errors import DomainError
 from models_registry.exceptions import JobNotCancellable
 from models_registry.kinds import kind_names
 from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
-from models_registry.services import create_model, request_training_cancel
+from models_registry.services import (
+    check_dataset_content,
+    create_dataset,
+    create_model,
+    promote_version,
+    request_training_cancel,
+    rollback_model,
+)
 from tenants.admin import AddFieldsMixin, admin_actor, adopt_saved, events_link
 
 MB = 1024 * 1024
@@ -36,13 +44,42 @@ class ViewOnceCreatedMixin:
         return False
 
 
+class DatasetUploadForm(forms.ModelForm):
+    """Tenant, name and the file; the file is validated on the form so problems show beside it."""
+
+    file = forms.FileField(
+        help_text="CSV or JSON Lines with text,label (and group for embeddings)."
+    )
+
+    class Meta:
+        model = Dataset
+        fields = ("tenant", "name")
+
+    def clean(self):
+        cleaned = super().clean()
+        upload = cleaned.get("file")
+        if upload is None:
+            return cleaned
+        content = upload.read()
+        try:
+            check_dataset_content(
+                name=cleaned.get("name") or upload.name, content=content, filename=upload.name
+            )
+        except DomainError as exc:
+            self.add_error("file" if exc.field in (None, "file") else exc.field, exc.message)
+        cleaned["content"] = content
+        return cleaned
+
+
 @admin.register(Dataset)
-class DatasetAdmin(admin.ModelAdmin):
+class DatasetAdmin(AddFieldsMixin, admin.ModelAdmin):
     list_display = ("name", "tenant", "format", "status", "rows", "size", "created_at")
     list_filter = ("status", "format", "created_at")
     list_select_related = ("tenant",)
     search_fields = ("name", "tenant__slug", "sha256")
     ordering = ("-created_at",)
+    autocomplete_fields = ("tenant",)
+    add_fields = ("tenant", "name", "file")
     # The split holds every row index, which is too long to be useful on a page.
     fields = (
         "tenant",
@@ -54,6 +91,7 @@ class DatasetAdmin(admin.ModelAdmin):
         "sha256",
         "rows",
         "labels",
+        "split_sizes",
         "validation_report",
         "created_at",
     )
@@ -64,9 +102,29 @@ class DatasetAdmin(admin.ModelAdmin):
     def size(self, obj: Dataset) -> str:
         return size_in_mb(obj.size_bytes)
 
-    def has_add_permission(self, request) -> bool:
-        # Uploading (parse, validate, store the file) is the API's job.
-        return False
+    @admin.display(description="Train / validation rows")
+    def split_sizes(self, obj: Dataset) -> str:
+        split = obj.split or {}
+        return f"{len(split.get('train', []))} / {len(split.get('validation', []))}"
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = DatasetUploadForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        upload = form.cleaned_data["file"]
+        dataset = create_dataset(
+            tenant=form.cleaned_data["tenant"],
+            name=form.cleaned_data["name"],
+            content=form.cleaned_data["content"],
+            filename=upload.name,
+            actor=admin_actor(request),
+        )
+        adopt_saved(obj, dataset)
 
 
 class TenantModelForm(forms.ModelForm):
@@ -110,6 +168,23 @@ class TenantModelAdmin(AddFieldsMixin, admin.ModelAdmin):
         "updated_at",
         "events",
     )
+
+    actions = ("roll_back",)
+
+    @admin.action(
+        description="Roll back to the previously promoted version", permissions=["change"]
+    )
+    def roll_back(self, request, queryset):
+        actor = admin_actor(request)
+        for model in queryset:
+            try:
+                version = rollback_model(model=model, actor=actor)
+            except DomainError as exc:
+                self.message_user(request, exc.message, level=messages.WARNING)
+            else:
+                self.message_user(
+                    request, f"{model} now serves v{version.number}.", level=messages.SUCCESS
+                )
 
     @admin.display(description="Active version", ordering="active_version__number")
     def active_version_number(self, obj: TenantModel) -> str | None:
@@ -234,6 +309,25 @@ class ModelVersionAdmin(ViewOnceCreatedMixin, admin.ModelAdmin):
         "updated_at",
     )
     readonly_fields = fields
+    actions = ("promote", "promote_over_gate")
+
+    def _promote(self, request, queryset, *, force: bool) -> None:
+        actor = admin_actor(request)
+        for version in queryset.select_related("model"):
+            try:
+                promote_version(version=version, actor=actor, force=force)
+            except DomainError as exc:
+                self.message_user(request, f"{version}: {exc.message}", level=messages.WARNING)
+            else:
+                self.message_user(request, f"{version} promoted.", level=messages.SUCCESS)
+
+    @admin.action(description="Promote (the quality gate applies)", permissions=["change"])
+    def promote(self, request, queryset):
+        self._promote(request, queryset, force=False)
+
+    @admin.action(description="Promote, skipping the quality gate", permissions=["change"])
+    def promote_over_gate(self, request, queryset):
+        self._promote(request, queryset, force=True)
 
     @admin.display(description="Tenant", ordering="model__tenant__slug")
     def tenant(self, obj: ModelVersion) -> str:

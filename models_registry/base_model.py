@@ -162,8 +162,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _export_fp32(out_path: Path) -> None:
-    """Trace the base model to ONNX and check the graph against torch on a padded batch."""
+def _export_fp32(out_path: Path, *, model_dir: Path | None = None) -> None:
+    """Trace the base model (or a tuned copy saved in ``model_dir``) to ONNX and check it.
+
+    The graph is checked against torch on a padded batch. The embedding kind passes the
+    directory of its fine-tuned encoder, so a tuned model is exported exactly like the base.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np
     import onnxruntime
@@ -173,7 +177,7 @@ def _export_fp32(out_path: Path) -> None:
 
     transformers_logging.disable_progress_bar()
     # Eager attention traces to plain MatMul/Softmax ops that every ONNX Runtime build runs.
-    model = AutoModel.from_pretrained(str(_model_dir()), attn_implementation="eager")
+    model = AutoModel.from_pretrained(str(model_dir or _model_dir()), attn_implementation="eager")
     model.eval()
 
     class TokenEmbeddings(torch.nn.Module):

@@ -9,19 +9,39 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import Counter
+import random
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 REQUIRED_COLUMNS = ("text", "label")
 OPTIONAL_COLUMNS = ("group",)
 MAX_TEXT_CHARS = 2000
 MAX_PROBLEMS_REPORTED = 20
+# Above this an upload is refused before it is parsed (the API answers 413).
+MAX_FILE_BYTES = 20 * 1024 * 1024
+# Fewer examples than this per label cannot be split into train and validation meaningfully.
+MIN_ROWS_PER_LABEL = 5
+# A paraphrase group is a positive pair at least.
+MIN_ROWS_PER_GROUP = 2
+VALIDATION_FRACTION = 0.2
+# Fixed, so a dataset's split is the same on every machine and every upload of the same file.
+SPLIT_SEED = "tenantml-split-v1"
 
 
 @dataclass
 class ParsedDataset:
     rows: list[dict[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # The file line (1-based, header counted for CSV) each kept row came from.
+    line_numbers: list[int] = field(default_factory=list)
+
+    @property
+    def has_groups(self) -> bool:
+        return bool(self.rows) and all("group" in row for row in self.rows)
+
+    @property
+    def group_count(self) -> int:
+        return len({row["group"] for row in self.rows if "group" in row})
 
     @property
     def label_counts(self) -> dict[str, int]:
@@ -38,9 +58,18 @@ def detect_format(filename: str, content: bytes) -> str:
     return "jsonl" if content.lstrip()[:1] == b"{" else "csv"
 
 
-def parse_dataset(content: bytes, *, format: str) -> ParsedDataset:
-    """Decode and parse a dataset file, collecting every row-level problem."""
+def parse_dataset(
+    content: bytes,
+    *,
+    format: str,
+    min_rows_per_label: int = MIN_ROWS_PER_LABEL,
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> ParsedDataset:
+    """Decode and parse a dataset file, collecting every row-level and whole-file problem."""
     parsed = ParsedDataset()
+    if len(content) > max_file_bytes:
+        parsed.problems.append(file_too_big_message(len(content), max_file_bytes))
+        return parsed
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -52,7 +81,109 @@ def parse_dataset(content: bytes, *, format: str) -> ParsedDataset:
     records = _csv_records(text, parsed) if format == "csv" else _jsonl_records(text, parsed)
     for line_number, record in records:
         _check_record(line_number, record, parsed)
+    if not parsed.problems:
+        _check_whole_file(parsed, min_rows_per_label=min_rows_per_label)
     return parsed
+
+
+def file_too_big_message(size_bytes: int, max_file_bytes: int = MAX_FILE_BYTES) -> str:
+    """The problem reported for an upload over the size limit, naming both sizes."""
+    return (
+        f"file: {size_bytes / 1e6:,.1f} MB ({size_bytes} bytes) is over the "
+        f"{max_file_bytes / 1e6:,.0f} MB limit."
+    )
+
+
+def _lines(parsed: ParsedDataset, indexes: list[int], shown: int = 5) -> str:
+    lines = [str(parsed.line_numbers[i]) for i in indexes[:shown]]
+    more = f" and {len(indexes) - shown} more" if len(indexes) > shown else ""
+    return ("row " if len(indexes) == 1 else "rows ") + ", ".join(lines) + more
+
+
+def _check_whole_file(parsed: ParsedDataset, *, min_rows_per_label: int) -> None:
+    """Duplicates, the group column's consistency and the per-label / per-group minimums."""
+    first_seen: dict[tuple, int] = {}
+    for index, row in enumerate(parsed.rows):
+        key = (row["text"], row["label"], row.get("group"))
+        if key in first_seen:
+            parsed.problems.append(
+                f"row {parsed.line_numbers[index]}, field text: duplicate of row "
+                f"{parsed.line_numbers[first_seen[key]]}."
+            )
+        else:
+            first_seen[key] = index
+    with_group = [i for i, row in enumerate(parsed.rows) if "group" in row]
+    if with_group and len(with_group) != len(parsed.rows):
+        missing = [i for i, row in enumerate(parsed.rows) if "group" not in row]
+        parsed.problems.append(
+            f"{_lines(parsed, missing)}, field group: missing, while other rows have a group."
+        )
+        return
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for index, row in enumerate(parsed.rows):
+        by_label[row["label"]].append(index)
+    if len(by_label) == 1:
+        (only,) = by_label
+        parsed.problems.append(
+            f"{_lines(parsed, by_label[only])}, field label: every row has the label {only!r}; "
+            "at least two labels are needed."
+        )
+        return
+    if parsed.has_groups:
+        # Paraphrase datasets are judged by their groups: each label may be a single pair.
+        by_group: dict[str, list[int]] = defaultdict(list)
+        for index, row in enumerate(parsed.rows):
+            by_group[row["group"]].append(index)
+        for group, indexes in by_group.items():
+            if len(indexes) < MIN_ROWS_PER_GROUP:
+                parsed.problems.append(
+                    f"{_lines(parsed, indexes)}, field group: group {group!r} has "
+                    f"{len(indexes)} row(s); a group needs at least {MIN_ROWS_PER_GROUP}."
+                )
+        return
+    for label, indexes in by_label.items():
+        if len(indexes) < min_rows_per_label:
+            parsed.problems.append(
+                f"{_lines(parsed, indexes)}, field label: label {label!r} has {len(indexes)} "
+                f"example(s); each label needs at least {min_rows_per_label}."
+            )
+
+
+def stratified_split(
+    rows: list[dict[str, str]], *, validation_fraction: float = VALIDATION_FRACTION
+) -> dict[str, list[int]]:
+    """Row indexes (0-based, into the parsed rows) for training and validation, deterministic.
+
+    Labelled rows are stratified by label, and every label with two or more rows puts at least
+    one in validation. Rows with a ``group`` are split by whole groups, because a paraphrase pair
+    split across the two sides could not be scored.
+    """
+    units: dict[str, list[int]] = defaultdict(list)
+    grouped = bool(rows) and all("group" in row for row in rows)
+    for index, row in enumerate(rows):
+        units[row["group"] if grouped else row["label"]].append(index)
+    train: list[int] = []
+    validation: list[int] = []
+    if grouped:
+        names = sorted(units)
+        random.Random(f"{SPLIT_SEED}:groups").shuffle(names)
+        held = set(names[: _validation_count(len(names), validation_fraction)])
+        for name, indexes in units.items():
+            (validation if name in held else train).extend(indexes)
+    else:
+        for label in sorted(units):
+            members = list(units[label])
+            random.Random(f"{SPLIT_SEED}:{label}").shuffle(members)
+            count = _validation_count(len(members), validation_fraction)
+            validation.extend(members[:count])
+            train.extend(members[count:])
+    return {"train": sorted(train), "validation": sorted(validation)}
+
+
+def _validation_count(size: int, fraction: float) -> int:
+    if size < 2:
+        return 0
+    return min(size - 1, max(1, round(size * fraction)))
 
 
 def _csv_records(text: str, parsed: ParsedDataset):
@@ -116,4 +247,8 @@ def _check_record(line_number: int, record: dict, parsed: ParsedDataset) -> None
     if not row["label"]:
         parsed.problems.append(f"row {line_number}, field label: empty.")
         return
+    if "group" in row and not row["group"]:
+        parsed.problems.append(f"row {line_number}, field group: empty.")
+        return
     parsed.rows.append(row)
+    parsed.line_numbers.append(line_number)

@@ -32,3 +32,48 @@ class PackageChecksumMismatch(DomainError):
 
 class InvalidVersion(Conflict):
     code = "invalid_version"
+
+
+class DatasetTooLarge(DomainError):
+    status_code = 413
+    code = "dataset_too_large"
+
+
+class DatasetNotFound(NotFound):
+    pass
+
+
+class VersionNotFound(NotFound):
+    pass
+
+
+class TrainingJobNotFound(NotFound):
+    pass
+
+
+class InvalidTrainingRequest(DomainError):
+    code = "invalid_training_request"
+
+
+class IdempotencyKeyReused(Conflict):
+    # The same key with different inputs is a client bug; answering with the first job would
+    # silently train on what the client did not ask for.
+    code = "idempotency_key_reused"
+
+
+class QualityGateFailed(Conflict):
+    code = "quality_gate_failed"
+
+
+class NothingToRollBack(Conflict):
+    code = "nothing_to_roll_back"
+
+
+class ForceNotAllowed(DomainError):
+    status_code = 403
+    code = "forbidden"
+
+
+class TrainingBackendNotConfigured(DomainError):
+    status_code = 503
+    code = "training_backend_not_configured"

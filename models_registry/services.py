@@ -3,42 +3,91 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import shutil
+import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
+from django.utils import timezone
 
 from config.errors import DomainError
 from deployments.events import record_event
 from models_registry import artifacts
-from models_registry.datasets import MAX_PROBLEMS_REPORTED, detect_format, parse_dataset
+from models_registry.datasets import (
+    MAX_FILE_BYTES,
+    MAX_PROBLEMS_REPORTED,
+    ParsedDataset,
+    detect_format,
+    file_too_big_message,
+    parse_dataset,
+    stratified_split,
+)
 from models_registry.exceptions import (
+    DatasetTooLarge,
+    IdempotencyKeyReused,
     InvalidDataset,
+    InvalidTrainingRequest,
     InvalidVersion,
     JobNotCancellable,
     ModelAlreadyExists,
+    NothingToRollBack,
+    QualityGateFailed,
+    TrainingBackendNotConfigured,
 )
 from models_registry.kinds import get_kind
 from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
+from models_registry.promotion import GateDecision, evaluate_gate
 from tenants.models import SLUG_VALIDATOR, Tenant
 
 
-def create_dataset(
-    *, tenant: Tenant, name: str, content: bytes, actor: str, format: str | None = None
-) -> Dataset:
-    """Validate an uploaded file and store it; an invalid file raises and stores nothing."""
-    format = format or detect_format(name, content)
+def check_dataset_content(
+    *, name: str, content: bytes, format: str | None = None, filename: str | None = None
+) -> tuple[str, ParsedDataset]:
+    """The file's format and rows, or InvalidDataset / DatasetTooLarge listing its problems."""
+    if len(content) > MAX_FILE_BYTES:
+        raise DatasetTooLarge(file_too_big_message(len(content)), field="file")
+    format = format or detect_format(filename or name, content)
     parsed = parse_dataset(content, format=format)
     if not parsed.problems and not parsed.rows:
         parsed.problems.append("file: has no rows.")
     if parsed.problems:
         shown = parsed.problems[:MAX_PROBLEMS_REPORTED]
         more = len(parsed.problems) - len(shown)
-        message = "; ".join(shown) + (f"; and {more} more problem(s)." if more else "")
+        message = "; ".join(problem.rstrip(".") for problem in shown) + (
+            f"; and {more} more problem(s)." if more else "."
+        )
         raise InvalidDataset(message, field="file")
+    return format, parsed
+
+
+def create_dataset(
+    *,
+    tenant: Tenant,
+    name: str,
+    content: bytes,
+    actor: str,
+    format: str | None = None,
+    filename: str | None = None,
+) -> Dataset:
+    """Validate an uploaded file, fix its train/validation split and store it.
+
+    An invalid file raises and stores nothing; ``filename`` (the uploaded file's own name) helps
+    tell CSV from JSON Lines when ``name`` has no extension.
+    """
+    format, parsed = check_dataset_content(
+        name=name, content=content, format=format, filename=filename
+    )
+    split = stratified_split(parsed.rows)
     digest = hashlib.sha256(content).hexdigest()
     stored = artifacts.put_bytes(f"datasets/{tenant.slug}/{digest}.{format}", content)
+    columns = ["text", "label", *(["group"] if parsed.has_groups else [])]
     try:
         with transaction.atomic():
             dataset = Dataset.objects.create(
@@ -50,11 +99,22 @@ def create_dataset(
                 sha256=stored.sha256,
                 rows=len(parsed.rows),
                 labels=parsed.label_counts,
-                validation_report={"problems": [], "rows": len(parsed.rows)},
+                validation_report={
+                    "problems": [],
+                    "rows": len(parsed.rows),
+                    "columns": columns,
+                    "groups": parsed.group_count,
+                    "train_rows": len(split["train"]),
+                    "validation_rows": len(split["validation"]),
+                },
+                split=split,
             )
             record_event(
                 kind="dataset.uploaded",
-                message=f"Dataset {name} ({len(parsed.rows)} rows) uploaded for {tenant.slug}.",
+                message=(
+                    f"Dataset {name} ({len(parsed.rows)} rows: {len(split['train'])} train, "
+                    f"{len(split['validation'])} validation) uploaded for {tenant.slug}."
+                ),
                 actor=actor,
                 tenant=tenant,
             )
@@ -135,7 +195,8 @@ def request_training_cancel(*, job: TrainingJob, actor: str) -> TrainingJob:
         if job.status == TrainingJob.Status.QUEUED:
             # Nothing runs yet, so the cancellation is complete at once.
             job.status = TrainingJob.Status.CANCELLED
-            update.append("status")
+            job.finished_at = timezone.now()
+            update += ["status", "finished_at"]
         job.save(update_fields=update)
         record_event(
             kind="training.cancel_requested",
@@ -220,7 +281,7 @@ def package_version(*, version: ModelVersion, actor: str) -> ModelVersion:
 
     with transaction.atomic():
         version = (
-            ModelVersion.objects.select_for_update()
+            ModelVersion.objects.select_for_update(of=("self",))
             .select_related("model__tenant")
             .get(pk=version.pk)
         )
@@ -276,3 +337,655 @@ def package_version(*, version: ModelVersion, actor: str) -> ModelVersion:
         )
     version.refresh_from_db()
     return version
+
+
+# --- Training, quality gate, promotion ---
+
+TERMINAL_JOB_STATUSES = TrainingJob.TERMINAL_STATUSES
+# A running job whose worker has not written a heartbeat for this long is presumed orphaned.
+STALE_HEARTBEAT = timedelta(minutes=2)
+# A queued job no worker has picked up for this long had its message lost; it is sent again.
+STALE_QUEUED = timedelta(minutes=10)
+# A job is run at most this many times: a worker lost once is retried, twice means a real fault.
+MAX_TRAINING_ATTEMPTS = 2
+# Progress is written at most this often (a cheap UPDATE), plus every change of whole percent.
+PROGRESS_WRITE_INTERVAL_S = 1.0
+HEARTBEAT_INTERVAL_S = 10.0
+LOG_TAIL_CHARS = 8000
+SCALAR_TYPES = (str, int, float, bool)
+
+
+def _validated_hyperparameters(hyperparameters: object, *, kind: str) -> dict:
+    if hyperparameters is None:
+        return {}
+    if not isinstance(hyperparameters, dict):
+        raise InvalidTrainingRequest(
+            "hyperparameters must be a JSON object of names to values.", field="hyperparameters"
+        )
+    for name, value in hyperparameters.items():
+        if not isinstance(name, str) or not name:
+            raise InvalidTrainingRequest(
+                "hyperparameters: every name must be a non-empty string.", field="hyperparameters"
+            )
+        if value is not None and not isinstance(value, SCALAR_TYPES):
+            raise InvalidTrainingRequest(
+                f"hyperparameters.{name}: must be a string, number or boolean, not "
+                f"{type(value).__name__}.",
+                field="hyperparameters",
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidTrainingRequest(
+                f"hyperparameters.{name}: must be a finite number.", field="hyperparameters"
+            )
+    if "kind" in hyperparameters and hyperparameters["kind"] != kind:
+        raise InvalidTrainingRequest(
+            f"hyperparameters.kind: the model's kind is {kind!r}; it cannot be overridden.",
+            field="hyperparameters",
+        )
+    return {name: hyperparameters[name] for name in sorted(hyperparameters) if name != "kind"}
+
+
+def _check_dataset_for_model(*, model: TenantModel, dataset: Dataset) -> None:
+    if dataset.tenant_id != model.tenant_id:
+        # Worded like a missing dataset, so another tenant's dataset ids do not leak.
+        raise InvalidDataset(
+            f"No dataset {dataset.pk} for tenant {model.tenant.slug}.", field="dataset"
+        )
+    if dataset.status != Dataset.Status.VALID:
+        raise InvalidDataset(f"Dataset {dataset.name!r} did not pass validation.", field="dataset")
+    if model.kind == "embedding":
+        report = dataset.validation_report or {}
+        if "group" not in report.get("columns", []) and not report.get("groups"):
+            raise InvalidDataset(
+                f"Dataset {dataset.name!r} has no group column; an embedding model trains on "
+                "paraphrase groups (text,label,group).",
+                field="dataset",
+            )
+
+
+def _derived_idempotency_key(
+    *, model: TenantModel, dataset: Dataset, hyperparameters: dict, backend: str
+) -> str:
+    payload = json.dumps(
+        [model.pk, dataset.sha256, hyperparameters, backend], sort_keys=True, default=str
+    )
+    return "auto:" + hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _enqueue_training(job: TrainingJob) -> None:
+    """Send the job's task once the transaction that made it visible commits."""
+    from models_registry import tasks
+
+    task = (
+        tasks.launch_sagemaker_training
+        if job.backend == TrainingJob.Backend.SAGEMAKER
+        else tasks.run_training_job
+    )
+    job_id = job.pk
+    transaction.on_commit(lambda: task.delay(job_id))
+
+
+def start_training_job(
+    *,
+    model: TenantModel,
+    dataset: Dataset,
+    actor: str,
+    hyperparameters: dict | None = None,
+    idempotency_key: str | None = None,
+    backend: str = TrainingJob.Backend.LOCAL,
+) -> tuple[TrainingJob, bool]:
+    """Queue a training job, or return the job the same request already made.
+
+    A client's ``idempotency_key`` always names one job (whatever became of it); reusing it with
+    other inputs is a 409. Without a key, one is derived from the model, the dataset's sha256,
+    the hyperparameters and the backend: a double click finds the job still queued, running or
+    succeeded, while a failed or cancelled one is tried afresh under the next key.
+    """
+    hyperparameters = _validated_hyperparameters(hyperparameters, kind=model.kind)
+    if backend not in TrainingJob.Backend.values:
+        raise InvalidTrainingRequest(
+            f"backend {backend!r}: choose one of {', '.join(TrainingJob.Backend.values)}.",
+            field="backend",
+        )
+    _check_dataset_for_model(model=model, dataset=dataset)
+    if idempotency_key is not None:
+        idempotency_key = idempotency_key.strip()
+        if not idempotency_key or len(idempotency_key) > 128:
+            raise InvalidTrainingRequest(
+                "Idempotency-Key must be 1 to 128 characters.", field="idempotency_key"
+            )
+        keys = [idempotency_key]
+    else:
+        base = _derived_idempotency_key(
+            model=model, dataset=dataset, hyperparameters=hyperparameters, backend=backend
+        )
+        keys = [base]
+        previous = (
+            TrainingJob.objects.filter(model=model, idempotency_key__startswith=base)
+            .order_by("-created_at", "-pk")
+            .first()
+        )
+        if previous is not None:
+            if previous.status not in (TrainingJob.Status.FAILED, TrainingJob.Status.CANCELLED):
+                return previous, False
+            tries = TrainingJob.objects.filter(model=model, idempotency_key__startswith=base)
+            keys = [f"{base}:{tries.count() + 1}"]
+    key = keys[0]
+    existing = TrainingJob.objects.filter(model=model, idempotency_key=key).first()
+    if existing is not None:
+        return _same_request(
+            existing, dataset=dataset, hyperparameters=hyperparameters, backend=backend
+        ), False
+    try:
+        with transaction.atomic():
+            job = TrainingJob.objects.create(
+                model=model,
+                dataset=dataset,
+                backend=backend,
+                hyperparameters=hyperparameters,
+                idempotency_key=key,
+            )
+            record_event(
+                kind="training.queued",
+                message=(
+                    f"Training job {job.pk} queued for {model} on dataset {dataset.name} "
+                    f"({backend})."
+                ),
+                actor=actor,
+                tenant=model.tenant,
+                data={"job": job.pk, "hyperparameters": hyperparameters},
+            )
+            _enqueue_training(job)
+    except IntegrityError:
+        # Two requests raced past the lookup; the one that lost answers with the winner's job.
+        existing = TrainingJob.objects.get(model=model, idempotency_key=key)
+        return _same_request(
+            existing, dataset=dataset, hyperparameters=hyperparameters, backend=backend
+        ), False
+    return job, True
+
+
+def _same_request(
+    job: TrainingJob, *, dataset: Dataset, hyperparameters: dict, backend: str
+) -> TrainingJob:
+    if (
+        job.dataset_id != dataset.pk
+        or job.hyperparameters != hyperparameters
+        or job.backend != backend
+    ):
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {job.idempotency_key!r} was already used for training job "
+            f"{job.pk} with other inputs.",
+            field="idempotency_key",
+        )
+    return job
+
+
+def _job_dir(job: TrainingJob) -> Path:
+    return Path(settings.VAR_DIR) / "training" / "jobs" / str(job.pk)
+
+
+def _claim_training_job(*, job_id: int, now: datetime) -> tuple[TrainingJob, bool]:
+    """Move a job to running under a row lock; False when this worker must not run it."""
+    with transaction.atomic():
+        job = (
+            TrainingJob.objects.select_for_update(of=("self",))
+            .select_related("model__tenant", "dataset")
+            .get(pk=job_id)
+        )
+        if job.is_terminal or job.backend != TrainingJob.Backend.LOCAL:
+            return job, False
+        if job.cancel_requested:
+            _finish_job(job, status=TrainingJob.Status.CANCELLED, reason="Cancelled before start.")
+            return job, False
+        if (
+            job.status == TrainingJob.Status.RUNNING
+            and job.heartbeat_at is not None
+            and now - job.heartbeat_at < STALE_HEARTBEAT
+        ):
+            return job, False  # a re-delivered message while a live worker runs it
+        if job.attempts >= MAX_TRAINING_ATTEMPTS:
+            _finish_job(
+                job,
+                status=TrainingJob.Status.FAILED,
+                reason=f"Gave up after {job.attempts} attempts: the worker was lost each time.",
+            )
+            return job, False
+        job.status = TrainingJob.Status.RUNNING
+        job.attempts += 1
+        job.started_at = now
+        job.heartbeat_at = now
+        job.progress_pct = 0
+        job.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", "progress_pct"])
+        record_event(
+            kind="training.started",
+            message=f"Training job {job.pk} for {job.model} started (attempt {job.attempts}).",
+            actor="worker",
+            tenant=job.model.tenant,
+            data={"job": job.pk, "attempt": job.attempts},
+        )
+    return job, True
+
+
+def _finish_job(
+    job: TrainingJob,
+    *,
+    status: str,
+    reason: str = "",
+    outcome=None,
+    actor: str = "worker",
+) -> TrainingJob:
+    """Write a job's terminal state and the Event saying why (call inside a transaction)."""
+    job.status = status
+    job.failure_reason = reason if status != TrainingJob.Status.SUCCEEDED else ""
+    job.finished_at = timezone.now()
+    fields = ["status", "failure_reason", "finished_at"]
+    if outcome is not None:
+        job.log_tail = (outcome.log_tail or "")[-LOG_TAIL_CHARS:]
+        job.metrics = _metrics_of(outcome)
+        job.external_id = str(outcome.pid or job.external_id)
+        fields += ["log_tail", "metrics", "external_id"]
+    if status == TrainingJob.Status.SUCCEEDED:
+        job.progress_pct = 100
+        fields.append("progress_pct")
+    job.save(update_fields=fields)
+    severity = "error" if status == TrainingJob.Status.FAILED else "info"
+    record_event(
+        kind=f"training.{status}",
+        severity=severity,
+        message=f"Training job {job.pk} for {job.model} {status}"
+        + (f": {reason}" if reason else "."),
+        actor=actor,
+        tenant=job.model.tenant,
+        data={"job": job.pk},
+    )
+    return job
+
+
+def _metrics_of(outcome) -> dict:
+    """The figures of a training outcome; the entry point wraps them as ``{"metrics": {...}}``
+    beside the kind and its primary metric, which the registry already knows."""
+    document = outcome.metrics if isinstance(outcome.metrics, dict) else {}
+    inner = document.get("metrics")
+    return dict(inner) if isinstance(inner, dict) else dict(document)
+
+
+def _training_rows(dataset: Dataset) -> tuple[list[dict], list[dict]]:
+    content = artifacts.read_bytes(dataset.storage_uri)
+    parsed = parse_dataset(content, format=dataset.format)
+    if parsed.problems:
+        raise InvalidDataset(
+            f"Dataset {dataset.name!r} no longer parses: {parsed.problems[0]}", field="dataset"
+        )
+    # Datasets uploaded before splits were stored get the same deterministic split now.
+    split = dataset.split or stratified_split(parsed.rows)
+    train = [parsed.rows[index] for index in split["train"]]
+    validation = [parsed.rows[index] for index in split["validation"]]
+    return train, validation
+
+
+class _ProgressWriter:
+    """The runner's callbacks: the pid, throttled progress and heartbeats (cheap UPDATEs)."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self.last_pct = -1
+        self.last_progress_write = 0.0
+        self.last_heartbeat = time.monotonic()
+
+    def on_progress(self, pct: int, message: str) -> None:
+        pct = max(0, min(100, int(pct)))
+        now = time.monotonic()
+        if pct == self.last_pct or (
+            now - self.last_progress_write < PROGRESS_WRITE_INTERVAL_S and pct < 100
+        ):
+            return
+        self.last_pct, self.last_progress_write, self.last_heartbeat = pct, now, now
+        TrainingJob.objects.filter(pk=self.job_id, status=TrainingJob.Status.RUNNING).update(
+            progress_pct=pct, heartbeat_at=timezone.now()
+        )
+
+    def on_start(self, pid: int) -> None:
+        # Recorded at once so the reconciler can tell a live training process from a lost one.
+        TrainingJob.objects.filter(pk=self.job_id).update(
+            external_id=str(pid), heartbeat_at=timezone.now()
+        )
+
+    def should_cancel(self) -> bool:
+        # Polled every runner tick, so it doubles as the heartbeat that keeps the job from being
+        # taken for orphaned while a long epoch reports no progress.
+        now = time.monotonic()
+        if now - self.last_heartbeat >= HEARTBEAT_INTERVAL_S:
+            self.last_heartbeat = now
+            TrainingJob.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
+        return TrainingJob.objects.filter(pk=self.job_id, cancel_requested=True).exists()
+
+
+def run_training_job(*, job_id: int) -> TrainingJob:
+    """Run a queued local job to the end: train, register and package the version, apply the
+    quality gate. A re-delivered message for a job already running or finished changes nothing."""
+    from models_registry.training.runner import prepare_job_dir, run_local_job
+
+    job, claimed = _claim_training_job(job_id=job_id, now=timezone.now())
+    if not claimed:
+        return job
+    model = job.model
+    job_dir = _job_dir(job)
+    try:
+        train_rows, validation_rows = _training_rows(job.dataset)
+        # A previous attempt's files would mix with this one's.
+        shutil.rmtree(job_dir, ignore_errors=True)
+        prepare_job_dir(
+            job_dir=job_dir,
+            hyperparameters={**job.hyperparameters, "kind": model.kind},
+            train_rows=train_rows,
+            validation_rows=validation_rows,
+        )
+    except (DomainError, OSError, ValueError) as exc:
+        reason = getattr(exc, "message", None) or str(exc)
+        with transaction.atomic():
+            return _finish_job(
+                job, status=TrainingJob.Status.FAILED, reason=f"Preparing the job failed: {reason}"
+            )
+    progress = _ProgressWriter(job.pk)
+    outcome = run_local_job(
+        job_dir=job_dir,
+        on_progress=progress.on_progress,
+        should_cancel=progress.should_cancel,
+        timeout_s=float(settings.TENANTML_TRAINING_TIMEOUT_S),
+        on_start=progress.on_start,
+        # Every local job shares the platform's base-encoder export instead of redoing it.
+        extra_env={
+            "TENANTML_BASE_MODEL_CACHE": str(Path(settings.VAR_DIR) / "cache" / "base_models")
+        },
+    )
+    if outcome.status != "succeeded":
+        status = (
+            TrainingJob.Status.CANCELLED
+            if outcome.status == "cancelled"
+            else TrainingJob.Status.FAILED
+        )
+        reason = outcome.failure_reason or (
+            "Cancelled on request." if status == TrainingJob.Status.CANCELLED else "Failed."
+        )
+        with transaction.atomic():
+            return _finish_job(job, status=status, reason=reason, outcome=outcome)
+    artifact_uri = artifacts.put_directory(
+        f"models/{model.tenant.slug}/{model.name}/jobs/{job.pk}", Path(outcome.model_dir)
+    )
+    version = ModelVersion.objects.filter(training_job=job).first() or register_version(
+        model=model,
+        actor="worker",
+        training_job=job,
+        artifact_uri=artifact_uri,
+        metrics=_metrics_of(outcome),
+    )
+    with transaction.atomic():
+        _finish_job(job, status=TrainingJob.Status.SUCCEEDED, outcome=outcome)
+    try:
+        version = package_version(version=version, actor="worker")
+    except (DomainError, OSError, ValueError):
+        return job  # the version is marked failed with the reason; the training itself succeeded
+    apply_quality_gate(version=version, actor="worker")
+    job.refresh_from_db()
+    return job
+
+
+def _gate_for(*, model: TenantModel, candidate: ModelVersion) -> GateDecision:
+    kind = get_kind(model.kind)
+    active = model.active_version
+    return evaluate_gate(
+        candidate_metrics=candidate.metrics if isinstance(candidate.metrics, dict) else {},
+        active_metrics=(
+            (active.metrics if isinstance(active.metrics, dict) else {}) if active else None
+        ),
+        primary_metric=getattr(kind, "primary_metric", "") or "macro_f1",
+        tolerance=float(settings.TENANTML_QUALITY_GATE_TOLERANCE),
+        higher_is_better=getattr(kind, "higher_is_better", True),
+    )
+
+
+def apply_quality_gate(*, version: ModelVersion, actor: str) -> GateDecision:
+    """Promote a freshly trained version if it passes the gate, else hold it with the reason."""
+    try:
+        promote_version(version=version, actor=actor)
+    except QualityGateFailed as exc:
+        return GateDecision(False, exc.message)
+    version.refresh_from_db()
+    return GateDecision(True, version.status_reason or f"{version} promoted.")
+
+
+def _hand_to_deployment(*, version: ModelVersion, actor: str) -> None:
+    from deployments import services as deployment_services
+
+    hook = getattr(deployment_services, "on_version_promoted", None)
+    if hook is not None:
+        hook(version=version, actor=actor)
+
+
+def promote_version(*, version: ModelVersion, actor: str, force: bool = False) -> ModelVersion:
+    """Make a ready version the model's active one; the quality gate applies unless ``force``.
+
+    A version the gate holds back keeps the reason in ``status_reason`` and the call raises
+    QualityGateFailed (409). Promoting the active version again changes nothing.
+    """
+    with transaction.atomic():
+        model = (
+            TenantModel.objects.select_for_update(of=("self",))
+            .select_related("tenant", "active_version")
+            .get(pk=version.model_id)
+        )
+        version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if version.status != ModelVersion.Status.READY:
+            raise InvalidVersion(
+                f"{version} is {version.status}; only a ready version can be promoted.",
+                field="version",
+            )
+        if model.active_version_id == version.pk:
+            return version
+        decision = _gate_for(model=model, candidate=version)
+        held = not decision.promote and not force
+        previous = model.active_version
+        if held:
+            version.status_reason = f"Held back by the quality gate: {decision.reason}"
+            version.save(update_fields=["status_reason", "updated_at"])
+            record_event(
+                kind="version.held",
+                severity="warning",
+                message=f"{version} not promoted: {decision.reason}",
+                actor=actor,
+                version=version,
+                data={"active": previous.number if previous else None},
+            )
+        else:
+            version.promoted_at = timezone.now()
+            version.status_reason = (
+                f"Promoted by {actor} over the quality gate: {decision.reason}"
+                if not decision.promote
+                else ""
+            )
+            version.save(update_fields=["promoted_at", "status_reason", "updated_at"])
+            model.active_version = version
+            model.save(update_fields=["active_version", "updated_at"])
+            record_event(
+                kind="version.promoted",
+                message=(
+                    f"{version} promoted"
+                    + (f" (replacing v{previous.number})" if previous else "")
+                    + (" by force" if not decision.promote else "")
+                    + f": {decision.reason}"
+                ),
+                actor=actor,
+                version=version,
+                data={
+                    "previous": previous.number if previous else None,
+                    "forced": not decision.promote,
+                },
+            )
+    if held:
+        raise QualityGateFailed(version.status_reason, field="version")
+    _hand_to_deployment(version=version, actor=actor)
+    return version
+
+
+def rollback_model(*, model: TenantModel, actor: str) -> ModelVersion:
+    """Re-activate the version promoted before the active one; 409 when there is none.
+
+    The version rolled back from loses its ``promoted_at`` (its reason says why), so a later
+    rollback never lands on a version that was rolled back once.
+    """
+    with transaction.atomic():
+        model = (
+            TenantModel.objects.select_for_update(of=("self",))
+            .select_related("tenant", "active_version")
+            .get(pk=model.pk)
+        )
+        current = model.active_version
+        if current is None:
+            raise NothingToRollBack(f"{model} has no active version to roll back.")
+        candidates = model.versions.filter(
+            status=ModelVersion.Status.READY, promoted_at__isnull=False
+        ).exclude(pk=current.pk)
+        if current.promoted_at is not None:
+            candidates = candidates.filter(promoted_at__lt=current.promoted_at)
+        previous = candidates.order_by("-promoted_at", "-number").first()
+        if previous is None:
+            raise NothingToRollBack(
+                f"{model} has no earlier promoted version that is still ready to serve."
+            )
+        ModelVersion.objects.filter(pk=current.pk).update(
+            promoted_at=None,
+            status_reason=f"Rolled back by {actor} on {timezone.now():%Y-%m-%d %H:%M} UTC; "
+            f"v{previous.number} re-activated.",
+        )
+        model.active_version = previous
+        model.save(update_fields=["active_version", "updated_at"])
+        record_event(
+            kind="model.rolled_back",
+            message=f"{model} rolled back from v{current.number} to v{previous.number}.",
+            actor=actor,
+            version=previous,
+            data={"from": current.number, "to": previous.number},
+        )
+    _hand_to_deployment(version=previous, actor=actor)
+    return previous
+
+
+def launch_sagemaker_job(*, job: TrainingJob) -> TrainingJob:
+    """Claim a queued SageMaker job (queued → launching); without an execution role
+    (TENANTML_SAGEMAKER_ROLE_ARN) the job fails with that reason and the error is raised."""
+    with transaction.atomic():
+        job = (
+            TrainingJob.objects.select_for_update(of=("self",))
+            .select_related("model__tenant")
+            .get(pk=job.pk)
+        )
+        if job.status != TrainingJob.Status.QUEUED:
+            return job
+        if not getattr(settings, "TENANTML_SAGEMAKER_ROLE_ARN", ""):
+            reason = "SageMaker training is not configured (no TENANTML_SAGEMAKER_ROLE_ARN)."
+            _finish_job(job, status=TrainingJob.Status.FAILED, reason=reason)
+            not_configured = True
+        else:
+            not_configured = False
+            job.status = TrainingJob.Status.LAUNCHING
+            job.attempts += 1
+            job.started_at = job.heartbeat_at = timezone.now()
+            job.save(update_fields=["status", "attempts", "started_at", "heartbeat_at"])
+            record_event(
+                kind="training.launching",
+                message=f"Training job {job.pk} for {job.model} is launching on SageMaker.",
+                actor="worker",
+                tenant=job.model.tenant,
+                data={"job": job.pk},
+            )
+    if not_configured:
+        raise TrainingBackendNotConfigured("SageMaker training is not configured", field="backend")
+    return job
+
+
+def reconcile_training_jobs(*, now: datetime | None = None) -> list[TrainingJob]:
+    """Repair local jobs whose worker vanished and queued jobs whose message was lost.
+
+    A running job with a stale heartbeat is left alone while its training process (the pid in
+    ``external_id``) is alive; otherwise it is queued again if it has an attempt left, else
+    failed with the last heartbeat in the reason. Returns the jobs it changed.
+    """
+    from models_registry.training.runner import process_alive
+
+    now = now or timezone.now()
+    changed: list[TrainingJob] = []
+    stale_running = TrainingJob.objects.filter(
+        backend=TrainingJob.Backend.LOCAL,
+        status=TrainingJob.Status.RUNNING,
+    ).filter(Q(heartbeat_at__lt=now - STALE_HEARTBEAT) | Q(heartbeat_at__isnull=True))
+    for job_id in stale_running.values_list("pk", flat=True):
+        with transaction.atomic():
+            job = (
+                TrainingJob.objects.select_for_update(of=("self",))
+                .select_related("model__tenant")
+                .get(pk=job_id)
+            )
+            # Re-checked under the lock: the worker may have written a heartbeat meanwhile.
+            if job.status != TrainingJob.Status.RUNNING or (
+                job.heartbeat_at is not None and job.heartbeat_at >= now - STALE_HEARTBEAT
+            ):
+                continue
+            pid = int(job.external_id) if job.external_id.isdigit() else None
+            if pid is not None and process_alive(pid):
+                continue
+            last = f"{job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC" if job.heartbeat_at else "never"
+            if job.attempts < MAX_TRAINING_ATTEMPTS and not job.cancel_requested:
+                job.status = TrainingJob.Status.QUEUED
+                job.heartbeat_at = now
+                job.progress_pct = 0
+                job.save(update_fields=["status", "heartbeat_at", "progress_pct"])
+                record_event(
+                    kind="training.requeued",
+                    severity="warning",
+                    message=(
+                        f"Training job {job.pk}: worker stopped while the job was running "
+                        f"(last heartbeat {last}); queued again."
+                    ),
+                    actor="reconciler",
+                    tenant=job.model.tenant,
+                    data={"job": job.pk, "attempts": job.attempts},
+                )
+                _enqueue_training(job)
+            else:
+                _finish_job(
+                    job,
+                    status=TrainingJob.Status.FAILED,
+                    reason=f"worker stopped while the job was running (last heartbeat {last})",
+                    actor="reconciler",
+                )
+            changed.append(job)
+    lost = TrainingJob.objects.filter(
+        status=TrainingJob.Status.QUEUED, cancel_requested=False
+    ).filter(
+        Q(heartbeat_at__lt=now - STALE_QUEUED)
+        | Q(heartbeat_at__isnull=True, created_at__lt=now - STALE_QUEUED)
+    )
+    for job_id in lost.values_list("pk", flat=True):
+        with transaction.atomic():
+            job = (
+                TrainingJob.objects.select_for_update(of=("self",))
+                .select_related("model__tenant")
+                .get(pk=job_id)
+            )
+            if job.status != TrainingJob.Status.QUEUED:
+                continue
+            # Marks when it was last sent, so the next pass waits STALE_QUEUED again.
+            job.heartbeat_at = now
+            job.save(update_fields=["heartbeat_at"])
+            record_event(
+                kind="training.reenqueued",
+                severity="warning",
+                message=f"Training job {job.pk} was still queued; its task was sent again.",
+                actor="reconciler",
+                tenant=job.model.tenant,
+                data={"job": job.pk},
+            )
+            _enqueue_training(job)
+            changed.append(job)
+    return changed

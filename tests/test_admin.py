@@ -40,10 +40,9 @@ OUR_MODELS = sorted(
     (model for model in admin.site._registry if model._meta.app_label in OUR_APPS),
     key=lambda model: model._meta.label,
 )
-# Rows the platform creates itself (uploads, training, scaling, deploys, the event log, usage
+# Rows the platform creates itself (training, scaling, deploys, the event log, usage
 # sampling); the admin offers no add form for them.
 NO_ADD = {
-    Dataset,
     TrainingJob,
     ModelVersion,
     Instance,

@@ -1,0 +1,1 @@
+"""The registry API (datasets, models, versions, training jobs)."""

@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from config.errors import DomainError
 
@@ -25,6 +26,10 @@ TEXT_INPUT_NAME = "TEXT"
 
 class UnknownKind(DomainError):
     code = "unknown_kind"
+
+
+class InvalidHyperparameter(DomainError):
+    code = "invalid_hyperparameter"
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,15 @@ class ModelKind:
     triton_signature: Callable[[Path], TritonSignature] | None = None
     # ``build_artifact(*, out_dir, base=None, **hyperparameters) -> metrics``; pure, no ORM.
     build_artifact: Callable[..., dict] | None = None
+    # ``train(*, train_rows, validation_rows, out_dir, hyperparameters, cache_dir, progress)
+    # -> metrics``: what the training entry point runs (locally or in a SageMaker container).
+    # Rows are ``{"text", "label"[, "group"]}`` dicts, hyperparameters may arrive as strings
+    # (SageMaker passes them so) and ``progress(percent, message)`` reports how far it got.
+    # It must import without Django: the SageMaker container has only the sourcedir.
+    train: Callable[..., dict] | None = None
+    # The validation metric that ranks versions of this kind (a key of ``train``'s metrics).
+    primary_metric: str = ""
+    higher_is_better: bool = True
     # Request body for a list of inputs, and the answer decoded into the REST API's "outputs".
     encode_request: Callable[[list], dict] = encode_text_request
     decode_response: Callable[[dict], list] | None = None
@@ -136,3 +150,81 @@ def kind_names() -> list[str]:
     if not _REGISTRY:
         _load_builtins()
     return sorted(_REGISTRY)
+
+
+_Value = TypeVar("_Value", int, float, bool, str)
+
+
+def hyperparameter(
+    hyperparameters: dict,
+    name: str,
+    default: _Value,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> _Value:
+    """``hyperparameters[name]`` parsed as ``type(default)`` (SageMaker sends strings), checked.
+
+    Raises InvalidHyperparameter naming the hyperparameter and the accepted values.
+    """
+    raw = hyperparameters.get(name, default)
+    wanted = type(default)
+    try:
+        value = _parse(raw, wanted)
+    except (TypeError, ValueError):
+        raise InvalidHyperparameter(
+            f"Hyperparameter {name!r} must be {_describe(wanted)}, not {raw!r}.", field=name
+        ) from None
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = " and ".join(
+            text
+            for text in (
+                f"≥ {minimum:g}" if minimum is not None else "",
+                f"≤ {maximum:g}" if maximum is not None else "",
+            )
+            if text
+        )
+        raise InvalidHyperparameter(
+            f"Hyperparameter {name!r} must be {bounds}, not {raw!r}.", field=name
+        )
+    return value
+
+
+def check_hyperparameter_names(hyperparameters: dict, *, kind: str, known: set[str]) -> None:
+    """Refuse names the kind does not use, so a typo fails loudly instead of being ignored."""
+    unknown = sorted(set(hyperparameters) - known)
+    if unknown:
+        raise InvalidHyperparameter(
+            f"Unknown hyperparameter(s) for kind {kind!r}: {', '.join(unknown)}; "
+            f"it accepts: {', '.join(sorted(known))}.",
+            field=unknown[0],
+        )
+
+
+def _parse(raw: object, wanted: type) -> object:
+    if wanted is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in {"true", "1", "yes"}:
+            return True
+        if text in {"false", "0", "no"}:
+            return False
+        raise ValueError(raw)
+    if isinstance(raw, bool):  # True is an int to Python, never a count or a rate here
+        raise TypeError(raw)
+    if wanted is int:
+        number = float(str(raw).strip())
+        if not number.is_integer():
+            raise ValueError(raw)
+        return int(number)
+    if wanted is float:
+        number = float(str(raw).strip())
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(raw)
+        return number
+    return str(raw)
+
+
+def _describe(wanted: type) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false"}.get(wanted, "a string")

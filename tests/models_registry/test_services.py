@@ -72,12 +72,12 @@ def test_concurrent_registrations_get_distinct_numbers():
 
 
 def test_dataset_upload_is_stored_with_digest_and_label_counts(tenant, isolated_artifact_store):
-    content = (
-        b"text,label\nwhere is my driver,driver_late\nrefund please,refund\nrefund me,refund\n"
-    )
+    lines = [f"where is my driver {n},driver_late" for n in range(5)]
+    lines += [f"refund please {n},refund" for n in range(6)]
+    content = ("text,label\n" + "\n".join(lines) + "\n").encode()
     dataset = services.create_dataset(tenant=tenant, name="tickets.csv", content=content, actor="t")
-    assert (dataset.format, dataset.rows) == ("csv", 3)
-    assert dataset.labels == {"driver_late": 1, "refund": 2}
+    assert (dataset.format, dataset.rows) == ("csv", 11)
+    assert dataset.labels == {"driver_late": 5, "refund": 6}
     stored = isolated_artifact_store / "datasets" / tenant.slug / f"{dataset.sha256}.csv"
     assert stored.read_bytes() == content
 

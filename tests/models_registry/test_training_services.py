@@ -1,0 +1,464 @@
+"""Training jobs, the quality gate, promotion, rollback and the training reconciler."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from deployments import services as deployment_services
+from deployments.models import Event
+from models_registry import services
+from models_registry.demo_data import generate_pairs, generate_tickets, to_csv
+from models_registry.exceptions import (
+    IdempotencyKeyReused,
+    InvalidDataset,
+    InvalidTrainingRequest,
+    InvalidVersion,
+    NothingToRollBack,
+    QualityGateFailed,
+    TrainingBackendNotConfigured,
+)
+from models_registry.models import Dataset, ModelVersion, TrainingJob
+from models_registry.promotion import evaluate_gate
+from models_registry.training.runner import ENTRYPOINT_MODULE
+from tests.factories import (
+    DatasetFactory,
+    ModelVersionFactory,
+    TenantModelFactory,
+    TrainingJobFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def model(tenant):
+    return TenantModelFactory(tenant=tenant, name="intents")
+
+
+@pytest.fixture
+def dataset(tenant):
+    content = to_csv(generate_tickets("zoomride", rows=60, seed=0))
+    return services.create_dataset(tenant=tenant, name="tickets.csv", content=content, actor="t")
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+# --- The quality gate (pure) ---
+
+
+def test_gate_promotes_the_first_version():
+    decision = evaluate_gate(
+        candidate_metrics={"macro_f1": 0.5},
+        active_metrics=None,
+        primary_metric="macro_f1",
+        tolerance=0.01,
+    )
+    assert decision.promote and "No active version" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("candidate", "active", "promote"),
+    [(0.90, 0.85, True), (0.845, 0.85, True), (0.84, 0.85, True), (0.83, 0.85, False)],
+)
+def test_gate_allows_a_candidate_worse_only_within_the_tolerance(candidate, active, promote):
+    decision = evaluate_gate(
+        candidate_metrics={"macro_f1": candidate},
+        active_metrics={"macro_f1": active},
+        primary_metric="macro_f1",
+        tolerance=0.01,
+    )
+    assert decision.promote is promote
+    assert "macro_f1" in decision.reason
+
+
+def test_gate_reads_lower_is_better_metrics_the_other_way():
+    def decide(candidate: float) -> bool:
+        return evaluate_gate(
+            candidate_metrics={"loss": candidate},
+            active_metrics={"loss": 0.30},
+            primary_metric="loss",
+            tolerance=0.01,
+            higher_is_better=False,
+        ).promote
+
+    assert decide(0.25) and decide(0.305) and not decide(0.35)
+
+
+def test_gate_holds_a_candidate_without_the_metric():
+    decision = evaluate_gate(
+        candidate_metrics={"accuracy": 0.99},
+        active_metrics={"macro_f1": 0.8},
+        primary_metric="macro_f1",
+        tolerance=0.01,
+    )
+    assert not decision.promote and "no macro_f1" in decision.reason
+
+
+# --- Starting jobs ---
+
+
+def test_starting_a_job_queues_it_records_an_event_and_sends_the_task_on_commit(
+    model, dataset, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        job, created = services.start_training_job(
+            model=model, dataset=dataset, actor="t", hyperparameters={"epochs": 3}
+        )
+    assert created and job.status == TrainingJob.Status.QUEUED
+    assert job.hyperparameters == {"epochs": 3}
+    assert len(callbacks) == 1
+    assert Event.objects.filter(kind="training.queued", tenant=model.tenant).count() == 1
+
+
+def test_a_double_click_gets_the_same_job(model, dataset):
+    first, created = services.start_training_job(model=model, dataset=dataset, actor="t")
+    again, created_again = services.start_training_job(model=model, dataset=dataset, actor="t")
+    assert created and not created_again
+    assert again.pk == first.pk
+    other, created_other = services.start_training_job(
+        model=model, dataset=dataset, actor="t", hyperparameters={"epochs": 9}
+    )
+    assert created_other and other.pk != first.pk
+
+
+def test_a_failed_job_is_retried_by_the_same_request(model, dataset):
+    first, _ = services.start_training_job(model=model, dataset=dataset, actor="t")
+    TrainingJob.objects.filter(pk=first.pk).update(status=TrainingJob.Status.FAILED)
+    retry, created = services.start_training_job(model=model, dataset=dataset, actor="t")
+    assert created and retry.pk != first.pk
+    assert services.start_training_job(model=model, dataset=dataset, actor="t")[0].pk == retry.pk
+
+
+def test_a_client_key_always_names_one_job(model, dataset):
+    first, _ = services.start_training_job(
+        model=model, dataset=dataset, actor="t", idempotency_key="abc"
+    )
+    TrainingJob.objects.filter(pk=first.pk).update(status=TrainingJob.Status.FAILED)
+    again, created = services.start_training_job(
+        model=model, dataset=dataset, actor="t", idempotency_key="abc"
+    )
+    assert not created and again.pk == first.pk
+    with pytest.raises(IdempotencyKeyReused) as reused:
+        services.start_training_job(
+            model=model,
+            dataset=dataset,
+            actor="t",
+            idempotency_key="abc",
+            hyperparameters={"epochs": 2},
+        )
+    assert reused.value.status_code == 409 and reused.value.field == "idempotency_key"
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "fragment"),
+    [
+        ([1, 2], "JSON object"),
+        ({"layers": [1, 2]}, "hyperparameters.layers"),
+        ({"opts": {"a": 1}}, "hyperparameters.opts"),
+        ({"kind": "embedding"}, "hyperparameters.kind"),
+        ({"lr": float("nan")}, "finite"),
+    ],
+)
+def test_hyperparameters_must_be_scalars(model, dataset, hyperparameters, fragment):
+    with pytest.raises(InvalidTrainingRequest) as invalid:
+        services.start_training_job(
+            model=model, dataset=dataset, actor="t", hyperparameters=hyperparameters
+        )
+    assert invalid.value.field == "hyperparameters"
+    assert fragment in invalid.value.message
+    assert not TrainingJob.objects.exists()
+
+
+def test_another_tenants_dataset_is_refused_naming_dataset(model, other_tenant):
+    foreign = DatasetFactory(tenant=other_tenant)
+    with pytest.raises(InvalidDataset) as invalid:
+        services.start_training_job(model=model, dataset=foreign, actor="t")
+    assert invalid.value.field == "dataset"
+    assert other_tenant.slug not in invalid.value.message
+
+
+def test_an_invalid_dataset_is_refused(model, tenant):
+    bad = DatasetFactory(tenant=tenant, status=Dataset.Status.INVALID)
+    with pytest.raises(InvalidDataset) as invalid:
+        services.start_training_job(model=model, dataset=bad, actor="t")
+    assert invalid.value.field == "dataset"
+
+
+def test_an_embedding_model_needs_a_dataset_with_groups(tenant, dataset):
+    embeddings = TenantModelFactory(tenant=tenant, name="embeddings", kind="embedding")
+    with pytest.raises(InvalidDataset) as invalid:
+        services.start_training_job(model=embeddings, dataset=dataset, actor="t")
+    assert invalid.value.field == "dataset" and "group" in invalid.value.message
+    pairs = services.create_dataset(
+        tenant=tenant,
+        name="pairs.csv",
+        content=to_csv(generate_pairs("northbank", groups=10)),
+        actor="t",
+    )
+    job, created = services.start_training_job(model=embeddings, dataset=pairs, actor="t")
+    assert created and job.dataset == pairs
+
+
+def test_an_unknown_backend_is_refused_naming_backend(model, dataset):
+    with pytest.raises(InvalidTrainingRequest) as invalid:
+        services.start_training_job(model=model, dataset=dataset, actor="t", backend="gpu-farm")
+    assert invalid.value.field == "backend"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_identical_requests_make_one_job():
+    job_model = TenantModelFactory()
+    dataset = DatasetFactory(tenant=job_model.tenant)
+    results: list[int] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def start():
+        try:
+            barrier.wait()
+            job, _ = services.start_training_job(
+                model=job_model, dataset=dataset, actor="t", idempotency_key="same"
+            )
+            results.append(job.pk)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(set(results)) == 1
+    assert TrainingJob.objects.filter(model=job_model).count() == 1
+
+
+# --- Running jobs ---
+
+
+def test_a_finished_job_is_returned_as_is(model, dataset):
+    job = TrainingJobFactory(model=model, dataset=dataset, status=TrainingJob.Status.SUCCEEDED)
+    assert services.run_training_job(job_id=job.pk).status == TrainingJob.Status.SUCCEEDED
+    job.refresh_from_db()
+    assert job.attempts == 0
+
+
+def test_a_redelivered_message_leaves_a_running_job_alone(model, dataset):
+    job = TrainingJobFactory(
+        model=model,
+        dataset=dataset,
+        status=TrainingJob.Status.RUNNING,
+        attempts=1,
+        heartbeat_at=timezone.now(),
+    )
+    services.run_training_job(job_id=job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (TrainingJob.Status.RUNNING, 1)
+
+
+def test_a_job_cancelled_while_queued_never_runs(model, dataset):
+    job, _ = services.start_training_job(model=model, dataset=dataset, actor="t")
+    services.request_training_cancel(job=job, actor="t")
+    job = services.run_training_job(job_id=job.pk)
+    assert job.status == TrainingJob.Status.CANCELLED and job.attempts == 0
+    assert job.finished_at is not None
+
+
+def test_training_end_to_end_registers_packages_and_promotes_the_first_version(
+    model, dataset, settings, tmp_path
+):
+    settings.VAR_DIR = tmp_path / "var"
+    job, _ = services.start_training_job(
+        model=model, dataset=dataset, actor="t", hyperparameters={"epochs": 5}
+    )
+    job = services.run_training_job(job_id=job.pk)
+    assert job.status == TrainingJob.Status.SUCCEEDED, (job.failure_reason, job.log_tail)
+    assert job.progress_pct == 100 and job.attempts == 1
+    version = job.version
+    assert version.status == ModelVersion.Status.READY
+    assert "macro_f1" in version.metrics and version.sha256
+    model.refresh_from_db()
+    assert model.active_version == version
+    assert Event.objects.filter(kind="version.promoted", version=version).exists()
+
+
+# --- Promotion and rollback ---
+
+
+def test_promoting_sets_the_active_version_and_hands_it_to_deployment(model, monkeypatch):
+    handed: list = []
+    monkeypatch.setattr(
+        deployment_services,
+        "on_version_promoted",
+        lambda *, version, actor: handed.append(version.number),
+        raising=False,
+    )
+    version = ModelVersionFactory(model=model, number=1, metrics={"macro_f1": 0.8})
+    promoted = services.promote_version(version=version, actor="t")
+    model.refresh_from_db()
+    assert model.active_version == promoted and promoted.promoted_at is not None
+    assert handed == [1]
+    assert Event.objects.filter(kind="version.promoted", version=version).exists()
+
+
+def test_only_ready_versions_are_promoted(model):
+    version = ModelVersionFactory(model=model, number=1, status=ModelVersion.Status.PACKAGING)
+    with pytest.raises(InvalidVersion):
+        services.promote_version(version=version, actor="t")
+
+
+def test_a_worse_version_is_held_back_with_the_reason_unless_forced(model):
+    good = ModelVersionFactory(model=model, number=1, metrics={"macro_f1": 0.9})
+    services.promote_version(version=good, actor="t")
+    worse = ModelVersionFactory(model=model, number=2, metrics={"macro_f1": 0.7})
+    with pytest.raises(QualityGateFailed) as held:
+        services.promote_version(version=worse, actor="t")
+    assert held.value.status_code == 409
+    worse.refresh_from_db()
+    model.refresh_from_db()
+    assert model.active_version == good
+    assert "quality gate" in worse.status_reason and "0.7000" in worse.status_reason
+    assert Event.objects.filter(kind="version.held", version=worse).exists()
+    services.promote_version(version=worse, actor="ops", force=True)
+    model.refresh_from_db()
+    worse.refresh_from_db()
+    assert model.active_version == worse
+    assert "over the quality gate" in worse.status_reason
+
+
+def test_apply_quality_gate_promotes_a_version_within_tolerance(model, settings):
+    settings.TENANTML_QUALITY_GATE_TOLERANCE = 0.05
+    services.promote_version(
+        version=ModelVersionFactory(model=model, number=1, metrics={"macro_f1": 0.9}), actor="t"
+    )
+    candidate = ModelVersionFactory(model=model, number=2, metrics={"macro_f1": 0.86})
+    assert services.apply_quality_gate(version=candidate, actor="t").promote
+    model.refresh_from_db()
+    assert model.active_version == candidate
+
+
+def test_rollback_reactivates_the_previously_promoted_version(model):
+    first = ModelVersionFactory(model=model, number=1, metrics={"macro_f1": 0.8})
+    second = ModelVersionFactory(model=model, number=2, metrics={"macro_f1": 0.85})
+    services.promote_version(version=first, actor="t")
+    services.promote_version(version=second, actor="t")
+    restored = services.rollback_model(model=model, actor="t")
+    model.refresh_from_db()
+    second.refresh_from_db()
+    assert restored == first and model.active_version == first
+    assert second.promoted_at is None and "Rolled back" in second.status_reason
+    with pytest.raises(NothingToRollBack):
+        services.rollback_model(model=model, actor="t")
+    assert Event.objects.filter(kind="model.rolled_back").count() == 1
+
+
+def test_rollback_without_an_active_version_is_a_conflict(model):
+    with pytest.raises(NothingToRollBack) as nothing:
+        services.rollback_model(model=model, actor="t")
+    assert nothing.value.status_code == 409
+
+
+# --- Reconciling ---
+
+
+def stale_running_job(model, dataset, **fields) -> TrainingJob:
+    return TrainingJobFactory(
+        model=model,
+        dataset=dataset,
+        status=TrainingJob.Status.RUNNING,
+        heartbeat_at=timezone.now() - timedelta(minutes=5),
+        **fields,
+    )
+
+
+def test_reconcile_fails_a_job_whose_process_died_on_its_last_attempt(model, dataset):
+    job = stale_running_job(model, dataset, attempts=2, external_id=str(dead_pid()))
+    changed = services.reconcile_training_jobs()
+    job.refresh_from_db()
+    assert changed == [job]
+    assert job.status == TrainingJob.Status.FAILED
+    assert job.failure_reason.startswith("worker stopped while the job was running")
+    assert "last heartbeat" in job.failure_reason and job.finished_at is not None
+
+
+def test_reconcile_queues_a_lost_job_again_once(model, dataset, django_capture_on_commit_callbacks):
+    job = stale_running_job(model, dataset, attempts=1, external_id=str(dead_pid()))
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.reconcile_training_jobs()
+    job.refresh_from_db()
+    assert job.status == TrainingJob.Status.QUEUED
+    assert len(callbacks) == 1
+    assert Event.objects.filter(kind="training.requeued").exists()
+
+
+def test_reconcile_keeps_following_a_live_training_process(model, dataset):
+    # Named like the training entry point, which is what the reconciler recognises.
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", ENTRYPOINT_MODULE]
+    )
+    try:
+        job = stale_running_job(model, dataset, attempts=2, external_id=str(process.pid))
+        assert services.reconcile_training_jobs() == []
+        job.refresh_from_db()
+        assert job.status == TrainingJob.Status.RUNNING
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_reconcile_leaves_jobs_with_a_fresh_heartbeat(model, dataset):
+    TrainingJobFactory(
+        model=model, dataset=dataset, status="running", attempts=1, heartbeat_at=timezone.now()
+    )
+    assert services.reconcile_training_jobs() == []
+
+
+def test_reconcile_resends_a_queued_job_no_worker_picked_up(
+    model, dataset, django_capture_on_commit_callbacks
+):
+    job = TrainingJobFactory(model=model, dataset=dataset)
+    TrainingJob.objects.filter(pk=job.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert services.reconcile_training_jobs() == [job]
+    assert len(callbacks) == 1
+    # Sent once; the next pass within STALE_QUEUED leaves it alone.
+    assert services.reconcile_training_jobs() == []
+
+
+# --- SageMaker jobs ---
+
+
+def test_a_sagemaker_job_without_a_role_fails_saying_so(model, dataset, settings):
+    settings.TENANTML_SAGEMAKER_ROLE_ARN = ""
+    job, _ = services.start_training_job(
+        model=model, dataset=dataset, actor="t", backend="sagemaker"
+    )
+    with pytest.raises(TrainingBackendNotConfigured):
+        services.launch_sagemaker_job(job=job)
+    job.refresh_from_db()
+    assert job.status == TrainingJob.Status.FAILED
+    assert "SageMaker training is not configured" in job.failure_reason
+
+
+def test_a_sagemaker_job_with_a_role_is_launching(model, dataset, settings):
+    settings.TENANTML_SAGEMAKER_ROLE_ARN = "arn:aws:iam::123456789012:role/training"
+    job, _ = services.start_training_job(
+        model=model, dataset=dataset, actor="t", backend="sagemaker"
+    )
+    job = services.launch_sagemaker_job(job=job)
+    assert job.status == TrainingJob.Status.LAUNCHING and job.attempts == 1
