@@ -172,6 +172,11 @@ TENANTML_PERIODIC_TASKS = [
         "task": "models_registry.tasks.reconcile_training_jobs",
         "every_seconds": 60,
     },
+    {
+        "name": "Follow SageMaker training jobs",
+        "task": "models_registry.tasks.follow_sagemaker_jobs",
+        "every_seconds": 60,
+    },
 ]
 
 # --- Training ---
@@ -180,6 +185,13 @@ TENANTML_PERIODIC_TASKS = [
 TENANTML_QUALITY_GATE_TOLERANCE = env.float("QUALITY_GATE_TOLERANCE", default=0.01)
 # A local training process running longer than this is stopped and the job failed.
 TENANTML_TRAINING_TIMEOUT_S = env.int("TRAINING_TIMEOUT_S", default=1800)
+# SageMaker training jobs: the execution role they run as (none: SageMaker training is off), the
+# region, and the instance type. Their inputs and outputs live in the s3:// ARTIFACT_STORE.
+TENANTML_SAGEMAKER_ROLE_ARN = env.str("SAGEMAKER_ROLE_ARN", default="")
+TENANTML_AWS_REGION = env.str("AWS_REGION", default="us-east-1")
+TENANTML_SAGEMAKER_TRAINING_INSTANCE_TYPE = env.str(
+    "SAGEMAKER_TRAINING_INSTANCE_TYPE", default="ml.m5.xlarge"
+)
 
 # --- REST API ---
 REST_FRAMEWORK = {

@@ -161,7 +161,20 @@ def put_directory(key: str, source: Path) -> str:
 
 
 def local_copy(uri: str, scratch: Path) -> Path:
-    """A local directory holding the artifact directory at ``uri`` (downloaded for S3)."""
+    """A local directory holding the artifact at ``uri``: a directory, or a ``model.tar.gz`` as
+    SageMaker training writes it (downloaded for S3, unpacked safely)."""
+    if uri.endswith(".tar.gz"):
+        import tarfile
+
+        archive = scratch / "artifact.tar.gz"
+        if uri.startswith("s3://"):
+            archive.write_bytes(read_bytes(uri))
+        else:
+            archive = Path(uri)
+        target = scratch / "artifact"
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")  # refuses absolute paths, '..' and devices
+        return target
     if not uri.startswith("s3://"):
         return Path(uri)
     import boto3

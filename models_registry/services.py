@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -713,15 +714,25 @@ def run_training_job(*, job_id: int) -> TrainingJob:
     artifact_uri = artifacts.put_directory(
         f"models/{model.tenant.slug}/{model.name}/jobs/{job.pk}", Path(outcome.model_dir)
     )
+    return _complete_training(
+        job=job, artifact_uri=artifact_uri, metrics=_metrics_of(outcome), outcome=outcome
+    )
+
+
+def _complete_training(*, job: TrainingJob, artifact_uri: str, metrics: dict, outcome=None):
+    """A succeeded job's artifact becomes the next version: registered once (a re-run finds it),
+    packaged for Triton, then promoted if the quality gate lets it."""
     version = ModelVersion.objects.filter(training_job=job).first() or register_version(
-        model=model,
+        model=job.model,
         actor="worker",
         training_job=job,
         artifact_uri=artifact_uri,
-        metrics=_metrics_of(outcome),
+        metrics=metrics,
     )
     with transaction.atomic():
         _finish_job(job, status=TrainingJob.Status.SUCCEEDED, outcome=outcome)
+        if outcome is None and metrics:
+            TrainingJob.objects.filter(pk=job.pk).update(metrics=metrics)
     try:
         version = package_version(version=version, actor="worker")
     except (DomainError, OSError, ValueError):
@@ -871,37 +882,175 @@ def rollback_model(*, model: TenantModel, actor: str) -> ModelVersion:
     return previous
 
 
-def launch_sagemaker_job(*, job: TrainingJob) -> TrainingJob:
-    """Claim a queued SageMaker job (queued → launching); without an execution role
-    (TENANTML_SAGEMAKER_ROLE_ARN) the job fails with that reason and the error is raised."""
+def launch_sagemaker_job(*, job: TrainingJob, backend=None) -> TrainingJob:
+    """Launch a queued job as a SageMaker training job.
+
+    The job is claimed (queued → launching) under a row lock, its dataset split and the training
+    code are uploaded to the s3:// artifact store, and CreateTrainingJob is called (spaced at
+    one launch a second, throttling retried with backoff). A launch still throttled after its
+    retries puts the job back in the queue for the reconciler; any other refusal fails it with
+    AWS's message. Without an execution role (SAGEMAKER_ROLE_ARN) the job fails saying so.
+    """
+    from models_registry.training import sagemaker
+
+    with transaction.atomic():
+        job = (
+            TrainingJob.objects.select_for_update(of=("self",))
+            .select_related("model__tenant", "dataset")
+            .get(pk=job.pk)
+        )
+        if job.status != TrainingJob.Status.QUEUED:
+            return job
+        problem = _sagemaker_configuration_problem()
+        if problem:
+            _finish_job(job, status=TrainingJob.Status.FAILED, reason=problem)
+        else:
+            job.status = TrainingJob.Status.LAUNCHING
+            job.attempts += 1
+            job.started_at = job.heartbeat_at = timezone.now()
+            job.save(update_fields=["status", "attempts", "started_at", "heartbeat_at"])
+    if problem:
+        raise TrainingBackendNotConfigured(problem, field="backend")
+
+    backend = backend or sagemaker.default_backend()
+    model = job.model
+    bucket, _, store_prefix = settings.ARTIFACT_STORE.root.partition("/")
+    prefix = "/".join(part for part in (store_prefix, "training", str(job.pk)) if part)
+    try:
+        train_rows, validation_rows = _training_rows(job.dataset)
+        with tempfile.TemporaryDirectory(prefix="tenantml-sourcedir-") as scratch:
+            from models_registry.training.sourcedir import build_sourcedir
+
+            sourcedir = build_sourcedir(Path(scratch) / "sourcedir.tar.gz")
+            uris = backend.upload_training_inputs(
+                bucket=bucket,
+                prefix=prefix,
+                train_jsonl=_jsonl(train_rows),
+                validation_jsonl=_jsonl(validation_rows),
+                sourcedir=sourcedir.path,
+            )
+        launch = sagemaker.TrainingLaunch.for_tenant_job(
+            tenant_slug=model.tenant.slug,
+            model_name=model.name,
+            job_id=job.pk,
+            role_arn=settings.TENANTML_SAGEMAKER_ROLE_ARN,
+            image_uri=sagemaker.training_image_uri(
+                region=settings.TENANTML_AWS_REGION,
+                instance_type=settings.TENANTML_SAGEMAKER_TRAINING_INSTANCE_TYPE,
+            ),
+            instance_type=settings.TENANTML_SAGEMAKER_TRAINING_INSTANCE_TYPE,
+            train_s3_uri=uris["train"],
+            validation_s3_uri=uris["validation"],
+            output_s3_uri=uris["output"],
+            sourcedir_s3_uri=uris["sourcedir"],
+            max_runtime_s=int(settings.TENANTML_TRAINING_TIMEOUT_S),
+            hyperparameters={**job.hyperparameters, "kind": model.kind},
+        )
+        arn = backend.launch(launch)
+    except sagemaker.TrainingLaunchThrottled as exc:
+        with transaction.atomic():
+            TrainingJob.objects.filter(pk=job.pk).update(
+                status=TrainingJob.Status.QUEUED, heartbeat_at=timezone.now()
+            )
+            record_event(
+                kind="training.launch_throttled",
+                severity="warning",
+                message=f"Training job {job.pk}: {exc.message} It stays queued.",
+                actor="worker",
+                tenant=model.tenant,
+            )
+        raise
+    except DomainError as exc:
+        with transaction.atomic():
+            job.refresh_from_db()
+            _finish_job(job, status=TrainingJob.Status.FAILED, reason=exc.message)
+        raise
+    with transaction.atomic():
+        TrainingJob.objects.filter(pk=job.pk).update(
+            external_id=arn, status=TrainingJob.Status.RUNNING, heartbeat_at=timezone.now()
+        )
+        record_event(
+            kind="training.launched",
+            message=f"Training job {job.pk} for {model} launched on SageMaker: {launch.job_name}.",
+            actor="worker",
+            tenant=model.tenant,
+            data={"job": job.pk, "arn": arn},
+        )
+    job.refresh_from_db()
+    return job
+
+
+def follow_sagemaker_job(*, job: TrainingJob, backend=None) -> TrainingJob:
+    """Poll one SageMaker job (DescribeTrainingJob): progress while it runs; on success register
+    the version from ``S3ModelArtifacts``; on failure or stop record AWS's reason."""
+    from models_registry.training import sagemaker
+
+    if job.backend != TrainingJob.Backend.SAGEMAKER or not job.external_id or job.is_terminal:
+        return job
+    backend = backend or sagemaker.default_backend()
+    job_name = job.external_id.rsplit("/", 1)[-1]
+    described = backend.describe(job_name)
+    if not described.is_terminal:
+        TrainingJob.objects.filter(pk=job.pk).update(
+            progress_pct=described.progress_pct,
+            heartbeat_at=timezone.now(),
+            status=(
+                TrainingJob.Status.RUNNING
+                if described.status == "running"
+                else TrainingJob.Status.LAUNCHING
+            ),
+        )
+        job.refresh_from_db()
+        return job
     with transaction.atomic():
         job = (
             TrainingJob.objects.select_for_update(of=("self",))
             .select_related("model__tenant")
             .get(pk=job.pk)
         )
-        if job.status != TrainingJob.Status.QUEUED:
+        if job.is_terminal:
             return job
-        if not getattr(settings, "TENANTML_SAGEMAKER_ROLE_ARN", ""):
-            reason = "SageMaker training is not configured (no TENANTML_SAGEMAKER_ROLE_ARN)."
-            _finish_job(job, status=TrainingJob.Status.FAILED, reason=reason)
-            not_configured = True
-        else:
-            not_configured = False
-            job.status = TrainingJob.Status.LAUNCHING
-            job.attempts += 1
-            job.started_at = job.heartbeat_at = timezone.now()
-            job.save(update_fields=["status", "attempts", "started_at", "heartbeat_at"])
-            record_event(
-                kind="training.launching",
-                message=f"Training job {job.pk} for {job.model} is launching on SageMaker.",
-                actor="worker",
-                tenant=job.model.tenant,
-                data={"job": job.pk},
+        if described.status != "succeeded":
+            status = (
+                TrainingJob.Status.CANCELLED
+                if described.status == "cancelled"
+                else TrainingJob.Status.FAILED
             )
-    if not_configured:
-        raise TrainingBackendNotConfigured("SageMaker training is not configured", field="backend")
-    return job
+            return _finish_job(
+                job, status=status, reason=described.failure_reason or described.secondary_status
+            )
+    return _complete_training(
+        job=job,
+        artifact_uri=described.model_artifacts_s3_uri,
+        # SageMaker names metrics after the regexes ("validation:macro_f1"); versions use the
+        # kind's own names, as local jobs do.
+        metrics={name.split(":", 1)[-1]: value for name, value in described.final_metrics.items()},
+    )
+
+
+def follow_sagemaker_jobs() -> int:
+    """Poll every SageMaker job still in flight; returns how many were polled."""
+    jobs = TrainingJob.objects.filter(
+        backend=TrainingJob.Backend.SAGEMAKER,
+        status__in=[TrainingJob.Status.LAUNCHING, TrainingJob.Status.RUNNING],
+    ).exclude(external_id="")
+    polled = 0
+    for job in jobs.select_related("model__tenant"):
+        follow_sagemaker_job(job=job)
+        polled += 1
+    return polled
+
+
+def _sagemaker_configuration_problem() -> str:
+    if not settings.TENANTML_SAGEMAKER_ROLE_ARN:
+        return "SageMaker training is not configured (set SAGEMAKER_ROLE_ARN)."
+    if settings.ARTIFACT_STORE.kind != "s3":
+        return "SageMaker training needs an s3:// ARTIFACT_STORE for its inputs and outputs."
+    return ""
+
+
+def _jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
 
 
 def reconcile_training_jobs(*, now: datetime | None = None) -> list[TrainingJob]:

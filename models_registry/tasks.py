@@ -26,3 +26,8 @@ def launch_sagemaker_training(job_id: int) -> str:
 @shared_task(name="models_registry.tasks.reconcile_training_jobs")
 def reconcile_training_jobs() -> int:
     return len(services.reconcile_training_jobs())
+
+
+@shared_task(name="models_registry.tasks.follow_sagemaker_jobs")
+def follow_sagemaker_jobs() -> int:
+    return services.follow_sagemaker_jobs()

@@ -453,12 +453,3 @@ def test_a_sagemaker_job_without_a_role_fails_saying_so(model, dataset, settings
     job.refresh_from_db()
     assert job.status == TrainingJob.Status.FAILED
     assert "SageMaker training is not configured" in job.failure_reason
-
-
-def test_a_sagemaker_job_with_a_role_is_launching(model, dataset, settings):
-    settings.TENANTML_SAGEMAKER_ROLE_ARN = "arn:aws:iam::123456789012:role/training"
-    job, _ = services.start_training_job(
-        model=model, dataset=dataset, actor="t", backend="sagemaker"
-    )
-    job = services.launch_sagemaker_job(job=job)
-    assert job.status == TrainingJob.Status.LAUNCHING and job.attempts == 1
