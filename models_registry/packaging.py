@@ -33,6 +33,9 @@ from models_registry.kinds import ModelKind, TritonSignature, get_kind
 MAX_QUEUE_DELAY_MICROSECONDS = 1000
 MODEL_VERSION_DIR = "1"
 RUNTIME_FILE = "model.py"
+# The encoder code every built-in runtime imports, shipped beside model.py.
+SHARED_RUNTIME_FILE = "tenantml_encoder.py"
+SHARED_RUNTIME_MODULE = "models_registry.triton_runtime.tenantml_encoder"
 CONFIG_FILE = "config.pbtxt"
 # 1980-01-01: a fixed, non-zero mtime (some extractors warn about the epoch) for every member.
 _FIXED_MTIME = 315532800
@@ -77,7 +80,11 @@ def build_triton_package(
     env_name = None
     with tempfile.TemporaryDirectory(prefix="tenantml-env-") as scratch:
         entries = [
-            PackageEntry(name=f"{MODEL_VERSION_DIR}/{RUNTIME_FILE}", content=runtime_source(kind))
+            PackageEntry(name=f"{MODEL_VERSION_DIR}/{RUNTIME_FILE}", content=runtime_source(kind)),
+            PackageEntry(
+                name=f"{MODEL_VERSION_DIR}/{SHARED_RUNTIME_FILE}",
+                content=runtime_source_of(SHARED_RUNTIME_MODULE),
+            ),
         ]
         entries += [
             PackageEntry(name=f"{MODEL_VERSION_DIR}/{relative}", source=artifact_dir / relative)
@@ -112,10 +119,15 @@ def verify_package(*, path: Path, expected_sha256: str) -> None:
 
 def runtime_source(kind: str) -> bytes:
     """The source of the kind's python-backend module, as packaged into ``1/model.py``."""
-    module = get_kind(kind).runtime_module
+    return runtime_source_of(get_kind(kind).runtime_module, kind=kind)
+
+
+def runtime_source_of(module: str, *, kind: str = "") -> bytes:
+    """The source file of a runtime module, read without importing it."""
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        raise InvalidArtifact(f"The runtime module {module!r} of kind {kind!r} is not installed.")
+        owner = f" of kind {kind!r}" if kind else ""
+        raise InvalidArtifact(f"The runtime module {module!r}{owner} is not installed.")
     return Path(spec.origin).read_bytes()
 
 
@@ -254,8 +266,9 @@ def _artifact_files(kind: ModelKind, artifact_dir: Path) -> list[str]:
         for path in artifact_dir.rglob("*")
         if path.is_file() and not path.name.startswith(".")
     )
-    if RUNTIME_FILE in files:
-        raise InvalidArtifact(f"An artifact may not contain {RUNTIME_FILE}; the kind provides it.")
+    for reserved in (RUNTIME_FILE, SHARED_RUNTIME_FILE):
+        if reserved in files:
+            raise InvalidArtifact(f"An artifact may not contain {reserved}; the kind provides it.")
     return files
 
 

@@ -1,0 +1,81 @@
+"""The base encoder every built-in kind's Triton model runs: tokenize, ONNX, mean-pool.
+
+Packaged as ``1/tenantml_encoder.py`` beside the kind's ``1/model.py`` (which imports it), so it
+imports only numpy, onnxruntime, tokenizers and the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Triton's python stub runs an isolated interpreter: it inherits PYTHONPATH but does not put it on
+# sys.path. Honour it, first as Python would, so the server's environment picks numpy/onnxruntime.
+for _entry in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]):
+    if _entry not in sys.path:
+        sys.path.insert(0, _entry)
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+
+ENCODER_FILE = "encoder.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+MAX_TOKENS = 128
+ENCODE_BATCH_SIZE = 32
+
+# tokenizers would otherwise start a thread per core in every loaded model's stub process; one
+# host holds hundreds of models, and the batches here are at most 32 short texts.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class Encoder:
+    """The base encoder: tokenizes, runs the ONNX graph and mean-pools to unit-norm vectors."""
+
+    def __init__(self, model_dir: str) -> None:
+        options = ort.SessionOptions()
+        # One thread and no arena: a host runs many small models side by side, and each one's
+        # memory must stay what was measured at load, not grow with the largest batch seen.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = False
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            os.path.join(model_dir, ENCODER_FILE), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = {node.name for node in self.session.get_inputs()}
+        self.tokenizer = Tokenizer.from_file(os.path.join(model_dir, TOKENIZER_FILE))
+        padding = self.tokenizer.padding or {}
+        self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
+        # No fixed length: pad to the longest text of each batch.
+        self.tokenizer.enable_padding(
+            pad_id=padding.get("pad_id", 0), pad_token=padding.get("pad_token", "[PAD]")
+        )
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit-norm mean-pooled embeddings, one float32 row per text."""
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        # Sorting by length keeps padding (wasted encoder work) small within each chunk.
+        order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
+        rows: list[np.ndarray] = [np.empty(0)] * len(texts)
+        for start in range(0, len(order), ENCODE_BATCH_SIZE):
+            chunk = order[start : start + ENCODE_BATCH_SIZE]
+            for index, row in zip(chunk, self._embed_batch([texts[i] for i in chunk]), strict=True):
+                rows[index] = row
+        return np.stack(rows)
+
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(texts)
+        mask = np.array([item.attention_mask for item in encodings], dtype=np.int64)
+        feeds = {
+            "input_ids": np.array([item.ids for item in encodings], dtype=np.int64),
+            "attention_mask": mask,
+        }
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.array([item.type_ids for item in encodings], np.int64)
+        hidden = self.session.run(None, feeds)[0]
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
