@@ -58,6 +58,10 @@ def database_config(url: str | None, *, var_dir: Path) -> dict:
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,
         }
+        # Tests get a file too, not Django's shared-cache in-memory database: that one locks
+        # whole tables and fails concurrent readers at once instead of waiting, unlike the file
+        # the embedded platform really runs on.
+        config["TEST"] = {"NAME": str(var_dir / "test-tenantml.sqlite3")}
     elif engine.startswith("django.db.backends.postgresql"):
         config.setdefault("CONN_MAX_AGE", 60)
         config["CONN_HEALTH_CHECKS"] = True

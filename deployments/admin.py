@@ -53,6 +53,20 @@ class InstanceTypeAdmin(admin.ModelAdmin):
         return f"{obj.gpu_memory_mb:,}"
 
 
+# What an operator chooses when creating an endpoint; the rest is the backend's to fill in.
+ENDPOINT_ADD_FIELDS = (
+    "name",
+    "backend",
+    "mode",
+    "instance_type",
+    "model_kind",
+    "min_instances",
+    "max_instances",
+    "target_memory_utilization",
+    "region",
+)
+
+
 class EndpointForm(forms.ModelForm):
     """An endpoint serves one registered kind; the choice list comes from the kind registry."""
 
@@ -63,17 +77,7 @@ class EndpointForm(forms.ModelForm):
 
     class Meta:
         model = Endpoint
-        fields = (
-            "name",
-            "backend",
-            "mode",
-            "instance_type",
-            "model_kind",
-            "min_instances",
-            "max_instances",
-            "target_memory_utilization",
-            "region",
-        )
+        fields = ENDPOINT_ADD_FIELDS
 
 
 @admin.register(Endpoint)
@@ -94,17 +98,7 @@ class EndpointAdmin(AddFieldsMixin, admin.ModelAdmin):
     search_fields = ("name", "model_kind", "region", "external_arn")
     ordering = ("name",)
     autocomplete_fields = ("instance_type",)
-    add_fields = (
-        "name",
-        "backend",
-        "mode",
-        "instance_type",
-        "model_kind",
-        "min_instances",
-        "max_instances",
-        "target_memory_utilization",
-        "region",
-    )
+    add_fields = ENDPOINT_ADD_FIELDS
     fields = (
         "name",
         "backend",

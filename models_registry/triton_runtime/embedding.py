@@ -27,7 +27,7 @@ import sys
 # source tree.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
-from tenantml_encoder import ENCODER_FILE, TOKENIZER_FILE, Encoder  # noqa: E402
+from tenantml_encoder import ENCODER_FILE, TOKENIZER_FILE, Encoder, answer_batch  # noqa: E402
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -63,27 +63,13 @@ class TritonPythonModel:
         self.predictor = Predictor(model_dir)
 
     def execute(self, requests: list) -> list:
-        texts_per_request = []
-        try:
-            for request in requests:
-                tensor = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
-                texts_per_request.append([_text(value) for value in tensor.reshape(-1)])
-            vectors = self.predictor.embed([t for texts in texts_per_request for t in texts])
-        except Exception as exc:  # answer every request of the batch with the reason
-            error = pb_utils.TritonError(f"embedding failed: {exc}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
-        responses, start = [], 0
-        for texts in texts_per_request:
-            rows = vectors[start : start + len(texts)]
-            start += len(texts)
-            responses.append(
-                pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("EMBEDDING", rows)])
-            )
-        return responses
+        return answer_batch(
+            pb_utils,
+            requests,
+            kind="embedding",
+            compute=self.predictor.embed,
+            outputs=lambda rows: [pb_utils.Tensor("EMBEDDING", rows)],
+        )
 
     def finalize(self) -> None:
         self.predictor = None
-
-
-def _text(value: object) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

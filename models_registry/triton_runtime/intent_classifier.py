@@ -32,7 +32,7 @@ import sys
 # source tree.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
-from tenantml_encoder import ENCODER_FILE, TOKENIZER_FILE, Encoder  # noqa: E402
+from tenantml_encoder import ENCODER_FILE, TOKENIZER_FILE, Encoder, answer_batch  # noqa: E402
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -89,35 +89,22 @@ class TritonPythonModel:
         self.label_names = np.array([name.encode() for name in self.predictor.labels], object)
 
     def execute(self, requests: list) -> list:
-        texts_per_request = []
-        try:
-            for request in requests:
-                tensor = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
-                texts_per_request.append([_text(value) for value in tensor.reshape(-1)])
-            scores = self.predictor.scores([t for texts in texts_per_request for t in texts])
-        except Exception as exc:  # answer every request of the batch with the reason
-            error = pb_utils.TritonError(f"intent-classifier failed: {exc}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
-        responses, start = [], 0
-        for texts in texts_per_request:
-            rows = scores[start : start + len(texts)]
-            start += len(texts)
-            best = self.label_names[rows.argmax(axis=1)].reshape(-1, 1)
-            names = np.tile(self.label_names, (len(texts), 1))
-            responses.append(
-                pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor("LABEL", best),
-                        pb_utils.Tensor("SCORES", rows),
-                        pb_utils.Tensor("LABELS", names),
-                    ]
-                )
-            )
-        return responses
+        return answer_batch(
+            pb_utils,
+            requests,
+            kind="intent-classifier",
+            compute=self.predictor.scores,
+            outputs=self._outputs,
+        )
+
+    def _outputs(self, rows: np.ndarray) -> list:
+        best = self.label_names[rows.argmax(axis=1)].reshape(-1, 1)
+        names = np.tile(self.label_names, (len(rows), 1))
+        return [
+            pb_utils.Tensor("LABEL", best),
+            pb_utils.Tensor("SCORES", rows),
+            pb_utils.Tensor("LABELS", names),
+        ]
 
     def finalize(self) -> None:
         self.predictor = None
-
-
-def _text(value: object) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

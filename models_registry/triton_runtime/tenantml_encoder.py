@@ -79,3 +79,28 @@ class Encoder:
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+
+def answer_batch(pb_utils, requests: list, *, kind: str, compute, outputs) -> list:
+    """Triton's ``execute`` for a text model: one ``compute`` over every request's texts (the
+    dynamic batcher's whole batch), then each request answered with ``outputs(its rows)``; if
+    anything fails, every request of the batch gets the reason instead of the stub crashing."""
+    texts_per_request = []
+    try:
+        for request in requests:
+            tensor = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
+            texts_per_request.append([_text(value) for value in tensor.reshape(-1)])
+        rows = compute([text for texts in texts_per_request for text in texts])
+    except Exception as exc:  # answer every request of the batch with the reason
+        error = pb_utils.TritonError(f"{kind} failed: {exc}")
+        return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+    responses, start = [], 0
+    for texts in texts_per_request:
+        chunk = rows[start : start + len(texts)]
+        start += len(texts)
+        responses.append(pb_utils.InferenceResponse(output_tensors=outputs(chunk)))
+    return responses
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
