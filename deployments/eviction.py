@@ -12,14 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from config.errors import DomainError
-
-
-class CapacityExceeded(DomainError):
-    """The model cannot fit on the instance even after evicting every unpinned model."""
-
-    status_code = 503
-    code = "capacity_exceeded"
+from deployments.exceptions import CapacityExceeded
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,11 @@ def _with_log(message: str, log_tail: str) -> str:
     if not log_tail.strip():
         return message
     return f"{message}\n--- last lines of the Triton log ---\n{log_tail.rstrip()}"
+
+
+class CapacityExceeded(DomainError):
+    """The model cannot fit: not on the instance even after evicting every unpinned model, or
+    on no instance type of the catalog at all."""
+
+    status_code = 503
+    code = "capacity_exceeded"
