@@ -326,8 +326,12 @@ def _server_env(extra_env: dict[str, str] | None) -> dict[str, str]:
     # from ~113 MB at load to ~185-213 MB after serving 32-text batches, past the figure placement
     # packs by. Allocations over 1 MiB served by mmap go back to the system when freed: measured,
     # at most 121 MB after the same traffic, for +1 ms on one text and +65 % on a batch of 32
-    # (docs/benchmarks.md). Set the variable in Triton's environment to choose otherwise.
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", "1048576")
+    # (docs/benchmarks.md). Set the variable in the platform's environment to choose another
+    # threshold, or set it empty for glibc's own dynamic default.
+    if env.get("MALLOC_MMAP_THRESHOLD_") == "":
+        del env["MALLOC_MMAP_THRESHOLD_"]
+    else:
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", "1048576")
     env.update(extra_env or {})
     return env
 

@@ -520,3 +520,26 @@ def test_local_backend_is_a_serving_backend_end_to_end(tmp_path, backend_directo
     assert not backend.is_healthy(handle)
     assert not _alive(started.pid)
     assert shm_prefix_for(handle.workdir, handle.port) == started.shm_prefix
+
+
+@pytest.mark.parametrize(
+    ("platform_value", "triton_value"),
+    [(None, "1048576"), ("131072", "131072"), ("", None)],
+    ids=["default-1MiB", "operator-choice", "empty-means-glibc-default"],
+)
+def test_triton_returns_large_freed_allocations_unless_told_otherwise(
+    tmp_path, backend_directory, monkeypatch, platform_value, triton_value
+):
+    if platform_value is None:
+        monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    else:
+        monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", platform_value)
+    process = start_triton(
+        workdir=tmp_path / "instance", backend_directory=backend_directory, startup_timeout_s=30
+    )
+    try:
+        environment = psutil.Process(process.pid).environ()
+    finally:
+        stop_triton(process)
+
+    assert environment.get("MALLOC_MMAP_THRESHOLD_") == triton_value
