@@ -256,16 +256,7 @@ def bench_kind(kind: str, versions: list, args, instances: list):
         "cold_start_max_s": round(max(cold_s), 3),
         "load_p50_s": round(statistics.median(load_s), 3),
         "cold_starts": cold,
-        "warm_p50_ms": warm["p50_ms"],
-        "warm_p99_ms": warm["p99_ms"],
-        "warm": warm,
-        "batch32_p50_ms": batch32["p50_ms"],
-        "batch32_p99_ms": batch32["p99_ms"],
-        "batch32": batch32,
-        "rss_per_model_mb": round(rss, 1),
-        "pss_per_model_mb": round(pss, 1),
-        "models_per_16gb": math.floor(HOST_MB / rss),
-        "models_per_16gb_pss": math.floor(HOST_MB / pss),
+        **latency_and_memory_figures(warm=warm, batch32=batch32, rss=rss, pss=pss),
         "rss_after_traffic_mb": round(rss_traffic, 1),
         "rss_after_traffic_max_mb": max(reading.rss_mb for reading in memory_traffic),
         "after_traffic": {
@@ -389,6 +380,17 @@ def bench_baseline(instance, args, var_dir: Path) -> dict:
         "loads": loads,
         "cold_start_p50_s": round(statistics.median(cold_s), 3),
         "cold_start_max_s": round(max(cold_s), 3),
+        **latency_and_memory_figures(warm=warm, batch32=batch32, rss=rss, pss=pss),
+        "rss_after_traffic_mb": round(
+            statistics.median(x["rss_after_traffic_mb"] for x in loads), 1
+        ),
+        "rss_after_traffic_max_mb": max(x["rss_after_traffic_mb"] for x in loads),
+    }
+
+
+def latency_and_memory_figures(*, warm: dict, batch32: dict, rss: float, pss: float) -> dict:
+    """The warm-latency and per-model memory figures reported alike for kinds and baseline."""
+    return {
         "warm_p50_ms": warm["p50_ms"],
         "warm_p99_ms": warm["p99_ms"],
         "warm": warm,
@@ -399,10 +401,6 @@ def bench_baseline(instance, args, var_dir: Path) -> dict:
         "pss_per_model_mb": round(pss, 1),
         "models_per_16gb": math.floor(HOST_MB / rss),
         "models_per_16gb_pss": math.floor(HOST_MB / pss),
-        "rss_after_traffic_mb": round(
-            statistics.median(x["rss_after_traffic_mb"] for x in loads), 1
-        ),
-        "rss_after_traffic_max_mb": max(x["rss_after_traffic_mb"] for x in loads),
     }
 
 
