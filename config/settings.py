@@ -173,6 +173,16 @@ TENANTML_PERIODIC_TASKS = [
         "every_seconds": 60,
     },
     {
+        "name": "Reconcile deployments",
+        "task": "deployments.tasks.reconcile_fleet",
+        "every_seconds": 60,
+    },
+    {
+        "name": "Warm up placed models",
+        "task": "deployments.tasks.warm_up_fleet",
+        "every_seconds": 3600,
+    },
+    {
         "name": "Follow SageMaker training jobs",
         "task": "models_registry.tasks.follow_sagemaker_jobs",
         "every_seconds": 60,
@@ -192,6 +202,20 @@ TENANTML_AWS_REGION = env.str("AWS_REGION", default="us-east-1")
 TENANTML_SAGEMAKER_TRAINING_INSTANCE_TYPE = env.str(
     "SAGEMAKER_TRAINING_INSTANCE_TYPE", default="ml.m5.xlarge"
 )
+
+# --- Deployments ---
+# Where deployments go unless a request says otherwise: "local" (Triton processes on this
+# machine) or "sagemaker" (needs SAGEMAKER_ROLE_ARN and an s3:// ARTIFACT_STORE).
+TENANTML_DEPLOY_BACKEND = env.str("DEPLOY_BACKEND", default="local")
+# The hourly warm-up skips models invoked within this many seconds (they are warm already).
+TENANTML_WARMUP_SKIP_RECENT_S = env.int("WARMUP_SKIP_RECENT_S", default=1800)
+# The reconciler reloads an unpinned model after an instance restart if it was invoked within
+# this many seconds ("hot").
+TENANTML_HOT_MODEL_WINDOW_S = env.int("HOT_MODEL_WINDOW_S", default=3600)
+
+# Serving processes add their in-memory request counters to the minute time series this often
+# (seconds; 0 = only on demand).
+TENANTML_USAGE_FLUSH_INTERVAL_S = env.int("USAGE_FLUSH_INTERVAL_S", default=15)
 
 # --- REST API ---
 REST_FRAMEWORK = {

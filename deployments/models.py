@@ -144,6 +144,8 @@ class Instance(models.Model):
     # operator's override); loads never exceed it.
     memory_budget_mb = models.PositiveIntegerField()
     restarts = models.PositiveIntegerField(default=0)
+    # Restarts tried since the instance last answered; the reconciler gives up after a few.
+    failed_restarts = models.PositiveSmallIntegerField(default=0)
     started_at = models.DateTimeField(null=True, blank=True)
     last_health_at = models.DateTimeField(null=True, blank=True)
     status_reason = models.TextField(blank=True)
@@ -202,6 +204,8 @@ class Placement(models.Model):
     host_memory_mb = models.FloatField(null=True, blank=True)
     gpu_memory_mb = models.FloatField(null=True, blank=True)
     load_time_ms = models.FloatField(null=True, blank=True)
+    last_warmed_at = models.DateTimeField(null=True, blank=True)
+    warmup_latency_ms = models.FloatField(null=True, blank=True)
     last_invoked_at = models.DateTimeField(null=True, blank=True)
     loaded_at = models.DateTimeField(null=True, blank=True)
     failure_reason = models.TextField(blank=True)
@@ -355,3 +359,69 @@ class VersionUsageMinute(models.Model):
 
     def __str__(self) -> str:
         return f"{self.version} on {self.endpoint} @ {self.minute:%Y-%m-%d %H:%M}"
+
+
+class Deployment(models.Model):
+    """How one tenant model is served: its mode, the version routing sends its traffic to, the
+    version kept loaded for a one-call rollback, and the rollout in progress.
+
+    Routing reads ``live_version`` only; a rollout loads and probes ``target_version`` first and
+    moves it to ``live_version`` in one row update, so requests never see a version that is not
+    loaded and answering.
+    """
+
+    class Status(models.TextChoices):
+        ROLLING_OUT = "rolling_out", "Rolling out"
+        LIVE = "live", "Live"
+        FAILED = "failed", "Failed"
+        RETIRED = "retired", "Retired"
+
+    model = models.OneToOneField(
+        "models_registry.TenantModel", on_delete=models.CASCADE, related_name="deployment"
+    )
+    mode = models.CharField(max_length=24, choices=Endpoint.Mode.choices, default=Endpoint.Mode.MME)
+    backend = models.CharField(
+        max_length=16, choices=Endpoint.Backend.choices, default=Endpoint.Backend.LOCAL
+    )
+    # The endpoint of the latest rollout (the live version's unless a rollout is under way).
+    endpoint = models.ForeignKey(
+        Endpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="deployments"
+    )
+    replicas = models.PositiveSmallIntegerField(default=1)
+    live_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    target_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    previous_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ROLLING_OUT)
+    status_reason = models.TextField(blank=True)
+    # Rollout attempts of the current target (a lost worker's rollout is retried, bounded).
+    attempts = models.PositiveSmallIntegerField(default=0)
+    rollout_started_at = models.DateTimeField(null=True, blank=True)
+    live_since = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model__tenant__slug", "model__name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(mode__in=["mme", "inference-component", "dedicated"]),
+                name="deployment_mode_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["rolling_out", "live", "failed", "retired"]),
+                name="deployment_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(replicas__gte=1), name="deployment_replicas_positive"
+            ),
+        ]
+        indexes = [models.Index(fields=["status"], name="deployment_status")]
+
+    def __str__(self) -> str:
+        return f"{self.model} ({self.mode})"

@@ -7,7 +7,8 @@ from decimal import Decimal
 from django.db.models import Count, F, FloatField, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 
-from deployments.models import Endpoint, Instance, Placement
+from config.errors import NotFound
+from deployments.models import Deployment, Endpoint, Instance, Placement
 
 # Placements that hold memory on their instance right now.
 RESIDENT_STATES = (Placement.ActualState.LOADED, Placement.ActualState.LOADING)
@@ -77,3 +78,24 @@ def fleet_overview() -> list[dict]:
         },
         {"label": "fleet cost per hour", "value": f"${hourly:,.2f}"},
     ]
+
+
+def deployment_for_model(*, model) -> Deployment:
+    """The model's deployment; 404 when it was never deployed."""
+    deployment = (
+        Deployment.objects.select_related(
+            "model__tenant", "endpoint", "live_version", "target_version", "previous_version"
+        )
+        .filter(model=model)
+        .first()
+    )
+    if deployment is None:
+        raise NotFound(f"{model} has not been deployed.")
+    return deployment
+
+
+def instance_by_id(*, instance_id: int) -> Instance:
+    instance = Instance.objects.select_related("endpoint").filter(pk=instance_id).first()
+    if instance is None:
+        raise NotFound(f"No instance {instance_id}.")
+    return instance

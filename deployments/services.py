@@ -99,3 +99,11 @@ def set_placement_desired_state(
             instance=placement.instance,
         )
     return placement
+
+
+def on_version_promoted(*, version, actor: str):
+    """Registry hook: a promoted (or rolled-back-to) version rolls out where the model is
+    deployed; a model never deployed stays undeployed."""
+    from deployments.rollouts import on_version_promoted as roll_out_promoted
+
+    return roll_out_promoted(version=version, actor=actor)

@@ -204,6 +204,95 @@ def check_instance_health(*, instance: Instance, actor: str = ACTOR) -> bool:
     return False
 
 
+def restart_local_instance(*, instance: Instance, actor: str, reason: str) -> Instance:
+    """Start a fresh Triton process for an instance whose process died or stopped answering.
+
+    The row, its ordinal and its working directory stay; the placements it held are marked
+    unloaded first (a new process has nothing loaded), so the record is true even if the start
+    fails. A failed start counts in ``failed_restarts`` and raises InstanceUnavailable.
+    """
+    old = _process_of(instance)
+    if old is not None:
+        stop_triton(old)
+    _forget_client(instance)
+    now = timezone.now()
+    with transaction.atomic():
+        instance = (
+            Instance.objects.select_for_update().select_related("endpoint").get(pk=instance.pk)
+        )
+        instance.placements.filter(
+            actual_state__in=[Placement.ActualState.LOADED, Placement.ActualState.LOADING]
+        ).update(actual_state=Placement.ActualState.UNLOADED, updated_at=now)
+        instance.status = Instance.Status.STARTING
+        instance.status_reason = reason
+        instance.pid = None
+        instance.save(update_fields=["status", "status_reason", "pid", "updated_at"])
+    workdir = (
+        Path(instance.external_id)
+        if instance.external_id
+        else instances_root() / f"{instance.endpoint.name}-{instance.ordinal}"
+    )
+    try:
+        process = start_triton(workdir=workdir, host=instance.host or "127.0.0.1")
+    except InstanceUnavailable as exc:
+        Instance.objects.filter(pk=instance.pk).update(
+            status=Instance.Status.UNHEALTHY,
+            status_reason=f"Restart failed: {exc.message}"[:4000],
+            failed_restarts=instance.failed_restarts + 1,
+        )
+        record_event(
+            kind="instance.restart_failed",
+            severity="error",
+            actor=actor,
+            message=f"{instance} did not restart ({reason}): {exc.message}",
+            endpoint=instance.endpoint,
+            instance=instance,
+        )
+        raise
+    _STARTED[process.pid] = process
+    now = timezone.now()
+    instance.port = process.port
+    instance.metrics_port = process.metrics_port
+    instance.pid = process.pid
+    instance.external_id = str(workdir)
+    instance.status = Instance.Status.HEALTHY
+    instance.status_reason = ""
+    instance.restarts += 1
+    instance.failed_restarts = 0
+    instance.started_at = now
+    instance.last_health_at = now
+    instance.save()
+    record_event(
+        kind="instance.restarted",
+        actor=actor,
+        message=(
+            f"{instance} restarted ({reason}): Triton pid {process.pid} on port {process.port}."
+        ),
+        endpoint=instance.endpoint,
+        instance=instance,
+        data={"restarts": instance.restarts},
+    )
+    return instance
+
+
+def instance_process_alive(instance: Instance) -> bool:
+    """Whether the instance's recorded Triton process exists and answers ``/ping``."""
+    from deployments.backends.local import TritonProcess
+
+    if instance.status == Instance.Status.STOPPED or not instance.pid or not instance.port:
+        return False
+    process = TritonProcess.from_record(
+        pid=instance.pid,
+        host=instance.host,
+        port=instance.port,
+        metrics_port=instance.metrics_port,
+        workdir=Path(instance.external_id) if instance.external_id else None,
+    )
+    if process is None or not process.is_running():
+        return False
+    return client_for(instance).ping()
+
+
 def ensure_default_local_endpoints(*, actor: str) -> list[Endpoint]:
     """On a platform with no local endpoint yet, create one per model kind (one kind per
     endpoint keeps each Triton's memory profile homogeneous) on the ``local`` instance type."""
@@ -350,6 +439,7 @@ def invoke_placement(*, placement: Placement, inputs: list) -> InvokeResult:
     body = kind.encode_request(inputs)
     started = time.perf_counter()
     cold_start = False
+    _enter(placement.pk)
     try:
         cold_start = ensure_loaded(placement=placement).cold_start
         answer = client_for(placement.instance).invoke(version.triton_model_name, body)
@@ -357,6 +447,8 @@ def invoke_placement(*, placement: Placement, inputs: list) -> InvokeResult:
     except Exception:
         _count(placement, started, cold_start=cold_start, error=True)
         raise
+    finally:
+        _leave(placement.pk)
     latency_ms = _count(placement, started, cold_start=cold_start, error=False)
     return InvokeResult(
         outputs=outputs,
@@ -364,6 +456,63 @@ def invoke_placement(*, placement: Placement, inputs: list) -> InvokeResult:
         latency_ms=latency_ms,
         model_version=version.number,
     )
+
+
+ROUTABLE_INSTANCE_STATES = (Instance.Status.HEALTHY, Instance.Status.STARTING)
+
+
+def route(*, version: ModelVersion) -> Placement:
+    """The copy of ``version`` a request should go to: a loaded copy on a healthy instance with
+    the fewest requests in flight, else any placed copy there (the request loads it).
+
+    Instances that are draining, unhealthy or stopped get no new requests; with no copy left
+    the caller gets a 503 to retry while the reconciler restores one.
+    """
+    candidates = list(
+        Placement.objects.filter(version=version, instance__status__in=ROUTABLE_INSTANCE_STATES)
+        .exclude(desired_state=Placement.DesiredState.UNLOADED)
+        .exclude(endpoint__status__in=[Endpoint.Status.RETIRING, Endpoint.Status.RETIRED])
+        .select_related("version__model__tenant", "instance", "endpoint")
+    )
+    if not candidates:
+        raise InstanceUnavailable(
+            f"No healthy instance holds {version} right now; retry shortly while it is restored."
+        )
+    loaded = [c for c in candidates if c.actual_state == Placement.ActualState.LOADED]
+    pool = loaded or [c for c in candidates if c.actual_state != Placement.ActualState.FAILED]
+    if not pool:
+        raise ModelLoadFailed(
+            candidates[0].failure_reason or f"{version} failed to load on every instance."
+        )
+    with _OUTSTANDING_LOCK:
+        return min(pool, key=lambda c: (_OUTSTANDING.get(c.pk, 0), c.pk))
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    latency_ms: float
+    cold_start: bool
+
+
+def probe_placement(*, placement: Placement, actor: str = ACTOR) -> ProbeResult:
+    """Load the placement if needed and send its kind's warm-up request; the answer must decode.
+
+    Probes are platform traffic: they are not counted as the tenant's invocations.
+    """
+    version = placement.version
+    kind = get_kind(version.model.kind)
+    started = time.perf_counter()
+    cold_start = ensure_loaded(placement=placement, actor=actor).cold_start
+    answer = client_for(placement.instance).invoke(
+        version.triton_model_name, kind.encode_request(list(kind.warmup_inputs or ["warm-up"]))
+    )
+    if kind.decode_response is not None:
+        kind.decode_response(answer)
+    latency_ms = (time.perf_counter() - started) * 1000
+    Placement.objects.filter(pk=placement.pk).update(
+        last_warmed_at=timezone.now(), warmup_latency_ms=round(latency_ms, 2)
+    )
+    return ProbeResult(latency_ms=latency_ms, cold_start=cold_start)
 
 
 def _count(placement: Placement, started: float, *, cold_start: bool, error: bool) -> float:
@@ -402,7 +551,7 @@ def _resident_view(instance: Instance, *, exclude: int) -> tuple[list[ResidentMo
         view.append(
             ResidentModel(
                 key=key,
-                memory_mb=_memory_of(other),
+                memory_mb=memory_of(other),
                 pinned=other.is_pinned,
                 last_used=last_used,
                 loading=other.actual_state == Placement.ActualState.LOADING,
@@ -435,7 +584,7 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
             plan = plan_load(
                 resident=resident,
                 incoming_key=str(placement.pk),
-                incoming_mb=_memory_of(placement),
+                incoming_mb=memory_of(placement),
                 budget_mb=instance.memory_budget_mb,
             )
             victims = [by_key[key] for key in plan.evict]
@@ -514,7 +663,7 @@ def _evict(*, client, placement: Placement, to_make_room_for: Placement, actor: 
         version=placement.version,
         endpoint=placement.endpoint,
         instance=placement.instance,
-        data={"host_memory_mb": _memory_of(placement)},
+        data={"host_memory_mb": memory_of(placement)},
     )
 
 
@@ -610,7 +759,9 @@ def _measure(instance: Instance, version: ModelVersion) -> float | None:
 # --- Small helpers -------------------------------------------------------------------------
 
 
-def _memory_of(placement: Placement) -> float:
+def memory_of(placement: Placement) -> float:
+    """The memory a placement needs: measured on its instance, else on its version, else the
+    kind's expected figure."""
     for figure in (placement.host_memory_mb, placement.version.host_memory_mb):
         if figure is not None:
             return float(figure)
@@ -642,6 +793,25 @@ def _last_used(placement: Placement) -> float:
         return time.time() - (time.monotonic() - local)
     stamp = placement.last_invoked_at or placement.loaded_at
     return stamp.timestamp() if stamp else 0.0
+
+
+# Requests in flight per placement in this process, for least-outstanding-requests routing.
+_OUTSTANDING: dict[int, int] = {}
+_OUTSTANDING_LOCK = threading.Lock()
+
+
+def _enter(placement_id: int) -> None:
+    with _OUTSTANDING_LOCK:
+        _OUTSTANDING[placement_id] = _OUTSTANDING.get(placement_id, 0) + 1
+
+
+def _leave(placement_id: int) -> None:
+    with _OUTSTANDING_LOCK:
+        left = _OUTSTANDING.get(placement_id, 1) - 1
+        if left > 0:
+            _OUTSTANDING[placement_id] = left
+        else:
+            _OUTSTANDING.pop(placement_id, None)
 
 
 class _SingleFlight:
@@ -731,6 +901,9 @@ __all__ = [
     "ensure_loaded",
     "invoke_placement",
     "place_on_instance",
+    "probe_placement",
+    "restart_local_instance",
+    "route",
     "start_local_instance",
     "stop_local_instance",
     "unload_placement",

@@ -2,9 +2,30 @@
 
 from celery import shared_task
 
-from deployments import services
+from deployments import reconciler, rollouts, services, warmups
+from deployments.exceptions import CapacityExceeded, InstanceUnavailable
 
 
 @shared_task(name="deployments.tasks.sample_fleet_utilization")
 def sample_fleet_utilization() -> int:
     return services.sample_fleet_utilization()
+
+
+@shared_task(
+    name="deployments.tasks.run_rollout",
+    autoretry_for=(InstanceUnavailable, CapacityExceeded),
+    max_retries=rollouts.MAX_ROLLOUT_ATTEMPTS - 1,
+    retry_backoff=5,
+)
+def run_rollout(deployment_id: int) -> bool:
+    return rollouts.run_rollout(deployment_id=deployment_id).switched
+
+
+@shared_task(name="deployments.tasks.reconcile_fleet")
+def reconcile_fleet() -> bool:
+    return reconciler.reconcile_fleet().changed
+
+
+@shared_task(name="deployments.tasks.warm_up_fleet")
+def warm_up_fleet() -> dict:
+    return warmups.warm_up_fleet().as_dict()

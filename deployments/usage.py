@@ -141,6 +141,50 @@ def flush_usage(*, counters: UsageCounters = COUNTERS) -> int:
     return len(cells)
 
 
+_FLUSHER_LOCK = threading.Lock()
+_FLUSHER: threading.Thread | None = None
+
+
+def ensure_background_flush() -> bool:
+    """Start this process's flusher thread once (serving processes call this on each request).
+
+    It flushes every ``USAGE_FLUSH_INTERVAL_S`` seconds (0 turns it off, as the tests do, where
+    flushes are explicit), so the minute rows and the placements' last use reach the database
+    without a write per request. Returns whether a flusher runs.
+    """
+    global _FLUSHER
+    from django.conf import settings
+
+    interval_s = settings.TENANTML_USAGE_FLUSH_INTERVAL_S
+    if interval_s <= 0:
+        return False
+    if _FLUSHER is not None and _FLUSHER.is_alive():
+        return True
+    with _FLUSHER_LOCK:
+        if _FLUSHER is None or not _FLUSHER.is_alive():
+            _FLUSHER = threading.Thread(
+                target=_flush_forever, args=(interval_s,), name="usage-flush", daemon=True
+            )
+            _FLUSHER.start()
+    return True
+
+
+def _flush_forever(interval_s: float) -> None:
+    import logging
+    import time
+
+    from django.db import close_old_connections
+
+    log = logging.getLogger(__name__)
+    while True:
+        time.sleep(interval_s)
+        try:
+            close_old_connections()
+            flush_usage()
+        except Exception:  # a failed flush keeps its counts (restored) for the next one
+            log.exception("Flushing serving counters failed; they are kept for the next flush.")
+
+
 def percentile_from_histogram(histogram: dict, pct: float) -> float | None:
     """The bucket bound under which ``pct`` % of the counted requests fell."""
     total = sum(histogram.values())
@@ -155,4 +199,10 @@ def percentile_from_histogram(histogram: dict, pct: float) -> float | None:
     return float("inf")
 
 
-__all__ = ["COUNTERS", "UsageCounters", "flush_usage", "percentile_from_histogram"]
+__all__ = [
+    "COUNTERS",
+    "UsageCounters",
+    "ensure_background_flush",
+    "flush_usage",
+    "percentile_from_histogram",
+]

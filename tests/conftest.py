@@ -99,3 +99,14 @@ def isolated_artifact_store(settings, tmp_path):
 
     settings.ARTIFACT_STORE = ArtifactStore(kind="local", root=str(tmp_path / "artifacts"))
     return tmp_path / "artifacts"
+
+
+@pytest.fixture(autouse=True)
+def explicit_usage_flushes(settings):
+    """Tests flush serving counters explicitly; no background thread writes behind their back."""
+    settings.TENANTML_USAGE_FLUSH_INTERVAL_S = 0
+    from deployments import serving, usage
+
+    # Counts and recency stamps from an earlier test name rows that test's database rolled back.
+    usage.COUNTERS.drain()
+    serving._LAST_USED.clear()

@@ -1,0 +1,16 @@
+from django.urls import path
+
+from deployments.api import views
+
+MODEL = "tenants/<slug:slug>/models/<slug:name>"
+
+urlpatterns = [
+    path(f"{MODEL}/deployments/", views.DeploymentView.as_view(), name="deployment"),
+    path(
+        f"{MODEL}/deployments/rollback",
+        views.DeploymentRollbackView.as_view(),
+        name="deployment-rollback",
+    ),
+    path(f"{MODEL}/invoke", views.InvokeView.as_view(), name="model-invoke"),
+    path("instances/<int:instance_id>/drain", views.InstanceDrainView.as_view(), name="drain"),
+]

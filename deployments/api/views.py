@@ -1,0 +1,91 @@
+"""Deployment and inference endpoints. Thin: parse, call a service or selector, render."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from deployments import inference, rollouts, selectors
+from deployments.api.serializers import (
+    DeploymentRequestSerializer,
+    DeploymentSerializer,
+    InvokeRequestSerializer,
+    InvokeResponseSerializer,
+)
+from models_registry import selectors as registry_selectors
+from tenants.access import caller_for_request
+from tenants.api.permissions import IsPlatformCaller
+from tenants.selectors import tenant_for_caller
+
+
+def _model(request, slug: str, name: str):
+    tenant = tenant_for_caller(caller=caller_for_request(request), slug=slug)
+    return registry_selectors.model_for_tenant(tenant=tenant, name=name)
+
+
+class DeploymentView(APIView):
+    @extend_schema(responses=DeploymentSerializer)
+    def get(self, request, slug: str, name: str):
+        deployment = selectors.deployment_for_model(model=_model(request, slug, name))
+        return Response(DeploymentSerializer(deployment).data)
+
+    @extend_schema(request=DeploymentRequestSerializer, responses={202: DeploymentSerializer})
+    def post(self, request, slug: str, name: str):
+        caller = caller_for_request(request)
+        model = _model(request, slug, name)
+        serializer = DeploymentRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        version = (
+            registry_selectors.version_for_model(model=model, number=data["version"])
+            if "version" in data
+            else None
+        )
+        deployment, _queued = rollouts.request_deployment(
+            model=model,
+            version=version,
+            mode=data.get("mode"),
+            replicas=data.get("replicas"),
+            actor=caller.label,
+        )
+        deployment = selectors.deployment_for_model(model=model)
+        return Response(DeploymentSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
+
+
+class DeploymentRollbackView(APIView):
+    @extend_schema(request=None, responses={202: DeploymentSerializer})
+    def post(self, request, slug: str, name: str):
+        model = _model(request, slug, name)
+        rollouts.rollback_deployment(model=model, actor=caller_for_request(request).label)
+        deployment = selectors.deployment_for_model(model=model)
+        return Response(DeploymentSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
+
+
+class InvokeView(APIView):
+    @extend_schema(request=InvokeRequestSerializer, responses=InvokeResponseSerializer)
+    def post(self, request, slug: str, name: str):
+        model = _model(request, slug, name)
+        serializer = InvokeRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = inference.invoke_model(model=model, inputs=serializer.validated_data["inputs"])
+        return Response(
+            {
+                "outputs": result.outputs,
+                "model_version": result.model_version,
+                "cold_start": result.cold_start,
+            }
+        )
+
+
+class InstanceDrainView(APIView):
+    permission_classes = [IsPlatformCaller]
+
+    @extend_schema(request=None, responses={200: None})
+    def post(self, request, instance_id: int):
+        instance = selectors.instance_by_id(instance_id=instance_id)
+        instance = rollouts.drain_instance(
+            instance=instance, actor=caller_for_request(request).label
+        )
+        return Response({"instance": str(instance), "status": instance.status})
