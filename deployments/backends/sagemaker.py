@@ -1,0 +1,1281 @@
+"""SageMaker serving backend: endpoints, the models on them and their autoscaling, with boto3.
+
+This module owns every call the platform makes to SageMaker hosting (models, endpoint configs,
+endpoints, inference components), to the SageMaker runtime (invocations), to Application Auto
+Scaling (scaling targets and policies) and to the S3 prefix a multi-model endpoint (MME) loads
+its models from. It is ORM-free: plain dataclasses in (``EndpointRequest``), plain dataclasses
+out (``EndpointState``, ``ComponentState``), so services decide what to store.
+
+AWS facts it relies on:
+- Three ways to serve. MME: one model with ``Mode=MultiModel`` whose ``ModelDataUrl`` is an S3
+  prefix; every ``*.tar.gz`` under it is loadable by ``TargetModel`` (its key relative to the
+  prefix), loaded on first call and cached by that name, so a new version needs a new key.
+  Dedicated: ``Mode=SingleModel`` with one ``model.tar.gz``. Inference components (IC): the
+  endpoint config has an ``ExecutionRoleArn`` and a variant without ``ModelName``; each model is
+  then its own component with reserved memory, accelerators and CPU cores and a copy count
+  (0 copies = scaled to zero, the instances stay).
+- Names of models, endpoint configs and endpoints are unique per account and region; creating
+  one that exists answers ``ValidationException`` "Cannot create already existing ...", so names
+  here are deterministic and such an answer means "describe it instead".
+- Hosting APIs are rate limited per account; throttling answers are retried here with
+  exponential backoff and full jitter, and botocore's own retries are off so the two policies
+  never multiply calls.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, WaiterError
+
+from config.errors import DomainError
+from deployments.exceptions import InvalidInferenceInput, UpstreamError
+from models_registry.training.sagemaker import (
+    _error_code,
+    _error_message,
+    _full_jitter,
+    _is_throttling,
+)
+
+__all__ = [
+    "DEFAULT_TRITON_VERSION",
+    "DEFAULT_VARIANT",
+    "ComponentState",
+    "EndpointBackendError",
+    "EndpointFailed",
+    "EndpointMode",
+    "EndpointNotReady",
+    "EndpointRequest",
+    "EndpointState",
+    "EndpointThrottled",
+    "InvalidEndpointRequest",
+    "InvocationRejected",
+    "RetiredEndpoint",
+    "SageMakerEndpointBackend",
+    "TritonImageUnavailable",
+    "VariantState",
+    "triton_image_uri",
+]
+
+EndpointMode = Literal["mme", "inference-component", "dedicated"]
+
+DEFAULT_VARIANT = "AllTraffic"
+DEFAULT_TRITON_VERSION = "24.09"
+PLATFORM_TAG = "tenantml"
+
+_T = TypeVar("_T")
+
+
+# ---------------------------------------------------------------------------------------------
+# Domain errors
+# ---------------------------------------------------------------------------------------------
+
+
+class EndpointBackendError(DomainError):
+    """SageMaker, Application Auto Scaling or S3 refused a request; the message is AWS's own."""
+
+    status_code = 502
+    code = "endpoint_backend_error"
+
+
+class EndpointThrottled(DomainError):
+    """AWS kept throttling a request after every retry; retrying later will work."""
+
+    status_code = 503
+    code = "endpoint_throttled"
+
+
+class EndpointFailed(DomainError):
+    """The endpoint (or inference component) ended up Failed; ``failure_reason`` says why."""
+
+    status_code = 502
+    code = "endpoint_failed"
+
+    def __init__(self, message: str, *, name: str, failure_reason: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.failure_reason = failure_reason
+
+
+class EndpointNotReady(DomainError):
+    """The endpoint (or component) did not reach InService within the wait; it may still."""
+
+    status_code = 503
+    code = "endpoint_not_ready"
+
+
+class InvalidEndpointRequest(DomainError):
+    """An endpoint request that SageMaker would reject (missing image, prefix or role)."""
+
+    status_code = 400
+    code = "invalid_endpoint_request"
+
+
+class InvocationRejected(DomainError):
+    """SageMaker refused the invocation before it reached the model (unknown endpoint,
+    missing model package, missing component name)."""
+
+    status_code = 400
+    code = "invocation_rejected"
+
+
+class TritonImageUnavailable(DomainError):
+    """No SageMaker Triton image is known for the requested region or version."""
+
+    status_code = 400
+    code = "triton_image_unavailable"
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton image URIs
+# ---------------------------------------------------------------------------------------------
+
+# Source: the sagemaker python SDK's ``image_uri_config/sagemaker-tritonserver.json``; from
+# 23.12 on every version is published by these (Deep Learning Containers) accounts.
+_TRITON_ACCOUNTS = {
+    "af-south-1": "626614931356",
+    "ap-east-1": "871362719292",
+    "ap-northeast-1": "763104351884",
+    "ap-northeast-2": "763104351884",
+    "ap-northeast-3": "364406365360",
+    "ap-south-1": "763104351884",
+    "ap-southeast-1": "763104351884",
+    "ap-southeast-2": "763104351884",
+    "ap-southeast-3": "907027046896",
+    "ca-central-1": "763104351884",
+    "ca-west-1": "204538143572",
+    "cn-north-1": "727897471807",
+    "cn-northwest-1": "727897471807",
+    "eu-central-1": "763104351884",
+    "eu-north-1": "763104351884",
+    "eu-south-1": "692866216735",
+    "eu-west-1": "763104351884",
+    "eu-west-2": "763104351884",
+    "eu-west-3": "763104351884",
+    "il-central-1": "780543022126",
+    "me-south-1": "217643126080",
+    "sa-east-1": "763104351884",
+    "us-east-1": "763104351884",
+    "us-east-2": "763104351884",
+    "us-west-1": "763104351884",
+    "us-west-2": "763104351884",
+}
+_TRITON_VERSION = re.compile(r"^(\d{2})\.(\d{2})(?:-py3)?$")
+# Versions before 23.12 were published from other, per-region accounts this table does not hold.
+_OLDEST_TRITON_VERSION = (23, 12)
+
+
+def triton_image_uri(region: str, version: str = DEFAULT_TRITON_VERSION) -> str:
+    """The SageMaker Triton inference image for ``region`` and a ``YY.MM`` release (no network)."""
+    account = _TRITON_ACCOUNTS.get(region)
+    if account is None:
+        raise TritonImageUnavailable(
+            f"No SageMaker Triton image is known for region {region!r}; "
+            f"known regions: {', '.join(sorted(_TRITON_ACCOUNTS))}."
+        )
+    match = _TRITON_VERSION.match(version)
+    if match is None:
+        raise TritonImageUnavailable(
+            f"Triton version {version!r} is not a release name; use YY.MM, e.g. "
+            f"{DEFAULT_TRITON_VERSION}."
+        )
+    if (int(match[1]), int(match[2])) < _OLDEST_TRITON_VERSION:
+        raise TritonImageUnavailable(
+            f"SageMaker Triton {version} predates 23.12; use 23.12 or newer "
+            f"(e.g. {DEFAULT_TRITON_VERSION})."
+        )
+    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"{account}.dkr.ecr.{region}.{domain}/sagemaker-tritonserver:{match[1]}.{match[2]}-py3"
+
+
+# ---------------------------------------------------------------------------------------------
+# Values in and out
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EndpointRequest:
+    """Everything needed to create one endpoint in one of the three serving modes.
+
+    ``model_data_prefix`` (``s3://bucket/prefix/``) is for MME, ``model_data_url`` (a
+    ``model.tar.gz``) for dedicated; inference-component endpoints hold no model of their own
+    and may set ``min_instances``/``max_instances`` for SageMaker's managed instance scaling.
+    """
+
+    name: str
+    mode: EndpointMode
+    instance_type: str
+    role_arn: str
+    instance_count: int = 1
+    image_uri: str = ""
+    model_data_prefix: str = ""
+    model_data_url: str = ""
+    environment: Mapping[str, str] = field(default_factory=dict)
+    variant_name: str = DEFAULT_VARIANT
+    min_instances: int | None = None
+    max_instances: int | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        """The SageMaker model this endpoint serves (none for inference-component endpoints)."""
+        return endpoint_model_name(self.name)
+
+    def validate(self) -> None:
+        """Raise ``InvalidEndpointRequest`` for what SageMaker would refuse later, slower."""
+        if self.mode not in ("mme", "inference-component", "dedicated"):
+            raise InvalidEndpointRequest(
+                f"Unknown serving mode {self.mode!r}; use mme, inference-component or dedicated.",
+                field="mode",
+            )
+        if not self.role_arn:
+            raise InvalidEndpointRequest("An execution role ARN is required.", field="role_arn")
+        if self.instance_count < 1:
+            raise InvalidEndpointRequest(
+                "An endpoint needs at least one instance.", field="instance_count"
+            )
+        if self.mode != "inference-component" and not self.image_uri:
+            raise InvalidEndpointRequest(
+                f"A {self.mode} endpoint needs a container image; see triton_image_uri().",
+                field="image_uri",
+            )
+        if self.mode == "mme" and not self.model_data_prefix.startswith("s3://"):
+            raise InvalidEndpointRequest(
+                "A multi-model endpoint needs model_data_prefix as s3://bucket/prefix/.",
+                field="model_data_prefix",
+            )
+        if self.mode == "dedicated" and not self.model_data_url.startswith("s3://"):
+            raise InvalidEndpointRequest(
+                "A dedicated endpoint needs model_data_url as s3://bucket/key/model.tar.gz.",
+                field="model_data_url",
+            )
+
+
+@dataclass(frozen=True)
+class VariantState:
+    """One production variant of an endpoint and its instance counts."""
+
+    name: str
+    current_instance_count: int | None
+    desired_instance_count: int | None
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    """What DescribeEndpoint says about one endpoint."""
+
+    name: str
+    arn: str
+    status: str
+    failure_reason: str = ""
+    config_name: str = ""
+    variants: tuple[VariantState, ...] = ()
+
+    @property
+    def is_in_service(self) -> bool:
+        return self.status == "InService"
+
+
+@dataclass(frozen=True)
+class ComponentState:
+    """What DescribeInferenceComponent says about one inference component."""
+
+    name: str
+    arn: str
+    status: str
+    endpoint_name: str
+    variant_name: str
+    model_name: str
+    desired_copies: int | None
+    current_copies: int | None
+    failure_reason: str = ""
+
+    @property
+    def is_in_service(self) -> bool:
+        return self.status == "InService"
+
+
+@dataclass(frozen=True)
+class RetiredEndpoint:
+    """The resources ``retire_endpoint`` deleted (names only; already-missing ones omitted)."""
+
+    endpoint: str | None
+    inference_components: tuple[str, ...]
+    endpoint_configs: tuple[str, ...]
+    models: tuple[str, ...]
+
+
+def endpoint_model_name(endpoint_name: str) -> str:
+    """The deterministic SageMaker model name of an MME or dedicated endpoint."""
+    return f"{endpoint_name}-model"
+
+
+def endpoint_config_name(endpoint_name: str, generation: int) -> str:
+    """The deterministic endpoint config name for the n-th configuration of an endpoint."""
+    return f"{endpoint_name}-config-{generation}"
+
+
+def component_model_name(component_name: str) -> str:
+    """The deterministic SageMaker model name behind one inference component."""
+    return f"{component_name}-model"
+
+
+def _endpoint_state(description: Mapping[str, Any]) -> EndpointState:
+    return EndpointState(
+        name=description["EndpointName"],
+        arn=description.get("EndpointArn", ""),
+        status=description.get("EndpointStatus", ""),
+        failure_reason=description.get("FailureReason", "") or "",
+        config_name=description.get("EndpointConfigName", ""),
+        variants=tuple(
+            VariantState(
+                name=variant["VariantName"],
+                current_instance_count=variant.get("CurrentInstanceCount"),
+                desired_instance_count=variant.get("DesiredInstanceCount"),
+            )
+            for variant in description.get("ProductionVariants") or []
+        ),
+    )
+
+
+def _component_state(description: Mapping[str, Any]) -> ComponentState:
+    runtime = description.get("RuntimeConfig") or {}
+    return ComponentState(
+        name=description["InferenceComponentName"],
+        arn=description.get("InferenceComponentArn", ""),
+        status=description.get("InferenceComponentStatus", ""),
+        endpoint_name=description.get("EndpointName", ""),
+        variant_name=description.get("VariantName", ""),
+        model_name=(description.get("Specification") or {}).get("ModelName", ""),
+        desired_copies=runtime.get("DesiredCopyCount"),
+        current_copies=runtime.get("CurrentCopyCount"),
+        failure_reason=description.get("FailureReason", "") or "",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Error classification
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_already_exists(error: ClientError) -> bool:
+    code = _error_code(error)
+    if code in ("ResourceInUse", "ResourceInUseException"):
+        return True
+    # SageMaker answers a duplicate name with "Cannot create already existing model ...".
+    return code == "ValidationException" and "already exist" in _error_message(error).lower()
+
+
+def _is_not_found(error: ClientError) -> bool:
+    code = _error_code(error)
+    if code in ("ResourceNotFound", "ObjectNotFoundException", "NoSuchKey", "404"):
+        return True
+    message = _error_message(error).lower()
+    # SageMaker says "Could not find endpoint ..."; Application Auto Scaling (and moto) say
+    # "No scalable target found ..." for a target that was never registered.
+    return code == "ValidationException" and any(
+        phrase in message for phrase in ("could not find", "does not exist", "not found")
+    )
+
+
+def _api_name(operation: str) -> str:
+    """``create_endpoint_config`` -> ``CreateEndpointConfig``, the name AWS documents."""
+    if "_" not in operation:
+        return operation
+    return "".join(part.capitalize() for part in operation.split("_"))
+
+
+def _backend_error(operation: str, error: ClientError | BotoCoreError) -> EndpointBackendError:
+    operation = _api_name(operation)
+    if isinstance(error, ClientError):
+        return EndpointBackendError(
+            f"{operation} failed ({_error_code(error) or 'error'}): {_error_message(error)}"
+        )
+    return EndpointBackendError(f"{operation} failed: {error}")
+
+
+def _waiter_error_code(error: WaiterError) -> str:
+    return ((error.last_response or {}).get("Error") or {}).get("Code", "")
+
+
+def _waiter_throttled(error: WaiterError) -> bool:
+    response = error.last_response or {}
+    # A throttled describe ends botocore's waiter at once ("An error occurred"); judge it by the
+    # same rule as any other throttled call.
+    return "Error" in response and _is_throttling(ClientError(response, "DescribeEndpoint"))
+
+
+def _split_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise InvalidEndpointRequest(f"{uri!r} is not an s3:// URI.")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise InvalidEndpointRequest(f"{uri!r} names no bucket.")
+    return bucket, key
+
+
+def _clean_target_model(target_model: str) -> str:
+    key = target_model.strip()
+    parts = key.split("/")
+    # TargetModel is a key relative to the endpoint's prefix; anything that could climb out
+    # of the prefix or collapse to an empty segment is refused rather than normalised.
+    if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise InvalidEndpointRequest(
+            f"Target model {target_model!r} must be a relative key such as "
+            "'<tenant>/<model>/v3.tar.gz'.",
+            field="target_model",
+        )
+    if not key.endswith(".tar.gz"):
+        raise InvalidEndpointRequest(
+            f"Target model {target_model!r} must end in .tar.gz; multi-model endpoints only "
+            "load compressed tarballs.",
+            field="target_model",
+        )
+    return key
+
+
+def _tags(extra: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+    tags = {**dict(extra or {}), "platform": PLATFORM_TAG}
+    return [{"Key": key, "Value": value} for key, value in tags.items()]
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend
+# ---------------------------------------------------------------------------------------------
+
+
+class SageMakerEndpointBackend:
+    """Creates, updates, scales, invokes and retires SageMaker endpoints serving Triton."""
+
+    def __init__(
+        self,
+        *,
+        region: str | None = None,
+        sagemaker_client: Any | None = None,
+        runtime_client: Any | None = None,
+        autoscaling_client: Any | None = None,
+        s3_client: Any | None = None,
+        max_retries: int = 6,
+        base_backoff_s: float = 0.5,
+        max_backoff_s: float = 20.0,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[float], float] = _full_jitter,
+    ) -> None:
+        given = sagemaker_client or runtime_client or autoscaling_client or s3_client
+        self.region = region or (given.meta.region_name if given is not None else None)
+        self._clients: dict[str, Any] = {
+            name: client
+            for name, client in (
+                ("sagemaker", sagemaker_client),
+                ("sagemaker-runtime", runtime_client),
+                ("application-autoscaling", autoscaling_client),
+                ("s3", s3_client),
+            )
+            if client is not None
+        }
+        self._client_lock = threading.Lock()
+        self.max_retries = max_retries
+        self.base_backoff_s = base_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._sleep = sleep
+        self._jitter = jitter
+
+    # -- clients -----------------------------------------------------------------------------
+
+    def _client(self, service: str) -> Any:
+        with self._client_lock:
+            if service not in self._clients:
+                # S3 keeps botocore's retries (its SlowDown handling is built for S3's limits);
+                # everything else is retried only by ``_retrying`` so retries never stack.
+                config = (
+                    None
+                    if service == "s3"
+                    else Config(retries={"mode": "standard", "total_max_attempts": 1})
+                )
+                self._clients[service] = boto3.client(
+                    service, region_name=self.region, config=config
+                )
+            return self._clients[service]
+
+    @property
+    def sagemaker(self) -> Any:
+        return self._client("sagemaker")
+
+    @property
+    def runtime(self) -> Any:
+        return self._client("sagemaker-runtime")
+
+    @property
+    def autoscaling(self) -> Any:
+        return self._client("application-autoscaling")
+
+    @property
+    def s3(self) -> Any:
+        return self._client("s3")
+
+    # -- the one retry loop ------------------------------------------------------------------
+
+    def _retrying(self, operation: str, attempt_once: Callable[[], _T]) -> _T:
+        """Run one AWS call (or waiter), retrying throttling with backoff and full jitter."""
+        attempt = 0
+        while True:
+            try:
+                return attempt_once()
+            except ClientError as error:
+                if not _is_throttling(error):
+                    raise
+                last: Exception = error
+            except WaiterError as error:
+                if not _waiter_throttled(error):
+                    raise
+                last = error
+            if attempt >= self.max_retries:
+                raise EndpointThrottled(
+                    f"AWS is throttling {_api_name(operation)} (tried {attempt + 1} times); "
+                    "retry in a minute or raise the account's request quota."
+                ) from last
+            ceiling = min(self.max_backoff_s, self.base_backoff_s * (2**attempt))
+            self._sleep(self._jitter(ceiling))
+            attempt += 1
+
+    def _call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
+        """One API call through the retry loop; non-throttling ``ClientError`` propagates."""
+        method = getattr(self._client(service), operation)
+        return self._retrying(operation, lambda: method(**params))
+
+    def _api(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
+        """One API call through the retry loop, any refusal turned into a domain error."""
+        try:
+            return self._call(service, operation, **params)
+        except (ClientError, BotoCoreError) as error:
+            raise _backend_error(operation, error) from error
+
+    def _create_or_existing(self, operation: str, **params: Any) -> bool:
+        """Create a named resource; False when it already existed (a retry, a race)."""
+        try:
+            self._call("sagemaker", operation, **params)
+        except ClientError as error:
+            if _is_already_exists(error):
+                return False
+            raise _backend_error(operation, error) from error
+        except BotoCoreError as error:
+            raise _backend_error(operation, error) from error
+        return True
+
+    def _delete_if_present(self, service: str, operation: str, **params: Any) -> bool:
+        """Delete a resource; False when it was already gone."""
+        try:
+            self._call(service, operation, **params)
+        except ClientError as error:
+            if _is_not_found(error):
+                return False
+            raise _backend_error(operation, error) from error
+        except BotoCoreError as error:
+            raise _backend_error(operation, error) from error
+        return True
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    def describe_endpoint(self, name: str) -> EndpointState | None:
+        """The endpoint's current state, or None when no endpoint has that name."""
+        description = self._describe_endpoint_raw(name)
+        return None if description is None else _endpoint_state(description)
+
+    def ensure_endpoint(self, request: EndpointRequest) -> EndpointState:
+        """Create the endpoint with its model and config, or describe the one already there."""
+        request.validate()
+        existing = self.describe_endpoint(request.name)
+        if existing is not None:
+            # Idempotent: an endpoint under this name is this request's endpoint (names are
+            # derived from the platform's ids); changes go through update_endpoint.
+            return existing
+        if request.mode != "inference-component":
+            self._create_or_existing(
+                "create_model",
+                ModelName=request.model_name,
+                ExecutionRoleArn=request.role_arn,
+                PrimaryContainer=self._primary_container(request),
+                Tags=_tags(request.tags),
+            )
+        config_name = endpoint_config_name(request.name, 1)
+        self._create_or_existing(
+            "create_endpoint_config", **self._endpoint_config_params(request, config_name)
+        )
+        try:
+            response = self._call(
+                "sagemaker",
+                "create_endpoint",
+                EndpointName=request.name,
+                EndpointConfigName=config_name,
+                Tags=_tags(request.tags),
+            )
+        except ClientError as error:
+            if not _is_already_exists(error):
+                raise _backend_error("CreateEndpoint", error) from error
+            state = self.describe_endpoint(request.name)
+            if state is None:
+                raise _backend_error("CreateEndpoint", error) from error
+            return state
+        except BotoCoreError as error:
+            raise _backend_error("CreateEndpoint", error) from error
+        return EndpointState(
+            name=request.name,
+            arn=response["EndpointArn"],
+            status="Creating",
+            config_name=config_name,
+        )
+
+    def wait_in_service(
+        self, name: str, *, delay_s: float = 30, max_attempts: int = 120
+    ) -> EndpointState:
+        """Block until the endpoint is InService; ``EndpointFailed`` carries its FailureReason."""
+        waiter = self.sagemaker.get_waiter("endpoint_in_service")
+        config = {"Delay": delay_s, "MaxAttempts": max_attempts}
+        try:
+            self._retrying(
+                "DescribeEndpoint",
+                lambda: waiter.wait(EndpointName=name, WaiterConfig=config),
+            )
+        except WaiterError as error:
+            response = error.last_response or {}
+            if response.get("EndpointStatus") == "Failed":
+                reason = response.get("FailureReason") or "SageMaker gave no reason"
+                raise EndpointFailed(
+                    f"Endpoint {name} failed: {reason}", name=name, failure_reason=reason
+                ) from error
+            if _waiter_error_code(error):
+                raise EndpointBackendError(
+                    f"DescribeEndpoint failed ({_waiter_error_code(error)}): "
+                    f"{response['Error'].get('Message', '')}"
+                ) from error
+            status = response.get("EndpointStatus", "unknown")
+            raise EndpointNotReady(
+                f"Endpoint {name} is still {status} after {max_attempts} checks; "
+                "wait longer or look at its CloudWatch logs."
+            ) from error
+        state = self.describe_endpoint(name)
+        if state is None:
+            raise EndpointBackendError(f"Endpoint {name} disappeared right after InService.")
+        return state
+
+    def update_endpoint(
+        self,
+        name: str,
+        *,
+        instance_count: int | None = None,
+        instance_type: str | None = None,
+        variant_name: str | None = None,
+        wait: bool = True,
+        delay_s: float = 30,
+        max_attempts: int = 120,
+    ) -> EndpointState:
+        """Roll the endpoint onto a new config with the given variant changes (then wait)."""
+        if instance_count is not None and instance_count < 1:
+            raise InvalidEndpointRequest(
+                "An endpoint needs at least one instance; scale components to zero instead.",
+                field="instance_count",
+            )
+        current = self._describe_endpoint_raw(name)
+        if current is None:
+            raise EndpointBackendError(f"Endpoint {name} does not exist; create it first.")
+        old_config_name = current["EndpointConfigName"]
+        old_config = self._api(
+            "sagemaker", "describe_endpoint_config", EndpointConfigName=old_config_name
+        )
+        params = self._config_params_from_description(old_config)
+        variants = params["ProductionVariants"]
+        target = variant_name or variants[0]["VariantName"]
+        if not any(variant["VariantName"] == target for variant in variants):
+            raise InvalidEndpointRequest(
+                f"Endpoint {name} has no variant {target!r}.", field="variant_name"
+            )
+        for variant in variants:
+            if variant["VariantName"] != target:
+                continue
+            if instance_count is not None:
+                variant["InitialInstanceCount"] = instance_count
+            if instance_type is not None:
+                variant["InstanceType"] = instance_type
+        new_config_name = self._create_next_config(name, old_config_name, params)
+        self._api(
+            "sagemaker",
+            "update_endpoint",
+            EndpointName=name,
+            EndpointConfigName=new_config_name,
+        )
+        if wait:
+            return self.wait_in_service(name, delay_s=delay_s, max_attempts=max_attempts)
+        return EndpointState(
+            name=name,
+            arn=current.get("EndpointArn", ""),
+            status="Updating",
+            config_name=new_config_name,
+        )
+
+    def update_instance_count(
+        self,
+        name: str,
+        count: int,
+        *,
+        wait: bool = True,
+        delay_s: float = 30,
+        max_attempts: int = 120,
+    ) -> EndpointState:
+        """Roll the endpoint's (first) variant to ``count`` instances via a new config."""
+        return self.update_endpoint(
+            name, instance_count=count, wait=wait, delay_s=delay_s, max_attempts=max_attempts
+        )
+
+    def retire_endpoint(
+        self, name: str, *, delay_s: float = 15, max_attempts: int = 80
+    ) -> RetiredEndpoint:
+        """Delete the endpoint with its components, scaling targets, configs and models."""
+        description = self._describe_endpoint_raw(name)
+        components: list[str] = []
+        models: set[str] = {endpoint_model_name(name)}
+        if description is not None:
+            config = self._describe_config_raw(description["EndpointConfigName"])
+            variants = (config or {}).get("ProductionVariants") or []
+            # Only inference-component endpoints have variants without a model; other endpoints
+            # cannot hold components, so there is nothing to list.
+            if any(not variant.get("ModelName") for variant in variants):
+                for component in self._list_components(name):
+                    models.add(component["model_name"])
+                    self._deregister_target(
+                        f"inference-component/{component['name']}",
+                        "sagemaker:inference-component:DesiredCopyCount",
+                    )
+                    if self._delete_if_present(
+                        "sagemaker",
+                        "delete_inference_component",
+                        InferenceComponentName=component["name"],
+                    ):
+                        components.append(component["name"])
+                # SageMaker refuses to delete an endpoint that still has components.
+                for component_name in components:
+                    self._wait_component_gone(
+                        component_name, delay_s=delay_s, max_attempts=max_attempts
+                    )
+            for variant in description.get("ProductionVariants") or []:
+                self._deregister_target(
+                    f"endpoint/{name}/variant/{variant['VariantName']}",
+                    "sagemaker:variant:DesiredInstanceCount",
+                )
+        deleted_endpoint = self._delete_if_present(
+            "sagemaker", "delete_endpoint", EndpointName=name
+        )
+        configs = [
+            config_name
+            for config_name in self._own_config_names(name)
+            if self._delete_if_present(
+                "sagemaker", "delete_endpoint_config", EndpointConfigName=config_name
+            )
+        ]
+        deleted_models = [
+            model
+            for model in sorted(models)
+            if model and self._delete_if_present("sagemaker", "delete_model", ModelName=model)
+        ]
+        return RetiredEndpoint(
+            endpoint=name if deleted_endpoint else None,
+            inference_components=tuple(components),
+            endpoint_configs=tuple(configs),
+            models=tuple(deleted_models),
+        )
+
+    # -- MME models --------------------------------------------------------------------------
+
+    def add_model(self, *, endpoint_prefix: str, package_s3_uri: str, target_model: str) -> str:
+        """Put a ``model.tar.gz`` (S3 URI or local path) under the endpoint's prefix; its
+        TargetModel."""
+        key_in_prefix = _clean_target_model(target_model)
+        bucket, prefix = _split_s3_uri(endpoint_prefix)
+        prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        key = prefix + key_in_prefix
+        try:
+            if package_s3_uri.startswith("s3://"):
+                source_bucket, source_key = _split_s3_uri(package_s3_uri)
+                # Managed copy stays server-side (CopyObject, or UploadPartCopy above 5 GB), so
+                # no model bytes pass through this machine.
+                self.s3.copy({"Bucket": source_bucket, "Key": source_key}, bucket, key)
+            else:
+                path = Path(package_s3_uri)
+                if not path.is_file():
+                    raise InvalidEndpointRequest(
+                        f"Model package {package_s3_uri} is neither an s3:// URI nor a file.",
+                        field="package_s3_uri",
+                    )
+                self.s3.upload_file(str(path), bucket, key)
+        except ClientError as error:
+            raise _backend_error(f"Copy to s3://{bucket}/{key}", error) from error
+        except BotoCoreError as error:
+            raise _backend_error(f"Copy to s3://{bucket}/{key}", error) from error
+        return key_in_prefix
+
+    def remove_model(self, *, endpoint_prefix: str, target_model: str) -> None:
+        """Delete a model's tarball from the endpoint's prefix; a missing one is fine.
+
+        Instances that already loaded it keep it until they evict it or restart.
+        """
+        key_in_prefix = _clean_target_model(target_model)
+        bucket, prefix = _split_s3_uri(endpoint_prefix)
+        prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        try:
+            self.s3.delete_object(Bucket=bucket, Key=prefix + key_in_prefix)
+        except (ClientError, BotoCoreError) as error:
+            raise _backend_error(f"Delete of s3://{bucket}/{prefix}{key_in_prefix}", error) from (
+                error
+            )
+
+    # -- inference components ----------------------------------------------------------------
+
+    def create_inference_component(
+        self,
+        *,
+        name: str,
+        endpoint_name: str,
+        image_uri: str,
+        model_data_url: str,
+        role_arn: str,
+        memory_mb: int,
+        variant_name: str = DEFAULT_VARIANT,
+        model_name: str | None = None,
+        accelerators: int = 0,
+        cpu_cores: float | None = None,
+        copies: int = 1,
+        environment: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> ComponentState:
+        """Create the component's model and the component with its reservations and copies."""
+        if memory_mb < 1:
+            raise InvalidEndpointRequest(
+                "An inference component must reserve memory (measure the model first).",
+                field="memory_mb",
+            )
+        if copies < 0:
+            raise InvalidEndpointRequest("Copies cannot be negative.", field="copies")
+        model = model_name or component_model_name(name)
+        container: dict[str, Any] = {
+            "Image": image_uri,
+            "Mode": "SingleModel",
+            "ModelDataUrl": model_data_url,
+        }
+        if environment:
+            container["Environment"] = dict(environment)
+        self._create_or_existing(
+            "create_model",
+            ModelName=model,
+            ExecutionRoleArn=role_arn,
+            PrimaryContainer=container,
+            Tags=_tags(tags),
+        )
+        requirements: dict[str, Any] = {"MinMemoryRequiredInMb": memory_mb}
+        # The API rejects 0 accelerators; leaving the field out is how a CPU model says "none".
+        if accelerators > 0:
+            requirements["NumberOfAcceleratorDevicesRequired"] = accelerators
+        if cpu_cores is not None:
+            requirements["NumberOfCpuCoresRequired"] = cpu_cores
+        created = self._create_or_existing(
+            "create_inference_component",
+            InferenceComponentName=name,
+            EndpointName=endpoint_name,
+            VariantName=variant_name,
+            Specification={"ModelName": model, "ComputeResourceRequirements": requirements},
+            RuntimeConfig={"CopyCount": copies},
+            Tags=_tags(tags),
+        )
+        state = self.describe_component(name)
+        if state is None:
+            what = "was created" if created else "already existed"
+            raise EndpointBackendError(f"Inference component {name} {what} but cannot be found.")
+        return state
+
+    def describe_component(self, name: str) -> ComponentState | None:
+        """The inference component's state and copy counts, or None when it does not exist."""
+        try:
+            description = self._call(
+                "sagemaker", "describe_inference_component", InferenceComponentName=name
+            )
+        except ClientError as error:
+            if _is_not_found(error):
+                return None
+            raise _backend_error("DescribeInferenceComponent", error) from error
+        except BotoCoreError as error:
+            raise _backend_error("DescribeInferenceComponent", error) from error
+        return _component_state(description)
+
+    def set_component_copies(self, name: str, copies: int) -> None:
+        """Set the component's copy count; 0 scales it to zero while the endpoint stays."""
+        if copies < 0:
+            raise InvalidEndpointRequest("Copies cannot be negative.", field="copies")
+        self._api(
+            "sagemaker",
+            "update_inference_component_runtime_config",
+            InferenceComponentName=name,
+            DesiredRuntimeConfig={"CopyCount": copies},
+        )
+
+    def wait_component_in_service(
+        self, name: str, *, delay_s: float = 30, max_attempts: int = 120
+    ) -> ComponentState:
+        """Poll until the component is InService; ``EndpointFailed`` carries its reason."""
+        state: ComponentState | None = None
+        for attempt in range(max_attempts):
+            state = self.describe_component(name)
+            if state is None:
+                raise EndpointBackendError(f"Inference component {name} does not exist.")
+            if state.status == "InService":
+                return state
+            if state.status == "Failed":
+                reason = state.failure_reason or "SageMaker gave no reason"
+                raise EndpointFailed(
+                    f"Inference component {name} failed: {reason}",
+                    name=name,
+                    failure_reason=reason,
+                )
+            if attempt + 1 < max_attempts:
+                self._sleep(delay_s)
+        status = state.status if state else "unknown"
+        raise EndpointNotReady(
+            f"Inference component {name} is still {status} after {max_attempts} checks."
+        )
+
+    def delete_inference_component(self, name: str) -> bool:
+        """Delete the component (its model stays for reuse); False when it was already gone."""
+        return self._delete_if_present(
+            "sagemaker", "delete_inference_component", InferenceComponentName=name
+        )
+
+    # -- autoscaling -------------------------------------------------------------------------
+
+    def configure_variant_autoscaling(
+        self,
+        endpoint_name: str,
+        variant: str = DEFAULT_VARIANT,
+        *,
+        min_instances: int,
+        max_instances: int,
+        invocations_per_instance: float = 225,
+        scale_in_cooldown_s: int = 300,
+        scale_out_cooldown_s: int = 60,
+    ) -> str:
+        """Track invocations per instance on a variant's instance count; the policy ARN."""
+        return self._target_tracking(
+            resource_id=f"endpoint/{endpoint_name}/variant/{variant}",
+            dimension="sagemaker:variant:DesiredInstanceCount",
+            metric="SageMakerVariantInvocationsPerInstance",
+            policy_name=f"{endpoint_name}-{variant}-invocations-per-instance",
+            minimum=min_instances,
+            maximum=max_instances,
+            target=invocations_per_instance,
+            scale_in_cooldown_s=scale_in_cooldown_s,
+            scale_out_cooldown_s=scale_out_cooldown_s,
+            floor=1,
+        )
+
+    def configure_component_autoscaling(
+        self,
+        component_name: str,
+        *,
+        min_copies: int,
+        max_copies: int,
+        invocations_per_copy: float,
+        scale_in_cooldown_s: int = 300,
+        scale_out_cooldown_s: int = 60,
+    ) -> str:
+        """Track invocations per copy on a component's copy count; the policy ARN.
+
+        With ``min_copies=0`` target tracking can scale in to zero but not out of it (no copy,
+        no invocations metric); scaling out from zero needs a step policy on the
+        NoCapacityInvocationFailures alarm.
+        """
+        return self._target_tracking(
+            resource_id=f"inference-component/{component_name}",
+            dimension="sagemaker:inference-component:DesiredCopyCount",
+            metric="SageMakerInferenceComponentInvocationsPerCopy",
+            policy_name=f"{component_name}-invocations-per-copy",
+            minimum=min_copies,
+            maximum=max_copies,
+            target=invocations_per_copy,
+            scale_in_cooldown_s=scale_in_cooldown_s,
+            scale_out_cooldown_s=scale_out_cooldown_s,
+            floor=0,
+        )
+
+    def _target_tracking(
+        self,
+        *,
+        resource_id: str,
+        dimension: str,
+        metric: str,
+        policy_name: str,
+        minimum: int,
+        maximum: int,
+        target: float,
+        scale_in_cooldown_s: int,
+        scale_out_cooldown_s: int,
+        floor: int,
+    ) -> str:
+        if minimum < floor or maximum < minimum or target <= 0:
+            raise InvalidEndpointRequest(
+                f"Autoscaling needs {floor} <= min <= max and a positive target "
+                f"(got min={minimum}, max={maximum}, target={target})."
+            )
+        self._api(
+            "application-autoscaling",
+            "register_scalable_target",
+            ServiceNamespace="sagemaker",
+            ResourceId=resource_id,
+            ScalableDimension=dimension,
+            MinCapacity=minimum,
+            MaxCapacity=maximum,
+        )
+        response = self._api(
+            "application-autoscaling",
+            "put_scaling_policy",
+            PolicyName=policy_name,
+            ServiceNamespace="sagemaker",
+            ResourceId=resource_id,
+            ScalableDimension=dimension,
+            PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration={
+                "TargetValue": float(target),
+                "PredefinedMetricSpecification": {"PredefinedMetricType": metric},
+                "ScaleInCooldown": scale_in_cooldown_s,
+                "ScaleOutCooldown": scale_out_cooldown_s,
+            },
+        )
+        return response.get("PolicyARN", "")
+
+    # -- invocations -------------------------------------------------------------------------
+
+    def invoke(
+        self,
+        *,
+        endpoint_name: str,
+        body: dict,
+        target_model: str | None = None,
+        inference_component: str | None = None,
+    ) -> dict:
+        """Send a KServe v2 JSON request to the endpoint (MME TargetModel or a component)."""
+        params: dict[str, Any] = {
+            "EndpointName": endpoint_name,
+            "ContentType": "application/json",
+            "Accept": "application/json",
+            "Body": json.dumps(body).encode(),
+        }
+        if target_model is not None:
+            params["TargetModel"] = target_model
+        if inference_component is not None:
+            params["InferenceComponentName"] = inference_component
+        what = target_model or inference_component or endpoint_name
+        try:
+            response = self._call("sagemaker-runtime", "invoke_endpoint", **params)
+        except ClientError as error:
+            raise _invocation_error(what, endpoint_name, error) from error
+        except BotoCoreError as error:
+            raise UpstreamError(f"Invoking {what} on {endpoint_name} failed: {error}") from error
+        payload = response["Body"].read()
+        try:
+            answer = json.loads(payload)
+        except ValueError as error:
+            raise UpstreamError(
+                f"{what} on {endpoint_name} answered something that is not JSON: {payload[:200]!r}"
+            ) from error
+        if not isinstance(answer, dict):
+            raise UpstreamError(f"{what} on {endpoint_name} answered JSON that is not an object.")
+        return answer
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _primary_container(self, request: EndpointRequest) -> dict[str, Any]:
+        container: dict[str, Any] = {"Image": request.image_uri}
+        if request.mode == "mme":
+            prefix = request.model_data_prefix
+            container["Mode"] = "MultiModel"
+            # SageMaker loads TargetModel as <ModelDataUrl><TargetModel>; the slash keeps a
+            # sibling prefix ("acme-old/") out of reach.
+            container["ModelDataUrl"] = prefix if prefix.endswith("/") else prefix + "/"
+        else:
+            container["Mode"] = "SingleModel"
+            container["ModelDataUrl"] = request.model_data_url
+        if request.environment:
+            container["Environment"] = dict(request.environment)
+        return container
+
+    def _endpoint_config_params(self, request: EndpointRequest, name: str) -> dict[str, Any]:
+        variant: dict[str, Any] = {
+            "VariantName": request.variant_name,
+            "InstanceType": request.instance_type,
+            "InitialInstanceCount": request.instance_count,
+        }
+        params: dict[str, Any] = {
+            "EndpointConfigName": name,
+            "ProductionVariants": [variant],
+            "Tags": _tags(request.tags),
+        }
+        if request.mode == "inference-component":
+            # Components bring their own models; the role lets SageMaker pull them.
+            params["ExecutionRoleArn"] = request.role_arn
+            # Least-outstanding-requests spreads calls across copies by how busy each is,
+            # which matters when copies of big models answer at very different speeds.
+            variant["RoutingConfig"] = {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}
+            if request.min_instances is not None or request.max_instances is not None:
+                low = request.min_instances if request.min_instances is not None else 1
+                high = (
+                    request.max_instances
+                    if request.max_instances is not None
+                    else max(low, request.instance_count)
+                )
+                variant["ManagedInstanceScaling"] = {
+                    "Status": "ENABLED",
+                    "MinInstanceCount": low,
+                    "MaxInstanceCount": high,
+                }
+        else:
+            variant["ModelName"] = request.model_name
+            variant["InitialVariantWeight"] = 1.0
+        return params
+
+    def _config_params_from_description(self, description: Mapping[str, Any]) -> dict[str, Any]:
+        # Copy exactly the fields CreateEndpointConfig accepts, so a config made elsewhere
+        # (console, another tool) keeps its data capture, KMS key and VPC settings.
+        accepted = self.sagemaker.meta.service_model.operation_model(
+            "CreateEndpointConfig"
+        ).input_shape.members
+        params = {
+            key: value
+            for key, value in description.items()
+            if key in accepted and key not in ("EndpointConfigName", "Tags")
+        }
+        params["ProductionVariants"] = [
+            dict(variant) for variant in description.get("ProductionVariants") or []
+        ]
+        if not params["ProductionVariants"]:
+            raise EndpointBackendError(
+                f"Endpoint config {description.get('EndpointConfigName')} has no variants."
+            )
+        params["Tags"] = _tags()
+        return params
+
+    def _create_next_config(self, name: str, old_config_name: str, params: dict[str, Any]) -> str:
+        match = re.fullmatch(re.escape(name) + r"-config-(\d+)", old_config_name)
+        generation = int(match[1]) + 1 if match else 1
+        # A name already taken (an update that failed after creating its config) is skipped,
+        # not reused: its content may differ from this update's.
+        for _ in range(20):
+            config_name = endpoint_config_name(name, generation)
+            if self._create_or_existing(
+                "create_endpoint_config", EndpointConfigName=config_name, **params
+            ):
+                return config_name
+            generation += 1
+        raise EndpointBackendError(
+            f"Could not find a free endpoint config name for {name}; delete stale "
+            f"{name}-config-N configs."
+        )
+
+    def _describe_endpoint_raw(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("sagemaker", "describe_endpoint", EndpointName=name)
+        except ClientError as error:
+            if _is_not_found(error):
+                return None
+            raise _backend_error("DescribeEndpoint", error) from error
+        except BotoCoreError as error:
+            raise _backend_error("DescribeEndpoint", error) from error
+
+    def _describe_config_raw(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("sagemaker", "describe_endpoint_config", EndpointConfigName=name)
+        except ClientError as error:
+            if _is_not_found(error):
+                return None
+            raise _backend_error("DescribeEndpointConfig", error) from error
+        except BotoCoreError as error:
+            raise _backend_error("DescribeEndpointConfig", error) from error
+
+    def _pages(self, operation: str, list_key: str, **params: Any) -> Iterator[dict[str, Any]]:
+        token: str | None = None
+        while True:
+            page = self._api(
+                "sagemaker", operation, **params, **({"NextToken": token} if token else {})
+            )
+            yield from page.get(list_key) or []
+            token = page.get("NextToken")
+            if not token:
+                return
+
+    def _list_components(self, endpoint_name: str) -> list[dict[str, str]]:
+        components = []
+        for summary in self._pages(
+            "list_inference_components",
+            "InferenceComponents",
+            EndpointNameEquals=endpoint_name,
+        ):
+            state = self.describe_component(summary["InferenceComponentName"])
+            if state is not None:
+                components.append({"name": state.name, "model_name": state.model_name})
+        return components
+
+    def _own_config_names(self, endpoint_name: str) -> list[str]:
+        # NameContains is a substring match; the full pattern keeps "<name>-config-N" of
+        # another endpoint whose name merely ends with this one's out.
+        own = re.compile(re.escape(endpoint_name) + r"-config-\d+")
+        return sorted(
+            summary["EndpointConfigName"]
+            for summary in self._pages(
+                "list_endpoint_configs",
+                "EndpointConfigs",
+                NameContains=f"{endpoint_name}-config-",
+            )
+            if own.fullmatch(summary["EndpointConfigName"])
+        )
+
+    def _deregister_target(self, resource_id: str, dimension: str) -> None:
+        # Deregistering also deletes the target's scaling policies.
+        self._delete_if_present(
+            "application-autoscaling",
+            "deregister_scalable_target",
+            ServiceNamespace="sagemaker",
+            ResourceId=resource_id,
+            ScalableDimension=dimension,
+        )
+
+    def _wait_component_gone(self, name: str, *, delay_s: float, max_attempts: int) -> None:
+        for attempt in range(max_attempts):
+            state = self.describe_component(name)
+            if state is None:
+                return
+            if attempt + 1 < max_attempts:
+                self._sleep(delay_s)
+        raise EndpointNotReady(
+            f"Inference component {name} is still being deleted after {max_attempts} checks; "
+            "retire the endpoint again later."
+        )
+
+
+def _invocation_error(what: str, endpoint_name: str, error: ClientError) -> DomainError:
+    code = _error_code(error)
+    message = _error_message(error)
+    if code == "ModelError":
+        original = error.response.get("OriginalMessage") or message
+        status = error.response.get("OriginalStatusCode")
+        # Triton answers 400 for a body that does not match the model's inputs.
+        if status == 400:
+            return InvalidInferenceInput(f"{what} rejected the request: {original}")
+        return UpstreamError(
+            f"{what} on {endpoint_name} failed (status {status or 'unknown'}): {original}"
+        )
+    if code in ("ValidationError", "ValidationException"):
+        return InvocationRejected(f"SageMaker refused the call to {what}: {message}")
+    return EndpointBackendError(f"InvokeEndpoint failed ({code or 'error'}): {message}")
