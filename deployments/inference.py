@@ -12,7 +12,7 @@ import jsonschema
 from config.errors import Conflict
 from deployments import serving, usage
 from deployments.exceptions import InvalidInferenceInput
-from deployments.models import Deployment
+from deployments.models import Deployment, Endpoint
 from models_registry.kinds import get_kind
 from models_registry.models import TenantModel
 
@@ -46,4 +46,8 @@ def invoke_model(*, model: TenantModel, inputs: list) -> serving.InvokeResult:
         )
     placement = serving.route(version=deployment.live_version)
     usage.ensure_background_flush()
+    if placement.endpoint.backend == Endpoint.Backend.SAGEMAKER:
+        from deployments import sagemaker_deploy
+
+        return sagemaker_deploy.invoke(placement=placement, inputs=inputs)
     return serving.invoke_placement(placement=placement, inputs=inputs)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from config.errors import Conflict, DomainError
@@ -468,8 +469,14 @@ def route(*, version: ModelVersion) -> Placement:
     Instances that are draining, unhealthy or stopped get no new requests; with no copy left
     the caller gets a 503 to retry while the reconciler restores one.
     """
+    # Local copies live on an instance; SageMaker copies on an endpoint that is in service.
+    reachable = Q(instance__status__in=ROUTABLE_INSTANCE_STATES) | Q(
+        instance__isnull=True,
+        endpoint__backend=Endpoint.Backend.SAGEMAKER,
+        endpoint__status=Endpoint.Status.IN_SERVICE,
+    )
     candidates = list(
-        Placement.objects.filter(version=version, instance__status__in=ROUTABLE_INSTANCE_STATES)
+        Placement.objects.filter(reachable, version=version)
         .exclude(desired_state=Placement.DesiredState.UNLOADED)
         .exclude(endpoint__status__in=[Endpoint.Status.RETIRING, Endpoint.Status.RETIRED])
         .select_related("version__model__tenant", "instance", "endpoint")

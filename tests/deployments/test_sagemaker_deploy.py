@@ -1,0 +1,209 @@
+"""Deploying through the API to SageMaker (moto plays AWS): a shared multi-model endpoint sized
+by the placement solver, the package copied under the endpoint's prefix as the TargetModel,
+autoscaling on invocations per instance, the probe through the runtime before routing switches,
+invocations answered through the runtime, and a dedicated endpoint per version."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from moto import mock_aws
+from moto.sagemakerruntime.models import sagemakerruntime_backends
+
+from config.celery import app
+from config.env import ArtifactStore
+from deployments.models import Deployment, Endpoint, Placement
+from models_registry.models import ModelVersion
+from tenants.services import issue_token
+from tests.factories import ModelVersionFactory, TenantFactory, TenantModelFactory
+
+pytestmark = pytest.mark.django_db
+
+BUCKET = "tenantml-test"
+ROLE = "arn:aws:iam::123456789012:role/tenantml-serving"
+REGION = "us-east-1"
+INTENT_ANSWER = {
+    "outputs": [
+        {"name": "LABEL", "shape": [1, 1], "datatype": "BYTES", "data": ["refund"]},
+        {"name": "SCORES", "shape": [1, 3], "datatype": "FP32", "data": [0.9, 0.06, 0.04]},
+        {
+            "name": "LABELS",
+            "shape": [1, 3],
+            "datatype": "BYTES",
+            "data": ["refund", "account_access", "shipping"],
+        },
+    ]
+}
+
+
+@pytest.fixture
+def aws(settings, monkeypatch):
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings.ARTIFACT_STORE = ArtifactStore(kind="s3", root=f"{BUCKET}/platform")
+    settings.TENANTML_SAGEMAKER_ROLE_ARN = ROLE
+    settings.TENANTML_AWS_REGION = REGION
+    settings.TENANTML_DEPLOY_BACKEND = "sagemaker"
+    monkeypatch.setattr("deployments.sagemaker_deploy.WAIT_DELAY_S", 0)
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    with mock_aws():
+        boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
+        yield
+    app.conf.task_always_eager = previous
+
+
+def answers_from_the_runtime(count: int) -> None:
+    """What Triton on the endpoint answers, queued in moto's runtime (AWS is what is faked)."""
+    runtime = sagemakerruntime_backends["123456789012"][REGION]
+    for _ in range(count):
+        runtime.results_queue.append(
+            (json.dumps(INTENT_ANSWER), "application/json", "AllTraffic", "")
+        )
+
+
+@pytest.fixture
+def deployed_version(aws):
+    model = TenantModelFactory(tenant=TenantFactory(slug="acme"), name="intents")
+    key = "platform/packages/acme/intents/1/model.tar.gz"
+    boto3.client("s3", region_name=REGION).put_object(Bucket=BUCKET, Key=key, Body=b"package")
+    version = ModelVersionFactory(
+        model=model,
+        number=1,
+        status=ModelVersion.Status.READY,
+        package_uri=f"s3://{BUCKET}/{key}",
+        sha256="0" * 64,
+        host_memory_mb=114.0,
+    )
+    model.active_version = version
+    model.save()
+    return version
+
+
+def api(tenant):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    secret = issue_token(tenant=tenant, name="t", actor="test").secret
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+def test_a_multi_model_deployment_creates_the_endpoint_copies_the_package_and_answers(
+    deployed_version, django_capture_on_commit_callbacks
+):
+    model = deployed_version.model
+    client = api(model.tenant)
+    answers_from_the_runtime(2)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/api/v1/tenants/acme/models/intents/deployments/", {}, format="json"
+        )
+
+    assert response.status_code == 202, response.content
+    deployment = Deployment.objects.get(model=model)
+    assert deployment.status == Deployment.Status.LIVE, deployment.status_reason
+    endpoint = deployment.endpoint
+    assert endpoint.name == "tml-intent-classifier-mme"
+    assert endpoint.backend == Endpoint.Backend.SAGEMAKER
+    assert endpoint.status == Endpoint.Status.IN_SERVICE and endpoint.external_arn
+    sagemaker = boto3.client("sagemaker", region_name=REGION)
+    described = sagemaker.describe_endpoint(EndpointName=endpoint.name)
+    assert described["EndpointStatus"] == "InService"
+    container = sagemaker.describe_model(ModelName=f"{endpoint.name}-model")["PrimaryContainer"]
+    assert container["Mode"] == "MultiModel"
+    assert container["Image"].endswith("/sagemaker-tritonserver:24.09-py3")
+    prefix = f"platform/endpoints/{endpoint.name}/"
+    assert container["ModelDataUrl"] == f"s3://{BUCKET}/{prefix}"
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
+    # The solver sized it: one model of 114 MB needs one instance of the cheapest type.
+    variant = config["ProductionVariants"][0]
+    assert variant["InitialInstanceCount"] == 1
+    assert variant["InstanceType"] == endpoint.instance_type.name
+    placement = Placement.objects.get(version=deployed_version, endpoint=endpoint)
+    assert placement.external_name == "acme/intents/v1.tar.gz"
+    assert placement.actual_state == Placement.ActualState.LOADED
+    copied = boto3.client("s3", region_name=REGION).get_object(
+        Bucket=BUCKET, Key=prefix + placement.external_name
+    )
+    assert copied["Body"].read() == b"package"
+    policies = boto3.client("application-autoscaling", region_name=REGION)
+    scaling = policies.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+    target = scaling[0]["TargetTrackingScalingPolicyConfiguration"]
+    assert target["TargetValue"] == 225.0
+    assert scaling[0]["ResourceId"] == f"endpoint/{endpoint.name}/variant/AllTraffic"
+
+    answer = client.post(
+        "/api/v1/tenants/acme/models/intents/invoke",
+        {"inputs": ["Where is my refund?"]},
+        format="json",
+    )
+
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["outputs"][0]["label"] == "refund"
+    assert answer.json()["model_version"] == 1
+
+
+def test_a_dedicated_deployment_gets_its_own_single_model_endpoint(
+    deployed_version, django_capture_on_commit_callbacks
+):
+    client = api(deployed_version.model.tenant)
+    answers_from_the_runtime(1)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/api/v1/tenants/acme/models/intents/deployments/",
+            {"mode": "dedicated"},
+            format="json",
+        )
+
+    assert response.status_code == 202, response.content
+    deployment = Deployment.objects.get(model=deployed_version.model)
+    assert deployment.status == Deployment.Status.LIVE, deployment.status_reason
+    assert deployment.endpoint.name == "ded-acme-intents-v1"
+    container = boto3.client("sagemaker", region_name=REGION).describe_model(
+        ModelName="ded-acme-intents-v1-model"
+    )["PrimaryContainer"]
+    assert container["Mode"] == "SingleModel"
+    assert container["ModelDataUrl"] == deployed_version.package_uri
+
+
+def test_without_a_role_the_rollout_fails_saying_what_is_missing(
+    deployed_version, settings, django_capture_on_commit_callbacks
+):
+    settings.TENANTML_SAGEMAKER_ROLE_ARN = ""
+    client = api(deployed_version.model.tenant)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/api/v1/tenants/acme/models/intents/deployments/", {}, format="json"
+        )
+
+    assert response.status_code in (202, 400)
+    deployment = Deployment.objects.get(model=deployed_version.model)
+    assert deployment.status == Deployment.Status.FAILED
+    assert "SAGEMAKER_ROLE_ARN" in deployment.status_reason
+
+
+def test_inference_components_are_refused_on_the_local_backend_naming_the_field(
+    deployed_version, settings
+):
+    settings.TENANTML_DEPLOY_BACKEND = "local"
+    client = api(deployed_version.model.tenant)
+
+    response = client.post(
+        "/api/v1/tenants/acme/models/intents/deployments/",
+        {"mode": "inference-component"},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert "mode" in json.dumps(response.json())
+    assert not Deployment.objects.exists()
