@@ -1,19 +1,42 @@
 """Which models share which instances: a pure bin-packing policy, no ORM.
 
-Each model kind gets its own shared endpoint (multi-model by default). Its models are packed
-first-fit-decreasing by memory into instances of one type, filled to ``target_utilization`` of the
-memory that bounds them: GPU memory when the type has GPUs (a model that reports no GPU memory is
-charged its host memory there, conservatively), host memory otherwise. Every type in the catalog
-is tried and the cheapest group wins (ties by type name). A model much larger than the group's
-median (``size_ratio_limit``) would waste the shared instances, so it gets a dedicated endpoint on
-the cheapest type that holds it alone. Replicas of a model always land on distinct instances.
+Each model kind gets its own endpoint in the policy's mode, and every catalog type is tried for
+it; the cheapest packing wins (ties by price, then type name). Three modes:
 
-With an ``existing`` plan and ``rebalance=False`` nothing already placed moves: removed models free
+- ``mme`` (multi-model): models are packed first-fit-decreasing by a packing weight into
+  instances of one type, filled to ``target_utilization``. On a type with GPUs each GPU is a bin
+  of its own (a model lives on one GPU: ``target × memory_per_gpu_mb``), an instance holds
+  ``gpu_count`` such bins, and ``InstancePlan.gpu_models`` says which GPU holds what; without
+  GPUs the bin is the host memory. The weight of a model is the largest of its memory in the
+  bounding dimension (GPU memory, or host memory for a model that reports none, conservatively),
+  its host memory and its share of the instance's request capacity
+  (``requests_per_hour_per_instance``, divided among its replicas), all in the bin's units. Host
+  memory and request capacity are split evenly among an instance's GPUs, so a full instance
+  never exceeds any of the three. A model hotter than a whole bin takes a bin alone: adding
+  replicas is the autoscaler's job, not the packer's. A model much larger than its kind's median
+  (``size_ratio_limit``) would waste the shared instances and gets a dedicated endpoint (not an
+  inference component: a kind's outliers are few, and their endpoint keeps the MME contract).
+  Every model's memory is reserved here, pinned or not: pinning decides eviction, which the
+  serving side owns.
+- ``inference-component``: each model is a component that reserves
+  ``ceil(GPU memory / target × memory_per_gpu_mb)`` whole accelerators (at least one on a GPU
+  type) and its host memory; components are packed by accelerators and memory, so there are no
+  size outliers. Copies = replicas for pinned models and models with traffic; an unpinned model
+  with no traffic scales to zero: it reserves nothing, keeps an empty assignment and is listed
+  in ``scaled_to_zero`` of its endpoint and of the plan. Traffic is not a packing weight here
+  because each copy's accelerators are its own; scaling copies follows traffic instead.
+- ``dedicated``: one endpoint per model on the cheapest type that holds it alone (one GPU's budget
+  on GPU types); the same rule prices the baseline that ``savings`` is measured against, except
+  in inference-component mode, where the baseline's instance may spread one model over its GPUs.
+
+Replicas (copies) of a model always land on distinct instances, and no instance holds more than
+``max_models_per_instance`` models (thread limits broke past about 500). With an ``existing``
+plan and ``rebalance=False`` nothing already placed moves: removed or scaled-to-zero models free
 their space, new models fill the free space of the endpoint's instances first, then new instances
-of the same type. Everything is deterministic: ties are broken by model key and type name.
-
-Simplification: a multi-GPU type's GPU memory is treated as one pool (``gpu_count`` ×
-``memory_per_gpu_mb``); a model is not checked against a single GPU's memory.
+of the same type; a new model that type cannot hold gets a dedicated endpoint (MME) or is
+refused until a rebalance (components). A placed model whose figures grew stays where it is, so
+its instance may run over a budget until a rebalance. Everything is deterministic: ties are
+broken by model key and type name.
 """
 
 from __future__ import annotations
@@ -24,6 +47,13 @@ from dataclasses import dataclass, field
 
 from config.errors import DomainError
 from deployments.exceptions import CapacityExceeded
+
+MME_MODE = "mme"
+INFERENCE_COMPONENT_MODE = "inference-component"
+DEDICATED_MODE = "dedicated"
+MODES = (MME_MODE, INFERENCE_COMPONENT_MODE, DEDICATED_MODE)
+# SageMaker's suggested InvocationsPerInstance target, 225 a minute.
+DEFAULT_REQUESTS_PER_HOUR_PER_INSTANCE = 225 * 60.0
 
 
 @dataclass(frozen=True)
@@ -51,9 +81,11 @@ class InstanceSpec:
 class PlacementPolicy:
     target_utilization: float = 0.8
     max_models_per_instance: int = 500
-    # A model larger than this × its kind's median memory gets a dedicated placement.
+    # A model larger than this × its kind's median memory gets a dedicated placement (MME only).
     size_ratio_limit: float = 4.0
-    mode: str = "mme"
+    mode: str = MME_MODE
+    # Requests an instance serves in an hour at the target; 0 or None: traffic does not pack.
+    requests_per_hour_per_instance: float | None = DEFAULT_REQUESTS_PER_HOUR_PER_INSTANCE
 
 
 @dataclass(frozen=True)
@@ -63,6 +95,11 @@ class InstancePlan:
     models: tuple[str, ...]
     used_mb: float
     capacity_mb: float
+    # Per GPU (per accelerator for components): the models it holds, and their memory.
+    gpu_models: tuple[tuple[str, ...], ...] = ()
+    gpu_used_mb: tuple[float, ...] = ()
+    host_used_mb: float = 0.0
+    requests_per_hour: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +109,8 @@ class EndpointPlan:
     mode: str
     instance_type: str
     instances: list[InstancePlan] = field(default_factory=list)
+    # Inference components registered on the endpoint with zero copies.
+    scaled_to_zero: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,12 +120,11 @@ class PlacementPlan:
     usd_per_hour: float
     dedicated_usd_per_hour: float
     savings: float
-
-
-DEDICATED_MODE = "dedicated"
+    scaled_to_zero: tuple[str, ...] = ()
 
 
 def uses_gpu(instance_type: InstanceSpec) -> bool:
+    """Whether GPU memory, not host memory, bounds ``instance_type``."""
     return instance_type.gpu_count > 0 and instance_type.memory_per_gpu_mb > 0
 
 
@@ -105,11 +143,108 @@ def capacity_mb(instance_type: InstanceSpec) -> float:
 
 
 def budget_mb(instance_type: InstanceSpec, policy: PlacementPolicy) -> float:
+    """The whole instance's budget in the bounding dimension (all its GPUs together)."""
     return policy.target_utilization * capacity_mb(instance_type)
 
 
+def gpu_budget_mb(instance_type: InstanceSpec, policy: PlacementPolicy) -> float:
+    """What one GPU of ``instance_type`` may hold at the target; 0 without GPUs."""
+    if not uses_gpu(instance_type):
+        return 0.0
+    return policy.target_utilization * instance_type.memory_per_gpu_mb
+
+
+def host_budget_mb(instance_type: InstanceSpec, policy: PlacementPolicy) -> float:
+    """What the host memory of ``instance_type`` may hold at the target."""
+    return policy.target_utilization * instance_type.host_memory_mb
+
+
+def accelerators_needed(
+    model: ModelSpec, instance_type: InstanceSpec, policy: PlacementPolicy
+) -> int:
+    """Whole accelerators an inference component of ``model`` reserves (0 without GPUs)."""
+    if not uses_gpu(instance_type):
+        return 0
+    return max(1, math.ceil(model_mb(model, instance_type) / gpu_budget_mb(instance_type, policy)))
+
+
+def copies(model: ModelSpec, policy: PlacementPolicy) -> int:
+    """Copies to run: replicas, or none for an idle unpinned inference component."""
+    if (
+        policy.mode == INFERENCE_COMPONENT_MODE
+        and not model.pinned
+        and model.requests_per_hour <= 0
+    ):
+        return 0
+    return model.replicas
+
+
+def _validate_policy(policy: PlacementPolicy) -> None:
+    if policy.mode not in MODES:
+        raise DomainError(
+            f"Unknown placement mode {policy.mode!r}; use one of {', '.join(MODES)}.",
+            field="mode",
+        )
+    if not 0 < policy.target_utilization <= 1:
+        raise DomainError("Target utilization must be in (0, 1].", field="target_utilization")
+
+
+# --- sizes in bin units ----------------------------------------------------------------------
+
+
+class _Sizing:
+    """How models of one mode are weighed on one instance type: bins per instance, bin budget."""
+
+    def __init__(self, instance_type: InstanceSpec, policy: PlacementPolicy, mode: str) -> None:
+        self.instance_type = instance_type
+        self.policy = policy
+        self.component = mode == INFERENCE_COMPONENT_MODE
+        self.gpu = uses_gpu(instance_type)
+        host_budget = host_budget_mb(instance_type, policy)
+        if self.component and self.gpu:
+            # One bin of gpu_count accelerators; host memory in accelerator units.
+            self.slots = 1
+            self.slot_budget = float(instance_type.gpu_count)
+            self.host_scale = self.slot_budget / host_budget if host_budget > 0 else 0.0
+            self.traffic_scale = 0.0
+            return
+        self.slots = instance_type.gpu_count if self.gpu else 1
+        self.slot_budget = gpu_budget_mb(instance_type, policy) if self.gpu else host_budget
+        instance_units = self.slots * self.slot_budget
+        # Without GPUs the bin already is host memory.
+        self.host_scale = instance_units / host_budget if (self.gpu and host_budget > 0) else 0.0
+        per_instance = policy.requests_per_hour_per_instance
+        self.traffic_scale = (
+            instance_units / per_instance if (per_instance and not self.component) else 0.0
+        )
+
+    def memory_weight(self, model: ModelSpec) -> float:
+        """Bin units the model's memory takes (accelerators for GPU components)."""
+        if self.component and self.gpu:
+            accelerators = accelerators_needed(model, self.instance_type, self.policy)
+            return max(float(accelerators), model.host_memory_mb * self.host_scale)
+        mb = model_mb(model, self.instance_type)
+        if self.host_scale:
+            return max(mb, model.host_memory_mb * self.host_scale)
+        return mb
+
+    def weight(self, model: ModelSpec, count: int) -> float:
+        """Packing weight of one of ``count`` copies: memory or traffic share, whichever is more."""
+        weight = self.memory_weight(model)
+        if self.traffic_scale and model.requests_per_hour > 0 and count > 0:
+            traffic = model.requests_per_hour / count * self.traffic_scale
+            weight = max(weight, min(traffic, self.slot_budget))
+        return weight
+
+    def fits(self, model: ModelSpec) -> bool:
+        """Whether one copy of ``model`` fits an empty instance of this type."""
+        if self.slot_budget <= 0:
+            return False
+        return self.memory_weight(model) <= self.slot_budget * (1 + 1e-9)
+
+
 def _fits_alone(model: ModelSpec, instance_type: InstanceSpec, policy: PlacementPolicy) -> bool:
-    return model_mb(model, instance_type) <= budget_mb(instance_type, policy)
+    return _Sizing(instance_type, policy, policy.mode).fits(model)
 
 
 def cheapest_fitting_type(
@@ -130,29 +265,34 @@ def cheapest_fitting_type(
 
 
 class _Bins:
-    """Instances of one type, filled first-fit; a segment tree finds the leftmost that fits.
+    """Instances of one type, each ``slots`` bins, filled first-fit by a max segment tree.
 
-    Leaves past the opened instances hold a full budget, so "open a new instance" is just the
-    leftmost fitting leaf being an unopened one.
+    A leaf holds the largest free bin of its instance (-1 once the model cap is reached). Leaves
+    past the opened instances hold a full bin, so "open a new instance" is just the leftmost
+    fitting leaf being an unopened one.
     """
 
-    def __init__(self, budget: float, cap: int, expected: int = 1) -> None:
-        self.budget = budget
+    def __init__(self, slot_budget: float, slots: int, cap: int, expected: int = 1) -> None:
+        self.slot_budget = slot_budget
+        self.slots = slots
         self.cap = cap
-        self.used: list[float] = []
+        # Sums of float weights may land a hair over an exact fit.
+        self.tolerance = slot_budget * 1e-9
+        self.free: list[list[float]] = []
         self.models: list[list[str]] = []
+        self.slot_models: list[list[list[str]]] = []
         self.size = 1
         while self.size < max(expected, 1):
             self.size *= 2
-        self.tree = [budget] * (2 * self.size)
+        self.tree = [slot_budget] * (2 * self.size)
 
     def open_count(self) -> int:
-        return len(self.used)
+        return len(self.free)
 
     def _grow(self) -> None:
         old = self.size
         self.size *= 2
-        tree = [self.budget] * (2 * self.size)
+        tree = [self.slot_budget] * (2 * self.size)
         for index in range(old):
             tree[self.size + index] = self.tree[old + index]
         for node in range(self.size - 1, 0, -1):
@@ -166,21 +306,38 @@ class _Bins:
         node >>= 1
         while node:
             left, right = tree[2 * node], tree[2 * node + 1]
-            tree[node] = left if left > right else right
+            value = left if left > right else right
+            if tree[node] == value:
+                break  # nothing above changes
+            tree[node] = value
             node >>= 1
 
     def _refresh(self, index: int) -> None:
         full = len(self.models[index]) >= self.cap
-        self._set(index, -1.0 if full else self.budget - self.used[index])
+        free = self.free[index]
+        self._set(index, -1.0 if full else (free[0] if self.slots == 1 else max(free)))
 
-    def add_existing(self, models: list[str], used: float) -> int:
-        index = len(self.used)
+    def _open_to(self, index: int) -> None:
         while index >= self.size:
             self._grow()
-        self.used.append(used)
-        self.models.append(list(models))
+        while index >= len(self.free):
+            self.free.append([self.slot_budget] * self.slots)
+            self.models.append([])
+            self.slot_models.append([[] for _ in range(self.slots)])
+
+    def put(self, index: int, key: str, weight: float, slot: int | None = None) -> None:
+        """Put one copy on instance ``index``: bin ``slot``, else its first bin with room."""
+        self._open_to(index)
+        free = self.free[index]
+        if slot is None:
+            need = weight - self.tolerance
+            slot = next((s for s, room in enumerate(free) if room >= need), None)
+            if slot is None:  # only kept placements get here: the roomiest bin
+                slot = max(range(self.slots), key=lambda s: (free[s], -s))
+        free[slot] -= weight
+        self.models[index].append(key)
+        self.slot_models[index][slot].append(key)
         self._refresh(index)
-        return index
 
     def _find(self, lo: int, need: float) -> int:
         """Leftmost leaf index >= lo whose value >= need, or -1."""
@@ -204,72 +361,89 @@ class _Bins:
                 node += 1
         return node - size
 
-    def place(self, key: str, mb: float, replicas: int) -> list[int]:
-        """Put ``replicas`` copies on distinct instances, first fit; returns their indices."""
-        chosen: list[int] = []
+    def place(self, key: str, weight: float, count: int, *, avoid_holders: bool = False) -> None:
+        """Put ``count`` copies on distinct instances, first fit."""
+        if weight > self.slot_budget + self.tolerance:
+            raise CapacityExceeded(f"Model {key!r} does not fit the endpoint's instance type.")
+        need = weight - self.tolerance
         lo = 0
-        for _ in range(replicas):
-            index = self._find(lo, mb)
+        while count:
+            index = self._find(lo, need)
             while index < 0:
                 self._grow()
-                index = self._find(lo, mb)
-            while index >= len(self.used):
-                self.used.append(0.0)
-                self.models.append([])
-            self.used[index] += mb
-            self.models[index].append(key)
-            self._refresh(index)
-            chosen.append(index)
+                index = self._find(lo, need)
             lo = index + 1
-        return chosen
+            if avoid_holders and index < len(self.models) and key in self.models[index]:
+                continue
+            self.put(index, key, weight)
+            count -= 1
 
 
-def _pack_order(models: Iterable[ModelSpec], instance_type: InstanceSpec) -> list[ModelSpec]:
-    return sorted(models, key=lambda m: (-model_mb(m, instance_type), m.key))
+def _weights(models: Sequence[ModelSpec], sizing: _Sizing, policy: PlacementPolicy) -> list[float]:
+    return [sizing.weight(m, copies(m, policy)) for m in models]
 
 
 def _pack(
     models: Sequence[ModelSpec],
-    instance_type: InstanceSpec,
+    weights: Sequence[float],
+    sizing: _Sizing,
     policy: PlacementPolicy,
     bins: _Bins | None = None,
 ) -> _Bins:
+    """First-fit decreasing by weight (ties by key)."""
+    counts = [copies(m, policy) for m in models]
     if bins is None:
-        budget = budget_mb(instance_type, policy)
-        total = math.fsum(model_mb(m, instance_type) * m.replicas for m in models)
-        expected = max(1, math.ceil(total / budget) if budget > 0 else 1)
-        bins = _Bins(budget, policy.max_models_per_instance, expected)
-    for model in _pack_order(models, instance_type):
-        bins.place(model.key, model_mb(model, instance_type), model.replicas)
+        total = math.fsum(w * c for w, c in zip(weights, counts, strict=True))
+        instance_units = sizing.slots * sizing.slot_budget
+        expected = max(1, math.ceil(total / instance_units) if instance_units > 0 else 1)
+        bins = _Bins(sizing.slot_budget, sizing.slots, policy.max_models_per_instance, expected)
+    order = sorted(range(len(models)), key=lambda i: (-weights[i], models[i].key))
+    for i in order:
+        if counts[i]:
+            bins.place(models[i].key, weights[i], counts[i])
     return bins
 
 
 def _lower_bound_instances(
-    models: Sequence[ModelSpec], instance_type: InstanceSpec, policy: PlacementPolicy
+    models: Sequence[ModelSpec], weights: Sequence[float], sizing: _Sizing, policy: PlacementPolicy
 ) -> int:
-    budget = budget_mb(instance_type, policy)
-    total = math.fsum(model_mb(m, instance_type) * m.replicas for m in models)
-    by_memory = math.ceil(total / budget - 1e-9) if budget > 0 else 0
-    by_count = math.ceil(sum(m.replicas for m in models) / max(policy.max_models_per_instance, 1))
-    by_replicas = max((m.replicas for m in models), default=0)
-    return max(by_memory, by_count, by_replicas)
+    counts = [copies(m, policy) for m in models]
+    instance_units = sizing.slots * sizing.slot_budget
+    total = math.fsum(w * c for w, c in zip(weights, counts, strict=True))
+    by_weight = math.ceil(total / instance_units - 1e-9) if instance_units > 0 else 0
+    by_count = math.ceil(sum(counts) / max(policy.max_models_per_instance, 1))
+    by_replicas = max(counts, default=0)
+    return max(by_weight, by_count, by_replicas)
 
 
 def _cheapest_group(
-    models: Sequence[ModelSpec], instance_types: Sequence[InstanceSpec], policy: PlacementPolicy
-) -> tuple[InstanceSpec, _Bins]:
-    """Pack ``models`` on every type that holds each of them; keep the cheapest (ties by name)."""
-    best: tuple[float, str, InstanceSpec, _Bins] | None = None
-    for instance_type in sorted(instance_types, key=lambda t: t.name):
-        if not all(_fits_alone(m, instance_type, policy) for m in models):
+    models: Sequence[ModelSpec],
+    instance_types: Sequence[InstanceSpec],
+    policy: PlacementPolicy,
+    mode: str,
+) -> tuple[_Sizing, _Bins]:
+    """Pack ``models`` on every type that holds each of them; keep the cheapest."""
+    candidates = []
+    for instance_type in instance_types:
+        sizing = _Sizing(instance_type, policy, mode)
+        if not all(sizing.fits(m) for m in models):
             continue
-        bound = _lower_bound_instances(models, instance_type, policy) * instance_type.usd_per_hour
+        weights = _weights(models, sizing, policy)
+        bound = _lower_bound_instances(models, weights, sizing, policy)
+        candidates.append(
+            (bound * instance_type.usd_per_hour, instance_type.usd_per_hour, instance_type.name)
+            + (sizing, weights)
+        )
+    # Most promising first, so the bound prunes the rest.
+    candidates.sort(key=lambda c: c[:3])
+    best: tuple[float, float, str, _Sizing, _Bins] | None = None
+    for bound, price, name, sizing, weights in candidates:
         if best is not None and bound > best[0]:
-            continue  # cannot beat the best even if perfectly packed
-        bins = _pack(models, instance_type, policy)
-        cost = bins.open_count() * instance_type.usd_per_hour
-        if best is None or (cost, instance_type.name) < (best[0], best[1]):
-            best = (cost, instance_type.name, instance_type, bins)
+            break  # cannot beat the best even if perfectly packed
+        bins = _pack(models, weights, sizing, policy)
+        cost = bins.open_count() * price
+        if best is None or (cost, price, name) < best[:3]:
+            best = (cost, price, name, sizing, bins)
     if best is None:
         # Name the first model (by key) that fits no type at all, else the largest.
         for model in sorted(models, key=lambda m: m.key):
@@ -279,11 +453,15 @@ def _cheapest_group(
             f"No single instance type holds every {model.kind!r} model; largest is {model.key!r}.",
             field="models",
         )
-    return best[2], best[3]
+    return best[3], best[4]
+
+
+def _size(model: ModelSpec) -> float:
+    return model.gpu_memory_mb if model.gpu_memory_mb > 0 else model.host_memory_mb
 
 
 def _median_mb(models: Sequence[ModelSpec]) -> float:
-    sizes = sorted(m.gpu_memory_mb if m.gpu_memory_mb > 0 else m.host_memory_mb for m in models)
+    sizes = sorted(_size(m) for m in models)
     if not sizes:
         return 0.0
     mid = len(sizes) // 2
@@ -291,8 +469,7 @@ def _median_mb(models: Sequence[ModelSpec]) -> float:
 
 
 def _is_outlier(model: ModelSpec, median: float, policy: PlacementPolicy) -> bool:
-    size = model.gpu_memory_mb if model.gpu_memory_mb > 0 else model.host_memory_mb
-    return median > 0 and size > policy.size_ratio_limit * median
+    return median > 0 and _size(model) > policy.size_ratio_limit * median
 
 
 def _instance_name(endpoint: str, number: int) -> str:
@@ -306,28 +483,76 @@ def _suffix(name: str) -> int:
         return -1
 
 
+def _instance_plan(
+    name: str,
+    sizing: _Sizing,
+    keys: list[str],
+    slot_keys: list[list[str]],
+    by_key: dict[str, ModelSpec],
+    policy: PlacementPolicy,
+) -> InstancePlan:
+    instance_type = sizing.instance_type
+    mb = {k: model_mb(by_key[k], instance_type) for k in keys}
+    gpu_models: tuple[tuple[str, ...], ...] = ()
+    gpu_used: tuple[float, ...] = ()
+    if sizing.gpu and sizing.component:
+        # Accelerators are handed out in order; which ones is SageMaker's choice anyway.
+        accelerators: list[list[str]] = [[] for _ in range(instance_type.gpu_count)]
+        used = [0.0] * instance_type.gpu_count
+        next_free = 0
+        for key in keys:
+            count = accelerators_needed(by_key[key], instance_type, policy)
+            for offset in range(count):
+                number = (next_free + offset) % instance_type.gpu_count
+                accelerators[number].append(key)
+                used[number] += mb[key] / count
+            next_free += count
+        gpu_models = tuple(tuple(a) for a in accelerators)
+        gpu_used = tuple(used)
+    elif sizing.gpu:
+        gpu_models = tuple(tuple(s) for s in slot_keys)
+        gpu_used = tuple(math.fsum(mb[k] for k in s) for s in slot_keys)
+    return InstancePlan(
+        name=name,
+        instance_type=instance_type.name,
+        models=tuple(keys),
+        used_mb=math.fsum(mb.values()),
+        capacity_mb=capacity_mb(instance_type),
+        gpu_models=gpu_models,
+        gpu_used_mb=gpu_used,
+        host_used_mb=math.fsum(by_key[k].host_memory_mb for k in keys),
+        requests_per_hour=math.fsum(
+            by_key[k].requests_per_hour / max(copies(by_key[k], policy), 1) for k in keys
+        ),
+    )
+
+
 def _endpoint_from_bins(
     name: str,
     kind: str,
     mode: str,
-    instance_type: InstanceSpec,
+    sizing: _Sizing,
     bins: _Bins,
     names: list[str],
+    models: Sequence[ModelSpec],
+    policy: PlacementPolicy,
 ) -> EndpointPlan:
-    capacity = capacity_mb(instance_type)
+    by_key = {m.key: m for m in models}
     instances = [
-        InstancePlan(
-            name=names[index],
-            instance_type=instance_type.name,
-            models=tuple(bins.models[index]),
-            used_mb=bins.used[index],
-            capacity_mb=capacity,
+        _instance_plan(
+            names[index], sizing, bins.models[index], bins.slot_models[index], by_key, policy
         )
         for index in range(bins.open_count())
         if bins.models[index]
     ]
+    idle = tuple(sorted(m.key for m in models if copies(m, policy) == 0))
     return EndpointPlan(
-        name=name, kind=kind, mode=mode, instance_type=instance_type.name, instances=instances
+        name=name,
+        kind=kind,
+        mode=mode,
+        instance_type=sizing.instance_type.name,
+        instances=instances,
+        scaled_to_zero=idle,
     )
 
 
@@ -340,28 +565,33 @@ def _names_for(bins: _Bins, endpoint: str, existing_names: list[str]) -> list[st
     return names
 
 
+def _dedicated_name(model: ModelSpec) -> str:
+    return f"{model.kind}-{DEDICATED_MODE}-{model.key}"
+
+
 def _dedicated_endpoint(
     model: ModelSpec, instance_types: Sequence[InstanceSpec], policy: PlacementPolicy
 ) -> EndpointPlan:
-    instance_type = cheapest_fitting_type(model, instance_types, policy)
-    name = f"{model.kind}-{DEDICATED_MODE}-{model.key}"
-    mb = model_mb(model, instance_type)
-    instances = [
-        InstancePlan(
-            name=_instance_name(name, replica),
-            instance_type=instance_type.name,
-            models=(model.key,),
-            used_mb=mb,
-            capacity_mb=capacity_mb(instance_type),
-        )
-        for replica in range(model.replicas)
-    ]
-    return EndpointPlan(
-        name=name,
-        kind=model.kind,
+    dedicated = PlacementPolicy(
+        target_utilization=policy.target_utilization,
+        max_models_per_instance=1,
         mode=DEDICATED_MODE,
-        instance_type=instance_type.name,
-        instances=instances,
+        requests_per_hour_per_instance=None,
+    )
+    instance_type = cheapest_fitting_type(model, instance_types, dedicated)
+    sizing = _Sizing(instance_type, dedicated, DEDICATED_MODE)
+    bins = _Bins(sizing.slot_budget, sizing.slots, 1, model.replicas)
+    bins.place(model.key, sizing.memory_weight(model), model.replicas)
+    name = _dedicated_name(model)
+    return _endpoint_from_bins(
+        name,
+        model.kind,
+        DEDICATED_MODE,
+        sizing,
+        bins,
+        _names_for(bins, name, []),
+        [model],
+        dedicated,
     )
 
 
@@ -372,6 +602,30 @@ def dedicated_usd_per_hour(
     return math.fsum(
         cheapest_fitting_type(m, instance_types, policy).usd_per_hour * m.replicas for m in models
     )
+
+
+def lower_bound_usd_per_hour(
+    models: Iterable[ModelSpec], instance_types: Sequence[InstanceSpec], policy: PlacementPolicy
+) -> float:
+    """No placement costs less: every copy's weight at its cheapest rate, or the model cap."""
+    sizings = [_Sizing(t, policy, policy.mode) for t in instance_types]
+    by_weight: list[float] = []
+    by_count: list[float] = []
+    for model in models:
+        count = copies(model, policy)
+        if not count:
+            continue
+        rates = [
+            s.weight(model, count) / (s.slots * s.slot_budget) * s.instance_type.usd_per_hour
+            for s in sizings
+            if s.fits(model)
+        ]
+        if not rates:
+            cheapest_fitting_type(model, instance_types, policy)  # raises, naming the model
+        by_weight.append(min(rates) * count)
+        cheapest = min(s.instance_type.usd_per_hour for s in sizings if s.fits(model))
+        by_count.append(cheapest * count / max(policy.max_models_per_instance, 1))
+    return max(math.fsum(by_weight), math.fsum(by_count))
 
 
 def _shared_name(kind: str, policy: PlacementPolicy) -> str:
@@ -388,6 +642,7 @@ def solve(
 ) -> PlacementPlan:
     """Place every model; see the module docstring for the rules."""
     policy = policy or PlacementPolicy()
+    _validate_policy(policy)
     if not instance_types:
         raise CapacityExceeded("The instance catalog is empty.", field="instance_types")
     keys = [m.key for m in models]
@@ -395,6 +650,8 @@ def solve(
         raise DomainError("Model keys must be unique.", field="models")
     if any(m.replicas < 1 for m in models):
         raise DomainError("Every model needs at least one replica.", field="models")
+    # Sorted so that the catalog's order never changes the answer.
+    instance_types = sorted(instance_types, key=lambda t: t.name)
     types_by_name = {t.name: t for t in instance_types}
     by_kind: dict[str, list[ModelSpec]] = {}
     for model in models:
@@ -405,38 +662,73 @@ def solve(
 
     endpoints: list[EndpointPlan] = []
     for kind in sorted(by_kind):
-        group = by_kind[kind]
-        median = _median_mb(group)
-        shared: list[ModelSpec] = []
-        old_shared = old_endpoints.get(_shared_name(kind, policy))
+        group = sorted(by_kind[kind], key=lambda m: m.key)
+        if policy.mode == DEDICATED_MODE:
+            for model in group:
+                old = old_endpoints.get(_dedicated_name(model))
+                if old is not None and len(old.instances) == model.replicas:
+                    endpoints.append(old)
+                else:
+                    endpoints.append(_dedicated_endpoint(model, instance_types, policy))
+            continue
+        name = _shared_name(kind, policy)
+        old_shared = old_endpoints.get(name)
+        if old_shared is not None and old_shared.instance_type not in types_by_name:
+            old_shared = None
+        old_sizing = (
+            _Sizing(types_by_name[old_shared.instance_type], policy, policy.mode)
+            if old_shared is not None
+            else None
+        )
         # Models already on the shared endpoint stay there even if the median moved.
         was_shared = {k for i in old_shared.instances for k in i.models} if old_shared else set()
-        for model in sorted(group, key=lambda m: m.key):
-            old = old_endpoints.get(f"{kind}-{DEDICATED_MODE}-{model.key}")
+        was_shared.update(old_shared.scaled_to_zero if old_shared else ())
+        median = _median_mb(group)
+        shared: list[ModelSpec] = []
+        for model in group:
+            old = old_endpoints.get(_dedicated_name(model))
             if old is not None and len(old.instances) == model.replicas:
                 endpoints.append(old)
             elif model.key in was_shared:
                 shared.append(model)
-            elif _is_outlier(model, median, policy):
+            elif policy.mode == MME_MODE and _is_outlier(model, median, policy):
+                endpoints.append(_dedicated_endpoint(model, instance_types, policy))
+            elif old_sizing is not None and not old_sizing.fits(model):
+                # The endpoint's type cannot hold it; a rebalance may pick another type.
+                if policy.mode != MME_MODE:
+                    raise CapacityExceeded(
+                        f"Model {model.key!r} does not fit {old_sizing.instance_type.name}; "
+                        "rebalance to choose another instance type.",
+                        field="models",
+                    )
                 endpoints.append(_dedicated_endpoint(model, instance_types, policy))
             else:
                 shared.append(model)
         if not shared:
             continue
-        name = _shared_name(kind, policy)
-        old = old_endpoints.get(name)
-        if old is not None and old.instance_type in types_by_name:
-            endpoints.append(_extend(old, shared, types_by_name[old.instance_type], policy))
+        if old_shared is not None and old_sizing is not None:
+            endpoints.append(_extend(old_shared, shared, old_sizing, policy))
         else:
-            instance_type, bins = _cheapest_group(shared, instance_types, policy)
+            sizing, bins = _cheapest_group(shared, instance_types, policy, policy.mode)
             endpoints.append(
                 _endpoint_from_bins(
-                    name, kind, policy.mode, instance_type, bins, _names_for(bins, name, [])
+                    name,
+                    kind,
+                    policy.mode,
+                    sizing,
+                    bins,
+                    _names_for(bins, name, []),
+                    shared,
+                    policy,
                 )
             )
 
     assignments: dict[str, list[str]] = {}
+    idle: list[str] = []
     for endpoint in endpoints:
+        for key in endpoint.scaled_to_zero:
+            assignments[key] = []
+        idle.extend(endpoint.scaled_to_zero)
         for instance in endpoint.instances:
             for key in instance.models:
                 assignments.setdefault(key, []).append(instance.name)
@@ -451,65 +743,51 @@ def solve(
         usd_per_hour=cost,
         dedicated_usd_per_hour=baseline,
         savings=savings,
+        scaled_to_zero=tuple(sorted(idle)),
     )
 
 
 def _extend(
     old: EndpointPlan,
     models: Sequence[ModelSpec],
-    instance_type: InstanceSpec,
+    sizing: _Sizing,
     policy: PlacementPolicy,
 ) -> EndpointPlan:
     """Keep ``old``'s placements of models still present; add the rest into free space first."""
     by_key = {m.key: m for m in models}
+    wanted = {m.key: copies(m, policy) for m in models}
+    weight = {m.key: sizing.weight(m, wanted[m.key]) for m in models}
     placed: dict[str, int] = {}
-    budget = budget_mb(instance_type, policy)
-    bins = _Bins(budget, policy.max_models_per_instance, len(old.instances) + 1)
+    bins = _Bins(
+        sizing.slot_budget, sizing.slots, policy.max_models_per_instance, len(old.instances) + 1
+    )
     names: list[str] = []
-    for instance in old.instances:
-        kept = []
+    for index, instance in enumerate(old.instances):
+        slot_of = {}
+        if sizing.slots > 1 and len(instance.gpu_models) == sizing.slots:
+            for slot, held in enumerate(instance.gpu_models):
+                for key in held:
+                    slot_of.setdefault(key, slot)
+        bins._open_to(index)
         for key in instance.models:
-            model = by_key.get(key)
-            if model is not None and placed.get(key, 0) < model.replicas:
-                kept.append(key)
+            if key in by_key and placed.get(key, 0) < wanted[key]:
+                bins.put(index, key, weight[key], slot_of.get(key))
                 placed[key] = placed.get(key, 0) + 1
-        used = sum(model_mb(by_key[k], instance_type) for k in kept)
-        bins.add_existing(kept, used)
         names.append(instance.name)
-    # Extra replicas of kept models go on instances that do not hold them yet.
+    # Extra copies of kept models go on instances that do not hold them yet.
     for key in sorted(placed):
-        model = by_key[key]
-        missing = model.replicas - placed[key]
+        missing = wanted[key] - placed[key]
         if missing > 0:
-            _place_avoiding(bins, model, model_mb(model, instance_type), missing)
+            bins.place(key, weight[key], missing, avoid_holders=True)
     new = [m for m in models if m.key not in placed]
-    for model in _pack_order(new, instance_type):
-        bins.place(model.key, model_mb(model, instance_type), model.replicas)
+    _pack(new, [weight[m.key] for m in new], sizing, policy, bins)
     return _endpoint_from_bins(
         old.name,
         old.kind,
         old.mode,
-        instance_type,
+        sizing,
         bins,
         _names_for(bins, old.name, names),
+        models,
+        policy,
     )
-
-
-def _place_avoiding(bins: _Bins, model: ModelSpec, mb: float, count: int) -> None:
-    lo = 0
-    while count:
-        index = bins._find(lo, mb)
-        while index < 0:
-            bins._grow()
-            index = bins._find(lo, mb)
-        if index < len(bins.models) and model.key in bins.models[index]:
-            lo = index + 1
-            continue
-        while index >= len(bins.used):
-            bins.used.append(0.0)
-            bins.models.append([])
-        bins.used[index] += mb
-        bins.models[index].append(model.key)
-        bins._refresh(index)
-        count -= 1
-        lo = index + 1
