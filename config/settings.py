@@ -237,6 +237,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Training jobs and deployments both have a "backend" (local or SageMaker) with their own
+    # labels; name the two enums instead of letting the schema generator guess.
+    "ENUM_NAME_OVERRIDES": {
+        "TrainingBackendEnum": "models_registry.models.TrainingJob.Backend",
+        "ServingBackendEnum": "deployments.models.Endpoint.Backend",
+    },
 }
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()

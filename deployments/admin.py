@@ -6,7 +6,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils.html import format_html_join
 
+from config.errors import DomainError
+from deployments import reconciler, rollouts
 from deployments.models import (
+    Deployment,
     Endpoint,
     Event,
     Instance,
@@ -201,6 +204,30 @@ class InstanceAdmin(admin.ModelAdmin):
     )
     # Only the memory budget is the operator's to set; the rest is what the backend reports.
     readonly_fields = tuple(field for field in fields if field != "memory_budget_mb")
+    actions = ("drain_instances", "reconcile_now")
+
+    @admin.action(description="Drain (move models to other instances, then stop)")
+    def drain_instances(self, request, queryset):
+        actor = admin_actor(request)
+        for instance in queryset:
+            try:
+                rollouts.drain_instance(instance=instance, actor=actor)
+            except DomainError as exc:
+                self.message_user(request, f"{instance}: {exc.message}", level=messages.ERROR)
+                continue
+            self.message_user(request, f"{instance} drained and stopped.", level=messages.SUCCESS)
+
+    @admin.action(description="Reconcile the fleet now")
+    def reconcile_now(self, request, queryset):
+        report = reconciler.reconcile_fleet()
+        summary = (
+            f"Checked {report.instances_checked} instances: restarted "
+            f"{len(report.instances_restarted)}, started {len(report.instances_started)}, "
+            f"reloaded {len(report.reloaded)} models, unloaded {len(report.orphans_unloaded)} "
+            f"orphans."
+        )
+        level = messages.WARNING if report.errors else messages.SUCCESS
+        self.message_user(request, summary + " ".join(report.errors), level=level)
 
     def get_queryset(self, request):
         return ordered(self, request, instances_with_memory_use())
@@ -310,6 +337,96 @@ class PlacementAdmin(admin.ModelAdmin):
     @admin.action(description="Unload", permissions=["change"])
     def unload_placements(self, request, queryset):
         self._set_desired_state(request, queryset, Placement.DesiredState.UNLOADED)
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin):
+    list_display = (
+        "model",
+        "mode",
+        "backend",
+        "status",
+        "live",
+        "target",
+        "previous",
+        "endpoint",
+        "live_since",
+    )
+    list_filter = ("status", "mode", "backend")
+    list_select_related = (
+        "model__tenant",
+        "endpoint",
+        "live_version",
+        "target_version",
+        "previous_version",
+    )
+    search_fields = ("model__name", "model__tenant__slug", "endpoint__name")
+    fields = (
+        "model",
+        "mode",
+        "backend",
+        "replicas",
+        "endpoint",
+        "status",
+        "status_reason",
+        "live_version",
+        "target_version",
+        "previous_version",
+        "attempts",
+        "rollout_started_at",
+        "live_since",
+        "created_at",
+        "updated_at",
+    )
+    # Deployments change through the API, the dashboard or these actions, so each change is a
+    # recorded rollout rather than an edited row.
+    readonly_fields = fields
+    actions = ("roll_back", "redeploy_active")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.display(description="Live", ordering="live_version__number")
+    def live(self, obj: Deployment) -> str:
+        return f"v{obj.live_version.number}" if obj.live_version else "—"
+
+    @admin.display(description="Rolling out")
+    def target(self, obj: Deployment) -> str:
+        return f"v{obj.target_version.number}" if obj.target_version else "—"
+
+    @admin.display(description="Kept for rollback")
+    def previous(self, obj: Deployment) -> str:
+        return f"v{obj.previous_version.number}" if obj.previous_version else "—"
+
+    def _each(self, request, queryset, action, done: str) -> None:
+        actor = admin_actor(request)
+        for deployment in queryset.select_related("model__tenant", "model__active_version"):
+            try:
+                action(deployment, actor)
+            except DomainError as exc:
+                self.message_user(
+                    request, f"{deployment.model}: {exc.message}", level=messages.ERROR
+                )
+                continue
+            self.message_user(request, f"{deployment.model}: {done}", level=messages.SUCCESS)
+
+    @admin.action(description="Roll back to the version kept loaded", permissions=["change"])
+    def roll_back(self, request, queryset):
+        self._each(
+            request,
+            queryset,
+            lambda d, actor: rollouts.rollback_deployment(model=d.model, actor=actor),
+            "rollback queued.",
+        )
+
+    @admin.action(description="Deploy the active version again", permissions=["change"])
+    def redeploy_active(self, request, queryset):
+        self._each(
+            request,
+            queryset,
+            lambda d, actor: rollouts.request_deployment(model=d.model, actor=actor),
+            "rollout queued.",
+        )
 
 
 @admin.register(Event)

@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from deployments.models import (
+    Deployment,
     Endpoint,
     Event,
     Instance,
@@ -43,6 +44,7 @@ OUR_MODELS = sorted(
 # Rows the platform creates itself (training, scaling, deploys, the event log, usage
 # sampling); the admin offers no add form for them.
 NO_ADD = {
+    Deployment,
     TrainingJob,
     ModelVersion,
     Instance,
@@ -87,6 +89,9 @@ def everything(db, admin_user) -> dict:
     instance = placement.instance
     endpoint = placement.endpoint
     event = EventFactory(tenant=tenant, endpoint=endpoint, instance=instance, version=version)
+    deployment = Deployment.objects.create(
+        model=model, endpoint=endpoint, live_version=version, status=Deployment.Status.LIVE
+    )
     minute = timezone.now().replace(second=0, microsecond=0)
     instance_usage = InstanceUsageMinute.objects.create(
         instance=instance, minute=minute, host_memory_used_mb=111.0, models_loaded=1
@@ -112,6 +117,7 @@ def everything(db, admin_user) -> dict:
         Endpoint: endpoint,
         Instance: instance,
         Placement: placement,
+        Deployment: deployment,
         Event: event,
         InstanceUsageMinute: instance_usage,
         VersionUsageMinute: version_usage,
@@ -131,6 +137,7 @@ def test_every_model_of_the_three_apps_is_registered():
         Endpoint,
         Instance,
         Placement,
+        Deployment,
         Event,
         InstanceUsageMinute,
         VersionUsageMinute,
@@ -495,3 +502,15 @@ def test_other_busy_changelists_query_count_is_bounded(
         response = admin_client.get(admin_url(model, "changelist"))
 
     assert response.context["cl"].result_count >= 10
+
+
+def test_deployment_rollback_action_without_an_earlier_version_explains_why(admin_client, db):
+    version = ModelVersionFactory()
+    deployment = Deployment.objects.create(
+        model=version.model, live_version=version, status=Deployment.Status.LIVE
+    )
+
+    response = run_action(admin_client, Deployment, "roll_back", [deployment], follow=True)
+
+    [message] = messages_of(response)
+    assert message.level == messages.ERROR and "no earlier deployed version" in message.message
