@@ -120,6 +120,7 @@ def warm_up_fleet(*, skip_recent_s: int | None = None, now=None) -> WarmupReport
             used_by_instance[placement.instance_id] = used_by_instance.get(
                 placement.instance_id, 0.0
             ) + serving.memory_of(placement)
+    _warm_sagemaker(recent=recent, report=report)
     record_event(
         kind="warmup.completed",
         actor=ACTOR,
@@ -132,6 +133,52 @@ def warm_up_fleet(*, skip_recent_s: int | None = None, now=None) -> WarmupReport
         data=report.as_dict(),
     )
     return report
+
+
+def _warm_sagemaker(*, recent, report: WarmupReport) -> None:
+    """SageMaker copies: the warm-up request goes through the runtime (MME unloads idle models
+    on its own, so this is what keeps a tenant's first request of the hour warm)."""
+    placements = (
+        Placement.objects.filter(
+            endpoint__backend=Endpoint.Backend.SAGEMAKER,
+            endpoint__status=Endpoint.Status.IN_SERVICE,
+            instance__isnull=True,
+        )
+        .exclude(desired_state=Placement.DesiredState.UNLOADED)
+        .select_related("version__model__tenant", "endpoint__instance_type")
+        .order_by("id")
+    )
+    if not placements:
+        return
+    from deployments import sagemaker_deploy
+
+    backend = sagemaker_deploy.endpoint_backend()
+    for placement in placements:
+        if placement.last_invoked_at and placement.last_invoked_at >= recent:
+            report.skipped_recent += 1
+            continue
+        try:
+            latency_ms = sagemaker_deploy.probe(backend=backend, placement=placement)
+        except DomainError as exc:
+            report.failed += 1
+            record_event(
+                kind="warmup.failed",
+                severity="warning",
+                actor=ACTOR,
+                message=f"Warm-up of {placement.version} on {placement.endpoint} failed: "
+                f"{exc.message}",
+                version=placement.version,
+                endpoint=placement.endpoint,
+            )
+            continue
+        Placement.objects.filter(pk=placement.pk).update(
+            last_warmed_at=timezone.now(), warmup_latency_ms=round(latency_ms, 2)
+        )
+        report.warmed += 1
+        report.seconds += latency_ms / 1000
+        report.latencies_ms.append(latency_ms)
+        hourly = placement.endpoint.instance_type.usd_per_hour or Decimal("0")
+        report.usd += float(hourly) * latency_ms / 1000 / 3600
 
 
 def _used_mb(instance: Instance) -> float:

@@ -254,3 +254,24 @@ def test_premium_tenants_models_are_pinned(intent_model):
 
     placement = Placement.objects.get(version=intent_model.active_version)
     assert placement.is_pinned
+
+
+def test_a_full_shared_endpoint_scales_out_to_another_triton_process(intent_artifact):
+    first = TenantModelFactory(tenant=TenantFactory(slug="first", tier="premium"), name="intents")
+    second = TenantModelFactory(tenant=TenantFactory(slug="second", tier="premium"), name="intents")
+    for model in (first, second):
+        promote_version(version=packaged(model, intent_artifact, 1), actor="test")
+        model.refresh_from_db()
+    client = client_for(first.tenant)
+    client.post(model_url(first, "deployments/"), {}, format="json")
+    endpoint = Endpoint.objects.get(name="local-intent-classifier")
+    # Room for one pinned model of ~114 MB per instance.
+    endpoint.instances.update(memory_budget_mb=200)
+
+    response = client_for(second.tenant).post(model_url(second, "deployments/"), {}, format="json")
+
+    assert response.status_code == 202, response.content
+    instances = list(endpoint.instances.order_by("ordinal"))
+    assert len(instances) == 2 and all(i.status == Instance.Status.HEALTHY for i in instances)
+    assert Placement.objects.get(version=second.active_version).instance == instances[1]
+    assert Placement.objects.get(version=first.active_version).instance == instances[0]

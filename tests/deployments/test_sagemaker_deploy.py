@@ -207,3 +207,28 @@ def test_inference_components_are_refused_on_the_local_backend_naming_the_field(
     assert response.status_code == 400
     assert "mode" in json.dumps(response.json())
     assert not Deployment.objects.exists()
+
+
+def test_the_hourly_warm_up_calls_sagemaker_copies_through_the_runtime(
+    deployed_version, django_capture_on_commit_callbacks
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from deployments import warmups
+
+    client = api(deployed_version.model.tenant)
+    answers_from_the_runtime(3)
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/api/v1/tenants/acme/models/intents/deployments/", {}, format="json")
+    placement = Placement.objects.get(version=deployed_version)
+    Placement.objects.filter(pk=placement.pk).update(
+        last_invoked_at=timezone.now() - timedelta(hours=2), last_warmed_at=None
+    )
+
+    report = warmups.warm_up_fleet(skip_recent_s=600)
+
+    assert report.warmed == 1 and report.failed == 0 and report.usd > 0
+    placement.refresh_from_db()
+    assert placement.last_warmed_at is not None
