@@ -212,7 +212,9 @@ class ApiTokenAdmin(AddFieldsMixin, admin.ModelAdmin):
         adopt_saved(obj, issued.token)
         messages.success(
             request,
-            f"Token {issued.token.prefix}… issued. Copy it now; it is not stored: {issued.secret}",
+            f"Token {issued.token.prefix}… issued. Copy it now; it is not stored: {issued.secret} "
+            f"— for boto3 (SigV4): aws_access_key_id {issued.access_key_id}, "
+            f"aws_secret_access_key {issued.secret_access_key} (also shown only now).",
         )
 
     @admin.action(description="Revoke selected tokens", permissions=["change"])

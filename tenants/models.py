@@ -50,8 +50,17 @@ class Tenant(models.Model):
         return self.status == self.Status.ACTIVE
 
 
+ACCESS_KEY_ID_PATTERN = r"^TMLK[A-Z0-9]{16}$"
+
+
 class ApiToken(models.Model):
-    """A bearer token; only its SHA-256 digest is stored, the secret is shown once at issue."""
+    """A bearer token; only its SHA-256 digest is stored, the secret is shown once at issue.
+
+    A token also carries an AWS-style access key id, so boto3 clients can sign requests (SigV4)
+    for the same principal; its secret access key is derived, never stored (see
+    ``tenants.services.derive_secret_access_key``). Tokens issued before access keys existed have
+    none and cannot sign requests: issue a new token for SigV4 clients.
+    """
 
     class Scope(models.TextChoices):
         TENANT = "tenant", "One tenant"
@@ -65,6 +74,11 @@ class ApiToken(models.Model):
     # The first characters of the secret, kept so people can tell their tokens apart.
     prefix = models.CharField(max_length=16, db_index=True)
     key_digest = models.CharField(max_length=64, unique=True, editable=False)
+    # Not secret (like an AWS access key id): it names the credential in signed requests, and the
+    # unique index is how the proxy finds the token. Null only on tokens issued before SigV4.
+    access_key_id = models.CharField(
+        max_length=20, unique=True, null=True, blank=True, editable=False
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -83,6 +97,11 @@ class ApiToken(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(key_digest__regex=r"^[0-9a-f]{64}$"), name="apitoken_digest_is_sha256"
+            ),
+            models.CheckConstraint(
+                condition=Q(access_key_id__isnull=True)
+                | Q(access_key_id__regex=ACCESS_KEY_ID_PATTERN),
+                name="apitoken_access_key_id_format",
             ),
         ]
 

@@ -27,6 +27,7 @@ class TokenSerializer(serializers.ModelSerializer):
             "scope",
             "tenant",
             "prefix",
+            "access_key_id",
             "created_at",
             "last_used_at",
             "expires_at",
@@ -37,7 +38,18 @@ class TokenSerializer(serializers.ModelSerializer):
 
 class IssuedTokenSerializer(TokenSerializer):
     token = serializers.CharField(help_text="The secret; shown only in this response.")
+    aws_access_key_id = serializers.CharField(
+        help_text="Access key id for SigV4 clients (boto3 sagemaker-runtime); not secret."
+    )
+    aws_secret_access_key = serializers.CharField(
+        help_text="Secret access key for SigV4 clients; shown only in this response."
+    )
 
     class Meta(TokenSerializer.Meta):
-        fields = [*TokenSerializer.Meta.fields, "token"]
+        fields = [
+            *TokenSerializer.Meta.fields,
+            "token",
+            "aws_access_key_id",
+            "aws_secret_access_key",
+        ]
         read_only_fields = fields

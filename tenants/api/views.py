@@ -64,7 +64,11 @@ class TenantTokenListView(APIView):
             expires_at=expires_at,
             actor=caller.label,
         )
-        data = TokenSerializer(issued.token).data | {"token": issued.secret}
+        data = TokenSerializer(issued.token).data | {
+            "token": issued.secret,
+            "aws_access_key_id": issued.access_key_id,
+            "aws_secret_access_key": issued.secret_access_key,
+        }
         return Response(data, status=status.HTTP_201_CREATED)
 
 
