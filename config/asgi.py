@@ -1,8 +1,16 @@
-"""ASGI entry point: the web server the platform runs (uvicorn config.asgi:application)."""
+"""ASGI entry point: the web server the platform runs (uvicorn config.asgi:application).
+
+The inference proxy's routes (native invoke, Open Inference Protocol v2, SageMaker runtime,
+``/metrics``) are answered on the async path before Django; everything else is Django.
+"""
 
 import os
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+from deployments.proxy.app import ProxyApplication  # noqa: E402  (needs Django set up first)
+
+application = ProxyApplication(django_application)

@@ -217,6 +217,22 @@ TENANTML_HOT_MODEL_WINDOW_S = env.int("HOT_MODEL_WINDOW_S", default=3600)
 # (seconds; 0 = only on demand).
 TENANTML_USAGE_FLUSH_INTERVAL_S = env.int("USAGE_FLUSH_INTERVAL_S", default=15)
 
+# --- Inference proxy ---
+# Largest request body the proxy accepts (413 above), in bytes.
+TENANTML_PROXY_MAX_BODY_BYTES = env.int("PROXY_MAX_BODY_BYTES", default=4 * 1024 * 1024)
+# Per-tenant request rate (per web process) and burst; 0 turns the limit off.
+TENANTML_PROXY_RATE_LIMIT_RPS = env.float("PROXY_RATE_LIMIT_RPS", default=200.0)
+TENANTML_PROXY_RATE_LIMIT_BURST = env.float("PROXY_RATE_LIMIT_BURST", default=400.0)
+# Requests in flight per copy before the proxy answers 503 (overload) instead of queueing.
+TENANTML_PROXY_MAX_OUTSTANDING_PER_COPY = env.int("PROXY_MAX_OUTSTANDING_PER_COPY", default=64)
+# How long a route and a token stay cached without a change notice, in seconds.
+TENANTML_PROXY_ROUTE_TTL_S = env.float("PROXY_ROUTE_TTL_S", default=30.0)
+TENANTML_PROXY_AUTH_TTL_S = env.float("PROXY_AUTH_TTL_S", default=10.0)
+TENANTML_PROXY_UPSTREAM_TIMEOUT_S = env.float("PROXY_UPSTREAM_TIMEOUT_S", default=60.0)
+TENANTML_PROXY_UPSTREAM_CONNECTIONS = env.int("PROXY_UPSTREAM_CONNECTIONS", default=256)
+# Versions that get their own label on /metrics; the rest are summed as "other".
+TENANTML_PROXY_METRICS_MAX_VERSIONS = env.int("PROXY_METRICS_MAX_VERSIONS", default=200)
+
 # --- REST API ---
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

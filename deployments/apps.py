@@ -7,3 +7,4 @@ class DeploymentsConfig(AppConfig):
 
     def ready(self) -> None:
         from deployments import signals  # noqa: F401  (registers the post-migrate schedule sync)
+        from deployments.proxy import invalidation  # noqa: F401  (routing changes reach caches)

@@ -46,6 +46,7 @@ from deployments.events import record_event
 from deployments.eviction import CapacityExceeded, ResidentModel, plan_load, plan_trim
 from deployments.exceptions import InstanceUnavailable, ModelLoadFailed
 from deployments.models import Endpoint, Instance, Placement
+from deployments.signals import routing_changed
 from models_registry import artifacts
 from models_registry.kinds import get_kind
 from models_registry.models import ModelVersion
@@ -172,6 +173,7 @@ def stop_local_instance(*, instance: Instance, actor: str, reason: str = "") -> 
             instance=instance,
         )
     _forget_client(instance)
+    _instance_routing_changed()
     return instance
 
 
@@ -202,6 +204,7 @@ def check_instance_health(*, instance: Instance, actor: str = ACTOR) -> bool:
             endpoint=instance.endpoint,
             instance=instance,
         )
+        _instance_routing_changed()
     return False
 
 
@@ -273,7 +276,14 @@ def restart_local_instance(*, instance: Instance, actor: str, reason: str) -> In
         instance=instance,
         data={"restarts": instance.restarts},
     )
+    _instance_routing_changed()
     return instance
+
+
+def _instance_routing_changed() -> None:
+    # An instance's address or health changed: every route through it is stale. Instance
+    # changes are rare, so dropping all routes is simpler than tracking which go through it.
+    routing_changed.send(sender=Instance, model_id=None)
 
 
 def instance_process_alive(instance: Instance) -> bool:
@@ -391,6 +401,7 @@ def place_on_instance(
             endpoint=instance.endpoint,
             instance=instance,
         )
+        routing_changed.send(sender=Placement, model_id=version.model_id)
     return placement
 
 

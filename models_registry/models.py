@@ -177,6 +177,9 @@ class ModelVersion(models.Model):
     host_memory_mb = models.FloatField(null=True, blank=True)
     gpu_memory_mb = models.FloatField(null=True, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
+    # The Triton tensors of the package ({"inputs"|"outputs": [{name, datatype, shape}]}), so the
+    # inference proxy answers Open Inference Protocol metadata without opening the package.
+    signature = models.JSONField(default=dict, blank=True)
     # Why the quality gate held the version back, or why it failed.
     status_reason = models.TextField(blank=True)
     promoted_at = models.DateTimeField(null=True, blank=True)

@@ -272,6 +272,24 @@ def seed_demo(*, rows: int, seed: int, actor: str) -> list[SeededTenant]:
     return results
 
 
+def tensor_signature(*, kind: str, artifact_dir) -> dict:
+    """The served tensors as Open Inference Protocol metadata (batch dimension first, -1)."""
+    from models_registry.packaging import CONFIG_TYPE_TO_DATATYPE
+
+    signature = get_kind(kind).triton_signature(artifact_dir)
+    return {
+        side: [
+            {
+                "name": tensor.name,
+                "datatype": CONFIG_TYPE_TO_DATATYPE.get(tensor.data_type, tensor.data_type),
+                "shape": [-1, *tensor.dims],
+            }
+            for tensor in tensors
+        ]
+        for side, tensors in (("inputs", signature.inputs), ("outputs", signature.outputs))
+    }
+
+
 def package_version(*, version: ModelVersion, actor: str) -> ModelVersion:
     """Build the version's Triton package (``model.tar.gz``), store it with its sha256 and size,
     and mark the version ready to serve; a failure marks it failed with the reason."""
@@ -294,12 +312,14 @@ def package_version(*, version: ModelVersion, actor: str) -> ModelVersion:
         version.save(update_fields=["status", "updated_at"])
     try:
         with tempfile.TemporaryDirectory(prefix="tenantml-package-") as scratch:
+            artifact_dir = Path(artifacts.local_copy(version.artifact_uri, Path(scratch)))
             info = build_triton_package(
                 kind=version.model.kind,
-                artifact_dir=Path(artifacts.local_copy(version.artifact_uri, Path(scratch))),
+                artifact_dir=artifact_dir,
                 triton_model_name=version.triton_model_name,
                 out_path=Path(scratch) / "model.tar.gz",
             )
+            signature = tensor_signature(kind=version.model.kind, artifact_dir=artifact_dir)
             stored = artifacts.put_file(
                 f"packages/{version.model.tenant.slug}/{version.model.name}/"
                 f"v{version.number}/model.tar.gz",
@@ -322,6 +342,7 @@ def package_version(*, version: ModelVersion, actor: str) -> ModelVersion:
         ModelVersion.objects.filter(pk=version.pk).update(
             status=ModelVersion.Status.READY,
             package_uri=stored.uri,
+            signature=signature,
             sha256=stored.sha256,
             size_bytes=stored.size_bytes,
             status_reason="",

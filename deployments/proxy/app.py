@@ -1,0 +1,563 @@
+"""The ASGI application: the proxy's three protocols in front of Django (see ``__init__``).
+
+Each protocol parses its request, asks the routing core for the caller and the route, checks
+the request against the model kind's tensors (400 naming the field) and the size limit (413),
+forwards the body to the loaded copy and translates the answer back. Errors are answered in the
+protocol's own error format, with Retry-After on 429 and 503, and never as a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable
+from functools import lru_cache
+from urllib.parse import unquote
+
+from django.conf import settings
+
+from config.errors import DomainError
+from deployments.proxy import core
+from deployments.proxy.core import Principal, ProxyError
+from deployments.proxy.invalidation import SUBSCRIBER
+from deployments.proxy.metrics import METRICS
+from deployments.proxy.routing import ROUTES, Route
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json;json-header-size="
+HEADER_LENGTH = "inference-header-content-length"
+DEFAULT_INPUTS = [{"name": "TEXT", "datatype": "BYTES", "shape": [-1, 1]}]
+
+NATIVE_INVOKE = re.compile(
+    r"^/api/v1/tenants/(?P<tenant>[-\w]+)/models/(?P<model>[-\w]+)/invoke/?$"
+)
+V2_MODEL = re.compile(
+    r"^/v2/models/(?P<name>[^/]+?)(?:/versions/(?P<version>[^/]+))?"
+    r"(?P<action>/infer|/ready)?/?$"
+)
+SAGEMAKER_INVOKE = re.compile(r"^/endpoints/(?P<endpoint>[^/]+)/invocations/?$")
+
+
+class Request:
+    """What a handler needs from the ASGI scope, with the body read under the size limit."""
+
+    def __init__(self, scope: dict, receive: Callable[[], Awaitable[dict]]) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.raw_path: str = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        self.query_string: str = scope.get("query_string", b"").decode("latin-1")
+        self.headers: dict[str, str] = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in scope.get("headers", [])
+        }
+
+    async def body(self) -> bytes:
+        limit = settings.TENANTML_PROXY_MAX_BODY_BYTES
+        declared = self.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise _too_large(int(declared), limit)
+        chunks, size = [], 0
+        while True:
+            message = await self.receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> ProxyError:
+    return ProxyError(
+        413,
+        f"The request body is {size:,} bytes; the limit is {limit:,} (PROXY_MAX_BODY_BYTES). "
+        "Send fewer inputs per request.",
+        code="payload_too_large",
+    )
+
+
+async def _send(
+    send, status: int, body: bytes, content_type: str, headers: list[tuple[bytes, bytes]] = ()
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode("latin-1")),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _json(data: object) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+# --- Validation against the kind's tensors -------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def _input_validator(kind_name: str):
+    import jsonschema
+
+    from models_registry.kinds import get_kind
+
+    return jsonschema.Draft202012Validator(get_kind(kind_name).input_schema)
+
+
+def validate_native_inputs(route: Route, inputs: object) -> None:
+    """The native ``inputs`` against the kind's JSON schema; 400 naming the first bad item."""
+    errors = sorted(_input_validator(route.kind).iter_errors(inputs), key=lambda e: list(e.path))
+    if errors:
+        error = errors[0]
+        field = "inputs" + "".join(f"[{part}]" for part in error.path)
+        raise ProxyError(400, f"{field}: {error.message}", code="invalid", field=field)
+
+
+def _max_batch(route: Route) -> int:
+    from models_registry.kinds import get_kind
+
+    return get_kind(route.kind).max_batch_size
+
+
+def validate_tensor_header(route: Route, header: object) -> None:
+    """An Open Inference Protocol request header against the version's tensors."""
+    if not isinstance(header, dict):
+        raise ProxyError(400, "The request must be a JSON object.", code="invalid", field="body")
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise ProxyError(
+            400, "inputs: a non-empty list of tensors is required.", code="invalid", field="inputs"
+        )
+    expected = {t["name"]: t for t in (route.signature.get("inputs") or DEFAULT_INPUTS)}
+    seen = set()
+    for index, tensor in enumerate(inputs):
+        where = f"inputs[{index}]"
+        if not isinstance(tensor, dict):
+            raise ProxyError(400, f"{where}: must be an object.", code="invalid", field=where)
+        name = tensor.get("name")
+        if name not in expected:
+            raise ProxyError(
+                400,
+                f"{where}.name: unknown input {name!r}; this model takes "
+                f"{', '.join(sorted(expected))}.",
+                code="invalid",
+                field=f"{where}.name",
+            )
+        want = expected[name]
+        if tensor.get("datatype") != want["datatype"]:
+            raise ProxyError(
+                400,
+                f"{where}.datatype: {name} is {want['datatype']}, not {tensor.get('datatype')!r}.",
+                code="invalid",
+                field=f"{where}.datatype",
+            )
+        shape = tensor.get("shape")
+        if (
+            not isinstance(shape, list)
+            or len(shape) != len(want["shape"])
+            or not all(isinstance(size, int) and size >= 1 for size in shape)
+            or any(
+                w != -1 and size != w for size, w in zip(shape[1:], want["shape"][1:], strict=True)
+            )
+        ):
+            raise ProxyError(
+                400,
+                f"{where}.shape: {shape!r} does not match {want['shape']} (-1 is any size).",
+                code="invalid",
+                field=f"{where}.shape",
+            )
+        if shape[0] > _max_batch(route):
+            raise ProxyError(
+                400,
+                f"{where}.shape: at most {_max_batch(route)} rows per request, not {shape[0]}.",
+                code="invalid",
+                field=f"{where}.shape",
+            )
+        if "data" in tensor and _count(tensor["data"]) != math.prod(shape):
+            raise ProxyError(
+                400,
+                f"{where}.data: {_count(tensor['data'])} values for shape {shape}.",
+                code="invalid",
+                field=f"{where}.data",
+            )
+        seen.add(name)
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise ProxyError(
+            400, f"inputs: missing {', '.join(missing)}.", code="invalid", field="inputs"
+        )
+    known_outputs = {t["name"] for t in route.signature.get("outputs") or []}
+    for index, output in enumerate(header.get("outputs") or []):
+        name = output.get("name") if isinstance(output, dict) else None
+        if known_outputs and name not in known_outputs:
+            raise ProxyError(
+                400,
+                f"outputs[{index}].name: unknown output {name!r}; this model has "
+                f"{', '.join(sorted(known_outputs))}.",
+                code="invalid",
+                field=f"outputs[{index}].name",
+            )
+
+
+def _count(data: object) -> int:
+    if isinstance(data, list):
+        return sum(_count(item) for item in data)
+    return 1
+
+
+def _split_binary(body: bytes, header_length: str | None) -> tuple[dict, int | None]:
+    """The JSON header of a request (and its length when binary tensors follow it)."""
+    try:
+        if header_length is None:
+            return json.loads(body), None
+        length = int(header_length)
+        if not 0 < length <= len(body):
+            raise ValueError(f"header length {length} is outside the {len(body)}-byte body")
+        return json.loads(body[:length]), length
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProxyError(
+            400, f"The request is not valid JSON: {exc}", code="invalid", field="body"
+        ) from exc
+
+
+def _rewrite_answer(route: Route, data: bytes, content_type: str) -> tuple[bytes, int | None]:
+    """Triton's answer with the public model name and version; binary tensors stay as they are."""
+    length = None
+    if (
+        content_type.startswith(SAGEMAKER_BINARY.split(";")[0])
+        and "json-header-size=" in content_type
+    ):
+        length = int(content_type.rsplit("=", 1)[1])
+    header_bytes = data if length is None else data[:length]
+    try:
+        header = json.loads(header_bytes)
+    except ValueError:
+        return data, length
+    header["model_name"] = route.public_name
+    header["model_version"] = str(route.version_number)
+    rewritten = _json(header)
+    if length is None:
+        return rewritten, None
+    return rewritten + data[length:], len(rewritten)
+
+
+# --- Handlers --------------------------------------------------------------------------------
+
+
+async def _authorize_bearer(request: Request) -> Principal:
+    return await core.bearer_principal(request.headers.get("authorization", ""))
+
+
+async def native_invoke(request: Request, send, tenant: str, model: str) -> None:
+    started = time.perf_counter()
+    route = answer = None
+    try:
+        if request.method != "POST":
+            raise ProxyError(405, "Use POST.", code="method_not_allowed")
+        principal = await _authorize_bearer(request)
+        body = await request.body()
+        route = await core.route_for(principal, tenant, model)
+        core.check_rate_limit(route)
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError as exc:
+            raise ProxyError(400, f"The body is not JSON: {exc}", code="invalid") from exc
+        if not isinstance(payload, dict) or "inputs" not in payload:
+            raise ProxyError(400, "inputs: this field is required.", code="invalid", field="inputs")
+        validate_native_inputs(route, payload["inputs"])
+        from models_registry.kinds import get_kind
+
+        kind = get_kind(route.kind)
+        answer = await core.forward(route, _json(kind.encode_request(payload["inputs"])), JSON)
+        outputs = kind.decode_response(json.loads(answer.body))
+    except ProxyError as error:
+        _finish(route, None, started, "native", error.status)
+        await _send(send, error.status, _json(_native_error(error)), JSON, error.headers())
+        return
+    _finish(route, answer, started, "native", 200)
+    await _send(
+        send,
+        200,
+        _json(
+            {
+                "outputs": outputs,
+                "model_version": route.version_number,
+                "cold_start": answer.cold_start,
+            }
+        ),
+        JSON,
+    )
+
+
+def _native_error(error: ProxyError) -> dict:
+    body = {"code": error.code, "message": error.message}
+    if error.field:
+        body["field"] = error.field
+    return {"error": body}
+
+
+def _split_v2_name(name: str) -> tuple[str, str]:
+    tenant, dot, model = unquote(name).partition(".")
+    if not dot or not tenant or not model:
+        raise ProxyError(
+            404, f"Model names are <tenant>.<model>; {name!r} is not one.", code="not_found"
+        )
+    return tenant, model
+
+
+async def v2_model(request: Request, send, name: str, version: str | None, action: str) -> None:
+    started = time.perf_counter()
+    route = answer = None
+    try:
+        principal = await _authorize_bearer(request)
+        tenant, model = _split_v2_name(name)
+        route = await core.route_for(principal, tenant, model)
+        if version is not None and version != str(route.version_number):
+            raise ProxyError(
+                404,
+                f"Version {version} of {route.public_name} is not live; "
+                f"v{route.version_number} is.",
+                code="not_found",
+            )
+        if action == "/ready":
+            await _send(send, 200 if route.copies else 400, b"", "text/plain")
+            return
+        if action != "/infer":
+            await _send(send, 200, _json(_metadata(route)), JSON)
+            return
+        if request.method != "POST":
+            raise ProxyError(405, "Use POST.", code="method_not_allowed")
+        core.check_rate_limit(route)
+        body = await request.body()
+        header, length = _split_binary(body, request.headers.get(HEADER_LENGTH))
+        validate_tensor_header(route, header)
+        content_type = JSON if length is None else f"{SAGEMAKER_BINARY}{length}"
+        answer = await core.forward(route, body, content_type)
+        data, answer_length = _rewrite_answer(route, answer.body, answer.content_type)
+    except ProxyError as error:
+        _finish(route, None, started, "v2", error.status)
+        await _send(send, error.status, _json({"error": error.message}), JSON, error.headers())
+        return
+    _finish(route, answer, started, "v2", 200)
+    headers = _answer_headers(route, answer)
+    if answer_length is not None:
+        headers.append((HEADER_LENGTH.encode(), str(answer_length).encode()))
+        await _send(send, 200, data, "application/octet-stream", headers)
+    else:
+        await _send(send, 200, data, JSON, headers)
+
+
+def _metadata(route: Route) -> dict:
+    return {
+        "name": route.public_name,
+        "versions": [str(route.version_number)],
+        "platform": "python",
+        "inputs": route.signature.get("inputs") or DEFAULT_INPUTS,
+        "outputs": route.signature.get("outputs") or [],
+    }
+
+
+def _answer_headers(route: Route, answer) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-tenantml-model-version", str(route.version_number).encode()),
+        (b"x-tenantml-cold-start", b"true" if answer.cold_start else b"false"),
+    ]
+
+
+async def sagemaker_invoke(request: Request, send, endpoint: str) -> None:
+    started = time.perf_counter()
+    route = answer = None
+    try:
+        if request.method != "POST":
+            raise ProxyError(405, "Use POST.", code="method_not_allowed")
+        body = await request.body()
+        if "authorization" in request.headers and request.headers["authorization"].startswith(
+            "AWS4-"
+        ):
+            principal = await core.sigv4_principal(
+                method=request.method,
+                path=request.raw_path,
+                query_string=request.query_string,
+                headers=request.headers,
+                body=body,
+            )
+        else:
+            principal = await _authorize_bearer(request)
+        tenant, model = _sagemaker_target(endpoint, request.headers)
+        route = await core.route_for(principal, tenant, model)
+        core.check_rate_limit(route)
+        content_type = request.headers.get("content-type", JSON)
+        length = None
+        if content_type.startswith(SAGEMAKER_BINARY.split(";")[0]):
+            length = content_type.rsplit("=", 1)[-1]
+        header, _ = _split_binary(body, length)
+        validate_tensor_header(route, header)
+        answer = await core.forward(route, body, content_type)
+    except ProxyError as error:
+        _finish(route, None, started, "sagemaker", error.status)
+        code = _SAGEMAKER_CODES.get(error.status, "ModelError")
+        if error.status in (401, 403) and error.code not in ("error", "unauthorized"):
+            code = error.code
+        headers = [(b"x-amzn-errortype", code.encode()), *error.headers()]
+        body = _json({"message": error.message, "__type": code})
+        await _send(send, error.status, body, JSON, headers)
+        return
+    _finish(route, answer, started, "sagemaker", 200)
+    headers = [
+        (b"x-amzn-invoked-production-variant", b"AllTraffic"),
+        *_answer_headers(route, answer),
+    ]
+    await _send(send, 200, answer.body, answer.content_type, headers)
+
+
+_SAGEMAKER_CODES = {
+    400: "ValidationError",
+    401: "UnrecognizedClientException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFound",
+    405: "ValidationError",
+    409: "ValidationError",
+    413: "ValidationError",
+    429: "ThrottlingException",
+    502: "ModelError",
+    503: "ServiceUnavailable",
+}
+
+
+def _sagemaker_target(endpoint: str, headers: dict[str, str]) -> tuple[str, str]:
+    """``/endpoints/<tenant>`` with TargetModel ``<model>``, or TargetModel ``<tenant>/<model>``
+    (or ``<tenant>.<model>``) on any endpoint name."""
+    target = unquote(headers.get("x-amzn-sagemaker-target-model", "")).removesuffix(".tar.gz")
+    if not target:
+        raise ProxyError(
+            400,
+            "X-Amzn-SageMaker-Target-Model is required: the model's name (TargetModel).",
+            code="invalid",
+            field="TargetModel",
+        )
+    for separator in ("/", "."):
+        tenant, found, model = target.partition(separator)
+        if found and tenant and model:
+            return tenant, model
+    return unquote(endpoint), target
+
+
+def _finish(route: Route | None, answer, started: float, protocol: str, status: int) -> None:
+    seconds = time.perf_counter() - started
+    if route is not None and status not in (401, 403, 404, 413, 429):
+        core.record(route, answer, started=started, error=status != 200)
+    version = f"{route.public_name}:v{route.version_number}" if route and route.deployed else ""
+    METRICS.observe(
+        version=version,
+        protocol=protocol,
+        status=status,
+        seconds=seconds,
+        cold_start=bool(answer and answer.cold_start),
+    )
+
+
+async def metrics(request: Request, send) -> None:
+    try:
+        principal = await _authorize_bearer(request)
+        if not principal.is_platform:
+            raise ProxyError(403, "/metrics needs a platform token.", code="forbidden")
+    except ProxyError as error:
+        await _send(send, error.status, _json(_native_error(error)), JSON, error.headers())
+        return
+    text = METRICS.render(
+        route_hits=ROUTES.hits, route_misses=ROUTES.misses, routes_cached=len(ROUTES)
+    )
+    await _send(send, 200, text.encode(), "text/plain; version=0.0.4")
+
+
+async def v2_server(request: Request, send, action: str) -> None:
+    if action in ("/health/live", "/health/ready"):
+        await _send(send, 200, b"", "text/plain")
+        return
+    await _send(
+        send,
+        200,
+        _json({"name": "tenantml", "version": "1", "extensions": ["binary_tensor_data"]}),
+        JSON,
+    )
+
+
+class ProxyApplication:
+    """Answers the proxy's routes itself and hands every other request to Django."""
+
+    def __init__(self, django_app) -> None:
+        self.django_app = django_app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            await self.django_app(scope, receive, send)
+            return
+        handler = self._match(scope)
+        if handler is None:
+            await self.django_app(scope, receive, send)
+            return
+        SUBSCRIBER.start()
+        request = Request(scope, receive)
+        try:
+            await handler(request, send)
+        except DomainError as exc:  # from a service called on a cold path: its own status
+            error = ProxyError.from_domain(exc)
+            await _send(send, error.status, _json(_native_error(error)), JSON, error.headers())
+        except Exception:
+            logger.exception("The proxy failed on %s %s", scope["method"], scope["path"])
+            body = _json({"error": {"code": "upstream", "message": "The proxy failed; retry."}})
+            await _send(send, 502, body, JSON)
+
+    def _match(self, scope):
+        path = scope["path"]
+        if path.startswith("/api/v1/"):
+            match = NATIVE_INVOKE.match(path)
+            headers = dict(scope.get("headers", []))
+            # Dashboard calls with a session cookie (and CSRF) stay with Django's own view.
+            if match and b"authorization" in headers:
+                return lambda r, s: native_invoke(r, s, match["tenant"], match["model"])
+            return None
+        if path.startswith("/v2"):
+            if path.rstrip("/") in ("/v2", "/v2/health/live", "/v2/health/ready"):
+                return lambda r, s: v2_server(r, s, path.rstrip("/")[3:])
+            match = V2_MODEL.match(path)
+            if match:
+                return lambda r, s: v2_model(
+                    r, s, match["name"], match["version"], match["action"] or ""
+                )
+            return None
+        if path.startswith("/endpoints/"):
+            match = SAGEMAKER_INVOKE.match(path)
+            if match:
+                return lambda r, s: sagemaker_invoke(r, s, match["endpoint"])
+            return None
+        if path == "/metrics":
+            return metrics
+        return None
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                SUBSCRIBER.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await core.close_sessions()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
