@@ -213,6 +213,14 @@ TENANTML_WARMUP_SKIP_RECENT_S = env.int("WARMUP_SKIP_RECENT_S", default=1800)
 # this many seconds ("hot").
 TENANTML_HOT_MODEL_WINDOW_S = env.int("HOT_MODEL_WINDOW_S", default=3600)
 
+# Which loaded model makes room for a cold one: "frequency" (requests per MB, decayed; keeps
+# popular tenants' models through bursts of rare ones) or "lru" (least recently used, as
+# SageMaker multi-model endpoints do).
+TENANTML_EVICTION_POLICY = env.str("EVICTION_POLICY", default="frequency")
+if TENANTML_EVICTION_POLICY not in ("frequency", "lru"):
+    raise parse.ConfigurationError(
+        f"EVICTION_POLICY must be frequency or lru, not {TENANTML_EVICTION_POLICY!r}."
+    )
 # Serving processes add their in-memory request counters to the minute time series this often
 # (seconds; 0 = only on demand).
 TENANTML_USAGE_FLUSH_INTERVAL_S = env.int("USAGE_FLUSH_INTERVAL_S", default=15)

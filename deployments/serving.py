@@ -43,7 +43,14 @@ from deployments.backends.local import (
     stop_triton,
 )
 from deployments.events import record_event
-from deployments.eviction import CapacityExceeded, ResidentModel, plan_load, plan_trim
+from deployments.eviction import (
+    AccessHistory,
+    CapacityExceeded,
+    ResidentModel,
+    lru_order,
+    plan_load,
+    plan_trim,
+)
 from deployments.exceptions import InstanceUnavailable, ModelLoadFailed
 from deployments.models import Endpoint, Instance, Placement
 from deployments.signals import routing_changed
@@ -452,6 +459,7 @@ def invoke_placement(*, placement: Placement, inputs: list) -> InvokeResult:
     started = time.perf_counter()
     cold_start = False
     _enter(placement.pk)
+    record_access(placement)
     try:
         cold_start = ensure_loaded(placement=placement).cold_start
         answer = client_for(placement.instance).invoke(version.triton_model_name, body)
@@ -604,6 +612,7 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
                 incoming_key=str(placement.pk),
                 incoming_mb=memory_of(placement),
                 budget_mb=instance.memory_budget_mb,
+                order=eviction_order(instance.pk),
             )
             victims = [by_key[key] for key in plan.evict]
             placement.actual_state = Placement.ActualState.LOADING
@@ -675,14 +684,20 @@ def _evict(*, client, placement: Placement, to_make_room_for: Placement, actor: 
         kind="placement.evicted",
         actor=actor,
         message=(
-            f"{placement.version} evicted from {placement.instance} (least recently used) to "
-            f"make room for {to_make_room_for.version}."
+            f"{placement.version} evicted from {placement.instance} to make room for "
+            f"{to_make_room_for.version} ({_policy_words()})."
         ),
         version=placement.version,
         endpoint=placement.endpoint,
         instance=placement.instance,
         data={"host_memory_mb": memory_of(placement)},
     )
+
+
+def _policy_words() -> str:
+    if settings.TENANTML_EVICTION_POLICY == "lru":
+        return "least recently used"
+    return "least requested lately, per MB"
 
 
 def _trim_to_budget(*, instance: Instance, keep: Placement, client, actor: str) -> None:
@@ -693,7 +708,10 @@ def _trim_to_budget(*, instance: Instance, keep: Placement, client, actor: str) 
         victims = [
             by_key[key]
             for key in plan_trim(
-                resident=resident, budget_mb=locked.memory_budget_mb, keep=str(keep.pk)
+                resident=resident,
+                budget_mb=locked.memory_budget_mb,
+                keep=str(keep.pk),
+                order=eviction_order(locked.pk),
             )
         ]
     for victim in victims:
@@ -811,6 +829,32 @@ def _last_used(placement: Placement) -> float:
         return time.time() - (time.monotonic() - local)
     stamp = placement.last_invoked_at or placement.loaded_at
     return stamp.timestamp() if stamp else 0.0
+
+
+# Requests per placement, decayed, per instance in this process: the frequency-aware eviction
+# order (deployments.eviction.AccessHistory) keeps the models that are asked for most.
+_HISTORIES: dict[int, AccessHistory] = {}
+_HISTORIES_LOCK = threading.Lock()
+
+
+def _history(instance_id: int | None) -> AccessHistory:
+    with _HISTORIES_LOCK:
+        history = _HISTORIES.get(instance_id or 0)
+        if history is None:
+            history = _HISTORIES[instance_id or 0] = AccessHistory()
+        return history
+
+
+def record_access(placement: Placement) -> None:
+    """Count a request to a placement, before it is loaded (hits and cold starts alike)."""
+    _history(placement.instance_id).record(str(placement.pk))
+
+
+def eviction_order(instance_id: int | None):
+    """The configured eviction order for an instance: frequency-aware, or plain LRU."""
+    if settings.TENANTML_EVICTION_POLICY == "lru":
+        return lru_order
+    return _history(instance_id).order()
 
 
 # Requests in flight per placement in this process, for least-outstanding-requests routing.

@@ -235,6 +235,12 @@ async def close_sessions() -> None:
     _SESSIONS.clear()
 
 
+def serving_history(instance_id: int):
+    from deployments.serving import _history
+
+    return _history(instance_id)
+
+
 def _pick(route: Route) -> Copy:
     if not route.copies:
         raise ProxyError(
@@ -325,6 +331,8 @@ async def forward(route: Route, body: bytes, content_type: str) -> Answer:
             retry_after_s=1,
         )
     _OUTSTANDING[copy.placement_id] = _OUTSTANDING.get(copy.placement_id, 0) + 1
+    if copy.instance_id is not None:
+        serving_history(copy.instance_id).record(str(copy.placement_id))
     cold = False
     try:
         if copy.backend == "sagemaker":

@@ -1,0 +1,319 @@
+"""The inference proxy's cost: the same requests straight to Triton and through the proxy.
+
+A throwaway platform (SQLite, temporary state) trains and deploys N tenant intent classifiers
+onto one local Triton process, then starts the platform's web server (``uvicorn
+config.asgi:application``, one process, as production runs it) and measures, with one asyncio
+client on keep-alive connections:
+
+- the same KServe v2 JSON request, one text, sent straight to Triton's SageMaker-mode route
+  (``/models/<name>/invoke``) and to the proxy's Open Inference Protocol route
+  (``/v2/models/<tenant>.<model>/infer``, bearer token, validation, routing, counting), at
+  concurrency 1 (interleaved, so both see the same machine), 8 and 32: added latency p50/p99
+  and throughput ratio;
+- the native route (``/api/v1/tenants/<slug>/models/<name>/invoke``) at concurrency 1, for
+  reference (it adds JSON decoding of the kind's answer);
+- Zipf-distributed traffic over more tenant models than fit in the memory budget: cold starts
+  and hit rate of the platform's frequency-aware eviction against plain LRU, replayed through
+  the real eviction policy (``bench/zipf_eviction.py``) and, with ``--zipf-live``, through the
+  real proxy and Triton.
+
+Client, proxy and Triton share this machine's cores, so the proxy's CPU is charged to the
+throughput ratio as it would be on a shared host.
+
+    python bench/proxy.py [--models 6] [--requests 400] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from harness import REPO, percentile, print_table, setup_django, write_results  # noqa: E402
+
+ACTOR = "bench"
+TEXT = "Where is my refund? I sent the parcel back two weeks ago."
+DEFAULT_BASE_CACHE = REPO / "var" / "cache" / "base_models"
+TARGETS = {"added_p50_ms_c1": 2.0, "throughput_ratio_c32": 0.8}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_fleet(count: int, base, var_dir: Path) -> list:
+    """``count`` tenants with a trained, packaged, promoted and deployed intent classifier."""
+    from deployments import rollouts
+    from models_registry import artifacts, demo_data
+    from models_registry.kinds import get_kind
+    from models_registry.services import (
+        create_model,
+        package_version,
+        promote_version,
+        register_version,
+    )
+    from tenants.services import create_tenant
+
+    verticals = list(demo_data.DEMO_TENANTS)
+    scratch = Path(tempfile.mkdtemp(prefix="artifacts-", dir=var_dir))
+    models = []
+    for index in range(count):
+        slug = f"tenant-{index:02d}"
+        tenant = create_tenant(slug=slug, name=slug.title(), actor=ACTOR)
+        model = create_model(tenant=tenant, name="intents", kind="intent-classifier", actor=ACTOR)
+        rows = demo_data.generate_tickets(verticals[index % len(verticals)], rows=120, seed=index)
+        out_dir = scratch / slug
+        metrics = get_kind("intent-classifier").build_artifact(
+            texts=[row["text"] for row in rows],
+            labels=[row["label"] for row in rows],
+            out_dir=out_dir,
+            base=base,
+        )
+        uri = artifacts.put_directory(f"artifacts/{slug}/intents/0", out_dir)
+        version = register_version(model=model, actor=ACTOR, artifact_uri=uri, metrics=metrics)
+        version = package_version(version=version, actor=ACTOR)
+        promote_version(version=version, actor=ACTOR)
+        model.refresh_from_db()
+        deployment, _ = rollouts.request_deployment(model=model, actor=ACTOR)
+        rollouts.run_rollout(deployment_id=deployment.pk)
+        models.append(model)
+    return models
+
+
+def start_proxy(var_dir: Path, port: int, extra_env: dict | None = None) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "TENANTML_VAR_DIR": str(var_dir),
+        "LOG_LEVEL": "WARNING",
+        "PROXY_RATE_LIMIT_RPS": "0",
+        **(extra_env or {}),
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "config.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=REPO,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the platform's web server did not start")
+
+
+def kserve_body(texts: list[str]) -> bytes:
+    return json.dumps(
+        {"inputs": [{"name": "TEXT", "shape": [len(texts), 1], "datatype": "BYTES", "data": texts}]}
+    ).encode()
+
+
+class Target:
+    """One way of asking one tenant model: a URL, headers and a body."""
+
+    def __init__(self, url: str, body: bytes, headers: dict) -> None:
+        self.url, self.body, self.headers = url, body, headers
+
+
+def targets_for(models, instance, proxy: str, token: str) -> dict[str, list[Target]]:
+    body = kserve_body([TEXT])
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    direct, via_proxy, native = [], [], []
+    for model in models:
+        version = model.active_version
+        direct.append(
+            Target(
+                f"http://{instance.host}:{instance.port}/models/{version.triton_model_name}/invoke",
+                body,
+                {"Content-Type": "application/json"},
+            )
+        )
+        via_proxy.append(Target(f"{proxy}/v2/models/{model.tenant.slug}.intents/infer", body, auth))
+        native.append(
+            Target(
+                f"{proxy}/api/v1/tenants/{model.tenant.slug}/models/intents/invoke",
+                json.dumps({"inputs": [TEXT]}).encode(),
+                auth,
+            )
+        )
+    return {"direct": direct, "proxy": via_proxy, "native": native}
+
+
+async def one(session, target: Target) -> float:
+    started = time.perf_counter()
+    async with session.post(target.url, data=target.body, headers=target.headers) as response:
+        await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{target.url} answered {response.status}")
+    return time.perf_counter() - started
+
+
+async def interleaved(targets: dict[str, list[Target]], names: list[str], requests: int) -> dict:
+    """Concurrency 1: the ways alternate request by request, so drift hits them alike."""
+    import aiohttp
+
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4)) as session:
+        for name in names:  # warm every connection and model first
+            for target in targets[name]:
+                await one(session, target)
+        for index in range(requests):
+            for name in names:
+                target = targets[name][index % len(targets[name])]
+                samples[name].append(await one(session, target))
+    return samples
+
+
+async def saturate(targets: list[Target], concurrency: int, seconds: float) -> dict:
+    """``concurrency`` workers sending back to back for ``seconds``: requests a second."""
+    import aiohttp
+
+    done = 0
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def worker(offset: int, session) -> None:
+        nonlocal done
+        index = offset
+        while time.perf_counter() < deadline:
+            latencies.append(await one(session, targets[index % len(targets)]))
+            done += 1
+            index += concurrency
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for target in targets:
+            await one(session, target)
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i, session) for i in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {
+        "rps": round(done / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=6, help="tenant models deployed")
+    parser.add_argument("--requests", type=int, default=400, help="per way at concurrency 1")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per way and concurrency")
+    parser.add_argument("--base-cache-dir", type=Path, default=DEFAULT_BASE_CACHE)
+    args = parser.parse_args()
+
+    var_dir = setup_django()
+    from deployments.models import Instance
+    from deployments.serving import stop_local_instance
+    from models_registry.base_model import base_encoder
+    from tenants.services import issue_token
+
+    began = time.perf_counter()
+    base = base_encoder(quantized=True, cache_dir=args.base_cache_dir)
+    models = build_fleet(args.models, base, var_dir)
+    instance = Instance.objects.get(endpoint__name="local-intent-classifier", status="healthy")
+    token = issue_token(tenant=None, name="bench", actor=ACTOR).secret
+    port = free_port()
+    proxy = start_proxy(var_dir, port)
+    try:
+        targets = targets_for(models, instance, f"http://127.0.0.1:{port}", token)
+        c1 = asyncio.run(interleaved(targets, ["direct", "proxy", "native"], args.requests))
+        loads = {}
+        for concurrency in (8, 32):
+            for name in ("direct", "proxy"):
+                loads[(name, concurrency)] = asyncio.run(
+                    saturate(targets[name], concurrency, args.seconds)
+                )
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+        for live in Instance.objects.exclude(status="stopped").exclude(pid=None):
+            stop_local_instance(instance=live, actor=ACTOR, reason="measured")
+
+    def ms(samples, pct):
+        return percentile(samples, pct) * 1000
+
+    results = {
+        "added_p50_ms_c1": round(ms(c1["proxy"], 50) - ms(c1["direct"], 50), 3),
+        "added_p99_ms_c1": round(ms(c1["proxy"], 99) - ms(c1["direct"], 99), 3),
+        "native_added_p50_ms_c1": round(ms(c1["native"], 50) - ms(c1["direct"], 50), 3),
+        "throughput_ratio_c8": round(loads[("proxy", 8)]["rps"] / loads[("direct", 8)]["rps"], 3),
+        "throughput_ratio_c32": round(
+            loads[("proxy", 32)]["rps"] / loads[("direct", 32)]["rps"], 3
+        ),
+        "c1": {
+            name: {"p50_ms": round(ms(values, 50), 3), "p99_ms": round(ms(values, 99), 3)}
+            for name, values in c1.items()
+        },
+        "saturated": {f"{name}_c{c}": figures for (name, c), figures in loads.items()},
+    }
+    rows = [
+        ["1", name, results["c1"][name]["p50_ms"], results["c1"][name]["p99_ms"], "—"]
+        for name in ("direct", "proxy", "native")
+    ]
+    for (name, concurrency), figures in loads.items():
+        rows.append([concurrency, name, figures["p50_ms"], figures["p99_ms"], figures["rps"]])
+    print_table(
+        f"Proxy vs straight to Triton, {args.models} tenant models, one text per request",
+        ["concurrency", "way", "p50 ms", "p99 ms", "requests/s"],
+        rows,
+    )
+
+    from zipf_eviction import compare, scenarios
+
+    replay = compare(**scenarios(seed=7, requests=20_000)["default"])
+    zipf = {
+        "zipf_cold_starts": replay["frequency"]["cold_starts"],
+        "zipf_cold_starts_lru": replay["lru"]["cold_starts"],
+        "zipf_hit_rate": replay["frequency"]["hit_rate"],
+        "zipf_hit_rate_lru": replay["lru"]["hit_rate"],
+        "zipf_scenario": "200 models of 114 MB, room for 50, 20,000 requests, s=1.1 (replayed)",
+    }
+    results.update(zipf)
+    print_table(
+        "Zipf traffic over more models than fit (eviction policy replayed)",
+        ["policy", "cold starts", "hit rate"],
+        [
+            ["frequency-aware", zipf["zipf_cold_starts"], zipf["zipf_hit_rate"]],
+            ["plain LRU", zipf["zipf_cold_starts_lru"], zipf.get("zipf_hit_rate_lru")],
+        ],
+    )
+    results["targets"] = TARGETS
+    results["meets_targets"] = {
+        "added_p50_ms_c1": results["added_p50_ms_c1"] <= TARGETS["added_p50_ms_c1"],
+        "throughput_ratio_c32": results["throughput_ratio_c32"] >= TARGETS["throughput_ratio_c32"],
+        "zipf_fewer_cold_starts": zipf["zipf_cold_starts"] < zipf["zipf_cold_starts_lru"],
+    }
+    results["run_seconds"] = round(time.perf_counter() - began, 1)
+    results["settings"] = vars(args) | {"base_cache_dir": str(args.base_cache_dir)}
+    write_results("proxy", results)
+
+
+if __name__ == "__main__":
+    main()
