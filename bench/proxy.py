@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def build_fleet(count: int, base, var_dir: Path) -> list:
+def build_fleet(count: int, base, var_dir: Path, *, start: int = 0) -> list:
     """``count`` tenants with a trained, packaged, promoted and deployed intent classifier."""
     from deployments import rollouts
     from models_registry import artifacts, demo_data
@@ -69,7 +70,7 @@ def build_fleet(count: int, base, var_dir: Path) -> list:
     verticals = list(demo_data.DEMO_TENANTS)
     scratch = Path(tempfile.mkdtemp(prefix="artifacts-", dir=var_dir))
     models = []
-    for index in range(count):
+    for index in range(start, start + count):
         slug = f"tenant-{index:02d}"
         tenant = create_tenant(slug=slug, name=slug.title(), actor=ACTOR)
         model = create_model(tenant=tenant, name="intents", kind="intent-classifier", actor=ACTOR)
@@ -220,12 +221,75 @@ async def saturate(targets: list[Target], concurrency: int, seconds: float) -> d
     }
 
 
+ZIPF_S = 1.1
+
+
+def zipf_live(models, instance, var_dir: Path, token: str, args) -> dict:
+    """The same Zipf trace through the real proxy and Triton under each eviction policy."""
+    import urllib.request
+
+    from zipf_eviction import zipf_trace
+
+    from deployments import serving
+    from deployments.models import Instance, Placement
+
+    placements = list(
+        Placement.objects.filter(instance=instance).select_related("version__model__tenant")
+    )
+    measured = [p.host_memory_mb or p.version.host_memory_mb or 115 for p in placements]
+    budget = int(sum(measured) / len(measured) * (args.zipf_room + 0.5))
+    Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=budget)
+    ranks = zipf_trace(models=len(models), requests=args.zipf_requests, zipf_s=ZIPF_S, seed=7)
+    order = list(models)
+    random.Random(7).shuffle(order)
+    results = {}
+    for policy in ("lru", "frequency"):
+        for placement in Placement.objects.filter(instance=instance, actual_state="loaded"):
+            serving.unload_placement(placement=placement, actor=ACTOR, reason="next policy")
+        port = free_port()
+        proxy = start_proxy(var_dir, port, {"EVICTION_POLICY": policy})
+        cold, latencies = 0, []
+        try:
+            for rank in ranks:
+                model = order[rank]
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/api/v1/tenants/{model.tenant.slug}/models/"
+                    "intents/invoke",
+                    data=json.dumps({"inputs": [TEXT]}).encode(),
+                    headers={"Authorization": f"Bearer {token}", "Content-Type": JSON_TYPE},
+                )
+                started = time.perf_counter()
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    answer = json.loads(response.read())
+                latencies.append(time.perf_counter() - started)
+                cold += bool(answer["cold_start"])
+        finally:
+            proxy.terminate()
+            proxy.wait(timeout=30)
+        results[policy] = {
+            "cold_starts": cold,
+            "hit_rate": round(1 - cold / len(ranks), 4),
+            "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+            "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+            "budget_mb": budget,
+        }
+    return results
+
+
+JSON_TYPE = "application/json"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=6, help="tenant models deployed")
     parser.add_argument("--requests", type=int, default=400, help="per way at concurrency 1")
     parser.add_argument("--seconds", type=float, default=5.0, help="per way and concurrency")
     parser.add_argument("--base-cache-dir", type=Path, default=DEFAULT_BASE_CACHE)
+    parser.add_argument(
+        "--zipf-models", type=int, default=12, help="tenant models in the live Zipf run (0: skip)"
+    )
+    parser.add_argument("--zipf-room", type=int, default=4, help="models the budget holds")
+    parser.add_argument("--zipf-requests", type=int, default=300)
     args = parser.parse_args()
 
     var_dir = setup_django()
@@ -250,9 +314,16 @@ def main() -> None:
                 loads[(name, concurrency)] = asyncio.run(
                     saturate(targets[name], concurrency, args.seconds)
                 )
-    finally:
         proxy.terminate()
         proxy.wait(timeout=30)
+        live_zipf = None
+        if args.zipf_models:
+            more = build_fleet(args.zipf_models - len(models), base, var_dir, start=len(models))
+            live_zipf = zipf_live(models + more, instance, var_dir, token, args)
+    finally:
+        if proxy.poll() is None:
+            proxy.terminate()
+            proxy.wait(timeout=30)
         for live in Instance.objects.exclude(status="stopped").exclude(pid=None):
             stop_local_instance(instance=live, actor=ACTOR, reason="measured")
 
@@ -296,6 +367,17 @@ def main() -> None:
         "zipf_scenario": "200 models of 114 MB, room for 50, 20,000 requests, s=1.1 (replayed)",
     }
     results.update(zipf)
+    if live_zipf is not None:
+        results["zipf_live"] = live_zipf
+        print_table(
+            f"Zipf traffic through the proxy and Triton: {args.zipf_models} tenant models, room "
+            f"for {args.zipf_room}, {args.zipf_requests} requests, s={ZIPF_S}",
+            ["policy", "cold starts", "hit rate", "p50 ms", "p99 ms"],
+            [
+                [policy, f["cold_starts"], f["hit_rate"], f["p50_ms"], f["p99_ms"]]
+                for policy, f in live_zipf.items()
+            ],
+        )
     print_table(
         "Zipf traffic over more models than fit (eviction policy replayed)",
         ["policy", "cold starts", "hit rate"],
@@ -310,6 +392,10 @@ def main() -> None:
         "throughput_ratio_c32": results["throughput_ratio_c32"] >= TARGETS["throughput_ratio_c32"],
         "zipf_fewer_cold_starts": zipf["zipf_cold_starts"] < zipf["zipf_cold_starts_lru"],
     }
+    if live_zipf is not None:
+        results["meets_targets"]["zipf_live_fewer_cold_starts"] = (
+            live_zipf["frequency"]["cold_starts"] < live_zipf["lru"]["cold_starts"]
+        )
     results["run_seconds"] = round(time.perf_counter() - began, 1)
     results["settings"] = vars(args) | {"base_cache_dir": str(args.base_cache_dir)}
     write_results("proxy", results)

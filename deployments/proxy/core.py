@@ -15,7 +15,6 @@ import json
 import time
 from dataclasses import dataclass
 
-import aiohttp
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
@@ -26,6 +25,7 @@ from deployments.proxy.invalidation import SUBSCRIBER
 from deployments.proxy.metrics import METRICS
 from deployments.proxy.ratelimit import TokenBuckets, retry_after_header
 from deployments.proxy.routing import MISSING, ROUTES, Copy, Route, load_route
+from deployments.proxy.upstream import UpstreamError, UpstreamPool
 
 
 class ProxyError(Exception):
@@ -210,29 +210,24 @@ def reset_rate_limits() -> None:
 _OUTSTANDING: dict[int, int] = {}
 _SEEN_LOADED: set[int] = set()
 _LOADS: dict[int, asyncio.Future] = {}
-_SESSIONS: dict[int, aiohttp.ClientSession] = {}
+_POOLS: dict[int, UpstreamPool] = {}
 
 
-def _session() -> aiohttp.ClientSession:
-    """One pooled keep-alive HTTP client per event loop."""
+def _pool() -> UpstreamPool:
+    """One keep-alive connection pool per event loop (connections belong to their loop)."""
     loop = asyncio.get_running_loop()
-    session = _SESSIONS.get(id(loop))
-    if session is None or session.closed:
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=settings.TENANTML_PROXY_UPSTREAM_CONNECTIONS, keepalive_timeout=30
-            ),
-            timeout=aiohttp.ClientTimeout(total=settings.TENANTML_PROXY_UPSTREAM_TIMEOUT_S),
-            auto_decompress=False,
+    pool = _POOLS.get(id(loop))
+    if pool is None:
+        pool = _POOLS[id(loop)] = UpstreamPool(
+            max_idle=settings.TENANTML_PROXY_UPSTREAM_CONNECTIONS
         )
-        _SESSIONS[id(loop)] = session
-    return session
+    return pool
 
 
 async def close_sessions() -> None:
-    for session in list(_SESSIONS.values()):
-        await session.close()
-    _SESSIONS.clear()
+    for pool in list(_POOLS.values()):
+        pool.close()
+    _POOLS.clear()
 
 
 def serving_history(instance_id: int):
@@ -346,16 +341,21 @@ async def forward(route: Route, body: bytes, content_type: str) -> Answer:
                 METRICS.upstream_error("sagemaker")
                 raise ProxyError(502, f"SageMaker did not answer: {exc}", code="upstream") from exc
             return Answer(status, answer_type, data, False, copy)
-        url = f"{copy.base_url}/models/{route.triton_name}/invoke"
+        path = f"/models/{route.triton_name}/invoke"
         for attempt in range(2):
             try:
-                async with _session().post(
-                    url, data=body, headers={"Content-Type": content_type}
-                ) as response:
-                    status = response.status
-                    answer_type = response.headers.get("Content-Type", "application/json")
-                    data = await response.read()
-            except (TimeoutError, aiohttp.ClientError) as exc:
+                response = await _pool().post(
+                    copy.host,
+                    copy.port,
+                    path,
+                    body,
+                    content_type,
+                    settings.TENANTML_PROXY_UPSTREAM_TIMEOUT_S,
+                )
+                status = response.status
+                answer_type = response.headers.get("content-type", "application/json")
+                data = response.body
+            except UpstreamError as exc:
                 METRICS.upstream_error("connection")
                 await in_thread(_instance_down)(copy.instance_id)
                 ROUTES.invalidate(route.model_id)

@@ -424,3 +424,35 @@ def test_boto3_with_a_wrong_secret_or_another_tenants_model_is_refused(proxy_url
         )
     assert invalid.value.response["Error"]["Code"] == "ValidationError"
     assert "datatype" in invalid.value.response["Error"]["Message"]
+
+
+def test_every_copy_at_its_limit_is_503_overloaded(proxy_url, intent_artifact, settings):
+    _, token = deploy(intent_artifact)
+    settings.TENANTML_PROXY_MAX_OUTSTANDING_PER_COPY = 0
+
+    status, headers, body = call(invoke_url(proxy_url), token=token, body={"inputs": ["hi"]})
+
+    assert status == 503 and headers["Retry-After"] == "1"
+    assert json.loads(body)["error"]["code"] == "overloaded"
+
+
+def test_a_route_change_in_another_process_reaches_this_one_through_the_generation_file(
+    settings, tmp_path
+):
+    from deployments.proxy.invalidation import SUBSCRIBER, generation_file
+    from deployments.proxy.routing import Route
+
+    settings.CELERY_BROKER_URL = "filesystem://"
+    settings.VAR_DIR = tmp_path
+    route = Route(
+        tenant_id=1, tenant_slug="acme", tenant_active=True, model_id=1, model_name="m", kind="k"
+    )
+    SUBSCRIBER._file_checked = 0
+    SUBSCRIBER.poll_file()  # remember the current generation
+    ROUTES.put(("acme", "m"), route, ttl_s=60)
+
+    generation_file().write_text("another process changed a route")
+    SUBSCRIBER._file_checked = 0
+    SUBSCRIBER.poll_file()
+
+    assert ROUTES.get(("acme", "m")) is not route
