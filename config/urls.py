@@ -1,6 +1,7 @@
-"""Top-level URL map: admin, API v1, OpenAPI schema and docs, probes."""
+"""Top-level URL map: dashboard, login, admin, API v1, OpenAPI schema and docs, probes."""
 
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -12,6 +13,13 @@ admin.site.index_title = "Fleet, tenants and models"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("dashboard/", include("config.dashboard_urls")),
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("tenants.api.urls")),
     # Tenant-scoped registry routes and the top-level /api/v1/training-jobs/{id}/ ones.

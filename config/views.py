@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-
-from deployments.selectors import fleet_overview
+from django.shortcuts import redirect
 
 
-@staff_member_required
 def home(request: HttpRequest) -> HttpResponse:
-    """The landing page: headline fleet figures and the way to the admin and the API docs."""
-    return render(request, "home.html", {"figures": fleet_overview()})
+    """The landing page is the dashboard's overview (which asks anonymous visitors to log in)."""
+    return redirect("dashboard:overview")

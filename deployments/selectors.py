@@ -246,9 +246,7 @@ def _catalog_specs() -> list:
     ]
 
 
-def placed_model_specs(
-    *, caller: Caller, replicas: int | None = None, requests_since=None
-) -> list:
+def placed_model_specs(*, caller: Caller, replicas: int | None = None, requests_since=None) -> list:
     """One ``ModelSpec`` per placed version (measured memory, its copy count as replicas)."""
     from deployments.models import VersionUsageMinute
     from deployments.placement import ModelSpec
@@ -502,9 +500,7 @@ def fleet_figures(*, caller: Caller, now=None) -> dict:
     return {"utilization": utilization, "costs": costs}
 
 
-def what_if_costs(
-    *, instance_type, target_utilization: float, replicas: int, now=None
-) -> dict:
+def what_if_costs(*, instance_type, target_utilization: float, replicas: int, now=None) -> dict:
     """Project the placed fleet onto ``instance_type`` alone (the MME solver) before deploying.
 
     Raises CapacityExceeded (a DomainError) when a placed model does not fit that type.

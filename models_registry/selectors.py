@@ -71,3 +71,64 @@ def training_job_for_caller(*, caller: Caller, job_id: int) -> TrainingJob:
     if job is None or not caller.can_see(job.model.tenant_id):
         raise TrainingJobNotFound(f"No training job {job_id}.")
     return job
+
+
+# --- Dashboard --------------------------------------------------------------------------------
+
+
+def training_jobs_for_tenant(*, tenant: Tenant, limit: int = 20) -> list[TrainingJob]:
+    """The tenant's most recent training jobs, newest first."""
+    return list(
+        TrainingJob.objects.filter(model__tenant=tenant)
+        .select_related("model__tenant", "dataset", "version")
+        .order_by("-created_at", "-pk")[:limit]
+    )
+
+
+def training_job_for_tenant(*, tenant: Tenant, job_id: int) -> TrainingJob:
+    """One of the tenant's training jobs; another tenant's answers like a missing one."""
+    job = (
+        TrainingJob.objects.select_related("model__tenant", "dataset", "version")
+        .filter(pk=job_id, model__tenant=tenant)
+        .first()
+    )
+    if job is None:
+        raise TrainingJobNotFound(f"No training job {job_id}.")
+    return job
+
+
+def tenant_models_overview(*, tenant: Tenant) -> list[dict]:
+    """Each of the tenant's models with its versions (newest first), its deployment (or None)
+    and the versions a deployment, promotion or rollback may name."""
+    from deployments.models import Deployment
+
+    models = list(
+        TenantModel.objects.filter(tenant=tenant)
+        .select_related("tenant", "active_version")
+        .order_by("name")
+    )
+    versions: dict[int, list[ModelVersion]] = {}
+    for version in ModelVersion.objects.filter(model__in=models).order_by("model_id", "-number"):
+        versions.setdefault(version.model_id, []).append(version)
+    deployments = {
+        d.model_id: d
+        for d in Deployment.objects.filter(model__in=models).select_related(
+            "endpoint", "live_version", "target_version", "previous_version"
+        )
+    }
+    rows = []
+    for model in models:
+        mine = versions.get(model.pk, [])
+        deployment = deployments.get(model.pk)
+        rows.append(
+            {
+                "model": model,
+                "versions": mine,
+                "deployable_versions": [
+                    v for v in mine if v.status == ModelVersion.Status.READY and v.package_uri
+                ],
+                "deployment": deployment,
+                "can_roll_back": bool(deployment and deployment.previous_version_id),
+            }
+        )
+    return rows

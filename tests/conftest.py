@@ -17,19 +17,34 @@ POSTGRES_SKIP_REASON = (
 )
 
 
+REDIS_SKIP_REASON = (
+    "needs a Redis broker (pub/sub between processes); the embedded file-system broker has none. "
+    "CI points CELERY_BROKER_URL at Redis, where these always run."
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked ``postgres`` on SQLite, and refuse to skip them where CI asks for it."""
+    """Skip tests that need a server the embedded default lacks (``postgres``, ``redis``), and
+    refuse to skip them where CI asks for it (``TENANTML_REQUIRE_POSTGRES_TESTS=1``)."""
     from django.conf import settings
 
-    if "postgresql" in settings.DATABASES["default"]["ENGINE"]:
-        return
-    marked = [item for item in items if item.get_closest_marker("postgres")]
-    if marked and os.environ.get("TENANTML_REQUIRE_POSTGRES_TESTS") == "1":
-        raise pytest.UsageError(
-            "TENANTML_REQUIRE_POSTGRES_TESTS=1 but DATABASE_URL is not PostgreSQL."
-        )
-    for item in marked:
-        item.add_marker(pytest.mark.skip(reason=POSTGRES_SKIP_REASON))
+    required = os.environ.get("TENANTML_REQUIRE_POSTGRES_TESTS") == "1"
+    available = {
+        "postgres": "postgresql" in settings.DATABASES["default"]["ENGINE"],
+        "redis": settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://")),
+    }
+    reasons = {"postgres": POSTGRES_SKIP_REASON, "redis": REDIS_SKIP_REASON}
+    for marker, present in available.items():
+        if present:
+            continue
+        marked = [item for item in items if item.get_closest_marker(marker)]
+        if marked and required:
+            raise pytest.UsageError(
+                f"TENANTML_REQUIRE_POSTGRES_TESTS=1 (CI) but there is no {marker} server: "
+                "set DATABASE_URL and CELERY_BROKER_URL."
+            )
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason=reasons[marker]))
 
 
 @pytest.fixture(autouse=True)

@@ -72,3 +72,72 @@ class InvokeResponseSerializer(serializers.Serializer):
     outputs = serializers.ListField(child=serializers.JSONField())
     model_version = serializers.IntegerField()
     cold_start = serializers.BooleanField()
+
+
+# --- Fleet figures (the dashboard overview's numbers) -----------------------------------------
+
+
+class FleetUtilizationSerializer(serializers.Serializer):
+    """``GET /api/v1/fleet/utilization``; memory in MB, fractions in [0, 1], traffic last hour."""
+
+    scope = serializers.ChoiceField(choices=["fleet", "tenant"])
+    tenants = serializers.ListField(child=serializers.CharField())
+    window_minutes = serializers.IntegerField()
+    instances = serializers.IntegerField()
+    host_memory_used_mb = serializers.FloatField()
+    host_memory_budget_mb = serializers.FloatField(allow_null=True)
+    host_memory_utilization = serializers.FloatField(allow_null=True)
+    gpu_memory_used_mb = serializers.FloatField()
+    gpu_memory_budget_mb = serializers.FloatField(allow_null=True)
+    gpu_memory_utilization = serializers.FloatField(allow_null=True)
+    models_loaded = serializers.IntegerField()
+    models_placed = serializers.IntegerField()
+    invocations_last_hour = serializers.IntegerField()
+    invocations_per_minute = serializers.FloatField()
+    cold_starts_last_hour = serializers.IntegerField()
+    errors_last_hour = serializers.IntegerField()
+    p50_latency_ms_last_hour = serializers.FloatField(allow_null=True)
+    p99_latency_ms_last_hour = serializers.FloatField(allow_null=True)
+    p99_latency_above_slowest_bucket = serializers.BooleanField()
+
+
+class TenantCostSerializer(serializers.Serializer):
+    tenant = serializers.CharField()
+    usd_per_hour = serializers.FloatField()
+    usd_per_month = serializers.FloatField()
+    memory_mb = serializers.FloatField()
+
+
+class EndpointCostSerializer(serializers.Serializer):
+    endpoint = serializers.CharField()
+    instance_type = serializers.CharField()
+    live_instances = serializers.IntegerField()
+    usd_per_hour = serializers.FloatField()
+
+
+class ModelCostSerializer(serializers.Serializer):
+    tenant = serializers.CharField()
+    model = serializers.CharField()
+    version = serializers.IntegerField()
+    usd_per_hour = serializers.FloatField()
+    memory_mb = serializers.FloatField()
+
+
+class FleetCostsSerializer(serializers.Serializer):
+    """``GET /api/v1/fleet/costs``: actual and dedicated-baseline cost, savings, shares."""
+
+    scope = serializers.ChoiceField(choices=["fleet", "tenant"])
+    tenants_in_scope = serializers.ListField(child=serializers.CharField())
+    hours_per_month = serializers.IntegerField()
+    usd_per_hour = serializers.FloatField()
+    usd_per_month = serializers.FloatField()
+    dedicated_usd_per_hour = serializers.FloatField()
+    dedicated_usd_per_month = serializers.FloatField()
+    savings = serializers.FloatField(allow_null=True)
+    savings_formula = serializers.CharField()
+    dedicated_baseline = serializers.CharField()
+    placed_models = serializers.IntegerField()
+    tenants = TenantCostSerializer(many=True)
+    unattributed_usd_per_hour = serializers.FloatField(required=False)
+    endpoints = EndpointCostSerializer(many=True, required=False)
+    models = ModelCostSerializer(many=True, required=False)

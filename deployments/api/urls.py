@@ -13,4 +13,6 @@ urlpatterns = [
     ),
     path(f"{MODEL}/invoke", views.InvokeView.as_view(), name="model-invoke"),
     path("instances/<int:instance_id>/drain", views.InstanceDrainView.as_view(), name="drain"),
+    path("fleet/utilization", views.FleetUtilizationView.as_view(), name="fleet-utilization"),
+    path("fleet/costs", views.FleetCostsView.as_view(), name="fleet-costs"),
 ]

@@ -11,6 +11,8 @@ from deployments import inference, rollouts, selectors
 from deployments.api.serializers import (
     DeploymentRequestSerializer,
     DeploymentSerializer,
+    FleetCostsSerializer,
+    FleetUtilizationSerializer,
     InvokeRequestSerializer,
     InvokeResponseSerializer,
 )
@@ -89,3 +91,21 @@ class InstanceDrainView(APIView):
             instance=instance, actor=caller_for_request(request).label
         )
         return Response({"instance": str(instance), "status": instance.status})
+
+
+class FleetUtilizationView(APIView):
+    """Memory utilization, models loaded vs placed and last hour's traffic (the overview's)."""
+
+    @extend_schema(responses=FleetUtilizationSerializer)
+    def get(self, request):
+        figures = selectors.fleet_figures(caller=caller_for_request(request))
+        return Response(figures["utilization"])
+
+
+class FleetCostsView(APIView):
+    """Cost per hour and month, the dedicated baseline and savings (a tenant: its share)."""
+
+    @extend_schema(responses=FleetCostsSerializer)
+    def get(self, request):
+        figures = selectors.fleet_figures(caller=caller_for_request(request))
+        return Response(figures["costs"])

@@ -456,3 +456,37 @@ def test_a_route_change_in_another_process_reaches_this_one_through_the_generati
     SUBSCRIBER.poll_file()
 
     assert ROUTES.get(("acme", "m")) is not route
+
+
+@pytest.mark.redis
+def test_a_route_change_published_by_another_process_reaches_this_one_over_redis(db):
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    from deployments.proxy.invalidation import CHANNEL, SUBSCRIBER
+    from deployments.proxy.routing import Route
+
+    SUBSCRIBER.start()
+    time.sleep(0.5)  # the listener subscribes (and starts from a clean cache)
+    route = Route(
+        tenant_id=1, tenant_slug="acme", tenant_active=True, model_id=41, model_name="m", kind="k"
+    )
+    ROUTES.put(("acme", "m"), route, ttl_s=60)
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import redis, sys; redis.Redis.from_url(sys.argv[1]).publish(sys.argv[2], '41')",
+            settings.CELERY_BROKER_URL,
+            CHANNEL,
+        ],
+        check=True,
+    )
+
+    deadline = time.monotonic() + 5
+    while ROUTES.get(("acme", "m")) is route and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ROUTES.get(("acme", "m")) is not route
