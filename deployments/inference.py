@@ -7,6 +7,8 @@ model kind's schema (400 naming the item), the model's deployment names the live
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import jsonschema
 
 from config.errors import Conflict
@@ -21,10 +23,14 @@ class ModelNotDeployed(Conflict):
     code = "not_deployed"
 
 
+@lru_cache(maxsize=64)
+def _validator(kind_name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(get_kind(kind_name).input_schema)
+
+
 def validate_inputs(*, kind_name: str, inputs: list) -> None:
     """Raise InvalidInferenceInput naming the first offending item, per the kind's schema."""
-    schema = get_kind(kind_name).input_schema
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _validator(kind_name)
     error = next(iter(sorted(validator.iter_errors(inputs), key=lambda e: list(e.path))), None)
     if error is None:
         return

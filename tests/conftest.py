@@ -23,6 +23,19 @@ REDIS_SKIP_REASON = (
 )
 
 
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_SKIP_REASON = (
+    "drives Debian's Chromium with Playwright (`apt-get install chromium`); this machine has no "
+    f"{CHROMIUM}. CI installs it and always runs these."
+)
+
+
+def _browser_available() -> bool:
+    import importlib.util
+
+    return os.access(CHROMIUM, os.X_OK) and importlib.util.find_spec("playwright") is not None
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip tests that need a server the embedded default lacks (``postgres``, ``redis``), and
     refuse to skip them where CI asks for it (``TENANTML_REQUIRE_POSTGRES_TESTS=1``)."""
@@ -45,6 +58,14 @@ def pytest_collection_modifyitems(config, items):
             )
         for item in marked:
             item.add_marker(pytest.mark.skip(reason=reasons[marker]))
+    browser_tests = [item for item in items if item.get_closest_marker("browser")]
+    if browser_tests and not _browser_available():
+        if os.environ.get("TENANTML_REQUIRE_BROWSER_TESTS") == "1":
+            raise pytest.UsageError(
+                f"TENANTML_REQUIRE_BROWSER_TESTS=1 (CI) but {CHROMIUM} or playwright is missing."
+            )
+        for item in browser_tests:
+            item.add_marker(pytest.mark.skip(reason=BROWSER_SKIP_REASON))
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,6 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable
-from functools import lru_cache
 from urllib.parse import unquote
 
 from django.conf import settings
@@ -108,22 +107,14 @@ def _json(data: object) -> bytes:
 # --- Validation against the kind's tensors -------------------------------------------------
 
 
-@lru_cache(maxsize=64)
-def _input_validator(kind_name: str):
-    import jsonschema
-
-    from models_registry.kinds import get_kind
-
-    return jsonschema.Draft202012Validator(get_kind(kind_name).input_schema)
-
-
 def validate_native_inputs(route: Route, inputs: object) -> None:
     """The native ``inputs`` against the kind's JSON schema; 400 naming the first bad item."""
-    errors = sorted(_input_validator(route.kind).iter_errors(inputs), key=lambda e: list(e.path))
-    if errors:
-        error = errors[0]
-        field = "inputs" + "".join(f"[{part}]" for part in error.path)
-        raise ProxyError(400, f"{field}: {error.message}", code="invalid", field=field)
+    from deployments.inference import validate_inputs
+
+    try:
+        validate_inputs(kind_name=route.kind, inputs=inputs)
+    except DomainError as exc:
+        raise ProxyError.from_domain(exc) from exc
 
 
 def _max_batch(route: Route) -> int:
