@@ -80,7 +80,7 @@ class InvokeResponseSerializer(serializers.Serializer):
 class FleetUtilizationSerializer(serializers.Serializer):
     """``GET /api/v1/fleet/utilization``; memory in MB, fractions in [0, 1], traffic last hour."""
 
-    scope = serializers.ChoiceField(choices=["fleet", "tenant"])
+    scope = serializers.CharField(help_text='"fleet" (platform callers) or "tenant".')
     tenants = serializers.ListField(child=serializers.CharField())
     window_minutes = serializers.IntegerField()
     instances = serializers.IntegerField()
@@ -126,7 +126,7 @@ class ModelCostSerializer(serializers.Serializer):
 class FleetCostsSerializer(serializers.Serializer):
     """``GET /api/v1/fleet/costs``: actual and dedicated-baseline cost, savings, shares."""
 
-    scope = serializers.ChoiceField(choices=["fleet", "tenant"])
+    scope = serializers.CharField(help_text='"fleet" (platform callers) or "tenant".')
     tenants_in_scope = serializers.ListField(child=serializers.CharField())
     hours_per_month = serializers.IntegerField()
     usd_per_hour = serializers.FloatField()
