@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CHROMIUM
+from tests.dashboard.conftest import fleet, staff_user  # noqa: F401  (the dashboard's fixtures)
 
 # Playwright's sync API keeps an event loop in the test's thread; the ORM calls the tests make
 # between page actions are still synchronous ones.

@@ -15,7 +15,7 @@ from deployments import serving
 from deployments.models import Deployment, Instance
 from models_registry.models import ModelVersion, TrainingJob
 from models_registry.services import package_version, promote_version
-from tests.dashboard.conftest import PASSWORD, fleet, staff_user  # noqa: F401  (fixtures)
+from tests.dashboard.conftest import PASSWORD
 from tests.factories import (
     DatasetFactory,
     ModelVersionFactory,
@@ -155,9 +155,7 @@ def test_a_deploy_click_takes_the_model_live(
     screenshot(page, "endpoint")
 
 
-def test_the_remaining_pages_render_and_are_saved(
-    page, live_server, staff_user, fleet, screenshot
-):
+def test_the_remaining_pages_render_and_are_saved(page, live_server, staff_user, fleet, screenshot):
     log_in(page, live_server, staff_user)
 
     page.goto(f"{live_server.url}/dashboard/endpoints/")
