@@ -132,16 +132,7 @@ def start_local_instance(
             instance=instance,
         )
         raise
-    _STARTED[process.pid] = process
-    now = timezone.now()
-    instance.port = process.port
-    instance.metrics_port = process.metrics_port
-    instance.pid = process.pid
-    instance.external_id = str(workdir)
-    instance.status = Instance.Status.HEALTHY
-    instance.started_at = now
-    instance.last_health_at = now
-    instance.save()
+    _record_running(instance, process, workdir)
     if endpoint.status != Endpoint.Status.IN_SERVICE:
         endpoint.status = Endpoint.Status.IN_SERVICE
         endpoint.save(update_fields=["status", "updated_at"])
@@ -156,6 +147,21 @@ def start_local_instance(
         instance=instance,
     )
     return instance
+
+
+def _record_running(instance: Instance, process, workdir: Path) -> None:
+    """Store where a freshly started Triton process answers and mark the instance healthy."""
+    _STARTED[process.pid] = process
+    now = timezone.now()
+    instance.port = process.port
+    instance.metrics_port = process.metrics_port
+    instance.pid = process.pid
+    instance.external_id = str(workdir)
+    instance.status = Instance.Status.HEALTHY
+    instance.status_reason = ""
+    instance.started_at = now
+    instance.last_health_at = now
+    instance.save()
 
 
 def stop_local_instance(*, instance: Instance, actor: str, reason: str = "") -> Instance:
@@ -260,19 +266,9 @@ def restart_local_instance(*, instance: Instance, actor: str, reason: str) -> In
             instance=instance,
         )
         raise
-    _STARTED[process.pid] = process
-    now = timezone.now()
-    instance.port = process.port
-    instance.metrics_port = process.metrics_port
-    instance.pid = process.pid
-    instance.external_id = str(workdir)
-    instance.status = Instance.Status.HEALTHY
-    instance.status_reason = ""
     instance.restarts += 1
     instance.failed_restarts = 0
-    instance.started_at = now
-    instance.last_health_at = now
-    instance.save()
+    _record_running(instance, process, workdir)
     record_event(
         kind="instance.restarted",
         actor=actor,

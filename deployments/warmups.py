@@ -43,6 +43,28 @@ class WarmupReport:
     usd: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
 
+    def record_warm(self, placement: Placement, *, seconds: float, probe_ms: float) -> None:
+        """Count a warmed model and price the instance time its warm-up took."""
+        self.warmed += 1
+        self.seconds += seconds
+        self.latencies_ms.append(probe_ms)
+        hourly = placement.endpoint.instance_type.usd_per_hour or Decimal("0")
+        self.usd += float(hourly) * seconds / 3600
+
+    def record_failure(self, placement: Placement, exc: DomainError) -> None:
+        """Count a failed warm-up and say why in an Event."""
+        self.failed += 1
+        where = placement.instance or placement.endpoint
+        record_event(
+            kind="warmup.failed",
+            severity="warning",
+            actor=ACTOR,
+            message=f"Warm-up of {placement.version} on {where} failed: {exc.message}",
+            version=placement.version,
+            endpoint=placement.endpoint,
+            instance=placement.instance,
+        )
+
     def as_dict(self) -> dict:
         latencies = sorted(self.latencies_ms)
         return {
@@ -97,24 +119,11 @@ def warm_up_fleet(*, skip_recent_s: int | None = None, now=None) -> WarmupReport
         try:
             probe = serving.probe_placement(placement=placement, actor=ACTOR)
         except DomainError as exc:
-            report.failed += 1
-            record_event(
-                kind="warmup.failed",
-                severity="warning",
-                actor=ACTOR,
-                message=f"Warm-up of {placement.version} on {placement.instance} failed: "
-                f"{exc.message}",
-                version=placement.version,
-                endpoint=placement.endpoint,
-                instance=placement.instance,
-            )
+            report.record_failure(placement, exc)
             continue
-        seconds = time.perf_counter() - started
-        report.warmed += 1
-        report.seconds += seconds
-        report.latencies_ms.append(probe.latency_ms)
-        hourly = placement.endpoint.instance_type.usd_per_hour or Decimal("0")
-        report.usd += float(hourly) * seconds / 3600
+        report.record_warm(
+            placement, seconds=time.perf_counter() - started, probe_ms=probe.latency_ms
+        )
         if probe.cold_start:
             report.cold_starts += 1
             used_by_instance[placement.instance_id] = used_by_instance.get(
@@ -160,25 +169,12 @@ def _warm_sagemaker(*, recent, report: WarmupReport) -> None:
         try:
             latency_ms = sagemaker_deploy.probe(backend=backend, placement=placement)
         except DomainError as exc:
-            report.failed += 1
-            record_event(
-                kind="warmup.failed",
-                severity="warning",
-                actor=ACTOR,
-                message=f"Warm-up of {placement.version} on {placement.endpoint} failed: "
-                f"{exc.message}",
-                version=placement.version,
-                endpoint=placement.endpoint,
-            )
+            report.record_failure(placement, exc)
             continue
         Placement.objects.filter(pk=placement.pk).update(
             last_warmed_at=timezone.now(), warmup_latency_ms=round(latency_ms, 2)
         )
-        report.warmed += 1
-        report.seconds += latency_ms / 1000
-        report.latencies_ms.append(latency_ms)
-        hourly = placement.endpoint.instance_type.usd_per_hour or Decimal("0")
-        report.usd += float(hourly) * latency_ms / 1000 / 3600
+        report.record_warm(placement, seconds=latency_ms / 1000, probe_ms=latency_ms)
 
 
 def _used_mb(instance: Instance) -> float:

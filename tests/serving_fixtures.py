@@ -84,3 +84,41 @@ def embedding_artifact(tmp_path_factory, base_encoder_files) -> Path:
     out_dir = tmp_path_factory.mktemp("embedding-artifact")
     get_kind("embedding").build_artifact(out_dir=out_dir, base=base_encoder_files)
     return out_dir
+
+
+def packaged_version(model, artifact_dir: Path, number: int, *, promote: bool = False):
+    """A version of ``model`` built from ``artifact_dir``, packaged for Triton (and promoted)."""
+    from models_registry.models import ModelVersion
+    from models_registry.services import package_version, promote_version
+    from tests.factories import ModelVersionFactory
+
+    version = ModelVersionFactory(
+        model=model,
+        number=number,
+        status=ModelVersion.Status.REGISTERED,
+        artifact_uri=str(artifact_dir),
+        host_memory_mb=None,
+        metrics={"macro_f1": 0.9},
+    )
+    version = package_version(version=version, actor="test")
+    if promote:
+        version = promote_version(version=version, actor="test")
+        model.refresh_from_db()
+    return version
+
+
+@pytest.fixture
+def local_rollouts(settings, tmp_path):
+    """Rollouts run inline, as the worker runs them; Triton instances get this test's working
+    directories, and every one started is stopped after the test."""
+    from config.celery import app
+    from deployments import serving
+    from deployments.models import Instance
+
+    settings.VAR_DIR = tmp_path / "var"
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = previous
+    for instance in Instance.objects.exclude(status=Instance.Status.STOPPED).exclude(pid=None):
+        serving.stop_local_instance(instance=instance, actor="test", reason="test finished")

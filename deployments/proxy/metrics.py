@@ -22,6 +22,10 @@ class ProxyMetrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Start counting from zero (a fresh process's view)."""
         self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
         self.cold_starts: dict[str, int] = defaultdict(int)
         self.histogram: dict[tuple[str, str], list[int]] = {}

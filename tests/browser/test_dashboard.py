@@ -10,19 +10,16 @@ import re
 import pytest
 from django.urls import reverse
 
-from config.celery import app as celery_app
-from deployments import serving
-from deployments.models import Deployment, Instance
-from models_registry.models import ModelVersion, TrainingJob
-from models_registry.services import package_version, promote_version
+from deployments.models import Deployment
+from models_registry.models import TrainingJob
 from tests.dashboard.conftest import PASSWORD
 from tests.factories import (
     DatasetFactory,
-    ModelVersionFactory,
     TenantFactory,
     TenantModelFactory,
     TrainingJobFactory,
 )
+from tests.serving_fixtures import packaged_version
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -104,31 +101,11 @@ def test_a_training_jobs_progress_moves_on_the_page_without_a_reload(
     screenshot(page, "tenant-training")
 
 
-@pytest.fixture
-def live_rollouts(settings, tmp_path):
-    """Rollouts run inline (as the worker would) and every Triton started is stopped after."""
-    settings.VAR_DIR = tmp_path / "var"
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = previous
-    for instance in Instance.objects.exclude(status=Instance.Status.STOPPED).exclude(pid=None):
-        serving.stop_local_instance(instance=instance, actor="test", reason="test finished")
-
-
 def test_a_deploy_click_takes_the_model_live(
-    page, live_server, staff_user, intent_artifact, live_rollouts, screenshot
+    page, live_server, staff_user, intent_artifact, local_rollouts, screenshot
 ):
     model = TenantModelFactory(tenant=TenantFactory(slug="threadline"), name="intents")
-    version = ModelVersionFactory(
-        model=model,
-        number=1,
-        status=ModelVersion.Status.REGISTERED,
-        artifact_uri=str(intent_artifact),
-        host_memory_mb=None,
-        metrics={"macro_f1": 0.93},
-    )
-    promote_version(version=package_version(version=version, actor="test"), actor="test")
+    version = packaged_version(model, intent_artifact, 1, promote=True)
     log_in(page, live_server, staff_user)
     page.goto(f"{live_server.url}/dashboard/tenants/threadline/")
     status = page.get_by_test_id("deployment-status-intents")

@@ -18,18 +18,18 @@ import numpy as np
 import pytest
 import uvicorn
 
-from config.celery import app as celery_app
 from deployments import serving
 from deployments.models import Event, Instance, Placement
 from deployments.proxy import core
 from deployments.proxy.routing import ROUTES
 from models_registry.models import ModelVersion
-from models_registry.services import package_version, promote_version
+from models_registry.services import package_version
 from models_registry.triton_runtime.intent_classifier import Predictor as IntentPredictor
 from tenants.services import issue_token
 from tests.factories import ModelVersionFactory, TenantFactory, TenantModelFactory
+from tests.serving_fixtures import packaged_version
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("local_rollouts")]
 
 TICKETS = ["Where is my refund?", "I can't log in to my account.", "My parcel never arrived."]
 
@@ -61,34 +61,21 @@ def proxy_url():
 
 
 @pytest.fixture(autouse=True)
-def fresh_proxy_state(settings, tmp_path):
-    settings.VAR_DIR = tmp_path / "var"
+def fresh_proxy_state():
+    from deployments.proxy.metrics import METRICS
+
+    METRICS.reset()
     ROUTES.invalidate(None)
     core._TOKENS.clear()
     core._SEEN_LOADED.clear()
     core.reset_rate_limits()
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = previous
-    for instance in Instance.objects.exclude(status=Instance.Status.STOPPED).exclude(pid=None):
-        serving.stop_local_instance(instance=instance, actor="test", reason="test finished")
 
 
 def deploy(artifact, *, slug: str = "acme", name: str = "intents"):
     from deployments import rollouts
 
     model = TenantModelFactory(tenant=TenantFactory(slug=slug), name=name)
-    version = ModelVersionFactory(
-        model=model,
-        number=1,
-        status=ModelVersion.Status.REGISTERED,
-        artifact_uri=str(artifact),
-        host_memory_mb=None,
-        metrics={"macro_f1": 0.9},
-    )
-    promote_version(version=package_version(version=version, actor="test"), actor="test")
-    model.refresh_from_db()
+    packaged_version(model, artifact, 1, promote=True)
     deployment, _ = rollouts.request_deployment(model=model, actor="test")
     rollouts.run_rollout(deployment_id=deployment.pk)
     token = issue_token(tenant=model.tenant, name="product", actor="test").secret
@@ -231,7 +218,7 @@ def test_a_model_not_deployed_is_409(proxy_url, db):
 
 def test_a_tenant_over_its_rate_is_429_with_retry_after(proxy_url, intent_artifact, settings):
     _, token = deploy(intent_artifact)
-    settings.TENANTML_PROXY_RATE_LIMIT_RPS = 0.5
+    settings.TENANTML_PROXY_RATE_LIMIT_RPS = 0.01  # one token per 100 s: no refill mid-test
     settings.TENANTML_PROXY_RATE_LIMIT_BURST = 2
     core.reset_rate_limits()
 

@@ -16,47 +16,21 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from rest_framework.test import APIClient
 
-from config.celery import app
 from deployments import reconciler, serving, usage, warmups
 from deployments.models import Deployment, Endpoint, Event, Instance, Placement
-from models_registry.models import ModelVersion
-from models_registry.services import package_version, promote_version
 from tenants.services import issue_token
-from tests.factories import ModelVersionFactory, TenantFactory, TenantModelFactory
+from tests.factories import TenantFactory, TenantModelFactory
+from tests.serving_fixtures import packaged_version
 from tests.triton_support import UPPER_CASE_ECHO, write_model
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("local_rollouts")]
 
 TICKET = ["Where is my refund?"]
 
 
-@pytest.fixture(autouse=True)
-def eager_tasks():
-    previous = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
-
-
-@pytest.fixture(autouse=True)
-def local_fleet(settings, tmp_path):
-    settings.VAR_DIR = tmp_path / "var"
-    yield
-    for instance in Instance.objects.exclude(status=Instance.Status.STOPPED).exclude(pid=None):
-        serving.stop_local_instance(instance=instance, actor="test", reason="test finished")
-
-
 def deployed_model(artifact, *, slug: str, name: str = "intents", tier: str = "standard"):
     model = TenantModelFactory(tenant=TenantFactory(slug=slug, tier=tier), name=name)
-    version = ModelVersionFactory(
-        model=model,
-        number=1,
-        status=ModelVersion.Status.REGISTERED,
-        artifact_uri=str(artifact),
-        host_memory_mb=None,
-        metrics={"macro_f1": 0.9},
-    )
-    promote_version(version=package_version(version=version, actor="test"), actor="test")
+    packaged_version(model, artifact, 1, promote=True)
     secret = issue_token(tenant=model.tenant, name="t", actor="test").secret
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")

@@ -11,55 +11,28 @@ import time
 import pytest
 from rest_framework.test import APIClient
 
-from config.celery import app
 from deployments import rollouts, serving
 from deployments.models import Deployment, Endpoint, Event, Instance, Placement
 from models_registry.models import ModelVersion
-from models_registry.services import package_version, promote_version
+from models_registry.services import promote_version
 from tenants.models import Tenant
 from tenants.services import issue_token
-from tests.factories import ModelVersionFactory, TenantFactory, TenantModelFactory
+from tests.factories import TenantFactory, TenantModelFactory
+from tests.serving_fixtures import packaged_version
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("local_rollouts")]
 
 TICKETS = ["Where is my refund?", "I can't log in to my account.", "My parcel never arrived."]
 
 
-@pytest.fixture(autouse=True)
-def eager_tasks():
-    previous = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
-
-
-@pytest.fixture(autouse=True)
-def local_fleet(settings, tmp_path):
-    """Triton instances get their own working directories; every one started is stopped."""
-    settings.VAR_DIR = tmp_path / "var"
-    yield
-    for instance in Instance.objects.exclude(status=Instance.Status.STOPPED).exclude(pid=None):
-        serving.stop_local_instance(instance=instance, actor="test", reason="test finished")
-
-
 def packaged(model, artifact_dir, number: int) -> ModelVersion:
-    version = ModelVersionFactory(
-        model=model,
-        number=number,
-        status=ModelVersion.Status.REGISTERED,
-        artifact_uri=str(artifact_dir),
-        host_memory_mb=None,
-        metrics={"macro_f1": 0.9},
-    )
-    return package_version(version=version, actor="test")
+    return packaged_version(model, artifact_dir, number)
 
 
 @pytest.fixture
 def intent_model(intent_artifact):
     model = TenantModelFactory(tenant=TenantFactory(slug="acme"), name="intents")
-    v1 = packaged(model, intent_artifact, 1)
-    promote_version(version=v1, actor="test")
-    model.refresh_from_db()
+    packaged_version(model, intent_artifact, 1, promote=True)
     return model
 
 
