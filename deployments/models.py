@@ -210,6 +210,9 @@ class Placement(models.Model):
     loaded_at = models.DateTimeField(null=True, blank=True)
     failure_reason = models.TextField(blank=True)
     retries = models.PositiveSmallIntegerField(default=0)
+    # "host:pid" of the process loading it, so another process can tell a load in progress from
+    # one whose process died mid-way (and take it over at once instead of waiting it out).
+    loading_by = models.CharField(max_length=64, blank=True)
     # SageMaker inference-component name, or the MME target-model key.
     external_name = models.CharField(max_length=512, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

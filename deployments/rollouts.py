@@ -244,8 +244,8 @@ def _roll_out_local(*, deployment: Deployment, actor: str) -> tuple[Endpoint, fl
         _progress(deployment, f"Loading v{target.number} on {instance} and probing it.")
         try:
             probe = serving.probe_placement(placement=placement, actor=actor)
-        except ModelLoadFailed:
-            raise
+        except (ModelLoadFailed, InstanceUnavailable, CapacityExceeded):
+            raise  # failed for good, or transient (the task retries)
         except DomainError as exc:
             raise ModelLoadFailed(
                 f"v{target.number} loaded on {instance} but its probe failed: {exc.message}"

@@ -21,6 +21,8 @@ out because it is the only part that talks to a backend.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from concurrent.futures import Future
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import psutil
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
@@ -593,7 +596,11 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
         )
         if placement.actual_state == Placement.ActualState.LOADED:
             return LoadOutcome(placement_id=placement_id, cold_start=False)
-        if placement.actual_state == Placement.ActualState.LOADING and _recently_updated(placement):
+        if (
+            placement.actual_state == Placement.ActualState.LOADING
+            and _recently_updated(placement)
+            and not _loader_gone(placement)
+        ):
             foreign = True
         else:
             foreign = False
@@ -613,7 +620,10 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
             victims = [by_key[key] for key in plan.evict]
             placement.actual_state = Placement.ActualState.LOADING
             placement.failure_reason = ""
-            placement.save(update_fields=["actual_state", "failure_reason", "updated_at"])
+            placement.loading_by = _THIS_PROCESS
+            placement.save(
+                update_fields=["actual_state", "failure_reason", "loading_by", "updated_at"]
+            )
     if foreign:
         return _wait_for_foreign_load(placement_id)
 
@@ -802,6 +812,20 @@ def memory_of(placement: Placement) -> float:
     )
 
 
+_THIS_PROCESS = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _loader_gone(placement: Placement) -> bool:
+    """Whether the process recorded as loading this placement is known to be dead: on this
+    host and not running, or this very process with no load of it in flight (a crashed call)."""
+    host, _, pid = placement.loading_by.rpartition(":")
+    if not pid.isdigit() or host != socket.gethostname():
+        return False  # another machine's load, or none recorded: wait it out
+    if int(pid) == os.getpid():
+        return not _SINGLE_FLIGHT.in_flight(placement.pk)
+    return not psutil.pid_exists(int(pid))
+
+
 def _recently_updated(placement: Placement) -> bool:
     return placement.updated_at >= timezone.now() - timedelta(seconds=LOAD_TIMEOUT_S)
 
@@ -887,6 +911,10 @@ class _SingleFlight:
             future = Future()
             self._inflight[key] = future
             return future, True
+
+    def in_flight(self, key: int) -> bool:
+        with self._lock:
+            return key in self._inflight
 
     def resolve(self, key: int, outcome: LoadOutcome) -> None:
         with self._lock:

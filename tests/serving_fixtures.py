@@ -122,3 +122,31 @@ def local_rollouts(settings, tmp_path):
     app.conf.task_always_eager = previous
     for instance in Instance.objects.exclude(status=Instance.Status.STOPPED).exclude(pid=None):
         serving.stop_local_instance(instance=instance, actor="test", reason="test finished")
+
+
+@pytest.fixture(scope="module")
+def proxy_url():
+    """The platform's ASGI application served by uvicorn in this process (it shares the test
+    database), as ``uvicorn config.asgi:application`` serves it in production."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from config.asgi import application
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

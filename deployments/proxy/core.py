@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from config.errors import DomainError
 from deployments import usage
@@ -83,11 +83,19 @@ class Answer:
 
 
 def in_thread(function):
-    """Run blocking ORM or backend work off the event loop, on a fresh-enough connection."""
+    """Run blocking ORM or backend work off the event loop, in a pool thread.
+
+    The thread's connection is closed afterwards, as Django closes a request's: these calls
+    happen on cache misses and cold loads only, and a pool thread's idle connection would
+    otherwise outlive every use (and hold the database open).
+    """
 
     def call(*args, **kwargs):
         close_old_connections()
-        return function(*args, **kwargs)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            connection.close()
 
     return sync_to_async(call, thread_sensitive=False)
 

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
-import uvicorn
 
 from deployments import serving
 from deployments.models import Event, Instance, Placement
@@ -32,32 +29,6 @@ from tests.serving_fixtures import packaged_version
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("local_rollouts")]
 
 TICKETS = ["Where is my refund?", "I can't log in to my account.", "My parcel never arrived."]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def proxy_url():
-    """The platform's ASGI application served by uvicorn in this process (it shares the test
-    database), as ``uvicorn config.asgi:application`` serves it in production."""
-    from config.asgi import application
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 @pytest.fixture(autouse=True)

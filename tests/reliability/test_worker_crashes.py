@@ -1,0 +1,213 @@
+"""A Celery worker killed with SIGKILL mid-work, with real processes: the training job and the
+deployment it was running complete exactly once after a new worker starts (the reconcilers
+re-queue what the dead worker held; re-delivered messages find the work done)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import psutil
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from config.celery import app
+from deployments import reconciler, rollouts, serving
+from deployments.models import Deployment, Event, Instance, Placement
+from models_registry import demo_data, tasks
+from models_registry.models import ModelVersion, TrainingJob
+from models_registry.services import (
+    STALE_HEARTBEAT,
+    create_dataset,
+    reconcile_training_jobs,
+    start_training_job,
+)
+from tests.factories import TenantFactory, TenantModelFactory
+from tests.serving_fixtures import packaged_version
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def database_url() -> str:
+    """The test database, as a URL another process can open."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or "postgres"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+class Worker:
+    """``celery -A config worker`` in its own process group, on the test database."""
+
+    def __init__(self, log: Path) -> None:
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "TENANTML_VAR_DIR": str(settings.VAR_DIR),
+            "ARTIFACT_STORE": settings.ARTIFACT_STORE.uri,
+            "LOG_LEVEL": "INFO",
+        }
+        self.log = log
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "--concurrency",
+                "1",
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill_hard(self) -> None:
+        """SIGKILL the worker and every process of its group, as a lost machine would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill_hard()
+
+
+def wait_for(what: str, condition, timeout_s: float, log: Path):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} within {timeout_s} s; worker log:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture
+def worker_log(tmp_path):
+    app.control.purge()  # messages other tests sent and no worker took
+    return tmp_path / "worker.log"
+
+
+def test_a_training_job_whose_worker_is_killed_completes_exactly_once(tmp_path, worker_log):
+    tenant = TenantFactory(slug="zoomride")
+    model = TenantModelFactory(tenant=tenant, name="intents")
+    rows = demo_data.generate_tickets("zoomride", rows=90, seed=1)
+    csv = "text,label\n" + "".join(f'"{r["text"]}",{r["label"]}\n' for r in rows)
+    dataset = create_dataset(
+        tenant=tenant, name="tickets.csv", content=csv.encode(), filename="t.csv", actor="test"
+    )
+    job, _ = start_training_job(model=model, dataset=dataset, actor="test")
+
+    first = Worker(worker_log)
+    try:
+        running = wait_for(
+            "the first worker did not start training",
+            lambda: (
+                TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING)
+                .exclude(external_id="")
+                .first()
+            ),
+            120,
+            worker_log,
+        )
+        training_pid = int(running.external_id)
+    finally:
+        first.kill_hard()
+    if psutil.pid_exists(training_pid):  # its own session: the lost machine took it too
+        os.kill(training_pid, signal.SIGKILL)
+
+    # Two minutes later the training reconciler sees the heartbeat stale and the process gone.
+    later = timezone.now() + STALE_HEARTBEAT + timedelta(seconds=5)
+    requeued = [changed.pk for changed in reconcile_training_jobs(now=later)]
+    assert requeued == [job.pk]
+    second = Worker(worker_log)
+    try:
+        done = wait_for(
+            "the second worker did not finish the job",
+            lambda: TrainingJob.objects.filter(
+                pk=job.pk, status__in=[TrainingJob.Status.SUCCEEDED, TrainingJob.Status.FAILED]
+            ).first(),
+            240,
+            worker_log,
+        )
+    finally:
+        second.stop()
+
+    assert done.status == TrainingJob.Status.SUCCEEDED, done.failure_reason
+    assert ModelVersion.objects.filter(model=model).count() == 1
+    # The dead worker's message, delivered again later, finds the job done.
+    tasks.run_training_job.apply(args=[job.pk])
+    assert ModelVersion.objects.filter(model=model).count() == 1
+    assert TrainingJob.objects.get(pk=job.pk).attempts == 2
+
+
+def test_a_deployment_whose_worker_is_killed_completes_exactly_once(intent_artifact, worker_log):
+    model = TenantModelFactory(tenant=TenantFactory(slug="threadline"), name="intents")
+    version = packaged_version(model, intent_artifact, 1, promote=True)
+    deployment, _ = rollouts.request_deployment(model=model, actor="test")
+
+    first = Worker(worker_log)
+    try:
+        wait_for(
+            "the first worker did not start loading",
+            lambda: Placement.objects.filter(version=version).exists(),
+            120,
+            worker_log,
+        )
+    finally:
+        first.kill_hard()
+    try:
+        # Five minutes later the reconciler finds the rollout stalled and queues it again.
+        report = reconciler.reconcile_fleet(now=timezone.now() + timedelta(seconds=301))
+        assert deployment.pk in report.rollouts_requeued or (
+            Deployment.objects.get(pk=deployment.pk).status == Deployment.Status.LIVE
+        )
+        second = Worker(worker_log)
+        try:
+            live = wait_for(
+                "the second worker did not finish the rollout",
+                lambda: Deployment.objects.filter(
+                    pk=deployment.pk,
+                    status__in=[Deployment.Status.LIVE, Deployment.Status.FAILED],
+                ).first(),
+                180,
+                worker_log,
+            )
+        finally:
+            second.stop()
+        assert live.status == Deployment.Status.LIVE, live.status_reason
+        assert live.live_version == version
+        assert Placement.objects.filter(version=version).count() == 1
+        assert Event.objects.filter(kind="deployment.switched", version=version).count() == 1
+        # A late re-delivery of the first message changes nothing.
+        rollouts.run_rollout(deployment_id=deployment.pk)
+        assert Event.objects.filter(kind="deployment.switched", version=version).count() == 1
+    finally:
+        for instance in Instance.objects.exclude(status=Instance.Status.STOPPED).exclude(pid=None):
+            serving.stop_local_instance(instance=instance, actor="test", reason="test finished")
