@@ -35,6 +35,18 @@ def api_exception_handler(exc, context):
         if exc.field:
             body["field"] = exc.field
         return Response({"error": body}, status=exc.status_code)
+    if isinstance(exc, RecursionError) and "JSON" in str(exc):
+        # DRF's JSON parser only turns ValueError into a 400; a body of nested brackets (a few
+        # hundred kilobytes of "[[[[") exhausts the decoder's recursion instead.
+        return Response(
+            {
+                "error": {
+                    "code": "parse_error",
+                    "message": "JSON parse error - the body is nested too deeply.",
+                }
+            },
+            status=400,
+        )
     if isinstance(exc, IntegrityError):
         return Response(
             {"error": {"code": "conflict", "message": "The request conflicts with existing data."}},

@@ -227,6 +227,13 @@ if TENANTML_EVICTION_POLICY not in ("frequency", "lru"):
 # (seconds; 0 = only on demand).
 TENANTML_USAGE_FLUSH_INTERVAL_S = env.int("USAGE_FLUSH_INTERVAL_S", default=15)
 
+# --- Model packages ---
+# Unpacking a model.tar.gz (Triton packages, training artifacts) stops with "invalid package"
+# (422) beyond this many bytes written or this many members: a small archive can expand to
+# gigabytes (a decompression bomb). Checked from the headers first, then enforced while writing.
+TENANTML_PACKAGE_MAX_UNPACKED_BYTES = env.int("PACKAGE_MAX_UNPACKED_BYTES", default=4 * 1024**3)
+TENANTML_PACKAGE_MAX_MEMBERS = env.int("PACKAGE_MAX_MEMBERS", default=10_000)
+
 # --- Inference proxy ---
 # Largest request body the proxy accepts (413 above), in bytes.
 TENANTML_PROXY_MAX_BODY_BYTES = env.int("PROXY_MAX_BODY_BYTES", default=4 * 1024 * 1024)

@@ -10,13 +10,18 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 
 from config.errors import DomainError
+from models_registry.exceptions import InvalidArtifact
+
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -164,16 +169,18 @@ def local_copy(uri: str, scratch: Path) -> Path:
     """A local directory holding the artifact at ``uri``: a directory, or a ``model.tar.gz`` as
     SageMaker training writes it (downloaded for S3, unpacked safely)."""
     if uri.endswith(".tar.gz"):
-        import tarfile
-
         archive = scratch / "artifact.tar.gz"
         if uri.startswith("s3://"):
             archive.write_bytes(read_bytes(uri))
         else:
             archive = Path(uri)
         target = scratch / "artifact"
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")  # refuses absolute paths, '..' and devices
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            extract_tarball(archive, target, error=InvalidArtifact, label="Training artifact")
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
         return target
     if not uri.startswith("s3://"):
         return Path(uri)
@@ -190,3 +197,138 @@ def local_copy(uri: str, scratch: Path) -> Path:
             destination.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, item["Key"], str(destination))
     return target
+
+
+def extract_tarball(
+    archive: Path,
+    destination: Path,
+    *,
+    error: type[DomainError],
+    label: str,
+    check_member: Callable[[tarfile.TarInfo], None] | None = None,
+    max_bytes: int | None = None,
+    max_members: int | None = None,
+) -> None:
+    """Unpack a (compressed) tarball into ``destination``, refusing anything unsafe or too big.
+
+    Every header is read and checked first (``check_member``, then member kinds, the member
+    count and the declared sizes against ``PACKAGE_MAX_MEMBERS`` / ``PACKAGE_MAX_UNPACKED_BYTES``)
+    so a decompression bomb is refused before a byte is written; while writing, the bytes really
+    written are counted against the same limit. Failures raise ``error`` naming ``label``; the
+    caller removes ``destination``, which may hold part of the archive then.
+    """
+    if max_bytes is None:
+        max_bytes = settings.TENANTML_PACKAGE_MAX_UNPACKED_BYTES
+    if max_members is None:
+        max_members = settings.TENANTML_PACKAGE_MAX_MEMBERS
+    name = f"{label} {Path(archive).name}"
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            members = _checked_headers(
+                tar,
+                name=name,
+                error=error,
+                check_member=check_member,
+                max_bytes=max_bytes,
+                max_members=max_members,
+            )
+            written = 0
+            for member in members:
+                # The data filter refuses paths and links that leave ``destination``, judged
+                # against what is already on disk (an earlier member's symlink included).
+                safe = tarfile.data_filter(member, str(destination))
+                if member.isfile():
+                    written = _write_file(
+                        tar,
+                        member,
+                        destination / safe.name,
+                        mode=safe.mode,
+                        written=written,
+                        max_bytes=max_bytes,
+                        name=name,
+                        error=error,
+                    )
+                else:
+                    tar.extract(member, destination, filter="data")
+    except tarfile.FilterError as exc:
+        raise error(f"{name} is unsafe: {exc}") from exc
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise error(f"{name} is not a readable tarball: {exc}") from exc
+
+
+def _checked_headers(
+    tar: tarfile.TarFile,
+    *,
+    name: str,
+    error: type[DomainError],
+    check_member: Callable[[tarfile.TarInfo], None] | None,
+    max_bytes: int,
+    max_members: int,
+) -> list[tarfile.TarInfo]:
+    members: list[tarfile.TarInfo] = []
+    sizes: dict[str, int] = {}
+    declared = 0
+    # Iterating reads one header at a time, so a million-member archive stops at the limit
+    # instead of being listed in memory first.
+    for member in tar:
+        if len(members) >= max_members:
+            raise error(
+                f"{name} has more than {max_members:,} members (PACKAGE_MAX_MEMBERS); it was "
+                "refused before anything was unpacked."
+            )
+        if check_member is not None:
+            check_member(member)
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise error(
+                f"{name} is unsafe: member {member.name!r} is a device, FIFO or other special file."
+            )
+        # A hard link may be copied where the file system has none: count it at its target's size.
+        size = member.size if member.isfile() else 0
+        if member.islnk():
+            size = sizes.get(member.linkname, 0)
+        sizes[member.name] = size
+        declared += size
+        if declared > max_bytes:
+            raise error(
+                f"{name} would unpack to more than {max_bytes:,} bytes "
+                f"(PACKAGE_MAX_UNPACKED_BYTES; member {member.name!r} declares {member.size:,}); "
+                "it was refused before anything was unpacked."
+            )
+        members.append(member)
+    return members
+
+
+def _write_file(
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    target: Path,
+    *,
+    mode: int | None,
+    written: int,
+    max_bytes: int,
+    name: str,
+    error: type[DomainError],
+) -> int:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():
+        target.unlink()  # never write through a link an earlier member made
+    source = tar.extractfile(member)
+    member_written = 0
+    with open(target, "xb") as out:
+        while chunk := source.read(_CHUNK):
+            member_written += len(chunk)
+            written += len(chunk)
+            if written > max_bytes:
+                raise error(
+                    f"{name} unpacked to more than {max_bytes:,} bytes "
+                    f"(PACKAGE_MAX_UNPACKED_BYTES) while writing {member.name!r}; it was refused."
+                )
+            out.write(chunk)
+    if member_written != member.size:
+        raise error(
+            f"{name} is truncated: member {member.name!r} holds {member_written:,} of its "
+            f"{member.size:,} bytes."
+        )
+    if mode is not None:
+        os.chmod(target, mode)
+    return written

@@ -2,6 +2,11 @@
 
 Pure functions: bytes in, rows or a list of problems out. Every problem names the row (1-based,
 counting the header for CSV) and the field, so a user can fix the file.
+
+Cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, a tab
+or a carriage return) are kept verbatim: they are ordinary ticket text ("-1 star", "@support")
+and the model must train on what customers wrote. They are neutralized where text leaves the
+platform as CSV (``export_csv``), never in the stored dataset.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ from dataclasses import dataclass, field
 REQUIRED_COLUMNS = ("text", "label")
 OPTIONAL_COLUMNS = ("group",)
 MAX_TEXT_CHARS = 2000
+# Labels and groups are names (a label becomes a class of the served model), not prose.
+MAX_LABEL_CHARS = 200
+MAX_GROUP_CHARS = 200
+# Bounds the memory a 20 MB file of tiny rows can take to parse (a row costs ~1 KB in Python).
+MAX_ROWS = 200_000
 MAX_PROBLEMS_REPORTED = 20
 # Above this an upload is refused before it is parsed (the API answers 413).
 MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -70,13 +80,22 @@ def parse_dataset(
     if len(content) > max_file_bytes:
         parsed.problems.append(file_too_big_message(len(content), max_file_bytes))
         return parsed
+    if content.startswith((b"\xff\xfe", b"\xfe\xff")):
+        parsed.problems.append("file: UTF-16 text (byte-order mark found); save it as UTF-8.")
+        return parsed
+    if b"\x00" in content:
+        row = content[: content.index(b"\x00")].count(b"\n") + 1
+        parsed.problems.append(
+            f"row {row}: contains NUL bytes (a binary file, or UTF-16 text); upload UTF-8 text."
+        )
+        return parsed
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        parsed.problems.append(f"file: not UTF-8 text (byte {exc.start} is invalid).")
-        return parsed
-    if "\x00" in text:
-        parsed.problems.append("file: contains NUL bytes; upload a text file, not a binary one.")
+        row = content[: exc.start].count(b"\n") + 1
+        parsed.problems.append(
+            f"row {row}: not UTF-8 text (byte {exc.start} is invalid); save the file as UTF-8."
+        )
         return parsed
     records = _csv_records(text, parsed) if format == "csv" else _jsonl_records(text, parsed)
     for line_number, record in records:
@@ -186,9 +205,33 @@ def _validation_count(size: int, fraction: float) -> int:
     return min(size - 1, max(1, round(size * fraction)))
 
 
+def export_csv(rows: list[dict[str, str]]) -> str:
+    """Rows as CSV for people to open in a spreadsheet, with formula-like cells neutralized."""
+    columns = ["text", "label", *(["group"] if rows and all("group" in r for r in rows) else [])]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({column: neutralize_formula(row.get(column, "")) for column in columns})
+    return buffer.getvalue()
+
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralize_formula(cell: str) -> str:
+    """``cell`` with a leading apostrophe when a spreadsheet would evaluate it (OWASP advice)."""
+    return f"'{cell}" if cell.startswith(FORMULA_PREFIXES) else cell
+
+
 def _csv_records(text: str, parsed: ParsedDataset):
     reader = csv.DictReader(io.StringIO(text))
-    columns = [c.strip() for c in (reader.fieldnames or [])]
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as exc:
+        parsed.problems.append(f"row 1: malformed CSV header ({exc}).")
+        return []
+    columns = [c.strip() for c in (fieldnames or [])]
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         parsed.problems.append(
@@ -198,10 +241,16 @@ def _csv_records(text: str, parsed: ParsedDataset):
     records = []
     try:
         for record in reader:
+            if len(records) >= MAX_ROWS:
+                parsed.problems.append(_too_many_rows(reader.line_num))
+                break
             cleaned = {(k or "").strip(): v for k, v in record.items()}
             records.append((reader.line_num, cleaned))
     except csv.Error as exc:
-        parsed.problems.append(f"row {reader.line_num}: malformed CSV ({exc}).")
+        # The reader's own line count stops short inside a bad line: name the one after the
+        # last good row.
+        row = (records[-1][0] if records else 1) + 1
+        parsed.problems.append(f"row {row}: malformed CSV ({exc}).")
     return records
 
 
@@ -210,16 +259,29 @@ def _jsonl_records(text: str, parsed: ParsedDataset):
     for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        if len(records) >= MAX_ROWS:
+            parsed.problems.append(_too_many_rows(line_number))
+            break
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            parsed.problems.append(f"row {line_number}: not valid JSON ({exc.msg}).")
+        except (ValueError, RecursionError) as exc:
+            # ValueError also covers integers over Python's 4300-digit limit; RecursionError a
+            # line of nested brackets.
+            if isinstance(exc, json.JSONDecodeError):
+                reason = exc.msg
+            else:
+                reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            parsed.problems.append(f"row {line_number}: not valid JSON ({reason}).")
             continue
         if not isinstance(record, dict):
             parsed.problems.append(f"row {line_number}: must be a JSON object with text and label.")
             continue
         records.append((line_number, record))
     return records
+
+
+def _too_many_rows(line_number: int) -> str:
+    return f"row {line_number}: the file has more than {MAX_ROWS:,} rows; split it."
 
 
 def _check_record(line_number: int, record: dict, parsed: ParsedDataset) -> None:
@@ -235,6 +297,10 @@ def _check_record(line_number: int, record: dict, parsed: ParsedDataset) -> None
             parsed.problems.append(f"row {line_number}, field {column}: must be a string.")
             return
         row[column] = str(value).strip()
+        if "\x00" in row[column]:
+            # Escaped as \u0000 in JSON Lines; the database cannot store it in text or JSON.
+            parsed.problems.append(f"row {line_number}, field {column}: contains a NUL character.")
+            return
     if not row["text"]:
         parsed.problems.append(f"row {line_number}, field text: empty.")
         return
@@ -247,8 +313,20 @@ def _check_record(line_number: int, record: dict, parsed: ParsedDataset) -> None
     if not row["label"]:
         parsed.problems.append(f"row {line_number}, field label: empty.")
         return
+    if len(row["label"]) > MAX_LABEL_CHARS:
+        parsed.problems.append(
+            f"row {line_number}, field label: {len(row['label'])} characters, over the "
+            f"{MAX_LABEL_CHARS} limit."
+        )
+        return
     if "group" in row and not row["group"]:
         parsed.problems.append(f"row {line_number}, field group: empty.")
+        return
+    if len(row.get("group", "")) > MAX_GROUP_CHARS:
+        parsed.problems.append(
+            f"row {line_number}, field group: {len(row['group'])} characters, over the "
+            f"{MAX_GROUP_CHARS} limit."
+        )
         return
     parsed.rows.append(row)
     parsed.line_numbers.append(line_number)

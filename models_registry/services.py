@@ -86,6 +86,12 @@ def create_dataset(
         name=name, content=content, format=format, filename=filename
     )
     split = stratified_split(parsed.rows)
+    # Checked before the file is stored so a refused upload leaves no file behind; the unique
+    # constraint below still settles a race between two uploads of the same name.
+    if Dataset.objects.filter(tenant=tenant, name=name).exists():
+        raise InvalidDataset(
+            f"Tenant {tenant.slug} already has a dataset named {name!r}.", field="name"
+        )
     digest = hashlib.sha256(content).hexdigest()
     stored = artifacts.put_bytes(f"datasets/{tenant.slug}/{digest}.{format}", content)
     columns = ["text", "label", *(["group"] if parsed.has_groups else [])]

@@ -80,6 +80,7 @@ from deployments.exceptions import (
     ModelNotLoaded,
     UpstreamError,
 )
+from models_registry import artifacts
 from models_registry.exceptions import PackageChecksumMismatch
 
 logger = logging.getLogger(__name__)
@@ -1093,10 +1094,11 @@ def prepare_model_dir(*, package_path: Path, expected_sha256: str, models_root: 
 
     The tarball's sha256 is checked before anything is extracted (PackageChecksumMismatch names
     both digests); members with absolute paths, ``..``, links leading outside or device files
-    are refused (InvalidPackage). The package is unpacked into a temporary directory and renamed
-    to ``models_root/<sha256>/``, so a directory under that name is always complete and a second
-    call returns it without reading the tarball again. The returned directory is the one holding
-    ``<triton_model>/config.pbtxt``.
+    are refused (InvalidPackage), and so is a package over ``PACKAGE_MAX_MEMBERS`` members or
+    ``PACKAGE_MAX_UNPACKED_BYTES`` unpacked (a decompression bomb). The package is unpacked
+    into a temporary directory and renamed to ``models_root/<sha256>/``, so a directory under
+    that name is always complete and a second call returns it without reading the tarball
+    again. The returned directory is the one holding ``<triton_model>/config.pbtxt``.
     """
     expected = expected_sha256.strip().lower()
     if not re.fullmatch(r"[0-9a-f]{64}", expected):
@@ -1139,20 +1141,16 @@ def prepare_model_dir(*, package_path: Path, expected_sha256: str, models_root: 
 
 
 def _extract_safely(package_path: Path, destination: Path) -> None:
-    try:
-        with tarfile.open(package_path, mode="r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                _check_member(member, package_path)
-            # The checks above refuse what the data filter would only strip or rewrite; the
-            # filter stays as a second line of defence (and drops set-uid bits and the like).
-            tar.extractall(destination, members=members, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        if isinstance(exc, tarfile.FilterError):
-            raise InvalidPackage(f"Model package {package_path} is unsafe: {exc}") from exc
-        raise InvalidPackage(
-            f"Model package {package_path} is not a readable tarball: {exc}"
-        ) from exc
+    # Our own member checks first (their messages name the escape precisely), then the bounded
+    # extraction: member count and unpacked size within PACKAGE_MAX_MEMBERS and
+    # PACKAGE_MAX_UNPACKED_BYTES, with the data filter as a second line of defence.
+    artifacts.extract_tarball(
+        package_path,
+        destination,
+        error=InvalidPackage,
+        label="Model package",
+        check_member=lambda member: _check_member(member, package_path),
+    )
 
 
 def _check_member(member: tarfile.TarInfo, package_path: Path) -> None:

@@ -218,7 +218,8 @@ def _split_binary(body: bytes, header_length: str | None) -> tuple[dict, int | N
         if not 0 < length <= len(body):
             raise ValueError(f"header length {length} is outside the {len(body)}-byte body")
         return json.loads(body[:length]), length
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a body of nested brackets exhausts the decoder; still the caller's.
         raise ProxyError(
             400, f"The request is not valid JSON: {exc}", code="invalid", field="body"
         ) from exc
@@ -264,7 +265,7 @@ async def native_invoke(request: Request, send, tenant: str, model: str) -> None
         core.check_rate_limit(route)
         try:
             payload = json.loads(body or b"{}")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ProxyError(400, f"The body is not JSON: {exc}", code="invalid") from exc
         if not isinstance(payload, dict) or "inputs" not in payload:
             raise ProxyError(400, "inputs: this field is required.", code="invalid", field="inputs")

@@ -8,12 +8,32 @@ from rest_framework import serializers
 
 from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
 
+# Dataset.name's column width: a longer uploaded file name must be refused here, not by the
+# database after the file was stored.
+DATASET_NAME_MAX_CHARS = 200
+# Deeper hyperparameters are no real training configuration, only a way to make every later
+# reader (JSON columns, the training entry point) recurse.
+HYPERPARAMETERS_MAX_DEPTH = 8
+
 
 class DatasetUploadSerializer(serializers.Serializer):
     file = serializers.FileField(help_text="CSV or JSON Lines with text,label (and group).")
     name = serializers.CharField(
-        max_length=200, required=False, help_text="Defaults to the uploaded file's name."
+        max_length=DATASET_NAME_MAX_CHARS,
+        required=False,
+        help_text="Defaults to the uploaded file's name.",
     )
+
+    def validate(self, attrs: dict) -> dict:
+        """The dataset's name (given, else the file's) must fit the name column."""
+        if not attrs.get("name") and len(attrs["file"].name) > DATASET_NAME_MAX_CHARS:
+            raise serializers.ValidationError(
+                {
+                    "file": f"The file name has {len(attrs['file'].name)} characters; name the "
+                    f"dataset (field name, at most {DATASET_NAME_MAX_CHARS}) or rename the file."
+                }
+            )
+        return attrs
 
 
 class DatasetSerializer(serializers.ModelSerializer):
@@ -93,11 +113,38 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
 
 class TrainingJobCreateSerializer(serializers.Serializer):
-    dataset = serializers.CharField(help_text="The dataset's name or id.")
+    dataset = serializers.CharField(max_length=200, help_text="The dataset's name or id.")
     hyperparameters = serializers.JSONField(required=False, default=dict)
     backend = serializers.ChoiceField(
         choices=TrainingJob.Backend.choices, default=TrainingJob.Backend.LOCAL
     )
+
+    def validate_hyperparameters(self, value):
+        """Refuse what a JSON column cannot store (NUL characters) and absurd nesting."""
+        _check_json_value(value, path="hyperparameters", depth=0)
+        return value
+
+
+def _check_json_value(value, *, path: str, depth: int) -> None:
+    # PostgreSQL's jsonb refuses \u0000 in keys and strings; found here it is a 400 naming the
+    # key, found by the database it would be a 500 after the request was half-processed.
+    if depth > HYPERPARAMETERS_MAX_DEPTH:
+        raise serializers.ValidationError(
+            f"{path}: nested deeper than {HYPERPARAMETERS_MAX_DEPTH} levels."
+        )
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise serializers.ValidationError(f"{path}: NUL characters are not allowed.")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in str(key):
+                raise serializers.ValidationError(
+                    f"{path}: key {key!r} has a NUL character; keys must be text."
+                )
+            _check_json_value(item, path=f"{path}.{key}", depth=depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json_value(item, path=f"{path}[{index}]", depth=depth + 1)
 
 
 class TrainingJobSerializer(serializers.ModelSerializer):
