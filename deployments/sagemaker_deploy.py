@@ -33,6 +33,7 @@ from deployments.backends.sagemaker import (
     triton_image_uri,
 )
 from deployments.events import record_event
+from deployments.exceptions import CapacityExceeded
 from deployments.models import Deployment, Endpoint, InstanceType, Placement
 from deployments.placement import InstanceSpec, ModelSpec, PlacementPolicy, solve
 from models_registry.kinds import get_kind
@@ -191,11 +192,20 @@ def _roll_out_mme(*, backend, deployment, role, image, store_uri):
     catalog = _catalog()
     if existing is not None:
         catalog = [t for t in catalog if t.pk == existing.instance_type_id] or catalog
-    plan = solve(
-        models=[_model_spec(v) for v in placed] + [_model_spec(target)],
-        instance_types=[_spec(t) for t in catalog],
-        policy=PlacementPolicy(mode="mme"),
-    )
+    try:
+        plan = solve(
+            models=[_model_spec(v) for v in placed] + [_model_spec(target)],
+            instance_types=[_spec(t) for t in catalog],
+            policy=PlacementPolicy(mode="mme"),
+        )
+    except CapacityExceeded as exc:
+        # The solver names whichever model failed, possibly another tenant's: this message
+        # reaches the deploying tenant, so it names only their version.
+        raise CapacityExceeded(
+            f"{target} and the models already on {name} fit no instance type of the catalog "
+            "at the target utilization; add a larger type or deploy it as dedicated.",
+            field="version",
+        ) from exc
     # The solver may send an outlier to its own endpoint; on SageMaker MME the shared endpoint
     # of the kind is what this mode means, so size it for everything and let outliers share.
     shared = max(plan.endpoints, key=lambda e: len(e.instances))

@@ -691,13 +691,21 @@ def _evict(*, client, placement: Placement, to_make_room_for: Placement, actor: 
         actor=actor,
         message=(
             f"{placement.version} evicted from {placement.instance} to make room for "
-            f"{to_make_room_for.version} ({_policy_words()})."
+            f"{_incoming_for(placement, to_make_room_for)} ({_policy_words()})."
         ),
         version=placement.version,
         endpoint=placement.endpoint,
         instance=placement.instance,
         data={"host_memory_mb": memory_of(placement)},
     )
+
+
+def _incoming_for(evicted: Placement, incoming: Placement) -> str:
+    """The model that caused an eviction, as the evicted model's tenant may see it: an event
+    is filed under that tenant, so another tenant's model is not named."""
+    if incoming.version.model.tenant_id == evicted.version.model.tenant_id:
+        return str(incoming.version)
+    return "another tenant's model"
 
 
 def _policy_words() -> str:

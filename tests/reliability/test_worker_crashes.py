@@ -4,19 +4,12 @@ re-queue what the dead worker held; re-delivered messages find the work done).""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
-import sys
-import time
 from datetime import timedelta
-from pathlib import Path
 
 import psutil
 import pytest
-from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from config.celery import app
@@ -31,81 +24,10 @@ from models_registry.services import (
     start_training_job,
 )
 from tests.factories import TenantFactory, TenantModelFactory
+from tests.reliability.support import Worker, wait_for
 from tests.serving_fixtures import packaged_version
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def database_url() -> str:
-    """The test database, as a URL another process can open."""
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or "postgres"
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{user}{password}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-class Worker:
-    """``celery -A config worker`` in its own process group, on the test database."""
-
-    def __init__(self, log: Path) -> None:
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url(),
-            "TENANTML_VAR_DIR": str(settings.VAR_DIR),
-            "ARTIFACT_STORE": settings.ARTIFACT_STORE.uri,
-            "LOG_LEVEL": "INFO",
-        }
-        self.log = log
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "--concurrency",
-                "1",
-                "--without-heartbeat",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "INFO",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def kill_hard(self) -> None:
-        """SIGKILL the worker and every process of its group, as a lost machine would."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill_hard()
-
-
-def wait_for(what: str, condition, timeout_s: float, log: Path):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout_s} s; worker log:\n{log.read_text()[-4000:]}")
 
 
 @pytest.fixture
