@@ -12,14 +12,14 @@ from tests.factories import TenantFactory
 
 pytest_plugins = ["tests.serving_fixtures"]
 POSTGRES_SKIP_REASON = (
-    "needs PostgreSQL (row locks and real concurrency); the embedded SQLite default has neither. "
-    "CI points DATABASE_URL at Postgres, where these always run."
+    "needs PostgreSQL (row locks, real concurrency, or a server to restart); the embedded SQLite "
+    "default has none of them. CI points DATABASE_URL at Postgres, where these always run."
 )
 
 
 REDIS_SKIP_REASON = (
-    "needs a Redis broker (pub/sub between processes); the embedded file-system broker has none. "
-    "CI points CELERY_BROKER_URL at Redis, where these always run."
+    "needs a Redis broker (pub/sub between processes, or a server to restart); the embedded "
+    "file-system broker has neither. CI points CELERY_BROKER_URL at Redis, where these always run."
 )
 
 

@@ -98,7 +98,6 @@ def test_a_training_message_redis_lost_is_sent_again_and_done_once(tmp_path):
     job, _ = start_training_job(model=model, dataset=dataset, actor="test")
 
     restart_redis()  # the queued message is gone with it
-    app.pool.force_close_all()
 
     later = timezone.now() + STALE_QUEUED + timedelta(seconds=5)
     assert [j.pk for j in reconcile_training_jobs(now=later)] == [job.pk]
