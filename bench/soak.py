@@ -81,6 +81,7 @@ def main() -> None:
 
     from deployments import tasks
     from deployments.models import Instance, Placement
+    from deployments.reconciler import reconcile_fleet
     from deployments.selectors import instances_with_memory_use
     from deployments.serving import stop_local_instance
     from models_registry.base_model import base_encoder
@@ -92,6 +93,9 @@ def main() -> None:
     measured = [p.host_memory_mb or 115 for p in Placement.objects.filter(instance=instance)]
     budget = int(sum(measured) / len(measured) * (args.room + 0.5))
     Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=budget)
+    # Deploying loaded every model; the reconciler trims to the lowered budget, as it would
+    # within a minute of an operator lowering it.
+    reconcile_fleet()
     token = issue_token(tenant=None, name="soak", actor="bench").secret
     port = free_port()
     web = start_proxy(var_dir, port)

@@ -10,6 +10,9 @@ Run every minute (django-celery-beat). Per endpoint it compares desired with act
   reloaded if it is pinned or hot;
 - a pinned placement that is not loaded is loaded;
 - a model the instance holds that no placement wants there (an orphan) is unloaded;
+- an instance holding more than its memory budget (an operator lowered it, or measurements
+  came in higher) has its least valuable unpinned models evicted until it fits;
+- an instance marked unhealthy that answers again is put back into routing;
 - a deployment whose rollout has made no progress for ``STALE_ROLLOUT_S`` (its worker died) is
   queued again, up to its attempt limit.
 
@@ -50,6 +53,8 @@ class ReconcileReport:
     marked_missing: list[str] = field(default_factory=list)
     orphans_unloaded: list[str] = field(default_factory=list)
     rollouts_requeued: list[int] = field(default_factory=list)
+    instances_recovered: list[str] = field(default_factory=list)
+    trimmed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -63,6 +68,8 @@ class ReconcileReport:
                 self.marked_missing,
                 self.orphans_unloaded,
                 self.rollouts_requeued,
+                self.instances_recovered,
+                self.trimmed,
             )
         )
 
@@ -95,7 +102,15 @@ def reconcile_endpoint(*, endpoint: Endpoint, report: ReconcileReport) -> None:
             instance = _restart(instance=instance, report=report)
             if instance is None:
                 continue
+        elif instance.status != Instance.Status.HEALTHY:
+            # Marked unhealthy (a request met it while it restarted) but answering: route to it
+            # again, rather than leave it out of routing until it dies for real.
+            serving.check_instance_health(instance=instance, actor=ACTOR)
+            instance.refresh_from_db()
+            report.instances_recovered.append(str(instance))
         _reconcile_models(instance=instance, report=report)
+        trimmed = serving.trim_to_budget(instance=instance, actor=ACTOR)
+        report.trimmed.extend(f"{name} on {instance}" for name in trimmed)
     running = endpoint.instances.exclude(
         status__in=[Instance.Status.STOPPED, Instance.Status.DRAINING]
     ).count()

@@ -681,7 +681,7 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
     return LoadOutcome(placement_id=placement.pk, cold_start=True, load_time_ms=load_time_ms)
 
 
-def _evict(*, client, placement: Placement, to_make_room_for: Placement, actor: str) -> None:
+def _evict(*, client, placement: Placement, to_make_room_for: Placement | None, actor: str) -> None:
     client.unload_model(placement.version.triton_model_name)
     Placement.objects.filter(pk=placement.pk).update(
         actual_state=Placement.ActualState.EVICTED, updated_at=timezone.now()
@@ -700,9 +700,11 @@ def _evict(*, client, placement: Placement, to_make_room_for: Placement, actor: 
     )
 
 
-def _incoming_for(evicted: Placement, incoming: Placement) -> str:
+def _incoming_for(evicted: Placement, incoming: Placement | None) -> str:
     """The model that caused an eviction, as the evicted model's tenant may see it: an event
     is filed under that tenant, so another tenant's model is not named."""
+    if incoming is None:
+        return "the instance's memory budget"
     if incoming.version.model.tenant_id == evicted.version.model.tenant_id:
         return str(incoming.version)
     return "another tenant's model"
@@ -714,8 +716,11 @@ def _policy_words() -> str:
     return "least requested lately, per MB"
 
 
-def _trim_to_budget(*, instance: Instance, keep: Placement, client, actor: str) -> None:
-    """After a load measured more than expected, evict until the instance is within budget."""
+def _trim_to_budget(
+    *, instance: Instance, keep: Placement | None, client, actor: str
+) -> list[Placement]:
+    """Evict until the instance is within budget (after a load measured more than expected,
+    or a lowered budget); never the pinned ones, nor ``keep``. Returns the evicted."""
     with transaction.atomic():
         locked = Instance.objects.select_for_update().get(pk=instance.pk)
         resident, by_key = _resident_view(locked, exclude=-1)
@@ -724,12 +729,20 @@ def _trim_to_budget(*, instance: Instance, keep: Placement, client, actor: str) 
             for key in plan_trim(
                 resident=resident,
                 budget_mb=locked.memory_budget_mb,
-                keep=str(keep.pk),
+                keep=str(keep.pk) if keep is not None else None,
                 order=eviction_order(locked.pk),
             )
         ]
     for victim in victims:
         _evict(client=client, placement=victim, to_make_room_for=keep, actor=actor)
+    return victims
+
+
+def trim_to_budget(*, instance: Instance, actor: str) -> list[str]:
+    """Evict an instance's least valuable unpinned models until it is within its budget."""
+    client = client_for(instance)
+    victims = _trim_to_budget(instance=instance, keep=None, client=client, actor=actor)
+    return [victim.version.triton_model_name for victim in victims]
 
 
 def _mark_load_failed(placement: Placement, exc: BaseException, *, actor: str) -> None:

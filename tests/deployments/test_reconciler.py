@@ -208,3 +208,34 @@ def test_warm_up_reloads_a_live_model_only_when_it_fits_without_evicting(intent_
     assert roomy.warmed == 1 and roomy.cold_starts == 1
     placement.refresh_from_db()
     assert placement.actual_state == Placement.ActualState.LOADED
+
+
+def test_an_instance_over_a_lowered_budget_is_trimmed_keeping_pinned_models(intent_artifact):
+    pinned, _, _ = deployed_model(intent_artifact, slug="premium", tier="premium")
+    other, _, _ = deployed_model(intent_artifact, slug="standard")
+    instance = Instance.objects.get(endpoint__name="local-intent-classifier")
+    Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=150)  # room for one
+
+    report = reconciler.reconcile_fleet()
+
+    assert report.trimmed == [f"{other.active_version.triton_model_name} on {instance}"]
+    loaded = {m.name for m in serving.client_for(instance).list_models()}
+    assert loaded == {pinned.active_version.triton_model_name}
+    evicted = Placement.objects.get(version=other.active_version)
+    assert evicted.actual_state == Placement.ActualState.EVICTED
+    event = Event.objects.filter(kind="placement.evicted", version=other.active_version).get()
+    assert "memory budget" in event.message
+
+
+def test_an_instance_marked_unhealthy_that_answers_is_routed_to_again(intent_artifact):
+    model, client, invoke_url = deployed_model(intent_artifact, slug="acme")
+    instance = Instance.objects.get(endpoint__name="local-intent-classifier")
+    Instance.objects.filter(pk=instance.pk).update(status=Instance.Status.UNHEALTHY)
+    assert client.post(invoke_url, {"inputs": TICKET}, format="json").status_code == 503
+
+    report = reconciler.reconcile_fleet()
+
+    assert report.instances_recovered == [str(instance)] and report.instances_restarted == []
+    instance.refresh_from_db()
+    assert instance.status == Instance.Status.HEALTHY
+    assert client.post(invoke_url, {"inputs": TICKET}, format="json").status_code == 200
