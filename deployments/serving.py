@@ -70,6 +70,8 @@ DEFAULT_EXPECTED_MEMORY_MB = 200.0
 # How long a request waits for another process's load of the same model.
 FOREIGN_LOAD_WAIT_S = 60.0
 LOAD_TIMEOUT_S = 120.0
+# How long a load waits for other loads in flight to free the memory it needs.
+CAPACITY_WAIT_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -422,7 +424,7 @@ def ensure_loaded(*, placement: Placement, actor: str = ACTOR) -> LoadOutcome:
         outcome = future.result(timeout=LOAD_TIMEOUT_S + FOREIGN_LOAD_WAIT_S)
         return LoadOutcome(placement_id=placement.pk, cold_start=outcome.cold_start)
     try:
-        outcome = _load(placement_id=placement.pk, actor=actor)
+        outcome = _load_when_room(placement=placement, actor=actor)
     except BaseException as exc:
         _SINGLE_FLIGHT.fail(placement.pk, exc)
         raise
@@ -583,6 +585,30 @@ def _resident_view(instance: Instance, *, exclude: int) -> tuple[list[ResidentMo
             )
         )
     return view, by_key
+
+
+def _load_when_room(*, placement: Placement, actor: str) -> LoadOutcome:
+    """Load, waiting up to CAPACITY_WAIT_S while other loads in flight hold the memory needed.
+
+    A loading model cannot be evicted, so a burst of cold requests for different models can
+    fill the budget for a moment; the request waits for those loads (which then become
+    evictable) instead of failing at once. Pinned memory that leaves no room fails at once.
+    """
+    deadline = time.monotonic() + CAPACITY_WAIT_S
+    while True:
+        try:
+            return _load(placement_id=placement.pk, actor=actor)
+        except CapacityExceeded:
+            others_loading = (
+                Placement.objects.filter(
+                    instance_id=placement.instance_id, actual_state=Placement.ActualState.LOADING
+                )
+                .exclude(pk=placement.pk)
+                .exists()
+            )
+            if not others_loading or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.25)
 
 
 def _load(*, placement_id: int, actor: str) -> LoadOutcome:
