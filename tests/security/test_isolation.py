@@ -43,6 +43,7 @@ from tests.factories import (
     TrainingJobFactory,
     UserFactory,
 )
+from tests.security.asgi import asgi_request
 
 # Routes with rules of their own: the admin (staff only, checked below), the OpenAPI schema and
 # its docs (public descriptions of the API, no tenant data), static files.
@@ -685,41 +686,7 @@ def test_eviction_event_names_no_other_tenants_model(world):
 
 
 async def _asgi(method: str, path: str, *, headers: dict[str, str], body: bytes = b""):
-    """One request through ``config.asgi.application``: (status, headers, body)."""
-    from config.asgi import application
-
-    sent = False
-    messages: list[dict] = []
-
-    async def receive():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        messages.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
-    await asyncio.wait_for(application(scope, receive, send), timeout=30)
-    start = next(m for m in messages if m["type"] == "http.response.start")
-    content = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
-    return start["status"], dict(start["headers"]), content.decode("utf-8", "replace")
+    return await asgi_request(method, path, headers=headers, body=body)
 
 
 def proxy_call(method: str, path: str, *, token: str | None = None, body: object = None, **extra):

@@ -30,6 +30,7 @@ from deployments.models import Event
 from tenants.models import ApiToken
 from tenants.services import derive_secret_access_key, issue_token, revoke_token
 from tests.factories import TenantFactory, UserFactory
+from tests.security.asgi import asgi_request
 
 BEARER_PATTERN = re.compile(r"tml_[A-Za-z0-9_-]{20,}")
 SECRET_ACCESS_KEY_PATTERN = re.compile(r"aws_secret_access_key (\S+)")
@@ -135,40 +136,8 @@ def _signed(access_key_id: str, secret_access_key: str, path: str) -> tuple[dict
 
 
 async def _asgi(method: str, path: str, headers: dict[str, str], body: bytes = b""):
-    from config.asgi import application
-
-    messages: list[dict] = []
-    delivered = False
-
-    async def receive():
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        messages.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
-    await asyncio.wait_for(application(scope, receive, send), timeout=30)
-    status = next(m["status"] for m in messages if m["type"] == "http.response.start")
-    content = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
-    return status, content.decode("utf-8", "replace")
+    status, _, text = await asgi_request(method, path, headers=headers, body=body)
+    return status, text
 
 
 def proxy(method: str, path: str, headers: dict[str, str], body: bytes = b""):
