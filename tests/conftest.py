@@ -146,3 +146,16 @@ def explicit_usage_flushes(settings):
     # Counts and recency stamps from an earlier test name rows that test's database rolled back.
     usage.COUNTERS.drain()
     serving._LAST_USED.clear()
+
+
+@pytest.fixture
+def dummy_aws_credentials(monkeypatch):
+    """Fake credentials so boto3 never looks for real ones (and moto accepts the calls)."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)

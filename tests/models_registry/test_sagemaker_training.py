@@ -43,16 +43,8 @@ NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
-def dummy_aws_credentials(monkeypatch):
-    """Fake credentials so boto3 never looks for real ones (and moto accepts the calls)."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+def _fake_aws(dummy_aws_credentials):
+    """Every test here talks to moto or a Stubber, never to AWS."""
 
 
 class FakeTime:

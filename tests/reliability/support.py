@@ -84,3 +84,38 @@ def wait_for(what: str, condition, timeout_s: float, log: Path):
             return value
         time.sleep(0.2)
     raise AssertionError(f"{what} within {timeout_s} s; worker log:\n{log.read_text()[-4000:]}")
+
+
+def queued_training_job(*, seed: int):
+    """A tenant model with a demo dataset and a training job queued for it (its message sent)."""
+    from models_registry import demo_data
+    from models_registry.services import create_dataset, start_training_job
+    from tests.factories import TenantFactory, TenantModelFactory
+
+    tenant = TenantFactory(slug="zoomride")
+    model = TenantModelFactory(tenant=tenant, name="intents")
+    rows = demo_data.generate_tickets("zoomride", rows=90, seed=seed)
+    csv = "text,label\n" + "".join(f'"{r["text"]}",{r["label"]}\n' for r in rows)
+    dataset = create_dataset(
+        tenant=tenant, name="tickets.csv", content=csv.encode(), filename="t.csv", actor="test"
+    )
+    job, _ = start_training_job(model=model, dataset=dataset, actor="test")
+    return model, job
+
+
+def finished_job_under_a_new_worker(job, log: Path):
+    """Start a worker, wait until the job has succeeded or failed, stop the worker."""
+    from models_registry.models import TrainingJob
+
+    worker = Worker(log)
+    try:
+        return wait_for(
+            "a new worker did not finish the job",
+            lambda: TrainingJob.objects.filter(
+                pk=job.pk, status__in=[TrainingJob.Status.SUCCEEDED, TrainingJob.Status.FAILED]
+            ).first(),
+            240,
+            log,
+        )
+    finally:
+        worker.stop()

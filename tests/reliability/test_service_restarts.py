@@ -30,17 +30,14 @@ from deployments.models import VersionUsageMinute
 from deployments.proxy import core
 from deployments.proxy.invalidation import SUBSCRIBER, publish
 from deployments.proxy.routing import ROUTES, Route
-from models_registry import demo_data
 from models_registry.models import ModelVersion, TrainingJob
 from models_registry.services import (
     STALE_QUEUED,
-    create_dataset,
     reconcile_training_jobs,
-    start_training_job,
 )
 from tenants.services import issue_token
 from tests.factories import TenantFactory, TenantModelFactory
-from tests.reliability.support import Worker, wait_for
+from tests.reliability.support import finished_job_under_a_new_worker, queued_training_job
 from tests.serving_fixtures import packaged_version
 
 REDIS_ARGS = [
@@ -88,32 +85,13 @@ def restart_postgres() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_a_training_message_redis_lost_is_sent_again_and_done_once(tmp_path):
     app.control.purge()
-    tenant = TenantFactory(slug="zoomride")
-    model = TenantModelFactory(tenant=tenant, name="intents")
-    rows = demo_data.generate_tickets("zoomride", rows=90, seed=2)
-    csv = "text,label\n" + "".join(f'"{r["text"]}",{r["label"]}\n' for r in rows)
-    dataset = create_dataset(
-        tenant=tenant, name="tickets.csv", content=csv.encode(), filename="t.csv", actor="test"
-    )
-    job, _ = start_training_job(model=model, dataset=dataset, actor="test")
+    model, job = queued_training_job(seed=2)
 
     restart_redis()  # the queued message is gone with it
 
     later = timezone.now() + STALE_QUEUED + timedelta(seconds=5)
     assert [j.pk for j in reconcile_training_jobs(now=later)] == [job.pk]
-    log = tmp_path / "worker.log"
-    worker = Worker(log)
-    try:
-        done = wait_for(
-            "the worker did not finish the re-sent job",
-            lambda: TrainingJob.objects.filter(
-                pk=job.pk, status__in=[TrainingJob.Status.SUCCEEDED, TrainingJob.Status.FAILED]
-            ).first(),
-            240,
-            log,
-        )
-    finally:
-        worker.stop()
+    done = finished_job_under_a_new_worker(job, tmp_path / "worker.log")
     assert done.status == TrainingJob.Status.SUCCEEDED, done.failure_reason
     assert ModelVersion.objects.filter(model=model).count() == 1
 

@@ -15,16 +15,19 @@ from django.utils import timezone
 from config.celery import app
 from deployments import reconciler, rollouts, serving
 from deployments.models import Deployment, Event, Instance, Placement
-from models_registry import demo_data, tasks
+from models_registry import tasks
 from models_registry.models import ModelVersion, TrainingJob
 from models_registry.services import (
     STALE_HEARTBEAT,
-    create_dataset,
     reconcile_training_jobs,
-    start_training_job,
 )
 from tests.factories import TenantFactory, TenantModelFactory
-from tests.reliability.support import Worker, wait_for
+from tests.reliability.support import (
+    Worker,
+    finished_job_under_a_new_worker,
+    queued_training_job,
+    wait_for,
+)
 from tests.serving_fixtures import packaged_version
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -37,14 +40,7 @@ def worker_log(tmp_path):
 
 
 def test_a_training_job_whose_worker_is_killed_completes_exactly_once(tmp_path, worker_log):
-    tenant = TenantFactory(slug="zoomride")
-    model = TenantModelFactory(tenant=tenant, name="intents")
-    rows = demo_data.generate_tickets("zoomride", rows=90, seed=1)
-    csv = "text,label\n" + "".join(f'"{r["text"]}",{r["label"]}\n' for r in rows)
-    dataset = create_dataset(
-        tenant=tenant, name="tickets.csv", content=csv.encode(), filename="t.csv", actor="test"
-    )
-    job, _ = start_training_job(model=model, dataset=dataset, actor="test")
+    model, job = queued_training_job(seed=1)
 
     first = Worker(worker_log)
     try:
@@ -68,18 +64,7 @@ def test_a_training_job_whose_worker_is_killed_completes_exactly_once(tmp_path, 
     later = timezone.now() + STALE_HEARTBEAT + timedelta(seconds=5)
     requeued = [changed.pk for changed in reconcile_training_jobs(now=later)]
     assert requeued == [job.pk]
-    second = Worker(worker_log)
-    try:
-        done = wait_for(
-            "the second worker did not finish the job",
-            lambda: TrainingJob.objects.filter(
-                pk=job.pk, status__in=[TrainingJob.Status.SUCCEEDED, TrainingJob.Status.FAILED]
-            ).first(),
-            240,
-            worker_log,
-        )
-    finally:
-        second.stop()
+    done = finished_job_under_a_new_worker(job, worker_log)
 
     assert done.status == TrainingJob.Status.SUCCEEDED, done.failure_reason
     assert ModelVersion.objects.filter(model=model).count() == 1
