@@ -61,7 +61,7 @@ class ResidentModel:
     last_used: float = 0.0
     # Requests served while resident; lets frequency-aware policies keep hot models.
     hits: int = 0
-    # Still loading: its memory counts, but it cannot be evicted until the load finishes.
+    # Still loading (or already being unloaded): its memory counts, but it cannot be chosen.
     loading: bool = False
 
 
@@ -124,9 +124,9 @@ def plan_load(
     if used + incoming_mb > budget_mb:
         held = sum(m.memory_mb for m in models if m.pinned or m.loading)
         raise CapacityExceeded(
-            f"Model {incoming_key} needs {incoming_mb:,.0f} MB; pinned and loading models hold "
-            f"{held:,.0f} MB of the instance's {budget_mb:,.0f} MB budget. Unpin a model, raise "
-            "the budget or add an instance.",
+            f"Model {incoming_key} needs {incoming_mb:,.0f} MB; pinned models and models being "
+            f"loaded or unloaded hold {held:,.0f} MB of the instance's {budget_mb:,.0f} MB "
+            "budget. Unpin a model, raise the budget or add an instance.",
         )
     return LoadPlan(evict=tuple(evicted), resident_mb_after=used + incoming_mb, budget_mb=budget_mb)
 

@@ -64,11 +64,24 @@ class ModelNotLoaded(Conflict):
     code = "model_not_loaded"
 
 
+class ModelBusy(DomainError):
+    """The model still had requests in flight, so it was not unloaded (nor its room freed)."""
+
+    status_code = 503
+    code = "model_busy"
+
+
 class UpstreamError(DomainError):
     """Triton answered, but not with a usable result (model code crashed, server error)."""
 
     status_code = 502
     code = "upstream_error"
+
+
+class UnloadTimedOut(UpstreamError):
+    """Triton did not confirm an unload in time: the server is wedged (see serving.md)."""
+
+    code = "unload_timed_out"
 
 
 class InvalidInferenceInput(DomainError):

@@ -182,9 +182,14 @@ class Placement(models.Model):
         PENDING = "pending", "Pending"
         LOADING = "loading", "Loading"
         LOADED = "loaded", "Loaded"
+        # Chosen to make room and being unloaded: still in memory, no longer evictable.
+        EVICTING = "evicting", "Evicting"
         UNLOADED = "unloaded", "Unloaded"
         EVICTED = "evicted", "Evicted"
         FAILED = "failed", "Failed"
+
+    # The states of a copy that holds (or is taking) memory on its instance.
+    RESIDENT_STATES = (ActualState.LOADED, ActualState.LOADING, ActualState.EVICTING)
 
     version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="placements")
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="placements")
@@ -210,8 +215,8 @@ class Placement(models.Model):
     loaded_at = models.DateTimeField(null=True, blank=True)
     failure_reason = models.TextField(blank=True)
     retries = models.PositiveSmallIntegerField(default=0)
-    # "host:pid" of the process loading it, so another process can tell a load in progress from
-    # one whose process died mid-way (and take it over at once instead of waiting it out).
+    # "host:pid" of the process loading (or evicting) it, so another process can tell a load in
+    # progress from one whose process died mid-way (and take it over at once instead of waiting).
     loading_by = models.CharField(max_length=64, blank=True)
     # SageMaker inference-component name, or the MME target-model key.
     external_name = models.CharField(max_length=512, blank=True)
@@ -244,6 +249,7 @@ class Placement(models.Model):
                         "pending",
                         "loading",
                         "loaded",
+                        "evicting",
                         "unloaded",
                         "evicted",
                         "failed",

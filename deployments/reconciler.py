@@ -213,7 +213,7 @@ def _reload_wanted(
     for placement in placements:
         if placement.desired_state == Placement.DesiredState.UNLOADED:
             continue
-        if placement.actual_state in (Placement.ActualState.LOADED, Placement.ActualState.LOADING):
+        if placement.actual_state in Placement.RESIDENT_STATES:
             continue
         if placement.actual_state == Placement.ActualState.FAILED and (
             placement.retries >= MAX_LOAD_RETRIES
@@ -227,7 +227,7 @@ def _reload_wanted(
     used = sum(
         serving.memory_of(p)
         for p in placements
-        if p.actual_state in (Placement.ActualState.LOADED, Placement.ActualState.LOADING)
+        if p.actual_state in Placement.RESIDENT_STATES
         and p.desired_state != Placement.DesiredState.UNLOADED
     )
     for placement in pinned + hot:

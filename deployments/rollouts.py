@@ -316,10 +316,7 @@ def set_unloaded(*, placement: Placement, actor: str, reason: str) -> None:
     Placement.objects.filter(pk=placement.pk).update(
         desired_state=Placement.DesiredState.UNLOADED, updated_at=timezone.now()
     )
-    resident = placement.actual_state in (
-        Placement.ActualState.LOADED,
-        Placement.ActualState.LOADING,
-    )
+    resident = placement.actual_state in Placement.RESIDENT_STATES
     if resident and placement.instance is not None and placement.endpoint.backend == "local":
         try:
             serving.unload_placement(placement=placement, actor=actor, reason=reason)

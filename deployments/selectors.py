@@ -14,7 +14,7 @@ from tenants.access import Caller
 from tenants.models import Tenant
 
 # Placements that hold memory on their instance right now.
-RESIDENT_STATES = (Placement.ActualState.LOADED, Placement.ActualState.LOADING)
+RESIDENT_STATES = Placement.RESIDENT_STATES
 
 
 def instances_with_memory_use() -> QuerySet[Instance]:

@@ -38,6 +38,7 @@ from django.utils import timezone
 
 from config.errors import Conflict, DomainError
 from deployments import usage
+from deployments.backends.gates import ModelGates, gates_in
 from deployments.backends.local import (
     TritonMultiModelClient,
     model_memory_mb,
@@ -54,7 +55,12 @@ from deployments.eviction import (
     plan_load,
     plan_trim,
 )
-from deployments.exceptions import InstanceUnavailable, ModelLoadFailed
+from deployments.exceptions import (
+    InstanceUnavailable,
+    ModelBusy,
+    ModelLoadFailed,
+    UnloadTimedOut,
+)
 from deployments.models import Endpoint, Instance, Placement
 from deployments.signals import routing_changed
 from models_registry import artifacts
@@ -70,8 +76,13 @@ DEFAULT_EXPECTED_MEMORY_MB = 200.0
 # How long a request waits for another process's load of the same model.
 FOREIGN_LOAD_WAIT_S = 60.0
 LOAD_TIMEOUT_S = 120.0
-# How long a load waits for other loads in flight to free the memory it needs.
+# How long a load waits for other loads (and evictions) in flight to free the memory it needs.
 CAPACITY_WAIT_S = 20.0
+# How long an eviction waits for the requests in flight on its model to finish.
+DRAIN_TIMEOUT_S = 30.0
+# An unload takes about 2 s (Triton polls the model's state once a second); one that has not
+# finished in this long has wedged the server, which is then restarted.
+UNLOAD_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,12 @@ class InvokeResult:
 
 def instances_root() -> Path:
     return Path(settings.VAR_DIR) / "triton" / "instances"
+
+
+def gates_for(host: str, port: int) -> ModelGates:
+    """The invocation gates of the models on the instance at ``host:port`` (shared by every
+    process on this machine: see ``deployments.backends.gates``)."""
+    return gates_in(Path(settings.VAR_DIR) / "triton" / "gates" / f"{host}-{port}")
 
 
 def models_root() -> Path:
@@ -180,9 +197,9 @@ def stop_local_instance(*, instance: Instance, actor: str, reason: str = "") -> 
         instance.status_reason = reason
         instance.pid = None
         instance.save(update_fields=["status", "status_reason", "pid", "updated_at"])
-        instance.placements.filter(
-            actual_state__in=[Placement.ActualState.LOADED, Placement.ActualState.LOADING]
-        ).update(actual_state=Placement.ActualState.UNLOADED, updated_at=timezone.now())
+        instance.placements.filter(actual_state__in=Placement.RESIDENT_STATES).update(
+            actual_state=Placement.ActualState.UNLOADED, updated_at=timezone.now()
+        )
         record_event(
             kind="instance.stopped",
             actor=actor,
@@ -211,9 +228,9 @@ def check_instance_health(*, instance: Instance, actor: str = ACTOR) -> bool:
         Instance.objects.filter(pk=instance.pk).update(
             status=Instance.Status.UNHEALTHY, status_reason="Did not answer /ping."
         )
-        instance.placements.filter(
-            actual_state__in=[Placement.ActualState.LOADED, Placement.ActualState.LOADING]
-        ).update(actual_state=Placement.ActualState.UNLOADED, updated_at=now)
+        instance.placements.filter(actual_state__in=Placement.RESIDENT_STATES).update(
+            actual_state=Placement.ActualState.UNLOADED, updated_at=now
+        )
         record_event(
             kind="instance.unhealthy",
             severity="error",
@@ -242,9 +259,9 @@ def restart_local_instance(*, instance: Instance, actor: str, reason: str) -> In
         instance = (
             Instance.objects.select_for_update().select_related("endpoint").get(pk=instance.pk)
         )
-        instance.placements.filter(
-            actual_state__in=[Placement.ActualState.LOADED, Placement.ActualState.LOADING]
-        ).update(actual_state=Placement.ActualState.UNLOADED, updated_at=now)
+        instance.placements.filter(actual_state__in=Placement.RESIDENT_STATES).update(
+            actual_state=Placement.ActualState.UNLOADED, updated_at=now
+        )
         instance.status = Instance.Status.STARTING
         instance.status_reason = reason
         instance.pid = None
@@ -565,7 +582,7 @@ def _resident_view(instance: Instance, *, exclude: int) -> tuple[list[ResidentMo
     resident = (
         Placement.objects.filter(
             instance=instance,
-            actual_state__in=[Placement.ActualState.LOADED, Placement.ActualState.LOADING],
+            actual_state__in=Placement.RESIDENT_STATES,
         )
         .exclude(pk=exclude)
         .select_related("version")
@@ -581,7 +598,8 @@ def _resident_view(instance: Instance, *, exclude: int) -> tuple[list[ResidentMo
                 memory_mb=memory_of(other),
                 pinned=other.is_pinned,
                 last_used=last_used,
-                loading=other.actual_state == Placement.ActualState.LOADING,
+                # Neither a loading model nor one already being evicted can be chosen.
+                loading=other.actual_state != Placement.ActualState.LOADED,
             )
         )
     return view, by_key
@@ -601,7 +619,11 @@ def _load_when_room(*, placement: Placement, actor: str) -> LoadOutcome:
         except CapacityExceeded:
             others_loading = (
                 Placement.objects.filter(
-                    instance_id=placement.instance_id, actual_state=Placement.ActualState.LOADING
+                    instance_id=placement.instance_id,
+                    actual_state__in=[
+                        Placement.ActualState.LOADING,
+                        Placement.ActualState.EVICTING,
+                    ],
                 )
                 .exclude(pk=placement.pk)
                 .exists()
@@ -612,8 +634,9 @@ def _load_when_room(*, placement: Placement, actor: str) -> LoadOutcome:
 
 
 def _load(*, placement_id: int, actor: str) -> LoadOutcome:
-    # 1. Claim the load under the instance's row lock: the plan and the "loading" mark are one
-    #    decision, so two processes can neither both load nor both spend the same free memory.
+    # 1. Claim the load under the instance's row lock: the plan, the "loading" mark and the
+    #    victims' "evicting" marks are one decision, so two processes can neither both load nor
+    #    both spend the same free memory (nor evict the same model twice).
     with transaction.atomic():
         placement = (
             Placement.objects.select_for_update(of=("self",))
@@ -622,14 +645,15 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
         )
         if placement.actual_state == Placement.ActualState.LOADED:
             return LoadOutcome(placement_id=placement_id, cold_start=False)
+        foreign = None
         if (
-            placement.actual_state == Placement.ActualState.LOADING
+            placement.actual_state
+            in (Placement.ActualState.LOADING, Placement.ActualState.EVICTING)
             and _recently_updated(placement)
             and not _loader_gone(placement)
         ):
-            foreign = True
+            foreign = placement.actual_state
         else:
-            foreign = False
             instance = Instance.objects.select_for_update().get(pk=placement.instance_id)
             if instance.status not in (Instance.Status.HEALTHY, Instance.Status.STARTING):
                 raise InstanceUnavailable(
@@ -644,21 +668,47 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
                 order=eviction_order(instance.pk),
             )
             victims = [by_key[key] for key in plan.evict]
+            _claim_victims(victims)
+            prior_state = placement.actual_state
             placement.actual_state = Placement.ActualState.LOADING
             placement.failure_reason = ""
-            placement.loading_by = _THIS_PROCESS
+            placement.loading_by = _this_process()
             placement.save(
                 update_fields=["actual_state", "failure_reason", "loading_by", "updated_at"]
             )
-    if foreign:
+    if foreign == Placement.ActualState.LOADING:
         return _wait_for_foreign_load(placement_id)
+    if foreign == Placement.ActualState.EVICTING:
+        # Another process is unloading this very model to make room: load it again only once
+        # that unload is done (Triton must not be asked to load a model while it unloads it).
+        _wait_for_eviction(placement_id)
+        return _load(placement_id=placement_id, actor=actor)
 
     version = placement.version
     instance = placement.instance
     client = client_for(instance)
     try:
-        for victim in victims:
-            _evict(client=client, placement=victim, to_make_room_for=placement, actor=actor)
+        _evict_all(client=client, victims=victims, to_make_room_for=placement, actor=actor)
+    except (ModelBusy, InstanceUnavailable):
+        # A victim still answered requests (or the instance had to be restarted): this load did
+        # not happen, through no fault of the model's; the caller is told to retry (503) and
+        # the placement is as it was.
+        Placement.objects.filter(
+            pk=placement.pk, actual_state=Placement.ActualState.LOADING
+        ).update(
+            actual_state=(
+                prior_state
+                if prior_state != Placement.ActualState.LOADING
+                else Placement.ActualState.UNLOADED
+            ),
+            loading_by="",
+            updated_at=timezone.now(),
+        )
+        raise
+    except (DomainError, OSError) as exc:
+        _mark_load_failed(placement, exc, actor=actor)
+        raise
+    try:
         model_dir = _unpacked_package(version)
         gpu_before = _gpu_memory_used_mb(client)
         started = time.perf_counter()
@@ -707,11 +757,57 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
     return LoadOutcome(placement_id=placement.pk, cold_start=True, load_time_ms=load_time_ms)
 
 
+def _claim_victims(victims: list[Placement]) -> None:
+    """Mark the chosen victims "evicting" (inside the caller's transaction, under the instance's
+    lock): they still hold their memory but no other plan may count on freeing it again."""
+    if victims:
+        _EVICTING_HERE.update(v.pk for v in victims)
+        Placement.objects.filter(pk__in=[v.pk for v in victims]).update(
+            actual_state=Placement.ActualState.EVICTING,
+            loading_by=_this_process(),
+            updated_at=timezone.now(),
+        )
+
+
+def _release_victims(victims: list[Placement]) -> None:
+    """Victims that were not unloaded after all are loaded still."""
+    _EVICTING_HERE.difference_update(v.pk for v in victims)
+    if victims:
+        Placement.objects.filter(
+            pk__in=[v.pk for v in victims], actual_state=Placement.ActualState.EVICTING
+        ).update(
+            actual_state=Placement.ActualState.LOADED, loading_by="", updated_at=timezone.now()
+        )
+
+
+def _evict_all(
+    *, client, victims: list[Placement], to_make_room_for: Placement | None, actor: str
+) -> None:
+    """Unload the claimed victims one by one; those not unloaded when one fails are released."""
+    for index, victim in enumerate(victims):
+        try:
+            _evict(client=client, placement=victim, to_make_room_for=to_make_room_for, actor=actor)
+        except BaseException:
+            _release_victims(victims[index:])
+            raise
+
+
 def _evict(*, client, placement: Placement, to_make_room_for: Placement | None, actor: str) -> None:
-    client.unload_model(placement.version.triton_model_name)
-    Placement.objects.filter(pk=placement.pk).update(
-        actual_state=Placement.ActualState.EVICTED, updated_at=timezone.now()
-    )
+    # The client drains the model's requests in flight before Triton unloads it.
+    try:
+        client.unload_model(placement.version.triton_model_name, timeout_s=UNLOAD_TIMEOUT_S)
+    except UnloadTimedOut as exc:
+        _restart_wedged(placement.instance_id, exc, actor=actor)
+        raise InstanceUnavailable(
+            f"{placement.instance} did not finish unloading a model and was restarted "
+            "(its models load again on their next request); retry shortly."
+        ) from exc
+    finally:
+        _EVICTING_HERE.discard(placement.pk)
+    Placement.objects.filter(
+        pk=placement.pk,
+        actual_state__in=[Placement.ActualState.EVICTING, Placement.ActualState.LOADED],
+    ).update(actual_state=Placement.ActualState.EVICTED, loading_by="", updated_at=timezone.now())
     record_event(
         kind="placement.evicted",
         actor=actor,
@@ -724,6 +820,14 @@ def _evict(*, client, placement: Placement, to_make_room_for: Placement | None, 
         instance=placement.instance,
         data={"host_memory_mb": memory_of(placement)},
     )
+
+
+def _restart_wedged(instance_id: int, exc: UnloadTimedOut, *, actor: str) -> None:
+    """A Triton that does not finish an unload stays wedged (its other calls wait too): start
+    a fresh process in its place at once rather than leave it to the next reconciler pass."""
+    instance = Instance.objects.select_related("endpoint").get(pk=instance_id)
+    logger.error("Restarting %s: %s", instance, exc.message)
+    restart_local_instance(instance=instance, actor=actor, reason=f"Wedged: {exc.message}"[:4000])
 
 
 def _incoming_for(evicted: Placement, incoming: Placement | None) -> str:
@@ -746,7 +850,8 @@ def _trim_to_budget(
     *, instance: Instance, keep: Placement | None, client, actor: str
 ) -> list[Placement]:
     """Evict until the instance is within budget (after a load measured more than expected,
-    or a lowered budget); never the pinned ones, nor ``keep``. Returns the evicted."""
+    or a lowered budget); never the pinned ones, nor ``keep``. Returns the evicted. A victim
+    still answering requests after the drain's time stays loaded (the next trim retries)."""
     with transaction.atomic():
         locked = Instance.objects.select_for_update().get(pk=instance.pk)
         resident, by_key = _resident_view(locked, exclude=-1)
@@ -759,9 +864,20 @@ def _trim_to_budget(
                 order=eviction_order(locked.pk),
             )
         ]
-    for victim in victims:
-        _evict(client=client, placement=victim, to_make_room_for=keep, actor=actor)
-    return victims
+        _claim_victims(victims)
+    evicted = []
+    for index, victim in enumerate(victims):
+        try:
+            _evict(client=client, placement=victim, to_make_room_for=keep, actor=actor)
+        except ModelBusy as exc:
+            _release_victims([victim])
+            logger.warning("Trim of %s skipped %s: %s", instance, victim, exc.message)
+            continue
+        except BaseException:
+            _release_victims(victims[index:])
+            raise
+        evicted.append(victim)
+    return evicted
 
 
 def trim_to_budget(*, instance: Instance, actor: str) -> list[str]:
@@ -808,6 +924,19 @@ def _wait_for_foreign_load(placement_id: int) -> LoadOutcome:
             break
         time.sleep(0.05)
     raise InstanceUnavailable("The model is still loading in another worker; retry shortly.")
+
+
+def _wait_for_eviction(placement_id: int) -> None:
+    """Another process is unloading this model: wait until it is out (or that process died)."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S + LOAD_TIMEOUT_S
+    while time.monotonic() < deadline:
+        placement = Placement.objects.only("actual_state", "loading_by", "updated_at").get(
+            pk=placement_id
+        )
+        if placement.actual_state != Placement.ActualState.EVICTING or _loader_gone(placement):
+            return
+        time.sleep(0.05)
+    raise ModelBusy("The model is still being unloaded by another worker; retry shortly.")
 
 
 def _unpacked_package(version: ModelVersion) -> Path:
@@ -859,7 +988,13 @@ def memory_of(placement: Placement) -> float:
     )
 
 
-_THIS_PROCESS = f"{socket.gethostname()}:{os.getpid()}"
+def _this_process() -> str:
+    """This process as ``loading_by`` records it (read per call: a forked worker has its own)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# Placements this process is evicting now (their ``loading_by`` names this process).
+_EVICTING_HERE: set[int] = set()
 
 
 def _loader_gone(placement: Placement) -> bool:
@@ -869,7 +1004,7 @@ def _loader_gone(placement: Placement) -> bool:
     if not pid.isdigit() or host != socket.gethostname():
         return False  # another machine's load, or none recorded: wait it out
     if int(pid) == os.getpid():
-        return not _SINGLE_FLIGHT.in_flight(placement.pk)
+        return not (_SINGLE_FLIGHT.in_flight(placement.pk) or placement.pk in _EVICTING_HERE)
     return not psutil.pid_exists(int(pid))
 
 
@@ -999,6 +1134,8 @@ def client_for(instance: Instance) -> TritonMultiModelClient:
                 log_path=Path(instance.external_id) / "triton.log"
                 if instance.external_id
                 else None,
+                gates=gates_for(instance.host, instance.port),
+                drain_timeout_s=DRAIN_TIMEOUT_S,
             )
             _CLIENTS[key] = client
         return client

@@ -179,6 +179,6 @@ def _warm_sagemaker(*, recent, report: WarmupReport) -> None:
 
 def _used_mb(instance: Instance) -> float:
     resident = instance.placements.filter(
-        actual_state__in=[Placement.ActualState.LOADED, Placement.ActualState.LOADING]
+        actual_state__in=Placement.RESIDENT_STATES
     ).select_related("version__model")
     return sum(serving.memory_of(p) for p in resident)

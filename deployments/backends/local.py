@@ -70,14 +70,17 @@ from deployments.backends.base import (
     LoadResult,
     MemoryReading,
 )
+from deployments.backends.gates import ControlBusy, DrainTimedOut, GateClosed, ModelGates
 from deployments.exceptions import (
     InstanceUnavailable,
     InvalidInferenceInput,
     InvalidPackage,
+    ModelBusy,
     ModelLoadConflict,
     ModelLoadFailed,
     ModelLoadTimedOut,
     ModelNotLoaded,
+    UnloadTimedOut,
     UpstreamError,
 )
 from models_registry import artifacts
@@ -630,6 +633,17 @@ def _cleanup_after_exit(process: TritonProcess) -> None:
 # execute) also comes back as a 400, but bare, and is the model's fault, not the caller's.
 _INPUT_ERROR_PREFIXES = ("[request id:", "unable to parse", "failed to parse")
 _INPUT_ERROR_PHRASES = ("unexpected inference input",)
+# Pause between draining a model's requests and asking Triton to unload it (see unload_model).
+UNLOAD_GRACE_S = 0.25
+# A request that passed the front end's model check just before an unload took the model away
+# gets a 400 from Triton's core rather than a 404.
+_UNLOADING_PHRASES = ("has no available versions", "request for unknown model")
+
+
+def is_unloading_answer(status: int, reason: str) -> bool:
+    """Whether Triton's answer means the model went away under the request (unloaded)."""
+    lowered = reason.lower()
+    return status == 400 and any(phrase in lowered for phrase in _UNLOADING_PHRASES)
 
 
 @dataclass(frozen=True)
@@ -663,8 +677,14 @@ class TritonMultiModelClient:
         *,
         log_path: Path | None = None,
         pool_size: int = 8,
+        gates: ModelGates | None = None,
+        drain_timeout_s: float = 30.0,
     ) -> None:
         self.host = host
+        # Every invocation passes the model's gate and every unload drains it first (see
+        # deployments.backends.gates: Triton stalls when a model is unloaded mid-request).
+        self.gates = gates
+        self.drain_timeout_s = drain_timeout_s
         self.port = port
         self.metrics_port = metrics_port
         self.timeout_s = timeout_s
@@ -783,7 +803,8 @@ class TritonMultiModelClient:
             )
         try:
             entries = json.loads(answer.body)["models"]
-            return [LoadedModel(name=e["modelName"], url=e["modelUrl"]) for e in entries]
+            # A model registered but not ready (loading, or being unloaded) is listed as {}.
+            return [LoadedModel(name=e["modelName"], url=e["modelUrl"]) for e in entries if e]
         except (ValueError, KeyError, TypeError) as exc:
             raise UpstreamError(
                 f"Triton at {self.address} sent a model listing this client cannot read: "
@@ -823,10 +844,25 @@ class TritonMultiModelClient:
         already loaded under the same name and url succeeds with ``already_loaded``; if the url
         is still being loaded (by another caller, or after an earlier call timed out) this waits
         for that load. Raises ModelLoadFailed with Triton's reason, ModelLoadTimedOut after
-        ``timeout_s``, ModelLoadConflict when the name or url is taken by something else.
+        ``timeout_s``, ModelLoadConflict when the name or url is taken by something else. With
+        gates, loads and unloads on the server run one at a time (``ModelGates.control``).
         """
-        url = str(model_url)
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        if self.gates is None:
+            return self._load(name, str(model_url), timeout_s)
+        started = time.monotonic()
+        try:
+            with self.gates.control(timeout_s=timeout_s):
+                waited = time.monotonic() - started
+                return self._load(name, str(model_url), max(timeout_s - waited, 1.0))
+        except ControlBusy as exc:
+            raise ModelLoadTimedOut(
+                f"Model '{name}' could not start loading on {self.address} within "
+                f"{timeout_s:g} s: other loads and unloads on the instance held it.",
+                model_name=name,
+            ) from exc
+
+    def _load(self, name: str, url: str, timeout_s: float) -> LoadResult:
         started = time.monotonic()
         deadline = started + timeout_s
         payload = json.dumps({"model_name": name, "url": url}).encode()
@@ -898,12 +934,40 @@ class TritonMultiModelClient:
         """Unload ``name`` (``DELETE /models/<name>``, which returns once it is unloaded).
 
         False when it was not loaded (a model whose load is still running is not yet loaded).
+        With gates, the model's requests in flight are drained first (ModelBusy when they do
+        not finish within ``drain_timeout_s``; the model then stays loaded).
         """
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        if self.gates is None:
+            return self._unload(name, timeout_s)
+        try:
+            # Drained first, then the control lock: no load waits behind a drain.
+            with (
+                self.gates.drained(name, timeout_s=self.drain_timeout_s),
+                self.gates.control(timeout_s=timeout_s),
+            ):
+                # Triton releases a request it has answered on the thread that sent the answer,
+                # a moment after the client has it; an unload arriving on that thread first
+                # waits for a release that can no longer happen (measured: about one unload in
+                # a hundred under sustained eviction). A short pause lets those releases land.
+                time.sleep(UNLOAD_GRACE_S)
+                return self._unload(name, timeout_s)
+        except DrainTimedOut as exc:
+            raise ModelBusy(
+                f"Model '{name}' on {self.address} still had requests in flight after "
+                f"{self.drain_timeout_s:g} s, so it was not unloaded; retry shortly."
+            ) from exc
+        except ControlBusy as exc:
+            raise ModelBusy(
+                f"Model '{name}' was not unloaded from {self.address}: other loads and unloads "
+                f"on the instance held it for {timeout_s:g} s; retry shortly."
+            ) from exc
+
+    def _unload(self, name: str, timeout_s: float) -> bool:
         try:
             answer = self._request("DELETE", _model_path(name), timeout_s=timeout_s)
         except ReadTimeoutError as exc:
-            raise UpstreamError(
+            raise UnloadTimedOut(
                 f"Triton at {self.address} did not confirm unloading '{name}' within "
                 f"{timeout_s:g} s; it may still be unloading."
             ) from exc
@@ -926,6 +990,13 @@ class TritonMultiModelClient:
         except (TypeError, ValueError) as exc:
             raise InvalidInferenceInput(f"The inference request is not JSON: {exc}") from exc
         try:
+            if self.gates is not None:
+                self.gates.enter(name)
+        except GateClosed:
+            raise ModelNotLoaded(
+                f"Model '{name}' is being unloaded from {self.address}; load it again to invoke it."
+            ) from None
+        try:
             answer = self._request(
                 "POST", f"{_model_path(name)}/invoke", body=payload, timeout_s=timeout_s
             )
@@ -933,6 +1004,9 @@ class TritonMultiModelClient:
             raise UpstreamError(
                 f"Model '{name}' on {self.address} did not answer within {timeout_s:g} s."
             ) from exc
+        finally:
+            if self.gates is not None:
+                self.gates.leave(name)
         if answer.status == 200:
             try:
                 return json.loads(answer.body)
@@ -942,7 +1016,7 @@ class TritonMultiModelClient:
                     f"{answer.body[:200]!r}"
                 ) from exc
         reason = answer.error
-        if answer.status == 404:
+        if answer.status == 404 or is_unloading_answer(answer.status, reason):
             raise ModelNotLoaded(
                 f"Model '{name}' is not loaded on {self.address}; load it before invoking it."
             )

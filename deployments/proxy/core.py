@@ -5,7 +5,9 @@ Nothing here reads the database on the hot path: tokens and routes come from in-
 to the chosen Triton instance over a pooled connection as it came (the protocols only translate
 headers where they differ). A copy that answers 404 does not hold the model (evicted, restarted):
 it is loaded through the serving runtime — one load however many requests wait for it — and the
-request is sent again, answered with ``cold_start: true``.
+request is sent again, answered with ``cold_start: true``. Every request passes its model's gate
+(``deployments.backends.gates``): a model being unloaded lets none in, which the proxy treats
+as the 404 it is about to become.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from django.db import close_old_connections, connection
 
 from config.errors import DomainError
 from deployments import usage
+from deployments.backends.gates import GateClosed, ModelGates
+from deployments.backends.local import is_unloading_answer
 from deployments.proxy.invalidation import SUBSCRIBER
 from deployments.proxy.metrics import METRICS
 from deployments.proxy.ratelimit import TokenBuckets, retry_after_header
@@ -263,6 +267,50 @@ def _pick(route: Route) -> Copy:
     )
 
 
+_GATES: dict[tuple[str, int], ModelGates] = {}
+# How long a request waits for its model's eviction to finish before loading it again: an
+# eviction drains for up to 30 s, then Triton takes about 2 s to unload.
+GATE_WAIT_S = 45.0
+
+
+def _gates(copy: Copy) -> ModelGates:
+    """The invocation gates of the copy's instance (see ``deployments.backends.gates``)."""
+    key = (copy.host, copy.port)
+    gates = _GATES.get(key)
+    if gates is None:
+        from deployments.serving import gates_for
+
+        gates = _GATES[key] = gates_for(copy.host, copy.port)
+    return gates
+
+
+async def _enter_when_open(gates: ModelGates, route: Route) -> None:
+    """Enter the model's gate once the eviction that holds it closed is over."""
+    deadline = time.monotonic() + GATE_WAIT_S
+    while True:
+        try:
+            gates.enter(route.triton_name)
+            return
+        except GateClosed:
+            if time.monotonic() >= deadline:
+                raise ProxyError(
+                    503,
+                    f"{route.public_name} is still being unloaded to make room for another "
+                    "model; retry shortly.",
+                    code="unavailable",
+                    retry_after_s=1,
+                ) from None
+            await asyncio.sleep(0.05)
+
+
+def _being_evicted(placement_id: int) -> bool:
+    from deployments.models import Placement
+
+    return Placement.objects.filter(
+        pk=placement_id, actual_state=Placement.ActualState.EVICTING
+    ).exists()
+
+
 def _prepare_copy(placement_id: int) -> bool:
     """Load the placement's model where it is placed (the record may say loaded: it is not)."""
     from deployments import serving
@@ -350,35 +398,70 @@ async def forward(route: Route, body: bytes, content_type: str) -> Answer:
                 raise ProxyError(502, f"SageMaker did not answer: {exc}", code="upstream") from exc
             return Answer(status, answer_type, data, False, copy)
         path = f"/models/{route.triton_name}/invoke"
-        for attempt in range(2):
-            try:
-                response = await _pool().post(
-                    copy.host,
-                    copy.port,
-                    path,
-                    body,
-                    content_type,
-                    settings.TENANTML_PROXY_UPSTREAM_TIMEOUT_S,
-                )
-                status = response.status
-                answer_type = response.headers.get("content-type", "application/json")
-                data = response.body
-            except UpstreamError as exc:
-                METRICS.upstream_error("connection")
-                await in_thread(_instance_down)(copy.instance_id)
-                ROUTES.invalidate(route.model_id)
-                raise ProxyError(
-                    503,
-                    f"The instance serving {route.public_name} is not answering ({exc!s:.80}); "
-                    "retry shortly while it is restored.",
-                    code="unavailable",
-                    retry_after_s=5,
-                ) from exc
-            if status == 404 and attempt == 0:
+        gates = _gates(copy)
+        name = route.triton_name
+        inside = False  # whether this request holds its place in the model's gate
+        try:
+            for attempt in range(2):
+                if not inside:
+                    try:
+                        gates.enter(name)
+                        inside = True
+                    except GateClosed:
+                        pass
+                if inside:
+                    try:
+                        response = await _pool().post(
+                            copy.host,
+                            copy.port,
+                            path,
+                            body,
+                            content_type,
+                            settings.TENANTML_PROXY_UPSTREAM_TIMEOUT_S,
+                        )
+                    except UpstreamError as exc:
+                        METRICS.upstream_error("connection")
+                        await in_thread(_instance_down)(copy.instance_id)
+                        ROUTES.invalidate(route.model_id)
+                        raise ProxyError(
+                            503,
+                            f"The instance serving {route.public_name} is not answering "
+                            f"({exc!s:.80}); retry shortly while it is restored.",
+                            code="unavailable",
+                            retry_after_s=5,
+                        ) from exc
+                    status = response.status
+                    answer_type = response.headers.get("content-type", "application/json")
+                    data = response.body
+                else:
+                    status, answer_type, data = 404, "application/json", b""  # being unloaded
+                if status != 404 and not is_unloading_answer(status, _triton_error(data)):
+                    break
+                if attempt == 1:
+                    # Loaded for this request and taken away again before it ran: memory is
+                    # contended right now, so the caller retries shortly.
+                    raise ProxyError(
+                        503,
+                        f"{route.public_name} was unloaded again to make room for another "
+                        "model before it could answer; retry shortly.",
+                        code="unavailable",
+                        retry_after_s=1,
+                    )
+                # Not loaded: load it, from inside the gate, so that the model loaded for this
+                # request cannot be evicted before the request has run on it. A model being
+                # evicted is waited out first (its gate opens once it is unloaded); a request
+                # inside steps out for that, since the eviction waits for it.
                 _SEEN_LOADED.discard(copy.placement_id)
+                if inside and await in_thread(_being_evicted)(copy.placement_id):
+                    gates.leave(name)
+                    inside = False
+                if not inside:
+                    await _enter_when_open(gates, route)
+                    inside = True
                 cold = await _load(copy) or cold
-                continue
-            break
+        finally:
+            if inside:
+                gates.leave(name)
         if status == 200:
             _SEEN_LOADED.add(copy.placement_id)
             return Answer(status, answer_type, data, cold, copy)

@@ -59,7 +59,7 @@ def test_a_model_still_loading_is_not_evicted():
 def test_capacity_exceeded_when_pinned_models_hold_the_budget():
     resident = [model("p1", 150, pinned=True), model("p2", 100, pinned=True)]
 
-    with pytest.raises(CapacityExceeded, match="pinned and loading models hold 250 MB"):
+    with pytest.raises(CapacityExceeded, match="being loaded or unloaded hold 250 MB"):
         plan_load(resident=resident, incoming_key="new", incoming_mb=100, budget_mb=300)
 
 

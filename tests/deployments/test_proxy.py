@@ -229,6 +229,52 @@ def test_a_model_evicted_behind_the_proxys_back_is_loaded_once_for_concurrent_re
     assert Event.objects.filter(kind="placement.loaded").count() == loads_before + 1
 
 
+def test_a_request_for_a_model_being_evicted_waits_and_is_answered_by_a_fresh_load(
+    proxy_url, intent_artifact
+):
+    import threading
+
+    first, first_token = deploy(intent_artifact, slug="acme")
+    second, second_token = deploy(intent_artifact, slug="globex")
+    placements = {m.pk: Placement.objects.get(version=m.active_version) for m in (first, second)}
+    instance = placements[first.pk].instance
+    assert placements[second.pk].instance_id == instance.pk
+    assert call(invoke_url(proxy_url), token=first_token, body={"inputs": ["hi"]})[0] == 200
+    serving.client_for(instance).unload_model(second.active_version.triton_model_name)
+    Placement.objects.filter(pk=placements[second.pk].pk).update(actual_state="evicted")
+    measured = Placement.objects.get(pk=placements[first.pk].pk).host_memory_mb
+    Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(measured * 1.5))
+    gates = serving.gates_for(instance.host, instance.port)
+    first_name = first.active_version.triton_model_name
+    answers = {}
+
+    def ask(name, slug, token):
+        answers[name] = call(invoke_url(proxy_url, slug), token=token, body={"inputs": ["hi"]})
+
+    gates.enter(first_name)  # a request for the first model in flight, as another process has
+    try:
+        evicting = threading.Thread(target=ask, args=("second", "globex", second_token))
+        evicting.start()  # its load evicts the first model, which waits for that request
+        deadline = time.monotonic() + 30
+        while Placement.objects.get(pk=placements[first.pk].pk).actual_state != "evicting":
+            assert time.monotonic() < deadline, "the eviction never started"
+            time.sleep(0.02)
+        meanwhile = threading.Thread(target=ask, args=("first", "acme", first_token))
+        meanwhile.start()  # the gate is closed: this one waits for the eviction, then loads
+        time.sleep(0.5)
+    finally:
+        gates.leave(first_name)
+    evicting.join(timeout=120)
+    meanwhile.join(timeout=120)
+
+    status, _, body = answers["second"]
+    assert status == 200 and json.loads(body)["cold_start"] is True, body
+    status, _, body = answers["first"]
+    assert status == 200 and json.loads(body)["cold_start"] is True, body
+    evicted = Event.objects.filter(kind="placement.evicted").values_list("version_id", flat=True)
+    assert first.active_version.pk in evicted
+
+
 def test_an_instance_down_is_503_with_retry_after_never_500(proxy_url, intent_artifact):
     import os
     import signal

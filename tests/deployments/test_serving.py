@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import pytest
 from deployments import serving
 from deployments.backends.local import TritonMultiModelClient, start_triton, stop_triton
 from deployments.eviction import CapacityExceeded
-from deployments.exceptions import ModelLoadFailed
+from deployments.exceptions import InstanceUnavailable, ModelBusy, ModelLoadFailed
 from deployments.models import Endpoint, Event, Instance, Placement
 from models_registry.exceptions import PackageChecksumMismatch
 from models_registry.models import ModelVersion
@@ -189,12 +190,97 @@ def test_pinned_models_are_never_evicted_and_a_model_that_cannot_fit_is_refused(
     Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(measured * 2.5))
     extra = serving.place_on_instance(version=third, instance=instance, actor="test")
 
-    with pytest.raises(CapacityExceeded, match="pinned and loading models hold"):
+    with pytest.raises(CapacityExceeded, match="pinned models and models being loaded"):
         serving.invoke_placement(placement=extra, inputs=TICKETS[:1])
 
     assert {first.triton_model_name, second.triton_model_name} <= loaded_names(triton_client)
     assert third.triton_model_name not in loaded_names(triton_client)
     assert not Event.objects.filter(kind="placement.evicted").exists()
+
+
+@pytest.mark.django_db(transaction=True)  # the request in flight runs on its own connection
+def test_an_eviction_waits_for_the_victims_request_in_flight_and_marks_it_evicting(
+    triton, triton_client, intent_artifact
+):
+    instance = InstanceFactory(
+        endpoint=EndpointFactory(backend=Endpoint.Backend.LOCAL),
+        port=triton.port,
+        metrics_port=triton.metrics_port,
+        pid=triton.pid,
+        external_id=str(triton.workdir),
+        memory_budget_mb=4000,
+    )
+    first, second = packaged(intent_artifact), packaged(intent_artifact)
+    victim = serving.place_on_instance(version=first, instance=instance, actor="test")
+    incoming = serving.place_on_instance(version=second, instance=instance, actor="test")
+    serving.invoke_placement(placement=victim, inputs=TICKETS[:1])
+    measured = Placement.objects.get(pk=victim.pk).host_memory_mb
+    Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(measured * 1.5))
+    gates = serving.gates_for(instance.host, instance.port)
+    seen = []
+
+    def request_in_flight():
+        # A request on the victim (as a proxy process would hold it) that finishes only once
+        # the eviction is under way: the eviction must wait for it, not unload under it.
+        from django.db import connection
+
+        gates.enter(first.triton_model_name)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                state = Placement.objects.get(pk=victim.pk).actual_state
+                if state != Placement.ActualState.LOADED:
+                    seen.append(state)
+                    break
+                time.sleep(0.02)
+            time.sleep(0.5)
+            seen.append(first.triton_model_name in loaded_names(triton_client))
+        finally:
+            gates.leave(first.triton_model_name)
+            connection.close()
+
+    holder = threading.Thread(target=request_in_flight)
+    holder.start()
+    try:
+        result = serving.invoke_placement(placement=incoming, inputs=TICKETS[:1])
+        holder.join(timeout=30)
+
+        assert result.cold_start is True
+        # While the request was in flight the victim was "evicting" and still loaded.
+        assert seen == [Placement.ActualState.EVICTING, True]
+        assert Placement.objects.get(pk=victim.pk).actual_state == Placement.ActualState.EVICTED
+        assert loaded_names(triton_client) == {second.triton_model_name}
+    finally:
+        holder.join(timeout=30)
+        for model in triton_client.list_models():
+            triton_client.unload_model(model.name)
+
+
+def test_a_victim_still_answering_after_the_drain_stays_loaded_and_the_load_can_retry(
+    instance, intent_artifact, triton_client, monkeypatch
+):
+    first, second = packaged(intent_artifact), packaged(intent_artifact)
+    victim = serving.place_on_instance(version=first, instance=instance, actor="test")
+    incoming = serving.place_on_instance(version=second, instance=instance, actor="test")
+    serving.invoke_placement(placement=victim, inputs=TICKETS[:1])
+    measured = Placement.objects.get(pk=victim.pk).host_memory_mb
+    Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(measured * 1.5))
+    monkeypatch.setattr(serving.client_for(instance), "drain_timeout_s", 0.3)
+    gates = serving.gates_for(instance.host, instance.port)
+
+    gates.enter(first.triton_model_name)  # a request in flight that outlasts the drain
+    try:
+        with pytest.raises(ModelBusy, match="still had requests in flight"):
+            serving.invoke_placement(placement=incoming, inputs=TICKETS[:1])
+        states = dict(Placement.objects.values_list("pk", "actual_state"))
+        assert states[victim.pk] == Placement.ActualState.LOADED
+        assert states[incoming.pk] == Placement.ActualState.PENDING  # as it was, not failed
+        assert loaded_names(triton_client) == {first.triton_model_name}
+    finally:
+        gates.leave(first.triton_model_name)
+
+    assert serving.invoke_placement(placement=incoming, inputs=TICKETS[:1]).cold_start is True
+    assert loaded_names(triton_client) == {second.triton_model_name}
 
 
 @pytest.mark.django_db(transaction=True)  # the requests run on threads with their own connections
@@ -349,6 +435,39 @@ def test_a_local_instance_starts_serves_and_stops_without_leftovers(db, intent_a
     assert not serving.check_instance_health(instance=instance)
     assert instance.pid is None
     assert not psutil.pid_exists(pid)
+
+
+def test_an_instance_that_does_not_finish_an_unload_is_restarted_at_once(
+    db, intent_artifact, monkeypatch, settings, tmp_path
+):
+    settings.VAR_DIR = tmp_path / "var"
+    endpoint = EndpointFactory(backend=Endpoint.Backend.LOCAL, status=Endpoint.Status.CREATING)
+    instance = serving.start_local_instance(endpoint=endpoint, actor="test")
+    old_pid = instance.pid
+    try:
+        first, second = packaged(intent_artifact), packaged(intent_artifact)
+        victim = serving.place_on_instance(version=first, instance=instance, actor="test")
+        incoming = serving.place_on_instance(version=second, instance=instance, actor="test")
+        serving.invoke_placement(placement=victim, inputs=TICKETS[:1])
+        measured = Placement.objects.get(pk=victim.pk).host_memory_mb
+        Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(measured * 1.5))
+        # A real unload takes about 2 s: with a limit far below it, Triton "does not finish".
+        monkeypatch.setattr(serving, "UNLOAD_TIMEOUT_S", 0.05)
+
+        with pytest.raises(InstanceUnavailable, match="was restarted"):
+            serving.invoke_placement(placement=incoming, inputs=TICKETS[:1])
+
+        instance.refresh_from_db()
+        assert instance.status == Instance.Status.HEALTHY and instance.pid != old_pid
+        assert not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == "zombie"
+        assert Event.objects.filter(kind="instance.restarted", instance=instance).exists()
+        states = set(Placement.objects.values_list("actual_state", flat=True))
+        assert states == {Placement.ActualState.UNLOADED}  # a fresh process holds nothing
+        monkeypatch.undo()
+        assert serving.invoke_placement(placement=incoming, inputs=TICKETS[:1]).cold_start
+    finally:
+        instance.refresh_from_db()
+        serving.stop_local_instance(instance=instance, actor="test", reason="test done")
 
 
 def test_start_up_marks_instances_whose_triton_is_gone_and_starts_fresh_ones(db):
