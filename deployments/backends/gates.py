@@ -142,15 +142,10 @@ class ModelGates:
         lock_path, marker = self._paths(name)
         self.directory.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{_HOST}:{os.getpid()}\n")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            _lock_exclusive(fd, timeout_s, DrainTimedOut)
-            try:
+            with _exclusive(lock_path, timeout_s, DrainTimedOut):
                 yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 marker.unlink()
 
@@ -164,15 +159,22 @@ class ModelGates:
         instance are serialized. Raises ControlBusy after ``timeout_s`` of waiting.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / ".control.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        with _exclusive(self.directory / ".control.lock", timeout_s, ControlBusy):
+            yield
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path, timeout_s: float, error: type[Exception]):
+    """Hold an exclusive flock on ``path`` (its own open file), waiting up to ``timeout_s``."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        _lock_exclusive(fd, timeout_s, error)
         try:
-            _lock_exclusive(fd, timeout_s, ControlBusy)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            yield
         finally:
-            os.close(fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _lock_exclusive(fd: int, timeout_s: float, error: type[Exception]) -> None:

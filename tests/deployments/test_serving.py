@@ -147,6 +147,17 @@ def three_versions(intent_artifact) -> list[ModelVersion]:
     return [packaged(intent_artifact) for _ in range(3)]
 
 
+def room_for_one(instance, intent_artifact):
+    """Two versions placed on the instance, the first loaded, and a budget that holds one."""
+    first, second = packaged(intent_artifact), packaged(intent_artifact)
+    victim = serving.place_on_instance(version=first, instance=instance, actor="test")
+    incoming = serving.place_on_instance(version=second, instance=instance, actor="test")
+    serving.invoke_placement(placement=victim, inputs=TICKETS[:1])
+    measured = Placement.objects.get(pk=victim.pk).host_memory_mb
+    Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(measured * 1.5))
+    return first, second, victim, incoming
+
+
 def test_least_recently_used_model_is_evicted_to_stay_within_budget(
     instance, intent_artifact, triton_client
 ):
@@ -210,12 +221,7 @@ def test_an_eviction_waits_for_the_victims_request_in_flight_and_marks_it_evicti
         external_id=str(triton.workdir),
         memory_budget_mb=4000,
     )
-    first, second = packaged(intent_artifact), packaged(intent_artifact)
-    victim = serving.place_on_instance(version=first, instance=instance, actor="test")
-    incoming = serving.place_on_instance(version=second, instance=instance, actor="test")
-    serving.invoke_placement(placement=victim, inputs=TICKETS[:1])
-    measured = Placement.objects.get(pk=victim.pk).host_memory_mb
-    Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(measured * 1.5))
+    first, second, victim, incoming = room_for_one(instance, intent_artifact)
     gates = serving.gates_for(instance.host, instance.port)
     seen = []
 
@@ -259,12 +265,7 @@ def test_an_eviction_waits_for_the_victims_request_in_flight_and_marks_it_evicti
 def test_a_victim_still_answering_after_the_drain_stays_loaded_and_the_load_can_retry(
     instance, intent_artifact, triton_client, monkeypatch
 ):
-    first, second = packaged(intent_artifact), packaged(intent_artifact)
-    victim = serving.place_on_instance(version=first, instance=instance, actor="test")
-    incoming = serving.place_on_instance(version=second, instance=instance, actor="test")
-    serving.invoke_placement(placement=victim, inputs=TICKETS[:1])
-    measured = Placement.objects.get(pk=victim.pk).host_memory_mb
-    Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(measured * 1.5))
+    first, second, victim, incoming = room_for_one(instance, intent_artifact)
     monkeypatch.setattr(serving.client_for(instance), "drain_timeout_s", 0.3)
     gates = serving.gates_for(instance.host, instance.port)
 
