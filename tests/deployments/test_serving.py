@@ -446,12 +446,7 @@ def test_an_instance_that_does_not_finish_an_unload_is_restarted_at_once(
     instance = serving.start_local_instance(endpoint=endpoint, actor="test")
     old_pid = instance.pid
     try:
-        first, second = packaged(intent_artifact), packaged(intent_artifact)
-        victim = serving.place_on_instance(version=first, instance=instance, actor="test")
-        incoming = serving.place_on_instance(version=second, instance=instance, actor="test")
-        serving.invoke_placement(placement=victim, inputs=TICKETS[:1])
-        measured = Placement.objects.get(pk=victim.pk).host_memory_mb
-        Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(measured * 1.5))
+        _, _, _, incoming = room_for_one(instance, intent_artifact)
         # A real unload takes about 2 s: with a limit far below it, Triton "does not finish".
         monkeypatch.setattr(serving, "UNLOAD_TIMEOUT_S", 0.05)
 
