@@ -661,7 +661,7 @@ class TritonStandIn:
     def __init__(self) -> None:
         self.unloaded: list[str] = []
 
-    def unload_model(self, name: str) -> None:
+    def unload_model(self, name: str, timeout_s: float | None = None) -> None:
         self.unloaded.append(name)
 
 
