@@ -75,11 +75,16 @@ class ModelGates:
         # One object per directory and process (``gates_in``), so a fork can reset them all.
         self.directory = Path(directory)
         self._held: dict[str, _Held] = {}
+        self._path_cache: dict[str, tuple[Path, Path]] = {}
         self._lock = threading.Lock()
 
     def _paths(self, name: str) -> tuple[Path, Path]:
-        safe = name.replace("/", "_")
-        return self.directory / f"{safe}.lock", self.directory / f"{safe}.draining"
+        paths = self._path_cache.get(name)
+        if paths is None:
+            safe = name.replace("/", "_")
+            paths = self.directory / f"{safe}.lock", self.directory / f"{safe}.draining"
+            self._path_cache[name] = paths
+        return paths
 
     def _open(self, lock_path: Path) -> int:
         try:
@@ -192,7 +197,7 @@ def _lock_exclusive(fd: int, timeout_s: float, error: type[Exception]) -> None:
 def _draining(marker: Path) -> bool:
     """Whether an unload holds the gate: its marker exists and its writer is alive."""
     try:
-        stat = marker.stat()
+        stat = os.stat(marker)
     except FileNotFoundError:
         return False
     if time.time() - stat.st_mtime > STALE_MARKER_S:

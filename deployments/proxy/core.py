@@ -435,8 +435,10 @@ async def forward(route: Route, body: bytes, content_type: str) -> Answer:
                     data = response.body
                 else:
                     status, answer_type, data = 404, "application/json", b""  # being unloaded
-                if status != 404 and not is_unloading_answer(status, _triton_error(data)):
-                    break
+                if status != 404 and not (
+                    status == 400 and is_unloading_answer(status, _triton_error(data))
+                ):
+                    break  # only a 400 is read for Triton's reason: the hot path parses nothing
                 if attempt == 1:
                     # Loaded for this request and taken away again before it ran: memory is
                     # contended right now, so the caller retries shortly.
