@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import print_table, write_results  # noqa: E402
 from deployments.catalog import INSTANCE_CATALOG  # noqa: E402
-from deployments.placement import (  # noqa: E402
+from deployments.placement.solver import (  # noqa: E402
     InstanceSpec,
     ModelSpec,
     PlacementPolicy,

@@ -56,7 +56,7 @@ def free_port() -> int:
 
 def build_fleet(count: int, base, var_dir: Path, *, start: int = 0) -> list:
     """``count`` tenants with a trained, packaged, promoted and deployed intent classifier."""
-    from deployments import rollouts
+    from deployments.services import rollouts
     from models_registry import artifacts, demo_data
     from models_registry.kinds import get_kind
     from models_registry.services import (
@@ -230,7 +230,7 @@ def zipf_live(models, instance, var_dir: Path, token: str, args) -> dict:
 
     from zipf_eviction import zipf_trace
 
-    from deployments import serving
+    from deployments.backends.local import runtime
     from deployments.models import Instance, Placement
 
     placements = list(
@@ -245,7 +245,7 @@ def zipf_live(models, instance, var_dir: Path, token: str, args) -> dict:
     results = {}
     for policy in ("lru", "frequency"):
         for placement in Placement.objects.filter(instance=instance, actual_state="loaded"):
-            serving.unload_placement(placement=placement, actor=ACTOR, reason="next policy")
+            runtime.unload_placement(placement=placement, actor=ACTOR, reason="next policy")
         port = free_port()
         proxy = start_proxy(var_dir, port, {"EVICTION_POLICY": policy})
         cold, latencies = 0, []
@@ -293,8 +293,8 @@ def main() -> None:
     args = parser.parse_args()
 
     var_dir = setup_django()
+    from deployments.backends.local.runtime import stop_local_instance
     from deployments.models import Instance
-    from deployments.serving import stop_local_instance
     from models_registry.base_model import base_encoder
     from tenants.services import issue_token
 

@@ -76,7 +76,7 @@ def main() -> None:
     try:
         payload = run(args, var_dir, instances)
     finally:
-        from deployments.serving import stop_local_instance
+        from deployments.backends.local.runtime import stop_local_instance
 
         for instance in instances:
             try:
@@ -91,7 +91,7 @@ def main() -> None:
 
 
 def run(args, var_dir: Path, instances: list) -> dict:
-    from deployments.serving import stop_local_instance
+    from deployments.backends.local.runtime import stop_local_instance
     from models_registry.base_model import base_encoder, cache_key
 
     started = time.perf_counter()
@@ -172,9 +172,13 @@ def held_out_texts(slug: str, count: int = 400) -> list[str]:
 
 
 def bench_kind(kind: str, versions: list, args, instances: list):
-    from deployments.backends.local import model_memory_mb
+    from deployments.backends.local.runtime import (
+        invoke_placement,
+        place_on_instance,
+        start_local_instance,
+    )
+    from deployments.backends.local.triton import model_memory_mb
     from deployments.models import Endpoint, InstanceType
-    from deployments.serving import invoke_placement, place_on_instance, start_local_instance
 
     endpoint = Endpoint.objects.create(
         name=f"bench-{kind}",
@@ -282,7 +286,7 @@ def bench_kind(kind: str, versions: list, args, instances: list):
 
 
 def timed_invokes(placements: list, inputs_for, count: int, kind: str, *, expect: int) -> dict:
-    from deployments.serving import invoke_placement
+    from deployments.backends.local.runtime import invoke_placement
 
     samples = []
     for i in range(count):
@@ -313,8 +317,8 @@ def check_outputs(kind: str, outputs: list, expected_rows: int) -> None:
 def bench_baseline(instance, args, var_dir: Path) -> dict:
     """The torch + transformers baseline, loaded under distinct names one after another."""
     from bench.naive_baseline.package import build_naive_baseline_package
-    from deployments.backends.local import model_memory_mb, prepare_model_dir
-    from deployments.serving import client_for
+    from deployments.backends.local.runtime import client_for
+    from deployments.backends.local.triton import model_memory_mb, prepare_model_dir
     from models_registry.kinds import encode_text_request, get_kind
 
     client = client_for(instance)

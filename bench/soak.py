@@ -109,10 +109,10 @@ def main() -> None:
     from zipf_eviction import zipf_trace
 
     from deployments import tasks
+    from deployments.backends.local.runtime import stop_local_instance
     from deployments.models import Instance, Placement
-    from deployments.reconciler import reconcile_fleet
-    from deployments.selectors import instances_with_memory_use
-    from deployments.serving import stop_local_instance
+    from deployments.selectors.fleet import instances_with_memory_use
+    from deployments.services.reconciler import reconcile_fleet
     from models_registry.base_model import base_encoder
     from tenants.services import issue_token
 

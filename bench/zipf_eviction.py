@@ -1,10 +1,10 @@
 """Cold starts under Zipf traffic with memory pressure: least-recently-used vs frequency-aware.
 
-Drives the real ``plan_load`` of ``deployments/eviction.py`` with a seeded trace of requests whose
-model is drawn from a Zipf distribution over popularity ranks, on one instance whose memory budget
-holds a quarter of the models. A request to a resident model is a hit; any other is a cold start
-that loads the model (evicting what the policy picks) and then answers, as multi-model serving
-must. Policies:
+Drives the real ``plan_load`` of ``deployments/placement/eviction.py`` with a seeded trace of
+requests whose model is drawn from a Zipf distribution over popularity ranks, on one instance
+whose memory budget holds a quarter of the models. A request to a resident model is a hit; any
+other is a cold start that loads the model (evicting what the policy picks) and then answers, as
+multi-model serving must. Policies:
 
 - ``lru``: ``lru_order``, what SageMaker multi-model endpoints do;
 - ``frequency``: ``AccessHistory.order()``, decayed request counts that outlive eviction.
@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import print_table, write_results  # noqa: E402
-from deployments.eviction import (  # noqa: E402
+from deployments.placement.eviction import (  # noqa: E402
     AccessHistory,
     ResidentModel,
     lru_order,

@@ -13,7 +13,7 @@ admin.site.index_title = "Fleet, tenants and models"
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("dashboard/", include("config.dashboard_urls")),
+    path("dashboard/", include("deployments.dashboard.urls")),
     path(
         "accounts/login/",
         auth_views.LoginView.as_view(redirect_authenticated_user=True),

@@ -7,7 +7,6 @@ from django.contrib import admin, messages
 from django.utils.html import format_html_join
 
 from config.errors import DomainError
-from deployments import reconciler, rollouts
 from deployments.models import (
     Deployment,
     Endpoint,
@@ -18,8 +17,9 @@ from deployments.models import (
     Placement,
     VersionUsageMinute,
 )
-from deployments.selectors import endpoints_with_cost, instances_with_memory_use
-from deployments.services import set_placement_desired_state
+from deployments.selectors.fleet import endpoints_with_cost, instances_with_memory_use
+from deployments.services import reconciler, rollouts
+from deployments.services.fleet import set_placement_desired_state
 from models_registry.kinds import kind_names
 from tenants.admin import AddFieldsMixin, ViewOnlyAdmin, admin_actor, changelist_link, events_link
 

@@ -12,6 +12,6 @@ routing_changed = Signal()
 def sync_periodic_tasks_after_migrate(sender, app_config=None, **kwargs) -> None:
     if app_config is None or app_config.label != "deployments":
         return
-    from deployments.services import sync_periodic_tasks
+    from deployments.services.fleet import sync_periodic_tasks
 
     sync_periodic_tasks(using=kwargs.get("using", "default"))

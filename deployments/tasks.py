@@ -2,8 +2,9 @@
 
 from celery import shared_task
 
-from deployments import reconciler, rollouts, services, warmups
 from deployments.exceptions import CapacityExceeded, InstanceUnavailable
+from deployments.services import fleet as services
+from deployments.services import reconciler, rollouts, warmups
 
 
 @shared_task(name="deployments.tasks.sample_fleet_utilization")

@@ -794,7 +794,7 @@ def apply_quality_gate(*, version: ModelVersion, actor: str) -> GateDecision:
 
 
 def _hand_to_deployment(*, version: ModelVersion, actor: str) -> None:
-    from deployments import services as deployment_services
+    from deployments.services import fleet as deployment_services
 
     hook = getattr(deployment_services, "on_version_promoted", None)
     if hook is not None:

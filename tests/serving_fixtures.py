@@ -112,7 +112,7 @@ def local_rollouts(settings, tmp_path):
     """Rollouts run inline, as the worker runs them; Triton instances get this test's working
     directories, and every one started is stopped after the test."""
     from config.celery import app
-    from deployments import serving
+    from deployments.backends.local import runtime
     from deployments.models import Instance
 
     settings.VAR_DIR = tmp_path / "var"
@@ -121,7 +121,7 @@ def local_rollouts(settings, tmp_path):
     yield
     app.conf.task_always_eager = previous
     for instance in Instance.objects.exclude(status=Instance.Status.STOPPED).exclude(pid=None):
-        serving.stop_local_instance(instance=instance, actor="test", reason="test finished")
+        runtime.stop_local_instance(instance=instance, actor="test", reason="test finished")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from deployments import inference, rollouts, selectors
 from deployments.api.serializers import (
     DeploymentRequestSerializer,
     DeploymentSerializer,
@@ -16,6 +15,9 @@ from deployments.api.serializers import (
     InvokeRequestSerializer,
     InvokeResponseSerializer,
 )
+from deployments.proxy import invoke as inference
+from deployments.selectors import fleet as selectors
+from deployments.services import rollouts
 from models_registry import selectors as registry_selectors
 from tenants.access import caller_for_request
 from tenants.api.permissions import IsPlatformCaller

@@ -109,7 +109,7 @@ def _json(data: object) -> bytes:
 
 def validate_native_inputs(route: Route, inputs: object) -> None:
     """The native ``inputs`` against the kind's JSON schema; 400 naming the first bad item."""
-    from deployments.inference import validate_inputs
+    from deployments.proxy.invoke import validate_inputs
 
     try:
         validate_inputs(kind_name=route.kind, inputs=inputs)

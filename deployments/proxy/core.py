@@ -6,7 +6,7 @@ to the chosen Triton instance over a pooled connection as it came (the protocols
 headers where they differ). A copy that answers 404 does not hold the model (evicted, restarted):
 it is loaded through the serving runtime — one load however many requests wait for it — and the
 request is sent again, answered with ``cold_start: true``. Every request passes its model's gate
-(``deployments.backends.gates``): a model being unloaded lets none in, which the proxy treats
+(``deployments.backends.local.gates``): a model being unloaded lets none in, which the proxy treats
 as the 404 it is about to become.
 """
 
@@ -22,14 +22,14 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from config.errors import DomainError
-from deployments import usage
-from deployments.backends.gates import GateClosed, ModelGates
-from deployments.backends.local import is_unloading_answer
+from deployments.backends.local.gates import GateClosed, ModelGates
+from deployments.backends.local.triton import is_unloading_answer
 from deployments.proxy.invalidation import SUBSCRIBER
 from deployments.proxy.metrics import METRICS
 from deployments.proxy.ratelimit import TokenBuckets, retry_after_header
 from deployments.proxy.routing import MISSING, ROUTES, Copy, Route, load_route
 from deployments.proxy.upstream import UpstreamError, UpstreamPool
+from deployments.services import usage
 
 
 class ProxyError(Exception):
@@ -243,7 +243,7 @@ async def close_sessions() -> None:
 
 
 def serving_history(instance_id: int):
-    from deployments.serving import _history
+    from deployments.backends.local.runtime import _history
 
     return _history(instance_id)
 
@@ -274,11 +274,11 @@ GATE_WAIT_S = 45.0
 
 
 def _gates(copy: Copy) -> ModelGates:
-    """The invocation gates of the copy's instance (see ``deployments.backends.gates``)."""
+    """The invocation gates of the copy's instance (see ``deployments.backends.local.gates``)."""
     key = (copy.host, copy.port)
     gates = _GATES.get(key)
     if gates is None:
-        from deployments.serving import gates_for
+        from deployments.backends.local.runtime import gates_for
 
         gates = _GATES[key] = gates_for(copy.host, copy.port)
     return gates
@@ -313,7 +313,7 @@ def _being_evicted(placement_id: int) -> bool:
 
 def _prepare_copy(placement_id: int) -> bool:
     """Load the placement's model where it is placed (the record may say loaded: it is not)."""
-    from deployments import serving
+    from deployments.backends.local import runtime
     from deployments.models import Placement
 
     Placement.objects.filter(pk=placement_id, actual_state=Placement.ActualState.LOADED).update(
@@ -322,7 +322,7 @@ def _prepare_copy(placement_id: int) -> bool:
     placement = Placement.objects.select_related(
         "version__model__tenant", "instance", "endpoint"
     ).get(pk=placement_id)
-    return serving.ensure_loaded(placement=placement, actor="proxy").cold_start
+    return runtime.ensure_loaded(placement=placement, actor="proxy").cold_start
 
 
 async def _load(copy: Copy) -> bool:
@@ -350,16 +350,16 @@ async def _load(copy: Copy) -> bool:
 
 
 def _instance_down(instance_id: int) -> None:
-    from deployments import serving
+    from deployments.backends.local import runtime
     from deployments.models import Instance
 
     instance = Instance.objects.filter(pk=instance_id).select_related("endpoint").first()
     if instance is not None:
-        serving.check_instance_health(instance=instance, actor="proxy")
+        runtime.check_instance_health(instance=instance, actor="proxy")
 
 
 def _sagemaker_invoke(copy: Copy, body: bytes, content_type: str) -> tuple[int, str, bytes]:
-    from deployments.sagemaker_deploy import endpoint_backend
+    from deployments.backends.sagemaker.deploy import endpoint_backend
 
     params = {"EndpointName": copy.endpoint_name, "Body": body, "ContentType": content_type}
     if copy.endpoint_mode == "mme":
@@ -491,7 +491,7 @@ def _triton_error(data: bytes) -> str:
 
 def record(route: Route, answer: Answer | None, *, started: float, error: bool) -> float:
     """Count one request in the time series and the LRU recency; returns its latency in ms."""
-    from deployments import serving
+    from deployments.backends.local import runtime
 
     latency_ms = (time.perf_counter() - started) * 1000
     if route.version_id is None:
@@ -509,6 +509,6 @@ def record(route: Route, answer: Answer | None, *, started: float, error: bool) 
         placement_id=copy.placement_id if answer is not None else None,
     )
     if answer is not None:
-        serving._touch(copy.placement_id)
+        runtime._touch(copy.placement_id)
     usage.ensure_background_flush()
     return latency_ms

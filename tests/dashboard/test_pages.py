@@ -77,7 +77,7 @@ def test_overview_charts_are_valid_svg_with_titles(staff_client, fleet):
 def test_line_chart_escapes_text_and_marks_gaps():
     from datetime import UTC, datetime, timedelta
 
-    from deployments.charts import Series, line_chart, nice_ticks
+    from deployments.dashboard.charts import Series, line_chart, nice_ticks
 
     start = datetime(2026, 1, 1, tzinfo=UTC)
     points = [(start + timedelta(minutes=5 * i), None if i == 3 else float(i)) for i in range(8)]

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.zipf_eviction import simulate
-from deployments.eviction import (
+from deployments.placement.eviction import (
     AccessHistory,
     CapacityExceeded,
     ResidentModel,

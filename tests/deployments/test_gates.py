@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.backends.gates import ControlBusy, DrainTimedOut, GateClosed, ModelGates
-from deployments.backends.local import (
+from deployments.backends.local.gates import ControlBusy, DrainTimedOut, GateClosed, ModelGates
+from deployments.backends.local.triton import (
     TritonMultiModelClient,
     prepare_triton_home,
     start_triton,
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 HOLDER = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from deployments.backends.gates import ModelGates
+from deployments.backends.local.gates import ModelGates
 gates = ModelGates({directory!r})
 gates.enter("m")
 print("in", flush=True)
@@ -147,7 +147,7 @@ def test_loads_and_unloads_of_one_instance_run_one_at_a_time(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
 def test_a_forked_child_does_not_release_its_parents_requests(tmp_path):
-    from deployments.backends.gates import gates_in
+    from deployments.backends.local.gates import gates_in
 
     gates = gates_in(tmp_path)
     gates.enter("m")

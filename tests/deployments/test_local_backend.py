@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from deployments.backends.base import InstanceHandle, LoadedModel, ServingBackend
-from deployments.backends.local import (
+from deployments.backends.local.triton import (
     LocalTritonBackend,
     TritonMultiModelClient,
     TritonProcess,

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config.errors import DomainError
-from deployments.placement import (
+from deployments.placement.solver import (
     CapacityExceeded,
     InstanceSpec,
     ModelSpec,

@@ -15,7 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from deployments import serving
+from deployments.backends.local import runtime
 from deployments.models import Event, Instance, Placement
 from deployments.proxy import core
 from deployments.proxy.routing import ROUTES
@@ -43,7 +43,7 @@ def fresh_proxy_state():
 
 
 def deploy(artifact, *, slug: str = "acme", name: str = "intents"):
-    from deployments import rollouts
+    from deployments.services import rollouts
 
     model = TenantModelFactory(tenant=TenantFactory(slug=slug), name=name)
     packaged_version(model, artifact, 1, promote=True)
@@ -204,7 +204,7 @@ def test_a_model_evicted_behind_the_proxys_back_is_loaded_once_for_concurrent_re
 ):
     model, token = deploy(intent_artifact)
     placement = Placement.objects.get(version=model.active_version)
-    serving.client_for(placement.instance).unload_model(model.active_version.triton_model_name)
+    runtime.client_for(placement.instance).unload_model(model.active_version.triton_model_name)
     loads_before = Event.objects.filter(kind="placement.loaded").count()
 
     async def burst():
@@ -240,11 +240,11 @@ def test_a_request_for_a_model_being_evicted_waits_and_is_answered_by_a_fresh_lo
     instance = placements[first.pk].instance
     assert placements[second.pk].instance_id == instance.pk
     assert call(invoke_url(proxy_url), token=first_token, body={"inputs": ["hi"]})[0] == 200
-    serving.client_for(instance).unload_model(second.active_version.triton_model_name)
+    runtime.client_for(instance).unload_model(second.active_version.triton_model_name)
     Placement.objects.filter(pk=placements[second.pk].pk).update(actual_state="evicted")
     measured = Placement.objects.get(pk=placements[first.pk].pk).host_memory_mb
     Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(measured * 1.5))
-    gates = serving.gates_for(instance.host, instance.port)
+    gates = runtime.gates_for(instance.host, instance.port)
     first_name = first.active_version.triton_model_name
     answers = {}
 
@@ -298,10 +298,10 @@ def test_a_model_that_fails_to_load_is_502_with_the_reason(proxy_url, intent_art
     model, token = deploy(intent_artifact)
     version = model.active_version
     placement = Placement.objects.get(version=version)
-    model_dir = serving._unpacked_package(version)
-    runtime = next(model_dir.glob("*/1/model.py"))
-    runtime.write_text("raise RuntimeError('head weights are missing')\n")
-    serving.client_for(placement.instance).unload_model(version.triton_model_name)
+    model_dir = runtime._unpacked_package(version)
+    model_py = next(model_dir.glob("*/1/model.py"))
+    model_py.write_text("raise RuntimeError('head weights are missing')\n")
+    runtime.client_for(placement.instance).unload_model(version.triton_model_name)
 
     status, headers, body = call(invoke_url(proxy_url), token=token, body={"inputs": ["hi"]})
 
@@ -326,7 +326,7 @@ def test_metrics_need_a_platform_token_and_count_requests(proxy_url, intent_arti
 
 
 def test_a_rollout_reaches_the_proxy_at_once(proxy_url, intent_artifact):
-    from deployments import rollouts
+    from deployments.services import rollouts
 
     model, token = deploy(intent_artifact)
     assert (

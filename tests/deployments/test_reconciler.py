@@ -16,8 +16,9 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from rest_framework.test import APIClient
 
-from deployments import reconciler, serving, usage, warmups
+from deployments.backends.local import runtime
 from deployments.models import Deployment, Endpoint, Event, Instance, Placement
+from deployments.services import reconciler, usage, warmups
 from tenants.services import issue_token
 from tests.factories import TenantFactory, TenantModelFactory
 from tests.serving_fixtures import packaged_version
@@ -99,7 +100,7 @@ def test_after_a_restart_pinned_models_return_and_cold_unpinned_ones_wait(intent
 def test_drift_is_repaired_missing_models_reloaded_and_orphans_unloaded(intent_artifact, tmp_path):
     model, client, invoke_url = deployed_model(intent_artifact, slug="acme", tier="premium")
     instance = Instance.objects.get(endpoint__name="local-intent-classifier")
-    triton = serving.client_for(instance)
+    triton = runtime.client_for(instance)
     name = model.active_version.triton_model_name
     triton.unload_model(name)  # behind the platform's back
     placement = Placement.objects.get(version=model.active_version)
@@ -196,7 +197,7 @@ def test_warm_up_skips_recent_models_warms_the_rest_and_reports_its_cost(intent_
 def test_warm_up_reloads_a_live_model_only_when_it_fits_without_evicting(intent_artifact):
     model, _, _ = deployed_model(intent_artifact, slug="acme")
     placement = Placement.objects.get(version=model.active_version)
-    serving.unload_placement(placement=placement, actor="test", reason="test")
+    runtime.unload_placement(placement=placement, actor="test", reason="test")
     instance = placement.instance
     Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=1)
 
@@ -219,7 +220,7 @@ def test_an_instance_over_a_lowered_budget_is_trimmed_keeping_pinned_models(inte
     report = reconciler.reconcile_fleet()
 
     assert report.trimmed == [f"{other.active_version.triton_model_name} on {instance}"]
-    loaded = {m.name for m in serving.client_for(instance).list_models()}
+    loaded = {m.name for m in runtime.client_for(instance).list_models()}
     assert loaded == {pinned.active_version.triton_model_name}
     evicted = Placement.objects.get(version=other.active_version)
     assert evicted.actual_state == Placement.ActualState.EVICTED

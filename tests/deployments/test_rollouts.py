@@ -11,8 +11,9 @@ import time
 import pytest
 from rest_framework.test import APIClient
 
-from deployments import rollouts, serving
+from deployments.backends.local import runtime
 from deployments.models import Deployment, Endpoint, Event, Instance, Placement
+from deployments.services import rollouts
 from models_registry.models import ModelVersion
 from models_registry.services import promote_version
 from tenants.models import Tenant
@@ -206,7 +207,7 @@ def test_draining_an_instance_moves_its_models_first_then_stops_it(intent_model)
     client.post(model_url(intent_model, "deployments/"), {}, format="json")
     endpoint = Endpoint.objects.get(name="local-intent-classifier")
     first = endpoint.instances.get()
-    second = serving.start_local_instance(endpoint=endpoint, actor="test")
+    second = runtime.start_local_instance(endpoint=endpoint, actor="test")
 
     drained = rollouts.drain_instance(instance=first, actor="test")
 

@@ -17,7 +17,7 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from deployments.backends.sagemaker import (
+from deployments.backends.sagemaker.client import (
     EndpointBackendError,
     EndpointFailed,
     EndpointRequest,

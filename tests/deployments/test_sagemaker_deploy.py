@@ -50,7 +50,7 @@ def aws(settings, monkeypatch):
     settings.TENANTML_SAGEMAKER_ROLE_ARN = ROLE
     settings.TENANTML_AWS_REGION = REGION
     settings.TENANTML_DEPLOY_BACKEND = "sagemaker"
-    monkeypatch.setattr("deployments.sagemaker_deploy.WAIT_DELAY_S", 0)
+    monkeypatch.setattr("deployments.backends.sagemaker.deploy.WAIT_DELAY_S", 0)
     previous = app.conf.task_always_eager
     app.conf.task_always_eager = True
     with mock_aws():
@@ -216,7 +216,7 @@ def test_the_hourly_warm_up_calls_sagemaker_copies_through_the_runtime(
 
     from django.utils import timezone
 
-    from deployments import warmups
+    from deployments.services import warmups
 
     client = api(deployed_version.model.tenant)
     answers_from_the_runtime(3)

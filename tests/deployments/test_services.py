@@ -8,9 +8,9 @@ import pytest
 from django_celery_beat.models import PeriodicTask
 
 from config.errors import DomainError
-from deployments import services
 from deployments.models import Event, InstanceUsageMinute, Placement
-from deployments.selectors import endpoints_with_cost, instances_with_memory_use
+from deployments.selectors.fleet import endpoints_with_cost, instances_with_memory_use
+from deployments.services import fleet as services
 from tests.factories import InstanceFactory, PlacementFactory
 
 pytestmark = pytest.mark.django_db

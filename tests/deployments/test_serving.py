@@ -18,11 +18,11 @@ import numpy as np
 import psutil
 import pytest
 
-from deployments import serving
-from deployments.backends.local import TritonMultiModelClient, start_triton, stop_triton
-from deployments.eviction import CapacityExceeded
+from deployments.backends.local import runtime
+from deployments.backends.local.triton import TritonMultiModelClient, start_triton, stop_triton
 from deployments.exceptions import InstanceUnavailable, ModelBusy, ModelLoadFailed
 from deployments.models import Endpoint, Event, Instance, Placement
+from deployments.placement.eviction import CapacityExceeded
 from models_registry.exceptions import PackageChecksumMismatch
 from models_registry.models import ModelVersion
 from models_registry.services import package_version
@@ -97,10 +97,10 @@ def test_intent_classifier_answers_like_its_artifact_run_directly(
     instance, intent_artifact, triton_client
 ):
     version = packaged(intent_artifact)
-    placement = serving.place_on_instance(version=version, instance=instance, actor="test")
+    placement = runtime.place_on_instance(version=version, instance=instance, actor="test")
 
-    first = serving.invoke_placement(placement=placement, inputs=TICKETS)
-    second = serving.invoke_placement(placement=placement, inputs=TICKETS[:1])
+    first = runtime.invoke_placement(placement=placement, inputs=TICKETS)
+    second = runtime.invoke_placement(placement=placement, inputs=TICKETS[:1])
 
     expected = IntentPredictor(str(intent_artifact)).predict(TICKETS)
     assert [o["label"] for o in first.outputs] == [e["label"] for e in expected]
@@ -125,9 +125,9 @@ def test_embedding_answers_like_its_artifact_and_unloads(
     instance, embedding_artifact, triton_client
 ):
     version = packaged(embedding_artifact, kind="embedding")
-    placement = serving.place_on_instance(version=version, instance=instance, actor="test")
+    placement = runtime.place_on_instance(version=version, instance=instance, actor="test")
 
-    result = serving.invoke_placement(placement=placement, inputs=TICKETS[:2])
+    result = runtime.invoke_placement(placement=placement, inputs=TICKETS[:2])
 
     expected = EmbeddingPredictor(str(embedding_artifact)).predict(TICKETS[:2])
     got = np.asarray(result.outputs, dtype=np.float32)
@@ -136,7 +136,7 @@ def test_embedding_answers_like_its_artifact_and_unloads(
     cosine = (got * np.asarray(expected)).sum(axis=1)
     assert cosine.min() > 0.98  # int8 answers shift slightly with what Triton batches together
 
-    serving.unload_placement(placement=placement, actor="test", reason="test done")
+    runtime.unload_placement(placement=placement, actor="test", reason="test done")
 
     assert version.triton_model_name not in loaded_names(triton_client)
     placement.refresh_from_db()
@@ -150,9 +150,9 @@ def three_versions(intent_artifact) -> list[ModelVersion]:
 def room_for_one(instance, intent_artifact):
     """Two versions placed on the instance, the first loaded, and a budget that holds one."""
     first, second = packaged(intent_artifact), packaged(intent_artifact)
-    victim = serving.place_on_instance(version=first, instance=instance, actor="test")
-    incoming = serving.place_on_instance(version=second, instance=instance, actor="test")
-    serving.invoke_placement(placement=victim, inputs=TICKETS[:1])
+    victim = runtime.place_on_instance(version=first, instance=instance, actor="test")
+    incoming = runtime.place_on_instance(version=second, instance=instance, actor="test")
+    runtime.invoke_placement(placement=victim, inputs=TICKETS[:1])
     measured = Placement.objects.get(pk=victim.pk).host_memory_mb
     Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(measured * 1.5))
     return first, second, victim, incoming
@@ -163,17 +163,17 @@ def test_least_recently_used_model_is_evicted_to_stay_within_budget(
 ):
     first, second, third = three_versions(intent_artifact)
     placements = [
-        serving.place_on_instance(version=v, instance=instance, actor="test")
+        runtime.place_on_instance(version=v, instance=instance, actor="test")
         for v in (first, second, third)
     ]
-    serving.invoke_placement(placement=placements[0], inputs=TICKETS[:1])
+    runtime.invoke_placement(placement=placements[0], inputs=TICKETS[:1])
     measured = Placement.objects.get(pk=placements[0].pk).host_memory_mb
     # Room for two models of this size, not three.
     Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(measured * 2.5))
-    serving.invoke_placement(placement=placements[1], inputs=TICKETS[:1])
-    serving.invoke_placement(placement=placements[0], inputs=TICKETS[:1])  # first is now recent
+    runtime.invoke_placement(placement=placements[1], inputs=TICKETS[:1])
+    runtime.invoke_placement(placement=placements[0], inputs=TICKETS[:1])  # first is now recent
 
-    result = serving.invoke_placement(placement=placements[2], inputs=TICKETS[:1])
+    result = runtime.invoke_placement(placement=placements[2], inputs=TICKETS[:1])
 
     assert result.cold_start is True
     names = loaded_names(triton_client)
@@ -192,17 +192,17 @@ def test_pinned_models_are_never_evicted_and_a_model_that_cannot_fit_is_refused(
 ):
     first, second, third = three_versions(intent_artifact)
     pinned = [
-        serving.place_on_instance(version=v, instance=instance, actor="test", pinned=True)
+        runtime.place_on_instance(version=v, instance=instance, actor="test", pinned=True)
         for v in (first, second)
     ]
     for placement in pinned:
-        serving.invoke_placement(placement=placement, inputs=TICKETS[:1])
+        runtime.invoke_placement(placement=placement, inputs=TICKETS[:1])
     measured = max(Placement.objects.filter(instance=instance).values_list("host_memory_mb"))[0]
     Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(measured * 2.5))
-    extra = serving.place_on_instance(version=third, instance=instance, actor="test")
+    extra = runtime.place_on_instance(version=third, instance=instance, actor="test")
 
     with pytest.raises(CapacityExceeded, match="pinned models and models being loaded"):
-        serving.invoke_placement(placement=extra, inputs=TICKETS[:1])
+        runtime.invoke_placement(placement=extra, inputs=TICKETS[:1])
 
     assert {first.triton_model_name, second.triton_model_name} <= loaded_names(triton_client)
     assert third.triton_model_name not in loaded_names(triton_client)
@@ -222,7 +222,7 @@ def test_an_eviction_waits_for_the_victims_request_in_flight_and_marks_it_evicti
         memory_budget_mb=4000,
     )
     first, second, victim, incoming = room_for_one(instance, intent_artifact)
-    gates = serving.gates_for(instance.host, instance.port)
+    gates = runtime.gates_for(instance.host, instance.port)
     seen = []
 
     def request_in_flight():
@@ -248,7 +248,7 @@ def test_an_eviction_waits_for_the_victims_request_in_flight_and_marks_it_evicti
     holder = threading.Thread(target=request_in_flight)
     holder.start()
     try:
-        result = serving.invoke_placement(placement=incoming, inputs=TICKETS[:1])
+        result = runtime.invoke_placement(placement=incoming, inputs=TICKETS[:1])
         holder.join(timeout=30)
 
         assert result.cold_start is True
@@ -266,13 +266,13 @@ def test_a_victim_still_answering_after_the_drain_stays_loaded_and_the_load_can_
     instance, intent_artifact, triton_client, monkeypatch
 ):
     first, second, victim, incoming = room_for_one(instance, intent_artifact)
-    monkeypatch.setattr(serving.client_for(instance), "drain_timeout_s", 0.3)
-    gates = serving.gates_for(instance.host, instance.port)
+    monkeypatch.setattr(runtime.client_for(instance), "drain_timeout_s", 0.3)
+    gates = runtime.gates_for(instance.host, instance.port)
 
     gates.enter(first.triton_model_name)  # a request in flight that outlasts the drain
     try:
         with pytest.raises(ModelBusy, match="still had requests in flight"):
-            serving.invoke_placement(placement=incoming, inputs=TICKETS[:1])
+            runtime.invoke_placement(placement=incoming, inputs=TICKETS[:1])
         states = dict(Placement.objects.values_list("pk", "actual_state"))
         assert states[victim.pk] == Placement.ActualState.LOADED
         assert states[incoming.pk] == Placement.ActualState.PENDING  # as it was, not failed
@@ -280,7 +280,7 @@ def test_a_victim_still_answering_after_the_drain_stays_loaded_and_the_load_can_
     finally:
         gates.leave(first.triton_model_name)
 
-    assert serving.invoke_placement(placement=incoming, inputs=TICKETS[:1]).cold_start is True
+    assert runtime.invoke_placement(placement=incoming, inputs=TICKETS[:1]).cold_start is True
     assert loaded_names(triton_client) == {second.triton_model_name}
 
 
@@ -298,14 +298,14 @@ def test_concurrent_requests_for_a_cold_model_cause_one_load(
         memory_budget_mb=4000,
     )
     version = packaged(intent_artifact)
-    placement = serving.place_on_instance(version=version, instance=instance, actor="test")
+    placement = runtime.place_on_instance(version=version, instance=instance, actor="test")
     results, errors = [], []
 
     def call():
         from django.db import connection
 
         try:
-            results.append(serving.invoke_placement(placement=placement, inputs=TICKETS[:1]))
+            results.append(runtime.invoke_placement(placement=placement, inputs=TICKETS[:1]))
         except Exception as exc:  # collected and asserted below
             errors.append(exc)
         finally:
@@ -335,11 +335,11 @@ def test_a_corrupted_package_fails_clearly_and_the_instance_keeps_serving(
     data = bytearray(package.read_bytes())
     data[len(data) // 2] ^= 0xFF
     package.write_bytes(bytes(data))
-    bad = serving.place_on_instance(version=corrupt, instance=instance, actor="test")
-    good = serving.place_on_instance(version=healthy, instance=instance, actor="test")
+    bad = runtime.place_on_instance(version=corrupt, instance=instance, actor="test")
+    good = runtime.place_on_instance(version=healthy, instance=instance, actor="test")
 
     with pytest.raises(PackageChecksumMismatch, match=corrupt.sha256):
-        serving.invoke_placement(placement=bad, inputs=TICKETS[:1])
+        runtime.invoke_placement(placement=bad, inputs=TICKETS[:1])
 
     bad.refresh_from_db()
     corrupt.refresh_from_db()
@@ -347,7 +347,7 @@ def test_a_corrupted_package_fails_clearly_and_the_instance_keeps_serving(
     assert corrupt.sha256 in bad.failure_reason
     assert "Load on" in corrupt.status_reason
     assert Event.objects.filter(kind="placement.load_failed", version=corrupt).exists()
-    assert serving.invoke_placement(placement=good, inputs=TICKETS[:1]).outputs
+    assert runtime.invoke_placement(placement=good, inputs=TICKETS[:1]).outputs
 
 
 def with_model_py(version: ModelVersion, source: str, scratch: Path) -> ModelVersion:
@@ -379,19 +379,19 @@ def test_a_broken_model_py_fails_the_load_with_its_error_and_the_instance_keeps_
         tmp_path,
     )
     healthy = packaged(intent_artifact)
-    bad = serving.place_on_instance(version=broken, instance=instance, actor="test")
-    good = serving.place_on_instance(version=healthy, instance=instance, actor="test")
+    bad = runtime.place_on_instance(version=broken, instance=instance, actor="test")
+    good = runtime.place_on_instance(version=healthy, instance=instance, actor="test")
 
     with pytest.raises(ModelLoadFailed, match="head weights missing from this release"):
-        serving.invoke_placement(placement=bad, inputs=TICKETS[:1])
+        runtime.invoke_placement(placement=bad, inputs=TICKETS[:1])
 
     bad.refresh_from_db()
     assert bad.actual_state == Placement.ActualState.FAILED
     assert "head weights missing" in bad.failure_reason
     event = Event.objects.get(kind="placement.load_failed", version=broken)
     assert event.severity == "error"
-    assert serving.check_instance_health(instance=instance)
-    assert serving.invoke_placement(placement=good, inputs=TICKETS[:1]).outputs
+    assert runtime.check_instance_health(instance=instance)
+    assert runtime.invoke_placement(placement=good, inputs=TICKETS[:1]).outputs
 
 
 def test_packaging_an_invalid_artifact_fails_the_version_with_the_reason(
@@ -415,25 +415,25 @@ def test_packaging_an_invalid_artifact_fails_the_version_with_the_reason(
 
 def test_a_local_instance_starts_serves_and_stops_without_leftovers(db, intent_artifact):
     endpoint = EndpointFactory(backend=Endpoint.Backend.LOCAL, status=Endpoint.Status.CREATING)
-    instance = serving.start_local_instance(endpoint=endpoint, actor="test")
+    instance = runtime.start_local_instance(endpoint=endpoint, actor="test")
     pid = instance.pid
     try:
         assert instance.status == Instance.Status.HEALTHY and instance.pid
         assert instance.memory_budget_mb == int(16 * 1024 * 0.8)  # the local type at 80 %
         endpoint.refresh_from_db()
         assert endpoint.status == Endpoint.Status.IN_SERVICE
-        placement = serving.place_on_instance(
+        placement = runtime.place_on_instance(
             version=packaged(intent_artifact), instance=instance, actor="test"
         )
-        assert serving.invoke_placement(placement=placement, inputs=TICKETS[:1]).cold_start
+        assert runtime.invoke_placement(placement=placement, inputs=TICKETS[:1]).cold_start
     finally:
-        serving.stop_local_instance(instance=instance, actor="test", reason="test done")
+        runtime.stop_local_instance(instance=instance, actor="test", reason="test done")
 
     instance.refresh_from_db()
     assert instance.status == Instance.Status.STOPPED
     placement.refresh_from_db()
     assert placement.actual_state == Placement.ActualState.UNLOADED
-    assert not serving.check_instance_health(instance=instance)
+    assert not runtime.check_instance_health(instance=instance)
     assert instance.pid is None
     assert not psutil.pid_exists(pid)
 
@@ -443,15 +443,15 @@ def test_an_instance_that_does_not_finish_an_unload_is_restarted_at_once(
 ):
     settings.VAR_DIR = tmp_path / "var"
     endpoint = EndpointFactory(backend=Endpoint.Backend.LOCAL, status=Endpoint.Status.CREATING)
-    instance = serving.start_local_instance(endpoint=endpoint, actor="test")
+    instance = runtime.start_local_instance(endpoint=endpoint, actor="test")
     old_pid = instance.pid
     try:
         _, _, _, incoming = room_for_one(instance, intent_artifact)
         # A real unload takes about 2 s: with a limit far below it, Triton "does not finish".
-        monkeypatch.setattr(serving, "UNLOAD_TIMEOUT_S", 0.05)
+        monkeypatch.setattr(runtime, "UNLOAD_TIMEOUT_S", 0.05)
 
         with pytest.raises(InstanceUnavailable, match="was restarted"):
-            serving.invoke_placement(placement=incoming, inputs=TICKETS[:1])
+            runtime.invoke_placement(placement=incoming, inputs=TICKETS[:1])
 
         instance.refresh_from_db()
         assert instance.status == Instance.Status.HEALTHY and instance.pid != old_pid
@@ -460,20 +460,20 @@ def test_an_instance_that_does_not_finish_an_unload_is_restarted_at_once(
         states = set(Placement.objects.values_list("actual_state", flat=True))
         assert states == {Placement.ActualState.UNLOADED}  # a fresh process holds nothing
         monkeypatch.undo()
-        assert serving.invoke_placement(placement=incoming, inputs=TICKETS[:1]).cold_start
+        assert runtime.invoke_placement(placement=incoming, inputs=TICKETS[:1]).cold_start
     finally:
         instance.refresh_from_db()
-        serving.stop_local_instance(instance=instance, actor="test", reason="test done")
+        runtime.stop_local_instance(instance=instance, actor="test", reason="test done")
 
 
 def test_start_up_marks_instances_whose_triton_is_gone_and_starts_fresh_ones(db):
     endpoint = EndpointFactory(backend=Endpoint.Backend.LOCAL, min_instances=1)
     stale = InstanceFactory(endpoint=endpoint, port=1, pid=2**22 + 1, external_id="")
-    placement = serving.Placement.objects.create(
+    placement = runtime.Placement.objects.create(
         version=ModelVersionFactory(), endpoint=endpoint, instance=stale, actual_state="loaded"
     )
 
-    started = serving.start_local_endpoints(actor="test")
+    started = runtime.start_local_endpoints(actor="test")
     try:
         stale.refresh_from_db()
         placement.refresh_from_db()
@@ -481,16 +481,16 @@ def test_start_up_marks_instances_whose_triton_is_gone_and_starts_fresh_ones(db)
         assert "gone at start-up" in stale.status_reason
         assert placement.actual_state == Placement.ActualState.UNLOADED
         assert [instance.endpoint for instance in started] == [endpoint]
-        assert serving.check_instance_health(instance=started[0])
-        assert serving.start_local_endpoints(actor="test") == []  # already at its minimum
+        assert runtime.check_instance_health(instance=started[0])
+        assert runtime.start_local_endpoints(actor="test") == []  # already at its minimum
     finally:
         for instance in started:
-            serving.stop_local_instance(instance=instance, actor="test")
+            runtime.stop_local_instance(instance=instance, actor="test")
 
 
 def test_default_local_endpoints_are_created_once_one_per_kind(db):
-    created = serving.ensure_default_local_endpoints(actor="test")
+    created = runtime.ensure_default_local_endpoints(actor="test")
 
     assert sorted(e.model_kind for e in created) == ["embedding", "intent-classifier"]
     assert all(e.backend == "local" and e.instance_type.is_local for e in created)
-    assert serving.ensure_default_local_endpoints(actor="test") == []
+    assert runtime.ensure_default_local_endpoints(actor="test") == []

@@ -11,8 +11,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from deployments import services as deployment_services
 from deployments.models import Event
+from deployments.services import fleet as deployment_services
 from models_registry import services
 from models_registry.demo_data import generate_pairs, generate_tickets, to_csv
 from models_registry.exceptions import (

@@ -13,8 +13,9 @@ import pytest
 from django.utils import timezone
 
 from config.celery import app
-from deployments import reconciler, rollouts, serving
+from deployments.backends.local import runtime
 from deployments.models import Deployment, Event, Instance, Placement
+from deployments.services import reconciler, rollouts
 from models_registry import tasks
 from models_registry.models import ModelVersion, TrainingJob
 from models_registry.services import (
@@ -117,4 +118,4 @@ def test_a_deployment_whose_worker_is_killed_completes_exactly_once(intent_artif
         assert Event.objects.filter(kind="deployment.switched", version=version).count() == 1
     finally:
         for instance in Instance.objects.exclude(status=Instance.Status.STOPPED).exclude(pid=None):
-            serving.stop_local_instance(instance=instance, actor="test", reason="test finished")
+            runtime.stop_local_instance(instance=instance, actor="test", reason="test finished")

@@ -666,10 +666,10 @@ class TritonStandIn:
 
 
 def test_eviction_event_names_no_other_tenants_model(world):
-    from deployments import serving
+    from deployments.backends.local import runtime
 
     placements = {p.version.model.tenant_id: p for p in world.instance.placements.all()}
-    serving._evict(
+    runtime._evict(
         client=TritonStandIn(),
         placement=placements[world.bravo.tenant.pk],
         to_make_room_for=placements[world.alpha.tenant.pk],

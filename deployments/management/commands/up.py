@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from deployments.supervisor import ChildSpec, Supervisor, python_argv
+from deployments.management.supervisor import ChildSpec, Supervisor, python_argv
 from tenants.models import ApiToken
 from tenants.services import issue_token
 
@@ -130,8 +130,11 @@ class Command(BaseCommand):
     def _start_triton_instances(self, write) -> list:
         """Start the local endpoints' Triton instances (creating one endpoint per model kind on
         the first run); the platform still runs without them if Triton cannot start."""
+        from deployments.backends.local.runtime import (
+            ensure_default_local_endpoints,
+            start_local_endpoints,
+        )
         from deployments.exceptions import InstanceUnavailable
-        from deployments.serving import ensure_default_local_endpoints, start_local_endpoints
 
         for endpoint in ensure_default_local_endpoints(actor="up"):
             write(f"[up] created local endpoint {endpoint.name} for {endpoint.model_kind} models")
@@ -148,7 +151,7 @@ class Command(BaseCommand):
         return instances
 
     def _stop_triton_instances(self, instances: list, write) -> None:
-        from deployments.serving import stop_local_instance
+        from deployments.backends.local.runtime import stop_local_instance
 
         for instance in instances:
             stop_local_instance(instance=instance, actor="up", reason="platform stopped")

@@ -13,9 +13,9 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods
 
 from config.errors import DomainError, NotFound
-from deployments import selectors
-from deployments.charts import trend_charts
-from deployments.forms import EventFilterForm, WhatIfForm
+from deployments.dashboard.charts import trend_charts
+from deployments.dashboard.forms import EventFilterForm, WhatIfForm
+from deployments.selectors import fleet as selectors
 from tenants.access import Caller, caller_for_user
 
 EVENTS_PER_PAGE = 25
@@ -45,7 +45,7 @@ def _page_or_partial(
 
 
 def _charts(trends: dict) -> list[dict]:
-    # The SVG is built by deployments.charts, which escapes every piece of text it writes.
+    # The SVG is built by deployments.dashboard.charts, which escapes every piece of text it writes.
     return [{"id": c["id"], "svg": mark_safe(c["svg"])} for c in trend_charts(trends)]  # noqa: S308
 
 

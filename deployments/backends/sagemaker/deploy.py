@@ -26,8 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from config.errors import DomainError
-from deployments import usage
-from deployments.backends.sagemaker import (
+from deployments.backends.sagemaker.client import (
     EndpointRequest,
     SageMakerEndpointBackend,
     triton_image_uri,
@@ -35,7 +34,8 @@ from deployments.backends.sagemaker import (
 from deployments.events import record_event
 from deployments.exceptions import CapacityExceeded
 from deployments.models import Deployment, Endpoint, InstanceType, Placement
-from deployments.placement import InstanceSpec, ModelSpec, PlacementPolicy, solve
+from deployments.placement.solver import InstanceSpec, ModelSpec, PlacementPolicy, solve
+from deployments.services import usage
 from models_registry.kinds import get_kind
 from models_registry.models import ModelVersion
 from tenants.models import Tenant
@@ -259,8 +259,8 @@ def _roll_out_mme(*, backend, deployment, role, image, store_uri):
 
 
 def _roll_out_dedicated(*, backend, deployment, role, image):
-    from deployments.placement import cheapest_fitting_type
-    from deployments.rollouts import dedicated_endpoint_name
+    from deployments.placement.solver import cheapest_fitting_type
+    from deployments.services.rollouts import dedicated_endpoint_name
 
     target = deployment.target_version
     catalog = _catalog()
@@ -416,7 +416,7 @@ def probe(*, backend: SageMakerEndpointBackend, placement: Placement) -> float:
 
 def invoke(*, placement: Placement, inputs: list):
     """Answer ``inputs`` through the SageMaker runtime, counted like a local request."""
-    from deployments.serving import InvokeResult
+    from deployments.backends.local.runtime import InvokeResult
 
     version = placement.version
     kind = get_kind(version.model.kind)

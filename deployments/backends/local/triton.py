@@ -70,7 +70,7 @@ from deployments.backends.base import (
     LoadResult,
     MemoryReading,
 )
-from deployments.backends.gates import ControlBusy, DrainTimedOut, GateClosed, ModelGates
+from deployments.backends.local.gates import ControlBusy, DrainTimedOut, GateClosed, ModelGates
 from deployments.exceptions import (
     InstanceUnavailable,
     InvalidInferenceInput,
@@ -682,7 +682,7 @@ class TritonMultiModelClient:
     ) -> None:
         self.host = host
         # Every invocation passes the model's gate and every unload drains it first (see
-        # deployments.backends.gates: Triton stalls when a model is unloaded mid-request).
+        # deployments.backends.local.gates: Triton stalls when a model is unloaded mid-request).
         self.gates = gates
         self.drain_timeout_s = drain_timeout_s
         self.port = port

@@ -195,7 +195,7 @@ def _scoped_placements(caller: Caller) -> QuerySet[Placement]:
 def traffic_summary(*, caller: Caller, since, endpoint: Endpoint | None = None) -> dict:
     """Invocations, cold starts, errors and p50/p99 latency since ``since`` (summed histograms)."""
     from deployments.models import VersionUsageMinute
-    from deployments.usage import LATENCY_BUCKETS_MS, percentile_from_histogram
+    from deployments.services.usage import LATENCY_BUCKETS_MS, percentile_from_histogram
 
     rows = VersionUsageMinute.objects.filter(minute__gte=since)
     if not caller.is_platform:
@@ -231,7 +231,7 @@ def traffic_summary(*, caller: Caller, since, endpoint: Endpoint | None = None) 
 
 def _catalog_specs() -> list:
     from deployments.models import InstanceType
-    from deployments.placement import InstanceSpec
+    from deployments.placement.solver import InstanceSpec
 
     return [
         InstanceSpec(
@@ -249,7 +249,7 @@ def _catalog_specs() -> list:
 def placed_model_specs(*, caller: Caller, replicas: int | None = None, requests_since=None) -> list:
     """One ``ModelSpec`` per placed version (measured memory, its copy count as replicas)."""
     from deployments.models import VersionUsageMinute
-    from deployments.placement import ModelSpec
+    from deployments.placement.solver import ModelSpec
 
     placed = _scoped_placements(caller).exclude(desired_state=Placement.DesiredState.UNLOADED)
     by_version: dict[int, dict] = {}
@@ -295,7 +295,7 @@ def dedicated_baseline_usd_per_hour(*, models: list, catalog: list | None = None
     baseline never silently drops a model.
     """
     from deployments.exceptions import CapacityExceeded
-    from deployments.placement import (
+    from deployments.placement.solver import (
         DEDICATED_MODE,
         PlacementPolicy,
         cheapest_fitting_type,
@@ -507,7 +507,7 @@ def what_if_costs(*, instance_type, target_utilization: float, replicas: int, no
     """
     from django.utils import timezone
 
-    from deployments.placement import InstanceSpec, PlacementPolicy, solve
+    from deployments.placement.solver import InstanceSpec, PlacementPolicy, solve
 
     now = now or timezone.now()
     fleet = Caller(label="what-if", is_platform=True, tenant_ids=frozenset())

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from config.errors import DomainError
-from deployments import serving
+from deployments.backends.local import runtime
 from deployments.events import record_event
 from deployments.models import Deployment, Endpoint, Instance, Placement
 
@@ -112,12 +112,12 @@ def warm_up_fleet(*, skip_recent_s: int | None = None, now=None) -> WarmupReport
             if not wanted or placement.actual_state == Placement.ActualState.FAILED:
                 continue
             used = used_by_instance.setdefault(placement.instance_id, _used_mb(placement.instance))
-            if used + serving.memory_of(placement) > placement.instance.memory_budget_mb:
+            if used + runtime.memory_of(placement) > placement.instance.memory_budget_mb:
                 report.skipped_no_room += 1
                 continue
         started = time.perf_counter()
         try:
-            probe = serving.probe_placement(placement=placement, actor=ACTOR)
+            probe = runtime.probe_placement(placement=placement, actor=ACTOR)
         except DomainError as exc:
             report.record_failure(placement, exc)
             continue
@@ -128,7 +128,7 @@ def warm_up_fleet(*, skip_recent_s: int | None = None, now=None) -> WarmupReport
             report.cold_starts += 1
             used_by_instance[placement.instance_id] = used_by_instance.get(
                 placement.instance_id, 0.0
-            ) + serving.memory_of(placement)
+            ) + runtime.memory_of(placement)
     _warm_sagemaker(recent=recent, report=report)
     record_event(
         kind="warmup.completed",
@@ -159,7 +159,7 @@ def _warm_sagemaker(*, recent, report: WarmupReport) -> None:
     )
     if not placements:
         return
-    from deployments import sagemaker_deploy
+    from deployments.backends.sagemaker import deploy as sagemaker_deploy
 
     backend = sagemaker_deploy.endpoint_backend()
     for placement in placements:
@@ -181,4 +181,4 @@ def _used_mb(instance: Instance) -> float:
     resident = instance.placements.filter(
         actual_state__in=Placement.RESIDENT_STATES
     ).select_related("version__model")
-    return sum(serving.memory_of(p) for p in resident)
+    return sum(runtime.memory_of(p) for p in resident)

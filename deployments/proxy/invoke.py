@@ -2,7 +2,7 @@
 
 The routing core the REST ``invoke`` route uses: the request's inputs are checked against the
 model kind's schema (400 naming the item), the model's deployment names the live version, and
-``serving.route`` picks the loaded copy with the fewest requests in flight.
+``runtime.route`` picks the loaded copy with the fewest requests in flight.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from functools import lru_cache
 import jsonschema
 
 from config.errors import Conflict
-from deployments import serving, usage
+from deployments.backends.local import runtime
 from deployments.exceptions import InvalidInferenceInput
 from deployments.models import Deployment, Endpoint
+from deployments.services import usage
 from models_registry.kinds import get_kind
 from models_registry.models import TenantModel
 
@@ -38,7 +39,7 @@ def validate_inputs(*, kind_name: str, inputs: list) -> None:
     raise InvalidInferenceInput(f"{field}: {error.message}", field=field)
 
 
-def invoke_model(*, model: TenantModel, inputs: list) -> serving.InvokeResult:
+def invoke_model(*, model: TenantModel, inputs: list) -> runtime.InvokeResult:
     """Answer ``inputs`` with the model's live version."""
     validate_inputs(kind_name=model.kind, inputs=inputs)
     deployment = (
@@ -50,10 +51,10 @@ def invoke_model(*, model: TenantModel, inputs: list) -> serving.InvokeResult:
             "deployment is live.",
             field="model",
         )
-    placement = serving.route(version=deployment.live_version)
+    placement = runtime.route(version=deployment.live_version)
     usage.ensure_background_flush()
     if placement.endpoint.backend == Endpoint.Backend.SAGEMAKER:
-        from deployments import sagemaker_deploy
+        from deployments.backends.sagemaker import deploy as sagemaker_deploy
 
         return sagemaker_deploy.invoke(placement=placement, inputs=inputs)
-    return serving.invoke_placement(placement=placement, inputs=inputs)
+    return runtime.invoke_placement(placement=placement, inputs=inputs)

@@ -31,7 +31,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from config.errors import DomainError
-from deployments import serving
+from deployments.backends.local import runtime
 from deployments.events import record_event
 from deployments.models import Deployment, Endpoint, Instance, Placement
 
@@ -98,25 +98,25 @@ def reconcile_endpoint(*, endpoint: Endpoint, report: ReconcileReport) -> None:
         if instance.status == Instance.Status.DRAINING:
             continue
         report.instances_checked += 1
-        if not serving.instance_process_alive(instance):
+        if not runtime.instance_process_alive(instance):
             instance = _restart(instance=instance, report=report)
             if instance is None:
                 continue
         elif instance.status != Instance.Status.HEALTHY:
             # Marked unhealthy (a request met it while it restarted) but answering: route to it
             # again, rather than leave it out of routing until it dies for real.
-            serving.check_instance_health(instance=instance, actor=ACTOR)
+            runtime.check_instance_health(instance=instance, actor=ACTOR)
             instance.refresh_from_db()
             report.instances_recovered.append(str(instance))
         _reconcile_models(instance=instance, report=report)
-        trimmed = serving.trim_to_budget(instance=instance, actor=ACTOR)
+        trimmed = runtime.trim_to_budget(instance=instance, actor=ACTOR)
         report.trimmed.extend(f"{name} on {instance}" for name in trimmed)
     running = endpoint.instances.exclude(
         status__in=[Instance.Status.STOPPED, Instance.Status.DRAINING]
     ).count()
     for _ in range(max(0, endpoint.min_instances - running)):
         try:
-            started = serving.start_local_instance(endpoint=endpoint, actor=ACTOR)
+            started = runtime.start_local_instance(endpoint=endpoint, actor=ACTOR)
         except DomainError as exc:
             report.errors.append(f"{endpoint.name}: {exc.message}")
             break
@@ -125,7 +125,7 @@ def reconcile_endpoint(*, endpoint: Endpoint, report: ReconcileReport) -> None:
 
 def _restart(*, instance: Instance, report: ReconcileReport) -> Instance | None:
     if instance.failed_restarts >= MAX_RESTARTS:
-        serving.stop_local_instance(
+        runtime.stop_local_instance(
             instance=instance,
             actor=ACTOR,
             reason=f"gave up after {instance.failed_restarts} failed restarts",
@@ -133,7 +133,7 @@ def _restart(*, instance: Instance, report: ReconcileReport) -> Instance | None:
         report.instances_given_up.append(str(instance))
         return None
     try:
-        instance = serving.restart_local_instance(
+        instance = runtime.restart_local_instance(
             instance=instance, actor=ACTOR, reason="its Triton process was gone or not answering"
         )
     except DomainError as exc:
@@ -148,7 +148,7 @@ def _hot_since():
 
 
 def _reconcile_models(*, instance: Instance, report: ReconcileReport) -> None:
-    client = serving.client_for(instance)
+    client = runtime.client_for(instance)
     try:
         actual = {model.name for model in client.list_models()}
     except DomainError as exc:
@@ -225,17 +225,17 @@ def _reload_wanted(
             hot.append(placement)
     hot.sort(key=lambda p: p.last_invoked_at, reverse=True)
     used = sum(
-        serving.memory_of(p)
+        runtime.memory_of(p)
         for p in placements
         if p.actual_state in Placement.RESIDENT_STATES
         and p.desired_state != Placement.DesiredState.UNLOADED
     )
     for placement in pinned + hot:
-        memory = serving.memory_of(placement)
+        memory = runtime.memory_of(placement)
         if not placement.is_pinned and used + memory > instance.memory_budget_mb:
             continue  # a hot model never evicts another to come back
         try:
-            serving.ensure_loaded(placement=placement, actor=ACTOR)
+            runtime.ensure_loaded(placement=placement, actor=ACTOR)
         except DomainError as exc:
             report.errors.append(f"{placement}: {exc.message}")
             continue
@@ -255,7 +255,7 @@ def _reload_wanted(
 
 
 def _requeue_stalled_rollouts(*, report: ReconcileReport, now) -> None:
-    from deployments import rollouts
+    from deployments.services import rollouts
 
     stale_before = now - timedelta(seconds=STALE_ROLLOUT_S)
     stalled = Deployment.objects.filter(

@@ -37,9 +37,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from config.errors import Conflict, DomainError
-from deployments import usage
-from deployments.backends.gates import ModelGates, gates_in
-from deployments.backends.local import (
+from deployments.backends.local.gates import ModelGates, gates_in
+from deployments.backends.local.triton import (
     TritonMultiModelClient,
     model_memory_mb,
     prepare_model_dir,
@@ -47,14 +46,6 @@ from deployments.backends.local import (
     stop_triton,
 )
 from deployments.events import record_event
-from deployments.eviction import (
-    AccessHistory,
-    CapacityExceeded,
-    ResidentModel,
-    lru_order,
-    plan_load,
-    plan_trim,
-)
 from deployments.exceptions import (
     InstanceUnavailable,
     ModelBusy,
@@ -62,6 +53,15 @@ from deployments.exceptions import (
     UnloadTimedOut,
 )
 from deployments.models import Endpoint, Instance, Placement
+from deployments.placement.eviction import (
+    AccessHistory,
+    CapacityExceeded,
+    ResidentModel,
+    lru_order,
+    plan_load,
+    plan_trim,
+)
+from deployments.services import usage
 from deployments.signals import routing_changed
 from models_registry import artifacts
 from models_registry.kinds import get_kind
@@ -109,7 +109,7 @@ def instances_root() -> Path:
 
 def gates_for(host: str, port: int) -> ModelGates:
     """The invocation gates of the models on the instance at ``host:port`` (shared by every
-    process on this machine: see ``deployments.backends.gates``)."""
+    process on this machine: see ``deployments.backends.local.gates``)."""
     return gates_in(Path(settings.VAR_DIR) / "triton" / "gates" / f"{host}-{port}")
 
 
@@ -313,7 +313,7 @@ def _instance_routing_changed() -> None:
 
 def instance_process_alive(instance: Instance) -> bool:
     """Whether the instance's recorded Triton process exists and answers ``/ping``."""
-    from deployments.backends.local import TritonProcess
+    from deployments.backends.local.triton import TritonProcess
 
     if instance.status == Instance.Status.STOPPED or not instance.pid or not instance.port:
         return False
@@ -368,7 +368,7 @@ def start_local_endpoints(*, actor: str) -> list[Instance]:
     without a clean shutdown) are first marked stopped, with their placements unloaded, so the
     record is true before anything routes to them.
     """
-    from deployments.backends.local import TritonProcess
+    from deployments.backends.local.triton import TritonProcess
 
     started: list[Instance] = []
     endpoints = Endpoint.objects.filter(backend=Endpoint.Backend.LOCAL).exclude(
@@ -1034,7 +1034,7 @@ def _last_used(placement: Placement) -> float:
 
 
 # Requests per placement, decayed, per instance in this process: the frequency-aware eviction
-# order (deployments.eviction.AccessHistory) keeps the models that are asked for most.
+# order (deployments.placement.eviction.AccessHistory) keeps the models that are asked for most.
 _HISTORIES: dict[int, AccessHistory] = {}
 _HISTORIES_LOCK = threading.Lock()
 
@@ -1147,7 +1147,7 @@ def _forget_client(instance: Instance) -> None:
 
 
 def _process_of(instance: Instance):
-    from deployments.backends.local import TritonProcess
+    from deployments.backends.local.triton import TritonProcess
 
     if not instance.pid:
         return None

@@ -2,8 +2,8 @@
 
 from django.urls import path
 
-from deployments import views as fleet
-from models_registry import views as registry
+from deployments.dashboard import tenants as registry
+from deployments.dashboard import views as fleet
 
 app_name = "dashboard"
 

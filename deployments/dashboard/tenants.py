@@ -13,9 +13,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from config.errors import DomainError, NotFound
-from deployments import rollouts
-from deployments.forms import DeployForm
-from deployments.selectors import fleet_figures
+from deployments.dashboard.forms import DeployForm
+from deployments.selectors.fleet import fleet_figures
+from deployments.services import rollouts
 from models_registry import selectors
 from models_registry.services import promote_version
 from tenants.access import Caller, caller_for_user
@@ -106,7 +106,7 @@ def _model(tenant: Tenant, name: str):
 @login_required
 @require_POST
 def deploy(request: HttpRequest, slug: str, name: str) -> HttpResponse:
-    """Request a deployment (deployments.rollouts.request_deployment); the rollout is queued."""
+    """Request a deployment (``services.rollouts.request_deployment``); the rollout is queued."""
     caller, tenant = _tenant(request, slug)
     model = _model(tenant, name)
     form = DeployForm(request.POST)
@@ -158,7 +158,7 @@ def promote(request: HttpRequest, slug: str, name: str, number: int) -> HttpResp
 @login_required
 @require_POST
 def rollback(request: HttpRequest, slug: str, name: str) -> HttpResponse:
-    """Roll the deployment back (deployments.rollouts.rollback_deployment)."""
+    """Roll the deployment back (deployments.services.rollouts.rollback_deployment)."""
     caller, tenant = _tenant(request, slug)
     model = _model(tenant, name)
     try:

@@ -11,7 +11,7 @@ from django.utils import timezone
 from config.errors import DomainError
 from deployments.events import record_event
 from deployments.models import InstanceUsageMinute, Placement
-from deployments.selectors import instances_with_memory_use
+from deployments.selectors.fleet import instances_with_memory_use
 
 
 def sync_periodic_tasks(*, using: str = "default") -> list[str]:
@@ -104,6 +104,6 @@ def set_placement_desired_state(
 def on_version_promoted(*, version, actor: str):
     """Registry hook: a promoted (or rolled-back-to) version rolls out where the model is
     deployed; a model never deployed stays undeployed."""
-    from deployments.rollouts import on_version_promoted as roll_out_promoted
+    from deployments.services.rollouts import on_version_promoted as roll_out_promoted
 
     return roll_out_promoted(version=version, actor=actor)

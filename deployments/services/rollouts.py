@@ -32,7 +32,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from config.errors import Conflict, DomainError
-from deployments import serving
+from deployments.backends.local import runtime
 from deployments.events import record_event
 from deployments.exceptions import CapacityExceeded, InstanceUnavailable, ModelLoadFailed
 from deployments.models import Deployment, Endpoint, Instance, InstanceType, Placement
@@ -194,7 +194,7 @@ def run_rollout(*, deployment_id: int, actor: str = "worker") -> RolloutOutcome:
     Deployment.objects.filter(pk=deployment_id).update(attempts=deployment.attempts + 1)
     try:
         if deployment.backend == Endpoint.Backend.SAGEMAKER:
-            from deployments import sagemaker_deploy
+            from deployments.backends.sagemaker import deploy as sagemaker_deploy
 
             endpoint, probe_ms = sagemaker_deploy.roll_out(deployment=deployment, actor=actor)
         else:
@@ -231,7 +231,7 @@ def _roll_out_local(*, deployment: Deployment, actor: str) -> tuple[Endpoint, fl
     )
     slowest = 0.0
     for instance in instances:
-        placement = serving.place_on_instance(
+        placement = runtime.place_on_instance(
             version=target, instance=instance, actor=actor, pinned=pinned
         )
         if placement.desired_state == Placement.DesiredState.UNLOADED or (
@@ -243,7 +243,7 @@ def _roll_out_local(*, deployment: Deployment, actor: str) -> tuple[Endpoint, fl
             placement.save(update_fields=["desired_state", "updated_at"])
         _progress(deployment, f"Loading v{target.number} on {instance} and probing it.")
         try:
-            probe = serving.probe_placement(placement=placement, actor=actor)
+            probe = runtime.probe_placement(placement=placement, actor=actor)
         except (ModelLoadFailed, InstanceUnavailable, CapacityExceeded):
             raise  # failed for good, or transient (the task retries)
         except DomainError as exc:
@@ -319,7 +319,7 @@ def set_unloaded(*, placement: Placement, actor: str, reason: str) -> None:
     resident = placement.actual_state in Placement.RESIDENT_STATES
     if resident and placement.instance is not None and placement.endpoint.backend == "local":
         try:
-            serving.unload_placement(placement=placement, actor=actor, reason=reason)
+            runtime.unload_placement(placement=placement, actor=actor, reason=reason)
         except DomainError as exc:
             # The reconciler unloads it on its next pass (an orphan by then).
             logger.warning("Could not unload %s now: %s", placement, exc.message)
@@ -364,7 +364,7 @@ def _local_endpoint_for(*, deployment: Deployment, actor: str) -> Endpoint:
     model = deployment.model
     if deployment.mode == Endpoint.Mode.DEDICATED:
         return _dedicated_endpoint(model=model, actor=actor)
-    serving.ensure_default_local_endpoints(actor=actor)
+    runtime.ensure_default_local_endpoints(actor=actor)
     endpoint = (
         Endpoint.objects.filter(
             backend=Endpoint.Backend.LOCAL, mode=Endpoint.Mode.MME, model_kind=model.kind
@@ -451,7 +451,7 @@ def placed_memory_mb(instance: Instance) -> tuple[float, float]:
         desired_state=Placement.DesiredState.UNLOADED
     ).select_related("version__model")
     for placement in placements:
-        memory = serving.memory_of(placement)
+        memory = runtime.memory_of(placement)
         total += memory
         if placement.is_pinned:
             pinned += memory
@@ -467,18 +467,18 @@ def _instances_for(
         for placement in Placement.objects.filter(
             version=version,
             endpoint=endpoint,
-            instance__status__in=serving.ROUTABLE_INSTANCE_STATES,
+            instance__status__in=runtime.ROUTABLE_INSTANCE_STATES,
         )
         .exclude(desired_state=Placement.DesiredState.UNLOADED)
         .select_related("instance")
         .order_by("instance__ordinal")
     ]
     chosen = already[:replicas]
-    memory = float(version.host_memory_mb or 0) or serving.DEFAULT_EXPECTED_MEMORY_MB
+    memory = float(version.host_memory_mb or 0) or runtime.DEFAULT_EXPECTED_MEMORY_MB
     while len(chosen) < replicas:
         candidates = []
-        for instance in endpoint.instances.filter(status__in=serving.ROUTABLE_INSTANCE_STATES):
-            if instance in chosen or not serving.instance_process_alive(instance):
+        for instance in endpoint.instances.filter(status__in=runtime.ROUTABLE_INSTANCE_STATES):
+            if instance in chosen or not runtime.instance_process_alive(instance):
                 continue
             total, pinned_mb = placed_memory_mb(instance)
             if pinned and pinned_mb + memory > instance.memory_budget_mb:
@@ -497,7 +497,7 @@ def _instances_for(
                     f"{endpoint.max_instances} instances.",
                     field="replicas",
                 )
-            chosen.append(serving.start_local_instance(endpoint=endpoint, actor=actor))
+            chosen.append(runtime.start_local_instance(endpoint=endpoint, actor=actor))
         else:
             chosen.append(candidates[0][2])  # evictable: the multi-model cache makes room
     return chosen
@@ -537,17 +537,17 @@ def drain_instance(*, instance: Instance, actor: str, stop: bool = True) -> Inst
                 pinned=placement.is_pinned,
                 actor=actor,
             )
-            new = serving.place_on_instance(
+            new = runtime.place_on_instance(
                 version=placement.version,
                 instance=targets[0],
                 actor=actor,
                 pinned=placement.is_pinned,
             )
-            serving.probe_placement(placement=new, actor=actor)
+            runtime.probe_placement(placement=new, actor=actor)
         set_unloaded(placement=placement, actor=actor, reason=f"{instance} is draining")
         routing_changed(model_id=placement.version.model_id)
     if stop:
-        instance = serving.stop_local_instance(
+        instance = runtime.stop_local_instance(
             instance=instance, actor=actor, reason="drained by an operator"
         )
     return instance

@@ -197,7 +197,7 @@ def _money_format(value: float) -> str:
 
 
 def trend_charts(trends: dict) -> list[dict]:
-    """The dashboard's trend charts from ``deployments.selectors.fleet_trends`` output."""
+    """The dashboard's trend charts from ``deployments.selectors.fleet.fleet_trends`` output."""
     hours = trends["hours"]
     charts = [
         {
