@@ -6,5 +6,5 @@ class DeploymentsConfig(AppConfig):
     verbose_name = "Deployments"
 
     def ready(self) -> None:
-        from deployments import signals  # noqa: F401  (registers the post-migrate schedule sync)
+        from deployments import receivers  # noqa: F401  (stores events, syncs the schedule)
         from deployments.proxy import invalidation  # noqa: F401  (routing changes reach caches)

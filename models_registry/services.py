@@ -19,7 +19,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from config.errors import DomainError
-from deployments.events import record_event
+from config.events import record_event
 from models_registry import artifacts
 from models_registry.datasets import (
     MAX_FILE_BYTES,
@@ -45,6 +45,7 @@ from models_registry.exceptions import (
 from models_registry.kinds import get_kind
 from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
 from models_registry.promotion import GateDecision, evaluate_gate
+from models_registry.signals import version_activated
 from tenants.models import SLUG_VALIDATOR, Tenant
 
 
@@ -793,12 +794,9 @@ def apply_quality_gate(*, version: ModelVersion, actor: str) -> GateDecision:
     return GateDecision(True, version.status_reason or f"{version} promoted.")
 
 
-def _hand_to_deployment(*, version: ModelVersion, actor: str) -> None:
-    from deployments.services import fleet as deployment_services
-
-    hook = getattr(deployment_services, "on_version_promoted", None)
-    if hook is not None:
-        hook(version=version, actor=actor)
+def _announce_activation(*, version: ModelVersion, actor: str) -> None:
+    """Tell listeners (the deployments app) that ``version`` is now its model's active one."""
+    version_activated.send(sender=ModelVersion, version=version, actor=actor)
 
 
 def promote_version(*, version: ModelVersion, actor: str, force: bool = False) -> ModelVersion:
@@ -862,7 +860,7 @@ def promote_version(*, version: ModelVersion, actor: str, force: bool = False) -
             )
     if held:
         raise QualityGateFailed(version.status_reason, field="version")
-    _hand_to_deployment(version=version, actor=actor)
+    _announce_activation(version=version, actor=actor)
     return version
 
 
@@ -905,7 +903,7 @@ def rollback_model(*, model: TenantModel, actor: str) -> ModelVersion:
             version=previous,
             data={"from": current.number, "to": previous.number},
         )
-    _hand_to_deployment(version=previous, actor=actor)
+    _announce_activation(version=previous, actor=actor)
     return previous
 
 

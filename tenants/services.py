@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config.errors import DomainError
-from deployments.events import record_event
+from config.events import record_event
 from tenants import sigv4
 from tenants.exceptions import InvalidToken, TenantAlreadyExists
 from tenants.models import ACCESS_KEY_ID_PATTERN, SLUG_VALIDATOR, ApiToken, Tenant

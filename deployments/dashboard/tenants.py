@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 from config.errors import DomainError, NotFound
 from deployments.dashboard.forms import DeployForm
 from deployments.selectors.fleet import fleet_figures
+from deployments.selectors.tenants import tenant_models_overview
 from deployments.services import rollouts
 from models_registry import selectors
 from models_registry.services import promote_version
@@ -33,7 +34,7 @@ def _tenant(request: HttpRequest, slug: str) -> tuple[Caller, Tenant]:
 
 
 def _models_context(tenant: Tenant) -> dict:
-    rows = selectors.tenant_models_overview(tenant=tenant)
+    rows = tenant_models_overview(tenant=tenant)
     return {
         "tenant": tenant,
         "rows": rows,

@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from config.errors import DomainError
-from deployments.events import record_event
+from config.events import record_event
 from deployments.models import InstanceUsageMinute, Placement
 from deployments.selectors.fleet import instances_with_memory_use
 
@@ -99,11 +99,3 @@ def set_placement_desired_state(
             instance=placement.instance,
         )
     return placement
-
-
-def on_version_promoted(*, version, actor: str):
-    """Registry hook: a promoted (or rolled-back-to) version rolls out where the model is
-    deployed; a model never deployed stays undeployed."""
-    from deployments.services.rollouts import on_version_promoted as roll_out_promoted
-
-    return roll_out_promoted(version=version, actor=actor)

@@ -31,8 +31,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from config.errors import DomainError
+from config.events import record_event
 from deployments.backends.local import runtime
-from deployments.events import record_event
 from deployments.models import Deployment, Endpoint, Instance, Placement
 
 logger = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from config.errors import Conflict, DomainError
+from config.events import record_event
 from deployments.backends.local import runtime
-from deployments.events import record_event
 from deployments.exceptions import CapacityExceeded, InstanceUnavailable, ModelLoadFailed
 from deployments.models import Deployment, Endpoint, Instance, InstanceType, Placement
 from models_registry.models import ModelVersion, TenantModel

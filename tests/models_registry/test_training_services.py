@@ -12,7 +12,6 @@ from django.db import connection
 from django.utils import timezone
 
 from deployments.models import Event
-from deployments.services import fleet as deployment_services
 from models_registry import services
 from models_registry.demo_data import generate_pairs, generate_tickets, to_csv
 from models_registry.exceptions import (
@@ -26,6 +25,7 @@ from models_registry.exceptions import (
 )
 from models_registry.models import Dataset, ModelVersion, TrainingJob
 from models_registry.promotion import evaluate_gate
+from models_registry.signals import version_activated
 from models_registry.training.runner import ENTRYPOINT_MODULE
 from tests.factories import (
     DatasetFactory,
@@ -300,16 +300,18 @@ def test_training_end_to_end_registers_packages_and_promotes_the_first_version(
 # --- Promotion and rollback ---
 
 
-def test_promoting_sets_the_active_version_and_hands_it_to_deployment(model, monkeypatch):
+def test_promoting_sets_the_active_version_and_hands_it_to_deployment(model):
     handed: list = []
-    monkeypatch.setattr(
-        deployment_services,
-        "on_version_promoted",
-        lambda *, version, actor: handed.append(version.number),
-        raising=False,
-    )
-    version = ModelVersionFactory(model=model, number=1, metrics={"macro_f1": 0.8})
-    promoted = services.promote_version(version=version, actor="t")
+
+    def listener(sender, *, version, actor, **kwargs):
+        handed.append(version.number)
+
+    version_activated.connect(listener, weak=False, dispatch_uid="test-listener")
+    try:
+        version = ModelVersionFactory(model=model, number=1, metrics={"macro_f1": 0.8})
+        promoted = services.promote_version(version=version, actor="t")
+    finally:
+        version_activated.disconnect(dispatch_uid="test-listener")
     model.refresh_from_db()
     assert model.active_version == promoted and promoted.promoted_at is not None
     assert handed == [1]

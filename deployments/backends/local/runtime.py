@@ -37,6 +37,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from config.errors import Conflict, DomainError
+from config.events import record_event
 from deployments.backends.local.gates import ModelGates, gates_in
 from deployments.backends.local.triton import (
     TritonMultiModelClient,
@@ -45,7 +46,6 @@ from deployments.backends.local.triton import (
     start_triton,
     stop_triton,
 )
-from deployments.events import record_event
 from deployments.exceptions import (
     InstanceUnavailable,
     ModelBusy,

@@ -26,12 +26,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from config.errors import DomainError
+from config.events import record_event
 from deployments.backends.sagemaker.client import (
     EndpointRequest,
     SageMakerEndpointBackend,
     triton_image_uri,
 )
-from deployments.events import record_event
 from deployments.exceptions import CapacityExceeded
 from deployments.models import Deployment, Endpoint, InstanceType, Placement
 from deployments.placement.solver import InstanceSpec, ModelSpec, PlacementPolicy, solve
