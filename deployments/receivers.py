@@ -16,7 +16,7 @@ from models_registry.signals import version_activated
 
 
 @receiver(event_recorded, dispatch_uid="tenantml_store_event")
-def store_event(sender, **fields) -> Event:
+def store_event(sender, *, signal=None, **fields) -> Event:
     """Store a recorded event as an ``Event`` row (in the caller's transaction)."""
     return Event.objects.create(**fields)
 
