@@ -9,3 +9,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("tenantml")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+def queue_task(name: str, *args) -> None:
+    """Send the registered task ``name`` to a worker (inline where tasks run eagerly), without
+    importing the module that defines it (services queue tasks that call them)."""
+    app.tasks[name].delay(*args)

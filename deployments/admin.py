@@ -18,7 +18,7 @@ from deployments.models import (
     VersionUsageMinute,
 )
 from deployments.selectors.fleet import endpoints_with_cost, instances_with_memory_use
-from deployments.services import reconciler, rollouts
+from deployments.services import draining, reconciler, rollouts
 from deployments.services.fleet import set_placement_desired_state
 from models_registry.kinds import kind_names
 from tenants.admin import AddFieldsMixin, ViewOnlyAdmin, admin_actor, changelist_link, events_link
@@ -211,7 +211,7 @@ class InstanceAdmin(admin.ModelAdmin):
         actor = admin_actor(request)
         for instance in queryset:
             try:
-                rollouts.drain_instance(instance=instance, actor=actor)
+                draining.drain_instance(instance=instance, actor=actor)
             except DomainError as exc:
                 self.message_user(request, f"{instance}: {exc.message}", level=messages.ERROR)
                 continue

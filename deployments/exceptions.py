@@ -110,3 +110,29 @@ class CapacityExceeded(DomainError):
 
     status_code = 503
     code = "capacity_exceeded"
+
+
+class ForwardFailed(DomainError):
+    """A copy could not answer a proxied request: the status and code the caller gets, when to
+    retry, the ``/metrics`` label of an upstream failure, and whether the route that led there is
+    stale (its instance stopped answering)."""
+
+    status_code = 503
+    code = "unavailable"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 503,
+        code: str = "unavailable",
+        retry_after_s: float | None = None,
+        metric: str | None = None,
+        stale_route: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status
+        self.code = code
+        self.retry_after_s = retry_after_s
+        self.metric = metric
+        self.stale_route = stale_route

@@ -132,6 +132,9 @@ class Instance(models.Model):
         DRAINING = "draining", "Draining"
         STOPPED = "stopped", "Stopped"
 
+    # Instances that take requests: a starting one answers as soon as its server is up.
+    ROUTABLE_STATES = (Status.HEALTHY, Status.STARTING)
+
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="instances")
     ordinal = models.PositiveSmallIntegerField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTING)
@@ -168,6 +171,20 @@ class Instance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.endpoint.name}/{self.ordinal}"
+
+
+class PlacementQuerySet(models.QuerySet):
+    def reachable(self, *, instance_states: tuple[str, ...] = Instance.ROUTABLE_STATES):
+        """Wanted copies a request can reach: on an instance in one of ``instance_states`` that
+        has an address, or held by the endpoint itself (a backend that places copies on its own
+        machines) while that endpoint is in service; never on a retiring endpoint."""
+        on_instance = Q(instance__status__in=instance_states, instance__port__isnull=False)
+        on_endpoint = Q(instance__isnull=True, endpoint__status=Endpoint.Status.IN_SERVICE)
+        return (
+            self.filter(on_instance | on_endpoint)
+            .exclude(desired_state=Placement.DesiredState.UNLOADED)
+            .exclude(endpoint__status__in=[Endpoint.Status.RETIRING, Endpoint.Status.RETIRED])
+        )
 
 
 class Placement(models.Model):
@@ -223,6 +240,8 @@ class Placement(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = PlacementQuerySet.as_manager()
+
     class Meta:
         ordering = ["endpoint__name", "-last_invoked_at"]
         constraints = [
@@ -270,6 +289,13 @@ class Placement(models.Model):
     @property
     def is_pinned(self) -> bool:
         return self.desired_state == self.DesiredState.PINNED
+
+    @classmethod
+    def desired_state_for(cls, *, version: ModelVersion, dedicated: bool = False) -> str:
+        """Pinned for a premium tenant's model or a dedicated endpoint's, else evictable."""
+        if dedicated or version.model.tenant.models_pinned:
+            return cls.DesiredState.PINNED
+        return cls.DesiredState.LOADED
 
 
 class Event(models.Model):

@@ -153,6 +153,11 @@ class TrainingJob(models.Model):
         return self.status in self.TERMINAL_STATUSES
 
 
+def triton_model_name(*, tenant_slug: str, model_name: str, number: int) -> str:
+    """The name a model version has inside a Triton server: unique across tenants."""
+    return f"{tenant_slug}.{model_name}.v{number}"
+
+
 class ModelVersion(models.Model):
     class Status(models.TextChoices):
         REGISTERED = "registered", "Registered"
@@ -216,4 +221,6 @@ class ModelVersion(models.Model):
     @property
     def triton_model_name(self) -> str:
         """The name the model has inside a Triton server (unique across tenants)."""
-        return f"{self.model.tenant.slug}.{self.model.name}.v{self.number}"
+        return triton_model_name(
+            tenant_slug=self.model.tenant.slug, model_name=self.model.name, number=self.number
+        )

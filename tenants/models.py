@@ -46,6 +46,11 @@ class Tenant(models.Model):
         return self.slug
 
     @property
+    def models_pinned(self) -> bool:
+        """Whether this tenant's models are pinned warm wherever they are placed (premium)."""
+        return self.tier == self.Tier.PREMIUM
+
+    @property
     def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
 

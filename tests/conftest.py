@@ -141,8 +141,8 @@ def isolated_artifact_store(settings, tmp_path):
 def explicit_usage_flushes(settings):
     """Tests flush serving counters explicitly; no background thread writes behind their back."""
     settings.TENANTML_USAGE_FLUSH_INTERVAL_S = 0
+    from deployments import usage
     from deployments.backends.local import runtime
-    from deployments.services import usage
 
     # Counts and recency stamps from an earlier test name rows that test's database rolled back.
     usage.COUNTERS.drain()

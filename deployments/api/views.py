@@ -17,7 +17,7 @@ from deployments.api.serializers import (
 )
 from deployments.proxy import invoke as inference
 from deployments.selectors import fleet as selectors
-from deployments.services import rollouts
+from deployments.services import draining, rollouts
 from models_registry import selectors as registry_selectors
 from tenants.access import caller_for_request
 from tenants.api.permissions import IsPlatformCaller
@@ -89,7 +89,7 @@ class InstanceDrainView(APIView):
     @extend_schema(request=None, responses={200: None})
     def post(self, request, instance_id: int):
         instance = selectors.instance_by_id(instance_id=instance_id)
-        instance = rollouts.drain_instance(
+        instance = draining.drain_instance(
             instance=instance, actor=caller_for_request(request).label
         )
         return Response({"instance": str(instance), "status": instance.status})

@@ -1,97 +1,215 @@
-"""The serving backend interface: what the platform asks of one endpoint instance.
+"""The serving backend interface: what the platform asks of the endpoints that serve its models.
 
-A backend manages instances (start, stop, health) and the models loaded on each (load, unload,
-list, invoke, memory). Everything crossing this boundary is a plain value: the caller passes the
-host, port, pid and working directory it recorded and gets dataclasses back, so no ORM object and
-no backend client leaks into services, and a backend can be swapped by configuration.
+Rollouts, the reconciler, warm-ups, routing and the proxy hold an endpoint (or a copy of a model
+on one) and call ``backend_for(endpoint)`` (``deployments.backends``); they never name a backend.
+A backend rolls a version out onto its endpoints, probes and invokes copies, forwards proxied
+request bodies, unloads copies nobody wants and repairs its endpoints' drift. Everything it
+returns is a plain value; the errors it raises are domain errors (``deployments.exceptions``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol, runtime_checkable
+import hashlib
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+if TYPE_CHECKING:
+    from deployments.models import Deployment, Endpoint, Instance, Placement
+    from models_registry.models import TenantModel
+
+ENDPOINT_NAME_MAX_LENGTH = 63
 
 
 @dataclass(frozen=True)
-class InstanceHandle:
-    """How to reach one instance: what the platform stores on its ``Instance`` row."""
+class InvokeResult:
+    """A model's answer to one request, as the invoke API returns it."""
 
-    host: str
-    port: int
-    metrics_port: int | None = None
-    pid: int | None = None
-    workdir: Path | None = None
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """One model an instance reports as loaded: its name and the directory it came from."""
-
-    name: str
-    url: str
+    outputs: list
+    cold_start: bool
+    latency_ms: float
+    model_version: int
 
 
 @dataclass(frozen=True)
-class LoadResult:
-    """The outcome of a successful load; ``already_loaded`` when the instance had it already."""
+class ProbeResult:
+    """A warm-up request's outcome: how long it took and whether it had to load the model."""
 
-    name: str
-    url: str
-    already_loaded: bool
-    load_time_ms: float
+    latency_ms: float
+    cold_start: bool
 
 
 @dataclass(frozen=True)
-class MemoryReading:
-    """Host memory held by one loaded model's processes, in MB (1 MB = 2**20 bytes).
+class Copy:
+    """One loaded (or loadable) copy of a version: where the proxy sends requests for it."""
 
-    ``rss_mb`` counts every page the processes map (shared libraries included), ``pss_mb`` shares
-    each shared page among the processes mapping it, so PSS sums to the machine's real use when
-    several models are loaded; ``processes`` is how many processes were measured.
-    """
+    placement_id: int
+    endpoint_id: int
+    backend: str
+    endpoint_name: str
+    endpoint_mode: str
+    instance_id: int | None = None
+    host: str = ""
+    port: int | None = None
+    external_name: str = ""
+    loaded: bool = False
 
-    rss_mb: float
-    pss_mb: float | None
-    processes: int
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A copy's answer to a proxied request body."""
+
+    status: int
+    content_type: str
+    body: bytes
+    cold_start: bool
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconciler pass found and did (backends add to it as they repair)."""
+
+    instances_checked: int = 0
+    instances_restarted: list[str] = field(default_factory=list)
+    instances_started: list[str] = field(default_factory=list)
+    instances_given_up: list[str] = field(default_factory=list)
+    reloaded: list[str] = field(default_factory=list)
+    marked_missing: list[str] = field(default_factory=list)
+    orphans_unloaded: list[str] = field(default_factory=list)
+    rollouts_requeued: list[int] = field(default_factory=list)
+    instances_recovered: list[str] = field(default_factory=list)
+    trimmed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return any(
+            (
+                self.instances_restarted,
+                self.instances_started,
+                self.instances_given_up,
+                self.reloaded,
+                self.marked_missing,
+                self.orphans_unloaded,
+                self.rollouts_requeued,
+                self.instances_recovered,
+                self.trimmed,
+            )
+        )
 
 
 @runtime_checkable
 class ServingBackend(Protocol):
-    """One serving technology (a local Triton process, a SageMaker endpoint) behind one API."""
+    """One serving technology (local Triton processes, SageMaker endpoints) behind one API."""
 
-    def start_instance(self, *, workdir: Path, host: str = "127.0.0.1") -> InstanceHandle:
-        """Start an instance and return once it answers health checks."""
+    #: The ``Endpoint.backend`` / ``Deployment.backend`` value this backend serves.
+    name: str
+    #: The deployment modes it can serve (``Endpoint.Mode`` values).
+    modes: tuple[str, ...]
+
+    def roll_out(self, *, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
+        """Place the deployment's target version, load it and probe it; returns the endpoint
+        that now holds it and the slowest probe's latency in ms. Raises InstanceUnavailable or
+        CapacityExceeded for what a retry may fix, another DomainError for what it will not."""
         ...
 
-    def stop_instance(self, instance: InstanceHandle, *, timeout_s: float = 10.0) -> None:
-        """Stop an instance and everything it started; stopping a stopped one is a no-op."""
+    def probe(self, *, placement: Placement, actor: str) -> ProbeResult:
+        """Send the kind's warm-up request to a copy (loading it if needed); its answer must
+        decode. Records the warm-up's time and latency on the placement."""
         ...
 
-    def is_healthy(self, instance: InstanceHandle) -> bool:
-        """Whether the instance answers its health check now (never raises)."""
+    def invoke(self, *, placement: Placement, inputs: list) -> InvokeResult:
+        """Answer ``inputs`` with a copy, counted in the usage ledger."""
         ...
 
-    def load_model(
-        self, instance: InstanceHandle, name: str, model_url: str, *, timeout_s: float
-    ) -> LoadResult:
-        """Load the model repository at ``model_url`` as ``name``; idempotent for the same pair."""
+    async def forward(
+        self, *, copy: Copy, model_name: str, public_name: str, body: bytes, content_type: str
+    ) -> Forwarded:
+        """Send a proxied request body, as it came, to a copy of ``model_name`` (its Triton
+        name); raises ForwardFailed (``deployments.exceptions``) when the copy cannot answer."""
         ...
 
-    def unload_model(
-        self, instance: InstanceHandle, name: str, *, timeout_s: float | None = None
-    ) -> bool:
-        """Unload ``name``; False when it was not loaded."""
+    def close_connections(self) -> None:
+        """Close the connections ``forward`` keeps open (the web server is stopping)."""
         ...
 
-    def list_models(self, instance: InstanceHandle) -> list[LoadedModel]:
-        """The models the instance has loaded now."""
+    def unload(self, *, placement: Placement, actor: str, reason: str) -> None:
+        """Take a copy nobody wants any more out of memory, if it is there (never raises: what
+        cannot be done now the reconciler finishes)."""
         ...
 
-    def invoke(self, instance: InstanceHandle, name: str, body: dict) -> dict:
-        """Send a KServe v2 JSON inference request to ``name`` and return the JSON answer."""
+    def has_room_for(self, *, placement: Placement, used_mb: float) -> bool:
+        """Whether a copy that is not loaded could be, next to ``used_mb`` already resident on
+        its instance, without evicting anything."""
         ...
 
-    def model_memory_mb(self, instance: InstanceHandle, name: str) -> MemoryReading | None:
-        """Measured host memory of one loaded model, or None where it cannot be measured."""
+    def reconcile(self, *, endpoint: Endpoint, report: ReconcileReport) -> None:
+        """Make the endpoint hold what its placements say, recording each repair in ``report``
+        and as an Event."""
         ...
+
+    def hourly_cost_usd(self, *, endpoint: Endpoint) -> Decimal:
+        """What the endpoint costs per hour now."""
+        ...
+
+    def drain_instance(self, *, instance: Instance, actor: str, stop: bool = True) -> Instance:
+        """Move every copy off one of the endpoint's instances (loaded elsewhere first), then
+        stop it unless ``stop`` is false."""
+        ...
+
+
+def in_thread(function):
+    """Run blocking ORM or backend work off the event loop, in a pool thread.
+
+    The thread's connection is closed afterwards, as Django closes a request's: these calls
+    happen on cache misses and cold loads only, and a pool thread's idle connection would
+    otherwise outlive every use (and hold the database open).
+    """
+
+    def call(*args, **kwargs):
+        close_old_connections()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return sync_to_async(call, thread_sensitive=False)
+
+
+def record_rollout_progress(
+    deployment: Deployment, message: str, *, endpoint: Endpoint | None = None
+) -> None:
+    """Show how far a rollout got on its deployment row (and, for a first deployment, where it
+    is going)."""
+    from deployments.models import Deployment
+
+    update = {"status_reason": message[:4000], "updated_at": timezone.now()}
+    if endpoint is not None and deployment.live_version_id is None:
+        update["endpoint"] = endpoint
+    Deployment.objects.filter(pk=deployment.pk).update(**update)
+
+
+def within_name_limit(name: str) -> str:
+    """``name`` if it fits 63 characters, else its head and a digest of the whole."""
+    if len(name) <= ENDPOINT_NAME_MAX_LENGTH:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: ENDPOINT_NAME_MAX_LENGTH - 9]}-{digest}"
+
+
+def short_endpoint_name(name: str) -> str:
+    """An endpoint or component name as SageMaker takes it: lower case, within 63 characters."""
+    return within_name_limit(name.lower().replace("_", "-"))
+
+
+def dedicated_endpoint_name(model: TenantModel) -> str:
+    """``ded-<tenant>-<model>``, shortened with a digest where it would pass 63 characters."""
+    return within_name_limit(f"ded-{model.tenant.slug}-{model.name}")

@@ -2,34 +2,28 @@
 
 Nothing here reads the database on the hot path: tokens and routes come from in-process caches
 (filled in a worker thread on a miss), requests are counted in memory, and the request body goes
-to the chosen Triton instance over a pooled connection as it came (the protocols only translate
-headers where they differ). A copy that answers 404 does not hold the model (evicted, restarted):
-it is loaded through the serving runtime — one load however many requests wait for it — and the
-request is sent again, answered with ``cold_start: true``. Every request passes its model's gate
-(``deployments.backends.local.gates``): a model being unloaded lets none in, which the proxy treats
-as the 404 it is about to become.
+to the chosen copy's backend (``backend_named(copy.backend)``) as it came — the protocols only
+translate headers where they differ. How a copy is reached (a pooled connection to a local Triton
+instance, the SageMaker runtime API) and what a copy that does not hold its model does is the
+backend's business; a failure comes back as ``ForwardFailed`` with the status the caller gets.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, connection
 
 from config.errors import DomainError
-from deployments.backends.local.gates import GateClosed, ModelGates
-from deployments.backends.local.triton import is_unloading_answer
+from deployments import usage
+from deployments.backends import backend_named, loaded_backends
+from deployments.backends.base import Copy, in_thread
+from deployments.exceptions import ForwardFailed
 from deployments.proxy.invalidation import SUBSCRIBER
 from deployments.proxy.metrics import METRICS
 from deployments.proxy.ratelimit import TokenBuckets, retry_after_header
-from deployments.proxy.routing import MISSING, ROUTES, Copy, Route, load_route
-from deployments.proxy.upstream import UpstreamError, UpstreamPool
-from deployments.services import usage
+from deployments.proxy.routing import MISSING, ROUTES, Route, load_route
 
 
 class ProxyError(Exception):
@@ -84,24 +78,6 @@ class Answer:
     body: bytes
     cold_start: bool
     copy: Copy
-
-
-def in_thread(function):
-    """Run blocking ORM or backend work off the event loop, in a pool thread.
-
-    The thread's connection is closed afterwards, as Django closes a request's: these calls
-    happen on cache misses and cold loads only, and a pool thread's idle connection would
-    otherwise outlive every use (and hold the database open).
-    """
-
-    def call(*args, **kwargs):
-        close_old_connections()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            connection.close()
-
-    return sync_to_async(call, thread_sensitive=False)
 
 
 # --- Callers ---------------------------------------------------------------------------------
@@ -221,31 +197,12 @@ def reset_rate_limits() -> None:
 
 _OUTSTANDING: dict[int, int] = {}
 _SEEN_LOADED: set[int] = set()
-_LOADS: dict[int, asyncio.Future] = {}
-_POOLS: dict[int, UpstreamPool] = {}
-
-
-def _pool() -> UpstreamPool:
-    """One keep-alive connection pool per event loop (connections belong to their loop)."""
-    loop = asyncio.get_running_loop()
-    pool = _POOLS.get(id(loop))
-    if pool is None:
-        pool = _POOLS[id(loop)] = UpstreamPool(
-            max_idle=settings.TENANTML_PROXY_UPSTREAM_CONNECTIONS
-        )
-    return pool
 
 
 async def close_sessions() -> None:
-    for pool in list(_POOLS.values()):
-        pool.close()
-    _POOLS.clear()
-
-
-def serving_history(instance_id: int):
-    from deployments.backends.local.runtime import _history
-
-    return _history(instance_id)
+    """Close the connections the backends keep open to the copies."""
+    for backend in loaded_backends():
+        backend.close_connections()
 
 
 def _pick(route: Route) -> Copy:
@@ -267,109 +224,6 @@ def _pick(route: Route) -> Copy:
     )
 
 
-_GATES: dict[tuple[str, int], ModelGates] = {}
-# How long a request waits for its model's eviction to finish before loading it again: an
-# eviction drains for up to 30 s, then Triton takes about 2 s to unload.
-GATE_WAIT_S = 45.0
-
-
-def _gates(copy: Copy) -> ModelGates:
-    """The invocation gates of the copy's instance (see ``deployments.backends.local.gates``)."""
-    key = (copy.host, copy.port)
-    gates = _GATES.get(key)
-    if gates is None:
-        from deployments.backends.local.runtime import gates_for
-
-        gates = _GATES[key] = gates_for(copy.host, copy.port)
-    return gates
-
-
-async def _enter_when_open(gates: ModelGates, route: Route) -> None:
-    """Enter the model's gate once the eviction that holds it closed is over."""
-    deadline = time.monotonic() + GATE_WAIT_S
-    while True:
-        try:
-            gates.enter(route.triton_name)
-            return
-        except GateClosed:
-            if time.monotonic() >= deadline:
-                raise ProxyError(
-                    503,
-                    f"{route.public_name} is still being unloaded to make room for another "
-                    "model; retry shortly.",
-                    code="unavailable",
-                    retry_after_s=1,
-                ) from None
-            await asyncio.sleep(0.05)
-
-
-def _being_evicted(placement_id: int) -> bool:
-    from deployments.models import Placement
-
-    return Placement.objects.filter(
-        pk=placement_id, actual_state=Placement.ActualState.EVICTING
-    ).exists()
-
-
-def _prepare_copy(placement_id: int) -> bool:
-    """Load the placement's model where it is placed (the record may say loaded: it is not)."""
-    from deployments.backends.local import runtime
-    from deployments.models import Placement
-
-    Placement.objects.filter(pk=placement_id, actual_state=Placement.ActualState.LOADED).update(
-        actual_state=Placement.ActualState.EVICTED
-    )
-    placement = Placement.objects.select_related(
-        "version__model__tenant", "instance", "endpoint"
-    ).get(pk=placement_id)
-    return runtime.ensure_loaded(placement=placement, actor="proxy").cold_start
-
-
-async def _load(copy: Copy) -> bool:
-    """Single-flight load of one copy: concurrent requests share the first one's load."""
-    waiting = _LOADS.get(copy.placement_id)
-    if waiting is not None:
-        return await asyncio.shield(waiting)
-    future = asyncio.get_running_loop().create_future()
-    _LOADS[copy.placement_id] = future
-    try:
-        cold = await in_thread(_prepare_copy)(copy.placement_id)
-    except DomainError as exc:
-        error = ProxyError.from_domain(exc)
-        future.set_exception(error)
-        future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
-        raise error from exc
-    except BaseException as exc:
-        future.set_exception(exc)
-        future.exception()
-        raise
-    finally:
-        _LOADS.pop(copy.placement_id, None)
-    future.set_result(cold)
-    return cold
-
-
-def _instance_down(instance_id: int) -> None:
-    from deployments.backends.local import runtime
-    from deployments.models import Instance
-
-    instance = Instance.objects.filter(pk=instance_id).select_related("endpoint").first()
-    if instance is not None:
-        runtime.check_instance_health(instance=instance, actor="proxy")
-
-
-def _sagemaker_invoke(copy: Copy, body: bytes, content_type: str) -> tuple[int, str, bytes]:
-    from deployments.backends.sagemaker.deploy import endpoint_backend
-
-    params = {"EndpointName": copy.endpoint_name, "Body": body, "ContentType": content_type}
-    if copy.endpoint_mode == "mme":
-        params["TargetModel"] = copy.external_name
-    elif copy.endpoint_mode == "inference-component":
-        params["InferenceComponentName"] = copy.external_name
-    answer = endpoint_backend().runtime.invoke_endpoint(**params)
-    return 200, answer.get("ContentType", "application/json"), answer["Body"].read()
-
-
 async def forward(route: Route, body: bytes, content_type: str) -> Answer:
     """Send a Triton request body to a copy of the route's version and return its answer."""
     copy = _pick(route)
@@ -382,117 +236,40 @@ async def forward(route: Route, body: bytes, content_type: str) -> Answer:
             retry_after_s=1,
         )
     _OUTSTANDING[copy.placement_id] = _OUTSTANDING.get(copy.placement_id, 0) + 1
-    if copy.instance_id is not None:
-        serving_history(copy.instance_id).record(str(copy.placement_id))
-    cold = False
     try:
-        if copy.backend == "sagemaker":
-            try:
-                status, answer_type, data = await in_thread(_sagemaker_invoke)(
-                    copy, body, content_type
-                )
-            except DomainError as exc:
-                raise ProxyError.from_domain(exc) from exc
-            except Exception as exc:  # botocore's own errors: the endpoint failed us
-                METRICS.upstream_error("sagemaker")
-                raise ProxyError(502, f"SageMaker did not answer: {exc}", code="upstream") from exc
-            return Answer(status, answer_type, data, False, copy)
-        path = f"/models/{route.triton_name}/invoke"
-        gates = _gates(copy)
-        name = route.triton_name
-        inside = False  # whether this request holds its place in the model's gate
-        try:
-            for attempt in range(2):
-                if not inside:
-                    try:
-                        gates.enter(name)
-                        inside = True
-                    except GateClosed:
-                        pass
-                if inside:
-                    try:
-                        response = await _pool().post(
-                            copy.host,
-                            copy.port,
-                            path,
-                            body,
-                            content_type,
-                            settings.TENANTML_PROXY_UPSTREAM_TIMEOUT_S,
-                        )
-                    except UpstreamError as exc:
-                        METRICS.upstream_error("connection")
-                        await in_thread(_instance_down)(copy.instance_id)
-                        ROUTES.invalidate(route.model_id)
-                        raise ProxyError(
-                            503,
-                            f"The instance serving {route.public_name} is not answering "
-                            f"({exc!s:.80}); retry shortly while it is restored.",
-                            code="unavailable",
-                            retry_after_s=5,
-                        ) from exc
-                    status = response.status
-                    answer_type = response.headers.get("content-type", "application/json")
-                    data = response.body
-                else:
-                    status, answer_type, data = 404, "application/json", b""  # being unloaded
-                if status != 404 and not (
-                    status == 400 and is_unloading_answer(status, _triton_error(data))
-                ):
-                    break  # only a 400 is read for Triton's reason: the hot path parses nothing
-                if attempt == 1:
-                    # Loaded for this request and taken away again before it ran: memory is
-                    # contended right now, so the caller retries shortly.
-                    raise ProxyError(
-                        503,
-                        f"{route.public_name} was unloaded again to make room for another "
-                        "model before it could answer; retry shortly.",
-                        code="unavailable",
-                        retry_after_s=1,
-                    )
-                # Not loaded: load it, from inside the gate, so that the model loaded for this
-                # request cannot be evicted before the request has run on it. A model being
-                # evicted is waited out first (its gate opens once it is unloaded); a request
-                # inside steps out for that, since the eviction waits for it.
-                _SEEN_LOADED.discard(copy.placement_id)
-                if inside and await in_thread(_being_evicted)(copy.placement_id):
-                    gates.leave(name)
-                    inside = False
-                if not inside:
-                    await _enter_when_open(gates, route)
-                    inside = True
-                cold = await _load(copy) or cold
-        finally:
-            if inside:
-                gates.leave(name)
-        if status == 200:
-            _SEEN_LOADED.add(copy.placement_id)
-            return Answer(status, answer_type, data, cold, copy)
-        message = _triton_error(data) or f"status {status}"
-        if status == 400:
-            raise ProxyError(400, f"The model refused the request: {message}", code="invalid")
-        METRICS.upstream_error(f"status_{status}")
-        raise ProxyError(
-            502, f"The model's server failed the request ({status}): {message}", code="upstream"
+        forwarded = await backend_named(copy.backend).forward(
+            copy=copy,
+            model_name=route.triton_name,
+            public_name=route.public_name,
+            body=body,
+            content_type=content_type,
         )
+    except ForwardFailed as exc:
+        if exc.metric is not None:
+            METRICS.upstream_error(exc.metric)
+        if exc.stale_route:
+            ROUTES.invalidate(route.model_id)
+        raise ProxyError(
+            exc.status_code, exc.message, code=exc.code, retry_after_s=exc.retry_after_s
+        ) from exc
+    except DomainError as exc:
+        _SEEN_LOADED.discard(copy.placement_id)
+        raise ProxyError.from_domain(exc) from exc
     finally:
         left = _OUTSTANDING.get(copy.placement_id, 1) - 1
         if left > 0:
             _OUTSTANDING[copy.placement_id] = left
         else:
             _OUTSTANDING.pop(copy.placement_id, None)
-
-
-def _triton_error(data: bytes) -> str:
-    try:
-        return str(json.loads(data).get("error", ""))[:500]
-    except (ValueError, AttributeError):
-        return data[:200].decode("utf-8", "replace")
+    if forwarded.status == 200:
+        _SEEN_LOADED.add(copy.placement_id)
+    return Answer(
+        forwarded.status, forwarded.content_type, forwarded.body, forwarded.cold_start, copy
+    )
 
 
 def record(route: Route, answer: Answer | None, *, started: float, error: bool) -> float:
-    """Count one request in the time series and the LRU recency; returns its latency in ms."""
-    from deployments.backends.local import runtime
-
+    """Count one request in the time series; returns its latency in ms."""
     latency_ms = (time.perf_counter() - started) * 1000
     if route.version_id is None:
         return latency_ms
@@ -508,7 +285,5 @@ def record(route: Route, answer: Answer | None, *, started: float, error: bool) 
         error=error,
         placement_id=copy.placement_id if answer is not None else None,
     )
-    if answer is not None:
-        runtime._touch(copy.placement_id)
     usage.ensure_background_flush()
     return latency_ms

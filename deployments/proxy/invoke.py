@@ -1,8 +1,9 @@
 """Answering a tenant model's inference request: validate, route to the live copy, invoke.
 
-The routing core the REST ``invoke`` route uses: the request's inputs are checked against the
-model kind's schema (400 naming the item), the model's deployment names the live version, and
-``runtime.route`` picks the loaded copy with the fewest requests in flight.
+The one invoke path of the REST ``invoke`` route and the proxy's schema check: the request's
+inputs are checked against the model kind's schema (400 naming the item), the model's deployment
+names the live version, ``route`` picks the loaded copy with the fewest requests in flight, and
+the copy's backend answers.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from functools import lru_cache
 import jsonschema
 
 from config.errors import Conflict
-from deployments.backends.local import runtime
-from deployments.exceptions import InvalidInferenceInput
-from deployments.models import Deployment, Endpoint
-from deployments.services import usage
+from deployments import usage
+from deployments.backends import backend_for
+from deployments.backends.base import InvokeResult
+from deployments.exceptions import InstanceUnavailable, InvalidInferenceInput, ModelLoadFailed
+from deployments.models import Deployment, Placement
 from models_registry.kinds import get_kind
-from models_registry.models import TenantModel
+from models_registry.models import ModelVersion, TenantModel
 
 
 class ModelNotDeployed(Conflict):
@@ -39,7 +41,32 @@ def validate_inputs(*, kind_name: str, inputs: list) -> None:
     raise InvalidInferenceInput(f"{field}: {error.message}", field=field)
 
 
-def invoke_model(*, model: TenantModel, inputs: list) -> runtime.InvokeResult:
+def route(*, version: ModelVersion) -> Placement:
+    """The copy of ``version`` a request should go to: a loaded copy on a healthy instance with
+    the fewest requests in flight, else any placed copy there (the request loads it).
+
+    Instances that are draining, unhealthy or stopped get no new requests; with no copy left
+    the caller gets a 503 to retry while the reconciler restores one.
+    """
+    candidates = list(
+        Placement.objects.reachable()
+        .filter(version=version)
+        .select_related("version__model__tenant", "instance", "endpoint")
+    )
+    if not candidates:
+        raise InstanceUnavailable(
+            f"No healthy instance holds {version} right now; retry shortly while it is restored."
+        )
+    loaded = [c for c in candidates if c.actual_state == Placement.ActualState.LOADED]
+    pool = loaded or [c for c in candidates if c.actual_state != Placement.ActualState.FAILED]
+    if not pool:
+        raise ModelLoadFailed(
+            candidates[0].failure_reason or f"{version} failed to load on every instance."
+        )
+    return min(pool, key=lambda c: (usage.IN_FLIGHT.count(c.pk), c.pk))
+
+
+def invoke_model(*, model: TenantModel, inputs: list) -> InvokeResult:
     """Answer ``inputs`` with the model's live version."""
     validate_inputs(kind_name=model.kind, inputs=inputs)
     deployment = (
@@ -51,10 +78,7 @@ def invoke_model(*, model: TenantModel, inputs: list) -> runtime.InvokeResult:
             "deployment is live.",
             field="model",
         )
-    placement = runtime.route(version=deployment.live_version)
+    placement = route(version=deployment.live_version)
     usage.ensure_background_flush()
-    if placement.endpoint.backend == Endpoint.Backend.SAGEMAKER:
-        from deployments.backends.sagemaker import deploy as sagemaker_deploy
-
-        return sagemaker_deploy.invoke(placement=placement, inputs=inputs)
-    return runtime.invoke_placement(placement=placement, inputs=inputs)
+    with usage.IN_FLIGHT.request(placement.pk):
+        return backend_for(placement.endpoint).invoke(placement=placement, inputs=inputs)

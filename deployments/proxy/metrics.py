@@ -3,7 +3,7 @@
 Per version: requests by protocol and status class, cold starts, and a latency histogram. A
 fleet has thousands of tenant models, so only the first ``PROXY_METRICS_MAX_VERSIONS`` versions
 seen get their own label; the rest are summed under ``version="other"``. The same requests also
-go to the per-minute time series (``deployments.services.usage``) the dashboard reads.
+go to the per-minute time series (``deployments.usage``) the dashboard reads.
 """
 
 from __future__ import annotations

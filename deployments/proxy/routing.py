@@ -13,29 +13,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from deployments.models import Deployment, Endpoint, Instance, Placement
-
-ROUTABLE_INSTANCE_STATES = (Instance.Status.HEALTHY, Instance.Status.STARTING)
-
-
-@dataclass(frozen=True)
-class Copy:
-    """One loaded (or loadable) copy of a version: where requests for it go."""
-
-    placement_id: int
-    endpoint_id: int
-    backend: str
-    endpoint_name: str
-    endpoint_mode: str
-    instance_id: int | None = None
-    host: str = ""
-    port: int | None = None
-    external_name: str = ""
-    loaded: bool = False
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+from deployments.backends.base import Copy
+from deployments.models import Deployment, Placement
 
 
 @dataclass(frozen=True)
@@ -65,7 +44,7 @@ class Route:
 
 def load_route(*, tenant_slug: str, model_name: str) -> Route | None:
     """Build a route from the database (None when the tenant has no such model)."""
-    from models_registry.models import TenantModel
+    from models_registry.models import TenantModel, triton_model_name
 
     model = (
         TenantModel.objects.select_related("tenant")
@@ -86,15 +65,12 @@ def load_route(*, tenant_slug: str, model_name: str) -> Route | None:
     version = deployment.live_version if deployment else None
     if version is None:
         return Route(**base)
-    reachable = [
-        placement
-        for placement in Placement.objects.filter(version=version)
-        .exclude(desired_state=Placement.DesiredState.UNLOADED)
-        .exclude(endpoint__status__in=[Endpoint.Status.RETIRING, Endpoint.Status.RETIRED])
+    reachable = list(
+        Placement.objects.reachable()
+        .filter(version=version)
         .select_related("instance", "endpoint")
         .order_by("pk")
-        if _reachable(placement)
-    ]
+    )
     usable = [p for p in reachable if p.actual_state != Placement.ActualState.FAILED] or reachable
     copies = tuple(
         Copy(
@@ -115,20 +91,11 @@ def load_route(*, tenant_slug: str, model_name: str) -> Route | None:
         **base,
         version_id=version.pk,
         version_number=version.number,
-        triton_name=f"{model.tenant.slug}.{model.name}.v{version.number}",
+        triton_name=triton_model_name(
+            tenant_slug=model.tenant.slug, model_name=model.name, number=version.number
+        ),
         signature=version.signature or {},
         copies=copies,
-    )
-
-
-def _reachable(placement: Placement) -> bool:
-    if placement.instance_id is not None:
-        return placement.instance.status in ROUTABLE_INSTANCE_STATES and bool(
-            placement.instance.port
-        )
-    return (
-        placement.endpoint.backend == Endpoint.Backend.SAGEMAKER
-        and placement.endpoint.status == Endpoint.Status.IN_SERVICE
     )
 
 

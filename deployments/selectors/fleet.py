@@ -10,6 +10,12 @@ from django.db.models.functions import Coalesce
 
 from config.errors import NotFound
 from deployments.models import Deployment, Endpoint, Instance, Placement
+from deployments.placement.rows import (
+    held_gpu_memory_mb,
+    held_memory_mb,
+    instance_spec,
+    placed_spec,
+)
 from tenants.access import Caller
 from tenants.models import Tenant
 
@@ -145,21 +151,6 @@ def gpu_budget_mb(instance: Instance) -> float:
     return instance_type.gpu_memory_mb * float(instance.endpoint.target_memory_utilization)
 
 
-def held_memory_mb(placement: Placement) -> float:
-    """Measured memory a placement holds: on its instance, else on its version, else 0."""
-    for figure in (placement.host_memory_mb, placement.version.host_memory_mb):
-        if figure is not None:
-            return float(figure)
-    return 0.0
-
-
-def held_gpu_memory_mb(placement: Placement) -> float:
-    for figure in (placement.gpu_memory_mb, placement.version.gpu_memory_mb):
-        if figure is not None:
-            return float(figure)
-    return 0.0
-
-
 def _live_instances() -> list[Instance]:
     resident = Q(placements__actual_state__in=RESIDENT_STATES)
     return list(
@@ -195,7 +186,7 @@ def _scoped_placements(caller: Caller) -> QuerySet[Placement]:
 def traffic_summary(*, caller: Caller, since, endpoint: Endpoint | None = None) -> dict:
     """Invocations, cold starts, errors and p50/p99 latency since ``since`` (summed histograms)."""
     from deployments.models import VersionUsageMinute
-    from deployments.services.usage import LATENCY_BUCKETS_MS, percentile_from_histogram
+    from deployments.usage import LATENCY_BUCKETS_MS, percentile_from_histogram
 
     rows = VersionUsageMinute.objects.filter(minute__gte=since)
     if not caller.is_platform:
@@ -231,25 +222,13 @@ def traffic_summary(*, caller: Caller, since, endpoint: Endpoint | None = None) 
 
 def _catalog_specs() -> list:
     from deployments.models import InstanceType
-    from deployments.placement.solver import InstanceSpec
 
-    return [
-        InstanceSpec(
-            name=t.name,
-            gpu_count=t.gpu_count,
-            memory_per_gpu_mb=float(t.memory_per_gpu_mb),
-            host_memory_mb=float(t.host_memory_mb),
-            vcpus=t.vcpus,
-            usd_per_hour=float(t.usd_per_hour),
-        )
-        for t in InstanceType.objects.filter(available=True)
-    ]
+    return [instance_spec(t) for t in InstanceType.objects.filter(available=True)]
 
 
 def placed_model_specs(*, caller: Caller, replicas: int | None = None, requests_since=None) -> list:
     """One ``ModelSpec`` per placed version (measured memory, its copy count as replicas)."""
     from deployments.models import VersionUsageMinute
-    from deployments.placement.solver import ModelSpec
 
     placed = _scoped_placements(caller).exclude(desired_state=Placement.DesiredState.UNLOADED)
     by_version: dict[int, dict] = {}
@@ -273,16 +252,12 @@ def placed_model_specs(*, caller: Caller, replicas: int | None = None, requests_
     specs = []
     for version_id in sorted(by_version):
         entry = by_version[version_id]
-        placement = entry["placement"]
         specs.append(
-            ModelSpec(
-                key=placement.version.triton_model_name,
-                kind=placement.version.model.kind,
-                host_memory_mb=held_memory_mb(placement),
-                gpu_memory_mb=held_gpu_memory_mb(placement),
-                requests_per_hour=float(requests.get(version_id, 0)),
+            placed_spec(
+                entry["placement"],
                 pinned=entry["pinned"],
                 replicas=replicas or entry["copies"],
+                requests_per_hour=float(requests.get(version_id, 0)),
             )
         )
     return specs
@@ -507,7 +482,7 @@ def what_if_costs(*, instance_type, target_utilization: float, replicas: int, no
     """
     from django.utils import timezone
 
-    from deployments.placement.solver import InstanceSpec, PlacementPolicy, solve
+    from deployments.placement.solver import PlacementPolicy, solve
 
     now = now or timezone.now()
     fleet = Caller(label="what-if", is_platform=True, tenant_ids=frozenset())
@@ -516,14 +491,7 @@ def what_if_costs(*, instance_type, target_utilization: float, replicas: int, no
         replicas=replicas,
         requests_since=now - timedelta(minutes=TRAFFIC_WINDOW_MINUTES),
     )
-    spec = InstanceSpec(
-        name=instance_type.name,
-        gpu_count=instance_type.gpu_count,
-        memory_per_gpu_mb=float(instance_type.memory_per_gpu_mb),
-        host_memory_mb=float(instance_type.host_memory_mb),
-        vcpus=instance_type.vcpus,
-        usd_per_hour=float(instance_type.usd_per_hour),
-    )
+    spec = instance_spec(instance_type)
     current = fleet_figures(caller=fleet, now=now)["costs"]
     dedicated = dedicated_baseline_usd_per_hour(models=specs)
     if specs:

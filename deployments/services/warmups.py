@@ -26,8 +26,9 @@ from django.utils import timezone
 
 from config.errors import DomainError
 from config.events import record_event
-from deployments.backends.local import runtime
-from deployments.models import Deployment, Endpoint, Instance, Placement
+from deployments.backends import backend_for
+from deployments.models import Deployment, Instance, Placement
+from deployments.placement.rows import memory_of
 
 ACTOR = "warm-up"
 
@@ -81,7 +82,7 @@ class WarmupReport:
 
 
 def warm_up_fleet(*, skip_recent_s: int | None = None, now=None) -> WarmupReport:
-    """Warm every placed model on the local fleet that needs it; see the module docstring."""
+    """Warm every placed model of the fleet that needs it; see the module docstring."""
     now = now or timezone.now()
     skip_recent_s = (
         settings.TENANTML_WARMUP_SKIP_RECENT_S if skip_recent_s is None else skip_recent_s
@@ -94,30 +95,28 @@ def warm_up_fleet(*, skip_recent_s: int | None = None, now=None) -> WarmupReport
     )
     report = WarmupReport()
     placements = (
-        Placement.objects.filter(
-            endpoint__backend=Endpoint.Backend.LOCAL, instance__status=Instance.Status.HEALTHY
-        )
-        .exclude(desired_state=Placement.DesiredState.UNLOADED)
+        Placement.objects.reachable(instance_states=(Instance.Status.HEALTHY,))
         .select_related("version__model__tenant", "instance", "endpoint__instance_type")
         .order_by("instance_id", "-desired_state", "id")
     )
-    used_by_instance: dict[int, float] = {}
+    used_by_instance: dict[int | None, float] = {}
     for placement in placements:
         if placement.last_invoked_at and placement.last_invoked_at >= recent:
             report.skipped_recent += 1
             continue
+        backend = backend_for(placement.endpoint)
         loaded = placement.actual_state == Placement.ActualState.LOADED
         if not loaded:
             wanted = placement.is_pinned or placement.version_id in live_versions
             if not wanted or placement.actual_state == Placement.ActualState.FAILED:
                 continue
             used = used_by_instance.setdefault(placement.instance_id, _used_mb(placement.instance))
-            if used + runtime.memory_of(placement) > placement.instance.memory_budget_mb:
+            if not backend.has_room_for(placement=placement, used_mb=used):
                 report.skipped_no_room += 1
                 continue
         started = time.perf_counter()
         try:
-            probe = runtime.probe_placement(placement=placement, actor=ACTOR)
+            probe = backend.probe(placement=placement, actor=ACTOR)
         except DomainError as exc:
             report.record_failure(placement, exc)
             continue
@@ -128,8 +127,7 @@ def warm_up_fleet(*, skip_recent_s: int | None = None, now=None) -> WarmupReport
             report.cold_starts += 1
             used_by_instance[placement.instance_id] = used_by_instance.get(
                 placement.instance_id, 0.0
-            ) + runtime.memory_of(placement)
-    _warm_sagemaker(recent=recent, report=report)
+            ) + memory_of(placement)
     record_event(
         kind="warmup.completed",
         actor=ACTOR,
@@ -144,41 +142,10 @@ def warm_up_fleet(*, skip_recent_s: int | None = None, now=None) -> WarmupReport
     return report
 
 
-def _warm_sagemaker(*, recent, report: WarmupReport) -> None:
-    """SageMaker copies: the warm-up request goes through the runtime (MME unloads idle models
-    on its own, so this is what keeps a tenant's first request of the hour warm)."""
-    placements = (
-        Placement.objects.filter(
-            endpoint__backend=Endpoint.Backend.SAGEMAKER,
-            endpoint__status=Endpoint.Status.IN_SERVICE,
-            instance__isnull=True,
-        )
-        .exclude(desired_state=Placement.DesiredState.UNLOADED)
-        .select_related("version__model__tenant", "endpoint__instance_type")
-        .order_by("id")
-    )
-    if not placements:
-        return
-    from deployments.backends.sagemaker import deploy as sagemaker_deploy
-
-    backend = sagemaker_deploy.endpoint_backend()
-    for placement in placements:
-        if placement.last_invoked_at and placement.last_invoked_at >= recent:
-            report.skipped_recent += 1
-            continue
-        try:
-            latency_ms = sagemaker_deploy.probe(backend=backend, placement=placement)
-        except DomainError as exc:
-            report.record_failure(placement, exc)
-            continue
-        Placement.objects.filter(pk=placement.pk).update(
-            last_warmed_at=timezone.now(), warmup_latency_ms=round(latency_ms, 2)
-        )
-        report.record_warm(placement, seconds=latency_ms / 1000, probe_ms=latency_ms)
-
-
-def _used_mb(instance: Instance) -> float:
+def _used_mb(instance: Instance | None) -> float:
+    if instance is None:
+        return 0.0
     resident = instance.placements.filter(
         actual_state__in=Placement.RESIDENT_STATES
     ).select_related("version__model")
-    return sum(runtime.memory_of(p) for p in resident)
+    return sum(memory_of(p) for p in resident)

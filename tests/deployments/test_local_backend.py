@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from deployments.backends.base import InstanceHandle, LoadedModel, ServingBackend
+from deployments.backends.local.instances import InstanceHandle, LoadedModel, TritonInstances
 from deployments.backends.local.triton import (
     LocalTritonBackend,
     TritonMultiModelClient,
@@ -495,7 +495,7 @@ def test_package_without_a_triton_model_is_refused(tmp_path):
 @needs_triton
 def test_local_backend_is_a_serving_backend_end_to_end(tmp_path, backend_directory):
     backend = LocalTritonBackend(backend_directory=backend_directory, timeout_s=LOAD_TIMEOUT_S)
-    assert isinstance(backend, ServingBackend)
+    assert isinstance(backend, TritonInstances)
     started = backend.start_instance(workdir=tmp_path / "instance")
     # What the platform records, handed back in later calls.
     handle = InstanceHandle(

@@ -16,9 +16,11 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from rest_framework.test import APIClient
 
+from deployments import usage
+from deployments.backends.local import reconcile as local_reconcile
 from deployments.backends.local import runtime
 from deployments.models import Deployment, Endpoint, Event, Instance, Placement
-from deployments.services import reconciler, usage, warmups
+from deployments.services import reconciler, warmups
 from tenants.services import issue_token
 from tests.factories import TenantFactory, TenantModelFactory
 from tests.serving_fixtures import packaged_version
@@ -124,7 +126,7 @@ def test_a_placement_that_keeps_failing_is_retried_a_bounded_number_of_times(int
     model, _, _ = deployed_model(intent_artifact, slug="acme", tier="premium")
     placement = Placement.objects.get(version=model.active_version)
     Placement.objects.filter(pk=placement.pk).update(
-        actual_state=Placement.ActualState.FAILED, retries=reconciler.MAX_LOAD_RETRIES
+        actual_state=Placement.ActualState.FAILED, retries=local_reconcile.MAX_LOAD_RETRIES
     )
 
     report = reconciler.reconcile_fleet()
@@ -140,7 +142,7 @@ def test_an_instance_that_cannot_be_restarted_is_given_up_after_bounded_attempts
     deployed_model(intent_artifact, slug="acme")
     instance = Instance.objects.get(endpoint__name="local-intent-classifier")
     kill_hard(instance.pid)
-    Instance.objects.filter(pk=instance.pk).update(failed_restarts=reconciler.MAX_RESTARTS)
+    Instance.objects.filter(pk=instance.pk).update(failed_restarts=local_reconcile.MAX_RESTARTS)
 
     report = reconciler.reconcile_fleet()
 

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from deployments.backends.local import runtime
 from deployments.models import Deployment, Endpoint, Event, Instance, Placement
-from deployments.services import rollouts
+from deployments.services import draining
 from models_registry.models import ModelVersion
 from models_registry.services import promote_version
 from tenants.models import Tenant
@@ -209,7 +209,7 @@ def test_draining_an_instance_moves_its_models_first_then_stops_it(intent_model)
     first = endpoint.instances.get()
     second = runtime.start_local_instance(endpoint=endpoint, actor="test")
 
-    drained = rollouts.drain_instance(instance=first, actor="test")
+    drained = draining.drain_instance(instance=first, actor="test")
 
     assert drained.status == Instance.Status.STOPPED
     moved = Placement.objects.get(version=intent_model.active_version, instance=second)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from deployments.models import VersionUsageMinute
-from deployments.services.usage import UsageCounters, flush_usage, percentile_from_histogram
+from deployments.usage import UsageCounters, flush_usage, percentile_from_histogram
 from tests.factories import PlacementFactory
 
 pytestmark = pytest.mark.django_db

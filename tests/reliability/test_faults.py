@@ -15,10 +15,11 @@ import urllib.request
 
 import pytest
 
+from deployments import usage
 from deployments.models import Instance, Placement
 from deployments.proxy import core
 from deployments.proxy.routing import ROUTES
-from deployments.services import reconciler, rollouts, usage
+from deployments.services import reconciler, rollouts
 from tenants.models import Tenant
 from tenants.services import issue_token
 from tests.factories import TenantFactory, TenantModelFactory

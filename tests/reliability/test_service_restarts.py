@@ -25,11 +25,12 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from config.celery import app
+from deployments import usage
 from deployments.models import VersionUsageMinute
 from deployments.proxy import core
 from deployments.proxy.invalidation import SUBSCRIBER, publish
 from deployments.proxy.routing import ROUTES, Route
-from deployments.services import rollouts, usage
+from deployments.services import rollouts
 from models_registry.models import ModelVersion, TrainingJob
 from models_registry.services import (
     STALE_QUEUED,

@@ -33,11 +33,12 @@ from pathlib import Path
 import psutil
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from config.errors import Conflict, DomainError
 from config.events import record_event
+from deployments import usage
+from deployments.backends.base import InvokeResult, ProbeResult
 from deployments.backends.local.gates import ModelGates, gates_in
 from deployments.backends.local.triton import (
     TritonMultiModelClient,
@@ -61,7 +62,7 @@ from deployments.placement.eviction import (
     plan_load,
     plan_trim,
 )
-from deployments.services import usage
+from deployments.placement.rows import memory_of
 from deployments.signals import routing_changed
 from models_registry import artifacts
 from models_registry.kinds import get_kind
@@ -70,9 +71,6 @@ from models_registry.models import ModelVersion
 logger = logging.getLogger(__name__)
 
 ACTOR = "serving"
-# What a model of an unmeasured kind is assumed to need before its first load; the measurement
-# then replaces it and the instance is trimmed back under budget if it was more.
-DEFAULT_EXPECTED_MEMORY_MB = 200.0
 # How long a request waits for another process's load of the same model.
 FOREIGN_LOAD_WAIT_S = 60.0
 LOAD_TIMEOUT_S = 120.0
@@ -90,14 +88,6 @@ class LoadOutcome:
     placement_id: int
     cold_start: bool
     load_time_ms: float | None = None
-
-
-@dataclass(frozen=True)
-class InvokeResult:
-    outputs: list
-    cold_start: bool
-    latency_ms: float
-    model_version: int
 
 
 # --- Instances -------------------------------------------------------------------------------
@@ -476,7 +466,6 @@ def invoke_placement(*, placement: Placement, inputs: list) -> InvokeResult:
     body = kind.encode_request(inputs)
     started = time.perf_counter()
     cold_start = False
-    _enter(placement.pk)
     record_access(placement)
     try:
         cold_start = ensure_loaded(placement=placement).cold_start
@@ -485,8 +474,6 @@ def invoke_placement(*, placement: Placement, inputs: list) -> InvokeResult:
     except Exception:
         _count(placement, started, cold_start=cold_start, error=True)
         raise
-    finally:
-        _leave(placement.pk)
     latency_ms = _count(placement, started, cold_start=cold_start, error=False)
     return InvokeResult(
         outputs=outputs,
@@ -494,48 +481,6 @@ def invoke_placement(*, placement: Placement, inputs: list) -> InvokeResult:
         latency_ms=latency_ms,
         model_version=version.number,
     )
-
-
-ROUTABLE_INSTANCE_STATES = (Instance.Status.HEALTHY, Instance.Status.STARTING)
-
-
-def route(*, version: ModelVersion) -> Placement:
-    """The copy of ``version`` a request should go to: a loaded copy on a healthy instance with
-    the fewest requests in flight, else any placed copy there (the request loads it).
-
-    Instances that are draining, unhealthy or stopped get no new requests; with no copy left
-    the caller gets a 503 to retry while the reconciler restores one.
-    """
-    # Local copies live on an instance; SageMaker copies on an endpoint that is in service.
-    reachable = Q(instance__status__in=ROUTABLE_INSTANCE_STATES) | Q(
-        instance__isnull=True,
-        endpoint__backend=Endpoint.Backend.SAGEMAKER,
-        endpoint__status=Endpoint.Status.IN_SERVICE,
-    )
-    candidates = list(
-        Placement.objects.filter(reachable, version=version)
-        .exclude(desired_state=Placement.DesiredState.UNLOADED)
-        .exclude(endpoint__status__in=[Endpoint.Status.RETIRING, Endpoint.Status.RETIRED])
-        .select_related("version__model__tenant", "instance", "endpoint")
-    )
-    if not candidates:
-        raise InstanceUnavailable(
-            f"No healthy instance holds {version} right now; retry shortly while it is restored."
-        )
-    loaded = [c for c in candidates if c.actual_state == Placement.ActualState.LOADED]
-    pool = loaded or [c for c in candidates if c.actual_state != Placement.ActualState.FAILED]
-    if not pool:
-        raise ModelLoadFailed(
-            candidates[0].failure_reason or f"{version} failed to load on every instance."
-        )
-    with _OUTSTANDING_LOCK:
-        return min(pool, key=lambda c: (_OUTSTANDING.get(c.pk, 0), c.pk))
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    latency_ms: float
-    cold_start: bool
 
 
 def probe_placement(*, placement: Placement, actor: str = ACTOR) -> ProbeResult:
@@ -570,7 +515,7 @@ def _count(placement: Placement, started: float, *, cold_start: bool, error: boo
         error=error,
         placement_id=placement.pk,
     )
-    _touch(placement.pk)
+    touch(placement.pk)
     return latency_ms
 
 
@@ -977,17 +922,6 @@ def _measure(instance: Instance, version: ModelVersion) -> float | None:
 # --- Small helpers -------------------------------------------------------------------------
 
 
-def memory_of(placement: Placement) -> float:
-    """The memory a placement needs: measured on its instance, else on its version, else the
-    kind's expected figure."""
-    for figure in (placement.host_memory_mb, placement.version.host_memory_mb):
-        if figure is not None:
-            return float(figure)
-    return float(getattr(get_kind(placement.version.model.kind), "expected_memory_mb", 0) or 0) or (
-        DEFAULT_EXPECTED_MEMORY_MB
-    )
-
-
 def _this_process() -> str:
     """This process as ``loading_by`` records it (read per call: a forked worker has its own)."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -1018,7 +952,8 @@ _LAST_USED: dict[int, float] = {}
 _LAST_USED_LOCK = threading.Lock()
 
 
-def _touch(placement_id: int) -> None:
+def touch(placement_id: int) -> None:
+    """Stamp a placement as just used (least-recently-used order, in this process)."""
     with _LAST_USED_LOCK:
         _LAST_USED[placement_id] = time.monotonic()
 
@@ -1039,7 +974,8 @@ _HISTORIES: dict[int, AccessHistory] = {}
 _HISTORIES_LOCK = threading.Lock()
 
 
-def _history(instance_id: int | None) -> AccessHistory:
+def access_history(instance_id: int | None) -> AccessHistory:
+    """The decayed request counts of an instance's placements in this process."""
     with _HISTORIES_LOCK:
         history = _HISTORIES.get(instance_id or 0)
         if history is None:
@@ -1049,33 +985,14 @@ def _history(instance_id: int | None) -> AccessHistory:
 
 def record_access(placement: Placement) -> None:
     """Count a request to a placement, before it is loaded (hits and cold starts alike)."""
-    _history(placement.instance_id).record(str(placement.pk))
+    access_history(placement.instance_id).record(str(placement.pk))
 
 
 def eviction_order(instance_id: int | None):
     """The configured eviction order for an instance: frequency-aware, or plain LRU."""
     if settings.TENANTML_EVICTION_POLICY == "lru":
         return lru_order
-    return _history(instance_id).order()
-
-
-# Requests in flight per placement in this process, for least-outstanding-requests routing.
-_OUTSTANDING: dict[int, int] = {}
-_OUTSTANDING_LOCK = threading.Lock()
-
-
-def _enter(placement_id: int) -> None:
-    with _OUTSTANDING_LOCK:
-        _OUTSTANDING[placement_id] = _OUTSTANDING.get(placement_id, 0) + 1
-
-
-def _leave(placement_id: int) -> None:
-    with _OUTSTANDING_LOCK:
-        left = _OUTSTANDING.get(placement_id, 1) - 1
-        if left > 0:
-            _OUTSTANDING[placement_id] = left
-        else:
-            _OUTSTANDING.pop(placement_id, None)
+    return access_history(instance_id).order()
 
 
 class _SingleFlight:
@@ -1173,7 +1090,6 @@ __all__ = [
     "place_on_instance",
     "probe_placement",
     "restart_local_instance",
-    "route",
     "start_local_instance",
     "stop_local_instance",
     "unload_placement",

@@ -64,13 +64,13 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
 
-from deployments.backends.base import (
+from deployments.backends.local.gates import ControlBusy, DrainTimedOut, GateClosed, ModelGates
+from deployments.backends.local.instances import (
     InstanceHandle,
     LoadedModel,
     LoadResult,
     MemoryReading,
 )
-from deployments.backends.local.gates import ControlBusy, DrainTimedOut, GateClosed, ModelGates
 from deployments.exceptions import (
     InstanceUnavailable,
     InvalidInferenceInput,
@@ -1069,7 +1069,7 @@ def _same_url(left: str, right: str) -> bool:
 
 
 class LocalTritonBackend:
-    """``ServingBackend`` over local Triton processes (one client per instance address)."""
+    """``TritonInstances`` over local Triton processes (one client per instance address)."""
 
     def __init__(
         self,

@@ -17,9 +17,7 @@ Then the kind's warm-up request is sent through the runtime as the probe, as loc
 
 from __future__ import annotations
 
-import hashlib
 import time
-from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
@@ -27,6 +25,12 @@ from django.utils import timezone
 
 from config.errors import DomainError
 from config.events import record_event
+from deployments import usage
+from deployments.backends.base import (
+    InvokeResult,
+    dedicated_endpoint_name,
+    short_endpoint_name,
+)
 from deployments.backends.sagemaker.client import (
     EndpointRequest,
     SageMakerEndpointBackend,
@@ -34,14 +38,12 @@ from deployments.backends.sagemaker.client import (
 )
 from deployments.exceptions import CapacityExceeded
 from deployments.models import Deployment, Endpoint, InstanceType, Placement
-from deployments.placement.solver import InstanceSpec, ModelSpec, PlacementPolicy, solve
-from deployments.services import usage
+from deployments.placement.rows import expected_memory_mb, instance_spec, version_spec
+from deployments.placement.solver import PlacementPolicy, cheapest_fitting_type, solve
 from models_registry.kinds import get_kind
 from models_registry.models import ModelVersion
-from tenants.models import Tenant
 
 ACTOR = "sagemaker"
-NAME_MAX_LENGTH = 63
 # How long rollouts wait for an endpoint to be InService (SageMaker takes minutes).
 WAIT_DELAY_S = 30
 WAIT_MAX_ATTEMPTS = 60
@@ -68,42 +70,6 @@ def _require_configuration() -> tuple[str, str]:
     return role, store.uri
 
 
-def _short(name: str) -> str:
-    name = name.lower().replace("_", "-")
-    if len(name) <= NAME_MAX_LENGTH:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[: NAME_MAX_LENGTH - 9]}-{digest}"
-
-
-def _spec(instance_type: InstanceType) -> InstanceSpec:
-    return InstanceSpec(
-        name=instance_type.name,
-        gpu_count=instance_type.gpu_count,
-        memory_per_gpu_mb=instance_type.memory_per_gpu_mb,
-        host_memory_mb=instance_type.host_memory_mb,
-        vcpus=instance_type.vcpus,
-        usd_per_hour=float(instance_type.usd_per_hour),
-    )
-
-
-def _memory_mb(version: ModelVersion) -> float:
-    kind = get_kind(version.model.kind)
-    figure = version.host_memory_mb or getattr(kind, "expected_memory_mb", 0)
-    return float(figure or 200)
-
-
-def _model_spec(version: ModelVersion, *, replicas: int = 1) -> ModelSpec:
-    return ModelSpec(
-        key=str(version.pk),
-        kind=version.model.kind,
-        host_memory_mb=_memory_mb(version),
-        gpu_memory_mb=float(version.gpu_memory_mb or 0),
-        pinned=version.model.tenant.tier == Tenant.Tier.PREMIUM,
-        replicas=replicas,
-    )
-
-
 def _catalog() -> list[InstanceType]:
     return list(InstanceType.objects.filter(available=True, is_local=False))
 
@@ -121,7 +87,7 @@ def roll_out(*, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
             f"v{target.number}'s package is not in S3; package it with an s3:// ARTIFACT_STORE.",
             field="version",
         )
-    pinned = model.tenant.tier == Tenant.Tier.PREMIUM
+    pinned = model.tenant.models_pinned
     if deployment.mode == Endpoint.Mode.MME:
         endpoint, placement = _roll_out_mme(
             backend=backend, deployment=deployment, role=role, image=image, store_uri=store_uri
@@ -179,7 +145,7 @@ def _wait(backend: SageMakerEndpointBackend, endpoint: Endpoint, state) -> None:
 def _roll_out_mme(*, backend, deployment, role, image, store_uri):
     target = deployment.target_version
     kind = target.model.kind
-    name = _short(f"tml-{kind}-mme")
+    name = short_endpoint_name(f"tml-{kind}-mme")
     existing = Endpoint.objects.filter(name=name).first()
     placed = list(
         ModelVersion.objects.filter(placements__endpoint=existing)
@@ -194,8 +160,8 @@ def _roll_out_mme(*, backend, deployment, role, image, store_uri):
         catalog = [t for t in catalog if t.pk == existing.instance_type_id] or catalog
     try:
         plan = solve(
-            models=[_model_spec(v) for v in placed] + [_model_spec(target)],
-            instance_types=[_spec(t) for t in catalog],
+            models=[version_spec(v) for v in placed] + [version_spec(target)],
+            instance_types=[instance_spec(t) for t in catalog],
             policy=PlacementPolicy(mode="mme"),
         )
     except CapacityExceeded as exc:
@@ -259,17 +225,14 @@ def _roll_out_mme(*, backend, deployment, role, image, store_uri):
 
 
 def _roll_out_dedicated(*, backend, deployment, role, image):
-    from deployments.placement.solver import cheapest_fitting_type
-    from deployments.services.rollouts import dedicated_endpoint_name
-
     target = deployment.target_version
     catalog = _catalog()
     chosen = cheapest_fitting_type(
-        _model_spec(target), [_spec(t) for t in catalog], PlacementPolicy(mode="dedicated")
+        version_spec(target), [instance_spec(t) for t in catalog], PlacementPolicy(mode="dedicated")
     )
     instance_type = next(t for t in catalog if t.name == chosen.name)
     # One endpoint per version: the old one keeps serving until the new one answers.
-    name = _short(f"{dedicated_endpoint_name(target.model)}-v{target.number}")
+    name = short_endpoint_name(f"{dedicated_endpoint_name(target.model)}-v{target.number}")
     endpoint = _endpoint_row(
         name=name,
         mode=Endpoint.Mode.DEDICATED,
@@ -295,12 +258,12 @@ def _roll_out_component(*, backend, deployment, role, image, pinned: bool):
     target = deployment.target_version
     kind = target.model.kind
     catalog = _catalog()
-    memory = _memory_mb(target)
+    memory = expected_memory_mb(target)
     fitting = [t for t in catalog if t.host_memory_mb * 0.8 >= memory]
     if not fitting:
         raise DomainError(f"No instance type holds {target} ({memory:.0f} MB).", field="version")
     instance_type = min(fitting, key=lambda t: (t.usd_per_hour, t.name))
-    name = _short(f"tml-{kind}-ic")
+    name = short_endpoint_name(f"tml-{kind}-ic")
     endpoint = Endpoint.objects.filter(name=name).first() or _endpoint_row(
         name=name,
         mode=Endpoint.Mode.INFERENCE_COMPONENT,
@@ -321,7 +284,7 @@ def _roll_out_component(*, backend, deployment, role, image, pinned: bool):
         )
     )
     _wait(backend, endpoint, state)
-    component = _short(
+    component = short_endpoint_name(
         f"{target.model.tenant.slug}-{target.model.name}-v{target.number}".replace("_", "-")
     )
     gpu = endpoint.instance_type.gpu_count > 0
@@ -353,7 +316,7 @@ def _roll_out_component(*, backend, deployment, role, image, pinned: bool):
 
 
 def _placement(*, target: ModelVersion, endpoint: Endpoint, external_name: str) -> Placement:
-    pinned = target.model.tenant.tier == Tenant.Tier.PREMIUM
+    desired = Placement.desired_state_for(version=target)
     with transaction.atomic():
         placement, created = Placement.objects.get_or_create(
             version=target,
@@ -361,17 +324,13 @@ def _placement(*, target: ModelVersion, endpoint: Endpoint, external_name: str) 
             instance=None,
             defaults={
                 "external_name": external_name,
-                "desired_state": Placement.DesiredState.PINNED
-                if pinned
-                else Placement.DesiredState.LOADED,
+                "desired_state": desired,
             },
         )
         if not created:
             Placement.objects.filter(pk=placement.pk).update(
                 external_name=external_name,
-                desired_state=Placement.DesiredState.PINNED
-                if pinned
-                else Placement.DesiredState.LOADED,
+                desired_state=desired,
             )
             placement.refresh_from_db()
     if created:
@@ -385,7 +344,8 @@ def _placement(*, target: ModelVersion, endpoint: Endpoint, external_name: str) 
     return placement
 
 
-def _invoke_params(placement: Placement) -> dict:
+def invoke_params(placement: Placement) -> dict:
+    """How the runtime reaches a copy: its TargetModel on an MME, its component, or neither."""
     if placement.endpoint.mode == Endpoint.Mode.MME:
         return {"target_model": placement.external_name}
     if placement.endpoint.mode == Endpoint.Mode.INFERENCE_COMPONENT:
@@ -400,7 +360,7 @@ def probe(*, backend: SageMakerEndpointBackend, placement: Placement) -> float:
     answer = backend.invoke(
         endpoint_name=placement.endpoint.name,
         body=kind.encode_request(list(kind.warmup_inputs or ["warm-up"])),
-        **_invoke_params(placement),
+        **invoke_params(placement),
     )
     if kind.decode_response is not None:
         try:
@@ -414,10 +374,8 @@ def probe(*, backend: SageMakerEndpointBackend, placement: Placement) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def invoke(*, placement: Placement, inputs: list):
+def invoke(*, placement: Placement, inputs: list) -> InvokeResult:
     """Answer ``inputs`` through the SageMaker runtime, counted like a local request."""
-    from deployments.backends.local.runtime import InvokeResult
-
     version = placement.version
     kind = get_kind(version.model.kind)
     started = time.perf_counter()
@@ -426,7 +384,7 @@ def invoke(*, placement: Placement, inputs: list):
         answer = endpoint_backend().invoke(
             endpoint_name=placement.endpoint.name,
             body=kind.encode_request(inputs),
-            **_invoke_params(placement),
+            **invoke_params(placement),
         )
         outputs = kind.decode_response(answer)
         error = False
@@ -444,8 +402,3 @@ def invoke(*, placement: Placement, inputs: list):
     return InvokeResult(
         outputs=outputs, cold_start=False, latency_ms=latency_ms, model_version=version.number
     )
-
-
-def hourly_cost_usd(endpoint: Endpoint) -> Decimal:
-    """What a SageMaker endpoint costs per hour at its minimum size."""
-    return endpoint.instance_type.usd_per_hour * max(1, endpoint.min_instances)

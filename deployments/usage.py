@@ -9,6 +9,7 @@ many processes are summed.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -206,3 +207,32 @@ __all__ = [
     "flush_usage",
     "percentile_from_histogram",
 ]
+
+
+class InFlight:
+    """Requests in flight per placement in this process, for least-outstanding routing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[int, int] = {}
+
+    def count(self, placement_id: int) -> int:
+        return self._counts.get(placement_id, 0)
+
+    @contextlib.contextmanager
+    def request(self, placement_id: int):
+        """Count one request to the placement while the block runs."""
+        with self._lock:
+            self._counts[placement_id] = self._counts.get(placement_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._counts.get(placement_id, 1) - 1
+                if left > 0:
+                    self._counts[placement_id] = left
+                else:
+                    self._counts.pop(placement_id, None)
+
+
+IN_FLIGHT = InFlight()

@@ -1,0 +1,63 @@
+"""``ServingBackend`` over local Triton processes (the embedded default and the test backend)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from deployments.backends.base import (
+    Copy,
+    Forwarded,
+    InvokeResult,
+    ProbeResult,
+    ReconcileReport,
+)
+from deployments.backends.local import forward as forwarding
+from deployments.backends.local import reconcile, rollout, runtime
+from deployments.models import Deployment, Endpoint, Instance, Placement
+from deployments.placement.rows import memory_of
+
+
+class LocalServingBackend:
+    """Deployments on Triton processes of this machine, in SageMaker multi-model mode."""
+
+    name = Endpoint.Backend.LOCAL
+    modes = (Endpoint.Mode.MME, Endpoint.Mode.DEDICATED)
+
+    def roll_out(self, *, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
+        return rollout.roll_out(deployment=deployment, actor=actor)
+
+    def probe(self, *, placement: Placement, actor: str) -> ProbeResult:
+        return runtime.probe_placement(placement=placement, actor=actor)
+
+    def invoke(self, *, placement: Placement, inputs: list) -> InvokeResult:
+        return runtime.invoke_placement(placement=placement, inputs=inputs)
+
+    async def forward(
+        self, *, copy: Copy, model_name: str, public_name: str, body: bytes, content_type: str
+    ) -> Forwarded:
+        return await forwarding.forward(
+            copy=copy,
+            model_name=model_name,
+            public_name=public_name,
+            body=body,
+            content_type=content_type,
+        )
+
+    def close_connections(self) -> None:
+        forwarding.close_pools()
+
+    def unload(self, *, placement: Placement, actor: str, reason: str) -> None:
+        rollout.unload(placement=placement, actor=actor, reason=reason)
+
+    def has_room_for(self, *, placement: Placement, used_mb: float) -> bool:
+        return used_mb + memory_of(placement) <= placement.instance.memory_budget_mb
+
+    def reconcile(self, *, endpoint: Endpoint, report: ReconcileReport) -> None:
+        reconcile.reconcile_endpoint(endpoint=endpoint, report=report)
+
+    def hourly_cost_usd(self, *, endpoint: Endpoint) -> Decimal:
+        live = endpoint.instances.exclude(status=Instance.Status.STOPPED).count()
+        return endpoint.instance_type.usd_per_hour * live
+
+    def drain_instance(self, *, instance: Instance, actor: str, stop: bool = True) -> Instance:
+        return rollout.drain_instance(instance=instance, actor=actor, stop=stop)

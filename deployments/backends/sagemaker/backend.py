@@ -1,0 +1,91 @@
+"""``ServingBackend`` over SageMaker: endpoints, inference components and the runtime API."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+from django.utils import timezone
+
+from config.errors import DomainError
+from deployments.backends.base import (
+    Copy,
+    Forwarded,
+    InvokeResult,
+    ProbeResult,
+    ReconcileReport,
+    in_thread,
+)
+from deployments.backends.sagemaker import deploy
+from deployments.exceptions import ForwardFailed
+from deployments.models import Deployment, Endpoint, Placement
+
+
+class SageMakerServingBackend:
+    """Deployments on SageMaker (MME, inference components, dedicated endpoints)."""
+
+    name = Endpoint.Backend.SAGEMAKER
+    modes = (Endpoint.Mode.MME, Endpoint.Mode.INFERENCE_COMPONENT, Endpoint.Mode.DEDICATED)
+
+    def roll_out(self, *, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
+        return deploy.roll_out(deployment=deployment, actor=actor)
+
+    def probe(self, *, placement: Placement, actor: str) -> ProbeResult:
+        started = time.perf_counter()
+        deploy.probe(backend=deploy.endpoint_backend(), placement=placement)
+        latency_ms = (time.perf_counter() - started) * 1000
+        Placement.objects.filter(pk=placement.pk).update(
+            last_warmed_at=timezone.now(), warmup_latency_ms=round(latency_ms, 2)
+        )
+        # SageMaker loads an MME's model on its first request by itself: the platform cannot
+        # tell a cold answer from a warm one, and counts none as cold.
+        return ProbeResult(latency_ms=latency_ms, cold_start=False)
+
+    def invoke(self, *, placement: Placement, inputs: list) -> InvokeResult:
+        return deploy.invoke(placement=placement, inputs=inputs)
+
+    async def forward(
+        self, *, copy: Copy, model_name: str, public_name: str, body: bytes, content_type: str
+    ) -> Forwarded:
+        try:
+            status, answer_type, data = await in_thread(_invoke_endpoint)(copy, body, content_type)
+        except DomainError:
+            raise
+        except Exception as exc:  # botocore's own errors: the endpoint failed us
+            raise ForwardFailed(
+                f"SageMaker did not answer: {exc}", status=502, code="upstream", metric="sagemaker"
+            ) from exc
+        return Forwarded(status=status, content_type=answer_type, body=data, cold_start=False)
+
+    def close_connections(self) -> None:
+        return None  # boto3 clients pool their own connections
+
+    def unload(self, *, placement: Placement, actor: str, reason: str) -> None:
+        # The endpoint decides what its instances hold; a copy no longer wanted is no longer
+        # routed to or warmed, and SageMaker unloads it when memory is needed.
+        return None
+
+    def has_room_for(self, *, placement: Placement, used_mb: float) -> bool:
+        return True  # the endpoint loads a model on its first request by itself
+
+    def reconcile(self, *, endpoint: Endpoint, report: ReconcileReport) -> None:
+        return None  # SageMaker restarts and replaces its own instances
+
+    def hourly_cost_usd(self, *, endpoint: Endpoint) -> Decimal:
+        return endpoint.instance_type.usd_per_hour * max(1, endpoint.min_instances)
+
+    def drain_instance(self, *, instance, actor: str, stop: bool = True):
+        raise DomainError(
+            "SageMaker replaces its own instances; drain a local instance, or scale the endpoint.",
+            field="instance",
+        )
+
+
+def _invoke_endpoint(copy: Copy, body: bytes, content_type: str) -> tuple[int, str, bytes]:
+    params = {"EndpointName": copy.endpoint_name, "Body": body, "ContentType": content_type}
+    if copy.endpoint_mode == Endpoint.Mode.MME:
+        params["TargetModel"] = copy.external_name
+    elif copy.endpoint_mode == Endpoint.Mode.INFERENCE_COMPONENT:
+        params["InferenceComponentName"] = copy.external_name
+    answer = deploy.endpoint_backend().runtime.invoke_endpoint(**params)
+    return 200, answer.get("ContentType", "application/json"), answer["Body"].read()
