@@ -172,12 +172,12 @@ def held_out_texts(slug: str, count: int = 400) -> list[str]:
 
 
 def bench_kind(kind: str, versions: list, args, instances: list):
+    from deployments.backends.local.memory import model_memory_mb
     from deployments.backends.local.runtime import (
         invoke_placement,
         place_on_instance,
         start_local_instance,
     )
-    from deployments.backends.local.triton import model_memory_mb
     from deployments.models import Endpoint, InstanceType
 
     endpoint = Endpoint.objects.create(
@@ -317,8 +317,9 @@ def check_outputs(kind: str, outputs: list, expected_rows: int) -> None:
 def bench_baseline(instance, args, var_dir: Path) -> dict:
     """The torch + transformers baseline, loaded under distinct names one after another."""
     from bench.naive_baseline.package import build_naive_baseline_package
+    from deployments.backends.local.memory import model_memory_mb
+    from deployments.backends.local.packages import prepare_model_dir
     from deployments.backends.local.runtime import client_for
-    from deployments.backends.local.triton import model_memory_mb, prepare_model_dir
     from models_registry.kinds import encode_text_request, get_kind
 
     client = client_for(instance)

@@ -44,12 +44,12 @@ model_repository="${TRITON_MODEL_REPOSITORY:-$var_dir/triton/empty-repo}"
 mkdir -p "$model_repository"
 
 # The python backend and the stub built for this Python, prepared exactly as the platform's local
-# backend prepares them (deployments/backends/local/triton.py); the wheel ships the stubs apart from the
+# backend prepares them (deployments/backends/local/process.py); the wheel ships the stubs apart from the
 # backend, so Triton's default backend directory would have no usable python backend.
 backend_dir="$(cd "$repo_dir" && "$python_bin" -c '
 import sys
 from pathlib import Path
-from deployments.backends.local.triton import prepare_triton_home
+from deployments.backends.local.process import prepare_triton_home
 print(prepare_triton_home(Path(sys.argv[1])))
 ' "$var_dir")"
 

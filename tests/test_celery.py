@@ -3,7 +3,10 @@ sent by the web side is executed by a live worker and its effect lands in the da
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from celery.contrib.testing.worker import start_worker
@@ -12,6 +15,25 @@ from config.celery import app
 from deployments.models import InstanceUsageMinute
 from deployments.tasks import sample_fleet_utilization
 from tests.factories import PlacementFactory
+
+
+def test_a_process_that_never_imported_the_task_modules_still_finds_a_task_by_name():
+    # A web server queues rollouts by task name without importing deployments.tasks.
+    script = (
+        "import django, os, sys; os.environ['DJANGO_SETTINGS_MODULE'] = 'config.settings'; "
+        "django.setup(); from config.celery import app, registered_task; "
+        "assert 'deployments.tasks' not in sys.modules; "
+        "print(registered_task('deployments.tasks.run_rollout').name)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "deployments.tasks.run_rollout"
 
 
 def test_task_routes_are_registered():

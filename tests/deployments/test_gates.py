@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from deployments.backends.local.client import TritonMultiModelClient
 from deployments.backends.local.gates import ControlBusy, DrainTimedOut, GateClosed, ModelGates
-from deployments.backends.local.triton import (
-    TritonMultiModelClient,
+from deployments.backends.local.process import (
     prepare_triton_home,
     start_triton,
     stop_triton,

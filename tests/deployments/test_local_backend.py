@@ -14,20 +14,19 @@ from pathlib import Path
 import psutil
 import pytest
 
+from deployments.backends.local.client import TritonMultiModelClient, triton_memory_metrics
 from deployments.backends.local.instances import InstanceHandle, LoadedModel, TritonInstances
-from deployments.backends.local.triton import (
-    LocalTritonBackend,
-    TritonMultiModelClient,
+from deployments.backends.local.memory import model_memory_mb
+from deployments.backends.local.packages import prepare_model_dir
+from deployments.backends.local.process import (
     TritonProcess,
-    model_memory_mb,
-    prepare_model_dir,
     prepare_triton_home,
     shm_prefix_for,
     start_triton,
     stop_triton,
-    triton_memory_metrics,
     tritonserver_path,
 )
+from deployments.backends.local.triton import LocalTritonBackend
 from deployments.exceptions import (
     InstanceUnavailable,
     InvalidInferenceInput,

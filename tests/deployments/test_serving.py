@@ -19,7 +19,8 @@ import psutil
 import pytest
 
 from deployments.backends.local import runtime
-from deployments.backends.local.triton import TritonMultiModelClient, start_triton, stop_triton
+from deployments.backends.local.client import TritonMultiModelClient
+from deployments.backends.local.process import start_triton, stop_triton
 from deployments.exceptions import InstanceUnavailable, ModelBusy, ModelLoadFailed
 from deployments.models import Endpoint, Event, Instance, Placement
 from deployments.placement.eviction import CapacityExceeded

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.backends.local.triton import prepare_model_dir
+from deployments.backends.local.packages import prepare_model_dir
 from deployments.exceptions import InvalidPackage
 from models_registry import artifacts
 from models_registry.exceptions import InvalidArtifact

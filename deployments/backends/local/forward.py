@@ -17,8 +17,8 @@ from django.conf import settings
 
 from deployments.backends.base import Copy, Forwarded, in_thread
 from deployments.backends.local import runtime
+from deployments.backends.local.client import is_unloading_answer
 from deployments.backends.local.gates import GateClosed, ModelGates
-from deployments.backends.local.triton import is_unloading_answer
 from deployments.backends.local.upstream import UpstreamError, UpstreamPool
 from deployments.exceptions import ForwardFailed
 from deployments.models import Instance, Placement

@@ -39,14 +39,11 @@ from config.errors import Conflict, DomainError
 from config.events import record_event
 from deployments import usage
 from deployments.backends.base import InvokeResult, ProbeResult
+from deployments.backends.local.client import TritonMultiModelClient
 from deployments.backends.local.gates import ModelGates, gates_in
-from deployments.backends.local.triton import (
-    TritonMultiModelClient,
-    model_memory_mb,
-    prepare_model_dir,
-    start_triton,
-    stop_triton,
-)
+from deployments.backends.local.memory import model_memory_mb
+from deployments.backends.local.packages import prepare_model_dir
+from deployments.backends.local.process import start_triton, stop_triton
 from deployments.exceptions import (
     InstanceUnavailable,
     ModelBusy,
@@ -303,7 +300,7 @@ def _instance_routing_changed() -> None:
 
 def instance_process_alive(instance: Instance) -> bool:
     """Whether the instance's recorded Triton process exists and answers ``/ping``."""
-    from deployments.backends.local.triton import TritonProcess
+    from deployments.backends.local.process import TritonProcess
 
     if instance.status == Instance.Status.STOPPED or not instance.pid or not instance.port:
         return False
@@ -358,7 +355,7 @@ def start_local_endpoints(*, actor: str) -> list[Instance]:
     without a clean shutdown) are first marked stopped, with their placements unloaded, so the
     record is true before anything routes to them.
     """
-    from deployments.backends.local.triton import TritonProcess
+    from deployments.backends.local.process import TritonProcess
 
     started: list[Instance] = []
     endpoints = Endpoint.objects.filter(backend=Endpoint.Backend.LOCAL).exclude(
@@ -1064,7 +1061,7 @@ def _forget_client(instance: Instance) -> None:
 
 
 def _process_of(instance: Instance):
-    from deployments.backends.local.triton import TritonProcess
+    from deployments.backends.local.process import TritonProcess
 
     if not instance.pid:
         return None
