@@ -67,6 +67,8 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            # The dashboard's filters live with the dashboard, not in an app's templatetags/.
+            "libraries": {"dashboard_tags": "deployments.dashboard.templatetags"},
         },
     },
 ]
