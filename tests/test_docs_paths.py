@@ -81,7 +81,9 @@ def test_every_module_the_docs_name_exists():
     missing = {
         name: where
         for name, where in _named(MODULE).items()
-        if name not in NOT_MODULES and not _module_or_attribute_exists(name)
+        if name not in NOT_MODULES
+        and not name.endswith(".py")  # a file named in a package's row, not a module path
+        and not _module_or_attribute_exists(name)
     }
     assert missing == {}
 
