@@ -7,15 +7,19 @@ HTTP layer. The backend under test is the real one; only AWS is faked.
 from __future__ import annotations
 
 import io
+import json
 import re
 import tarfile
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
+import botocore.endpoint
 import pytest
+from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
 from moto import mock_aws
 
@@ -284,6 +288,32 @@ def test_launch_gives_up_after_max_retries_with_a_domain_error(
     assert isinstance(raised.value, DomainError)
     assert raised.value.status_code == 503
     assert len(fake_time.sleeps) == 2
+
+
+def test_a_launch_survives_a_transient_server_error(fake_time, monkeypatch):
+    # botocore's standard retries take a 5xx; the throttling loop above them never runs.
+    backend = SageMakerTrainingBackend(
+        region=REGION, min_interval_s=0.0, sleep=fake_time.sleep, clock=fake_time.clock
+    )
+    answers = iter([500, 200])
+    sent: list[int] = []
+
+    def answer(request, **kwargs):
+        status = next(answers)
+        sent.append(status)
+        body = json.dumps(
+            {"TrainingJobArn": JOB_ARN} if status == 200 else {"__type": "InternalFailure"}
+        ).encode()
+        raw = SimpleNamespace(stream=lambda **kw: iter([body]))
+        return AWSResponse(request.url, status, {}, raw)
+
+    botocore_pauses: list[float] = []
+    monkeypatch.setattr(botocore.endpoint, "time", SimpleNamespace(sleep=botocore_pauses.append))
+    backend.client.meta.events.register_first("before-send.sagemaker.CreateTrainingJob", answer)
+
+    assert backend.launch(make_launch()) == JOB_ARN
+    assert sent == [500, 200] and len(botocore_pauses) == 1
+    assert fake_time.sleeps == []
 
 
 def test_launch_reports_other_aws_errors_with_aws_message(sagemaker_client, stubber, fake_time):
