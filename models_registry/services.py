@@ -21,7 +21,7 @@ from django.utils import timezone
 from config.errors import DomainError
 from config.events import record_event
 from models_registry import artifacts
-from models_registry.datasets import (
+from models_registry.dataset_files import (
     MAX_FILE_BYTES,
     MAX_PROBLEMS_REPORTED,
     ParsedDataset,
@@ -44,7 +44,7 @@ from models_registry.exceptions import (
 )
 from models_registry.kinds import get_kind
 from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
-from models_registry.promotion import GateDecision, evaluate_gate
+from models_registry.quality_gate import GateDecision, evaluate_gate
 from models_registry.signals import version_activated
 from tenants.models import SLUG_VALIDATOR, Tenant
 
@@ -281,7 +281,7 @@ def seed_demo(*, rows: int, seed: int, actor: str) -> list[SeededTenant]:
 
 def tensor_signature(*, kind: str, artifact_dir) -> dict:
     """The served tensors as Open Inference Protocol metadata (batch dimension first, -1)."""
-    from models_registry.packaging import CONFIG_TYPE_TO_DATATYPE
+    from models_registry.triton_packages import CONFIG_TYPE_TO_DATATYPE
 
     signature = get_kind(kind).triton_signature(artifact_dir)
     return {
@@ -303,7 +303,7 @@ def package_version(*, version: ModelVersion, actor: str) -> ModelVersion:
     import tempfile
     from pathlib import Path
 
-    from models_registry.packaging import build_triton_package
+    from models_registry.triton_packages import build_triton_package
 
     with transaction.atomic():
         version = (

@@ -20,7 +20,7 @@ from models_registry.api.serializers import (
     TrainingJobCreateSerializer,
     TrainingJobSerializer,
 )
-from models_registry.datasets import MAX_FILE_BYTES, file_too_big_message
+from models_registry.dataset_files import MAX_FILE_BYTES, file_too_big_message
 from models_registry.exceptions import DatasetTooLarge, ForceNotAllowed
 from tenants.access import caller_for_request
 from tenants.selectors import tenant_for_caller

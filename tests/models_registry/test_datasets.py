@@ -7,7 +7,7 @@ import json
 import pytest
 
 from models_registry import services
-from models_registry.datasets import (
+from models_registry.dataset_files import (
     MAX_FILE_BYTES,
     MAX_TEXT_CHARS,
     MIN_ROWS_PER_LABEL,

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from models_registry import demo_data
-from models_registry.datasets import parse_dataset
+from models_registry.dataset_files import parse_dataset
 from models_registry.demo_data import (
     DEMO_TENANTS,
     MAX_ROWS,

@@ -16,7 +16,7 @@ import pytest
 
 from models_registry.exceptions import InvalidArtifact, InvalidDataset, PackageChecksumMismatch
 from models_registry.kinds import get_kind
-from models_registry.packaging import build_triton_package, runtime_source, verify_package
+from models_registry.triton_packages import build_triton_package, runtime_source, verify_package
 from models_registry.triton_runtime import embedding as embedding_runtime
 from models_registry.triton_runtime import intent_classifier as intent_runtime
 from models_registry.triton_runtime import tenantml_encoder

@@ -24,7 +24,7 @@ from models_registry.exceptions import (
     TrainingBackendNotConfigured,
 )
 from models_registry.models import Dataset, ModelVersion, TrainingJob
-from models_registry.promotion import evaluate_gate
+from models_registry.quality_gate import evaluate_gate
 from models_registry.signals import version_activated
 from models_registry.training.runner import ENTRYPOINT_MODULE
 from tests.factories import (
