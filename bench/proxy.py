@@ -57,7 +57,8 @@ def free_port() -> int:
 def build_fleet(count: int, base, var_dir: Path, *, start: int = 0) -> list:
     """``count`` tenants with a trained, packaged, promoted and deployed intent classifier."""
     from deployments.services import rollouts
-    from models_registry import artifacts, demo_data
+    from models_registry import artifacts
+    from models_registry.demo import tickets as demo_data
     from models_registry.kinds import get_kind
     from models_registry.services import (
         create_model,

@@ -8,7 +8,6 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -213,70 +212,6 @@ def request_training_cancel(*, job: TrainingJob, actor: str) -> TrainingJob:
             tenant=job.model.tenant,
         )
     return job
-
-
-@dataclass(frozen=True)
-class SeededTenant:
-    tenant: Tenant
-    created: bool
-    datasets: list[Dataset]
-    models: list[TenantModel]
-
-
-def seed_demo(*, rows: int, seed: int, actor: str) -> list[SeededTenant]:
-    """Create the demo tenants with labelled ticket datasets and their models; idempotent.
-
-    Each tenant gets an intent dataset (``tickets.csv``) and an ``intents`` model; the premium
-    tenant also gets a paraphrase-pair dataset and an ``embeddings`` model for retrieval.
-    """
-    from models_registry import demo_data
-    from tenants.services import create_tenant
-
-    results = []
-    for index, (slug, info) in enumerate(demo_data.DEMO_TENANTS.items()):
-        tier = Tenant.Tier.PREMIUM if info["vertical"] == "banking" else Tenant.Tier.STANDARD
-        tenant = Tenant.objects.filter(slug=slug).first()
-        created = tenant is None
-        if created:
-            tenant = create_tenant(slug=slug, name=info["name"], tier=tier, actor=actor)
-        wanted = [
-            (
-                "tickets.csv",
-                "intents",
-                "intent-classifier",
-                lambda s=slug, i=index: demo_data.generate_tickets(s, rows=rows, seed=seed + i),
-            ),
-        ]
-        if tier == Tenant.Tier.PREMIUM:
-            wanted.append(
-                (
-                    "pairs.csv",
-                    "embeddings",
-                    "embedding",
-                    lambda s=slug, i=index: demo_data.generate_pairs(
-                        s, groups=max(rows // 2, 8), seed=seed + i
-                    ),
-                ),
-            )
-        datasets, models = [], []
-        for dataset_name, model_name, kind, make_rows in wanted:
-            dataset = Dataset.objects.filter(tenant=tenant, name=dataset_name).first()
-            if dataset is None:
-                dataset = create_dataset(
-                    tenant=tenant,
-                    name=dataset_name,
-                    content=demo_data.to_csv(make_rows()),
-                    actor=actor,
-                )
-            model = TenantModel.objects.filter(tenant=tenant, name=model_name).first()
-            if model is None:
-                model = create_model(tenant=tenant, name=model_name, kind=kind, actor=actor)
-            datasets.append(dataset)
-            models.append(model)
-        results.append(
-            SeededTenant(tenant=tenant, created=created, datasets=datasets, models=models)
-        )
-    return results
 
 
 def tensor_signature(*, kind: str, artifact_dir) -> dict:

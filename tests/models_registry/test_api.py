@@ -8,7 +8,7 @@ from rest_framework.test import APIClient
 
 from models_registry import services
 from models_registry.dataset_files import MAX_FILE_BYTES
-from models_registry.demo_data import generate_tickets, to_csv
+from models_registry.demo.tickets import generate_tickets, to_csv
 from models_registry.models import Dataset, TenantModel, TrainingJob
 from tests.factories import ModelVersionFactory, TenantModelFactory, TrainingJobFactory
 

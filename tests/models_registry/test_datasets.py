@@ -14,7 +14,7 @@ from models_registry.dataset_files import (
     parse_dataset,
     stratified_split,
 )
-from models_registry.demo_data import generate_pairs, generate_tickets, to_csv, to_jsonl
+from models_registry.demo.tickets import generate_pairs, generate_tickets, to_csv, to_jsonl
 from models_registry.exceptions import DatasetTooLarge, InvalidDataset
 from models_registry.models import Dataset
 

@@ -239,7 +239,7 @@ def test_intent_training_needs_two_labels(tmp_path, base_encoder_files):
 
 
 def test_intent_training_of_1000_rows_reports_accuracy_quickly(tmp_path, base_encoder_files):
-    from models_registry import demo_data
+    from models_registry.demo import tickets as demo_data
 
     rows = demo_data.generate_tickets("zoomride", rows=1200, seed=7)
     texts, labels = [row["text"] for row in rows], [row["label"] for row in rows]

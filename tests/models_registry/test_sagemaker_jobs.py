@@ -12,7 +12,7 @@ from moto import mock_aws
 
 from config.env import ArtifactStore
 from models_registry import services
-from models_registry.demo_data import generate_tickets, to_csv
+from models_registry.demo.tickets import generate_tickets, to_csv
 from models_registry.exceptions import TrainingBackendNotConfigured
 from models_registry.models import ModelVersion, TrainingJob
 from models_registry.training.sagemaker import SageMakerTrainingBackend

@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 
 from config.celery import app
 from models_registry import services
-from models_registry.demo_data import generate_tickets, to_csv
+from models_registry.demo.tickets import generate_tickets, to_csv
 from models_registry.models import TrainingJob
 from tests.factories import TenantModelFactory
 

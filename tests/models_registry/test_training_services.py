@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from deployments.models import Event
 from models_registry import services
-from models_registry.demo_data import generate_pairs, generate_tickets, to_csv
+from models_registry.demo.tickets import generate_pairs, generate_tickets, to_csv
 from models_registry.exceptions import (
     IdempotencyKeyReused,
     InvalidDataset,
