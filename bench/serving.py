@@ -129,7 +129,8 @@ def build_versions(args, base, var_dir: Path) -> dict[str, list]:
     from models_registry import artifacts
     from models_registry.demo import tickets as demo_data
     from models_registry.kinds import get_kind
-    from models_registry.services import create_model, package_version, register_version
+    from models_registry.services.packaging import package_version
+    from models_registry.services.registry import create_model, register_version
     from tenants.models import Tenant
     from tenants.services import create_tenant
 

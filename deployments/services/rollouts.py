@@ -166,7 +166,7 @@ def on_version_promoted(*, version: ModelVersion, actor: str) -> Deployment | No
 
 def rollback_deployment(*, model: TenantModel, actor: str) -> Deployment:
     """Route the model back to the version it served before (one call; it is still loaded)."""
-    from models_registry.services import rollback_model
+    from models_registry.services.promotion import rollback_model
 
     deployment = Deployment.objects.filter(model=model).first()
     if deployment is None or deployment.previous_version_id is None:

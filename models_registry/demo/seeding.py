@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from models_registry.demo import tickets
 from models_registry.models import Dataset, TenantModel
-from models_registry.services import create_dataset, create_model
+from models_registry.services.datasets import create_dataset
+from models_registry.services.registry import create_model
 from tenants.models import Tenant
 from tenants.services import create_tenant
 

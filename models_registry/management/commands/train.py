@@ -15,8 +15,9 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from config.errors import DomainError
-from models_registry import selectors, services
+from models_registry import selectors
 from models_registry.models import TrainingJob
+from models_registry.services.training import start_training_job
 from tenants.models import Tenant
 
 BAR_WIDTH = 30
@@ -64,7 +65,7 @@ class Command(BaseCommand):
                 raise CommandError(f"No tenant {options['tenant']!r}.")
             model = selectors.model_for_tenant(tenant=tenant, name=options["model"])
             dataset = selectors.dataset_for_training(tenant=tenant, reference=options["dataset"])
-            job, created = services.start_training_job(
+            job, created = start_training_job(
                 model=model,
                 dataset=dataset,
                 actor="cli",

@@ -1,4 +1,5 @@
-"""Writes for datasets, tenant models, versions and training jobs."""
+"""Writes for training jobs: starting, running, following and cancelling them, and repairing jobs
+whose worker or message was lost."""
 
 from __future__ import annotations
 
@@ -12,183 +13,28 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from config.errors import DomainError
 from config.events import record_event
 from models_registry import artifacts
 from models_registry.dataset_files import (
-    MAX_FILE_BYTES,
-    MAX_PROBLEMS_REPORTED,
-    ParsedDataset,
-    detect_format,
-    file_too_big_message,
     parse_dataset,
     stratified_split,
 )
 from models_registry.exceptions import (
-    DatasetTooLarge,
     IdempotencyKeyReused,
     InvalidDataset,
     InvalidTrainingRequest,
-    InvalidVersion,
     JobNotCancellable,
-    ModelAlreadyExists,
-    NothingToRollBack,
-    QualityGateFailed,
     TrainingBackendNotConfigured,
 )
-from models_registry.kinds import get_kind
 from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
-from models_registry.quality_gate import GateDecision, evaluate_gate
-from models_registry.signals import version_activated
-from tenants.models import SLUG_VALIDATOR, Tenant
-
-
-def check_dataset_content(
-    *, name: str, content: bytes, format: str | None = None, filename: str | None = None
-) -> tuple[str, ParsedDataset]:
-    """The file's format and rows, or InvalidDataset / DatasetTooLarge listing its problems."""
-    if len(content) > MAX_FILE_BYTES:
-        raise DatasetTooLarge(file_too_big_message(len(content)), field="file")
-    format = format or detect_format(filename or name, content)
-    parsed = parse_dataset(content, format=format)
-    if not parsed.problems and not parsed.rows:
-        parsed.problems.append("file: has no rows.")
-    if parsed.problems:
-        shown = parsed.problems[:MAX_PROBLEMS_REPORTED]
-        more = len(parsed.problems) - len(shown)
-        message = "; ".join(problem.rstrip(".") for problem in shown) + (
-            f"; and {more} more problem(s)." if more else "."
-        )
-        raise InvalidDataset(message, field="file")
-    return format, parsed
-
-
-def create_dataset(
-    *,
-    tenant: Tenant,
-    name: str,
-    content: bytes,
-    actor: str,
-    format: str | None = None,
-    filename: str | None = None,
-) -> Dataset:
-    """Validate an uploaded file, fix its train/validation split and store it.
-
-    An invalid file raises and stores nothing; ``filename`` (the uploaded file's own name) helps
-    tell CSV from JSON Lines when ``name`` has no extension.
-    """
-    format, parsed = check_dataset_content(
-        name=name, content=content, format=format, filename=filename
-    )
-    split = stratified_split(parsed.rows)
-    # Checked before the file is stored so a refused upload leaves no file behind; the unique
-    # constraint below still settles a race between two uploads of the same name.
-    if Dataset.objects.filter(tenant=tenant, name=name).exists():
-        raise InvalidDataset(
-            f"Tenant {tenant.slug} already has a dataset named {name!r}.", field="name"
-        )
-    digest = hashlib.sha256(content).hexdigest()
-    stored = artifacts.put_bytes(f"datasets/{tenant.slug}/{digest}.{format}", content)
-    columns = ["text", "label", *(["group"] if parsed.has_groups else [])]
-    try:
-        with transaction.atomic():
-            dataset = Dataset.objects.create(
-                tenant=tenant,
-                name=name,
-                format=format,
-                storage_uri=stored.uri,
-                size_bytes=stored.size_bytes,
-                sha256=stored.sha256,
-                rows=len(parsed.rows),
-                labels=parsed.label_counts,
-                validation_report={
-                    "problems": [],
-                    "rows": len(parsed.rows),
-                    "columns": columns,
-                    "groups": parsed.group_count,
-                    "train_rows": len(split["train"]),
-                    "validation_rows": len(split["validation"]),
-                },
-                split=split,
-            )
-            record_event(
-                kind="dataset.uploaded",
-                message=(
-                    f"Dataset {name} ({len(parsed.rows)} rows: {len(split['train'])} train, "
-                    f"{len(split['validation'])} validation) uploaded for {tenant.slug}."
-                ),
-                actor=actor,
-                tenant=tenant,
-            )
-    except IntegrityError as exc:
-        raise InvalidDataset(
-            f"Tenant {tenant.slug} already has a dataset named {name!r}.", field="name"
-        ) from exc
-    return dataset
-
-
-def create_model(
-    *, tenant: Tenant, name: str, kind: str, actor: str, description: str = ""
-) -> TenantModel:
-    """Create a tenant's named model of a registered kind."""
-    get_kind(kind)
-    try:
-        SLUG_VALIDATOR(name)
-    except ValidationError as exc:
-        raise DomainError(f"name {name!r}: {exc.messages[0]}", field="name") from exc
-    try:
-        with transaction.atomic():
-            model = TenantModel.objects.create(
-                tenant=tenant, name=name, kind=kind, description=description
-            )
-            record_event(
-                kind="model.created",
-                message=f"Model {tenant.slug}/{name} ({kind}) created.",
-                actor=actor,
-                tenant=tenant,
-            )
-    except IntegrityError as exc:
-        raise ModelAlreadyExists(
-            f"Tenant {tenant.slug} already has a model named {name!r}.", field="name"
-        ) from exc
-    return model
-
-
-def register_version(
-    *,
-    model: TenantModel,
-    actor: str,
-    training_job: TrainingJob | None = None,
-    artifact_uri: str = "",
-    metrics: dict | None = None,
-) -> ModelVersion:
-    """Add the next numbered version of a model.
-
-    The model row is locked while the number is chosen, so two jobs finishing together get
-    consecutive numbers instead of one failing on the unique constraint.
-    """
-    with transaction.atomic():
-        TenantModel.objects.select_for_update().get(pk=model.pk)
-        last = model.versions.aggregate(last=Max("number"))["last"] or 0
-        version = ModelVersion.objects.create(
-            model=model,
-            number=last + 1,
-            training_job=training_job,
-            artifact_uri=artifact_uri,
-            metrics=metrics or {},
-        )
-        record_event(
-            kind="version.registered",
-            message=f"{model} v{version.number} registered.",
-            actor=actor,
-            version=version,
-        )
-    return version
+from models_registry.services.packaging import package_version
+from models_registry.services.promotion import apply_quality_gate
+from models_registry.services.registry import register_version
 
 
 def request_training_cancel(*, job: TrainingJob, actor: str) -> TrainingJob:
@@ -213,97 +59,6 @@ def request_training_cancel(*, job: TrainingJob, actor: str) -> TrainingJob:
         )
     return job
 
-
-def tensor_signature(*, kind: str, artifact_dir) -> dict:
-    """The served tensors as Open Inference Protocol metadata (batch dimension first, -1)."""
-    from models_registry.triton_packages import CONFIG_TYPE_TO_DATATYPE
-
-    signature = get_kind(kind).triton_signature(artifact_dir)
-    return {
-        side: [
-            {
-                "name": tensor.name,
-                "datatype": CONFIG_TYPE_TO_DATATYPE.get(tensor.data_type, tensor.data_type),
-                "shape": [-1, *tensor.dims],
-            }
-            for tensor in tensors
-        ]
-        for side, tensors in (("inputs", signature.inputs), ("outputs", signature.outputs))
-    }
-
-
-def package_version(*, version: ModelVersion, actor: str) -> ModelVersion:
-    """Build the version's Triton package (``model.tar.gz``), store it with its sha256 and size,
-    and mark the version ready to serve; a failure marks it failed with the reason."""
-    import tempfile
-    from pathlib import Path
-
-    from models_registry.triton_packages import build_triton_package
-
-    with transaction.atomic():
-        version = (
-            ModelVersion.objects.select_for_update(of=("self",))
-            .select_related("model__tenant")
-            .get(pk=version.pk)
-        )
-        if version.status == ModelVersion.Status.READY and version.package_uri:
-            return version  # a re-delivered task: already done
-        if not version.artifact_uri:
-            raise InvalidVersion(f"{version} has no trained artifact to package.", field="version")
-        version.status = ModelVersion.Status.PACKAGING
-        version.save(update_fields=["status", "updated_at"])
-    try:
-        with tempfile.TemporaryDirectory(prefix="tenantml-package-") as scratch:
-            artifact_dir = Path(artifacts.local_copy(version.artifact_uri, Path(scratch)))
-            info = build_triton_package(
-                kind=version.model.kind,
-                artifact_dir=artifact_dir,
-                triton_model_name=version.triton_model_name,
-                out_path=Path(scratch) / "model.tar.gz",
-            )
-            signature = tensor_signature(kind=version.model.kind, artifact_dir=artifact_dir)
-            stored = artifacts.put_file(
-                f"packages/{version.model.tenant.slug}/{version.model.name}/"
-                f"v{version.number}/model.tar.gz",
-                info.path,
-            )
-    except (DomainError, OSError, ValueError) as exc:
-        reason = getattr(exc, "message", None) or str(exc)
-        ModelVersion.objects.filter(pk=version.pk).update(
-            status=ModelVersion.Status.FAILED, status_reason=f"Packaging failed: {reason}"
-        )
-        record_event(
-            kind="version.packaging_failed",
-            severity="error",
-            message=f"{version} could not be packaged for Triton: {reason}",
-            actor=actor,
-            version=version,
-        )
-        raise
-    with transaction.atomic():
-        ModelVersion.objects.filter(pk=version.pk).update(
-            status=ModelVersion.Status.READY,
-            package_uri=stored.uri,
-            signature=signature,
-            sha256=stored.sha256,
-            size_bytes=stored.size_bytes,
-            status_reason="",
-        )
-        record_event(
-            kind="version.packaged",
-            message=(
-                f"{version} packaged for Triton: {stored.size_bytes / 1e6:,.1f} MB, "
-                f"sha256 {stored.sha256[:12]}…"
-            ),
-            actor=actor,
-            version=version,
-            data={"sha256": stored.sha256, "size_bytes": stored.size_bytes},
-        )
-    version.refresh_from_db()
-    return version
-
-
-# --- Training, quality gate, promotion ---
 
 TERMINAL_JOB_STATUSES = TrainingJob.TERMINAL_STATUSES
 # A running job whose worker has not written a heartbeat for this long is presumed orphaned.
@@ -703,143 +458,6 @@ def _complete_training(*, job: TrainingJob, artifact_uri: str, metrics: dict, ou
     apply_quality_gate(version=version, actor="worker")
     job.refresh_from_db()
     return job
-
-
-def _gate_for(*, model: TenantModel, candidate: ModelVersion) -> GateDecision:
-    kind = get_kind(model.kind)
-    active = model.active_version
-    return evaluate_gate(
-        candidate_metrics=candidate.metrics if isinstance(candidate.metrics, dict) else {},
-        active_metrics=(
-            (active.metrics if isinstance(active.metrics, dict) else {}) if active else None
-        ),
-        primary_metric=getattr(kind, "primary_metric", "") or "macro_f1",
-        tolerance=float(settings.TENANTML_QUALITY_GATE_TOLERANCE),
-        higher_is_better=getattr(kind, "higher_is_better", True),
-    )
-
-
-def apply_quality_gate(*, version: ModelVersion, actor: str) -> GateDecision:
-    """Promote a freshly trained version if it passes the gate, else hold it with the reason."""
-    try:
-        promote_version(version=version, actor=actor)
-    except QualityGateFailed as exc:
-        return GateDecision(False, exc.message)
-    version.refresh_from_db()
-    return GateDecision(True, version.status_reason or f"{version} promoted.")
-
-
-def _announce_activation(*, version: ModelVersion, actor: str) -> None:
-    """Tell listeners (the deployments app) that ``version`` is now its model's active one."""
-    version_activated.send(sender=ModelVersion, version=version, actor=actor)
-
-
-def promote_version(*, version: ModelVersion, actor: str, force: bool = False) -> ModelVersion:
-    """Make a ready version the model's active one; the quality gate applies unless ``force``.
-
-    A version the gate holds back keeps the reason in ``status_reason`` and the call raises
-    QualityGateFailed (409). Promoting the active version again changes nothing.
-    """
-    with transaction.atomic():
-        model = (
-            TenantModel.objects.select_for_update(of=("self",))
-            .select_related("tenant", "active_version")
-            .get(pk=version.model_id)
-        )
-        version = ModelVersion.objects.select_for_update().get(pk=version.pk)
-        if version.status != ModelVersion.Status.READY:
-            raise InvalidVersion(
-                f"{version} is {version.status}; only a ready version can be promoted.",
-                field="version",
-            )
-        if model.active_version_id == version.pk:
-            return version
-        decision = _gate_for(model=model, candidate=version)
-        held = not decision.promote and not force
-        previous = model.active_version
-        if held:
-            version.status_reason = f"Held back by the quality gate: {decision.reason}"
-            version.save(update_fields=["status_reason", "updated_at"])
-            record_event(
-                kind="version.held",
-                severity="warning",
-                message=f"{version} not promoted: {decision.reason}",
-                actor=actor,
-                version=version,
-                data={"active": previous.number if previous else None},
-            )
-        else:
-            version.promoted_at = timezone.now()
-            version.status_reason = (
-                f"Promoted by {actor} over the quality gate: {decision.reason}"
-                if not decision.promote
-                else ""
-            )
-            version.save(update_fields=["promoted_at", "status_reason", "updated_at"])
-            model.active_version = version
-            model.save(update_fields=["active_version", "updated_at"])
-            record_event(
-                kind="version.promoted",
-                message=(
-                    f"{version} promoted"
-                    + (f" (replacing v{previous.number})" if previous else "")
-                    + (" by force" if not decision.promote else "")
-                    + f": {decision.reason}"
-                ),
-                actor=actor,
-                version=version,
-                data={
-                    "previous": previous.number if previous else None,
-                    "forced": not decision.promote,
-                },
-            )
-    if held:
-        raise QualityGateFailed(version.status_reason, field="version")
-    _announce_activation(version=version, actor=actor)
-    return version
-
-
-def rollback_model(*, model: TenantModel, actor: str) -> ModelVersion:
-    """Re-activate the version promoted before the active one; 409 when there is none.
-
-    The version rolled back from loses its ``promoted_at`` (its reason says why), so a later
-    rollback never lands on a version that was rolled back once.
-    """
-    with transaction.atomic():
-        model = (
-            TenantModel.objects.select_for_update(of=("self",))
-            .select_related("tenant", "active_version")
-            .get(pk=model.pk)
-        )
-        current = model.active_version
-        if current is None:
-            raise NothingToRollBack(f"{model} has no active version to roll back.")
-        candidates = model.versions.filter(
-            status=ModelVersion.Status.READY, promoted_at__isnull=False
-        ).exclude(pk=current.pk)
-        if current.promoted_at is not None:
-            candidates = candidates.filter(promoted_at__lt=current.promoted_at)
-        previous = candidates.order_by("-promoted_at", "-number").first()
-        if previous is None:
-            raise NothingToRollBack(
-                f"{model} has no earlier promoted version that is still ready to serve."
-            )
-        ModelVersion.objects.filter(pk=current.pk).update(
-            promoted_at=None,
-            status_reason=f"Rolled back by {actor} on {timezone.now():%Y-%m-%d %H:%M} UTC; "
-            f"v{previous.number} re-activated.",
-        )
-        model.active_version = previous
-        model.save(update_fields=["active_version", "updated_at"])
-        record_event(
-            kind="model.rolled_back",
-            message=f"{model} rolled back from v{current.number} to v{previous.number}.",
-            actor=actor,
-            version=previous,
-            data={"from": current.number, "to": previous.number},
-        )
-    _announce_activation(version=previous, actor=actor)
-    return previous
 
 
 def launch_sagemaker_job(*, job: TrainingJob, backend=None) -> TrainingJob:
