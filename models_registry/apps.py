@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class ModelsRegistryConfig(AppConfig):
     name = "models_registry"
     verbose_name = "Model registry"
+
+    def ready(self) -> None:
+        # Registers the registry's Celery tasks in every process, so services can send them by
+        # name (config.queue) without importing the tasks module.
+        from models_registry import tasks  # noqa: F401

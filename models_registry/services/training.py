@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from config.errors import DomainError
 from config.events import record_event
+from config.queue import send_task_on_commit
 from models_registry import artifacts
 from models_registry.dataset_files import (
     parse_dataset,
@@ -133,15 +134,12 @@ def _derived_idempotency_key(
 
 def _enqueue_training(job: TrainingJob) -> None:
     """Send the job's task once the transaction that made it visible commits."""
-    from models_registry import tasks
-
-    task = (
-        tasks.launch_sagemaker_training
+    task_name = (
+        "models_registry.tasks.launch_sagemaker_training"
         if job.backend == TrainingJob.Backend.SAGEMAKER
-        else tasks.run_training_job
+        else "models_registry.tasks.run_training_job"
     )
-    job_id = job.pk
-    transaction.on_commit(lambda: task.delay(job_id))
+    send_task_on_commit(task_name, job.pk)
 
 
 def start_training_job(
