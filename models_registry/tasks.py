@@ -1,8 +1,12 @@
-"""Celery tasks for the registry: each loads what it needs and calls one service."""
+"""Celery tasks for the registry: each loads what it needs and calls one service.
+
+The names are the wire contract (beat schedules and queued messages use them), so they stay as
+they are: both launch tasks hand a queued job to its backend, whichever that is.
+"""
 
 from celery import shared_task
 
-from models_registry.models import ModelVersion, TrainingJob
+from models_registry.models import ModelVersion
 from models_registry.services import packaging, training
 
 
@@ -14,13 +18,12 @@ def package_version(version_id: int) -> str:
 
 @shared_task(name="models_registry.tasks.run_training_job")
 def run_training_job(job_id: int) -> str:
-    return training.run_training_job(job_id=job_id).status
+    return training.launch_training_job(job_id=job_id).status
 
 
 @shared_task(name="models_registry.tasks.launch_sagemaker_training")
 def launch_sagemaker_training(job_id: int) -> str:
-    job = TrainingJob.objects.get(pk=job_id)
-    return training.launch_sagemaker_job(job=job).status
+    return training.launch_training_job(job_id=job_id).status
 
 
 @shared_task(name="models_registry.tasks.reconcile_training_jobs")
@@ -30,4 +33,4 @@ def reconcile_training_jobs() -> int:
 
 @shared_task(name="models_registry.tasks.follow_sagemaker_jobs")
 def follow_sagemaker_jobs() -> int:
-    return training.follow_sagemaker_jobs()
+    return training.follow_training_jobs()

@@ -1,68 +1,53 @@
-"""Writes for training jobs: starting, running, following and cancelling them, and repairing jobs
-whose worker or message was lost."""
+"""Writes for training jobs: from queued to finished on whichever backend the job names, and the
+repair of jobs whose worker or message was lost.
+
+Every decision about a job's state is made here, under a row lock, with the Event that says why;
+where and how the training runs is the job's backend's (``training_backend_for(job)``), which
+answers with plain reports. A succeeded job's artifact becomes the model's next version: registered,
+packaged for Triton and put to the quality gate.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-import shutil
-import tempfile
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from config.errors import DomainError
 from config.events import record_event
 from config.queue import send_task_on_commit
 from models_registry import artifacts
-from models_registry.dataset_files import (
-    parse_dataset,
-    stratified_split,
-)
+from models_registry.dataset_files import parse_dataset, stratified_split
 from models_registry.exceptions import (
     IdempotencyKeyReused,
     InvalidDataset,
     InvalidTrainingRequest,
     JobNotCancellable,
     TrainingBackendNotConfigured,
+    TrainingLaunchDeferred,
 )
 from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
 from models_registry.services.packaging import package_version
 from models_registry.services.promotion import apply_quality_gate
 from models_registry.services.registry import register_version
-
-
-def request_training_cancel(*, job: TrainingJob, actor: str) -> TrainingJob:
-    """Ask a queued or running job to stop; the job's runner honours the flag."""
-    with transaction.atomic():
-        job = TrainingJob.objects.select_for_update().get(pk=job.pk)
-        if job.is_terminal:
-            raise JobNotCancellable(f"Training job {job.pk} already {job.status}.")
-        job.cancel_requested = True
-        update = ["cancel_requested"]
-        if job.status == TrainingJob.Status.QUEUED:
-            # Nothing runs yet, so the cancellation is complete at once.
-            job.status = TrainingJob.Status.CANCELLED
-            job.finished_at = timezone.now()
-            update += ["status", "finished_at"]
-        job.save(update_fields=update)
-        record_event(
-            kind="training.cancel_requested",
-            message=f"Cancellation of training job {job.pk} requested.",
-            actor=actor,
-            tenant=job.model.tenant,
-        )
-    return job
-
+from models_registry.training.backends.base import (
+    DEFAULT_TRAINING_BACKEND,
+    TrainingBackend,
+    TrainingInputs,
+    TrainingReport,
+    training_backend,
+    training_backend_for,
+)
 
 TERMINAL_JOB_STATUSES = TrainingJob.TERMINAL_STATUSES
-# A running job whose worker has not written a heartbeat for this long is presumed orphaned.
+# A launched job whose worker has not written a heartbeat for this long is presumed orphaned,
+# unless its backend still sees the training process.
 STALE_HEARTBEAT = timedelta(minutes=2)
 # A queued job no worker has picked up for this long had its message lost; it is sent again.
 STALE_QUEUED = timedelta(minutes=10)
@@ -132,14 +117,10 @@ def _derived_idempotency_key(
     return "auto:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _enqueue_training(job: TrainingJob) -> None:
-    """Send the job's task once the transaction that made it visible commits."""
-    task_name = (
-        "models_registry.tasks.launch_sagemaker_training"
-        if job.backend == TrainingJob.Backend.SAGEMAKER
-        else "models_registry.tasks.run_training_job"
-    )
-    send_task_on_commit(task_name, job.pk)
+def _send_to_backend(job: TrainingJob) -> None:
+    """Send the job to its backend's launch task once the transaction that made it visible
+    commits."""
+    send_task_on_commit(training_backend_for(job).launch_task, job.pk)
 
 
 def start_training_job(
@@ -149,7 +130,7 @@ def start_training_job(
     actor: str,
     hyperparameters: dict | None = None,
     idempotency_key: str | None = None,
-    backend: str = TrainingJob.Backend.LOCAL,
+    backend: str = DEFAULT_TRAINING_BACKEND,
 ) -> tuple[TrainingJob, bool]:
     """Queue a training job, or return the job the same request already made.
 
@@ -159,11 +140,7 @@ def start_training_job(
     succeeded, while a failed or cancelled one is tried afresh under the next key.
     """
     hyperparameters = _validated_hyperparameters(hyperparameters, kind=model.kind)
-    if backend not in TrainingJob.Backend.values:
-        raise InvalidTrainingRequest(
-            f"backend {backend!r}: choose one of {', '.join(TrainingJob.Backend.values)}.",
-            field="backend",
-        )
+    training_backend(backend)  # an unknown name is refused here, naming the field
     _check_dataset_for_model(model=model, dataset=dataset)
     if idempotency_key is not None:
         idempotency_key = idempotency_key.strip()
@@ -212,7 +189,7 @@ def start_training_job(
                 tenant=model.tenant,
                 data={"job": job.pk, "hyperparameters": hyperparameters},
             )
-            _enqueue_training(job)
+            _send_to_backend(job)
     except IntegrityError:
         # Two requests raced past the lookup; the one that lost answers with the winner's job.
         existing = TrainingJob.objects.get(model=model, idempotency_key=key)
@@ -238,37 +215,146 @@ def _same_request(
     return job
 
 
-def _job_dir(job: TrainingJob) -> Path:
-    return Path(settings.VAR_DIR) / "training" / "jobs" / str(job.pk)
+def request_training_cancel(*, job: TrainingJob, actor: str) -> TrainingJob:
+    """Ask a queued or running job to stop.
+
+    A queued job is cancelled at once; a launched one keeps the flag, which the local runner polls
+    and ``follow_training_jobs`` passes on to a backend that trains elsewhere.
+    """
+    with transaction.atomic():
+        job = TrainingJob.objects.select_for_update().get(pk=job.pk)
+        if job.is_terminal:
+            raise JobNotCancellable(f"Training job {job.pk} already {job.status}.")
+        job.cancel_requested = True
+        update = ["cancel_requested"]
+        if job.status == TrainingJob.Status.QUEUED:
+            # Nothing runs yet, so the cancellation is complete at once.
+            job.status = TrainingJob.Status.CANCELLED
+            job.finished_at = timezone.now()
+            update += ["status", "finished_at"]
+        job.save(update_fields=update)
+        record_event(
+            kind="training.cancel_requested",
+            message=f"Cancellation of training job {job.pk} requested.",
+            actor=actor,
+            tenant=job.model.tenant,
+        )
+    return job
 
 
-def _claim_training_job(*, job_id: int, now: datetime) -> tuple[TrainingJob, bool]:
-    """Move a job to running under a row lock; False when this worker must not run it."""
+def launch_training_job(*, job_id: int, backend: TrainingBackend | None = None) -> TrainingJob:
+    """Hand a queued job to its backend and record what the backend reports.
+
+    A local job trains here to its end (then registered, packaged and put to the quality gate);
+    a SageMaker job returns once launched and ``follow_training_jobs`` takes it from there. A
+    re-delivered message for a job already launched or finished changes nothing. A launch the
+    backend defers (throttled) puts the job back in the queue; one it refuses fails the job with
+    the reason, and so does a backend that is not configured (TrainingBackendNotConfigured).
+    """
+    if backend is None:
+        backend = training_backend_for(TrainingJob.objects.only("backend").get(pk=job_id))
+    job, claimed, problem = _claim_training_job(job_id=job_id, backend=backend, now=timezone.now())
+    if problem:
+        raise TrainingBackendNotConfigured(problem, field="backend")
+    if not claimed:
+        return job
+    try:
+        inputs = _training_inputs(job)
+    except (DomainError, OSError, ValueError) as exc:
+        reason = getattr(exc, "message", None) or str(exc)
+        with transaction.atomic():
+            return _finish_job(
+                job, status=TrainingJob.Status.FAILED, reason=f"Preparing the job failed: {reason}"
+            )
+    try:
+        report = backend.launch(job=job, inputs=inputs, progress=_ProgressWriter(job.pk))
+    except TrainingLaunchDeferred as exc:
+        with transaction.atomic():
+            # A launch that never ran is no attempt: only lost workers count against the job.
+            TrainingJob.objects.filter(pk=job.pk).update(
+                status=TrainingJob.Status.QUEUED,
+                attempts=F("attempts") - 1,
+                heartbeat_at=timezone.now(),
+            )
+            record_event(
+                kind="training.launch_throttled",
+                severity="warning",
+                message=f"Training job {job.pk}: {exc.message} It stays queued.",
+                actor="worker",
+                tenant=job.model.tenant,
+            )
+        raise
+    except DomainError as exc:
+        with transaction.atomic():
+            job.refresh_from_db()
+            _finish_job(job, status=TrainingJob.Status.FAILED, reason=exc.message)
+        raise
+    return _record_report(job=job, report=report, launched=True)
+
+
+def follow_training_job(*, job: TrainingJob, backend: TrainingBackend | None = None) -> TrainingJob:
+    """Bring one launched job up to date with its backend: progress while it runs, its outcome once
+    it ended (a succeeded job's artifact becomes the next version). A job cancelled meanwhile is
+    asked to stop."""
+    _follow(job=job, backend=backend or training_backend_for(job))
+    job.refresh_from_db()
+    return job
+
+
+def follow_training_jobs() -> int:
+    """Follow every launched job still in flight; returns how many a backend reported on."""
+    jobs = TrainingJob.objects.filter(
+        status__in=[TrainingJob.Status.LAUNCHING, TrainingJob.Status.RUNNING],
+    ).exclude(external_id="")
+    return sum(
+        _follow(job=job, backend=training_backend_for(job))
+        for job in jobs.select_related("model__tenant")
+    )
+
+
+def _follow(*, job: TrainingJob, backend: TrainingBackend) -> bool:
+    """Follow one job; False when its backend had nothing to report (its worker reports)."""
+    if job.is_terminal or not job.external_id:
+        return False
+    if job.cancel_requested:
+        backend.stop(job=job)
+    report = backend.follow(job=job)
+    if report is None:
+        return False
+    _record_report(job=job, report=report, launched=False)
+    return True
+
+
+def _claim_training_job(
+    *, job_id: int, backend: TrainingBackend, now: datetime
+) -> tuple[TrainingJob, bool, str]:
+    """Move a job to launching under a row lock; False when this worker must not launch it, and
+    the backend's configuration problem when that failed the job."""
     with transaction.atomic():
         job = (
             TrainingJob.objects.select_for_update(of=("self",))
             .select_related("model__tenant", "dataset")
             .get(pk=job_id)
         )
-        if job.is_terminal or job.backend != TrainingJob.Backend.LOCAL:
-            return job, False
+        if job.is_terminal:
+            return job, False, ""
         if job.cancel_requested:
             _finish_job(job, status=TrainingJob.Status.CANCELLED, reason="Cancelled before start.")
-            return job, False
-        if (
-            job.status == TrainingJob.Status.RUNNING
-            and job.heartbeat_at is not None
-            and now - job.heartbeat_at < STALE_HEARTBEAT
-        ):
-            return job, False  # a re-delivered message while a live worker runs it
+            return job, False, ""
+        if job.status != TrainingJob.Status.QUEUED and not _worker_lost(job, backend, now=now):
+            return job, False, ""  # a re-delivered message while the job is launched and alive
         if job.attempts >= MAX_TRAINING_ATTEMPTS:
             _finish_job(
                 job,
                 status=TrainingJob.Status.FAILED,
                 reason=f"Gave up after {job.attempts} attempts: the worker was lost each time.",
             )
-            return job, False
-        job.status = TrainingJob.Status.RUNNING
+            return job, False, ""
+        problem = backend.configuration_problem()
+        if problem:
+            _finish_job(job, status=TrainingJob.Status.FAILED, reason=problem)
+            return job, False, problem
+        job.status = TrainingJob.Status.LAUNCHING
         job.attempts += 1
         job.started_at = now
         job.heartbeat_at = now
@@ -281,7 +367,66 @@ def _claim_training_job(*, job_id: int, now: datetime) -> tuple[TrainingJob, boo
             tenant=job.model.tenant,
             data={"job": job.pk, "attempt": job.attempts},
         )
-    return job, True
+    return job, True, ""
+
+
+def _worker_lost(job: TrainingJob, backend: TrainingBackend, *, now: datetime) -> bool:
+    """Whether a launched job's worker is gone: no fresh heartbeat, and no training process its
+    backend still sees."""
+    fresh = job.heartbeat_at is not None and now - job.heartbeat_at < STALE_HEARTBEAT
+    return not fresh and backend.process_lost(job=job)
+
+
+def _training_inputs(job: TrainingJob) -> TrainingInputs:
+    train_rows, validation_rows = _training_rows(job.dataset)
+    return TrainingInputs(
+        train_rows=train_rows,
+        validation_rows=validation_rows,
+        hyperparameters={**job.hyperparameters, "kind": job.model.kind},
+    )
+
+
+def _record_report(*, job: TrainingJob, report: TrainingReport, launched: bool) -> TrainingJob:
+    """Store what a backend reported: progress while the job runs, its outcome once it ended."""
+    model = job.model
+    if not report.is_terminal:
+        fields = {
+            "status": (
+                TrainingJob.Status.RUNNING
+                if report.state == "running"
+                else TrainingJob.Status.LAUNCHING
+            ),
+            "heartbeat_at": timezone.now(),
+        }
+        if report.external_id:
+            fields["external_id"] = report.external_id
+        if report.progress_pct is not None:
+            fields["progress_pct"] = report.progress_pct
+        with transaction.atomic():
+            TrainingJob.objects.filter(pk=job.pk).update(**fields)
+            if launched:
+                record_event(
+                    kind="training.launched",
+                    message=f"Training job {job.pk} for {model} {report.summary or 'launched'}.",
+                    actor="worker",
+                    tenant=model.tenant,
+                    data={"job": job.pk, "external_id": report.external_id},
+                )
+        job.refresh_from_db()
+        return job
+    with transaction.atomic():
+        job = (
+            TrainingJob.objects.select_for_update(of=("self",))
+            .select_related("model__tenant")
+            .get(pk=job.pk)
+        )
+        if job.is_terminal:
+            return job
+        if report.state != "succeeded":
+            return _finish_job(
+                job, status=report.state, reason=report.failure_reason, report=report
+            )
+    return _complete_training(job=job, report=report)
 
 
 def _finish_job(
@@ -289,7 +434,7 @@ def _finish_job(
     *,
     status: str,
     reason: str = "",
-    outcome=None,
+    report: TrainingReport | None = None,
     actor: str = "worker",
 ) -> TrainingJob:
     """Write a job's terminal state and the Event saying why (call inside a transaction)."""
@@ -297,11 +442,16 @@ def _finish_job(
     job.failure_reason = reason if status != TrainingJob.Status.SUCCEEDED else ""
     job.finished_at = timezone.now()
     fields = ["status", "failure_reason", "finished_at"]
-    if outcome is not None:
-        job.log_tail = (outcome.log_tail or "")[-LOG_TAIL_CHARS:]
-        job.metrics = _metrics_of(outcome)
-        job.external_id = str(outcome.pid or job.external_id)
-        fields += ["log_tail", "metrics", "external_id"]
+    if report is not None:
+        if report.log_tail is not None:
+            job.log_tail = report.log_tail[-LOG_TAIL_CHARS:]
+            fields.append("log_tail")
+        if report.metrics:
+            job.metrics = report.metrics
+            fields.append("metrics")
+        if report.external_id:
+            job.external_id = report.external_id
+            fields.append("external_id")
     if status == TrainingJob.Status.SUCCEEDED:
         job.progress_pct = 100
         fields.append("progress_pct")
@@ -319,12 +469,25 @@ def _finish_job(
     return job
 
 
-def _metrics_of(outcome) -> dict:
-    """The figures of a training outcome; the entry point wraps them as ``{"metrics": {...}}``
-    beside the kind and its primary metric, which the registry already knows."""
-    document = outcome.metrics if isinstance(outcome.metrics, dict) else {}
-    inner = document.get("metrics")
-    return dict(inner) if isinstance(inner, dict) else dict(document)
+def _complete_training(*, job: TrainingJob, report: TrainingReport) -> TrainingJob:
+    """A succeeded job's artifact becomes the next version: registered once (a re-run finds it),
+    packaged for Triton, then promoted if the quality gate lets it."""
+    version = ModelVersion.objects.filter(training_job=job).first() or register_version(
+        model=job.model,
+        actor="worker",
+        training_job=job,
+        artifact_uri=report.artifact_uri,
+        metrics=report.metrics,
+    )
+    with transaction.atomic():
+        _finish_job(job, status=TrainingJob.Status.SUCCEEDED, report=report)
+    try:
+        version = package_version(version=version, actor="worker")
+    except (DomainError, OSError, ValueError):
+        return job  # the version is marked failed with the reason; the training itself succeeded
+    apply_quality_gate(version=version, actor="worker")
+    job.refresh_from_db()
+    return job
 
 
 def _training_rows(dataset: Dataset) -> tuple[list[dict], list[dict]]:
@@ -342,7 +505,8 @@ def _training_rows(dataset: Dataset) -> tuple[list[dict], list[dict]]:
 
 
 class _ProgressWriter:
-    """The runner's callbacks: the pid, throttled progress and heartbeats (cheap UPDATEs)."""
+    """``TrainingProgress`` for a job training in this worker: its process, throttled progress
+    and heartbeats (cheap UPDATEs)."""
 
     def __init__(self, job_id: int) -> None:
         self.job_id = job_id
@@ -362,10 +526,10 @@ class _ProgressWriter:
             progress_pct=pct, heartbeat_at=timezone.now()
         )
 
-    def on_start(self, pid: int) -> None:
+    def on_start(self, external_id: str) -> None:
         # Recorded at once so the reconciler can tell a live training process from a lost one.
         TrainingJob.objects.filter(pk=self.job_id).update(
-            external_id=str(pid), heartbeat_at=timezone.now()
+            external_id=external_id, status=TrainingJob.Status.RUNNING, heartbeat_at=timezone.now()
         )
 
     def should_cancel(self) -> bool:
@@ -378,272 +542,20 @@ class _ProgressWriter:
         return TrainingJob.objects.filter(pk=self.job_id, cancel_requested=True).exists()
 
 
-def run_training_job(*, job_id: int) -> TrainingJob:
-    """Run a queued local job to the end: train, register and package the version, apply the
-    quality gate. A re-delivered message for a job already running or finished changes nothing."""
-    from models_registry.training.runner import prepare_job_dir, run_local_job
-
-    job, claimed = _claim_training_job(job_id=job_id, now=timezone.now())
-    if not claimed:
-        return job
-    model = job.model
-    job_dir = _job_dir(job)
-    try:
-        train_rows, validation_rows = _training_rows(job.dataset)
-        # A previous attempt's files would mix with this one's.
-        shutil.rmtree(job_dir, ignore_errors=True)
-        prepare_job_dir(
-            job_dir=job_dir,
-            hyperparameters={**job.hyperparameters, "kind": model.kind},
-            train_rows=train_rows,
-            validation_rows=validation_rows,
-        )
-    except (DomainError, OSError, ValueError) as exc:
-        reason = getattr(exc, "message", None) or str(exc)
-        with transaction.atomic():
-            return _finish_job(
-                job, status=TrainingJob.Status.FAILED, reason=f"Preparing the job failed: {reason}"
-            )
-    progress = _ProgressWriter(job.pk)
-    outcome = run_local_job(
-        job_dir=job_dir,
-        on_progress=progress.on_progress,
-        should_cancel=progress.should_cancel,
-        timeout_s=float(settings.TENANTML_TRAINING_TIMEOUT_S),
-        on_start=progress.on_start,
-        # Every local job shares the platform's base-encoder export instead of redoing it.
-        extra_env={
-            "TENANTML_BASE_MODEL_CACHE": str(Path(settings.VAR_DIR) / "cache" / "base_models")
-        },
-    )
-    if outcome.status != "succeeded":
-        status = (
-            TrainingJob.Status.CANCELLED
-            if outcome.status == "cancelled"
-            else TrainingJob.Status.FAILED
-        )
-        reason = outcome.failure_reason or (
-            "Cancelled on request." if status == TrainingJob.Status.CANCELLED else "Failed."
-        )
-        with transaction.atomic():
-            return _finish_job(job, status=status, reason=reason, outcome=outcome)
-    artifact_uri = artifacts.put_directory(
-        f"models/{model.tenant.slug}/{model.name}/jobs/{job.pk}", Path(outcome.model_dir)
-    )
-    return _complete_training(
-        job=job, artifact_uri=artifact_uri, metrics=_metrics_of(outcome), outcome=outcome
-    )
-
-
-def _complete_training(*, job: TrainingJob, artifact_uri: str, metrics: dict, outcome=None):
-    """A succeeded job's artifact becomes the next version: registered once (a re-run finds it),
-    packaged for Triton, then promoted if the quality gate lets it."""
-    version = ModelVersion.objects.filter(training_job=job).first() or register_version(
-        model=job.model,
-        actor="worker",
-        training_job=job,
-        artifact_uri=artifact_uri,
-        metrics=metrics,
-    )
-    with transaction.atomic():
-        _finish_job(job, status=TrainingJob.Status.SUCCEEDED, outcome=outcome)
-        if outcome is None and metrics:
-            TrainingJob.objects.filter(pk=job.pk).update(metrics=metrics)
-    try:
-        version = package_version(version=version, actor="worker")
-    except (DomainError, OSError, ValueError):
-        return job  # the version is marked failed with the reason; the training itself succeeded
-    apply_quality_gate(version=version, actor="worker")
-    job.refresh_from_db()
-    return job
-
-
-def launch_sagemaker_job(*, job: TrainingJob, backend=None) -> TrainingJob:
-    """Launch a queued job as a SageMaker training job.
-
-    The job is claimed (queued → launching) under a row lock, its dataset split and the training
-    code are uploaded to the s3:// artifact store, and CreateTrainingJob is called (spaced at
-    one launch a second, throttling retried with backoff). A launch still throttled after its
-    retries puts the job back in the queue for the reconciler; any other refusal fails it with
-    AWS's message. Without an execution role (SAGEMAKER_ROLE_ARN) the job fails saying so.
-    """
-    from models_registry.training import sagemaker
-
-    with transaction.atomic():
-        job = (
-            TrainingJob.objects.select_for_update(of=("self",))
-            .select_related("model__tenant", "dataset")
-            .get(pk=job.pk)
-        )
-        if job.status != TrainingJob.Status.QUEUED:
-            return job
-        problem = _sagemaker_configuration_problem()
-        if problem:
-            _finish_job(job, status=TrainingJob.Status.FAILED, reason=problem)
-        else:
-            job.status = TrainingJob.Status.LAUNCHING
-            job.attempts += 1
-            job.started_at = job.heartbeat_at = timezone.now()
-            job.save(update_fields=["status", "attempts", "started_at", "heartbeat_at"])
-    if problem:
-        raise TrainingBackendNotConfigured(problem, field="backend")
-
-    backend = backend or sagemaker.default_backend()
-    model = job.model
-    bucket, _, store_prefix = settings.ARTIFACT_STORE.root.partition("/")
-    prefix = "/".join(part for part in (store_prefix, "training", str(job.pk)) if part)
-    try:
-        train_rows, validation_rows = _training_rows(job.dataset)
-        with tempfile.TemporaryDirectory(prefix="tenantml-sourcedir-") as scratch:
-            from models_registry.training.sourcedir import build_sourcedir
-
-            sourcedir = build_sourcedir(Path(scratch) / "sourcedir.tar.gz")
-            uris = backend.upload_training_inputs(
-                bucket=bucket,
-                prefix=prefix,
-                train_jsonl=_jsonl(train_rows),
-                validation_jsonl=_jsonl(validation_rows),
-                sourcedir=sourcedir.path,
-            )
-        launch = sagemaker.TrainingLaunch.for_tenant_job(
-            tenant_slug=model.tenant.slug,
-            model_name=model.name,
-            job_id=job.pk,
-            role_arn=settings.TENANTML_SAGEMAKER_ROLE_ARN,
-            image_uri=sagemaker.training_image_uri(
-                region=settings.TENANTML_AWS_REGION,
-                instance_type=settings.TENANTML_SAGEMAKER_TRAINING_INSTANCE_TYPE,
-            ),
-            instance_type=settings.TENANTML_SAGEMAKER_TRAINING_INSTANCE_TYPE,
-            train_s3_uri=uris["train"],
-            validation_s3_uri=uris["validation"],
-            output_s3_uri=uris["output"],
-            sourcedir_s3_uri=uris["sourcedir"],
-            max_runtime_s=int(settings.TENANTML_TRAINING_TIMEOUT_S),
-            hyperparameters={**job.hyperparameters, "kind": model.kind},
-        )
-        arn = backend.launch(launch)
-    except sagemaker.TrainingLaunchThrottled as exc:
-        with transaction.atomic():
-            TrainingJob.objects.filter(pk=job.pk).update(
-                status=TrainingJob.Status.QUEUED, heartbeat_at=timezone.now()
-            )
-            record_event(
-                kind="training.launch_throttled",
-                severity="warning",
-                message=f"Training job {job.pk}: {exc.message} It stays queued.",
-                actor="worker",
-                tenant=model.tenant,
-            )
-        raise
-    except DomainError as exc:
-        with transaction.atomic():
-            job.refresh_from_db()
-            _finish_job(job, status=TrainingJob.Status.FAILED, reason=exc.message)
-        raise
-    with transaction.atomic():
-        TrainingJob.objects.filter(pk=job.pk).update(
-            external_id=arn, status=TrainingJob.Status.RUNNING, heartbeat_at=timezone.now()
-        )
-        record_event(
-            kind="training.launched",
-            message=f"Training job {job.pk} for {model} launched on SageMaker: {launch.job_name}.",
-            actor="worker",
-            tenant=model.tenant,
-            data={"job": job.pk, "arn": arn},
-        )
-    job.refresh_from_db()
-    return job
-
-
-def follow_sagemaker_job(*, job: TrainingJob, backend=None) -> TrainingJob:
-    """Poll one SageMaker job (DescribeTrainingJob): progress while it runs; on success register
-    the version from ``S3ModelArtifacts``; on failure or stop record AWS's reason."""
-    from models_registry.training import sagemaker
-
-    if job.backend != TrainingJob.Backend.SAGEMAKER or not job.external_id or job.is_terminal:
-        return job
-    backend = backend or sagemaker.default_backend()
-    job_name = job.external_id.rsplit("/", 1)[-1]
-    described = backend.describe(job_name)
-    if not described.is_terminal:
-        TrainingJob.objects.filter(pk=job.pk).update(
-            progress_pct=described.progress_pct,
-            heartbeat_at=timezone.now(),
-            status=(
-                TrainingJob.Status.RUNNING
-                if described.status == "running"
-                else TrainingJob.Status.LAUNCHING
-            ),
-        )
-        job.refresh_from_db()
-        return job
-    with transaction.atomic():
-        job = (
-            TrainingJob.objects.select_for_update(of=("self",))
-            .select_related("model__tenant")
-            .get(pk=job.pk)
-        )
-        if job.is_terminal:
-            return job
-        if described.status != "succeeded":
-            status = (
-                TrainingJob.Status.CANCELLED
-                if described.status == "cancelled"
-                else TrainingJob.Status.FAILED
-            )
-            return _finish_job(
-                job, status=status, reason=described.failure_reason or described.secondary_status
-            )
-    return _complete_training(
-        job=job,
-        artifact_uri=described.model_artifacts_s3_uri,
-        # SageMaker names metrics after the regexes ("validation:macro_f1"); versions use the
-        # kind's own names, as local jobs do.
-        metrics={name.split(":", 1)[-1]: value for name, value in described.final_metrics.items()},
-    )
-
-
-def follow_sagemaker_jobs() -> int:
-    """Poll every SageMaker job still in flight; returns how many were polled."""
-    jobs = TrainingJob.objects.filter(
-        backend=TrainingJob.Backend.SAGEMAKER,
-        status__in=[TrainingJob.Status.LAUNCHING, TrainingJob.Status.RUNNING],
-    ).exclude(external_id="")
-    polled = 0
-    for job in jobs.select_related("model__tenant"):
-        follow_sagemaker_job(job=job)
-        polled += 1
-    return polled
-
-
-def _sagemaker_configuration_problem() -> str:
-    if not settings.TENANTML_SAGEMAKER_ROLE_ARN:
-        return "SageMaker training is not configured (set SAGEMAKER_ROLE_ARN)."
-    if settings.ARTIFACT_STORE.kind != "s3":
-        return "SageMaker training needs an s3:// ARTIFACT_STORE for its inputs and outputs."
-    return ""
-
-
-def _jsonl(rows: list[dict]) -> bytes:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
-
-
 def reconcile_training_jobs(*, now: datetime | None = None) -> list[TrainingJob]:
-    """Repair local jobs whose worker vanished and queued jobs whose message was lost.
+    """Repair jobs whose worker vanished and queued jobs whose message was lost.
 
-    A running job with a stale heartbeat is left alone while its training process (the pid in
-    ``external_id``) is alive; otherwise it is queued again if it has an attempt left, else
-    failed with the last heartbeat in the reason. Returns the jobs it changed.
+    A launched job with a stale heartbeat is left alone while its backend still sees its training
+    process (a local pid that is alive; a SageMaker job always); otherwise it is queued again if
+    it has an attempt left, else failed with the last heartbeat in the reason. Returns the jobs
+    it changed.
     """
-    from models_registry.training.runner import process_alive
-
     now = now or timezone.now()
     changed: list[TrainingJob] = []
-    stale_running = TrainingJob.objects.filter(
-        backend=TrainingJob.Backend.LOCAL,
-        status=TrainingJob.Status.RUNNING,
-    ).filter(Q(heartbeat_at__lt=now - STALE_HEARTBEAT) | Q(heartbeat_at__isnull=True))
+    launched = [TrainingJob.Status.LAUNCHING, TrainingJob.Status.RUNNING]
+    stale_running = TrainingJob.objects.filter(status__in=launched).filter(
+        Q(heartbeat_at__lt=now - STALE_HEARTBEAT) | Q(heartbeat_at__isnull=True)
+    )
     for job_id in stale_running.values_list("pk", flat=True):
         with transaction.atomic():
             job = (
@@ -652,12 +564,9 @@ def reconcile_training_jobs(*, now: datetime | None = None) -> list[TrainingJob]
                 .get(pk=job_id)
             )
             # Re-checked under the lock: the worker may have written a heartbeat meanwhile.
-            if job.status != TrainingJob.Status.RUNNING or (
-                job.heartbeat_at is not None and job.heartbeat_at >= now - STALE_HEARTBEAT
+            if job.status not in launched or not _worker_lost(
+                job, training_backend_for(job), now=now
             ):
-                continue
-            pid = int(job.external_id) if job.external_id.isdigit() else None
-            if pid is not None and process_alive(pid):
                 continue
             last = f"{job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC" if job.heartbeat_at else "never"
             if job.attempts < MAX_TRAINING_ATTEMPTS and not job.cancel_requested:
@@ -676,7 +585,7 @@ def reconcile_training_jobs(*, now: datetime | None = None) -> list[TrainingJob]
                     tenant=job.model.tenant,
                     data={"job": job.pk, "attempts": job.attempts},
                 )
-                _enqueue_training(job)
+                _send_to_backend(job)
             else:
                 _finish_job(
                     job,
@@ -711,6 +620,6 @@ def reconcile_training_jobs(*, now: datetime | None = None) -> list[TrainingJob]
                 tenant=job.model.tenant,
                 data={"job": job.pk},
             )
-            _enqueue_training(job)
+            _send_to_backend(job)
             changed.append(job)
     return changed

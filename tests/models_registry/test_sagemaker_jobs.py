@@ -17,11 +17,12 @@ from models_registry.models import ModelVersion, TrainingJob
 from models_registry.services.datasets import create_dataset
 from models_registry.services.registry import create_model
 from models_registry.services.training import (
-    follow_sagemaker_job,
-    launch_sagemaker_job,
+    follow_training_job,
+    launch_training_job,
     start_training_job,
 )
-from models_registry.training.sagemaker import SageMakerTrainingBackend
+from models_registry.training.backends.sagemaker import SageMakerTrainingBackend
+from models_registry.training.sagemaker_client import SageMakerTrainingClient
 
 pytestmark = pytest.mark.django_db
 
@@ -41,7 +42,7 @@ def aws(settings, monkeypatch):
     settings.TENANTML_SAGEMAKER_ROLE_ARN = ROLE
     with mock_aws():
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
-        yield SageMakerTrainingBackend(region="us-east-1", sleep=lambda seconds: None)
+        yield SageMakerTrainingClient(region="us-east-1", sleep=lambda seconds: None)
 
 
 def model_tarball(artifact_dir) -> bytes:
@@ -61,7 +62,7 @@ def test_a_sagemaker_job_is_launched_followed_and_its_artifact_becomes_the_activ
     model = create_model(tenant=tenant, name="intents", kind="intent-classifier", actor="t")
     job, _ = start_training_job(model=model, dataset=dataset, actor="t", backend="sagemaker")
 
-    job = launch_sagemaker_job(job=job, backend=aws)
+    job = launch_training_job(job_id=job.pk, backend=SageMakerTrainingBackend(client=aws))
 
     assert job.status == TrainingJob.Status.RUNNING
     assert job.external_id.startswith("arn:aws:sagemaker:us-east-1:")
@@ -78,7 +79,7 @@ def test_a_sagemaker_job_is_launched_followed_and_its_artifact_becomes_the_activ
     bucket, _, key = artifacts_uri.removeprefix("s3://").partition("/")
     s3.put_object(Bucket=bucket, Key=key, Body=model_tarball(intent_artifact))
 
-    job = follow_sagemaker_job(job=job, backend=aws)
+    job = follow_training_job(job=job, backend=SageMakerTrainingBackend(client=aws))
 
     assert job.status == TrainingJob.Status.SUCCEEDED
     version = ModelVersion.objects.get(training_job=job)
@@ -97,7 +98,7 @@ def test_a_launch_without_an_s3_artifact_store_fails_the_job_saying_why(aws, ten
     job, _ = start_training_job(model=model, dataset=dataset, actor="t", backend="sagemaker")
 
     with pytest.raises(TrainingBackendNotConfigured, match="s3:// ARTIFACT_STORE"):
-        launch_sagemaker_job(job=job, backend=aws)
+        launch_training_job(job_id=job.pk, backend=SageMakerTrainingBackend(client=aws))
 
     job.refresh_from_db()
     assert job.status == TrainingJob.Status.FAILED

@@ -27,10 +27,9 @@ from models_registry.quality_gate import evaluate_gate
 from models_registry.services.datasets import create_dataset
 from models_registry.services.promotion import apply_quality_gate, promote_version, rollback_model
 from models_registry.services.training import (
-    launch_sagemaker_job,
+    launch_training_job,
     reconcile_training_jobs,
     request_training_cancel,
-    run_training_job,
     start_training_job,
 )
 from models_registry.signals import version_activated
@@ -257,7 +256,7 @@ def test_concurrent_identical_requests_make_one_job():
 
 def test_a_finished_job_is_returned_as_is(model, dataset):
     job = TrainingJobFactory(model=model, dataset=dataset, status=TrainingJob.Status.SUCCEEDED)
-    assert run_training_job(job_id=job.pk).status == TrainingJob.Status.SUCCEEDED
+    assert launch_training_job(job_id=job.pk).status == TrainingJob.Status.SUCCEEDED
     job.refresh_from_db()
     assert job.attempts == 0
 
@@ -270,7 +269,7 @@ def test_a_redelivered_message_leaves_a_running_job_alone(model, dataset):
         attempts=1,
         heartbeat_at=timezone.now(),
     )
-    run_training_job(job_id=job.pk)
+    launch_training_job(job_id=job.pk)
     job.refresh_from_db()
     assert (job.status, job.attempts) == (TrainingJob.Status.RUNNING, 1)
 
@@ -278,7 +277,7 @@ def test_a_redelivered_message_leaves_a_running_job_alone(model, dataset):
 def test_a_job_cancelled_while_queued_never_runs(model, dataset):
     job, _ = start_training_job(model=model, dataset=dataset, actor="t")
     request_training_cancel(job=job, actor="t")
-    job = run_training_job(job_id=job.pk)
+    job = launch_training_job(job_id=job.pk)
     assert job.status == TrainingJob.Status.CANCELLED and job.attempts == 0
     assert job.finished_at is not None
 
@@ -290,7 +289,7 @@ def test_training_end_to_end_registers_packages_and_promotes_the_first_version(
     job, _ = start_training_job(
         model=model, dataset=dataset, actor="t", hyperparameters={"epochs": 5}
     )
-    job = run_training_job(job_id=job.pk)
+    job = launch_training_job(job_id=job.pk)
     assert job.status == TrainingJob.Status.SUCCEEDED, (job.failure_reason, job.log_tail)
     assert job.progress_pct == 100 and job.attempts == 1
     version = job.version
@@ -453,7 +452,7 @@ def test_a_sagemaker_job_without_a_role_fails_saying_so(model, dataset, settings
     settings.TENANTML_SAGEMAKER_ROLE_ARN = ""
     job, _ = start_training_job(model=model, dataset=dataset, actor="t", backend="sagemaker")
     with pytest.raises(TrainingBackendNotConfigured):
-        launch_sagemaker_job(job=job)
+        launch_training_job(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == TrainingJob.Status.FAILED
     assert "SageMaker training is not configured" in job.failure_reason

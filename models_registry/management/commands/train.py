@@ -18,6 +18,10 @@ from config.errors import DomainError
 from models_registry import selectors
 from models_registry.models import TrainingJob
 from models_registry.services.training import start_training_job
+from models_registry.training.backends.base import (
+    DEFAULT_TRAINING_BACKEND,
+    training_backend_names,
+)
 from tenants.models import Tenant
 
 BAR_WIDTH = 30
@@ -37,7 +41,9 @@ class Command(BaseCommand):
             metavar="NAME=VALUE",
             help="repeatable; numbers are read as numbers",
         )
-        parser.add_argument("--backend", default="local", choices=["local", "sagemaker"])
+        parser.add_argument(
+            "--backend", default=DEFAULT_TRAINING_BACKEND, choices=training_backend_names()
+        )
         parser.add_argument("--follow", type=int, metavar="JOB_ID", help="follow an existing job")
         parser.add_argument("--no-wait", action="store_true", help="enqueue and return")
         parser.add_argument("--poll", type=float, default=1.0, help="seconds between updates")

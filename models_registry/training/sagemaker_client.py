@@ -1,8 +1,10 @@
-"""SageMaker training backend: launch, watch and stop tenant training jobs with plain boto3.
+"""SageMaker training client: launch, watch and stop tenant training jobs with plain boto3.
 
 This module owns everything that talks to the SageMaker training API and to the S3 prefix a job
 reads its inputs from. It is ORM-free on purpose: plain dataclasses in (``TrainingLaunch``), plain
-dataclasses out (``TrainingStatus``), so services decide what to store and tests need no database.
+dataclasses out (``TrainingStatus``), so the ``sagemaker`` training backend
+(``models_registry.training.backends.sagemaker``) decides what to ask and services decide what to
+store, and tests need no database.
 
 AWS facts it relies on:
 - CreateTrainingJob is rate limited to about one call per second per account and region, so
@@ -35,17 +37,18 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from config import aws
 from config.errors import DomainError
+from models_registry.exceptions import TrainingLaunchDeferred
 
 __all__ = [
     "DEFAULT_METRIC_DEFINITIONS",
     "IntervalRateLimiter",
-    "SageMakerTrainingBackend",
+    "SageMakerTrainingClient",
     "TrainingBackendError",
     "TrainingImageUnavailable",
     "TrainingLaunch",
     "TrainingLaunchThrottled",
     "TrainingStatus",
-    "default_backend",
+    "default_client",
     "training_image_uri",
     "training_job_name",
 ]
@@ -57,7 +60,7 @@ JOB_NAME_MAX_LENGTH = 63
 JOB_NAME_PREFIX = "tml"
 
 
-class TrainingLaunchThrottled(DomainError):
+class TrainingLaunchThrottled(TrainingLaunchDeferred):
     """SageMaker kept throttling the launch; the job can be retried later."""
 
     status_code = 503
@@ -357,11 +360,11 @@ def _is_already_exists(error: ClientError) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# The backend
+# The client
 # ---------------------------------------------------------------------------------------------
 
 
-class SageMakerTrainingBackend:
+class SageMakerTrainingClient:
     """Launches, describes and stops SageMaker training jobs; uploads their inputs to S3."""
 
     def __init__(
@@ -553,17 +556,17 @@ def _sourcedir_archive(sourcedir: Path, scratch: Path) -> Path:
     return archive
 
 
-_default_backend: SageMakerTrainingBackend | None = None
-_default_backend_lock = threading.Lock()
+_default_client: SageMakerTrainingClient | None = None
+_default_client_lock = threading.Lock()
 
 
-def default_backend() -> SageMakerTrainingBackend:
-    """The process-wide backend, so every launch in this process shares one rate limiter."""
-    global _default_backend
-    with _default_backend_lock:
-        if _default_backend is None:
-            _default_backend = SageMakerTrainingBackend()
-        return _default_backend
+def default_client() -> SageMakerTrainingClient:
+    """The process-wide client, so every launch in this process shares one rate limiter."""
+    global _default_client
+    with _default_client_lock:
+        if _default_client is None:
+            _default_client = SageMakerTrainingClient()
+        return _default_client
 
 
 # ---------------------------------------------------------------------------------------------
