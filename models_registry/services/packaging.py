@@ -19,7 +19,7 @@ from models_registry.models import ModelVersion
 from models_registry.triton_packages import CONFIG_TYPE_TO_DATATYPE, build_triton_package
 
 
-def tensor_signature(*, kind: str, artifact_dir) -> dict:
+def tensor_signature(*, kind: str, artifact_dir: Path) -> dict:
     """The served tensors as Open Inference Protocol metadata (batch dimension first, -1)."""
     signature = get_kind(kind).triton_signature(artifact_dir)
     return {

@@ -45,7 +45,6 @@ from models_registry.training.backends.base import (
     training_backend_for,
 )
 
-TERMINAL_JOB_STATUSES = TrainingJob.TERMINAL_STATUSES
 # A launched job whose worker has not written a heartbeat for this long is presumed orphaned,
 # unless its backend still sees the training process.
 STALE_HEARTBEAT = timedelta(minutes=2)
