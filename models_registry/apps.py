@@ -1,3 +1,5 @@
+"""The registry app's configuration: its name, and the Celery tasks it registers on start."""
+
 from django.apps import AppConfig
 
 
