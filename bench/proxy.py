@@ -57,14 +57,12 @@ def free_port() -> int:
 def build_fleet(count: int, base, var_dir: Path, *, start: int = 0) -> list:
     """``count`` tenants with a trained, packaged, promoted and deployed intent classifier."""
     from deployments.services import rollouts
-    from models_registry import artifacts, demo_data
+    from models_registry import artifacts
+    from models_registry.demo import tickets as demo_data
     from models_registry.kinds import get_kind
-    from models_registry.services import (
-        create_model,
-        package_version,
-        promote_version,
-        register_version,
-    )
+    from models_registry.services.packaging import package_version
+    from models_registry.services.promotion import promote_version
+    from models_registry.services.registry import create_model, register_version
     from tenants.services import create_tenant
 
     verticals = list(demo_data.DEMO_TENANTS)

@@ -126,9 +126,11 @@ def run(args, var_dir: Path, instances: list) -> dict:
 
 def build_versions(args, base, var_dir: Path) -> dict[str, list]:
     """Two intent-classifier and two embedding versions per demo tenant, packaged for Triton."""
-    from models_registry import artifacts, demo_data
+    from models_registry import artifacts
+    from models_registry.demo import tickets as demo_data
     from models_registry.kinds import get_kind
-    from models_registry.services import create_model, package_version, register_version
+    from models_registry.services.packaging import package_version
+    from models_registry.services.registry import create_model, register_version
     from tenants.models import Tenant
     from tenants.services import create_tenant
 
@@ -163,7 +165,7 @@ def build_versions(args, base, var_dir: Path) -> dict[str, list]:
 
 def held_out_texts(slug: str, count: int = 400) -> list[str]:
     """Tickets no version was trained on (another seed), for the requests."""
-    from models_registry import demo_data
+    from models_registry.demo import tickets as demo_data
 
     return [row["text"] for row in demo_data.generate_tickets(slug, rows=count, seed=1000)]
 

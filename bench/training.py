@@ -30,7 +30,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 from bench.harness import print_table, write_results  # noqa: E402
 from models_registry.base_model import base_encoder  # noqa: E402
-from models_registry.demo_data import DEMO_TENANTS, generate_pairs, generate_tickets  # noqa: E402
+from models_registry.demo.tickets import DEMO_TENANTS, generate_pairs, generate_tickets  # noqa: E402
 from models_registry.training.runner import prepare_job_dir, run_local_job  # noqa: E402
 
 INTENT_ROWS = 1000

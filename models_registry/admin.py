@@ -9,14 +9,10 @@ from config.errors import DomainError
 from models_registry.exceptions import JobNotCancellable
 from models_registry.kinds import kind_names
 from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
-from models_registry.services import (
-    check_dataset_content,
-    create_dataset,
-    create_model,
-    promote_version,
-    request_training_cancel,
-    rollback_model,
-)
+from models_registry.services.datasets import check_dataset_content, create_dataset
+from models_registry.services.promotion import promote_version, rollback_model
+from models_registry.services.registry import create_model
+from models_registry.services.training import request_training_cancel
 from tenants.admin import AddFieldsMixin, admin_actor, adopt_saved, events_link
 
 MB = 1024 * 1024

@@ -1,3 +1,5 @@
+"""The registry app's configuration."""
+
 from django.apps import AppConfig
 
 

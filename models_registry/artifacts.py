@@ -61,11 +61,11 @@ def put_bytes(key: str, content: bytes) -> StoredArtifact:
     digest = hashlib.sha256(content).hexdigest()
     store = settings.ARTIFACT_STORE
     if store.kind == "s3":
-        import boto3
+        from config.aws import client as aws_client
 
         bucket, _, prefix = store.root.partition("/")
         object_key = f"{prefix}/{key}" if prefix else key
-        boto3.client("s3").put_object(Bucket=bucket, Key=object_key, Body=content)
+        aws_client("s3").put_object(Bucket=bucket, Key=object_key, Body=content)
     else:
         target = Path(store.root) / key
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -85,10 +85,10 @@ def put_bytes(key: str, content: bytes) -> StoredArtifact:
 def read_bytes(uri: str) -> bytes:
     """Read a stored artifact by its URI."""
     if uri.startswith("s3://"):
-        import boto3
+        from config.aws import client as aws_client
 
         bucket, _, object_key = uri.removeprefix("s3://").partition("/")
-        return boto3.client("s3").get_object(Bucket=bucket, Key=object_key)["Body"].read()
+        return aws_client("s3").get_object(Bucket=bucket, Key=object_key)["Body"].read()
     return Path(uri).read_bytes()
 
 
@@ -114,11 +114,11 @@ def put_file(key: str, source: Path) -> StoredArtifact:
             size += len(chunk)
     store = settings.ARTIFACT_STORE
     if store.kind == "s3":
-        import boto3
+        from config.aws import client as aws_client
 
         bucket, _, prefix = store.root.partition("/")
         object_key = f"{prefix}/{key}" if prefix else key
-        boto3.client("s3").upload_file(str(source), bucket, object_key)
+        aws_client("s3").upload_file(str(source), bucket, object_key)
     else:
         target = Path(store.root) / key
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -184,10 +184,10 @@ def local_copy(uri: str, scratch: Path) -> Path:
         return target
     if not uri.startswith("s3://"):
         return Path(uri)
-    import boto3
+    from config.aws import client as aws_client
 
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    client = boto3.client("s3")
+    client = aws_client("s3")
     target = scratch / "artifact"
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):

@@ -77,3 +77,11 @@ class ForceNotAllowed(DomainError):
 class TrainingBackendNotConfigured(DomainError):
     status_code = 503
     code = "training_backend_not_configured"
+
+
+class TrainingLaunchDeferred(DomainError):
+    """The training backend cannot take the launch now (throttled, say); the job stays queued and
+    is sent again later."""
+
+    status_code = 503
+    code = "training_launch_deferred"

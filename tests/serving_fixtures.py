@@ -89,7 +89,8 @@ def embedding_artifact(tmp_path_factory, base_encoder_files) -> Path:
 def packaged_version(model, artifact_dir: Path, number: int, *, promote: bool = False):
     """A version of ``model`` built from ``artifact_dir``, packaged for Triton (and promoted)."""
     from models_registry.models import ModelVersion
-    from models_registry.services import package_version, promote_version
+    from models_registry.services.packaging import package_version
+    from models_registry.services.promotion import promote_version
     from tests.factories import ModelVersionFactory
 
     version = ModelVersionFactory(

@@ -21,7 +21,7 @@ def test_a_process_that_never_imported_the_task_modules_still_finds_a_task_by_na
     # A web server queues rollouts by task name without importing deployments.tasks.
     script = (
         "import django, os, sys; os.environ['DJANGO_SETTINGS_MODULE'] = 'config.settings'; "
-        "django.setup(); from config.celery import app, registered_task; "
+        "django.setup(); from config.queue import registered_task; "
         "assert 'deployments.tasks' not in sys.modules; "
         "print(registered_task('deployments.tasks.run_rollout').name)"
     )

@@ -41,3 +41,30 @@ def test_every_environment_variable_the_settings_read_is_documented():
 def test_linked_documents_exist():
     for target in re.findall(r"\]\(([^)#]+\.md)\)", README):
         assert (REPO / target).exists(), target
+
+
+def named_paths(text: str) -> set[str]:
+    """The repository paths a piece of documentation names in backticks."""
+    tops = ("config/", "tenants/", "models_registry/", "deployments/", "tests/", "bench/")
+    return {
+        name
+        for name in re.findall(r"`([\w./*-]+)`", text)
+        if name.startswith(tops) or name in ("manage.py", "docker-compose.yml")
+    }
+
+
+def test_every_path_the_layout_table_names_exists():
+    table = README.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    paths = named_paths(table)
+    assert "models_registry/services/" in paths
+    missing = [path for path in sorted(paths) if not list(REPO.glob(path.rstrip("/")))]
+    assert missing == []
+
+
+def test_every_path_the_training_architecture_names_exists():
+    architecture = (REPO / "docs" / "architecture.md").read_text()
+    section = architecture.split("## Training", 1)[1].split("\n## ", 1)[0]
+    paths = named_paths(section)
+    assert "models_registry/training/backends/base.py" in paths
+    missing = [path for path in sorted(paths) if not (REPO / path).exists()]
+    assert missing == []

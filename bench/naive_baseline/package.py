@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from models_registry.kinds import get_kind
-from models_registry.packaging import (
+from models_registry.triton_packages import (
     CONFIG_FILE,
     MODEL_VERSION_DIR,
     RUNTIME_FILE,

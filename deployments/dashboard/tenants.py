@@ -18,7 +18,7 @@ from deployments.selectors.fleet import fleet_figures
 from deployments.selectors.tenants import tenant_models_overview
 from deployments.services import rollouts
 from models_registry import selectors
-from models_registry.services import promote_version
+from models_registry.services.promotion import promote_version
 from tenants.access import Caller, caller_for_user
 from tenants.models import Tenant
 from tenants.selectors import tenant_for_caller, visible_tenants
@@ -143,7 +143,7 @@ def deploy(request: HttpRequest, slug: str, name: str) -> HttpResponse:
 @login_required
 @require_POST
 def promote(request: HttpRequest, slug: str, name: str, number: int) -> HttpResponse:
-    """Promote a version (models_registry.services.promote_version, quality gate applies)."""
+    """Promote a version (models_registry.services.promotion.promote_version; the gate applies)."""
     caller, tenant = _tenant(request, slug)
     model = _model(tenant, name)
     try:

@@ -27,9 +27,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from config.celery import queue_task
 from config.errors import Conflict, DomainError
 from config.events import record_event
+from config.queue import queue_task
 from deployments.backends import backend_for, backend_named, backends_serving
 from deployments.backends.base import record_rollout_progress
 from deployments.exceptions import CapacityExceeded, InstanceUnavailable
@@ -162,7 +162,7 @@ def on_version_promoted(*, version: ModelVersion, actor: str) -> Deployment | No
 
 def rollback_deployment(*, model: TenantModel, actor: str) -> Deployment:
     """Route the model back to the version it served before (one call; it is still loaded)."""
-    from models_registry.services import rollback_model
+    from models_registry.services.promotion import rollback_model
 
     deployment = Deployment.objects.filter(model=model).first()
     if deployment is None or deployment.previous_version_id is None:

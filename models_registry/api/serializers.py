@@ -7,6 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
+from models_registry.training.backends.base import DEFAULT_TRAINING_BACKEND
 
 # Dataset.name's column width: a longer uploaded file name must be refused here, not by the
 # database after the file was stored.
@@ -116,7 +117,7 @@ class TrainingJobCreateSerializer(serializers.Serializer):
     dataset = serializers.CharField(max_length=200, help_text="The dataset's name or id.")
     hyperparameters = serializers.JSONField(required=False, default=dict)
     backend = serializers.ChoiceField(
-        choices=TrainingJob.Backend.choices, default=TrainingJob.Backend.LOCAL
+        choices=TrainingJob.Backend.choices, default=DEFAULT_TRAINING_BACKEND
     )
 
     def validate_hyperparameters(self, value):

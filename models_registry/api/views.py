@@ -9,7 +9,7 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from models_registry import selectors, services
+from models_registry import selectors
 from models_registry.api.serializers import (
     DatasetSerializer,
     DatasetUploadSerializer,
@@ -20,8 +20,12 @@ from models_registry.api.serializers import (
     TrainingJobCreateSerializer,
     TrainingJobSerializer,
 )
-from models_registry.datasets import MAX_FILE_BYTES, file_too_big_message
+from models_registry.dataset_files import MAX_FILE_BYTES, file_too_big_message
 from models_registry.exceptions import DatasetTooLarge, ForceNotAllowed
+from models_registry.services.datasets import create_dataset
+from models_registry.services.promotion import promote_version, rollback_model
+from models_registry.services.registry import create_model
+from models_registry.services.training import request_training_cancel, start_training_job
 from tenants.access import caller_for_request
 from tenants.selectors import tenant_for_caller
 
@@ -55,7 +59,7 @@ class DatasetListView(APIView):
         # Refused before the file is read into memory.
         if upload.size > MAX_FILE_BYTES:
             raise DatasetTooLarge(file_too_big_message(upload.size), field="file")
-        dataset = services.create_dataset(
+        dataset = create_dataset(
             tenant=tenant,
             name=serializer.validated_data.get("name") or upload.name,
             content=upload.read(),
@@ -78,9 +82,7 @@ class ModelListView(APIView):
         tenant = tenant_for_caller(caller=caller, slug=slug)
         serializer = TenantModelCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        model = services.create_model(
-            tenant=tenant, **serializer.validated_data, actor=caller.label
-        )
+        model = create_model(tenant=tenant, **serializer.validated_data, actor=caller.label)
         return Response(TenantModelSerializer(model).data, status=status.HTTP_201_CREATED)
 
 
@@ -114,7 +116,7 @@ class VersionPromoteView(APIView):
             raise ForceNotAllowed(
                 "force skips the quality gate and needs a platform token.", field="force"
             )
-        version = services.promote_version(version=version, actor=caller.label, force=force)
+        version = promote_version(version=version, actor=caller.label, force=force)
         return Response(ModelVersionSerializer(version).data)
 
 
@@ -122,7 +124,7 @@ class ModelRollbackView(APIView):
     @extend_schema(request=None, responses=ModelVersionSerializer)
     def post(self, request, slug: str, name: str):
         model = _model(request, slug, name)
-        version = services.rollback_model(model=model, actor=caller_for_request(request).label)
+        version = rollback_model(model=model, actor=caller_for_request(request).label)
         return Response(ModelVersionSerializer(version).data)
 
 
@@ -146,7 +148,7 @@ class TrainingJobListView(APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         dataset = selectors.dataset_for_training(tenant=model.tenant, reference=data["dataset"])
-        job, _created = services.start_training_job(
+        job, _created = start_training_job(
             model=model,
             dataset=dataset,
             actor=caller.label,
@@ -170,6 +172,6 @@ class TrainingJobCancelView(APIView):
     def post(self, request, job_id: int):
         caller = caller_for_request(request)
         job = selectors.training_job_for_caller(caller=caller, job_id=job_id)
-        services.request_training_cancel(job=job, actor=caller.label)
+        request_training_cancel(job=job, actor=caller.label)
         job = selectors.training_job_for_caller(caller=caller, job_id=job_id)
         return Response(TrainingJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)

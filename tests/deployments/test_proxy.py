@@ -20,7 +20,7 @@ from deployments.models import Event, Instance, Placement
 from deployments.proxy import core
 from deployments.proxy.routing import ROUTES
 from models_registry.models import ModelVersion
-from models_registry.services import package_version
+from models_registry.services.packaging import package_version
 from models_registry.triton_runtime.intent_classifier import Predictor as IntentPredictor
 from tenants.services import issue_token
 from tests.factories import ModelVersionFactory, TenantFactory, TenantModelFactory

@@ -15,7 +15,7 @@ from deployments.backends.local import runtime
 from deployments.models import Deployment, Endpoint, Event, Instance, Placement
 from deployments.services import draining
 from models_registry.models import ModelVersion
-from models_registry.services import promote_version
+from models_registry.services.promotion import promote_version
 from tenants.models import Tenant
 from tenants.services import issue_token
 from tests.factories import TenantFactory, TenantModelFactory

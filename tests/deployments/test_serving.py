@@ -26,7 +26,7 @@ from deployments.models import Endpoint, Event, Instance, Placement
 from deployments.placement.eviction import CapacityExceeded
 from models_registry.exceptions import PackageChecksumMismatch
 from models_registry.models import ModelVersion
-from models_registry.services import package_version
+from models_registry.services.packaging import package_version
 from models_registry.triton_runtime.embedding import Predictor as EmbeddingPredictor
 from models_registry.triton_runtime.intent_classifier import Predictor as IntentPredictor
 from tests.factories import EndpointFactory, InstanceFactory, ModelVersionFactory

@@ -6,10 +6,11 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
-from models_registry import services
-from models_registry.datasets import MAX_FILE_BYTES
-from models_registry.demo_data import generate_tickets, to_csv
+from models_registry.dataset_files import MAX_FILE_BYTES
+from models_registry.demo.tickets import generate_tickets, to_csv
 from models_registry.models import Dataset, TenantModel, TrainingJob
+from models_registry.services.datasets import create_dataset
+from models_registry.services.promotion import promote_version
 from tests.factories import ModelVersionFactory, TenantModelFactory, TrainingJobFactory
 
 pytestmark = pytest.mark.django_db
@@ -35,7 +36,7 @@ def assert_names_field(response, field: str, status: int = 400) -> dict:
 @pytest.fixture
 def dataset(tenant):
     content = to_csv(generate_tickets("zoomride", rows=60, seed=0))
-    return services.create_dataset(tenant=tenant, name="tickets.csv", content=content, actor="t")
+    return create_dataset(tenant=tenant, name="tickets.csv", content=content, actor="t")
 
 
 @pytest.fixture
@@ -129,7 +130,7 @@ def test_a_duplicate_model_is_a_409(tenant_client, tenant, model):
 def test_versions_show_status_metrics_and_which_is_active(tenant_client, tenant, model):
     active = ModelVersionFactory(model=model, number=1, metrics={"macro_f1": 0.9})
     ModelVersionFactory(model=model, number=2, metrics={"macro_f1": 0.5})
-    services.promote_version(version=active, actor="t")
+    promote_version(version=active, actor="t")
     versions = tenant_client.get(f"/api/v1/tenants/{tenant.slug}/models/intents/versions/").json()
     assert [(v["number"], v["is_active"]) for v in versions] == [(2, False), (1, True)]
     assert versions[1]["metrics"] == {"macro_f1": 0.9}
@@ -162,7 +163,7 @@ def test_rollback_reactivates_the_previous_version(tenant_client, tenant, model)
     base = f"/api/v1/tenants/{tenant.slug}/models/intents"
     for number in (1, 2):
         version = ModelVersionFactory(model=model, number=number, metrics={"macro_f1": 0.9})
-        services.promote_version(version=version, actor="t")
+        promote_version(version=version, actor="t")
     response = tenant_client.post(f"{base}/rollback")
     assert response.status_code == 200 and response.json()["number"] == 1
     assert tenant_client.get(f"{base}/").json()["active_version"] == 1
@@ -223,7 +224,7 @@ def test_invalid_training_input_is_a_400_naming_the_field(
 
 
 def test_another_tenants_dataset_cannot_be_used(tenant_client, tenant, model, other_tenant):
-    foreign = services.create_dataset(
+    foreign = create_dataset(
         tenant=other_tenant,
         name="theirs.csv",
         content=to_csv(generate_tickets("zoomride", rows=60, seed=1)),

@@ -8,7 +8,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from config.celery import app
-from models_registry.demo_data import generate_tickets, to_csv
+from models_registry.demo.tickets import generate_tickets, to_csv
 
 pytestmark = pytest.mark.django_db
 

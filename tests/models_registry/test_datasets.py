@@ -6,17 +6,17 @@ import json
 
 import pytest
 
-from models_registry import services
-from models_registry.datasets import (
+from models_registry.dataset_files import (
     MAX_FILE_BYTES,
     MAX_TEXT_CHARS,
     MIN_ROWS_PER_LABEL,
     parse_dataset,
     stratified_split,
 )
-from models_registry.demo_data import generate_pairs, generate_tickets, to_csv, to_jsonl
+from models_registry.demo.tickets import generate_pairs, generate_tickets, to_csv, to_jsonl
 from models_registry.exceptions import DatasetTooLarge, InvalidDataset
 from models_registry.models import Dataset
+from models_registry.services.datasets import create_dataset
 
 
 def csv_of(rows: list[tuple[str, str]]) -> bytes:
@@ -89,7 +89,7 @@ def test_a_file_over_the_size_limit_names_its_size():
 def test_create_dataset_refuses_a_file_over_20_mb_with_413(tenant):
     content = b"text,label\n" + b"a,b\n" * (MAX_FILE_BYTES // 4 + 1)
     with pytest.raises(DatasetTooLarge) as too_big:
-        services.create_dataset(tenant=tenant, name="big.csv", content=content, actor="t")
+        create_dataset(tenant=tenant, name="big.csv", content=content, actor="t")
     assert too_big.value.status_code == 413
     assert too_big.value.field == "file"
     assert f"{len(content)} bytes" in too_big.value.message
@@ -153,11 +153,11 @@ def test_paraphrase_groups_are_never_split_across_train_and_validation():
 @pytest.mark.django_db
 def test_create_dataset_stores_the_split_and_the_columns(tenant):
     content = to_csv(generate_tickets("zoomride", rows=100, seed=0))
-    dataset = services.create_dataset(tenant=tenant, name="t.csv", content=content, actor="t")
+    dataset = create_dataset(tenant=tenant, name="t.csv", content=content, actor="t")
     assert len(dataset.split["train"]) + len(dataset.split["validation"]) == 100
     assert 15 <= len(dataset.split["validation"]) <= 25
     assert dataset.validation_report["columns"] == ["text", "label"]
-    pairs = services.create_dataset(
+    pairs = create_dataset(
         tenant=tenant,
         name="p.jsonl",
         content=to_jsonl(generate_pairs("northbank", groups=10)),
@@ -174,7 +174,7 @@ def test_invalid_dataset_lists_several_problems_and_stores_nothing(tenant):
     rows[0] = ("", "refund")
     rows[1] = ("y" * (MAX_TEXT_CHARS + 5), "refund")
     with pytest.raises(InvalidDataset) as invalid:
-        services.create_dataset(tenant=tenant, name="x.csv", content=csv_of(rows), actor="t")
+        create_dataset(tenant=tenant, name="x.csv", content=csv_of(rows), actor="t")
     assert "row 2, field text: empty" in invalid.value.message
     assert "row 3, field text" in invalid.value.message
     assert not Dataset.objects.exists()

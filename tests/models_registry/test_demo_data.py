@@ -12,9 +12,9 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from models_registry import demo_data
-from models_registry.datasets import parse_dataset
-from models_registry.demo_data import (
+from models_registry.dataset_files import parse_dataset
+from models_registry.demo import tickets as demo_data
+from models_registry.demo.tickets import (
     DEMO_TENANTS,
     MAX_ROWS,
     VERTICALS,

@@ -16,7 +16,7 @@ import pytest
 
 from models_registry.exceptions import InvalidArtifact, InvalidDataset, PackageChecksumMismatch
 from models_registry.kinds import get_kind
-from models_registry.packaging import build_triton_package, runtime_source, verify_package
+from models_registry.triton_packages import build_triton_package, runtime_source, verify_package
 from models_registry.triton_runtime import embedding as embedding_runtime
 from models_registry.triton_runtime import intent_classifier as intent_runtime
 from models_registry.triton_runtime import tenantml_encoder
@@ -239,7 +239,7 @@ def test_intent_training_needs_two_labels(tmp_path, base_encoder_files):
 
 
 def test_intent_training_of_1000_rows_reports_accuracy_quickly(tmp_path, base_encoder_files):
-    from models_registry import demo_data
+    from models_registry.demo import tickets as demo_data
 
     rows = demo_data.generate_tickets("zoomride", rows=1200, seed=7)
     texts, labels = [row["text"] for row in rows], [row["label"] for row in rows]

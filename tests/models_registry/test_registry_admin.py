@@ -6,7 +6,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from models_registry.demo_data import generate_tickets, to_csv
+from models_registry.demo.tickets import generate_tickets, to_csv
 from models_registry.models import Dataset, ModelVersion, TenantModel
 from tests.factories import ModelVersionFactory, TenantModelFactory
 

@@ -11,11 +11,18 @@ import pytest
 from moto import mock_aws
 
 from config.env import ArtifactStore
-from models_registry import services
-from models_registry.demo_data import generate_tickets, to_csv
+from models_registry.demo.tickets import generate_tickets, to_csv
 from models_registry.exceptions import TrainingBackendNotConfigured
 from models_registry.models import ModelVersion, TrainingJob
-from models_registry.training.sagemaker import SageMakerTrainingBackend
+from models_registry.services.datasets import create_dataset
+from models_registry.services.registry import create_model
+from models_registry.services.training import (
+    follow_training_job,
+    launch_training_job,
+    start_training_job,
+)
+from models_registry.training.backends.sagemaker import SageMakerTrainingBackend
+from models_registry.training.sagemaker_client import SageMakerTrainingClient
 
 pytestmark = pytest.mark.django_db
 
@@ -35,7 +42,7 @@ def aws(settings, monkeypatch):
     settings.TENANTML_SAGEMAKER_ROLE_ARN = ROLE
     with mock_aws():
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
-        yield SageMakerTrainingBackend(region="us-east-1", sleep=lambda seconds: None)
+        yield SageMakerTrainingClient(region="us-east-1", sleep=lambda seconds: None)
 
 
 def model_tarball(artifact_dir) -> bytes:
@@ -51,17 +58,11 @@ def test_a_sagemaker_job_is_launched_followed_and_its_artifact_becomes_the_activ
     aws, tenant, intent_artifact
 ):
     rows = generate_tickets("zoomride", rows=120, seed=3)
-    dataset = services.create_dataset(
-        tenant=tenant, name="tickets.csv", content=to_csv(rows), actor="t"
-    )
-    model = services.create_model(
-        tenant=tenant, name="intents", kind="intent-classifier", actor="t"
-    )
-    job, _ = services.start_training_job(
-        model=model, dataset=dataset, actor="t", backend="sagemaker"
-    )
+    dataset = create_dataset(tenant=tenant, name="tickets.csv", content=to_csv(rows), actor="t")
+    model = create_model(tenant=tenant, name="intents", kind="intent-classifier", actor="t")
+    job, _ = start_training_job(model=model, dataset=dataset, actor="t", backend="sagemaker")
 
-    job = services.launch_sagemaker_job(job=job, backend=aws)
+    job = launch_training_job(job_id=job.pk, backend=SageMakerTrainingBackend(client=aws))
 
     assert job.status == TrainingJob.Status.RUNNING
     assert job.external_id.startswith("arn:aws:sagemaker:us-east-1:")
@@ -78,7 +79,7 @@ def test_a_sagemaker_job_is_launched_followed_and_its_artifact_becomes_the_activ
     bucket, _, key = artifacts_uri.removeprefix("s3://").partition("/")
     s3.put_object(Bucket=bucket, Key=key, Body=model_tarball(intent_artifact))
 
-    job = services.follow_sagemaker_job(job=job, backend=aws)
+    job = follow_training_job(job=job, backend=SageMakerTrainingBackend(client=aws))
 
     assert job.status == TrainingJob.Status.SUCCEEDED
     version = ModelVersion.objects.get(training_job=job)
@@ -92,16 +93,12 @@ def test_a_sagemaker_job_is_launched_followed_and_its_artifact_becomes_the_activ
 def test_a_launch_without_an_s3_artifact_store_fails_the_job_saying_why(aws, tenant, settings):
     settings.ARTIFACT_STORE = ArtifactStore(kind="local", root="/tmp/unused")
     rows = generate_tickets("zoomride", rows=60, seed=1)
-    dataset = services.create_dataset(tenant=tenant, name="t.csv", content=to_csv(rows), actor="t")
-    model = services.create_model(
-        tenant=tenant, name="intents", kind="intent-classifier", actor="t"
-    )
-    job, _ = services.start_training_job(
-        model=model, dataset=dataset, actor="t", backend="sagemaker"
-    )
+    dataset = create_dataset(tenant=tenant, name="t.csv", content=to_csv(rows), actor="t")
+    model = create_model(tenant=tenant, name="intents", kind="intent-classifier", actor="t")
+    job, _ = start_training_job(model=model, dataset=dataset, actor="t", backend="sagemaker")
 
     with pytest.raises(TrainingBackendNotConfigured, match="s3:// ARTIFACT_STORE"):
-        services.launch_sagemaker_job(job=job, backend=aws)
+        launch_training_job(job_id=job.pk, backend=SageMakerTrainingBackend(client=aws))
 
     job.refresh_from_db()
     assert job.status == TrainingJob.Status.FAILED

@@ -7,27 +7,31 @@ HTTP layer. The backend under test is the real one; only AWS is faked.
 from __future__ import annotations
 
 import io
+import json
 import re
 import tarfile
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
+import botocore.endpoint
 import pytest
+from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
 from moto import mock_aws
 
 from config.errors import DomainError
-from models_registry.training.sagemaker import (
+from models_registry.training.sagemaker_client import (
     DEFAULT_METRIC_DEFINITIONS,
-    SageMakerTrainingBackend,
+    SageMakerTrainingClient,
     TrainingBackendError,
     TrainingImageUnavailable,
     TrainingLaunch,
     TrainingLaunchThrottled,
-    default_backend,
+    default_client,
     training_image_uri,
     training_job_name,
 )
@@ -79,10 +83,10 @@ def stubber(sagemaker_client):
         stub.assert_no_pending_responses()
 
 
-def make_backend(client, fake_time: FakeTime, **overrides) -> SageMakerTrainingBackend:
+def make_backend(client, fake_time: FakeTime, **overrides) -> SageMakerTrainingClient:
     options = {"min_interval_s": 0.0, "sleep": fake_time.sleep, "clock": fake_time.clock}
     options.update(overrides)
-    return SageMakerTrainingBackend(client=client, **options)
+    return SageMakerTrainingClient(client=client, **options)
 
 
 def make_launch(**overrides) -> TrainingLaunch:
@@ -286,6 +290,32 @@ def test_launch_gives_up_after_max_retries_with_a_domain_error(
     assert len(fake_time.sleeps) == 2
 
 
+def test_a_launch_survives_a_transient_server_error(fake_time, monkeypatch):
+    # botocore's standard retries take a 5xx; the throttling loop above them never runs.
+    backend = SageMakerTrainingClient(
+        region=REGION, min_interval_s=0.0, sleep=fake_time.sleep, clock=fake_time.clock
+    )
+    answers = iter([500, 200])
+    sent: list[int] = []
+
+    def answer(request, **kwargs):
+        status = next(answers)
+        sent.append(status)
+        body = json.dumps(
+            {"TrainingJobArn": JOB_ARN} if status == 200 else {"__type": "InternalFailure"}
+        ).encode()
+        raw = SimpleNamespace(stream=lambda **kw: iter([body]))
+        return AWSResponse(request.url, status, {}, raw)
+
+    botocore_pauses: list[float] = []
+    monkeypatch.setattr(botocore.endpoint, "time", SimpleNamespace(sleep=botocore_pauses.append))
+    backend.client.meta.events.register_first("before-send.sagemaker.CreateTrainingJob", answer)
+
+    assert backend.launch(make_launch()) == JOB_ARN
+    assert sent == [500, 200] and len(botocore_pauses) == 1
+    assert fake_time.sleeps == []
+
+
 def test_launch_reports_other_aws_errors_with_aws_message(sagemaker_client, stubber, fake_time):
     message = "Role arn:aws:iam::123456789012:role/tenantml-training cannot be assumed"
     stubber.add_client_error("create_training_job", **client_error("ValidationException", message))
@@ -338,7 +368,7 @@ def test_launches_are_spaced_by_the_rate_limit(sagemaker_client, stubber, fake_t
 def test_rate_limit_holds_across_threads(sagemaker_client):
     call_times: list[float] = []
     lock = threading.Lock()
-    backend = SageMakerTrainingBackend(client=sagemaker_client, min_interval_s=0.05)
+    backend = SageMakerTrainingClient(client=sagemaker_client, min_interval_s=0.05)
 
     def record(**_kwargs):
         with lock:
@@ -366,8 +396,8 @@ def test_rate_limit_holds_across_threads(sagemaker_client):
     assert all(gap >= 0.045 for gap in gaps), gaps
 
 
-def test_default_backend_is_one_shared_instance():
-    assert default_backend() is default_backend()
+def test_default_client_is_one_shared_instance():
+    assert default_client() is default_client()
 
 
 # --- describe and stop --------------------------------------------------------------------------
@@ -506,7 +536,7 @@ def test_upload_training_inputs_puts_datasets_and_code_in_s3(training_code):
     with mock_aws():
         s3 = boto3.client("s3", region_name=REGION)
         s3.create_bucket(Bucket="tenantml-data")
-        backend = SageMakerTrainingBackend(region=REGION, min_interval_s=0.0)
+        backend = SageMakerTrainingClient(region=REGION, min_interval_s=0.0)
 
         uris = backend.upload_training_inputs(
             bucket="tenantml-data",
@@ -538,7 +568,7 @@ def test_upload_training_inputs_puts_datasets_and_code_in_s3(training_code):
 
 def test_upload_to_a_missing_bucket_is_a_backend_error(training_code):
     with mock_aws():
-        backend = SageMakerTrainingBackend(region=REGION)
+        backend = SageMakerTrainingClient(region=REGION)
         with pytest.raises(TrainingBackendError, match="NoSuchBucket"):
             backend.upload_training_inputs(
                 bucket="no-such-bucket",
@@ -552,7 +582,7 @@ def test_upload_to_a_missing_bucket_is_a_backend_error(training_code):
 def test_launch_and_describe_through_moto(training_code):
     with mock_aws():
         boto3.client("s3", region_name=REGION).create_bucket(Bucket="tenantml-data")
-        backend = SageMakerTrainingBackend(region=REGION, min_interval_s=0.0)
+        backend = SageMakerTrainingClient(region=REGION, min_interval_s=0.0)
         uris = backend.upload_training_inputs(
             bucket="tenantml-data",
             prefix="acme/intents/42",

@@ -9,28 +9,28 @@ from django.db import connection
 
 from config.errors import DomainError
 from deployments.models import Event
-from models_registry import services
 from models_registry.exceptions import InvalidDataset, JobNotCancellable, ModelAlreadyExists
 from models_registry.kinds import UnknownKind, kind_names
 from models_registry.models import Dataset, ModelVersion, TrainingJob
+from models_registry.services.datasets import create_dataset
+from models_registry.services.registry import create_model, register_version
+from models_registry.services.training import request_training_cancel
 from tests.factories import TenantModelFactory, TrainingJobFactory
 
 pytestmark = pytest.mark.django_db
 
 
 def test_create_model_checks_the_kind_and_the_name(tenant):
-    model = services.create_model(
-        tenant=tenant, name="intents", kind="intent-classifier", actor="t"
-    )
+    model = create_model(tenant=tenant, name="intents", kind="intent-classifier", actor="t")
     assert model.kind == "intent-classifier"
     with pytest.raises(UnknownKind) as unknown:
-        services.create_model(tenant=tenant, name="other", kind="llm", actor="t")
+        create_model(tenant=tenant, name="other", kind="llm", actor="t")
     assert unknown.value.field == "kind"
     assert "intent-classifier" in unknown.value.message
     with pytest.raises(ModelAlreadyExists):
-        services.create_model(tenant=tenant, name="intents", kind="embedding", actor="t")
+        create_model(tenant=tenant, name="intents", kind="embedding", actor="t")
     with pytest.raises(DomainError) as bad_name:
-        services.create_model(tenant=tenant, name="Has Spaces", kind="embedding", actor="t")
+        create_model(tenant=tenant, name="Has Spaces", kind="embedding", actor="t")
     assert bad_name.value.field == "name"
 
 
@@ -40,7 +40,7 @@ def test_builtin_kinds_are_registered():
 
 def test_versions_are_numbered_consecutively_and_recorded(tenant):
     model = TenantModelFactory(tenant=tenant)
-    numbers = [services.register_version(model=model, actor="t").number for _ in range(3)]
+    numbers = [register_version(model=model, actor="t").number for _ in range(3)]
     assert numbers == [1, 2, 3]
     assert Event.objects.filter(kind="version.registered", tenant=tenant).count() == 3
 
@@ -55,7 +55,7 @@ def test_concurrent_registrations_get_distinct_numbers():
     def register():
         try:
             barrier.wait()
-            services.register_version(model=model, actor="worker")
+            register_version(model=model, actor="worker")
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
         finally:
@@ -75,7 +75,7 @@ def test_dataset_upload_is_stored_with_digest_and_label_counts(tenant, isolated_
     lines = [f"where is my driver {n},driver_late" for n in range(5)]
     lines += [f"refund please {n},refund" for n in range(6)]
     content = ("text,label\n" + "\n".join(lines) + "\n").encode()
-    dataset = services.create_dataset(tenant=tenant, name="tickets.csv", content=content, actor="t")
+    dataset = create_dataset(tenant=tenant, name="tickets.csv", content=content, actor="t")
     assert (dataset.format, dataset.rows) == ("csv", 11)
     assert dataset.labels == {"driver_late": 5, "refund": 6}
     stored = isolated_artifact_store / "datasets" / tenant.slug / f"{dataset.sha256}.csv"
@@ -98,7 +98,7 @@ def test_invalid_dataset_names_row_and_field_and_stores_nothing(
     tenant, isolated_artifact_store, content, name, expected
 ):
     with pytest.raises(InvalidDataset) as error:
-        services.create_dataset(tenant=tenant, name=name, content=content, actor="t")
+        create_dataset(tenant=tenant, name=name, content=content, actor="t")
     assert expected in error.value.message
     assert not Dataset.objects.exists()
     assert not isolated_artifact_store.exists() or not any(isolated_artifact_store.rglob("*.*"))
@@ -106,11 +106,11 @@ def test_invalid_dataset_names_row_and_field_and_stores_nothing(
 
 def test_cancelling_a_queued_job_is_immediate_and_a_finished_one_is_refused():
     queued = TrainingJobFactory()
-    cancelled = services.request_training_cancel(job=queued, actor="t")
+    cancelled = request_training_cancel(job=queued, actor="t")
     assert cancelled.status == TrainingJob.Status.CANCELLED and cancelled.cancel_requested
     running = TrainingJobFactory(status=TrainingJob.Status.RUNNING)
-    flagged = services.request_training_cancel(job=running, actor="t")
+    flagged = request_training_cancel(job=running, actor="t")
     assert flagged.status == TrainingJob.Status.RUNNING and flagged.cancel_requested
     done = TrainingJobFactory(status=TrainingJob.Status.SUCCEEDED)
     with pytest.raises(JobNotCancellable):
-        services.request_training_cancel(job=done, actor="t")
+        request_training_cancel(job=done, actor="t")

@@ -8,9 +8,9 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from config.celery import app
-from models_registry import services
-from models_registry.demo_data import generate_tickets, to_csv
+from models_registry.demo.tickets import generate_tickets, to_csv
 from models_registry.models import TrainingJob
+from models_registry.services.datasets import create_dataset
 from tests.factories import TenantModelFactory
 
 pytestmark = pytest.mark.django_db
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def model(tenant):
-    services.create_dataset(
+    create_dataset(
         tenant=tenant,
         name="tickets.csv",
         content=to_csv(generate_tickets("northbank", rows=120, seed=2)),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models_registry.demo_data import generate_pairs
+from models_registry.demo.tickets import generate_pairs
 from models_registry.kinds import get_kind
 from models_registry.training.entrypoint import read_hyperparameters
 from models_registry.training.runner import JobPaths, prepare_job_dir

@@ -6,7 +6,7 @@ import time
 
 import psutil
 
-from models_registry.demo_data import generate_pairs
+from models_registry.demo.tickets import generate_pairs
 from models_registry.training.runner import prepare_job_dir, process_alive, run_local_job
 from tests.serving_fixtures import INTENT_TRAINING_ROWS
 

@@ -12,8 +12,7 @@ from django.db import connection
 from django.utils import timezone
 
 from deployments.models import Event
-from models_registry import services
-from models_registry.demo_data import generate_pairs, generate_tickets, to_csv
+from models_registry.demo.tickets import generate_pairs, generate_tickets, to_csv
 from models_registry.exceptions import (
     IdempotencyKeyReused,
     InvalidDataset,
@@ -24,7 +23,15 @@ from models_registry.exceptions import (
     TrainingBackendNotConfigured,
 )
 from models_registry.models import Dataset, ModelVersion, TrainingJob
-from models_registry.promotion import evaluate_gate
+from models_registry.quality_gate import evaluate_gate
+from models_registry.services.datasets import create_dataset
+from models_registry.services.promotion import apply_quality_gate, promote_version, rollback_model
+from models_registry.services.training import (
+    launch_training_job,
+    reconcile_training_jobs,
+    request_training_cancel,
+    start_training_job,
+)
 from models_registry.signals import version_activated
 from models_registry.training.runner import ENTRYPOINT_MODULE
 from tests.factories import (
@@ -45,7 +52,7 @@ def model(tenant):
 @pytest.fixture
 def dataset(tenant):
     content = to_csv(generate_tickets("zoomride", rows=60, seed=0))
-    return services.create_dataset(tenant=tenant, name="tickets.csv", content=content, actor="t")
+    return create_dataset(tenant=tenant, name="tickets.csv", content=content, actor="t")
 
 
 def dead_pid() -> int:
@@ -113,7 +120,7 @@ def test_starting_a_job_queues_it_records_an_event_and_sends_the_task_on_commit(
     model, dataset, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        job, created = services.start_training_job(
+        job, created = start_training_job(
             model=model, dataset=dataset, actor="t", hyperparameters={"epochs": 3}
         )
     assert created and job.status == TrainingJob.Status.QUEUED
@@ -123,35 +130,33 @@ def test_starting_a_job_queues_it_records_an_event_and_sends_the_task_on_commit(
 
 
 def test_a_double_click_gets_the_same_job(model, dataset):
-    first, created = services.start_training_job(model=model, dataset=dataset, actor="t")
-    again, created_again = services.start_training_job(model=model, dataset=dataset, actor="t")
+    first, created = start_training_job(model=model, dataset=dataset, actor="t")
+    again, created_again = start_training_job(model=model, dataset=dataset, actor="t")
     assert created and not created_again
     assert again.pk == first.pk
-    other, created_other = services.start_training_job(
+    other, created_other = start_training_job(
         model=model, dataset=dataset, actor="t", hyperparameters={"epochs": 9}
     )
     assert created_other and other.pk != first.pk
 
 
 def test_a_failed_job_is_retried_by_the_same_request(model, dataset):
-    first, _ = services.start_training_job(model=model, dataset=dataset, actor="t")
+    first, _ = start_training_job(model=model, dataset=dataset, actor="t")
     TrainingJob.objects.filter(pk=first.pk).update(status=TrainingJob.Status.FAILED)
-    retry, created = services.start_training_job(model=model, dataset=dataset, actor="t")
+    retry, created = start_training_job(model=model, dataset=dataset, actor="t")
     assert created and retry.pk != first.pk
-    assert services.start_training_job(model=model, dataset=dataset, actor="t")[0].pk == retry.pk
+    assert start_training_job(model=model, dataset=dataset, actor="t")[0].pk == retry.pk
 
 
 def test_a_client_key_always_names_one_job(model, dataset):
-    first, _ = services.start_training_job(
-        model=model, dataset=dataset, actor="t", idempotency_key="abc"
-    )
+    first, _ = start_training_job(model=model, dataset=dataset, actor="t", idempotency_key="abc")
     TrainingJob.objects.filter(pk=first.pk).update(status=TrainingJob.Status.FAILED)
-    again, created = services.start_training_job(
+    again, created = start_training_job(
         model=model, dataset=dataset, actor="t", idempotency_key="abc"
     )
     assert not created and again.pk == first.pk
     with pytest.raises(IdempotencyKeyReused) as reused:
-        services.start_training_job(
+        start_training_job(
             model=model,
             dataset=dataset,
             actor="t",
@@ -173,9 +178,7 @@ def test_a_client_key_always_names_one_job(model, dataset):
 )
 def test_hyperparameters_must_be_scalars(model, dataset, hyperparameters, fragment):
     with pytest.raises(InvalidTrainingRequest) as invalid:
-        services.start_training_job(
-            model=model, dataset=dataset, actor="t", hyperparameters=hyperparameters
-        )
+        start_training_job(model=model, dataset=dataset, actor="t", hyperparameters=hyperparameters)
     assert invalid.value.field == "hyperparameters"
     assert fragment in invalid.value.message
     assert not TrainingJob.objects.exists()
@@ -184,7 +187,7 @@ def test_hyperparameters_must_be_scalars(model, dataset, hyperparameters, fragme
 def test_another_tenants_dataset_is_refused_naming_dataset(model, other_tenant):
     foreign = DatasetFactory(tenant=other_tenant)
     with pytest.raises(InvalidDataset) as invalid:
-        services.start_training_job(model=model, dataset=foreign, actor="t")
+        start_training_job(model=model, dataset=foreign, actor="t")
     assert invalid.value.field == "dataset"
     assert other_tenant.slug not in invalid.value.message
 
@@ -192,28 +195,28 @@ def test_another_tenants_dataset_is_refused_naming_dataset(model, other_tenant):
 def test_an_invalid_dataset_is_refused(model, tenant):
     bad = DatasetFactory(tenant=tenant, status=Dataset.Status.INVALID)
     with pytest.raises(InvalidDataset) as invalid:
-        services.start_training_job(model=model, dataset=bad, actor="t")
+        start_training_job(model=model, dataset=bad, actor="t")
     assert invalid.value.field == "dataset"
 
 
 def test_an_embedding_model_needs_a_dataset_with_groups(tenant, dataset):
     embeddings = TenantModelFactory(tenant=tenant, name="embeddings", kind="embedding")
     with pytest.raises(InvalidDataset) as invalid:
-        services.start_training_job(model=embeddings, dataset=dataset, actor="t")
+        start_training_job(model=embeddings, dataset=dataset, actor="t")
     assert invalid.value.field == "dataset" and "group" in invalid.value.message
-    pairs = services.create_dataset(
+    pairs = create_dataset(
         tenant=tenant,
         name="pairs.csv",
         content=to_csv(generate_pairs("northbank", groups=10)),
         actor="t",
     )
-    job, created = services.start_training_job(model=embeddings, dataset=pairs, actor="t")
+    job, created = start_training_job(model=embeddings, dataset=pairs, actor="t")
     assert created and job.dataset == pairs
 
 
 def test_an_unknown_backend_is_refused_naming_backend(model, dataset):
     with pytest.raises(InvalidTrainingRequest) as invalid:
-        services.start_training_job(model=model, dataset=dataset, actor="t", backend="gpu-farm")
+        start_training_job(model=model, dataset=dataset, actor="t", backend="gpu-farm")
     assert invalid.value.field == "backend"
 
 
@@ -229,7 +232,7 @@ def test_concurrent_identical_requests_make_one_job():
     def start():
         try:
             barrier.wait()
-            job, _ = services.start_training_job(
+            job, _ = start_training_job(
                 model=job_model, dataset=dataset, actor="t", idempotency_key="same"
             )
             results.append(job.pk)
@@ -253,7 +256,7 @@ def test_concurrent_identical_requests_make_one_job():
 
 def test_a_finished_job_is_returned_as_is(model, dataset):
     job = TrainingJobFactory(model=model, dataset=dataset, status=TrainingJob.Status.SUCCEEDED)
-    assert services.run_training_job(job_id=job.pk).status == TrainingJob.Status.SUCCEEDED
+    assert launch_training_job(job_id=job.pk).status == TrainingJob.Status.SUCCEEDED
     job.refresh_from_db()
     assert job.attempts == 0
 
@@ -266,15 +269,15 @@ def test_a_redelivered_message_leaves_a_running_job_alone(model, dataset):
         attempts=1,
         heartbeat_at=timezone.now(),
     )
-    services.run_training_job(job_id=job.pk)
+    launch_training_job(job_id=job.pk)
     job.refresh_from_db()
     assert (job.status, job.attempts) == (TrainingJob.Status.RUNNING, 1)
 
 
 def test_a_job_cancelled_while_queued_never_runs(model, dataset):
-    job, _ = services.start_training_job(model=model, dataset=dataset, actor="t")
-    services.request_training_cancel(job=job, actor="t")
-    job = services.run_training_job(job_id=job.pk)
+    job, _ = start_training_job(model=model, dataset=dataset, actor="t")
+    request_training_cancel(job=job, actor="t")
+    job = launch_training_job(job_id=job.pk)
     assert job.status == TrainingJob.Status.CANCELLED and job.attempts == 0
     assert job.finished_at is not None
 
@@ -283,10 +286,10 @@ def test_training_end_to_end_registers_packages_and_promotes_the_first_version(
     model, dataset, settings, tmp_path
 ):
     settings.VAR_DIR = tmp_path / "var"
-    job, _ = services.start_training_job(
+    job, _ = start_training_job(
         model=model, dataset=dataset, actor="t", hyperparameters={"epochs": 5}
     )
-    job = services.run_training_job(job_id=job.pk)
+    job = launch_training_job(job_id=job.pk)
     assert job.status == TrainingJob.Status.SUCCEEDED, (job.failure_reason, job.log_tail)
     assert job.progress_pct == 100 and job.attempts == 1
     version = job.version
@@ -309,7 +312,7 @@ def test_promoting_sets_the_active_version_and_hands_it_to_deployment(model):
     version_activated.connect(listener, weak=False, dispatch_uid="test-listener")
     try:
         version = ModelVersionFactory(model=model, number=1, metrics={"macro_f1": 0.8})
-        promoted = services.promote_version(version=version, actor="t")
+        promoted = promote_version(version=version, actor="t")
     finally:
         version_activated.disconnect(dispatch_uid="test-listener")
     model.refresh_from_db()
@@ -321,22 +324,22 @@ def test_promoting_sets_the_active_version_and_hands_it_to_deployment(model):
 def test_only_ready_versions_are_promoted(model):
     version = ModelVersionFactory(model=model, number=1, status=ModelVersion.Status.PACKAGING)
     with pytest.raises(InvalidVersion):
-        services.promote_version(version=version, actor="t")
+        promote_version(version=version, actor="t")
 
 
 def test_a_worse_version_is_held_back_with_the_reason_unless_forced(model):
     good = ModelVersionFactory(model=model, number=1, metrics={"macro_f1": 0.9})
-    services.promote_version(version=good, actor="t")
+    promote_version(version=good, actor="t")
     worse = ModelVersionFactory(model=model, number=2, metrics={"macro_f1": 0.7})
     with pytest.raises(QualityGateFailed) as held:
-        services.promote_version(version=worse, actor="t")
+        promote_version(version=worse, actor="t")
     assert held.value.status_code == 409
     worse.refresh_from_db()
     model.refresh_from_db()
     assert model.active_version == good
     assert "quality gate" in worse.status_reason and "0.7000" in worse.status_reason
     assert Event.objects.filter(kind="version.held", version=worse).exists()
-    services.promote_version(version=worse, actor="ops", force=True)
+    promote_version(version=worse, actor="ops", force=True)
     model.refresh_from_db()
     worse.refresh_from_db()
     assert model.active_version == worse
@@ -345,11 +348,11 @@ def test_a_worse_version_is_held_back_with_the_reason_unless_forced(model):
 
 def test_apply_quality_gate_promotes_a_version_within_tolerance(model, settings):
     settings.TENANTML_QUALITY_GATE_TOLERANCE = 0.05
-    services.promote_version(
+    promote_version(
         version=ModelVersionFactory(model=model, number=1, metrics={"macro_f1": 0.9}), actor="t"
     )
     candidate = ModelVersionFactory(model=model, number=2, metrics={"macro_f1": 0.86})
-    assert services.apply_quality_gate(version=candidate, actor="t").promote
+    assert apply_quality_gate(version=candidate, actor="t").promote
     model.refresh_from_db()
     assert model.active_version == candidate
 
@@ -357,21 +360,21 @@ def test_apply_quality_gate_promotes_a_version_within_tolerance(model, settings)
 def test_rollback_reactivates_the_previously_promoted_version(model):
     first = ModelVersionFactory(model=model, number=1, metrics={"macro_f1": 0.8})
     second = ModelVersionFactory(model=model, number=2, metrics={"macro_f1": 0.85})
-    services.promote_version(version=first, actor="t")
-    services.promote_version(version=second, actor="t")
-    restored = services.rollback_model(model=model, actor="t")
+    promote_version(version=first, actor="t")
+    promote_version(version=second, actor="t")
+    restored = rollback_model(model=model, actor="t")
     model.refresh_from_db()
     second.refresh_from_db()
     assert restored == first and model.active_version == first
     assert second.promoted_at is None and "Rolled back" in second.status_reason
     with pytest.raises(NothingToRollBack):
-        services.rollback_model(model=model, actor="t")
+        rollback_model(model=model, actor="t")
     assert Event.objects.filter(kind="model.rolled_back").count() == 1
 
 
 def test_rollback_without_an_active_version_is_a_conflict(model):
     with pytest.raises(NothingToRollBack) as nothing:
-        services.rollback_model(model=model, actor="t")
+        rollback_model(model=model, actor="t")
     assert nothing.value.status_code == 409
 
 
@@ -390,7 +393,7 @@ def stale_running_job(model, dataset, **fields) -> TrainingJob:
 
 def test_reconcile_fails_a_job_whose_process_died_on_its_last_attempt(model, dataset):
     job = stale_running_job(model, dataset, attempts=2, external_id=str(dead_pid()))
-    changed = services.reconcile_training_jobs()
+    changed = reconcile_training_jobs()
     job.refresh_from_db()
     assert changed == [job]
     assert job.status == TrainingJob.Status.FAILED
@@ -401,7 +404,7 @@ def test_reconcile_fails_a_job_whose_process_died_on_its_last_attempt(model, dat
 def test_reconcile_queues_a_lost_job_again_once(model, dataset, django_capture_on_commit_callbacks):
     job = stale_running_job(model, dataset, attempts=1, external_id=str(dead_pid()))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        services.reconcile_training_jobs()
+        reconcile_training_jobs()
     job.refresh_from_db()
     assert job.status == TrainingJob.Status.QUEUED
     assert len(callbacks) == 1
@@ -415,7 +418,7 @@ def test_reconcile_keeps_following_a_live_training_process(model, dataset):
     )
     try:
         job = stale_running_job(model, dataset, attempts=2, external_id=str(process.pid))
-        assert services.reconcile_training_jobs() == []
+        assert reconcile_training_jobs() == []
         job.refresh_from_db()
         assert job.status == TrainingJob.Status.RUNNING
     finally:
@@ -427,7 +430,7 @@ def test_reconcile_leaves_jobs_with_a_fresh_heartbeat(model, dataset):
     TrainingJobFactory(
         model=model, dataset=dataset, status="running", attempts=1, heartbeat_at=timezone.now()
     )
-    assert services.reconcile_training_jobs() == []
+    assert reconcile_training_jobs() == []
 
 
 def test_reconcile_resends_a_queued_job_no_worker_picked_up(
@@ -436,10 +439,10 @@ def test_reconcile_resends_a_queued_job_no_worker_picked_up(
     job = TrainingJobFactory(model=model, dataset=dataset)
     TrainingJob.objects.filter(pk=job.pk).update(created_at=timezone.now() - timedelta(hours=1))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        assert services.reconcile_training_jobs() == [job]
+        assert reconcile_training_jobs() == [job]
     assert len(callbacks) == 1
     # Sent once; the next pass within STALE_QUEUED leaves it alone.
-    assert services.reconcile_training_jobs() == []
+    assert reconcile_training_jobs() == []
 
 
 # --- SageMaker jobs ---
@@ -447,11 +450,9 @@ def test_reconcile_resends_a_queued_job_no_worker_picked_up(
 
 def test_a_sagemaker_job_without_a_role_fails_saying_so(model, dataset, settings):
     settings.TENANTML_SAGEMAKER_ROLE_ARN = ""
-    job, _ = services.start_training_job(
-        model=model, dataset=dataset, actor="t", backend="sagemaker"
-    )
+    job, _ = start_training_job(model=model, dataset=dataset, actor="t", backend="sagemaker")
     with pytest.raises(TrainingBackendNotConfigured):
-        services.launch_sagemaker_job(job=job)
+        launch_training_job(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == TrainingJob.Status.FAILED
     assert "SageMaker training is not configured" in job.failure_reason

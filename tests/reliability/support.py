@@ -88,8 +88,9 @@ def wait_for(what: str, condition, timeout_s: float, log: Path):
 
 def queued_training_job(*, seed: int):
     """A tenant model with a demo dataset and a training job queued for it (its message sent)."""
-    from models_registry import demo_data
-    from models_registry.services import create_dataset, start_training_job
+    from models_registry.demo import tickets as demo_data
+    from models_registry.services.datasets import create_dataset
+    from models_registry.services.training import start_training_job
     from tests.factories import TenantFactory, TenantModelFactory
 
     tenant = TenantFactory(slug="zoomride")

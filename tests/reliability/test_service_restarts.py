@@ -32,10 +32,7 @@ from deployments.proxy.invalidation import SUBSCRIBER, publish
 from deployments.proxy.routing import ROUTES, Route
 from deployments.services import rollouts
 from models_registry.models import ModelVersion, TrainingJob
-from models_registry.services import (
-    STALE_QUEUED,
-    reconcile_training_jobs,
-)
+from models_registry.services.training import STALE_QUEUED, reconcile_training_jobs
 from tenants.services import issue_token
 from tests.factories import TenantFactory, TenantModelFactory
 from tests.reliability.support import finished_job_under_a_new_worker, queued_training_job

@@ -18,10 +18,7 @@ from deployments.models import Deployment, Event, Instance, Placement
 from deployments.services import reconciler, rollouts
 from models_registry import tasks
 from models_registry.models import ModelVersion, TrainingJob
-from models_registry.services import (
-    STALE_HEARTBEAT,
-    reconcile_training_jobs,
-)
+from models_registry.services.training import STALE_HEARTBEAT, reconcile_training_jobs
 from tests.factories import TenantFactory, TenantModelFactory
 from tests.reliability.support import (
     Worker,

@@ -11,7 +11,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from deployments.models import Event
-from models_registry import datasets
+from models_registry import dataset_files as datasets
 from models_registry.models import Dataset
 
 pytestmark = pytest.mark.django_db

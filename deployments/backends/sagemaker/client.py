@@ -17,9 +17,9 @@ AWS facts it relies on:
 - Names of models, endpoint configs and endpoints are unique per account and region; creating
   one that exists answers ``ValidationException`` "Cannot create already existing ...", so names
   here are deterministic and such an answer means "describe it instead".
-- Hosting APIs are rate limited per account; throttling answers are retried here with
-  exponential backoff and full jitter, and botocore's own retries are off so the two policies
-  never multiply calls.
+- Hosting APIs are rate limited per account; botocore's standard retries (``config.aws``) take
+  transient errors, and throttling that outlasts them is retried here with exponential backoff
+  and full jitter.
 """
 
 from __future__ import annotations
@@ -33,18 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
+from config.aws import (
+    TRITON_INFERENCE_ACCOUNTS,
+    ecr_image_uri,
+    error_code,
+    error_message,
+    full_jitter,
+    is_throttling,
+)
+from config.aws import client as aws_client
 from config.errors import DomainError
 from deployments.exceptions import InvalidInferenceInput, UpstreamError
-from models_registry.training.sagemaker import (
-    _error_code,
-    _error_message,
-    _full_jitter,
-    _is_throttling,
-)
 
 __all__ = [
     "DEFAULT_TRITON_VERSION",
@@ -139,36 +140,6 @@ class TritonImageUnavailable(DomainError):
 # Triton image URIs
 # ---------------------------------------------------------------------------------------------
 
-# Source: the sagemaker python SDK's ``image_uri_config/sagemaker-tritonserver.json``; from
-# 23.12 on every version is published by these (Deep Learning Containers) accounts.
-_TRITON_ACCOUNTS = {
-    "af-south-1": "626614931356",
-    "ap-east-1": "871362719292",
-    "ap-northeast-1": "763104351884",
-    "ap-northeast-2": "763104351884",
-    "ap-northeast-3": "364406365360",
-    "ap-south-1": "763104351884",
-    "ap-southeast-1": "763104351884",
-    "ap-southeast-2": "763104351884",
-    "ap-southeast-3": "907027046896",
-    "ca-central-1": "763104351884",
-    "ca-west-1": "204538143572",
-    "cn-north-1": "727897471807",
-    "cn-northwest-1": "727897471807",
-    "eu-central-1": "763104351884",
-    "eu-north-1": "763104351884",
-    "eu-south-1": "692866216735",
-    "eu-west-1": "763104351884",
-    "eu-west-2": "763104351884",
-    "eu-west-3": "763104351884",
-    "il-central-1": "780543022126",
-    "me-south-1": "217643126080",
-    "sa-east-1": "763104351884",
-    "us-east-1": "763104351884",
-    "us-east-2": "763104351884",
-    "us-west-1": "763104351884",
-    "us-west-2": "763104351884",
-}
 _TRITON_VERSION = re.compile(r"^(\d{2})\.(\d{2})(?:-py3)?$")
 # Versions before 23.12 were published from other, per-region accounts this table does not hold.
 _OLDEST_TRITON_VERSION = (23, 12)
@@ -176,11 +147,11 @@ _OLDEST_TRITON_VERSION = (23, 12)
 
 def triton_image_uri(region: str, version: str = DEFAULT_TRITON_VERSION) -> str:
     """The SageMaker Triton inference image for ``region`` and a ``YY.MM`` release (no network)."""
-    account = _TRITON_ACCOUNTS.get(region)
+    account = TRITON_INFERENCE_ACCOUNTS.get(region)
     if account is None:
         raise TritonImageUnavailable(
             f"No SageMaker Triton image is known for region {region!r}; "
-            f"known regions: {', '.join(sorted(_TRITON_ACCOUNTS))}."
+            f"known regions: {', '.join(sorted(TRITON_INFERENCE_ACCOUNTS))}."
         )
     match = _TRITON_VERSION.match(version)
     if match is None:
@@ -193,8 +164,12 @@ def triton_image_uri(region: str, version: str = DEFAULT_TRITON_VERSION) -> str:
             f"SageMaker Triton {version} predates 23.12; use 23.12 or newer "
             f"(e.g. {DEFAULT_TRITON_VERSION})."
         )
-    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
-    return f"{account}.dkr.ecr.{region}.{domain}/sagemaker-tritonserver:{match[1]}.{match[2]}-py3"
+    return ecr_image_uri(
+        account=account,
+        region=region,
+        repository="sagemaker-tritonserver",
+        tag=f"{match[1]}.{match[2]}-py3",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,18 +343,18 @@ def _component_state(description: Mapping[str, Any]) -> ComponentState:
 
 
 def _is_already_exists(error: ClientError) -> bool:
-    code = _error_code(error)
+    code = error_code(error)
     if code in ("ResourceInUse", "ResourceInUseException"):
         return True
     # SageMaker answers a duplicate name with "Cannot create already existing model ...".
-    return code == "ValidationException" and "already exist" in _error_message(error).lower()
+    return code == "ValidationException" and "already exist" in error_message(error).lower()
 
 
 def _is_not_found(error: ClientError) -> bool:
-    code = _error_code(error)
+    code = error_code(error)
     if code in ("ResourceNotFound", "ObjectNotFoundException", "NoSuchKey", "404"):
         return True
-    message = _error_message(error).lower()
+    message = error_message(error).lower()
     # SageMaker says "Could not find endpoint ..."; Application Auto Scaling (and moto) say
     # "No scalable target found ..." for a target that was never registered.
     return code == "ValidationException" and any(
@@ -398,7 +373,7 @@ def _backend_error(operation: str, error: ClientError | BotoCoreError) -> Endpoi
     operation = _api_name(operation)
     if isinstance(error, ClientError):
         return EndpointBackendError(
-            f"{operation} failed ({_error_code(error) or 'error'}): {_error_message(error)}"
+            f"{operation} failed ({error_code(error) or 'error'}): {error_message(error)}"
         )
     return EndpointBackendError(f"{operation} failed: {error}")
 
@@ -411,7 +386,7 @@ def _waiter_throttled(error: WaiterError) -> bool:
     response = error.last_response or {}
     # A throttled describe ends botocore's waiter at once ("An error occurred"); judge it by the
     # same rule as any other throttled call.
-    return "Error" in response and _is_throttling(ClientError(response, "DescribeEndpoint"))
+    return "Error" in response and is_throttling(ClientError(response, "DescribeEndpoint"))
 
 
 def _split_s3_uri(uri: str) -> tuple[str, str]:
@@ -468,7 +443,7 @@ class SageMakerEndpointBackend:
         base_backoff_s: float = 0.5,
         max_backoff_s: float = 20.0,
         sleep: Callable[[float], None] = time.sleep,
-        jitter: Callable[[float], float] = _full_jitter,
+        jitter: Callable[[float], float] = full_jitter,
     ) -> None:
         given = sagemaker_client or runtime_client or autoscaling_client or s3_client
         self.region = region or (given.meta.region_name if given is not None else None)
@@ -494,16 +469,8 @@ class SageMakerEndpointBackend:
     def _client(self, service: str) -> Any:
         with self._client_lock:
             if service not in self._clients:
-                # S3 keeps botocore's retries (its SlowDown handling is built for S3's limits);
-                # everything else is retried only by ``_retrying`` so retries never stack.
-                config = (
-                    None
-                    if service == "s3"
-                    else Config(retries={"mode": "standard", "total_max_attempts": 1})
-                )
-                self._clients[service] = boto3.client(
-                    service, region_name=self.region, config=config
-                )
+                # botocore retries transient errors; ``_retrying`` takes throttling beyond them.
+                self._clients[service] = aws_client(service, region=self.region)
             return self._clients[service]
 
     @property
@@ -531,7 +498,7 @@ class SageMakerEndpointBackend:
             try:
                 return attempt_once()
             except ClientError as error:
-                if not _is_throttling(error):
+                if not is_throttling(error):
                     raise
                 last: Exception = error
             except WaiterError as error:
@@ -1265,8 +1232,8 @@ class SageMakerEndpointBackend:
 
 
 def _invocation_error(what: str, endpoint_name: str, error: ClientError) -> DomainError:
-    code = _error_code(error)
-    message = _error_message(error)
+    code = error_code(error)
+    message = error_message(error)
     if code == "ModelError":
         original = error.response.get("OriginalMessage") or message
         status = error.response.get("OriginalStatusCode")

@@ -15,8 +15,13 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from config.errors import DomainError
-from models_registry import selectors, services
+from models_registry import selectors
 from models_registry.models import TrainingJob
+from models_registry.services.training import start_training_job
+from models_registry.training.backends.base import (
+    DEFAULT_TRAINING_BACKEND,
+    training_backend_names,
+)
 from tenants.models import Tenant
 
 BAR_WIDTH = 30
@@ -36,7 +41,9 @@ class Command(BaseCommand):
             metavar="NAME=VALUE",
             help="repeatable; numbers are read as numbers",
         )
-        parser.add_argument("--backend", default="local", choices=["local", "sagemaker"])
+        parser.add_argument(
+            "--backend", default=DEFAULT_TRAINING_BACKEND, choices=training_backend_names()
+        )
         parser.add_argument("--follow", type=int, metavar="JOB_ID", help="follow an existing job")
         parser.add_argument("--no-wait", action="store_true", help="enqueue and return")
         parser.add_argument("--poll", type=float, default=1.0, help="seconds between updates")
@@ -64,7 +71,7 @@ class Command(BaseCommand):
                 raise CommandError(f"No tenant {options['tenant']!r}.")
             model = selectors.model_for_tenant(tenant=tenant, name=options["model"])
             dataset = selectors.dataset_for_training(tenant=tenant, reference=options["dataset"])
-            job, created = services.start_training_job(
+            job, created = start_training_job(
                 model=model,
                 dataset=dataset,
                 actor="cli",

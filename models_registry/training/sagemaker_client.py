@@ -1,13 +1,16 @@
-"""SageMaker training backend: launch, watch and stop tenant training jobs with plain boto3.
+"""SageMaker training client: launch, watch and stop tenant training jobs with plain boto3.
 
 This module owns everything that talks to the SageMaker training API and to the S3 prefix a job
 reads its inputs from. It is ORM-free on purpose: plain dataclasses in (``TrainingLaunch``), plain
-dataclasses out (``TrainingStatus``), so services decide what to store and tests need no database.
+dataclasses out (``TrainingStatus``), so the ``sagemaker`` training backend
+(``models_registry.training.backends.sagemaker``) decides what to ask and services decide what to
+store, and tests need no database.
 
 AWS facts it relies on:
 - CreateTrainingJob is rate limited to about one call per second per account and region, so
-  launches go through an interval limiter and throttling answers are retried with exponential
-  backoff and full jitter (the AWS Architecture Blog's "Exponential Backoff And Jitter").
+  launches go through an interval limiter; botocore's standard retries (``config.aws``) take the
+  transient errors, and throttling that outlasts them is retried here with exponential backoff
+  and full jitter (the AWS Architecture Blog's "Exponential Backoff And Jitter").
 - Training-job names are unique per account and region and match
   ``^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}``; a name derived from the job id makes a re-delivered
   launch find the job it already created instead of starting a second one.
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import re
 import tarfile
 import tempfile
@@ -31,22 +33,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from config import aws
 from config.errors import DomainError
+from models_registry.exceptions import TrainingLaunchDeferred
 
 __all__ = [
     "DEFAULT_METRIC_DEFINITIONS",
     "IntervalRateLimiter",
-    "SageMakerTrainingBackend",
+    "SageMakerTrainingClient",
     "TrainingBackendError",
     "TrainingImageUnavailable",
     "TrainingLaunch",
     "TrainingLaunchThrottled",
     "TrainingStatus",
-    "default_backend",
+    "default_client",
     "training_image_uri",
     "training_job_name",
 ]
@@ -58,7 +60,7 @@ JOB_NAME_MAX_LENGTH = 63
 JOB_NAME_PREFIX = "tml"
 
 
-class TrainingLaunchThrottled(DomainError):
+class TrainingLaunchThrottled(TrainingLaunchDeferred):
     """SageMaker kept throttling the launch; the job can be retried later."""
 
     status_code = 503
@@ -348,55 +350,21 @@ class IntervalRateLimiter:
         return wait_s
 
 
-_THROTTLING_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "ProvisionedThroughputExceededException",
-        "ProvisionedThroughputExceeded",
-        "SlowDown",
-    }
-)
-
-
-def _is_throttling(error: ClientError) -> bool:
-    code = error.response.get("Error", {}).get("Code", "")
-    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code in _THROTTLING_CODES or status == 429
-
-
-def _error_code(error: ClientError) -> str:
-    return error.response.get("Error", {}).get("Code", "")
-
-
-def _error_message(error: ClientError) -> str:
-    return error.response.get("Error", {}).get("Message", "") or str(error)
-
-
 def _is_already_exists(error: ClientError) -> bool:
-    code = _error_code(error)
+    code = aws.error_code(error)
     if code in ("ResourceInUse", "ResourceInUseException"):
         return True
     # Real SageMaker answers a duplicate name with a ValidationException whose message says
     # "... a training job with this name already exists".
-    return code == "ValidationException" and "already exist" in _error_message(error).lower()
-
-
-def _full_jitter(ceiling_s: float) -> float:
-    return random.uniform(0.0, ceiling_s)
+    return code == "ValidationException" and "already exist" in aws.error_message(error).lower()
 
 
 # ---------------------------------------------------------------------------------------------
-# The backend
+# The client
 # ---------------------------------------------------------------------------------------------
 
 
-class SageMakerTrainingBackend:
+class SageMakerTrainingClient:
     """Launches, describes and stops SageMaker training jobs; uploads their inputs to S3."""
 
     def __init__(
@@ -411,7 +379,7 @@ class SageMakerTrainingBackend:
         *,
         s3_client: Any | None = None,
         max_backoff_s: float = 20.0,
-        jitter: Callable[[float], float] = _full_jitter,
+        jitter: Callable[[float], float] = aws.full_jitter,
     ) -> None:
         self.region = region or (client.meta.region_name if client is not None else None)
         self._client = client
@@ -426,26 +394,18 @@ class SageMakerTrainingBackend:
 
     # -- clients -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _client_config() -> Config:
-        # This class is the only retry policy for throttling, so botocore must not retry on its
-        # own: stacked retries would multiply calls against CreateTrainingJob's ~1 TPS budget.
-        return Config(retries={"mode": "standard", "total_max_attempts": 1})
-
     @property
     def client(self) -> Any:
         with self._client_lock:
             if self._client is None:
-                self._client = boto3.client(
-                    "sagemaker", region_name=self.region, config=self._client_config()
-                )
+                self._client = aws.client("sagemaker", region=self.region)
             return self._client
 
     @property
     def s3_client(self) -> Any:
         with self._client_lock:
             if self._s3_client is None:
-                self._s3_client = boto3.client("s3", region_name=self.region)
+                self._s3_client = aws.client("s3", region=self.region)
             return self._s3_client
 
     # -- retry loop --------------------------------------------------------------------------
@@ -457,7 +417,8 @@ class SageMakerTrainingBackend:
         rate_limited: bool = False,
         **params: Any,
     ) -> dict[str, Any]:
-        """Call one SageMaker operation, retrying throttling with backoff and full jitter."""
+        """Call one SageMaker operation, retrying throttling that outlasted botocore's own
+        attempts with backoff and full jitter; a rate-limited call waits for the limiter first."""
         method = getattr(self.client, operation)
         attempt = 0
         while True:
@@ -466,7 +427,7 @@ class SageMakerTrainingBackend:
             try:
                 return method(**params)
             except ClientError as error:
-                if not _is_throttling(error):
+                if not aws.is_throttling(error):
                     raise
                 if attempt >= self.max_retries:
                     raise TrainingLaunchThrottled(
@@ -503,7 +464,7 @@ class SageMakerTrainingBackend:
         try:
             self._call("stop_training_job", TrainingJobName=job_name)
         except ClientError as error:
-            if _error_code(error) != "ValidationException":
+            if aws.error_code(error) != "ValidationException":
                 raise _backend_error("StopTrainingJob", error) from error
             # SageMaker refuses to stop a job that is not InProgress; that is success for us
             # if the job is already on its way out or over.
@@ -574,7 +535,7 @@ class SageMakerTrainingBackend:
 
 def _backend_error(operation: str, error: ClientError) -> TrainingBackendError:
     return TrainingBackendError(
-        f"{operation} failed ({_error_code(error) or 'error'}): {_error_message(error)}"
+        f"{operation} failed ({aws.error_code(error) or 'error'}): {aws.error_message(error)}"
     )
 
 
@@ -595,55 +556,26 @@ def _sourcedir_archive(sourcedir: Path, scratch: Path) -> Path:
     return archive
 
 
-_default_backend: SageMakerTrainingBackend | None = None
-_default_backend_lock = threading.Lock()
+_default_client: SageMakerTrainingClient | None = None
+_default_client_lock = threading.Lock()
 
 
-def default_backend() -> SageMakerTrainingBackend:
-    """The process-wide backend, so every launch in this process shares one rate limiter."""
-    global _default_backend
-    with _default_backend_lock:
-        if _default_backend is None:
-            _default_backend = SageMakerTrainingBackend()
-        return _default_backend
+def default_client() -> SageMakerTrainingClient:
+    """The process-wide client, so every launch in this process shares one rate limiter."""
+    global _default_client
+    with _default_client_lock:
+        if _default_client is None:
+            _default_client = SageMakerTrainingClient()
+        return _default_client
 
 
 # ---------------------------------------------------------------------------------------------
 # Training image URIs
 # ---------------------------------------------------------------------------------------------
 
-# Offline fallback for when the optional ``sagemaker`` SDK (the ``aws`` extra) is not installed.
-# Source: the SDK's ``sagemaker/image_uri_config/pytorch.json`` "registries" map (AWS Deep Learning
-# Containers accounts) and the DLC release tags listed in aws/deep-learning-containers'
-# available_images.md for PyTorch 2.3.0 / 2.2.0 training.
-_DLC_ACCOUNTS = {
-    "af-south-1": "626614931356",
-    "ap-east-1": "871362719292",
-    "ap-northeast-1": "763104351884",
-    "ap-northeast-2": "763104351884",
-    "ap-northeast-3": "364406365360",
-    "ap-south-1": "763104351884",
-    "ap-southeast-1": "763104351884",
-    "ap-southeast-2": "763104351884",
-    "ap-southeast-3": "907027046896",
-    "ca-central-1": "763104351884",
-    "cn-north-1": "727897471807",
-    "cn-northwest-1": "727897471807",
-    "eu-central-1": "763104351884",
-    "eu-north-1": "763104351884",
-    "eu-south-1": "692866216735",
-    "eu-west-1": "763104351884",
-    "eu-west-2": "763104351884",
-    "eu-west-3": "763104351884",
-    "il-central-1": "780543022126",
-    "me-south-1": "217643126080",
-    "sa-east-1": "763104351884",
-    "us-east-1": "763104351884",
-    "us-east-2": "763104351884",
-    "us-gov-west-1": "442386744353",
-    "us-west-1": "763104351884",
-    "us-west-2": "763104351884",
-}
+# Offline fallback for when the optional ``sagemaker`` SDK (the ``aws`` extra) is not installed:
+# the Deep Learning Containers accounts (``config.aws``) and the DLC release tags listed in
+# aws/deep-learning-containers' available_images.md for PyTorch 2.3.0 / 2.2.0 training.
 _PYTORCH_TRAINING_TAGS = {
     ("2.3", "py311", "cpu"): "2.3.0-cpu-py311-ubuntu20.04-sagemaker",
     ("2.3", "py311", "gpu"): "2.3.0-gpu-py311-cu121-ubuntu20.04-sagemaker",
@@ -691,7 +623,7 @@ def training_image_uri(
             )
         except ValueError as error:
             raise TrainingImageUnavailable(str(error)) from error
-    account = _DLC_ACCOUNTS.get(region)
+    account = aws.PYTORCH_TRAINING_ACCOUNTS.get(region)
     if account is None:
         raise TrainingImageUnavailable(f"No PyTorch training image is known for region {region}.")
     tag = _PYTORCH_TRAINING_TAGS.get((_major_minor(framework_version), py_version, processor))
@@ -699,5 +631,4 @@ def training_image_uri(
         raise TrainingImageUnavailable(
             f"No PyTorch {framework_version} {py_version} {processor} training image is known."
         )
-    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
-    return f"{account}.dkr.ecr.{region}.{domain}/pytorch-training:{tag}"
+    return aws.ecr_image_uri(account=account, region=region, repository="pytorch-training", tag=tag)

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from models_registry.services import seed_demo
+from models_registry.demo.seeding import seed_demo
 
 
 class Command(BaseCommand):

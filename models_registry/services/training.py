@@ -1,0 +1,624 @@
+"""Writes for training jobs: from queued to finished on whichever backend the job names, and the
+repair of jobs whose worker or message was lost.
+
+Every decision about a job's state is made here, under a row lock, with the Event that says why;
+where and how the training runs is the job's backend's (``training_backend_for(job)``), which
+answers with plain reports. A succeeded job's artifact becomes the model's next version: registered,
+packaged for Triton and put to the quality gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from config.errors import DomainError
+from config.events import record_event
+from config.queue import send_task_on_commit
+from models_registry import artifacts
+from models_registry.dataset_files import parse_dataset, stratified_split
+from models_registry.exceptions import (
+    IdempotencyKeyReused,
+    InvalidDataset,
+    InvalidTrainingRequest,
+    JobNotCancellable,
+    TrainingBackendNotConfigured,
+    TrainingLaunchDeferred,
+)
+from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
+from models_registry.services.packaging import package_version
+from models_registry.services.promotion import apply_quality_gate
+from models_registry.services.registry import register_version
+from models_registry.training.backends.base import (
+    DEFAULT_TRAINING_BACKEND,
+    TrainingBackend,
+    TrainingInputs,
+    TrainingReport,
+    training_backend,
+    training_backend_for,
+)
+
+# A launched job whose worker has not written a heartbeat for this long is presumed orphaned,
+# unless its backend still sees the training process.
+STALE_HEARTBEAT = timedelta(minutes=2)
+# A queued job no worker has picked up for this long had its message lost; it is sent again.
+STALE_QUEUED = timedelta(minutes=10)
+# A job is run at most this many times: a worker lost once is retried, twice means a real fault.
+MAX_TRAINING_ATTEMPTS = 2
+# Progress is written at most this often (a cheap UPDATE), plus every change of whole percent.
+PROGRESS_WRITE_INTERVAL_S = 1.0
+HEARTBEAT_INTERVAL_S = 10.0
+LOG_TAIL_CHARS = 8000
+SCALAR_TYPES = (str, int, float, bool)
+
+
+def _validated_hyperparameters(hyperparameters: object, *, kind: str) -> dict:
+    if hyperparameters is None:
+        return {}
+    if not isinstance(hyperparameters, dict):
+        raise InvalidTrainingRequest(
+            "hyperparameters must be a JSON object of names to values.", field="hyperparameters"
+        )
+    for name, value in hyperparameters.items():
+        if not isinstance(name, str) or not name:
+            raise InvalidTrainingRequest(
+                "hyperparameters: every name must be a non-empty string.", field="hyperparameters"
+            )
+        if value is not None and not isinstance(value, SCALAR_TYPES):
+            raise InvalidTrainingRequest(
+                f"hyperparameters.{name}: must be a string, number or boolean, not "
+                f"{type(value).__name__}.",
+                field="hyperparameters",
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidTrainingRequest(
+                f"hyperparameters.{name}: must be a finite number.", field="hyperparameters"
+            )
+    if "kind" in hyperparameters and hyperparameters["kind"] != kind:
+        raise InvalidTrainingRequest(
+            f"hyperparameters.kind: the model's kind is {kind!r}; it cannot be overridden.",
+            field="hyperparameters",
+        )
+    return {name: hyperparameters[name] for name in sorted(hyperparameters) if name != "kind"}
+
+
+def _check_dataset_for_model(*, model: TenantModel, dataset: Dataset) -> None:
+    if dataset.tenant_id != model.tenant_id:
+        # Worded like a missing dataset, so another tenant's dataset ids do not leak.
+        raise InvalidDataset(
+            f"No dataset {dataset.pk} for tenant {model.tenant.slug}.", field="dataset"
+        )
+    if dataset.status != Dataset.Status.VALID:
+        raise InvalidDataset(f"Dataset {dataset.name!r} did not pass validation.", field="dataset")
+    if model.kind == "embedding":
+        report = dataset.validation_report or {}
+        if "group" not in report.get("columns", []) and not report.get("groups"):
+            raise InvalidDataset(
+                f"Dataset {dataset.name!r} has no group column; an embedding model trains on "
+                "paraphrase groups (text,label,group).",
+                field="dataset",
+            )
+
+
+def _derived_idempotency_key(
+    *, model: TenantModel, dataset: Dataset, hyperparameters: dict, backend: str
+) -> str:
+    payload = json.dumps(
+        [model.pk, dataset.sha256, hyperparameters, backend], sort_keys=True, default=str
+    )
+    return "auto:" + hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _send_to_backend(job: TrainingJob) -> None:
+    """Send the job to its backend's launch task once the transaction that made it visible
+    commits."""
+    send_task_on_commit(training_backend_for(job).launch_task, job.pk)
+
+
+def start_training_job(
+    *,
+    model: TenantModel,
+    dataset: Dataset,
+    actor: str,
+    hyperparameters: dict | None = None,
+    idempotency_key: str | None = None,
+    backend: str = DEFAULT_TRAINING_BACKEND,
+) -> tuple[TrainingJob, bool]:
+    """Queue a training job, or return the job the same request already made.
+
+    A client's ``idempotency_key`` always names one job (whatever became of it); reusing it with
+    other inputs is a 409. Without a key, one is derived from the model, the dataset's sha256,
+    the hyperparameters and the backend: a double click finds the job still queued, running or
+    succeeded, while a failed or cancelled one is tried afresh under the next key.
+    """
+    hyperparameters = _validated_hyperparameters(hyperparameters, kind=model.kind)
+    training_backend(backend)  # an unknown name is refused here, naming the field
+    _check_dataset_for_model(model=model, dataset=dataset)
+    if idempotency_key is not None:
+        idempotency_key = idempotency_key.strip()
+        if not idempotency_key or len(idempotency_key) > 128:
+            raise InvalidTrainingRequest(
+                "Idempotency-Key must be 1 to 128 characters.", field="idempotency_key"
+            )
+        keys = [idempotency_key]
+    else:
+        base = _derived_idempotency_key(
+            model=model, dataset=dataset, hyperparameters=hyperparameters, backend=backend
+        )
+        keys = [base]
+        previous = (
+            TrainingJob.objects.filter(model=model, idempotency_key__startswith=base)
+            .order_by("-created_at", "-pk")
+            .first()
+        )
+        if previous is not None:
+            if previous.status not in (TrainingJob.Status.FAILED, TrainingJob.Status.CANCELLED):
+                return previous, False
+            tries = TrainingJob.objects.filter(model=model, idempotency_key__startswith=base)
+            keys = [f"{base}:{tries.count() + 1}"]
+    key = keys[0]
+    existing = TrainingJob.objects.filter(model=model, idempotency_key=key).first()
+    if existing is not None:
+        return _same_request(
+            existing, dataset=dataset, hyperparameters=hyperparameters, backend=backend
+        ), False
+    try:
+        with transaction.atomic():
+            job = TrainingJob.objects.create(
+                model=model,
+                dataset=dataset,
+                backend=backend,
+                hyperparameters=hyperparameters,
+                idempotency_key=key,
+            )
+            record_event(
+                kind="training.queued",
+                message=(
+                    f"Training job {job.pk} queued for {model} on dataset {dataset.name} "
+                    f"({backend})."
+                ),
+                actor=actor,
+                tenant=model.tenant,
+                data={"job": job.pk, "hyperparameters": hyperparameters},
+            )
+            _send_to_backend(job)
+    except IntegrityError:
+        # Two requests raced past the lookup; the one that lost answers with the winner's job.
+        existing = TrainingJob.objects.get(model=model, idempotency_key=key)
+        return _same_request(
+            existing, dataset=dataset, hyperparameters=hyperparameters, backend=backend
+        ), False
+    return job, True
+
+
+def _same_request(
+    job: TrainingJob, *, dataset: Dataset, hyperparameters: dict, backend: str
+) -> TrainingJob:
+    if (
+        job.dataset_id != dataset.pk
+        or job.hyperparameters != hyperparameters
+        or job.backend != backend
+    ):
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {job.idempotency_key!r} was already used for training job "
+            f"{job.pk} with other inputs.",
+            field="idempotency_key",
+        )
+    return job
+
+
+def request_training_cancel(*, job: TrainingJob, actor: str) -> TrainingJob:
+    """Ask a queued or running job to stop.
+
+    A queued job is cancelled at once; a launched one keeps the flag, which the local runner polls
+    and ``follow_training_jobs`` passes on to a backend that trains elsewhere.
+    """
+    with transaction.atomic():
+        job = TrainingJob.objects.select_for_update().get(pk=job.pk)
+        if job.is_terminal:
+            raise JobNotCancellable(f"Training job {job.pk} already {job.status}.")
+        job.cancel_requested = True
+        update = ["cancel_requested"]
+        if job.status == TrainingJob.Status.QUEUED:
+            # Nothing runs yet, so the cancellation is complete at once.
+            job.status = TrainingJob.Status.CANCELLED
+            job.finished_at = timezone.now()
+            update += ["status", "finished_at"]
+        job.save(update_fields=update)
+        record_event(
+            kind="training.cancel_requested",
+            message=f"Cancellation of training job {job.pk} requested.",
+            actor=actor,
+            tenant=job.model.tenant,
+        )
+    return job
+
+
+def launch_training_job(*, job_id: int, backend: TrainingBackend | None = None) -> TrainingJob:
+    """Hand a queued job to its backend and record what the backend reports.
+
+    A local job trains here to its end (then registered, packaged and put to the quality gate);
+    a SageMaker job returns once launched and ``follow_training_jobs`` takes it from there. A
+    re-delivered message for a job already launched or finished changes nothing. A launch the
+    backend defers (throttled) puts the job back in the queue; one it refuses fails the job with
+    the reason, and so does a backend that is not configured (TrainingBackendNotConfigured).
+    """
+    if backend is None:
+        backend = training_backend_for(TrainingJob.objects.only("backend").get(pk=job_id))
+    job, claimed, problem = _claim_training_job(job_id=job_id, backend=backend, now=timezone.now())
+    if problem:
+        raise TrainingBackendNotConfigured(problem, field="backend")
+    if not claimed:
+        return job
+    try:
+        inputs = _training_inputs(job)
+    except (DomainError, OSError, ValueError) as exc:
+        reason = getattr(exc, "message", None) or str(exc)
+        with transaction.atomic():
+            return _finish_job(
+                job, status=TrainingJob.Status.FAILED, reason=f"Preparing the job failed: {reason}"
+            )
+    try:
+        report = backend.launch(job=job, inputs=inputs, progress=_ProgressWriter(job.pk))
+    except TrainingLaunchDeferred as exc:
+        with transaction.atomic():
+            # A launch that never ran is no attempt: only lost workers count against the job.
+            TrainingJob.objects.filter(pk=job.pk).update(
+                status=TrainingJob.Status.QUEUED,
+                attempts=F("attempts") - 1,
+                heartbeat_at=timezone.now(),
+            )
+            record_event(
+                kind="training.launch_throttled",
+                severity="warning",
+                message=f"Training job {job.pk}: {exc.message} It stays queued.",
+                actor="worker",
+                tenant=job.model.tenant,
+            )
+        raise
+    except DomainError as exc:
+        with transaction.atomic():
+            job.refresh_from_db()
+            _finish_job(job, status=TrainingJob.Status.FAILED, reason=exc.message)
+        raise
+    return _record_report(job=job, report=report, launched=True)
+
+
+def follow_training_job(*, job: TrainingJob, backend: TrainingBackend | None = None) -> TrainingJob:
+    """Bring one launched job up to date with its backend: progress while it runs, its outcome once
+    it ended (a succeeded job's artifact becomes the next version). A job cancelled meanwhile is
+    asked to stop."""
+    _follow(job=job, backend=backend or training_backend_for(job))
+    job.refresh_from_db()
+    return job
+
+
+def follow_training_jobs() -> int:
+    """Follow every launched job still in flight; returns how many a backend reported on."""
+    jobs = TrainingJob.objects.filter(
+        status__in=[TrainingJob.Status.LAUNCHING, TrainingJob.Status.RUNNING],
+    ).exclude(external_id="")
+    return sum(
+        _follow(job=job, backend=training_backend_for(job))
+        for job in jobs.select_related("model__tenant")
+    )
+
+
+def _follow(*, job: TrainingJob, backend: TrainingBackend) -> bool:
+    """Follow one job; False when its backend had nothing to report (its worker reports)."""
+    if job.is_terminal or not job.external_id:
+        return False
+    if job.cancel_requested:
+        backend.stop(job=job)
+    report = backend.follow(job=job)
+    if report is None:
+        return False
+    _record_report(job=job, report=report, launched=False)
+    return True
+
+
+def _claim_training_job(
+    *, job_id: int, backend: TrainingBackend, now: datetime
+) -> tuple[TrainingJob, bool, str]:
+    """Move a job to launching under a row lock; False when this worker must not launch it, and
+    the backend's configuration problem when that failed the job."""
+    with transaction.atomic():
+        job = (
+            TrainingJob.objects.select_for_update(of=("self",))
+            .select_related("model__tenant", "dataset")
+            .get(pk=job_id)
+        )
+        if job.is_terminal:
+            return job, False, ""
+        if job.cancel_requested:
+            _finish_job(job, status=TrainingJob.Status.CANCELLED, reason="Cancelled before start.")
+            return job, False, ""
+        if job.status != TrainingJob.Status.QUEUED and not _worker_lost(job, backend, now=now):
+            return job, False, ""  # a re-delivered message while the job is launched and alive
+        if job.attempts >= MAX_TRAINING_ATTEMPTS:
+            _finish_job(
+                job,
+                status=TrainingJob.Status.FAILED,
+                reason=f"Gave up after {job.attempts} attempts: the worker was lost each time.",
+            )
+            return job, False, ""
+        problem = backend.configuration_problem()
+        if problem:
+            _finish_job(job, status=TrainingJob.Status.FAILED, reason=problem)
+            return job, False, problem
+        job.status = TrainingJob.Status.LAUNCHING
+        job.attempts += 1
+        job.started_at = now
+        job.heartbeat_at = now
+        job.progress_pct = 0
+        job.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", "progress_pct"])
+        record_event(
+            kind="training.started",
+            message=f"Training job {job.pk} for {job.model} started (attempt {job.attempts}).",
+            actor="worker",
+            tenant=job.model.tenant,
+            data={"job": job.pk, "attempt": job.attempts},
+        )
+    return job, True, ""
+
+
+def _worker_lost(job: TrainingJob, backend: TrainingBackend, *, now: datetime) -> bool:
+    """Whether a launched job's worker is gone: no fresh heartbeat, and no training process its
+    backend still sees."""
+    fresh = job.heartbeat_at is not None and now - job.heartbeat_at < STALE_HEARTBEAT
+    return not fresh and backend.process_lost(job=job)
+
+
+def _training_inputs(job: TrainingJob) -> TrainingInputs:
+    train_rows, validation_rows = _training_rows(job.dataset)
+    return TrainingInputs(
+        train_rows=train_rows,
+        validation_rows=validation_rows,
+        hyperparameters={**job.hyperparameters, "kind": job.model.kind},
+    )
+
+
+def _record_report(*, job: TrainingJob, report: TrainingReport, launched: bool) -> TrainingJob:
+    """Store what a backend reported: progress while the job runs, its outcome once it ended."""
+    model = job.model
+    if not report.is_terminal:
+        fields = {
+            "status": (
+                TrainingJob.Status.RUNNING
+                if report.state == "running"
+                else TrainingJob.Status.LAUNCHING
+            ),
+            "heartbeat_at": timezone.now(),
+        }
+        if report.external_id:
+            fields["external_id"] = report.external_id
+        if report.progress_pct is not None:
+            fields["progress_pct"] = report.progress_pct
+        with transaction.atomic():
+            TrainingJob.objects.filter(pk=job.pk).update(**fields)
+            if launched:
+                record_event(
+                    kind="training.launched",
+                    message=f"Training job {job.pk} for {model} {report.summary or 'launched'}.",
+                    actor="worker",
+                    tenant=model.tenant,
+                    data={"job": job.pk, "external_id": report.external_id},
+                )
+        job.refresh_from_db()
+        return job
+    with transaction.atomic():
+        job = (
+            TrainingJob.objects.select_for_update(of=("self",))
+            .select_related("model__tenant")
+            .get(pk=job.pk)
+        )
+        if job.is_terminal:
+            return job
+        if report.state != "succeeded":
+            return _finish_job(
+                job, status=report.state, reason=report.failure_reason, report=report
+            )
+    return _complete_training(job=job, report=report)
+
+
+def _finish_job(
+    job: TrainingJob,
+    *,
+    status: str,
+    reason: str = "",
+    report: TrainingReport | None = None,
+    actor: str = "worker",
+) -> TrainingJob:
+    """Write a job's terminal state and the Event saying why (call inside a transaction)."""
+    job.status = status
+    job.failure_reason = reason if status != TrainingJob.Status.SUCCEEDED else ""
+    job.finished_at = timezone.now()
+    fields = ["status", "failure_reason", "finished_at"]
+    if report is not None:
+        if report.log_tail is not None:
+            job.log_tail = report.log_tail[-LOG_TAIL_CHARS:]
+            fields.append("log_tail")
+        if report.metrics:
+            job.metrics = report.metrics
+            fields.append("metrics")
+        if report.external_id:
+            job.external_id = report.external_id
+            fields.append("external_id")
+    if status == TrainingJob.Status.SUCCEEDED:
+        job.progress_pct = 100
+        fields.append("progress_pct")
+    job.save(update_fields=fields)
+    severity = "error" if status == TrainingJob.Status.FAILED else "info"
+    record_event(
+        kind=f"training.{status}",
+        severity=severity,
+        message=f"Training job {job.pk} for {job.model} {status}"
+        + (f": {reason}" if reason else "."),
+        actor=actor,
+        tenant=job.model.tenant,
+        data={"job": job.pk},
+    )
+    return job
+
+
+def _complete_training(*, job: TrainingJob, report: TrainingReport) -> TrainingJob:
+    """A succeeded job's artifact becomes the next version: registered once (a re-run finds it),
+    packaged for Triton, then promoted if the quality gate lets it."""
+    version = ModelVersion.objects.filter(training_job=job).first() or register_version(
+        model=job.model,
+        actor="worker",
+        training_job=job,
+        artifact_uri=report.artifact_uri,
+        metrics=report.metrics,
+    )
+    with transaction.atomic():
+        _finish_job(job, status=TrainingJob.Status.SUCCEEDED, report=report)
+    try:
+        version = package_version(version=version, actor="worker")
+    except (DomainError, OSError, ValueError):
+        return job  # the version is marked failed with the reason; the training itself succeeded
+    apply_quality_gate(version=version, actor="worker")
+    job.refresh_from_db()
+    return job
+
+
+def _training_rows(dataset: Dataset) -> tuple[list[dict], list[dict]]:
+    content = artifacts.read_bytes(dataset.storage_uri)
+    parsed = parse_dataset(content, format=dataset.format)
+    if parsed.problems:
+        raise InvalidDataset(
+            f"Dataset {dataset.name!r} no longer parses: {parsed.problems[0]}", field="dataset"
+        )
+    # Datasets uploaded before splits were stored get the same deterministic split now.
+    split = dataset.split or stratified_split(parsed.rows)
+    train = [parsed.rows[index] for index in split["train"]]
+    validation = [parsed.rows[index] for index in split["validation"]]
+    return train, validation
+
+
+class _ProgressWriter:
+    """``TrainingProgress`` for a job training in this worker: its process, throttled progress
+    and heartbeats (cheap UPDATEs)."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self.last_pct = -1
+        self.last_progress_write = 0.0
+        self.last_heartbeat = time.monotonic()
+
+    def on_progress(self, pct: int, message: str) -> None:
+        pct = max(0, min(100, int(pct)))
+        now = time.monotonic()
+        if pct == self.last_pct or (
+            now - self.last_progress_write < PROGRESS_WRITE_INTERVAL_S and pct < 100
+        ):
+            return
+        self.last_pct, self.last_progress_write, self.last_heartbeat = pct, now, now
+        TrainingJob.objects.filter(pk=self.job_id, status=TrainingJob.Status.RUNNING).update(
+            progress_pct=pct, heartbeat_at=timezone.now()
+        )
+
+    def on_start(self, external_id: str) -> None:
+        # Recorded at once so the reconciler can tell a live training process from a lost one.
+        TrainingJob.objects.filter(pk=self.job_id).update(
+            external_id=external_id, status=TrainingJob.Status.RUNNING, heartbeat_at=timezone.now()
+        )
+
+    def should_cancel(self) -> bool:
+        # Polled every runner tick, so it doubles as the heartbeat that keeps the job from being
+        # taken for orphaned while a long epoch reports no progress.
+        now = time.monotonic()
+        if now - self.last_heartbeat >= HEARTBEAT_INTERVAL_S:
+            self.last_heartbeat = now
+            TrainingJob.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
+        return TrainingJob.objects.filter(pk=self.job_id, cancel_requested=True).exists()
+
+
+def reconcile_training_jobs(*, now: datetime | None = None) -> list[TrainingJob]:
+    """Repair jobs whose worker vanished and queued jobs whose message was lost.
+
+    A launched job with a stale heartbeat is left alone while its backend still sees its training
+    process (a local pid that is alive; a SageMaker job always); otherwise it is queued again if
+    it has an attempt left, else failed with the last heartbeat in the reason. Returns the jobs
+    it changed.
+    """
+    now = now or timezone.now()
+    changed: list[TrainingJob] = []
+    launched = [TrainingJob.Status.LAUNCHING, TrainingJob.Status.RUNNING]
+    stale_running = TrainingJob.objects.filter(status__in=launched).filter(
+        Q(heartbeat_at__lt=now - STALE_HEARTBEAT) | Q(heartbeat_at__isnull=True)
+    )
+    for job_id in stale_running.values_list("pk", flat=True):
+        with transaction.atomic():
+            job = (
+                TrainingJob.objects.select_for_update(of=("self",))
+                .select_related("model__tenant")
+                .get(pk=job_id)
+            )
+            # Re-checked under the lock: the worker may have written a heartbeat meanwhile.
+            if job.status not in launched or not _worker_lost(
+                job, training_backend_for(job), now=now
+            ):
+                continue
+            last = f"{job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC" if job.heartbeat_at else "never"
+            if job.attempts < MAX_TRAINING_ATTEMPTS and not job.cancel_requested:
+                job.status = TrainingJob.Status.QUEUED
+                job.heartbeat_at = now
+                job.progress_pct = 0
+                job.save(update_fields=["status", "heartbeat_at", "progress_pct"])
+                record_event(
+                    kind="training.requeued",
+                    severity="warning",
+                    message=(
+                        f"Training job {job.pk}: worker stopped while the job was running "
+                        f"(last heartbeat {last}); queued again."
+                    ),
+                    actor="reconciler",
+                    tenant=job.model.tenant,
+                    data={"job": job.pk, "attempts": job.attempts},
+                )
+                _send_to_backend(job)
+            else:
+                _finish_job(
+                    job,
+                    status=TrainingJob.Status.FAILED,
+                    reason=f"worker stopped while the job was running (last heartbeat {last})",
+                    actor="reconciler",
+                )
+            changed.append(job)
+    lost = TrainingJob.objects.filter(
+        status=TrainingJob.Status.QUEUED, cancel_requested=False
+    ).filter(
+        Q(heartbeat_at__lt=now - STALE_QUEUED)
+        | Q(heartbeat_at__isnull=True, created_at__lt=now - STALE_QUEUED)
+    )
+    for job_id in lost.values_list("pk", flat=True):
+        with transaction.atomic():
+            job = (
+                TrainingJob.objects.select_for_update(of=("self",))
+                .select_related("model__tenant")
+                .get(pk=job_id)
+            )
+            if job.status != TrainingJob.Status.QUEUED:
+                continue
+            # Marks when it was last sent, so the next pass waits STALE_QUEUED again.
+            job.heartbeat_at = now
+            job.save(update_fields=["heartbeat_at"])
+            record_event(
+                kind="training.reenqueued",
+                severity="warning",
+                message=f"Training job {job.pk} was still queued; its task was sent again.",
+                actor="reconciler",
+                tenant=job.model.tenant,
+                data={"job": job.pk},
+            )
+            _send_to_backend(job)
+            changed.append(job)
+    return changed

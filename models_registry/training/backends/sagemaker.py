@@ -1,0 +1,131 @@
+"""The SageMaker training backend: a tenant's job as a SageMaker training job.
+
+``launch`` uploads the job's split and the training code (``sourcedir.tar.gz`` holding the same
+entry point a local job runs) under the s3:// artifact store and calls CreateTrainingJob through
+the training client (``models_registry.training.sagemaker_client``: one launch a second, throttling
+retried); ``follow`` reads DescribeTrainingJob; ``stop`` sends StopTrainingJob. The job runs on
+SageMaker, never in a worker, so a stale heartbeat never means its process was lost.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+
+from models_registry.training.backends.base import (
+    TrainingInputs,
+    TrainingProgress,
+    TrainingReport,
+)
+from models_registry.training.sagemaker_client import (
+    SageMakerTrainingClient,
+    TrainingLaunch,
+    default_client,
+    training_image_uri,
+)
+from models_registry.training.sourcedir import build_sourcedir
+
+if TYPE_CHECKING:
+    from models_registry.models import TrainingJob
+
+
+class SageMakerTrainingBackend:
+    """Trains on SageMaker: launched once, then followed by polling until it ends."""
+
+    name = "sagemaker"
+    launch_task = "models_registry.tasks.launch_sagemaker_training"
+
+    def __init__(self, client: SageMakerTrainingClient | None = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> SageMakerTrainingClient:
+        # The process-wide client unless one was given, so launches share one rate limiter.
+        return self._client or default_client()
+
+    def configuration_problem(self) -> str:
+        if not settings.TENANTML_SAGEMAKER_ROLE_ARN:
+            return "SageMaker training is not configured (set SAGEMAKER_ROLE_ARN)."
+        if settings.ARTIFACT_STORE.kind != "s3":
+            return "SageMaker training needs an s3:// ARTIFACT_STORE for its inputs and outputs."
+        return ""
+
+    def launch(
+        self, *, job: TrainingJob, inputs: TrainingInputs, progress: TrainingProgress
+    ) -> TrainingReport:
+        """Upload the inputs and create the training job; it is running once this returns."""
+        model = job.model
+        bucket, _, store_prefix = settings.ARTIFACT_STORE.root.partition("/")
+        prefix = "/".join(part for part in (store_prefix, "training", str(job.pk)) if part)
+        with tempfile.TemporaryDirectory(prefix="tenantml-sourcedir-") as scratch:
+            sourcedir = build_sourcedir(Path(scratch) / "sourcedir.tar.gz")
+            uris = self.client.upload_training_inputs(
+                bucket=bucket,
+                prefix=prefix,
+                train_jsonl=_jsonl(inputs.train_rows),
+                validation_jsonl=_jsonl(inputs.validation_rows),
+                sourcedir=sourcedir.path,
+            )
+        launch = TrainingLaunch.for_tenant_job(
+            tenant_slug=model.tenant.slug,
+            model_name=model.name,
+            job_id=job.pk,
+            role_arn=settings.TENANTML_SAGEMAKER_ROLE_ARN,
+            image_uri=training_image_uri(
+                region=settings.TENANTML_AWS_REGION,
+                instance_type=settings.TENANTML_SAGEMAKER_TRAINING_INSTANCE_TYPE,
+            ),
+            instance_type=settings.TENANTML_SAGEMAKER_TRAINING_INSTANCE_TYPE,
+            train_s3_uri=uris["train"],
+            validation_s3_uri=uris["validation"],
+            output_s3_uri=uris["output"],
+            sourcedir_s3_uri=uris["sourcedir"],
+            max_runtime_s=int(settings.TENANTML_TRAINING_TIMEOUT_S),
+            hyperparameters=inputs.hyperparameters,
+        )
+        arn = self.client.launch(launch)
+        return TrainingReport(
+            state="running", external_id=arn, summary=f"launched on SageMaker: {launch.job_name}"
+        )
+
+    def follow(self, *, job: TrainingJob) -> TrainingReport:
+        """DescribeTrainingJob in the platform's words; a success carries ``S3ModelArtifacts``."""
+        described = self.client.describe(_job_name(job))
+        if not described.is_terminal:
+            return TrainingReport(
+                state="running" if described.status == "running" else "launching",
+                progress_pct=described.progress_pct,
+            )
+        if described.status != "succeeded":
+            return TrainingReport(
+                state=described.status,
+                failure_reason=described.failure_reason or described.secondary_status,
+            )
+        return TrainingReport(
+            state="succeeded",
+            artifact_uri=described.model_artifacts_s3_uri or "",
+            # SageMaker names metrics after the regexes ("validation:macro_f1"); versions use
+            # the kind's own names, as local jobs do.
+            metrics={
+                name.split(":", 1)[-1]: value for name, value in described.final_metrics.items()
+            },
+        )
+
+    def stop(self, *, job: TrainingJob) -> None:
+        self.client.stop(_job_name(job))
+
+    def process_lost(self, *, job: TrainingJob) -> bool:
+        return False
+
+
+def _job_name(job: TrainingJob) -> str:
+    # external_id holds the training job's ARN; its name is the last path segment.
+    return job.external_id.rsplit("/", 1)[-1]
+
+
+def _jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
