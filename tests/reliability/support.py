@@ -7,11 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
+
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,14 +77,9 @@ class Worker:
                 self.kill_hard()
 
 
-def wait_for(what: str, condition, timeout_s: float, log: Path):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout_s} s; worker log:\n{log.read_text()[-4000:]}")
+def with_log(what: str, log: Path):
+    """A ``wait_until`` message that ends with the tail of the worker's log, read at failure."""
+    return lambda: f"{what}; worker log:\n{log.read_text()[-4000:] if log.exists() else ''}"
 
 
 def queued_training_job(*, seed: int):
@@ -109,13 +105,14 @@ def finished_job_under_a_new_worker(job, log: Path):
 
     worker = Worker(log)
     try:
-        return wait_for(
-            "a new worker did not finish the job",
+        return wait_until(
             lambda: TrainingJob.objects.filter(
                 pk=job.pk, status__in=[TrainingJob.Status.SUCCEEDED, TrainingJob.Status.FAILED]
             ).first(),
             240,
-            log,
+            with_log("a new worker did not finish the job", log),
+            interval_s=0.2,
         )
     finally:
         worker.stop()
+
