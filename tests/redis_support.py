@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import psutil
 from django.conf import settings
 
-from deployments.proxy.invalidation import CHANNEL, SUBSCRIBER
+from deployments.proxy.invalidation import CHANNEL
 from deployments.proxy.routing import MISSING, ROUTES, Route
 from tests.waiting import wait_until
 
@@ -69,9 +69,10 @@ def cached_route(slug: str, model_id: int) -> Route:
 
 
 def wait_for_routing_listener(timeout_s: float = 15) -> None:
-    """Return once this process's listener is subscribed and past the cache clear it does on
-    (re)connecting, so that what a test caches from now on is dropped only by messages."""
-    SUBSCRIBER.start()
+    """Return once this process's listener (``SUBSCRIBER``, started by the caller: this never
+    starts one, so a listener that died is not replaced here) is subscribed and past the cache
+    clear it does on (re)connecting: what a test caches from then on is dropped only by
+    messages."""
     wait_until(
         _subscribed_from_this_process,
         timeout_s,

@@ -478,11 +478,13 @@ def test_a_route_change_in_another_process_reaches_this_one_through_the_generati
 
 @pytest.mark.redis
 def test_a_route_change_published_by_another_process_reaches_this_one_over_redis(db):
+    from deployments.proxy.invalidation import SUBSCRIBER
     from tests.redis_support import (
         assert_a_published_change_drops_only_its_route,
         wait_for_routing_listener,
     )
 
+    SUBSCRIBER.start()
     wait_for_routing_listener()
 
     assert_a_published_change_drops_only_its_route(model_id=41, other_model_id=42)

@@ -25,6 +25,7 @@ from config.celery import app
 from deployments import rollouts, usage
 from deployments.models import VersionUsageMinute
 from deployments.proxy import core
+from deployments.proxy.invalidation import SUBSCRIBER
 from deployments.proxy.routing import ROUTES
 from models_registry.models import ModelVersion, TrainingJob
 from models_registry.services import (
@@ -162,12 +163,16 @@ def test_a_training_message_redis_lost_is_sent_again_and_done_once(tmp_path):
 @pytest.mark.redis
 @pytest.mark.django_db
 def test_routing_invalidation_reconnects_after_a_redis_restart():
+    SUBSCRIBER.start()
+    listener = SUBSCRIBER._thread
     wait_for_routing_listener()
 
     restart_redis()  # the listener's connection and subscription are gone with it
 
-    # It subscribes again on the new server; a change published after that reaches it.
+    # The same listener subscribes again on the new server; a change published after that
+    # reaches it.
     wait_for_routing_listener()
+    assert SUBSCRIBER._thread is listener and listener.is_alive()
     try:
         assert_a_published_change_drops_only_its_route(model_id=77, other_model_id=78)
     finally:
