@@ -71,25 +71,11 @@ def restart_redis() -> None:
     assert before, f"no Redis answers at {host}:{port} (CELERY_BROKER_URL) to restart"
     subprocess.run(["redis-cli", "-h", host, "-p", str(port), "shutdown", "nosave"])
     Path("/var/log/redis").mkdir(parents=True, exist_ok=True)
+    # As .ci/run starts it, on the configured address.
+    options = f"--daemonize yes --bind {host} -::1 --port {port} --appendonly no"
+    files = ["--save", "", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"]
     subprocess.run(
-        [
-            "redis-server",
-            "--daemonize",
-            "yes",
-            "--bind",
-            host,
-            "-::1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            "/var/lib/redis",
-            "--logfile",
-            "/var/log/redis/ci.log",
-        ],  # fmt: skip
+        ["redis-server", *options.split(), *files],
         check=True,
     )
     wait_until(
