@@ -68,6 +68,30 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=BROWSER_SKIP_REASON))
 
 
+def _skips_refused(item) -> bool:
+    """Whether a skip of ``item`` must fail instead: under ``TENANTML_REQUIRE_POSTGRES_TESTS=1``
+    (CI) every test runs, whatever skipped it (a marker, a fixture, a helper, ``skipif``). Only
+    the browser tests may still skip there, where ``TENANTML_REQUIRE_BROWSER_TESTS`` does not ask
+    for them (CI does, and then a missing Chromium stops collection above)."""
+    if os.environ.get("TENANTML_REQUIRE_POSTGRES_TESTS") != "1":
+        return False
+    browser_optional = os.environ.get("TENANTML_REQUIRE_BROWSER_TESTS") != "1"
+    return not (browser_optional and item.get_closest_marker("browser"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.skipped and not hasattr(report, "wasxfail") and _skips_refused(item):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (
+            f"TENANTML_REQUIRE_POSTGRES_TESTS=1 (CI): no test may skip, and this one did "
+            f"({report.when}): {reason}"
+        )
+    return report
+
+
 @pytest.fixture(autouse=True)
 def instance_catalog(request):
     """The seeded instance catalog, for every test that touches the database.

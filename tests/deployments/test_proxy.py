@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.error
 import urllib.request
 
 import numpy as np
+import psutil
 import pytest
 
 from deployments.backends.local import runtime
@@ -25,6 +25,7 @@ from models_registry.triton_runtime.intent_classifier import Predictor as Intent
 from tenants.services import issue_token
 from tests.factories import ModelVersionFactory, TenantFactory, TenantModelFactory
 from tests.serving_fixtures import packaged_version
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("local_rollouts")]
 
@@ -255,13 +256,18 @@ def test_a_request_for_a_model_being_evicted_waits_and_is_answered_by_a_fresh_lo
     try:
         evicting = threading.Thread(target=ask, args=("second", "globex", second_token))
         evicting.start()  # its load evicts the first model, which waits for that request
-        deadline = time.monotonic() + 30
-        while Placement.objects.get(pk=placements[first.pk].pk).actual_state != "evicting":
-            assert time.monotonic() < deadline, "the eviction never started"
-            time.sleep(0.02)
+        wait_until(
+            lambda: Placement.objects.get(pk=placements[first.pk].pk).actual_state == "evicting",
+            30,
+            "the eviction never started",
+        )
         meanwhile = threading.Thread(target=ask, args=("first", "acme", first_token))
         meanwhile.start()  # the gate is closed: this one waits for the eviction, then loads
-        time.sleep(0.5)
+        wait_until(
+            lambda: core._OUTSTANDING.get(placements[first.pk].pk, 0) >= 1,
+            30,
+            "the request for the first model never reached its closed gate in the proxy",
+        )
     finally:
         gates.leave(first_name)
     evicting.join(timeout=120)
@@ -275,6 +281,14 @@ def test_a_request_for_a_model_being_evicted_waits_and_is_answered_by_a_fresh_lo
     assert first.active_version.pk in evicted
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a killed child this process has not reaped yet is a zombie)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_an_instance_down_is_503_with_retry_after_never_500(proxy_url, intent_artifact):
     import os
     import signal
@@ -283,7 +297,7 @@ def test_an_instance_down_is_503_with_retry_after_never_500(proxy_url, intent_ar
     assert call(invoke_url(proxy_url), token=token, body={"inputs": ["hi"]})[0] == 200
     instance = Placement.objects.get(version=model.active_version).instance
     os.kill(instance.pid, signal.SIGKILL)
-    time.sleep(0.5)
+    wait_until(lambda: not process_alive(instance.pid), 10, "the killed Triton is still running")
 
     first = call(invoke_url(proxy_url), token=token, body={"inputs": ["hi"]})
     second = call(invoke_url(proxy_url), token=token, body={"inputs": ["hi"]})
@@ -464,33 +478,13 @@ def test_a_route_change_in_another_process_reaches_this_one_through_the_generati
 
 @pytest.mark.redis
 def test_a_route_change_published_by_another_process_reaches_this_one_over_redis(db):
-    import subprocess
-    import sys
-
-    from django.conf import settings
-
-    from deployments.proxy.invalidation import CHANNEL, SUBSCRIBER
-    from deployments.proxy.routing import Route
+    from deployments.proxy.invalidation import SUBSCRIBER
+    from tests.redis_support import (
+        assert_a_published_change_drops_only_its_route,
+        wait_for_routing_listener,
+    )
 
     SUBSCRIBER.start()
-    time.sleep(0.5)  # the listener subscribes (and starts from a clean cache)
-    route = Route(
-        tenant_id=1, tenant_slug="acme", tenant_active=True, model_id=41, model_name="m", kind="k"
-    )
-    ROUTES.put(("acme", "m"), route, ttl_s=60)
+    wait_for_routing_listener()
 
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import redis, sys; redis.Redis.from_url(sys.argv[1]).publish(sys.argv[2], '41')",
-            settings.CELERY_BROKER_URL,
-            CHANNEL,
-        ],
-        check=True,
-    )
-
-    deadline = time.monotonic() + 5
-    while ROUTES.get(("acme", "m")) is route and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert ROUTES.get(("acme", "m")) is not route
+    assert_a_published_change_drops_only_its_route(model_id=41, other_model_id=42)

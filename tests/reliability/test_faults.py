@@ -5,13 +5,9 @@ succeeds, warm."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -23,7 +19,9 @@ from deployments.services import reconciler, rollouts
 from tenants.models import Tenant
 from tenants.services import issue_token
 from tests.factories import TenantFactory, TenantModelFactory
+from tests.reliability.support import Outcome, Traffic, invoke
 from tests.serving_fixtures import packaged_version
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("local_rollouts")]
 
@@ -43,64 +41,67 @@ def deployed(artifact, slug: str, tier: str):
     return model
 
 
-def invoke(base: str, slug: str, token: str) -> tuple:
-    request = urllib.request.Request(
-        f"{base}/api/v1/tenants/{slug}/models/intents/invoke",
-        data=json.dumps({"inputs": ["Where is my refund?"]}).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.headers, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers, json.loads(error.read() or b"{}")
-
-
 def test_a_triton_killed_under_load_answers_503_then_is_restored_with_its_models(
     proxy_url, intent_artifact
 ):
     premium = deployed(intent_artifact, "premium", Tenant.Tier.PREMIUM)
     busy = deployed(intent_artifact, "busy", Tenant.Tier.STANDARD)
     platform = issue_token(tenant=None, name="load", actor="test").secret
-    answers: list[tuple] = []
-    stop = threading.Event()
+    traffic = {
+        slug: Traffic(lambda slug=slug: invoke(proxy_url, slug, platform), pause_s=0.02, name=slug)
+        for slug in ("premium", "busy")
+    }
+    for flow in traffic.values():
+        flow.start()
 
-    def traffic(slug: str) -> None:
-        while not stop.is_set():
-            status, headers, body = invoke(proxy_url, slug, platform)
-            answers.append((slug, status, headers, body))
-            time.sleep(0.02)
+    def sent_since(moment: float) -> list[tuple[str, Outcome]]:
+        return [(slug, o) for slug, flow in traffic.items() for o in flow.sent_since(moment)]
 
-    threads = [threading.Thread(target=traffic, args=(slug,)) for slug in ("premium", "busy")]
-    for thread in threads:
-        thread.start()
     try:
-        time.sleep(1.0)
+        began = time.monotonic()
+        wait_until(
+            lambda: all(len(flow.sent_since(began)) >= 3 for flow in traffic.values()),
+            60,
+            "the tenants' traffic did not flow",
+        )
         usage.flush_usage()  # the busy tenant's model is hot: invoked within the hour
         instance = Instance.objects.get(endpoint__name="local-intent-classifier")
         os.kill(instance.pid, signal.SIGKILL)
-        killed_at = len(answers)
-        time.sleep(2.0)
+        killed = time.monotonic()
+        wait_until(
+            lambda: any(o.status == 503 for _, o in sent_since(killed)),
+            30,
+            "no request met the dead instance",
+        )
         report = reconciler.reconcile_fleet()
-        time.sleep(0.5)  # requests sent before the repair have answered
-        restored_at = len(answers)
-        time.sleep(1.5)
+        restored = time.monotonic()
+        wait_until(
+            lambda: all(len(flow.sent_since(restored)) >= 5 for flow in traffic.values()),
+            60,
+            "the tenants' traffic was not answered after the repair",
+        )
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
+        for flow in traffic.values():
+            flow.stop()
 
+    for flow in traffic.values():
+        flow.assert_every_request_answered()
     assert report.instances_restarted == [str(instance)]
-    during = answers[killed_at:restored_at]
-    assert any(status == 503 for _, status, _, _ in during), "no request met the dead instance"
-    for slug, status, headers, body in answers:
-        assert status in (200, 503), (slug, status, body)
-        if status == 503:
-            assert int(headers["Retry-After"]) >= 1 and body["error"]["message"]
-    after = answers[restored_at:]
-    assert after and all(status == 200 for _, status, _, _ in after)
+    for slug, flow in traffic.items():
+        for outcome in flow.outcomes:
+            status, headers, body = outcome.answer
+            assert status in (200, 503), (slug, status, body)
+            if status == 503:
+                assert int(headers["Retry-After"]) >= 1 and body["error"]["message"]
+    # Pinned and hot: loaded again by the repair, before any request asked for them. Every
+    # request sent after it succeeds, the first one already warm.
+    for slug, flow in traffic.items():
+        after = flow.sent_since(restored)
+        assert all(o.status == 200 for o in after), (slug, after)
+        assert after[0].answer[2]["cold_start"] is False, (slug, after[0].answer[2])
+        assert not any(o.answer[2]["cold_start"] for o in after), slug
     instance.refresh_from_db()
     assert instance.status == Instance.Status.HEALTHY and instance.restarts == 1
-    for model in (premium, busy):  # pinned and hot: back before any request asked for them
+    for model in (premium, busy):
         placement = Placement.objects.get(version=model.active_version)
         assert placement.actual_state == Placement.ActualState.LOADED

@@ -9,18 +9,15 @@ they are skipped with the reason.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
-import threading
 import time
-import urllib.error
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import OperationalError, connection
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -28,55 +25,108 @@ from config.celery import app
 from deployments import usage
 from deployments.models import VersionUsageMinute
 from deployments.proxy import core
-from deployments.proxy.invalidation import SUBSCRIBER, publish
-from deployments.proxy.routing import ROUTES, Route
+from deployments.proxy.invalidation import SUBSCRIBER
+from deployments.proxy.routing import ROUTES
 from deployments.services import rollouts
 from models_registry.models import ModelVersion, TrainingJob
 from models_registry.services.training import STALE_QUEUED, reconcile_training_jobs
 from tenants.services import issue_token
 from tests.factories import TenantFactory, TenantModelFactory
-from tests.reliability.support import finished_job_under_a_new_worker, queued_training_job
+from tests.redis_support import (
+    assert_a_published_change_drops_only_its_route,
+    redis_address,
+    redis_client,
+    wait_for_routing_listener,
+)
+from tests.reliability.support import (
+    Traffic,
+    finished_job_under_a_new_worker,
+    invoke,
+    queued_training_job,
+)
 from tests.serving_fixtures import packaged_version
+from tests.waiting import wait_until
 
-REDIS_ARGS = [
-    "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
-    "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",
-]  # fmt: skip
+
+def _redis_run_id(client) -> str | None:
+    import redis
+
+    try:
+        return client.info("server")["run_id"]
+    except redis.RedisError:
+        return None
 
 
 def restart_redis() -> None:
-    """Stop Redis without saving (it keeps nothing on disk) and start it as CI does."""
+    """Stop the configured Redis without saving (it keeps nothing on disk) and start it again as
+    CI does, on the host and port ``CELERY_BROKER_URL`` names; return once that server answers
+    as a new process."""
     if not shutil.which("redis-server"):
         pytest.skip("needs redis-server on this machine to restart it; CI has it")
-    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"])
+    host, port = redis_address()
+    client = redis_client()
+    before = _redis_run_id(client)
+    assert before, f"no Redis answers at {host}:{port} (CELERY_BROKER_URL) to restart"
+    subprocess.run(["redis-cli", "-h", host, "-p", str(port), "shutdown", "nosave"])
     Path("/var/log/redis").mkdir(parents=True, exist_ok=True)
-    subprocess.run(["redis-server", *REDIS_ARGS], check=True)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        ping = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "ping"], text=True,
-                              capture_output=True)  # fmt: skip
-        if ping.stdout.strip() == "PONG":
-            return
-        time.sleep(0.1)
-    raise AssertionError("Redis did not come back")
+    # As .ci/run starts it, on the configured address.
+    options = f"--daemonize yes --bind {host} -::1 --port {port} --appendonly no"
+    files = ["--save", "", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"]
+    subprocess.run(
+        ["redis-server", *options.split(), *files],
+        check=True,
+    )
+    wait_until(
+        lambda: _redis_run_id(client) not in (None, before),
+        15,
+        f"Redis at {host}:{port} (CELERY_BROKER_URL) did not come back as a new server",
+    )
+
+
+def _postgres_cluster(port: int) -> tuple[str, str] | None:
+    """(version, name) of this machine's PostgreSQL cluster listening on ``port``."""
+    if not shutil.which("pg_lsclusters") or not shutil.which("pg_ctlcluster"):
+        return None
+    listing = subprocess.run(
+        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True
+    )
+    for line in listing.stdout.splitlines():
+        version, name, cluster_port, *_ = line.split()
+        if int(cluster_port) == port:
+            return version, name
+    return None
+
+
+def _postmaster_started_at():
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_postmaster_start_time()")
+            return cursor.fetchone()[0]
+    except (OperationalError, InterfaceError):
+        connection.close()  # this thread's connection died with the server
+        return None
 
 
 def restart_postgres() -> None:
-    clusters = (
-        sorted(Path("/etc/postgresql").glob("*/main")) if shutil.which("pg_ctlcluster") else []
+    """Restart the PostgreSQL cluster that ``DATABASE_URL`` names (its port picks it among this
+    machine's clusters); return once it answers as a new server on this thread's connection."""
+    database = settings.DATABASES["default"]
+    host, port = database["HOST"] or "127.0.0.1", int(database["PORT"] or 5432)
+    cluster = _postgres_cluster(port)
+    if cluster is None:
+        pytest.skip(
+            f"needs this machine's PostgreSQL cluster on port {port} and pg_ctlcluster to "
+            "restart it; CI has them"
+        )
+    before = _postmaster_started_at()
+    assert before, f"no PostgreSQL answers at {host}:{port} (DATABASE_URL) to restart"
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart"], check=True)
+    wait_until(
+        lambda: _postmaster_started_at() not in (None, before),
+        30,
+        f"PostgreSQL at {host}:{port} (DATABASE_URL) did not come back as a new server",
+        interval_s=0.2,
     )
-    if not clusters:
-        pytest.skip("needs pg_ctlcluster to restart PostgreSQL; CI has it")
-    version = clusters[-1].parent.name
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432"]).returncode == 0:
-            return
-        time.sleep(0.2)
-    raise AssertionError("PostgreSQL did not come back")
 
 
 @pytest.mark.redis
@@ -98,25 +148,19 @@ def test_a_training_message_redis_lost_is_sent_again_and_done_once(tmp_path):
 @pytest.mark.django_db
 def test_routing_invalidation_reconnects_after_a_redis_restart():
     SUBSCRIBER.start()
-    time.sleep(0.5)
-    restart_redis()
-    time.sleep(2.5)  # the listener notices, waits a second and subscribes again
-    route = Route(
-        tenant_id=1, tenant_slug="acme", tenant_active=True, model_id=77, model_name="m", kind="k"
-    )
-    ROUTES.put(("acme", "m"), route, ttl_s=60)
+    listener = SUBSCRIBER._thread
+    wait_for_routing_listener()
 
-    # Published as another process would: straight to Redis, not through this process's cache.
-    import redis
-    from django.conf import settings
+    restart_redis()  # the listener's connection and subscription are gone with it
 
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).publish("tenantml:routing", "77")
-
-    deadline = time.monotonic() + 5
-    while ROUTES.get(("acme", "m")) is route and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert ROUTES.get(("acme", "m")) is not route
-    publish(None)
+    # The same listener subscribes again on the new server; a change published after that
+    # reaches it.
+    wait_for_routing_listener()
+    assert SUBSCRIBER._thread is listener and listener.is_alive()
+    try:
+        assert_a_published_change_drops_only_its_route(model_id=77, other_model_id=78)
+    finally:
+        ROUTES.invalidate(None)
 
 
 @pytest.mark.postgres
@@ -134,43 +178,34 @@ def test_proxied_traffic_is_answered_through_a_postgres_restart_and_nothing_is_l
     deployment, _ = rollouts.request_deployment(model=model, actor="test")
     rollouts.run_rollout(deployment_id=deployment.pk)
     token = issue_token(tenant=model.tenant, name="t", actor="test").secret
-    statuses: list[int] = []
-    stop = threading.Event()
-
-    def traffic() -> None:
-        while not stop.is_set():
-            request = urllib.request.Request(
-                f"{proxy_url}/api/v1/tenants/acme/models/intents/invoke",
-                data=json.dumps({"inputs": ["Where is my refund?"]}).encode(),
-                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    statuses.append(response.status)
-            except urllib.error.HTTPError as error:
-                statuses.append(error.code)
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=traffic)
-    thread.start()
+    traffic = Traffic(lambda: invoke(proxy_url, "acme", token), pause_s=0.01).start()
     try:
-        time.sleep(0.5)
+        flowing = time.monotonic()
+        wait_until(lambda: len(traffic.sent_since(flowing)) >= 3, 60, "no traffic was answered")
         restart_postgres()
-        connection.close()  # this thread's connection died with the server
-        time.sleep(0.5)
+        restarted = time.monotonic()
+        wait_until(
+            lambda: len(traffic.sent_since(restarted)) >= 3,
+            60,
+            "no request sent after the restart was answered",
+        )
     finally:
-        stop.set()
-        thread.join(timeout=30)
+        traffic.stop()
 
+    traffic.assert_every_request_answered()
+    statuses = [outcome.status for outcome in traffic.outcomes]
     # Routes and tokens were cached: the database going away did not reach the requests.
-    assert statuses and set(statuses) == {200}, sorted(set(statuses))
+    assert set(statuses) == {200}, sorted(set(statuses))
+
     # Every one of them reaches the time series once the database is back.
-    for _ in range(3):
+    def flushed() -> bool:
         try:
             usage.flush_usage()
-            break
         except OperationalError:
             connection.close()
-            time.sleep(1)
+            return False
+        return True
+
+    wait_until(flushed, 30, "usage could not be flushed after the restart", interval_s=0.5)
     counted = VersionUsageMinute.objects.filter(version=version).aggregate(n=Sum("invocations"))
     assert counted["n"] == len(statuses)

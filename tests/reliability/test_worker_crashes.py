@@ -24,9 +24,10 @@ from tests.reliability.support import (
     Worker,
     finished_job_under_a_new_worker,
     queued_training_job,
-    wait_for,
+    with_log,
 )
 from tests.serving_fixtures import packaged_version
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,15 +43,15 @@ def test_a_training_job_whose_worker_is_killed_completes_exactly_once(tmp_path, 
 
     first = Worker(worker_log)
     try:
-        running = wait_for(
-            "the first worker did not start training",
+        running = wait_until(
             lambda: (
                 TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING)
                 .exclude(external_id="")
                 .first()
             ),
             120,
-            worker_log,
+            with_log("the first worker did not start training", worker_log),
+            interval_s=0.2,
         )
         training_pid = int(running.external_id)
     finally:
@@ -79,30 +80,36 @@ def test_a_deployment_whose_worker_is_killed_completes_exactly_once(intent_artif
 
     first = Worker(worker_log)
     try:
-        wait_for(
-            "the first worker did not start loading",
+        # Placed: the rollout has started, and loading and probing the version still lie ahead.
+        wait_until(
             lambda: Placement.objects.filter(version=version).exists(),
             120,
-            worker_log,
+            with_log("the first worker did not start loading", worker_log),
         )
     finally:
         first.kill_hard()
     try:
+        # The worker is dead, so this is the state it left: killed mid-rollout, before the switch.
+        at_kill = Deployment.objects.get(pk=deployment.pk)
+        assert (at_kill.status, at_kill.target_version_id, at_kill.live_version_id) == (
+            Deployment.Status.ROLLING_OUT,
+            version.pk,
+            None,
+        ), f"the rollout was not in progress when its worker was killed: {at_kill.status}"
+        assert not Event.objects.filter(kind="deployment.switched", version=version).exists()
         # Five minutes later the reconciler finds the rollout stalled and queues it again.
         report = reconciler.reconcile_fleet(now=timezone.now() + timedelta(seconds=301))
-        assert deployment.pk in report.rollouts_requeued or (
-            Deployment.objects.get(pk=deployment.pk).status == Deployment.Status.LIVE
-        )
+        assert report.rollouts_requeued == [deployment.pk]
         second = Worker(worker_log)
         try:
-            live = wait_for(
-                "the second worker did not finish the rollout",
+            live = wait_until(
                 lambda: Deployment.objects.filter(
                     pk=deployment.pk,
                     status__in=[Deployment.Status.LIVE, Deployment.Status.FAILED],
                 ).first(),
                 180,
-                worker_log,
+                with_log("the second worker did not finish the rollout", worker_log),
+                interval_s=0.2,
             )
         finally:
             second.stop()
