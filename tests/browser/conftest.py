@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CHROMIUM
-from tests.dashboard.conftest import fleet, staff_user  # noqa: F401  (the dashboard's fixtures)
+from tests.deployments.dashboard.conftest import fleet, staff_user  # noqa: F401  (the dashboard's fixtures)
 
 CHROMIUM_ARGS = [
     "--headless",

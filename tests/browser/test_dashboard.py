@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from deployments.models import Deployment
 from models_registry.models import TrainingJob
-from tests.dashboard.conftest import PASSWORD
+from tests.deployments.dashboard.conftest import PASSWORD
 from tests.factories import (
     DatasetFactory,
     TenantFactory,

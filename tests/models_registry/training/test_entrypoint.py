@@ -20,7 +20,7 @@ from models_registry.training.runner import JobPaths, prepare_job_dir
 from models_registry.training.sourcedir import build_sourcedir
 from tests.serving_fixtures import INTENT_TRAINING_ROWS
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 INTENT_ROWS = [{"text": text, "label": label} for text, label in INTENT_TRAINING_ROWS]
 
 

@@ -23,7 +23,7 @@ from deployments.backends.local.process import (
 from deployments.exceptions import ModelBusy, ModelLoadTimedOut, ModelNotLoaded
 from tests.triton_support import UPPER_CASE_ECHO, output_data, text_request, write_model
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 
 HOLDER = """
 import sys, time

@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from tests.dashboard.conftest import PASSWORD
+from tests.deployments.dashboard.conftest import PASSWORD
 
 PAGES = [
     ("dashboard:overview", []),

@@ -6,7 +6,7 @@ from django.test import Client
 from django.urls import reverse
 
 from deployments.models import Deployment
-from tests.dashboard.conftest import htmx
+from tests.deployments.dashboard.conftest import htmx
 from tests.factories import ModelVersionFactory
 
 

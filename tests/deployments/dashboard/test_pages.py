@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from django.urls import reverse
 
-from tests.dashboard.conftest import htmx
+from tests.deployments.dashboard.conftest import htmx
 from tests.factories import EventFactory, TrainingJobFactory
 
 SVG = "{http://www.w3.org/2000/svg}"
