@@ -1,0 +1,1 @@
+"""Management commands of the deployments app (``manage.py up``) and the process supervisor."""

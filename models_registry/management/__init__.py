@@ -1,0 +1,1 @@
+"""Management commands of the registry (``manage.py train``, ``manage.py seed_demo``)."""

@@ -1,0 +1,1 @@
+"""The tenants REST API: tenants and their tokens."""

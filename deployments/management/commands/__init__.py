@@ -1,0 +1,1 @@
+"""``manage.py up``: the platform, its worker, beat and local Triton servers on one machine."""
