@@ -17,7 +17,6 @@ from deployments.models import (
     Placement,
     VersionUsageMinute,
 )
-from tests import admin_support
 from tests.admin_support import (
     AppAdminChecks,
     admin_url,
@@ -26,8 +25,6 @@ from tests.admin_support import (
     run_action,
 )
 from tests.factories import EndpointFactory, InstanceFactory, ModelVersionFactory, PlacementFactory
-
-everything = admin_support.everything  # the shared fixture, found by pytest under its own name
 
 
 class TestEveryDeploymentsModel(AppAdminChecks):

@@ -9,7 +9,6 @@ from django.contrib import messages
 from deployments.models import Event
 from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
 from tenants.models import Tenant
-from tests import admin_support
 from tests.admin_support import (
     AppAdminChecks,
     admin_url,
@@ -18,8 +17,6 @@ from tests.admin_support import (
     run_action,
 )
 from tests.factories import TrainingJobFactory
-
-everything = admin_support.everything  # the shared fixture, found by pytest under its own name
 
 
 class TestEveryModelsRegistryModel(AppAdminChecks):

@@ -12,11 +12,8 @@ from django.utils import timezone
 from deployments.models import Event
 from tenants.models import ApiToken, Membership, Tenant
 from tenants.services import issue_token
-from tests import admin_support
 from tests.admin_support import AppAdminChecks, admin_url, messages_of, run_action
 from tests.factories import EventFactory, TenantFactory
-
-everything = admin_support.everything  # the shared fixture, found by pytest under its own name
 
 # The whole secret, not the short prefix that names a token in lists and messages.
 SECRET_PATTERN = re.compile(r"tml_[A-Za-z0-9_-]{20,}")
