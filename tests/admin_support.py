@@ -154,6 +154,8 @@ class AppAdminChecks:
                 if model in admin.site._registry and admin.site._registry[model].search_fields
             ]
             metafunc.parametrize("searchable_model", searchable, ids=label)
+        if "busy_model" in metafunc.fixturenames:
+            metafunc.parametrize("busy_model", self.busy_models, ids=label)
 
     def test_every_model_of_the_app_is_registered(self):
         registered = {
@@ -183,3 +185,20 @@ class AppAdminChecks:
         response = admin_client.get(admin_url(searchable_model, "changelist"), {"q": "tenant"})
 
         assert response.status_code == 200
+
+
+class BusyChangelistChecks:
+    """For an app with tables that grow with traffic: each one's changelist stays within a fixed
+    query count (mixed into that app's ``AppAdminChecks`` subclass, which parametrizes it)."""
+
+    busy_models: ClassVar[list[type[Model]]]
+
+    def test_busy_changelist_query_count_is_bounded(
+        self, admin_client, db, django_assert_max_num_queries, busy_model
+    ):
+        make_busy_changelists()
+
+        with django_assert_max_num_queries(15):
+            response = admin_client.get(admin_url(busy_model, "changelist"))
+
+        assert response.context["cl"].result_count >= 10
