@@ -7,6 +7,7 @@ from decimal import Decimal
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
+from django.utils import timezone
 
 from models_registry.models import ModelVersion
 from tenants.models import Tenant
@@ -185,6 +186,10 @@ class PlacementQuerySet(models.QuerySet):
             .exclude(desired_state=Placement.DesiredState.UNLOADED)
             .exclude(endpoint__status__in=[Endpoint.Status.RETIRING, Endpoint.Status.RETIRED])
         )
+
+    def mark_unwanted(self) -> int:
+        """Record that nobody wants these copies any more (their backend then unloads them)."""
+        return self.update(desired_state=Placement.DesiredState.UNLOADED, updated_at=timezone.now())
 
 
 class Placement(models.Model):

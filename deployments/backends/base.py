@@ -58,10 +58,6 @@ class Copy:
     external_name: str = ""
     loaded: bool = False
 
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
 
 @dataclass(frozen=True)
 class Forwarded:

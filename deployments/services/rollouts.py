@@ -271,9 +271,7 @@ def _retire_old_versions(*, deployment_id: int, actor: str) -> None:
 
 def set_unloaded(*, placement: Placement, actor: str, reason: str) -> None:
     """Mark a placement as no longer wanted and unload it from its instance if it is there."""
-    Placement.objects.filter(pk=placement.pk).update(
-        desired_state=Placement.DesiredState.UNLOADED, updated_at=timezone.now()
-    )
+    Placement.objects.filter(pk=placement.pk).mark_unwanted()
     backend_for(placement.endpoint).unload(placement=placement, actor=actor, reason=reason)
 
 

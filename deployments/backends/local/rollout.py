@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 
 from django.db import transaction
-from django.utils import timezone
 
 from config.errors import DomainError
 from config.events import record_event
@@ -250,9 +249,7 @@ def drain_instance(*, instance: Instance, actor: str, stop: bool = True) -> Inst
                 pinned=placement.is_pinned,
             )
             runtime.probe_placement(placement=new, actor=actor)
-        Placement.objects.filter(pk=placement.pk).update(
-            desired_state=Placement.DesiredState.UNLOADED, updated_at=timezone.now()
-        )
+        Placement.objects.filter(pk=placement.pk).mark_unwanted()
         unload(placement=placement, actor=actor, reason=f"{instance} is draining")
         routing_changed.send(sender=Placement, model_id=placement.version.model_id)
     if stop:

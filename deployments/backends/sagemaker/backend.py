@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 
 from django.utils import timezone
@@ -17,7 +16,7 @@ from deployments.backends.base import (
     in_thread,
 )
 from deployments.backends.sagemaker import deploy
-from deployments.exceptions import ForwardFailed
+from deployments.exceptions import ForwardFailed, UpstreamError
 from deployments.models import Deployment, Endpoint, Placement
 
 
@@ -31,9 +30,7 @@ class SageMakerServingBackend:
         return deploy.roll_out(deployment=deployment, actor=actor)
 
     def probe(self, *, placement: Placement, actor: str) -> ProbeResult:
-        started = time.perf_counter()
-        deploy.probe(backend=deploy.endpoint_backend(), placement=placement)
-        latency_ms = (time.perf_counter() - started) * 1000
+        latency_ms = deploy.probe(backend=deploy.endpoint_backend(), placement=placement)
         Placement.objects.filter(pk=placement.pk).update(
             last_warmed_at=timezone.now(), warmup_latency_ms=round(latency_ms, 2)
         )
@@ -48,14 +45,20 @@ class SageMakerServingBackend:
         self, *, copy: Copy, model_name: str, public_name: str, body: bytes, content_type: str
     ) -> Forwarded:
         try:
-            status, answer_type, data = await in_thread(_invoke_endpoint)(copy, body, content_type)
-        except DomainError:
-            raise
-        except Exception as exc:  # botocore's own errors: the endpoint failed us
+            answer_type, data = await in_thread(deploy.endpoint_backend().invoke_raw)(
+                endpoint_name=copy.endpoint_name,
+                body=body,
+                content_type=content_type,
+                **deploy.invoke_params(mode=copy.endpoint_mode, external_name=copy.external_name),
+            )
+        except UpstreamError as exc:  # the endpoint failed us (5xx, unreachable)
             raise ForwardFailed(
-                f"SageMaker did not answer: {exc}", status=502, code="upstream", metric="sagemaker"
+                f"SageMaker did not answer: {exc.message}",
+                status=502,
+                code="upstream",
+                metric="sagemaker",
             ) from exc
-        return Forwarded(status=status, content_type=answer_type, body=data, cold_start=False)
+        return Forwarded(status=200, content_type=answer_type, body=data, cold_start=False)
 
     def close_connections(self) -> None:
         return None  # boto3 clients pool their own connections
@@ -79,13 +82,3 @@ class SageMakerServingBackend:
             "SageMaker replaces its own instances; drain a local instance, or scale the endpoint.",
             field="instance",
         )
-
-
-def _invoke_endpoint(copy: Copy, body: bytes, content_type: str) -> tuple[int, str, bytes]:
-    params = {"EndpointName": copy.endpoint_name, "Body": body, "ContentType": content_type}
-    if copy.endpoint_mode == Endpoint.Mode.MME:
-        params["TargetModel"] = copy.external_name
-    elif copy.endpoint_mode == Endpoint.Mode.INFERENCE_COMPONENT:
-        params["InferenceComponentName"] = copy.external_name
-    answer = deploy.endpoint_backend().runtime.invoke_endpoint(**params)
-    return 200, answer.get("ContentType", "application/json"), answer["Body"].read()

@@ -1025,20 +1025,22 @@ class SageMakerEndpointBackend:
 
     # -- invocations -------------------------------------------------------------------------
 
-    def invoke(
+    def invoke_raw(
         self,
         *,
         endpoint_name: str,
-        body: dict,
+        body: bytes,
+        content_type: str = "application/json",
         target_model: str | None = None,
         inference_component: str | None = None,
-    ) -> dict:
-        """Send a KServe v2 JSON request to the endpoint (MME TargetModel or a component)."""
+    ) -> tuple[str, bytes]:
+        """Send a request body as it is to the endpoint (MME TargetModel or a component);
+        returns the answer's content type and body."""
         params: dict[str, Any] = {
             "EndpointName": endpoint_name,
-            "ContentType": "application/json",
+            "ContentType": content_type,
             "Accept": "application/json",
-            "Body": json.dumps(body).encode(),
+            "Body": body,
         }
         if target_model is not None:
             params["TargetModel"] = target_model
@@ -1051,7 +1053,24 @@ class SageMakerEndpointBackend:
             raise _invocation_error(what, endpoint_name, error) from error
         except BotoCoreError as error:
             raise UpstreamError(f"Invoking {what} on {endpoint_name} failed: {error}") from error
-        payload = response["Body"].read()
+        return response.get("ContentType", "application/json"), response["Body"].read()
+
+    def invoke(
+        self,
+        *,
+        endpoint_name: str,
+        body: dict,
+        target_model: str | None = None,
+        inference_component: str | None = None,
+    ) -> dict:
+        """Send a KServe v2 JSON request to the endpoint (MME TargetModel or a component)."""
+        what = target_model or inference_component or endpoint_name
+        _, payload = self.invoke_raw(
+            endpoint_name=endpoint_name,
+            body=json.dumps(body).encode(),
+            target_model=target_model,
+            inference_component=inference_component,
+        )
         try:
             answer = json.loads(payload)
         except ValueError as error:

@@ -344,12 +344,13 @@ def _placement(*, target: ModelVersion, endpoint: Endpoint, external_name: str) 
     return placement
 
 
-def invoke_params(placement: Placement) -> dict:
-    """How the runtime reaches a copy: its TargetModel on an MME, its component, or neither."""
-    if placement.endpoint.mode == Endpoint.Mode.MME:
-        return {"target_model": placement.external_name}
-    if placement.endpoint.mode == Endpoint.Mode.INFERENCE_COMPONENT:
-        return {"inference_component": placement.external_name}
+def invoke_params(*, mode: str, external_name: str) -> dict:
+    """How the runtime reaches a copy on an endpoint of ``mode``: its TargetModel on an MME, its
+    component, or neither."""
+    if mode == Endpoint.Mode.MME:
+        return {"target_model": external_name}
+    if mode == Endpoint.Mode.INFERENCE_COMPONENT:
+        return {"inference_component": external_name}
     return {}
 
 
@@ -360,7 +361,7 @@ def probe(*, backend: SageMakerEndpointBackend, placement: Placement) -> float:
     answer = backend.invoke(
         endpoint_name=placement.endpoint.name,
         body=kind.encode_request(list(kind.warmup_inputs or ["warm-up"])),
-        **invoke_params(placement),
+        **invoke_params(mode=placement.endpoint.mode, external_name=placement.external_name),
     )
     if kind.decode_response is not None:
         try:
@@ -384,7 +385,7 @@ def invoke(*, placement: Placement, inputs: list) -> InvokeResult:
         answer = endpoint_backend().invoke(
             endpoint_name=placement.endpoint.name,
             body=kind.encode_request(inputs),
-            **invoke_params(placement),
+            **invoke_params(mode=placement.endpoint.mode, external_name=placement.external_name),
         )
         outputs = kind.decode_response(answer)
         error = False

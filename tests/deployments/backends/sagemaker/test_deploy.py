@@ -5,6 +5,8 @@ invocations answered through the runtime, and a dedicated endpoint per version."
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 
 import boto3
@@ -232,3 +234,35 @@ def test_the_hourly_warm_up_calls_sagemaker_copies_through_the_runtime(
     assert report.warmed == 1 and report.failed == 0 and report.usd > 0
     placement.refresh_from_db()
     assert placement.last_warmed_at is not None
+
+
+def test_the_proxy_forwards_a_request_body_to_a_sagemaker_copy_by_its_target_model(
+    deployed_version, django_capture_on_commit_callbacks
+):
+    from deployments.proxy import core
+    from deployments.proxy.routing import load_route
+
+    client = api(deployed_version.model.tenant)
+    answers_from_the_runtime(2)  # the rollout's probe, then the proxied request
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/api/v1/tenants/acme/models/intents/deployments/", {}, format="json")
+    route = load_route(tenant_slug="acme", model_name="intents")
+    [copy] = route.copies
+    body = json.dumps({"inputs": [{"name": "TEXT", "data": ["Where is my refund?"]}]}).encode()
+
+    answer = asyncio.run(core.forward(route, body, "application/json"))
+
+    assert copy.backend == Endpoint.Backend.SAGEMAKER
+    assert answer.status == 200 and answer.cold_start is False
+    assert json.loads(answer.body) == INTENT_ANSWER
+    received = [
+        json.loads(base64.b64decode(request))
+        for requests in sagemakerruntime_backends["123456789012"][REGION].results.values()
+        for request in requests
+    ]
+    targets = [
+        {key.lower(): value for key, value in request.items()}.get("x-amzn-sagemaker-target-model")
+        for request in received
+        if request.get("Body") == body.decode()
+    ]
+    assert targets == ["acme/intents/v1.tar.gz"]
