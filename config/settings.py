@@ -211,6 +211,33 @@ TENANTML_SAGEMAKER_TRAINING_INSTANCE_TYPE = env.str(
 # Where deployments go unless a request says otherwise: "local" (Triton processes on this
 # machine) or "sagemaker" (needs SAGEMAKER_ROLE_ARN and an s3:// ARTIFACT_STORE).
 TENANTML_DEPLOY_BACKEND = env.str("DEPLOY_BACKEND", default="local")
+# The Triton image SageMaker endpoints run (empty: AWS's sagemaker-tritonserver image of
+# SAGEMAKER_TRITON_VERSION for the region) and the Python version of that image's python
+# backend: packages for SageMaker vendor what the kind's model imports beyond numpy, built for
+# this Python (24.09 images run Python 3.10; the local stand-in prints its own).
+TENANTML_SAGEMAKER_TRITON_VERSION = env.str("SAGEMAKER_TRITON_VERSION", default="24.09")
+TENANTML_SAGEMAKER_TRITON_IMAGE = env.str("SAGEMAKER_TRITON_IMAGE", default="")
+TENANTML_SAGEMAKER_IMAGE_PYTHON = env.str("SAGEMAKER_IMAGE_PYTHON", default="3.10")
+# What happens to a shared SageMaker endpoint (MME or inference components) left with no model:
+# "delete" it with its configs, models, scaling targets and S3 prefix (nothing bills), or
+# "keep" it at its minimum instances for a faster next deploy.
+TENANTML_SAGEMAKER_EMPTY_ENDPOINT_POLICY = env.str(
+    "SAGEMAKER_EMPTY_ENDPOINT_POLICY", default="delete"
+)
+if TENANTML_SAGEMAKER_EMPTY_ENDPOINT_POLICY not in ("delete", "keep"):
+    raise parse.ConfigurationError(
+        "SAGEMAKER_EMPTY_ENDPOINT_POLICY must be delete or keep, not "
+        f"{TENANTML_SAGEMAKER_EMPTY_ENDPOINT_POLICY!r}."
+    )
+# How long after a switch the version kept for rollback keeps its SageMaker resources (its MME
+# archive, IC model or dedicated endpoint): rolling back within it is a probe and a row update,
+# after it a redeploy. 0 retires them at the reconciler's next pass.
+TENANTML_SAGEMAKER_ROLLBACK_WINDOW_MINUTES = env.int(
+    "SAGEMAKER_ROLLBACK_WINDOW_MINUTES", default=30
+)
+# Whether the reconciler deletes SageMaker resources named tml-* (and S3 objects under the
+# platform's endpoints/ prefix) that the database does not know; off, it reports them as events.
+TENANTML_SAGEMAKER_DELETE_ORPHANS = env.bool("SAGEMAKER_DELETE_ORPHANS", default=False)
 # The hourly warm-up skips models invoked within this many seconds (they are warm already).
 TENANTML_WARMUP_SKIP_RECENT_S = env.int("WARMUP_SKIP_RECENT_S", default=1800)
 # The reconciler reloads an unpinned model after an instance restart if it was invoked within

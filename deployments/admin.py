@@ -18,7 +18,7 @@ from deployments.models import (
     VersionUsageMinute,
 )
 from deployments.selectors.fleet import endpoints_with_cost, instances_with_memory_use
-from deployments.services import draining, reconciler, rollouts
+from deployments.services import draining, reconciler, retirement, rollouts
 from deployments.services.fleet import set_placement_desired_state
 from models_registry.kinds import kind_names
 from tenants.admin import AddFieldsMixin, ViewOnlyAdmin, admin_actor, changelist_link, events_link
@@ -381,7 +381,7 @@ class DeploymentAdmin(admin.ModelAdmin):
     # Deployments change through the API, the dashboard or these actions, so each change is a
     # recorded rollout rather than an edited row.
     readonly_fields = fields
-    actions = ("roll_back", "redeploy_active")
+    actions = ("roll_back", "redeploy_active", "retire")
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -426,6 +426,15 @@ class DeploymentAdmin(admin.ModelAdmin):
             queryset,
             lambda d, actor: rollouts.request_deployment(model=d.model, actor=actor),
             "rollout queued.",
+        )
+
+    @admin.action(description="Retire: stop serving and unload every copy", permissions=["change"])
+    def retire(self, request, queryset):
+        self._each(
+            request,
+            queryset,
+            lambda d, actor: retirement.retire_deployment(model=d.model, actor=actor),
+            "retired; its copies are being unloaded.",
         )
 
 

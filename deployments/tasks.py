@@ -4,7 +4,7 @@ from celery import shared_task
 
 from deployments.exceptions import CapacityExceeded, InstanceUnavailable
 from deployments.services import fleet as services
-from deployments.services import reconciler, rollouts, warmups
+from deployments.services import reconciler, retirement, rollouts, warmups
 
 
 @shared_task(name="deployments.tasks.sample_fleet_utilization")
@@ -30,3 +30,8 @@ def reconcile_fleet() -> bool:
 @shared_task(name="deployments.tasks.warm_up_fleet")
 def warm_up_fleet() -> dict:
     return warmups.warm_up_fleet().as_dict()
+
+
+@shared_task(name="deployments.tasks.retire_placements")
+def retire_placements(model_id: int) -> int:
+    return retirement.retire_placements(model_id=model_id)

@@ -178,6 +178,13 @@ class ModelVersion(models.Model):
     package_uri = models.CharField(max_length=1024, blank=True, help_text="Triton model.tar.gz.")
     sha256 = models.CharField(max_length=64, blank=True, help_text="Of the Triton package.")
     size_bytes = models.BigIntegerField(default=0)
+    # The package built for a serving image (SageMaker's Triton container): the Triton package
+    # plus the kind's runtime layer for that image's Python, and which image it was built for.
+    image_package_uri = models.CharField(max_length=1024, blank=True)
+    image_package_sha256 = models.CharField(max_length=64, blank=True)
+    image_package_size_bytes = models.BigIntegerField(default=0)
+    image_uri = models.CharField(max_length=512, blank=True)
+    image_python = models.CharField(max_length=8, blank=True)
     # Measured on first load, never guessed: placement packs by these figures.
     host_memory_mb = models.FloatField(null=True, blank=True)
     gpu_memory_mb = models.FloatField(null=True, blank=True)

@@ -7,6 +7,8 @@ The tarball holds one Triton model directory::
     <triton_model_name>/1/model.py            the kind's triton_runtime module, verbatim
     <triton_model_name>/1/<artifact files>    encoder.onnx, tokenizer.json, ...
     <triton_model_name>/<env>.tar.gz          only with an execution environment
+    <triton_model_name>/python-packages/...   only in a package built for a serving image:
+                                              the kind's runtime layer (``runtime_layers``)
 
 It is byte-for-byte deterministic (sorted entries, fixed mtimes, owners and modes, no gzip
 timestamp), so the same artifact always gives the same sha256 and a rebuild can be recognised.
@@ -29,6 +31,7 @@ from config.errors import DomainError
 from models_registry import artifacts
 from models_registry.exceptions import InvalidArtifact, PackageChecksumMismatch
 from models_registry.kinds import ModelKind, TritonSignature, get_kind
+from models_registry.runtime_layers import LAYER_DIR, RuntimeLayer
 
 MAX_QUEUE_DELAY_MICROSECONDS = 1000
 MODEL_VERSION_DIR = "1"
@@ -67,8 +70,10 @@ def build_triton_package(
     out_path: Path,
     execution_env_uri: str | None = None,
     instance_count: int = 1,
+    runtime_layer: RuntimeLayer | None = None,
 ) -> PackageInfo:
-    """Write the Triton ``model.tar.gz`` for an artifact of ``kind`` to ``out_path`` atomically."""
+    """Write the Triton ``model.tar.gz`` for an artifact of ``kind`` to ``out_path`` atomically;
+    with ``runtime_layer``, its files travel under ``python-packages/``."""
     model_kind = get_kind(kind)
     artifact_dir = Path(artifact_dir)
     _check_model_name(triton_model_name)
@@ -90,6 +95,11 @@ def build_triton_package(
             PackageEntry(name=f"{MODEL_VERSION_DIR}/{relative}", source=artifact_dir / relative)
             for relative in artifact_files
         ]
+        if runtime_layer is not None:
+            entries += [
+                PackageEntry(name=f"{LAYER_DIR}/{name}", source=runtime_layer.directory / name)
+                for name in runtime_layer.files
+            ]
         if execution_env_uri:
             env_path = _local_env(execution_env_uri, Path(scratch))
             env_name = env_path.name

@@ -17,7 +17,7 @@ from deployments.api.serializers import (
 )
 from deployments.proxy import invoke as inference
 from deployments.selectors import fleet as selectors
-from deployments.services import draining, rollouts
+from deployments.services import draining, retirement, rollouts
 from models_registry import selectors as registry_selectors
 from tenants.access import caller_for_request
 from tenants.api.permissions import IsPlatformCaller
@@ -54,6 +54,15 @@ class DeploymentView(APIView):
             replicas=data.get("replicas"),
             actor=caller.label,
         )
+        deployment = selectors.deployment_for_model(model=model)
+        return Response(DeploymentSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: DeploymentSerializer})
+    def delete(self, request, slug: str, name: str):
+        """Retire the deployment: the model stops answering and every copy is unloaded (on
+        SageMaker, its components, endpoints and S3 copies deleted)."""
+        model = _model(request, slug, name)
+        retirement.retire_deployment(model=model, actor=caller_for_request(request).label)
         deployment = selectors.deployment_for_model(model=model)
         return Response(DeploymentSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
 

@@ -16,7 +16,7 @@ from config.errors import DomainError, NotFound
 from deployments.dashboard.forms import DeployForm
 from deployments.selectors.fleet import fleet_figures
 from deployments.selectors.tenants import tenant_models_overview
-from deployments.services import rollouts
+from deployments.services import retirement, rollouts
 from models_registry import selectors
 from models_registry.services.promotion import promote_version
 from tenants.access import Caller, caller_for_user
@@ -172,4 +172,19 @@ def rollback(request: HttpRequest, slug: str, name: str) -> HttpResponse:
             request,
             f"{model}: rolling back to v{target.number}." if target else f"{model}: rolled back.",
         )
+    return _after_action(request, tenant)
+
+
+@login_required
+@require_POST
+def retire(request: HttpRequest, slug: str, name: str) -> HttpResponse:
+    """Retire the deployment (deployments.services.retirement.retire_deployment)."""
+    caller, tenant = _tenant(request, slug)
+    model = _model(tenant, name)
+    try:
+        retirement.retire_deployment(model=model, actor=caller.label)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{model}: retired; its copies are being unloaded.")
     return _after_action(request, tenant)

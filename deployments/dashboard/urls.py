@@ -21,5 +21,6 @@ urlpatterns = [
     path(f"{TENANT}/training-jobs/<int:job_id>/", registry.training_job, name="training-job"),
     path(f"{MODEL}/deploy", registry.deploy, name="deploy"),
     path(f"{MODEL}/rollback", registry.rollback, name="rollback"),
+    path(f"{MODEL}/retire", registry.retire, name="retire"),
     path(f"{MODEL}/versions/<int:number>/promote", registry.promote, name="promote"),
 ]

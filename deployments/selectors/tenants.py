@@ -37,6 +37,7 @@ def tenant_models_overview(*, tenant: Tenant) -> list[dict]:
                 ],
                 "deployment": deployment,
                 "can_roll_back": bool(deployment and deployment.previous_version_id),
+                "can_retire": bool(deployment and deployment.status != Deployment.Status.RETIRED),
             }
         )
     return rows

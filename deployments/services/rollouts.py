@@ -206,6 +206,8 @@ def run_rollout(*, deployment_id: int, actor: str = "worker") -> RolloutOutcome:
     switched = _switch(deployment_id=deployment_id, target=target, endpoint=endpoint, actor=actor)
     if switched:
         _retire_old_versions(deployment_id=deployment_id, actor=actor)
+    else:
+        _unload_abandoned(deployment_id=deployment_id, version=target, actor=actor)
     return RolloutOutcome(
         deployment_id=deployment_id,
         switched=switched,
@@ -267,6 +269,25 @@ def _retire_old_versions(*, deployment_id: int, actor: str) -> None:
     Placement.objects.filter(
         version_id=deployment.previous_version_id, desired_state=Placement.DesiredState.PINNED
     ).update(desired_state=Placement.DesiredState.LOADED, updated_at=timezone.now())
+
+
+def _unload_abandoned(*, deployment_id: int, version: ModelVersion, actor: str) -> None:
+    """A rollout overtaken by a newer request or a retirement placed a version nobody routes
+    to: unload it rather than leave it holding memory (or billing, on SageMaker)."""
+    deployment = Deployment.objects.get(pk=deployment_id)
+    if version.pk in (
+        deployment.live_version_id,
+        deployment.target_version_id,
+        deployment.previous_version_id,
+    ):
+        return
+    abandoned = (
+        Placement.objects.filter(version=version)
+        .exclude(desired_state=Placement.DesiredState.UNLOADED)
+        .select_related("version__model", "instance", "endpoint")
+    )
+    for placement in abandoned:
+        set_unloaded(placement=placement, actor=actor, reason="its rollout was overtaken")
 
 
 def set_unloaded(*, placement: Placement, actor: str, reason: str) -> None:

@@ -90,6 +90,9 @@ class ModelKind:
     warmup_inputs: list = field(default_factory=list)
     # Dotted path of the self-contained python-backend module packaged as ``1/model.py``.
     runtime_module: str = ""
+    # Distributions the runtime module imports beyond numpy and the standard library (what a
+    # serving image's Python has); packages built for such an image vendor them.
+    runtime_requirements: tuple[str, ...] = ()
     # Files ``build_artifact`` writes; packaging refuses an artifact directory missing one.
     artifact_files: tuple[str, ...] = ()
     # ``triton_signature(artifact_dir)``: the config's tensors (may depend on the artifact, e.g.

@@ -333,6 +333,7 @@ KIND = register(
         },
         warmup_inputs=["How do I reset my password?"],
         runtime_module=RUNTIME_MODULE,
+        runtime_requirements=("onnxruntime", "tokenizers"),
         artifact_files=(ENCODER_FILE, TOKENIZER_FILE),
         triton_signature=triton_signature,
         build_artifact=build_artifact,

@@ -284,6 +284,7 @@ KIND = register(
         },
         warmup_inputs=["Where is my refund?"],
         runtime_module=RUNTIME_MODULE,
+        runtime_requirements=("onnxruntime", "tokenizers"),
         artifact_files=(ENCODER_FILE, TOKENIZER_FILE, HEAD_FILE, LABELS_FILE),
         triton_signature=triton_signature,
         build_artifact=build_artifact,

@@ -3,9 +3,11 @@ ready to serve (or failed, with the reason)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import tempfile
 from pathlib import Path
 
+from django.conf import settings
 from django.db import transaction
 
 from config.errors import DomainError
@@ -16,6 +18,7 @@ from models_registry.exceptions import (
 )
 from models_registry.kinds import get_kind
 from models_registry.models import ModelVersion
+from models_registry.runtime_layers import build_runtime_layer
 from models_registry.triton_packages import CONFIG_TYPE_TO_DATATYPE, build_triton_package
 
 
@@ -100,6 +103,67 @@ def package_version(*, version: ModelVersion, actor: str) -> ModelVersion:
         )
     version.refresh_from_db()
     return version
+
+
+def image_package(*, version: ModelVersion, image_uri: str, python_version: str, actor: str) -> str:
+    """The URI of the version's package for a serving image whose Python is ``python_version``
+    (built once, with the kind's runtime layer vendored, and recorded on the version)."""
+    version = ModelVersion.objects.select_related("model__tenant").get(pk=version.pk)
+    if (
+        version.image_package_uri
+        and version.image_uri == image_uri
+        and version.image_python == python_version
+    ):
+        return version.image_package_uri
+    if not version.artifact_uri:
+        raise InvalidVersion(f"{version} has no trained artifact to package.", field="version")
+    kind = get_kind(version.model.kind)
+    layer = build_runtime_layer(
+        requirements=kind.runtime_requirements,
+        python_version=python_version,
+        platform_version=importlib.metadata.version("tenantml"),
+        cache_dir=Path(settings.VAR_DIR) / "runtime-layers",
+    )
+    with tempfile.TemporaryDirectory(prefix="tenantml-package-") as scratch:
+        artifact_dir = Path(artifacts.local_copy(version.artifact_uri, Path(scratch)))
+        info = build_triton_package(
+            kind=version.model.kind,
+            artifact_dir=artifact_dir,
+            triton_model_name=version.triton_model_name,
+            out_path=Path(scratch) / "model.tar.gz",
+            runtime_layer=layer,
+        )
+        stored = artifacts.put_file(
+            f"packages/{version.model.tenant.slug}/{version.model.name}/"
+            f"v{version.number}/model-py{python_version}.tar.gz",
+            info.path,
+        )
+    ModelVersion.objects.filter(pk=version.pk).update(
+        image_package_uri=stored.uri,
+        image_package_sha256=stored.sha256,
+        image_package_size_bytes=stored.size_bytes,
+        image_uri=image_uri,
+        image_python=python_version,
+    )
+    record_event(
+        kind="version.image_packaged",
+        message=(
+            f"{version} packaged for {image_uri} (Python {python_version}): "
+            f"{stored.size_bytes / 1e6:,.1f} MB"
+            + (f" with runtime layer {layer.key}" if layer else "")
+            + "."
+        ),
+        actor=actor,
+        version=version,
+        data={
+            "image_uri": image_uri,
+            "python": python_version,
+            "sha256": stored.sha256,
+            "size_bytes": stored.size_bytes,
+            "runtime_layer": layer.key if layer else None,
+        },
+    )
+    return stored.uri
 
 
 # --- Training, quality gate, promotion ---

@@ -15,6 +15,15 @@ for _entry in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pat
     if _entry not in sys.path:
         sys.path.insert(0, _entry)
 
+# A package built for a serving image carries what its Python lacks (onnxruntime, tokenizers)
+# in python-packages/ beside the version directory (models_registry.runtime_layers); it comes
+# after the image's own packages, so numpy stays the image's (the stub is built against it).
+_VENDORED = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python-packages"
+)
+if os.path.isdir(_VENDORED) and _VENDORED not in sys.path:
+    sys.path.append(_VENDORED)
+
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402

@@ -15,7 +15,7 @@ from deployments.backends.base import (
     ReconcileReport,
     in_thread,
 )
-from deployments.backends.sagemaker import deploy
+from deployments.backends.sagemaker import deploy, retire
 from deployments.exceptions import ForwardFailed, UpstreamError
 from deployments.models import Deployment, Endpoint, Placement
 
@@ -64,15 +64,20 @@ class SageMakerServingBackend:
         return None  # boto3 clients pool their own connections
 
     def unload(self, *, placement: Placement, actor: str, reason: str) -> None:
-        # The endpoint decides what its instances hold; a copy no longer wanted is no longer
-        # routed to or warmed, and SageMaker unloads it when memory is needed.
-        return None
+        # What serves the copy alone is deleted (it would keep billing); the endpoint goes too
+        # when nothing wanted is left on it.
+        retire.retire_placement(placement=placement, actor=actor, reason=reason)
 
     def has_room_for(self, *, placement: Placement, used_mb: float) -> bool:
         return True  # the endpoint loads a model on its first request by itself
 
     def reconcile(self, *, endpoint: Endpoint, report: ReconcileReport) -> None:
-        return None  # SageMaker restarts and replaces its own instances
+        # SageMaker restarts and replaces its own instances; what is left to the platform is
+        # deleting what nobody wants any more (a retirement a crash interrupted, the rollback
+        # copy past its window, an endpoint left empty).
+        retire.retire_unwanted(endpoint=endpoint, actor="reconciler")
+        retire.expire_rollback_copies(endpoint=endpoint, actor="reconciler")
+        retire.retire_endpoint_if_empty(endpoint=endpoint, actor="reconciler")
 
     def hourly_cost_usd(self, *, endpoint: Endpoint) -> Decimal:
         return endpoint.instance_type.usd_per_hour * max(1, endpoint.min_instances)

@@ -358,7 +358,8 @@ def _is_not_found(error: ClientError) -> bool:
     # SageMaker says "Could not find endpoint ..."; Application Auto Scaling (and moto) say
     # "No scalable target found ..." for a target that was never registered.
     return code == "ValidationException" and any(
-        phrase in message for phrase in ("could not find", "does not exist", "not found")
+        phrase in message
+        for phrase in ("could not find", "does not exist", "not found", "no scalable target")
     )
 
 
@@ -439,6 +440,7 @@ class SageMakerEndpointBackend:
         runtime_client: Any | None = None,
         autoscaling_client: Any | None = None,
         s3_client: Any | None = None,
+        cloudwatch_client: Any | None = None,
         max_retries: int = 6,
         base_backoff_s: float = 0.5,
         max_backoff_s: float = 20.0,
@@ -454,6 +456,7 @@ class SageMakerEndpointBackend:
                 ("sagemaker-runtime", runtime_client),
                 ("application-autoscaling", autoscaling_client),
                 ("s3", s3_client),
+                ("cloudwatch", cloudwatch_client),
             )
             if client is not None
         }
@@ -729,7 +732,7 @@ class SageMakerEndpointBackend:
                         components.append(component["name"])
                 # SageMaker refuses to delete an endpoint that still has components.
                 for component_name in components:
-                    self._wait_component_gone(
+                    self.wait_component_gone(
                         component_name, delay_s=delay_s, max_attempts=max_attempts
                     )
             for variant in description.get("ProductionVariants") or []:
@@ -831,19 +834,13 @@ class SageMakerEndpointBackend:
         if copies < 0:
             raise InvalidEndpointRequest("Copies cannot be negative.", field="copies")
         model = model_name or component_model_name(name)
-        container: dict[str, Any] = {
-            "Image": image_uri,
-            "Mode": "SingleModel",
-            "ModelDataUrl": model_data_url,
-        }
-        if environment:
-            container["Environment"] = dict(environment)
-        self._create_or_existing(
-            "create_model",
-            ModelName=model,
-            ExecutionRoleArn=role_arn,
-            PrimaryContainer=container,
-            Tags=_tags(tags),
+        self.ensure_model(
+            name=model,
+            image_uri=image_uri,
+            model_data_url=model_data_url,
+            role_arn=role_arn,
+            environment=environment,
+            tags=tags,
         )
         requirements: dict[str, Any] = {"MinMemoryRequiredInMb": memory_mb}
         # The API rejects 0 accelerators; leaving the field out is how a CPU model says "none".
@@ -865,6 +862,138 @@ class SageMakerEndpointBackend:
             what = "was created" if created else "already existed"
             raise EndpointBackendError(f"Inference component {name} {what} but cannot be found.")
         return state
+
+    def update_inference_component(
+        self,
+        *,
+        name: str,
+        model_name: str,
+        memory_mb: int,
+        accelerators: int = 0,
+        copies: int | None = None,
+        batch_copies: int = 1,
+        wait_interval_s: int = 0,
+        rollback_alarms: tuple[str, ...] = (),
+    ) -> None:
+        """Move the component onto another model with a rolling update: ``batch_copies`` new
+        copies at a time, the old ones stopped as the new answer; SageMaker rolls back by
+        itself if one of ``rollback_alarms`` fires during the update."""
+        requirements: dict[str, Any] = {"MinMemoryRequiredInMb": memory_mb}
+        if accelerators > 0:
+            requirements["NumberOfAcceleratorDevicesRequired"] = accelerators
+        params: dict[str, Any] = {
+            "InferenceComponentName": name,
+            "Specification": {"ModelName": model_name, "ComputeResourceRequirements": requirements},
+            "DeploymentConfig": {
+                "RollingUpdatePolicy": {
+                    "MaximumBatchSize": {"Type": "COPY_COUNT", "Value": max(1, batch_copies)},
+                    "WaitIntervalInSeconds": wait_interval_s,
+                    "RollbackMaximumBatchSize": {
+                        "Type": "COPY_COUNT",
+                        "Value": max(1, batch_copies),
+                    },
+                },
+                **(
+                    {
+                        "AutoRollbackConfiguration": {
+                            "Alarms": [{"AlarmName": alarm} for alarm in rollback_alarms]
+                        }
+                    }
+                    if rollback_alarms
+                    else {}
+                ),
+            },
+        }
+        if copies is not None:
+            params["RuntimeConfig"] = {"CopyCount": copies}
+        self._api("sagemaker", "update_inference_component", **params)
+
+    def put_component_error_alarm(self, component_name: str, *, errors_per_minute: int = 1) -> str:
+        """An alarm on the component's 5xx invocation errors (what rolling updates watch); its
+        name."""
+        alarm = f"{component_name}-invocation-5xx"
+        self._api(
+            "cloudwatch",
+            "put_metric_alarm",
+            AlarmName=alarm,
+            Namespace="AWS/SageMaker",
+            MetricName="Invocation5XXErrors",
+            Dimensions=[{"Name": "InferenceComponentName", "Value": component_name}],
+            Statistic="Sum",
+            Period=60,
+            EvaluationPeriods=1,
+            Threshold=float(errors_per_minute),
+            ComparisonOperator="GreaterThanOrEqualToThreshold",
+            TreatMissingData="notBreaching",
+            Tags=_tags(),
+        )
+        return alarm
+
+    def delete_alarm(self, alarm_name: str) -> bool:
+        """Delete a CloudWatch alarm; False when it was already gone."""
+        if not self._api("cloudwatch", "describe_alarms", AlarmNames=[alarm_name]).get(
+            "MetricAlarms"
+        ):
+            return False
+        self._api("cloudwatch", "delete_alarms", AlarmNames=[alarm_name])
+        return True
+
+    def delete_model(self, name: str) -> bool:
+        """Delete a SageMaker model; False when it was already gone."""
+        return self._delete_if_present("sagemaker", "delete_model", ModelName=name)
+
+    def deregister_component_autoscaling(self, component_name: str) -> None:
+        """Remove the component's scaling target and its policies (a missing one is fine)."""
+        self._deregister_target(
+            f"inference-component/{component_name}",
+            "sagemaker:inference-component:DesiredCopyCount",
+        )
+
+    def remove_prefix(self, endpoint_prefix: str) -> list[str]:
+        """Delete every object under an endpoint's S3 prefix; the keys deleted."""
+        bucket, prefix = _split_s3_uri(endpoint_prefix)
+        prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        deleted: list[str] = []
+        try:
+            for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix
+            ):
+                keys = [item["Key"] for item in page.get("Contents") or []]
+                if keys:
+                    self.s3.delete_objects(
+                        Bucket=bucket, Delete={"Objects": [{"Key": key} for key in keys]}
+                    )
+                    deleted += keys
+        except (ClientError, BotoCoreError) as error:
+            raise _backend_error(f"Delete under s3://{bucket}/{prefix}", error) from error
+        return deleted
+
+    def ensure_model(
+        self,
+        *,
+        name: str,
+        image_uri: str,
+        model_data_url: str,
+        role_arn: str,
+        environment: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Create a single-model SageMaker model (one container, one archive); False when a
+        model of that name exists already."""
+        container: dict[str, Any] = {
+            "Image": image_uri,
+            "Mode": "SingleModel",
+            "ModelDataUrl": model_data_url,
+        }
+        if environment:
+            container["Environment"] = dict(environment)
+        return self._create_or_existing(
+            "create_model",
+            ModelName=name,
+            ExecutionRoleArn=role_arn,
+            PrimaryContainer=container,
+            Tags=_tags(tags),
+        )
 
     def describe_component(self, name: str) -> ComponentState | None:
         """The inference component's state and copy counts, or None when it does not exist."""
@@ -1237,7 +1366,10 @@ class SageMakerEndpointBackend:
             ScalableDimension=dimension,
         )
 
-    def _wait_component_gone(self, name: str, *, delay_s: float, max_attempts: int) -> None:
+    def wait_component_gone(
+        self, name: str, *, delay_s: float = 15, max_attempts: int = 80
+    ) -> None:
+        """Poll until the component no longer exists (its deletion finished)."""
         for attempt in range(max_attempts):
             state = self.describe_component(name)
             if state is None:

@@ -6,13 +6,25 @@
   count updates the endpoint (rolling). The version's ``model.tar.gz`` is copied under the
   endpoint's S3 prefix and its key is the ``TargetModel``. Application autoscaling tracks
   InvocationsPerInstance (225) between the endpoint's minimum and maximum.
-- Inference components: one component endpoint per kind (``tml-<kind>-ic``); each version is a
-  component reserving its measured memory (and one accelerator on GPU types), with ``replicas``
-  copies; autoscaling keeps pinned models at one copy or more and lets idle ones scale to zero.
-- Dedicated: one endpoint for the model (``ded-<tenant>-<model>``) on the cheapest type that
-  holds it alone — the savings baseline made real.
+- Inference components: one component endpoint per kind (``tml-<kind>-ic``); each tenant model
+  is one component (``tml-<tenant>-<model>``) reserving its measured memory (and one accelerator
+  on GPU types), with ``replicas`` copies; a new version is a rolling update of that component
+  onto the version's SageMaker model (``tml-<tenant>-<model>-v<N>``), rolled back by SageMaker if
+  the component's 5xx alarm fires, so a rollout never doubles the copies it pays for.
+  Autoscaling keeps pinned models at one copy or more and lets idle ones scale to zero.
+- Dedicated: one endpoint for the version (``tml-ded-<tenant>-<model>-v<N>``) on the cheapest
+  type that holds it alone — the savings baseline made real.
 
-Then the kind's warm-up request is sent through the runtime as the probe, as locally.
+Every package sent is the version's image package: the Triton package plus the kind's runtime
+layer for the image's Python (``models_registry.runtime_layers``). Then the kind's warm-up
+request is sent through the runtime as the probe, as locally.
+
+Retiring (``unload``): a placement no longer wanted loses what serves it alone — its S3 copy on
+an MME, its component (or its version's model) on an IC endpoint, its whole endpoint when
+dedicated — and an MME or IC endpoint left with no wanted placement is deleted with its
+configs, models, scaling targets and S3 prefix (``SAGEMAKER_EMPTY_ENDPOINT_POLICY``). The
+version kept for a one-call rollback keeps its resources for ``SAGEMAKER_ROLLBACK_WINDOW_MINUTES``
+after a switch; the reconciler then retires it too. Every deletion is an Event.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from deployments.placement.rows import expected_memory_mb, instance_spec, versio
 from deployments.placement.solver import PlacementPolicy, cheapest_fitting_type, solve
 from models_registry.kinds import get_kind
 from models_registry.models import ModelVersion
+from models_registry.services.packaging import image_package
 
 ACTOR = "sagemaker"
 # How long rollouts wait for an endpoint to be InService (SageMaker takes minutes).
@@ -70,35 +83,62 @@ def _require_configuration() -> tuple[str, str]:
     return role, store.uri
 
 
+def serving_image() -> str:
+    """The Triton image endpoints run: the configured one, or AWS's for the region."""
+    return settings.TENANTML_SAGEMAKER_TRITON_IMAGE or triton_image_uri(
+        settings.TENANTML_AWS_REGION, settings.TENANTML_SAGEMAKER_TRITON_VERSION
+    )
+
+
+def package_for_image(*, version: ModelVersion, image: str, actor: str) -> str:
+    """The S3 URI of the version's package for ``image`` (built on first use)."""
+    return image_package(
+        version=version,
+        image_uri=image,
+        python_version=settings.TENANTML_SAGEMAKER_IMAGE_PYTHON,
+        actor=actor,
+    )
+
+
 def _catalog() -> list[InstanceType]:
     return list(InstanceType.objects.filter(available=True, is_local=False))
 
 
 def roll_out(*, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
     """Make the deployment's target version answer on SageMaker; returns (endpoint, probe ms)."""
-    role, store_uri = _require_configuration()
+    role, _store_uri = _require_configuration()
     backend = endpoint_backend()
     target = deployment.target_version
     model = deployment.model
-    region = settings.TENANTML_AWS_REGION
-    image = triton_image_uri(region)
+    image = serving_image()
     if not target.package_uri.startswith("s3://"):
         raise DomainError(
             f"v{target.number}'s package is not in S3; package it with an s3:// ARTIFACT_STORE.",
             field="version",
         )
+    package = package_for_image(version=target, image=image, actor=actor)
     pinned = model.tenant.models_pinned
     if deployment.mode == Endpoint.Mode.MME:
         endpoint, placement = _roll_out_mme(
-            backend=backend, deployment=deployment, role=role, image=image, store_uri=store_uri
+            backend=backend,
+            deployment=deployment,
+            role=role,
+            image=image,
+            package=package,
         )
     elif deployment.mode == Endpoint.Mode.DEDICATED:
         endpoint, placement = _roll_out_dedicated(
-            backend=backend, deployment=deployment, role=role, image=image
+            backend=backend, deployment=deployment, role=role, image=image, package=package
         )
     else:
         endpoint, placement = _roll_out_component(
-            backend=backend, deployment=deployment, role=role, image=image, pinned=pinned
+            backend=backend,
+            deployment=deployment,
+            role=role,
+            image=image,
+            pinned=pinned,
+            package=package,
+            actor=actor,
         )
     latency_ms = probe(backend=backend, placement=placement)
     Placement.objects.filter(pk=placement.pk).update(
@@ -142,7 +182,7 @@ def _wait(backend: SageMakerEndpointBackend, endpoint: Endpoint, state) -> None:
     )
 
 
-def _roll_out_mme(*, backend, deployment, role, image, store_uri):
+def _roll_out_mme(*, backend, deployment, role, image, package):
     target = deployment.target_version
     kind = target.model.kind
     name = short_endpoint_name(f"tml-{kind}-mme")
@@ -185,7 +225,7 @@ def _roll_out_mme(*, backend, deployment, role, image, store_uri):
         min_instances=count,
         max_instances=max(count, 4),
     )
-    prefix = f"{store_uri}/endpoints/{endpoint.name}/"
+    prefix = mme_prefix(endpoint)
     state = backend.ensure_endpoint(
         EndpointRequest(
             name=endpoint.name,
@@ -219,12 +259,12 @@ def _roll_out_mme(*, backend, deployment, role, image, store_uri):
     )
     target_model = f"{target.model.tenant.slug}/{target.model.name}/v{target.number}.tar.gz"
     key = backend.add_model(
-        endpoint_prefix=prefix, package_s3_uri=target.package_uri, target_model=target_model
+        endpoint_prefix=prefix, package_s3_uri=package, target_model=target_model
     )
     return endpoint, _placement(target=target, endpoint=endpoint, external_name=key)
 
 
-def _roll_out_dedicated(*, backend, deployment, role, image):
+def _roll_out_dedicated(*, backend, deployment, role, image, package):
     target = deployment.target_version
     catalog = _catalog()
     chosen = cheapest_fitting_type(
@@ -232,7 +272,7 @@ def _roll_out_dedicated(*, backend, deployment, role, image):
     )
     instance_type = next(t for t in catalog if t.name == chosen.name)
     # One endpoint per version: the old one keeps serving until the new one answers.
-    name = short_endpoint_name(f"{dedicated_endpoint_name(target.model)}-v{target.number}")
+    name = short_endpoint_name(f"tml-{dedicated_endpoint_name(target.model)}-v{target.number}")
     endpoint = _endpoint_row(
         name=name,
         mode=Endpoint.Mode.DEDICATED,
@@ -246,15 +286,15 @@ def _roll_out_dedicated(*, backend, deployment, role, image):
             instance_type=instance_type.name,
             role_arn=role,
             image_uri=image,
-            model_data_url=target.package_uri,
-            environment={"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": target.triton_model_name},
+            model_data_url=package,
+            environment=container_environment(target),
         )
     )
     _wait(backend, endpoint, state)
     return endpoint, _placement(target=target, endpoint=endpoint, external_name="")
 
 
-def _roll_out_component(*, backend, deployment, role, image, pinned: bool):
+def _roll_out_component(*, backend, deployment, role, image, pinned: bool, package, actor):
     target = deployment.target_version
     kind = target.model.kind
     catalog = _catalog()
@@ -284,24 +324,64 @@ def _roll_out_component(*, backend, deployment, role, image, pinned: bool):
         )
     )
     _wait(backend, endpoint, state)
-    component = short_endpoint_name(
-        f"{target.model.tenant.slug}-{target.model.name}-v{target.number}".replace("_", "-")
-    )
+    component = component_name(target.model)
+    model_name = version_model_name(target)
     gpu = endpoint.instance_type.gpu_count > 0
     copies = deployment.replicas
-    backend.create_inference_component(
-        name=component,
-        endpoint_name=endpoint.name,
-        image_uri=image,
-        model_data_url=target.package_uri,
-        role_arn=role,
-        memory_mb=int(memory + 0.999),
-        accelerators=1 if gpu else 0,
-        copies=copies,
-    )
-    backend.wait_component_in_service(
+    memory_mb = int(memory + 0.999)
+    existing = backend.describe_component(component)
+    if existing is None:
+        backend.create_inference_component(
+            name=component,
+            endpoint_name=endpoint.name,
+            image_uri=image,
+            model_data_url=package,
+            role_arn=role,
+            memory_mb=memory_mb,
+            accelerators=1 if gpu else 0,
+            copies=copies,
+            model_name=model_name,
+            environment=container_environment(target),
+        )
+    elif existing.model_name != model_name:
+        # The component serves another version: roll its copies onto this one in place, a copy
+        # at a time, so the rollout never pays for twice the copies; SageMaker rolls back by
+        # itself if the component's 5xx alarm fires while it does.
+        backend.ensure_model(
+            name=model_name,
+            image_uri=image,
+            model_data_url=package,
+            role_arn=role,
+            environment=container_environment(target),
+        )
+        alarm = backend.put_component_error_alarm(component)
+        backend.wait_component_in_service(
+            component, delay_s=WAIT_DELAY_S, max_attempts=WAIT_MAX_ATTEMPTS
+        )
+        backend.update_inference_component(
+            name=component,
+            model_name=model_name,
+            memory_mb=memory_mb,
+            accelerators=1 if gpu else 0,
+            copies=copies,
+            rollback_alarms=(alarm,),
+        )
+        record_event(
+            kind="sagemaker.component_updating",
+            actor=actor,
+            message=f"{component}: rolling update from {existing.model_name} to {model_name}.",
+            version=target,
+            endpoint=endpoint,
+        )
+    updated = backend.wait_component_in_service(
         component, delay_s=WAIT_DELAY_S, max_attempts=WAIT_MAX_ATTEMPTS
     )
+    if updated.model_name != model_name:
+        raise DomainError(
+            f"SageMaker rolled {component} back to {updated.model_name}: the update to "
+            f"{target} raised its error alarm. {updated.failure_reason}".strip(),
+            field="version",
+        )
     backend.configure_component_autoscaling(
         component,
         min_copies=max(1, copies) if pinned else 0,
@@ -312,7 +392,37 @@ def _roll_out_component(*, backend, deployment, role, image, pinned: bool):
     Placement.objects.filter(pk=placement.pk).update(
         copies=copies, min_copies=min(copies, 1 if pinned else 0)
     )
+    # The component answers only as this version now: another version's placement on it no
+    # longer holds copies (a rollback rolls the component back onto that version's model).
+    Placement.objects.filter(
+        endpoint=endpoint, external_name=component, version__model_id=target.model_id
+    ).exclude(pk=placement.pk).update(
+        actual_state=Placement.ActualState.UNLOADED, updated_at=timezone.now()
+    )
     return endpoint, placement
+
+
+def container_environment(version: ModelVersion) -> dict[str, str]:
+    """The container environment a single-model endpoint or component of ``version`` runs
+    with: which model of the archive Triton serves at /invocations."""
+    return {"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": version.triton_model_name}
+
+
+def component_name(model) -> str:
+    """``tml-<tenant>-<model>``: the one inference component of a tenant model."""
+    return short_endpoint_name(f"tml-{model.tenant.slug}-{model.name}")
+
+
+def version_model_name(version: ModelVersion) -> str:
+    """``tml-<tenant>-<model>-v<N>``: the SageMaker model of one version on an IC endpoint."""
+    return short_endpoint_name(
+        f"tml-{version.model.tenant.slug}-{version.model.name}-v{version.number}"
+    )
+
+
+def mme_prefix(endpoint: Endpoint) -> str:
+    """The S3 prefix a multi-model endpoint loads its TargetModels from."""
+    return f"{settings.ARTIFACT_STORE.uri}/endpoints/{endpoint.name}/"
 
 
 def _placement(*, target: ModelVersion, endpoint: Endpoint, external_name: str) -> Placement:

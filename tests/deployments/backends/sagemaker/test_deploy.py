@@ -11,90 +11,18 @@ import json
 
 import boto3
 import pytest
-from moto import mock_aws
 from moto.sagemakerruntime.models import sagemakerruntime_backends
 
-from config.celery import app
-from config.env import ArtifactStore
 from deployments.models import Deployment, Endpoint, Placement
-from models_registry.models import ModelVersion
-from tenants.services import issue_token
-from tests.factories import ModelVersionFactory, TenantFactory, TenantModelFactory
+from tests.deployments.backends.sagemaker.support import (
+    BUCKET,
+    INTENT_ANSWER,
+    REGION,
+    answers_from_the_runtime,
+    api,
+)
 
 pytestmark = pytest.mark.django_db
-
-BUCKET = "tenantml-test"
-ROLE = "arn:aws:iam::123456789012:role/tenantml-serving"
-REGION = "us-east-1"
-INTENT_ANSWER = {
-    "outputs": [
-        {"name": "LABEL", "shape": [1, 1], "datatype": "BYTES", "data": ["refund"]},
-        {"name": "SCORES", "shape": [1, 3], "datatype": "FP32", "data": [0.9, 0.06, 0.04]},
-        {
-            "name": "LABELS",
-            "shape": [1, 3],
-            "datatype": "BYTES",
-            "data": ["refund", "account_access", "shipping"],
-        },
-    ]
-}
-
-
-@pytest.fixture
-def aws(settings, monkeypatch):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    settings.ARTIFACT_STORE = ArtifactStore(kind="s3", root=f"{BUCKET}/platform")
-    settings.TENANTML_SAGEMAKER_ROLE_ARN = ROLE
-    settings.TENANTML_AWS_REGION = REGION
-    settings.TENANTML_DEPLOY_BACKEND = "sagemaker"
-    monkeypatch.setattr("deployments.backends.sagemaker.deploy.WAIT_DELAY_S", 0)
-    previous = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    with mock_aws():
-        boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
-        yield
-    app.conf.task_always_eager = previous
-
-
-def answers_from_the_runtime(count: int) -> None:
-    """What Triton on the endpoint answers, queued in moto's runtime (AWS is what is faked)."""
-    runtime = sagemakerruntime_backends["123456789012"][REGION]
-    for _ in range(count):
-        runtime.results_queue.append(
-            (json.dumps(INTENT_ANSWER), "application/json", "AllTraffic", "")
-        )
-
-
-@pytest.fixture
-def deployed_version(aws):
-    model = TenantModelFactory(tenant=TenantFactory(slug="acme"), name="intents")
-    key = "platform/packages/acme/intents/1/model.tar.gz"
-    boto3.client("s3", region_name=REGION).put_object(Bucket=BUCKET, Key=key, Body=b"package")
-    version = ModelVersionFactory(
-        model=model,
-        number=1,
-        status=ModelVersion.Status.READY,
-        package_uri=f"s3://{BUCKET}/{key}",
-        sha256="0" * 64,
-        host_memory_mb=114.0,
-    )
-    model.active_version = version
-    model.save()
-    return version
-
-
-def api(tenant):
-    from rest_framework.test import APIClient
-
-    client = APIClient()
-    secret = issue_token(tenant=tenant, name="t", actor="test").secret
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
 
 
 def test_a_multi_model_deployment_creates_the_endpoint_copies_the_package_and_answers(
@@ -169,9 +97,9 @@ def test_a_dedicated_deployment_gets_its_own_single_model_endpoint(
     assert response.status_code == 202, response.content
     deployment = Deployment.objects.get(model=deployed_version.model)
     assert deployment.status == Deployment.Status.LIVE, deployment.status_reason
-    assert deployment.endpoint.name == "ded-acme-intents-v1"
+    assert deployment.endpoint.name == "tml-ded-acme-intents-v1"
     container = boto3.client("sagemaker", region_name=REGION).describe_model(
-        ModelName="ded-acme-intents-v1-model"
+        ModelName="tml-ded-acme-intents-v1-model"
     )["PrimaryContainer"]
     assert container["Mode"] == "SingleModel"
     assert container["ModelDataUrl"] == deployed_version.package_uri
