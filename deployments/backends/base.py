@@ -83,6 +83,9 @@ class ReconcileReport:
     rollouts_requeued: list[int] = field(default_factory=list)
     instances_recovered: list[str] = field(default_factory=list)
     trimmed: list[str] = field(default_factory=list)
+    # Cloud resources the platform's names mark as its own but the database does not know.
+    cloud_orphans_found: list[str] = field(default_factory=list)
+    cloud_orphans_deleted: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -98,6 +101,7 @@ class ReconcileReport:
                 self.rollouts_requeued,
                 self.instances_recovered,
                 self.trimmed,
+                self.cloud_orphans_deleted,
             )
         )
 
@@ -154,6 +158,11 @@ class ServingBackend(Protocol):
 
     def hourly_cost_usd(self, *, endpoint: Endpoint) -> Decimal:
         """What the endpoint costs per hour now."""
+        ...
+
+    def audit_account(self, *, report: ReconcileReport) -> None:
+        """Find what this backend's account holds under the platform's names that the database
+        does not know (reported as Events; deleted where the operator enabled it)."""
         ...
 
     def drain_instance(self, *, instance: Instance, actor: str, stop: bool = True) -> Instance:

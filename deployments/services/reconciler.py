@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from django.conf import settings
 from django.utils import timezone
 
 from config.errors import DomainError
 from config.events import record_event
-from deployments.backends import backend_for
+from deployments.backends import backend_for, backend_named
 from deployments.backends.base import ReconcileReport
 from deployments.models import Deployment, Endpoint
 from deployments.services import rollouts
@@ -42,6 +43,15 @@ def reconcile_fleet(*, now=None) -> ReconcileReport:
         except DomainError as exc:
             report.errors.append(f"{endpoint.name}: {exc.message}")
             logger.warning("Reconciling %s failed: %s", endpoint.name, exc.message)
+    # Each backend that has (or had) endpoints, and the one deployments go to, looks for what
+    # its account holds under the platform's names that no row accounts for.
+    names = set(Endpoint.objects.values_list("backend", flat=True).distinct())
+    for name in sorted(names | {settings.TENANTML_DEPLOY_BACKEND}):
+        try:
+            backend_named(name).audit_account(report=report)
+        except DomainError as exc:
+            report.errors.append(f"{name} account audit: {exc.message}")
+            logger.warning("Auditing the %s account failed: %s", name, exc.message)
     _requeue_stalled_rollouts(report=report, now=now or timezone.now())
     return report
 

@@ -59,5 +59,8 @@ class LocalServingBackend:
         live = endpoint.instances.exclude(status=Instance.Status.STOPPED).count()
         return endpoint.instance_type.usd_per_hour * live
 
+    def audit_account(self, *, report: ReconcileReport) -> None:
+        return None  # a local instance's orphaned models are put right by reconcile
+
     def drain_instance(self, *, instance: Instance, actor: str, stop: bool = True) -> Instance:
         return rollout.drain_instance(instance=instance, actor=actor, stop=stop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 
 from django.utils import timezone
@@ -15,9 +16,11 @@ from deployments.backends.base import (
     ReconcileReport,
     in_thread,
 )
-from deployments.backends.sagemaker import deploy, retire
+from deployments.backends.sagemaker import audit, deploy, retire
 from deployments.exceptions import ForwardFailed, UpstreamError
 from deployments.models import Deployment, Endpoint, Placement
+
+logger = logging.getLogger(__name__)
 
 
 class SageMakerServingBackend:
@@ -66,7 +69,11 @@ class SageMakerServingBackend:
     def unload(self, *, placement: Placement, actor: str, reason: str) -> None:
         # What serves the copy alone is deleted (it would keep billing); the endpoint goes too
         # when nothing wanted is left on it.
-        retire.retire_placement(placement=placement, actor=actor, reason=reason)
+        try:
+            retire.retire_placement(placement=placement, actor=actor, reason=reason)
+        except DomainError as exc:
+            # The placement stays unwanted and not unloaded: the reconciler retries.
+            logger.warning("Retiring %s failed: %s", placement, exc.message)
 
     def has_room_for(self, *, placement: Placement, used_mb: float) -> bool:
         return True  # the endpoint loads a model on its first request by itself
@@ -75,12 +82,15 @@ class SageMakerServingBackend:
         # SageMaker restarts and replaces its own instances; what is left to the platform is
         # deleting what nobody wants any more (a retirement a crash interrupted, the rollback
         # copy past its window, an endpoint left empty).
-        retire.retire_unwanted(endpoint=endpoint, actor="reconciler")
+        report.errors += retire.retire_unwanted(endpoint=endpoint, actor="reconciler")
         retire.expire_rollback_copies(endpoint=endpoint, actor="reconciler")
         retire.retire_endpoint_if_empty(endpoint=endpoint, actor="reconciler")
 
     def hourly_cost_usd(self, *, endpoint: Endpoint) -> Decimal:
         return endpoint.instance_type.usd_per_hour * max(1, endpoint.min_instances)
+
+    def audit_account(self, *, report: ReconcileReport) -> None:
+        audit.audit_account(report=report, actor="reconciler")
 
     def drain_instance(self, *, instance, actor: str, stop: bool = True):
         raise DomainError(

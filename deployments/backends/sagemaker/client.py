@@ -299,6 +299,12 @@ def endpoint_config_name(endpoint_name: str, generation: int) -> str:
     return f"{endpoint_name}-config-{generation}"
 
 
+def config_owner(config_name: str) -> str:
+    """The endpoint an ``<endpoint>-config-<n>`` config belongs to ("" for another name)."""
+    match = re.fullmatch(r"(.+)-config-\d+", config_name)
+    return match[1] if match else ""
+
+
 def component_model_name(component_name: str) -> str:
     """The deterministic SageMaker model name behind one inference component."""
     return f"{component_name}-model"
@@ -1318,6 +1324,52 @@ class SageMakerEndpointBackend:
             raise _backend_error("DescribeEndpointConfig", error) from error
         except BotoCoreError as error:
             raise _backend_error("DescribeEndpointConfig", error) from error
+
+    def alarms(self, *, prefix: str) -> Iterator[dict[str, Any]]:
+        """The CloudWatch metric alarms whose names start with ``prefix``."""
+        token: str | None = None
+        while True:
+            page = self._api(
+                "cloudwatch",
+                "describe_alarms",
+                AlarmNamePrefix=prefix,
+                **({"NextToken": token} if token else {}),
+            )
+            yield from page.get("MetricAlarms") or []
+            token = page.get("NextToken")
+            if not token:
+                return
+
+    def objects(self, prefix_uri: str) -> Iterator[tuple[str, Any]]:
+        """``(s3 URI, last modified)`` of every object under an ``s3://bucket/prefix/``."""
+        bucket, prefix = _split_s3_uri(prefix_uri)
+        try:
+            for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix
+            ):
+                for item in page.get("Contents") or []:
+                    yield f"s3://{bucket}/{item['Key']}", item.get("LastModified")
+        except (ClientError, BotoCoreError) as error:
+            raise _backend_error(f"List of s3://{bucket}/{prefix}", error) from error
+
+    def delete_object(self, uri: str) -> bool:
+        """Delete one S3 object (a missing one is fine)."""
+        bucket, key = _split_s3_uri(uri)
+        try:
+            self.s3.delete_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as error:
+            raise _backend_error(f"Delete of {uri}", error) from error
+        return True
+
+    def delete_endpoint_config(self, name: str) -> bool:
+        """Delete an endpoint config; False when it was already gone."""
+        return self._delete_if_present(
+            "sagemaker", "delete_endpoint_config", EndpointConfigName=name
+        )
+
+    def pages(self, operation: str, list_key: str, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every item of a paginated SageMaker list call (``list_key`` of each page)."""
+        return self._pages(operation, list_key, **params)
 
     def _pages(self, operation: str, list_key: str, **params: Any) -> Iterator[dict[str, Any]]:
         token: str | None = None

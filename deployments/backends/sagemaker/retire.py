@@ -24,6 +24,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from config.errors import DomainError
 from config.events import record_event
 from deployments.backends.sagemaker.client import SageMakerEndpointBackend
 from deployments.backends.sagemaker.deploy import (
@@ -148,6 +149,13 @@ def _retire_endpoint(
     )
 
 
+def finish_retiring(*, endpoint: Endpoint, actor: str) -> None:
+    """Finish an endpoint's retirement that a crash interrupted (deleting what is left)."""
+    _retire_endpoint(
+        backend=endpoint_backend(), endpoint=endpoint, actor=actor, reason="finishing retirement"
+    )
+
+
 def retire_endpoint_if_empty(*, endpoint: Endpoint, actor: str) -> bool:
     """Delete a shared endpoint no wanted placement is left on (per policy); True if it went."""
     if settings.TENANTML_SAGEMAKER_EMPTY_ENDPOINT_POLICY != "delete":
@@ -172,17 +180,19 @@ def retire_endpoint_if_empty(*, endpoint: Endpoint, actor: str) -> bool:
     return True
 
 
-def retire_unwanted(*, endpoint: Endpoint, actor: str) -> list[int]:
+def retire_unwanted(*, endpoint: Endpoint, actor: str) -> list[str]:
     """Finish retiring placements marked unwanted whose resources may still exist (a crash
-    between the mark and the deletion); the placement ids retired."""
+    between the mark and the deletion); the errors met, one line each."""
     pending = Placement.objects.filter(
         endpoint=endpoint, desired_state=Placement.DesiredState.UNLOADED
     ).exclude(actual_state=Placement.ActualState.UNLOADED)
-    retired = []
+    errors = []
     for placement in pending:
-        retire_placement(placement=placement, actor=actor, reason="no longer wanted")
-        retired.append(placement.pk)
-    return retired
+        try:
+            retire_placement(placement=placement, actor=actor, reason="no longer wanted")
+        except DomainError as exc:
+            errors.append(f"{placement}: {exc.message}")
+    return errors
 
 
 def expire_rollback_copies(*, endpoint: Endpoint, actor: str, now=None) -> list[int]:

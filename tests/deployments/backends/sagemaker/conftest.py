@@ -3,9 +3,12 @@ configured for SageMaker, and a packaged version whose image package exists."""
 
 from __future__ import annotations
 
+import json
+
 import boto3
 import pytest
 from moto import mock_aws
+from moto.sagemaker.responses import SageMakerResponse
 
 from config.celery import app
 from config.env import ArtifactStore
@@ -28,6 +31,14 @@ def aws(settings, monkeypatch):
     settings.TENANTML_AWS_REGION = REGION
     settings.TENANTML_DEPLOY_BACKEND = "sagemaker"
     monkeypatch.setattr("deployments.backends.sagemaker.deploy.WAIT_DELAY_S", 0)
+    # moto has no inference components; an account these tests never give one lists none
+    # (the SageMaker stand-in implements them for real).
+    monkeypatch.setattr(
+        SageMakerResponse,
+        "list_inference_components",
+        lambda self: json.dumps({"InferenceComponents": []}),
+        raising=False,
+    )
     previous = app.conf.task_always_eager
     app.conf.task_always_eager = True
     with mock_aws():

@@ -219,3 +219,64 @@ def test_deleting_a_deployment_that_never_existed_is_a_404_and_twice_is_harmless
         again = client.delete("/api/v1/tenants/acme/models/intents/deployments/")
     assert first.status_code == again.status_code == 202
     assert Event.objects.filter(kind="deployment.retired").count() == 1
+
+
+def create_stray_endpoint(name: str) -> None:
+    """An endpoint made under the platform's names by something the database never heard of."""
+    from tests.deployments.backends.sagemaker.support import ROLE
+
+    sagemaker = boto3.client("sagemaker", region_name=REGION)
+    sagemaker.create_model(
+        ModelName=f"{name}-model",
+        ExecutionRoleArn=ROLE,
+        PrimaryContainer={"Image": "image", "ModelDataUrl": f"s3://{BUCKET}/x.tar.gz"},
+    )
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=f"{name}-config-1",
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": f"{name}-model",
+                "InstanceType": "ml.m5.large",
+                "InitialInstanceCount": 1,
+            }
+        ],
+    )
+    sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-config-1")
+    boto3.client("s3", region_name=REGION).put_object(
+        Bucket=BUCKET, Key=f"platform/endpoints/{name}/acme/old/v1.tar.gz", Body=b"x"
+    )
+
+
+def test_the_reconciler_reports_resources_nobody_accounts_for_and_deletes_them_when_enabled(
+    deployed_version, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    monkeypatch.setattr("deployments.backends.sagemaker.audit.GRACE_MINUTES", 0)
+    client = api(deployed_version.model.tenant)
+    answers_from_the_runtime(1)
+    deploy(client, capture=django_capture_on_commit_callbacks)
+    create_stray_endpoint("tml-stray-mme")
+
+    report = reconciler.reconcile_fleet()
+
+    assert sorted(report.cloud_orphans_found) == [
+        "S3 s3://tenantml-test/platform/endpoints/tml-stray-mme/acme/old/v1.tar.gz",
+        "endpoint config tml-stray-mme-config-1",
+        "endpoint tml-stray-mme",
+        "model tml-stray-mme-model",
+    ]
+    assert report.cloud_orphans_deleted == []
+    assert Event.objects.filter(kind="sagemaker.orphan_found").count() == 4
+    assert "tml-stray-mme" in account_resources()["endpoints"]
+
+    settings.TENANTML_SAGEMAKER_DELETE_ORPHANS = True
+    report = reconciler.reconcile_fleet()
+
+    assert len(report.cloud_orphans_deleted) == 4
+    left = account_resources()
+    # What the platform deployed is untouched.
+    assert left["endpoints"] == ["tml-intent-classifier-mme"]
+    assert left["models"] == ["tml-intent-classifier-mme-model"]
+    assert left["endpoint_objects"] == [
+        "platform/endpoints/tml-intent-classifier-mme/acme/intents/v1.tar.gz"
+    ]
