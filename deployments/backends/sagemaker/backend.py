@@ -17,6 +17,7 @@ from deployments.backends.base import (
     in_thread,
 )
 from deployments.backends.sagemaker import audit, deploy, retire
+from deployments.backends.sagemaker.client import EndpointFailed
 from deployments.exceptions import ForwardFailed, UpstreamError
 from deployments.models import Deployment, Endpoint, Placement
 
@@ -30,7 +31,13 @@ class SageMakerServingBackend:
     modes = (Endpoint.Mode.MME, Endpoint.Mode.INFERENCE_COMPONENT, Endpoint.Mode.DEDICATED)
 
     def roll_out(self, *, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
-        return deploy.roll_out(deployment=deployment, actor=actor)
+        try:
+            return deploy.roll_out(deployment=deployment, actor=actor)
+        except EndpointFailed as exc:
+            # A Failed endpoint or component serves nothing: delete it (and what it runs)
+            # rather than leave it in the account.
+            retire.discard_failed(name=exc.name, actor=actor)
+            raise
 
     def probe(self, *, placement: Placement, actor: str) -> ProbeResult:
         latency_ms = deploy.probe(backend=deploy.endpoint_backend(), placement=placement)

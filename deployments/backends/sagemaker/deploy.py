@@ -343,6 +343,7 @@ def _roll_out_component(*, backend, deployment, role, image, pinned: bool, packa
             model_name=model_name,
             environment=container_environment(target),
         )
+        backend.put_component_error_alarm(component)
     elif existing.model_name != model_name:
         # The component serves another version: roll its copies onto this one in place, a copy
         # at a time, so the rollout never pays for twice the copies; SageMaker rolls back by
@@ -377,6 +378,7 @@ def _roll_out_component(*, backend, deployment, role, image, pinned: bool, packa
         component, delay_s=WAIT_DELAY_S, max_attempts=WAIT_MAX_ATTEMPTS
     )
     if updated.model_name != model_name:
+        backend.delete_model(model_name)  # nothing points at it: SageMaker rolled back
         raise DomainError(
             f"SageMaker rolled {component} back to {updated.model_name}: the update to "
             f"{target} raised its error alarm. {updated.failure_reason}".strip(),

@@ -149,6 +149,40 @@ def _retire_endpoint(
     )
 
 
+def discard_failed(*, name: str, actor: str) -> None:
+    """Delete what a failed rollout created and left Failed: a dedicated endpoint (with its
+    config and model) or an inference component (with its model and alarm)."""
+    endpoint = Endpoint.objects.filter(name=name, backend=Endpoint.Backend.SAGEMAKER).first()
+    if endpoint is not None:
+        if endpoint.mode == Endpoint.Mode.DEDICATED:
+            _retire_endpoint(
+                backend=endpoint_backend(), endpoint=endpoint, actor=actor, reason="it failed"
+            )
+        return
+    backend = endpoint_backend()
+    state = backend.describe_component(name)
+    if state is None or state.status != "Failed":
+        return
+    backend.deregister_component_autoscaling(name)
+    backend.delete_inference_component(name)
+    backend.wait_component_gone(name, delay_s=WAIT_DELAY_S)
+    for what, deleted in (
+        ("inference component", name),
+        ("model", state.model_name if backend.delete_model(state.model_name) else ""),
+        (
+            "CloudWatch alarm",
+            f"{name}-invocation-5xx" if backend.delete_alarm(f"{name}-invocation-5xx") else "",
+        ),
+    ):
+        if deleted:
+            record_event(
+                kind="sagemaker.resource_deleted",
+                actor=actor,
+                message=f"Deleted {what} {deleted} (its rollout failed).",
+                data={"resource": what, "name": deleted},
+            )
+
+
 def finish_retiring(*, endpoint: Endpoint, actor: str) -> None:
     """Finish an endpoint's retirement that a crash interrupted (deleting what is left)."""
     _retire_endpoint(

@@ -1,0 +1,335 @@
+"""The SageMaker serving path end to end on the SageMaker stand-in, through the platform's API:
+a trained tenant model deployed in each mode, answered by a real Triton (through the proxy and
+directly with boto3 ``sagemaker-runtime``), a new version switched to under concurrent traffic,
+rolled back and retired; after each scenario the account holds exactly what the database says
+is live. The production code is unchanged: boto3 finds the stand-in through the standard
+``AWS_ENDPOINT_URL_*`` variables."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from rest_framework.test import APIClient
+
+from config.env import ArtifactStore
+from deployments.models import Deployment, Endpoint, Placement
+from deployments.services import reconciler
+from models_registry.models import ModelVersion
+from models_registry.runtime_layers import running_python
+from tenants.services import issue_token
+from tests.factories import TenantFactory, TenantModelFactory
+from tests.sagemaker_standin_support import clean_sagemaker_standin, sagemaker_standin  # noqa: F401
+from tests.serving_fixtures import packaged_version
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BUCKET = "tenantml-standin"
+ROLE = "arn:aws:iam::123456789012:role/tenantml-serving"
+TICKETS = ["Where is my refund?", "I cannot log in to my account"]
+MODEL_URL = "/api/v1/tenants/acme/models/intents"
+
+
+@pytest.fixture(scope="session")
+def layer_cache(tmp_path_factory):
+    """One var directory for the session, so the runtime layer is built once."""
+    return tmp_path_factory.mktemp("standin-var")
+
+
+@pytest.fixture
+def on_standin(clean_sagemaker_standin, settings, monkeypatch, layer_cache):  # noqa: F811
+    from config.celery import app
+
+    standin = clean_sagemaker_standin
+    standin.client("s3").create_bucket(Bucket=BUCKET)
+    settings.ARTIFACT_STORE = ArtifactStore(kind="s3", root=f"{BUCKET}/platform")
+    settings.TENANTML_SAGEMAKER_ROLE_ARN = ROLE
+    settings.TENANTML_AWS_REGION = standin.region
+    settings.TENANTML_DEPLOY_BACKEND = "sagemaker"
+    settings.TENANTML_SAGEMAKER_IMAGE_PYTHON = running_python()
+    settings.VAR_DIR = layer_cache
+    monkeypatch.setattr("deployments.backends.sagemaker.deploy.WAIT_DELAY_S", 0.2)
+    monkeypatch.setattr("deployments.backends.sagemaker.deploy.WAIT_MAX_ATTEMPTS", 600)
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield standin
+    app.conf.task_always_eager = previous
+
+
+@pytest.fixture
+def intent_model(on_standin, intent_artifact):
+    model = TenantModelFactory(
+        tenant=TenantFactory(slug="acme"), name="intents", kind="intent-classifier"
+    )
+    packaged_version(model, intent_artifact, 1, promote=True)
+    return model
+
+
+def client_for(tenant) -> APIClient:
+    client = APIClient()
+    client.credentials(
+        HTTP_AUTHORIZATION=f"Bearer {issue_token(tenant=tenant, name='t', actor='test').secret}"
+    )
+    return client
+
+
+def deploy(client: APIClient, **body) -> dict:
+    response = client.post(f"{MODEL_URL}/deployments/", body, format="json")
+    assert response.status_code == 202, response.content
+    deployment = client.get(f"{MODEL_URL}/deployments/").json()
+    assert deployment["status"] == "live", deployment
+    return deployment
+
+
+def invoke(client: APIClient, texts=TICKETS[:1]) -> dict:
+    response = client.post(f"{MODEL_URL}/invoke", {"inputs": texts}, format="json")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def live_in_database() -> dict[str, set[str]]:
+    """What the database says is live on SageMaker, in the stand-in's listing's terms."""
+    from deployments.backends.sagemaker.deploy import component_name, version_model_name
+
+    endpoints = Endpoint.objects.filter(backend="sagemaker").exclude(status="retired")
+    live = {"endpoints": set(), "inference_components": set(), "endpoint_objects": set()}
+    for endpoint in endpoints:
+        live["endpoints"].add(endpoint.name)
+    wanted = Placement.objects.filter(endpoint__in=endpoints).exclude(
+        desired_state=Placement.DesiredState.UNLOADED
+    )
+    for placement in wanted.select_related("version__model__tenant", "endpoint"):
+        if placement.endpoint.mode == Endpoint.Mode.INFERENCE_COMPONENT:
+            if placement.actual_state != Placement.ActualState.UNLOADED:
+                live["inference_components"].add(component_name(placement.version.model))
+                assert version_model_name(placement.version)
+        elif placement.endpoint.mode == Endpoint.Mode.MME:
+            live["endpoint_objects"].add(
+                f"{BUCKET}/platform/endpoints/{placement.endpoint.name}/{placement.external_name}"
+            )
+    return live
+
+
+def assert_account_matches_database(standin) -> dict[str, list[str]]:
+    """Every SageMaker resource and endpoint object on the stand-in is one the database has."""
+    resources = standin.resources()
+    live = live_in_database()
+    assert set(resources["endpoints"]) == live["endpoints"]
+    assert set(resources["inference_components"]) == live["inference_components"]
+    endpoint_objects = {
+        key for key in resources["s3_objects"] if key.startswith(f"{BUCKET}/platform/endpoints/")
+    }
+    assert endpoint_objects == live["endpoint_objects"]
+    # Each endpoint's own model and configs, each component's model and alarm; nothing else.
+    for name in resources["models"]:
+        assert any(name.startswith(f"{owner}-") for owner in live["endpoints"]) or any(
+            name.startswith(f"{component}-v") for component in live["inference_components"]
+        ), f"model {name} is left over"
+    for name in resources["endpoint_configs"]:
+        assert any(name.startswith(f"{owner}-config-") for owner in live["endpoints"]), name
+    for alarm in resources["alarms"]:
+        assert any(alarm.startswith(c) for c in live["inference_components"]), alarm
+    for target in resources["scalable_targets"]:
+        resource_id = target.split("|")[0]
+        assert any(
+            resource_id in (f"endpoint/{e}/variant/AllTraffic", f"inference-component/{e}")
+            for e in live["endpoints"] | live["inference_components"]
+        ), f"scalable target {target} is left over"
+    return resources
+
+
+def traffic_during(client_secret: str, action, *, threads: int = 3) -> tuple[list, list]:
+    """Run ``action`` while ``threads`` clients invoke the model without pause; the failures
+    and the versions that answered."""
+    failures: list[str] = []
+    versions: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {client_secret}")
+        while not stop.is_set():
+            response = client.post(f"{MODEL_URL}/invoke", {"inputs": TICKETS[:1]}, format="json")
+            if response.status_code != 200:
+                failures.append(f"{response.status_code}: {response.content[:300]!r}")
+                continue
+            body = response.json()
+            if body["outputs"][0]["label"] != "refund":
+                failures.append(f"wrong answer {body}")
+            versions.append(body["model_version"])
+
+    workers = [threading.Thread(target=traffic) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(0.5)
+        action()
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=60)
+    return failures, versions
+
+
+def runtime_answer(standin, endpoint: str, **target) -> dict:
+    """Invoke with plain boto3 ``sagemaker-runtime``, as a product team's script would."""
+    from models_registry.kinds import get_kind
+
+    body = get_kind("intent-classifier").encode_request(TICKETS[:1])
+    answer = standin.client("sagemaker-runtime").invoke_endpoint(
+        EndpointName=endpoint,
+        ContentType="application/json",
+        Body=json.dumps(body).encode(),
+        **target,
+    )
+    return json.loads(answer["Body"].read())
+
+
+def label_of(answer: dict) -> str:
+    return next(o for o in answer["outputs"] if o["name"] == "LABEL")["data"][0]
+
+
+def test_a_multi_model_deployment_serves_switches_rolls_back_and_retires_on_real_triton(
+    on_standin, intent_model, intent_artifact, settings
+):
+    standin = on_standin
+    client = client_for(intent_model.tenant)
+
+    deployment = deploy(client, mode="mme")
+
+    assert deployment["endpoint"] == "tml-intent-classifier-mme"
+    assert invoke(client)["outputs"][0]["label"] == "refund"
+    answer = runtime_answer(
+        standin, "tml-intent-classifier-mme", TargetModel="acme/intents/v1.tar.gz"
+    )
+    assert label_of(answer) == "refund"
+    resources = assert_account_matches_database(standin)
+    assert resources["endpoints"] == ["tml-intent-classifier-mme"]
+    assert resources["models"] == ["tml-intent-classifier-mme-model"]
+
+    v2 = packaged_version(intent_model, intent_artifact, 2)
+    secret = issue_token(tenant=intent_model.tenant, name="load", actor="test").secret
+    failures, versions = traffic_during(secret, lambda: deploy(client, version=2))
+
+    assert failures == []
+    assert 1 in versions and 2 in versions and versions[-1] == 2
+    assert Deployment.objects.get(model=intent_model).live_version == v2
+
+    failures, versions = traffic_during(
+        secret,
+        lambda: client.post(f"{MODEL_URL}/deployments/rollback", format="json"),
+    )
+
+    assert failures == [] and versions[-1] == 1
+    assert_account_matches_database(standin)
+
+    response = client.delete(f"{MODEL_URL}/deployments/")
+
+    assert response.status_code == 202
+    left = assert_account_matches_database(standin)
+    assert left["endpoints"] == left["models"] == left["endpoint_configs"] == []
+    assert not [key for key in left["s3_objects"] if "/endpoints/" in key]
+    assert left["scalable_targets"] == []
+    assert standin.tritons() == []
+
+
+def test_an_inference_component_rolls_to_a_new_version_in_place_and_back(
+    on_standin, intent_model, intent_artifact
+):
+    standin = on_standin
+    client = client_for(intent_model.tenant)
+
+    deployment = deploy(client, mode="inference-component")
+
+    assert deployment["endpoint"] == "tml-intent-classifier-ic"
+    assert invoke(client)["outputs"][0]["label"] == "refund"
+    answer = runtime_answer(
+        standin, "tml-intent-classifier-ic", InferenceComponentName="tml-acme-intents"
+    )
+    assert label_of(answer) == "refund"
+    resources = assert_account_matches_database(standin)
+    assert resources["inference_components"] == ["tml-acme-intents"]
+    assert resources["models"] == ["tml-acme-intents-v1"]
+
+    packaged_version(intent_model, intent_artifact, 2)
+    secret = issue_token(tenant=intent_model.tenant, name="load", actor="test").secret
+    failures, versions = traffic_during(secret, lambda: deploy(client, version=2))
+
+    assert failures == []
+    assert versions[-1] == 2
+    described = standin.client("sagemaker").describe_inference_component(
+        InferenceComponentName="tml-acme-intents"
+    )
+    assert described["Specification"]["ModelName"] == "tml-acme-intents-v2"
+    # Updated in place: still one component, the superseded version's model deleted.
+    resources = assert_account_matches_database(standin)
+    assert resources["inference_components"] == ["tml-acme-intents"]
+
+    back = client.post(f"{MODEL_URL}/deployments/rollback", format="json")
+
+    assert back.status_code == 202
+    assert invoke(client)["model_version"] == 1
+    described = standin.client("sagemaker").describe_inference_component(
+        InferenceComponentName="tml-acme-intents"
+    )
+    assert described["Specification"]["ModelName"] == "tml-acme-intents-v1"
+
+    assert client.delete(f"{MODEL_URL}/deployments/").status_code == 202
+
+    left = assert_account_matches_database(standin)
+    assert left["inference_components"] == left["endpoints"] == left["models"] == []
+    assert left["alarms"] == left["scalable_targets"] == []
+    assert standin.tritons() == []
+
+
+def test_a_dedicated_deployment_gets_a_new_endpoint_per_version_and_the_old_one_goes(
+    on_standin, intent_model, intent_artifact, settings
+):
+    standin = on_standin
+    client = client_for(intent_model.tenant)
+
+    deployment = deploy(client, mode="dedicated")
+
+    assert deployment["endpoint"] == "tml-ded-acme-intents-v1"
+    assert label_of(runtime_answer(standin, "tml-ded-acme-intents-v1")) == "refund"
+    packaged_version(intent_model, intent_artifact, 2)
+    deploy(client, version=2)
+    assert invoke(client)["model_version"] == 2
+
+    settings.TENANTML_SAGEMAKER_ROLLBACK_WINDOW_MINUTES = 0
+    reconciler.reconcile_fleet()
+
+    resources = assert_account_matches_database(standin)
+    assert resources["endpoints"] == ["tml-ded-acme-intents-v2"]
+
+    client.delete(f"{MODEL_URL}/deployments/")
+
+    left = assert_account_matches_database(standin)
+    assert left["endpoints"] == left["models"] == left["endpoint_configs"] == []
+    assert standin.tritons() == []
+
+
+def test_a_package_without_its_runtime_layer_fails_on_the_image_with_the_reason(
+    on_standin, intent_model
+):
+    version = intent_model.active_version
+    # As if built for the image without what its Python lacks: the plain Triton package.
+    ModelVersion.objects.filter(pk=version.pk).update(
+        image_package_uri=version.package_uri,
+        image_uri=version.image_uri or "",
+        image_python=running_python(),
+    )
+    from deployments.backends.sagemaker.deploy import serving_image
+
+    ModelVersion.objects.filter(pk=version.pk).update(image_uri=serving_image())
+    client = client_for(intent_model.tenant)
+
+    response = client.post(f"{MODEL_URL}/deployments/", {"mode": "dedicated"}, format="json")
+
+    assert response.status_code == 202
+    deployment = client.get(f"{MODEL_URL}/deployments/").json()
+    assert deployment["status"] == "failed"
+    assert "No module named 'onnxruntime'" in deployment["status_reason"]
