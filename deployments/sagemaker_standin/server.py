@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 _INVOCATIONS = re.compile(r"^/endpoints/(?P<name>[^/]+)/invocations$")
 _JSON_11 = "application/x-amz-json-1.1"
+_AUTOSCALING_PREFIX = "AnyScaleFrontendService."
 
 
 def environment_for(base_url: str, region: str) -> dict[str, str]:
@@ -115,6 +116,8 @@ class StandinApp:
                     return _respond(start_response, self._control(operation, environ))
             if path.startswith("/_standin/"):
                 return _respond(start_response, self._admin(path, method, environ))
+            if target.startswith(_AUTOSCALING_PREFIX):
+                return _respond(start_response, self._autoscaling(environ))
         except Exception:
             logger.exception("stand-in: %s %s %s failed", method, path, target)
             body = json.dumps(
@@ -188,6 +191,32 @@ class StandinApp:
             [("Content-Type", _JSON_11), ("x-amzn-ErrorType", code)],
             json.dumps({"__type": code, "message": message}).encode(),
         )
+
+    def _autoscaling(self, environ: dict[str, Any]) -> _Answer:
+        """moto's Application Auto Scaling, with AWS's error code for a missing target.
+
+        AWS answers ObjectNotFoundException for a scalable target that is not registered;
+        moto answers ValidationException, which callers rightly do not take for "gone".
+        """
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], *_: Any) -> None:
+            captured["status"], captured["headers"] = int(status.split()[0]), headers
+
+        chunks = self.moto_app(environ, capture)
+        body = b"".join(chunks)
+        if hasattr(chunks, "close"):
+            chunks.close()
+        headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+        if captured["status"] == 400 and b"No scalable target found" in body:
+            error = json.loads(body)
+            error["__type"] = "ObjectNotFoundException"
+            body = json.dumps(error).encode()
+            headers = [
+                (k, "ObjectNotFoundException" if k.lower() == "x-amzn-errortype" else v)
+                for k, v in headers
+            ]
+        return _Answer(captured["status"], headers, body)
 
     # -- admin -------------------------------------------------------------------------------
 
