@@ -44,8 +44,10 @@ def _numpy_sources() -> list[Path]:
     sources = [root / "numpy"]
     if (root / "numpy.libs").is_dir():
         sources.append(root / "numpy.libs")
-    dist_info = Path(str(distribution._path))  # type: ignore[attr-defined]
-    sources.append(dist_info)
+    dist_info_names = {
+        file.parts[0] for file in distribution.files or [] if file.parts[0].endswith(".dist-info")
+    }
+    sources += [root / name for name in sorted(dist_info_names)]
     missing = [str(path) for path in sources if not path.exists()]
     if missing:
         raise RuntimeError(f"numpy is not installed as expected: missing {', '.join(missing)}")
