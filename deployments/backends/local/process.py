@@ -37,6 +37,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -259,7 +260,9 @@ def log_size(log_path: Path | None) -> int:
         return 0
 
 
-def _server_env(extra_env: dict[str, str] | None) -> dict[str, str]:
+def _server_env(
+    extra_env: Mapping[str, str | None] | None, *, multi_model: bool = True
+) -> dict[str, str]:
     package = pytriton_dir()
     assert package is not None
     site_packages = package.parent
@@ -286,7 +289,10 @@ def _server_env(extra_env: dict[str, str] | None) -> dict[str, str]:
     )
     # tritonserver itself does not need it; model code that spawns ordinary Python processes does.
     env["PYTHONPATH"] = str(site_packages)
-    env["SAGEMAKER_MULTI_MODEL"] = "true"
+    if multi_model:
+        env["SAGEMAKER_MULTI_MODEL"] = "true"
+    else:
+        env.pop("SAGEMAKER_MULTI_MODEL", None)
     # Model code must never reach the Hugging Face hub at run time; the base model ships as a
     # package.
     env["HF_HUB_OFFLINE"] = "1"
@@ -300,7 +306,13 @@ def _server_env(extra_env: dict[str, str] | None) -> dict[str, str]:
         del env["MALLOC_MMAP_THRESHOLD_"]
     else:
         env.setdefault("MALLOC_MMAP_THRESHOLD_", "1048576")
-    env.update(extra_env or {})
+    # None removes a variable: a caller emulating another image must be able to take away what
+    # this host's environment would otherwise leak into model code (PYTHONPATH).
+    for name, value in (extra_env or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     return env
 
 
@@ -313,6 +325,7 @@ def _server_argv(
     repository: Path,
     backend_directory: Path,
     shm_prefix: str,
+    load_models: Sequence[str] = (),
 ) -> list[str]:
     return [
         str(binary),
@@ -338,6 +351,7 @@ def _server_argv(
         "--log-info=true",
         "--log-warning=true",
         "--log-error=true",
+        *(f"--load-model={name}" for name in load_models),
     ]
 
 
@@ -348,22 +362,33 @@ def start_triton(
     port: int | None = None,
     metrics_port: int | None = None,
     startup_timeout_s: float = 60.0,
-    extra_env: dict[str, str] | None = None,
+    extra_env: Mapping[str, str | None] | None = None,
     backend_directory: Path | None = None,
+    model_repository: Path | None = None,
+    load_models: Sequence[str] = (),
+    multi_model: bool = True,
 ) -> TritonProcess:
-    """Start one Triton server in SageMaker multi-model mode and return once ``/ping`` is 200.
+    """Start one Triton server in SageMaker mode and return once ``/ping`` is 200.
 
     Free ports are picked when none are given. The server runs in its own session (so stopping
     it reaches the python stubs it forks), with ``workdir`` as its working directory, an empty
     model repository under it and its output appended to ``workdir/triton.log``. Raises
     InstanceUnavailable, with the end of the log, if it exits or does not answer in time.
+
+    By default it is a multi-model (MME) server. ``multi_model=False`` with a
+    ``model_repository`` and ``load_models`` starts it as SageMaker's Triton image starts a
+    single-model endpoint: those models loaded at startup, and a failed load ends the server.
+    ``extra_env`` values override the environment; a None value removes the variable.
     """
     binary = _require_tritonserver()
     workdir = Path(workdir).resolve()
-    repository = workdir / MODEL_REPOSITORY_DIR
-    repository.mkdir(parents=True, exist_ok=True)
+    if model_repository is None:
+        repository = workdir / MODEL_REPOSITORY_DIR
+        repository.mkdir(parents=True, exist_ok=True)
+    else:
+        repository = Path(model_repository).resolve()
     backend_directory = Path(backend_directory or prepare_triton_home(default_var_dir()))
-    env = _server_env(extra_env)
+    env = _server_env(extra_env, multi_model=multi_model)
     log_path = workdir / LOG_FILE
     fixed_ports = port is not None and metrics_port is not None
     last_error: InstanceUnavailable | None = None
@@ -384,6 +409,7 @@ def start_triton(
                 env=env,
                 log_path=log_path,
                 startup_timeout_s=startup_timeout_s,
+                load_models=load_models,
             )
         except InstanceUnavailable as exc:
             last_error = exc
@@ -406,6 +432,7 @@ def _start_once(
     env: dict[str, str],
     log_path: Path,
     startup_timeout_s: float,
+    load_models: Sequence[str] = (),
 ) -> TritonProcess:
     shm_prefix = shm_prefix_for(workdir, port)
     argv = _server_argv(
@@ -416,6 +443,7 @@ def _start_once(
         repository=repository,
         backend_directory=backend_directory,
         shm_prefix=shm_prefix,
+        load_models=load_models,
     )
     with open(log_path, "ab") as log:
         log_offset = log.tell()

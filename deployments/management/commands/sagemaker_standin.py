@@ -1,0 +1,77 @@
+"""``manage.py sagemaker_standin``: run the SageMaker stand-in until SIGTERM or Ctrl-C.
+
+It prints the environment that points boto3 at it, writes its base URL to ``--ready-file`` once
+it serves, and on SIGTERM/SIGINT stops every Triton it started before exiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from django.core.management.base import BaseCommand
+
+from deployments.sagemaker_standin.fleet import MmeLimits
+from deployments.sagemaker_standin.server import StandinServer, environment_for
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the SageMaker stand-in (moto's control plane plus real Triton endpoints) on one "
+        "port until SIGTERM or Ctrl-C."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=0, help="0 picks a free port.")
+        parser.add_argument("--workdir", default="var/sagemaker-standin")
+        parser.add_argument("--ready-file", default=None, help="Written with the base URL.")
+        parser.add_argument("--region", default=os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+        parser.add_argument(
+            "--mme-models-per-instance",
+            type=int,
+            default=None,
+            help="Models an MME instance holds before it unloads the least recently used "
+            "(default: the instance type's memory over --mme-model-memory-mb).",
+        )
+        parser.add_argument("--mme-model-memory-mb", type=int, default=512)
+
+    def handle(self, *args, **options):
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        server = StandinServer(
+            workdir=Path(options["workdir"]),
+            host=options["host"],
+            port=options["port"],
+            region=options["region"],
+            mme_limits=MmeLimits(
+                models_per_instance=options["mme_models_per_instance"],
+                model_memory_mb=options["mme_model_memory_mb"],
+            ),
+        )
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        server.start()
+        self.stdout.write(f"SageMaker stand-in serving on {server.base_url}; export:")
+        for name, value in environment_for(server.base_url, options["region"]).items():
+            self.stdout.write(f"export {name}={value}")
+        sys.stdout.flush()
+        ready_file = options["ready_file"]
+        if ready_file:
+            scratch = Path(f"{ready_file}.tmp")
+            scratch.write_text(server.base_url + "\n")
+            # Renamed into place so a reader never sees a half-written URL.
+            scratch.replace(ready_file)
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            self.stdout.write("SageMaker stand-in stopping its Triton servers")
+            server.stop()
+            self.stdout.write("SageMaker stand-in stopped")

@@ -1,0 +1,127 @@
+"""The stand-in's reads and writes of moto's in-memory AWS state.
+
+moto keeps every resource in per-account, per-region backends in this process; the stand-in
+reads models, endpoint configs, S3 objects and CloudWatch alarms from them and writes what moto
+cannot know itself (an endpoint's real status, failure reason and instance counts).
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from moto.backends import get_backend
+from moto.sagemaker.utils import arn_formatter
+
+from deployments.sagemaker_standin.errors import ValidationException
+
+__all__ = ["MotoState", "MissingS3Object", "unpack_archive"]
+
+
+class MissingS3Object(Exception):
+    """The bucket or key an S3 URI names is not there."""
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key)."""
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def unpack_archive(data: bytes, destination: Path) -> Path:
+    """Unpack a ``model.tar.gz`` under ``destination`` (refusing paths that climb out)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+        archive.extractall(destination, filter="data")
+    return destination
+
+
+class MotoState:
+    """moto's backends for one account and region."""
+
+    def __init__(self, *, account_id: str, region: str) -> None:
+        self.account_id = account_id
+        self.region = region
+
+    @property
+    def sagemaker(self) -> Any:
+        return get_backend("sagemaker")[self.account_id][self.region]
+
+    @property
+    def s3(self) -> Any:
+        return get_backend("s3")[self.account_id]["aws"]
+
+    @property
+    def cloudwatch(self) -> Any:
+        return get_backend("cloudwatch")[self.account_id][self.region]
+
+    def arn(self, kind: str, name: str) -> str:
+        return arn_formatter(kind, name, self.account_id, self.region)
+
+    def log_stream_arn(self, endpoint_name: str) -> str:
+        return (
+            f"arn:aws:logs:{self.region}:{self.account_id}:log-group:"
+            f"/aws/sagemaker/Endpoints/{endpoint_name}"
+        )
+
+    # -- SageMaker ---------------------------------------------------------------------------
+
+    def endpoint(self, name: str) -> Any | None:
+        return self.sagemaker.endpoints.get(name)
+
+    def endpoint_config(self, name: str) -> Any:
+        config = self.sagemaker.endpoint_configs.get(name)
+        if config is None:
+            raise ValidationException(
+                f"Could not find endpoint configuration '{self.arn('endpoint-config', name)}'."
+            )
+        return config
+
+    def model_container(self, name: str) -> dict[str, Any]:
+        """The primary container (image, mode, model data, environment) of a moto model."""
+        model = self.sagemaker._models.get(name)
+        if model is None:
+            raise ValidationException(f"Could not find model '{self.arn('model', name)}'.")
+        container = model.primary_container or (model.containers or [{}])[0]
+        return dict(container or {})
+
+    def set_endpoint_status(
+        self, name: str, status: str, failure_reason: str | None = None
+    ) -> None:
+        endpoint = self.endpoint(name)
+        if endpoint is not None:
+            endpoint.endpoint_status = status
+            endpoint.failure_reason = failure_reason
+
+    def set_variant_counts(
+        self, name: str, variant_name: str, *, current: int, desired: int
+    ) -> None:
+        endpoint = self.endpoint(name)
+        if endpoint is None:
+            return
+        for variant in endpoint.production_variants:
+            if variant.get("VariantName") == variant_name:
+                variant["CurrentInstanceCount"] = current
+                variant["DesiredInstanceCount"] = desired
+
+    # -- S3 ----------------------------------------------------------------------------------
+
+    def read_s3(self, uri: str) -> bytes:
+        """The bytes of the S3 object at ``uri``; MissingS3Object when it is not there."""
+        bucket, key = split_s3_uri(uri)
+        try:
+            found = self.s3.get_object(bucket, key)
+        except Exception as error:  # moto's MissingBucket and friends share no useful base
+            raise MissingS3Object(f"{uri}: {error}") from error
+        if found is None:
+            raise MissingS3Object(uri)
+        return found.value
+
+    # -- CloudWatch --------------------------------------------------------------------------
+
+    def alarms_in_alarm(self, names: list[str]) -> list[str]:
+        """Which of the named CloudWatch alarms are in the ALARM state now."""
+        alarms = self.cloudwatch.alarms
+        return [name for name in names if name in alarms and alarms[name].state_value == "ALARM"]

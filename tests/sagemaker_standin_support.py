@@ -1,0 +1,249 @@
+"""The SageMaker stand-in for tests: one ``manage.py sagemaker_standin`` per session.
+
+Use it from a conftest or test module with ``pytest_plugins = ["tests.sagemaker_standin_support"]``
+(or import the fixtures). ``sagemaker_standin`` starts the command with a temporary work
+directory, points boto3 at it through the standard ``AWS_ENDPOINT_URL_*`` variables for the whole
+session (restored afterwards) and stops it at the end, checking that no Triton process or shared
+memory region it started is left. ``clean_sagemaker_standin`` gives a test an empty stand-in and
+empties it again afterwards. ``resources()`` lists everything on it, so a test can assert that
+nothing is left except what the database says is live.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psutil
+import pytest
+
+from deployments.backends.local.process import shm_prefix_for, tritonserver_path
+
+ROOT = Path(__file__).resolve().parent.parent
+REGION = "us-east-1"
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 120.0
+SKIP_REASON = (
+    "the SageMaker stand-in runs real Triton, which ships in nvidia-pytriton; it is not installed "
+    "for this Python (pip install 'nvidia-pytriton>=0.7,<0.8')."
+)
+_VARIABLES = (
+    "AWS_ENDPOINT_URL_SAGEMAKER",
+    "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL_APPLICATION_AUTO_SCALING",
+    "AWS_ENDPOINT_URL_CLOUDWATCH",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+)
+
+
+@dataclass
+class SageMakerStandin:
+    """A running stand-in: its base URL, process and the calls tests make on it."""
+
+    base_url: str
+    process: subprocess.Popen
+    workdir: Path
+    region: str = REGION
+    _seen_tritons: dict[int, tuple[Path, int]] = field(default_factory=dict)
+
+    def client(self, service: str) -> Any:
+        """A plain boto3 client; it finds the stand-in through the environment alone."""
+        return boto3.client(service, region_name=self.region)
+
+    def _admin(self, path: str, *, method: str = "GET") -> Any:
+        request = urllib.request.Request(f"{self.base_url}{path}", method=method, data=b"")
+        with urllib.request.urlopen(request, timeout=STOP_TIMEOUT_S) as answer:
+            return json.loads(answer.read() or b"null")
+
+    def reset(self) -> None:
+        """Delete everything: stop every Triton and forget every AWS resource."""
+        self._admin("/_standin/reset", method="POST")
+
+    def processes(self) -> list[dict[str, Any]]:
+        """The Tritons the stand-in says it runs: endpoint, instance, component, pid."""
+        return self._admin("/_standin/processes")
+
+    def tritons(self) -> list[psutil.Process]:
+        """The ``tritonserver`` processes really running under the stand-in."""
+        found = []
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        for child in children:
+            try:
+                if child.name() != "tritonserver" or child.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                argv = child.cmdline()
+                port = next(
+                    int(arg.split("=", 1)[1]) for arg in argv if arg.startswith("--sagemaker-port=")
+                )
+                self._seen_tritons[child.pid] = (Path(child.cwd()), port)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, StopIteration):
+                continue
+            found.append(child)
+        return found
+
+    def resources(self) -> dict[str, list[str]]:
+        """Every resource on the stand-in, by kind, as sorted names (S3 as ``bucket/key``)."""
+        sagemaker = self.client("sagemaker")
+
+        def pages(operation: str, key: str, name: str, **params: Any) -> list[str]:
+            names, token = [], None
+            while True:
+                page = getattr(sagemaker, operation)(
+                    **params, **({"NextToken": token} if token else {})
+                )
+                names += [entry[name] for entry in page.get(key) or []]
+                token = page.get("NextToken")
+                if not token:
+                    return sorted(names)
+
+        s3 = self.client("s3")
+        objects = []
+        for bucket in s3.list_buckets().get("Buckets") or []:
+            paginator = s3.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=bucket["Name"]):
+                objects += [
+                    f"{bucket['Name']}/{entry['Key']}" for entry in page.get("Contents") or []
+                ]
+        autoscaling = self.client("application-autoscaling")
+        targets = [
+            f"{target['ResourceId']}|{target['ScalableDimension']}"
+            for target in autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker").get(
+                "ScalableTargets"
+            )
+            or []
+        ]
+        alarms = [
+            alarm["AlarmName"]
+            for alarm in self.client("cloudwatch").describe_alarms().get("MetricAlarms") or []
+        ]
+        return {
+            "models": pages("list_models", "Models", "ModelName"),
+            "endpoint_configs": pages(
+                "list_endpoint_configs", "EndpointConfigs", "EndpointConfigName"
+            ),
+            "endpoints": pages("list_endpoints", "Endpoints", "EndpointName"),
+            "inference_components": pages(
+                "list_inference_components", "InferenceComponents", "InferenceComponentName"
+            ),
+            "s3_objects": sorted(objects),
+            "scalable_targets": sorted(targets),
+            "alarms": sorted(alarms),
+        }
+
+    def leftover_shared_memory(self) -> list[str]:
+        """/dev/shm regions of Tritons this stand-in ran that are still there."""
+        left = []
+        for workdir, port in self._seen_tritons.values():
+            prefix = shm_prefix_for(workdir, port)
+            left += [path.name for path in Path("/dev/shm").glob(f"{prefix}*")]
+        return left
+
+
+def _start(workdir: Path) -> SageMakerStandin:
+    ready_file = workdir / "ready"
+    log = open(workdir / "standin.log", "ab")  # noqa: SIM115 - the child writes it for its life
+    env = {key: value for key, value in os.environ.items() if key not in _VARIABLES}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "sagemaker_standin",
+            "--port",
+            "0",
+            "--workdir",
+            str(workdir / "state"),
+            "--ready-file",
+            str(ready_file),
+            "--region",
+            REGION,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not ready_file.is_file():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            tail = (workdir / "standin.log").read_text(errors="replace")[-4000:]
+            raise RuntimeError(f"The SageMaker stand-in did not start:\n{tail}")
+        time.sleep(0.05)
+    return SageMakerStandin(
+        base_url=ready_file.read_text().strip(), process=process, workdir=workdir
+    )
+
+
+def _stop(standin: SageMakerStandin) -> None:
+    standin.tritons()  # remember every server, to check its shared memory afterwards
+    running = {process.pid for process in standin.tritons()}
+    standin.process.send_signal(signal.SIGTERM)
+    try:
+        standin.process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        standin.process.kill()
+        standin.process.wait(timeout=10)
+        raise AssertionError("The SageMaker stand-in ignored SIGTERM") from None
+    alive = [pid for pid in running if psutil.pid_exists(pid) and _is_live(pid)]
+    assert alive == [], f"Triton processes left running after the stand-in stopped: {alive}"
+    assert standin.leftover_shared_memory() == []
+    assert standin.process.returncode == 0, (standin.workdir / "standin.log").read_text()[-4000:]
+
+
+def _is_live(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(scope="session")
+def sagemaker_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SageMakerStandin]:
+    """A stand-in for the session, with boto3 pointed at it through the environment."""
+    if tritonserver_path() is None:
+        pytest.skip(SKIP_REASON)
+    standin = _start(tmp_path_factory.mktemp("sagemaker-standin"))
+    saved = {name: os.environ.get(name) for name in _VARIABLES}
+    from deployments.sagemaker_standin.server import environment_for
+
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    os.environ.update(environment_for(standin.base_url, standin.region))
+    try:
+        yield standin
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _stop(standin)
+
+
+@pytest.fixture
+def clean_sagemaker_standin(sagemaker_standin: SageMakerStandin) -> Iterator[SageMakerStandin]:
+    """The session's stand-in, emptied before and after the test."""
+    sagemaker_standin.reset()
+    yield sagemaker_standin
+    sagemaker_standin.tritons()
+    sagemaker_standin.reset()
