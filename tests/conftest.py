@@ -10,7 +10,11 @@ import pytest
 from tenants.services import issue_token
 from tests.factories import TenantFactory
 
-pytest_plugins = ["tests.serving_fixtures", "tests.admin_support"]
+pytest_plugins = [
+    "tests.serving_fixtures",
+    "tests.admin_support",
+    "tests.sagemaker_standin_support",
+]
 POSTGRES_SKIP_REASON = (
     "needs PostgreSQL (row locks, real concurrency, or a server to restart); the embedded SQLite "
     "default has none of them. CI points DATABASE_URL at Postgres, where these always run."

@@ -21,7 +21,6 @@ from models_registry.models import ModelVersion
 from models_registry.runtime_layers import running_python
 from tenants.services import issue_token
 from tests.factories import TenantFactory, TenantModelFactory
-from tests.sagemaker_standin_support import clean_sagemaker_standin, sagemaker_standin  # noqa: F401
 from tests.serving_fixtures import packaged_version
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -39,7 +38,7 @@ def layer_cache(tmp_path_factory):
 
 
 @pytest.fixture
-def on_standin(clean_sagemaker_standin, settings, monkeypatch, layer_cache):  # noqa: F811
+def on_standin(clean_sagemaker_standin, settings, monkeypatch, layer_cache):
     from config.celery import app
 
     standin = clean_sagemaker_standin
