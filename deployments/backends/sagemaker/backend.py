@@ -15,9 +15,11 @@ from deployments.backends.base import (
     ReconcileReport,
     in_thread,
 )
-from deployments.backends.sagemaker import deploy
+from deployments.backends.sagemaker import deploy, instances
 from deployments.exceptions import ForwardFailed, UpstreamError
-from deployments.models import Deployment, Endpoint, Placement
+from deployments.models import Deployment, Endpoint, Instance, Placement
+
+RECONCILER = "reconciler"
 
 
 class SageMakerServingBackend:
@@ -72,10 +74,24 @@ class SageMakerServingBackend:
         return True  # the endpoint loads a model on its first request by itself
 
     def reconcile(self, *, endpoint: Endpoint, report: ReconcileReport) -> None:
-        return None  # SageMaker restarts and replaces its own instances
+        # SageMaker restarts, replaces and scales its own instances; the platform mirrors how
+        # many run, so cost counts what is billed (see ``instances``).
+        state = deploy.endpoint_backend().describe_endpoint(endpoint.name)
+        if state is None:
+            # Without an ARN the endpoint never reached InService: its rollout may be creating
+            # it right now. With one, it was deleted outside the platform.
+            if endpoint.external_arn:
+                report.marked_missing.extend(
+                    instances.retire_vanished_endpoint(endpoint=endpoint, actor=RECONCILER)
+                )
+            return
+        report.instances_checked += instances.sync_instances(
+            endpoint=endpoint, state=state, actor=RECONCILER
+        )
 
     def hourly_cost_usd(self, *, endpoint: Endpoint) -> Decimal:
-        return endpoint.instance_type.usd_per_hour * max(1, endpoint.min_instances)
+        live = endpoint.instances.exclude(status=Instance.Status.STOPPED).count()
+        return endpoint.instance_type.usd_per_hour * live
 
     def drain_instance(self, *, instance, actor: str, stop: bool = True):
         raise DomainError(
