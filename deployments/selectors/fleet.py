@@ -44,7 +44,8 @@ def instances_with_memory_use() -> QuerySet[Instance]:
 
 
 def endpoints_with_cost() -> QuerySet[Endpoint]:
-    """Endpoints annotated with their live instance count and cost in USD per hour."""
+    """Endpoints annotated with their live instance count and cost in USD per hour (a SageMaker
+    endpoint's instances are its running hosts, mirrored by its backend)."""
     live = ~Q(instances__status=Instance.Status.STOPPED)
     return Endpoint.objects.select_related("instance_type").annotate(
         live_instances=Count("instances", filter=live),
@@ -53,6 +54,7 @@ def endpoints_with_cost() -> QuerySet[Endpoint]:
 
 
 def endpoint_usd_per_hour(*, endpoint: Endpoint) -> Decimal:
+    """The endpoint's catalog price × its live instances."""
     live = endpoint.instances.exclude(status=Instance.Status.STOPPED).count()
     return endpoint.instance_type.usd_per_hour * live
 
@@ -133,6 +135,28 @@ def _fraction(numerator: float, denominator: float) -> float | None:
 
 def _type_has_gpu(instance_type) -> bool:
     return instance_type.gpu_count > 0 and instance_type.memory_per_gpu_mb > 0
+
+
+# Memory is measured only on instances the platform runs and addresses itself (a local Triton
+# process, recorded with its host): copies are placed on them and their resident memory is
+# known. A backend's own machines (SageMaker's hosts, mirrored with no host) hold whatever the
+# endpoint loads on them, which the platform cannot see; counting their budgets with nothing used
+# would dilute the fleet's utilization. They count in instances and cost, never in memory.
+MEMORY_BASIS = (
+    "memory used and budget over the instances whose memory the platform measures (those it "
+    "runs itself); instances a backend runs for an endpoint count in instances and cost only"
+)
+
+
+def memory_is_measured(instance: Instance) -> bool:
+    """Whether the platform measures ``instance``'s memory (it runs it, at a recorded host)."""
+    return bool(instance.host)
+
+
+def memory_measured(prefix: str = "") -> Q:
+    """``memory_is_measured`` as a filter, on instances or (with ``prefix="instance__"``) on
+    rows that point at one."""
+    return ~Q(**{f"{prefix}host": ""})
 
 
 def host_budget_mb(instance: Instance) -> float:
@@ -356,6 +380,9 @@ def fleet_figures(*, caller: Caller, now=None) -> dict:
 
     A platform caller gets the whole fleet; any other caller its tenants' share: memory its
     models hold, their traffic and their share of cost (budgets are shared, so left out).
+    Instance counts and cost cover every live instance, SageMaker's hosts at their running
+    count included; memory used and budget only the instances whose memory the platform measures
+    (``MEMORY_BASIS``; ``memory_measured_instances`` says how many).
     """
     from django.utils import timezone
 
@@ -374,23 +401,32 @@ def fleet_figures(*, caller: Caller, now=None) -> dict:
     ]
     placed_count = placements.exclude(desired_state=Placement.DesiredState.UNLOADED).count()
     instances = _live_instances()
+    measured = [i for i in instances if memory_is_measured(i)]
     if fleet:
-        host_used = sum(i.memory_used_mb for i in instances)
-        gpu_used = sum(i.gpu_memory_used_mb for i in instances)
-        host_budget: float | None = sum(host_budget_mb(i) for i in instances)
-        gpu_budget: float | None = sum(gpu_budget_mb(i) for i in instances)
+        host_used = sum(i.memory_used_mb for i in measured)
+        gpu_used = sum(i.gpu_memory_used_mb for i in measured)
+        host_budget: float | None = sum(host_budget_mb(i) for i in measured)
+        gpu_budget: float | None = sum(gpu_budget_mb(i) for i in measured)
         instance_count = len(instances)
+        measured_count: int | None = len(measured)
     else:
         host_used = sum(held_memory_mb(p) for p in resident)
         gpu_used = sum(held_gpu_memory_mb(p) for p in resident)
-        host_budget = gpu_budget = None
-        instance_count = len({p.instance_id for p in resident if p.instance_id})
+        host_budget = gpu_budget = measured_count = None
+        # A copy the endpoint places itself may be on any of its instances.
+        on_endpoint = {p.endpoint_id for p in resident if p.instance_id is None}
+        instance_count = len(
+            {p.instance_id for p in resident if p.instance_id}
+            | {i.pk for i in instances if i.endpoint_id in on_endpoint}
+        )
     traffic = traffic_summary(caller=caller, since=since)
     utilization = {
         "scope": scope,
         "tenants": tenant_slugs,
         "window_minutes": TRAFFIC_WINDOW_MINUTES,
         "instances": instance_count,
+        "memory_measured_instances": measured_count,
+        "memory_basis": MEMORY_BASIS,
         "host_memory_used_mb": _mb(host_used),
         "host_memory_budget_mb": _mb(host_budget) if host_budget is not None else None,
         "host_memory_utilization": _fraction(host_used, host_budget or 0),
@@ -539,21 +575,30 @@ def endpoints_for_dashboard() -> list[dict]:
     by_endpoint: dict[int, list[Instance]] = {}
     for instance in instances:
         by_endpoint.setdefault(instance.endpoint_id, []).append(instance)
+    # Counted by endpoint, not instance: copies an endpoint places itself name no instance.
+    loaded = dict(
+        Placement.objects.filter(actual_state__in=RESIDENT_STATES)
+        .filter(~Q(instance__status=Instance.Status.STOPPED) | Q(instance__isnull=True))
+        .values_list("endpoint_id")
+        .annotate(n=Count("id"))
+    )
     rows = []
     for endpoint in endpoints_with_cost().order_by("name"):
         mine = by_endpoint.get(endpoint.pk, [])
-        used = sum(i.memory_used_mb for i in mine)
-        budget = sum(host_budget_mb(i) for i in mine)
+        measured = [i for i in mine if memory_is_measured(i)]
+        used = sum(i.memory_used_mb for i in measured)
+        budget = sum(host_budget_mb(i) for i in measured)
         rows.append(
             {
                 "endpoint": endpoint,
                 "live_instances": endpoint.live_instances,
                 "usd_per_hour": float(endpoint.usd_per_hour or 0),
                 "usd_per_month": float(endpoint.usd_per_hour or 0) * HOURS_PER_MONTH,
+                "memory_measured": bool(measured) or not mine,
                 "host_memory_used_mb": used,
                 "host_memory_budget_mb": budget,
                 "host_memory_utilization": _fraction(used, budget),
-                "models_loaded": sum(i.models_loaded for i in mine),
+                "models_loaded": loaded.get(endpoint.pk, 0),
             }
         )
     return rows
@@ -606,6 +651,7 @@ def endpoint_detail(*, endpoint: Endpoint, now=None) -> dict:
         bars.append(
             {
                 "instance": instance,
+                "memory_measured": memory_is_measured(instance),
                 "budget_mb": budget,
                 "used_mb": used,
                 "free_mb": max(budget - used, 0.0),
@@ -656,7 +702,8 @@ def fleet_trends(*, caller: Caller, hours: int = 6, bucket_minutes: int = 5, now
     """Series for the trend charts: ``[(bucket start, value)]`` per figure over ``hours``.
 
     Invocations per minute follow the caller's scope; memory utilization and cost per hour are
-    fleet-wide and only returned to platform callers.
+    fleet-wide and only returned to platform callers. Cost counts every sampled instance (SageMaker
+    hosts too); memory utilization only those whose memory is measured.
     """
     from django.utils import timezone
 
@@ -697,12 +744,15 @@ def fleet_trends(*, caller: Caller, hours: int = 6, bucket_minutes: int = 5, now
     budget = [0.0] * len(starts)
     cost = [0.0] * len(starts)
     minutes = [set() for _ in starts]
+    # Cost over every sampled instance; memory over those whose memory is measured (as in
+    # ``fleet_figures``).
+    measured = memory_measured("instance__")
     for row in (
         InstanceUsageMinute.objects.filter(minute__gte=start, minute__lte=end)
         .values("minute")
         .annotate(
-            used=Sum("host_memory_used_mb"),
-            budget=Sum("instance__memory_budget_mb"),
+            used=Sum("host_memory_used_mb", filter=measured),
+            budget=Sum("instance__memory_budget_mb", filter=measured),
             cost=Sum("instance__endpoint__instance_type__usd_per_hour"),
         )
     ):

@@ -38,8 +38,11 @@ def sync_periodic_tasks(*, using: str = "default") -> list[str]:
 def sample_fleet_utilization(*, now: datetime | None = None) -> int:
     """Write this minute's memory use and loaded-model count for every live instance.
 
-    Traffic columns of the same row are written by the invocation flush; this only sets memory.
-    Returns the number of instances sampled.
+    Every live instance is sampled, a SageMaker endpoint's mirrored hosts included, so the cost
+    trend counts what runs; on those the platform measures no memory (their row says 0 used, and
+    the utilization trend leaves them out: ``selectors.fleet.memory_measured``). Traffic columns
+    of the same row are written by the invocation flush; this only sets memory. Returns the
+    number of instances sampled.
     """
     minute = (now or timezone.now()).replace(second=0, microsecond=0)
     sampled = 0

@@ -3,7 +3,9 @@
 Run every minute (django-celery-beat). Each live endpoint is repaired by its backend
 (``backend_for(endpoint).reconcile``: for local endpoints, dead Triton processes restarted and
 their pinned and hot models reloaded, missing and orphaned models put right, instances trimmed to
-budget and topped up to their minimum — see ``deployments.backends.local.reconcile``). Then a
+budget and topped up to their minimum — see ``deployments.backends.local.reconcile``; for
+SageMaker endpoints, the instances each runs mirrored as Instance rows, so cost counts them, and
+one deleted outside the platform retired — see ``deployments.backends.sagemaker.instances``). Then a
 deployment whose rollout has made no progress for ``STALE_ROLLOUT_S`` (its worker died) is queued
 again, up to its attempt limit. Every action is an Event with actor "reconciler".
 """

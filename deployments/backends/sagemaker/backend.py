@@ -16,10 +16,12 @@ from deployments.backends.base import (
     ReconcileReport,
     in_thread,
 )
-from deployments.backends.sagemaker import audit, deploy, retire
+from deployments.backends.sagemaker import audit, deploy, instances, retire
 from deployments.backends.sagemaker.client import EndpointFailed
 from deployments.exceptions import ForwardFailed, UpstreamError
-from deployments.models import Deployment, Endpoint, Placement
+from deployments.models import Deployment, Endpoint, Instance, Placement
+
+RECONCILER = "reconciler"
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +88,32 @@ class SageMakerServingBackend:
         return True  # the endpoint loads a model on its first request by itself
 
     def reconcile(self, *, endpoint: Endpoint, report: ReconcileReport) -> None:
-        # SageMaker restarts and replaces its own instances; what is left to the platform is
-        # deleting what nobody wants any more (a retirement a crash interrupted, the rollback
-        # copy past its window, an endpoint left empty).
-        report.errors += retire.retire_unwanted(endpoint=endpoint, actor="reconciler")
-        retire.expire_rollback_copies(endpoint=endpoint, actor="reconciler")
-        retire.retire_endpoint_if_empty(endpoint=endpoint, actor="reconciler")
+        # SageMaker restarts, replaces and scales its own instances; the platform mirrors how
+        # many run, so cost counts what is billed (see ``instances``), and deletes what nobody
+        # wants any more (a retirement a crash interrupted, the rollback copy past its window,
+        # an endpoint left empty).
+        state = deploy.endpoint_backend().describe_endpoint(endpoint.name)
+        if state is None:
+            # Without an ARN the endpoint never reached InService: its rollout may be creating
+            # it right now. With one, it was deleted outside the platform.
+            if endpoint.external_arn:
+                report.marked_missing.extend(
+                    instances.retire_vanished_endpoint(endpoint=endpoint, actor=RECONCILER)
+                )
+            return
+        report.instances_checked += instances.sync_instances(
+            endpoint=endpoint, state=state, actor=RECONCILER
+        )
+        report.errors += retire.retire_unwanted(endpoint=endpoint, actor=RECONCILER)
+        retire.expire_rollback_copies(endpoint=endpoint, actor=RECONCILER)
+        retire.retire_endpoint_if_empty(endpoint=endpoint, actor=RECONCILER)
 
     def hourly_cost_usd(self, *, endpoint: Endpoint) -> Decimal:
-        return endpoint.instance_type.usd_per_hour * max(1, endpoint.min_instances)
+        live = endpoint.instances.exclude(status=Instance.Status.STOPPED).count()
+        return endpoint.instance_type.usd_per_hour * live
 
     def audit_account(self, *, report: ReconcileReport) -> None:
-        audit.audit_account(report=report, actor="reconciler")
+        audit.audit_account(report=report, actor=RECONCILER)
 
     def drain_instance(self, *, instance, actor: str, stop: bool = True):
         raise DomainError(

@@ -48,6 +48,7 @@ from deployments.backends.sagemaker.client import (
     SageMakerEndpointBackend,
     triton_image_uri,
 )
+from deployments.backends.sagemaker.instances import sync_instances
 from deployments.exceptions import CapacityExceeded
 from deployments.models import Deployment, Endpoint, InstanceType, Placement
 from deployments.placement.rows import expected_memory_mb, instance_spec, version_spec
@@ -180,6 +181,7 @@ def _wait(backend: SageMakerEndpointBackend, endpoint: Endpoint, state) -> None:
     Endpoint.objects.filter(pk=endpoint.pk).update(
         status=Endpoint.Status.IN_SERVICE, external_arn=state.arn, status_reason=""
     )
+    sync_instances(endpoint=endpoint, state=state, actor=ACTOR)
 
 
 def _roll_out_mme(*, backend, deployment, role, image, package):
