@@ -125,3 +125,26 @@ class MotoState:
         """Which of the named CloudWatch alarms are in the ALARM state now."""
         alarms = self.cloudwatch.alarms
         return [name for name in names if name in alarms and alarms[name].state_value == "ALARM"]
+
+
+INFERENCE_COMPONENT_COPIES = "sagemaker:inference-component:DesiredCopyCount"
+
+
+def teach_moto_component_scaling() -> None:
+    """Let moto's Application Auto Scaling register inference components' copy counts.
+
+    moto's list of scalable dimensions predates inference components, so it refuses
+    ``sagemaker:inference-component:DesiredCopyCount`` (resource ``inference-component/<name>``)
+    that AWS accepts; the enum it validates against is rebuilt with that dimension added.
+    """
+    from enum import Enum
+
+    from moto.applicationautoscaling import models, responses
+
+    if INFERENCE_COMPONENT_COPIES in {d.value for d in models.ScalableDimensionValueSet}:
+        return
+    members = {d.name: d.value for d in models.ScalableDimensionValueSet}
+    members["SAGEMAKER_INFERENCE_COMPONENT_DESIRED_COPY_COUNT"] = INFERENCE_COMPONENT_COPIES
+    extended = Enum("ScalableDimensionValueSet", members)
+    models.ScalableDimensionValueSet = extended
+    responses.ScalableDimensionValueSet = extended

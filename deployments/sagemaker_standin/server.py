@@ -39,7 +39,7 @@ from deployments.sagemaker_standin.control import ControlPlane
 from deployments.sagemaker_standin.errors import StandinError
 from deployments.sagemaker_standin.fleet import Fleet, MmeLimits
 from deployments.sagemaker_standin.invocations import Invocation, invoke
-from deployments.sagemaker_standin.moto_state import MotoState
+from deployments.sagemaker_standin.moto_state import MotoState, teach_moto_component_scaling
 from deployments.sagemaker_standin.triton_image import TritonImage
 
 __all__ = ["StandinServer", "environment_for"]
@@ -303,6 +303,7 @@ class StandinServer:
         return f"http://{host}:{port}"
 
     def start(self) -> None:
+        teach_moto_component_scaling()
         # Built now, not on the first request: the numpy-only Python and Triton's backends.
         self.fleet.image.prepare()
         self._thread = threading.Thread(

@@ -17,14 +17,13 @@ from django.conf import settings
 
 from config.events import record_event
 from deployments.backends.base import ReconcileReport
-from deployments.backends.sagemaker import retire
+from deployments.backends.sagemaker import deploy, retire
 from deployments.backends.sagemaker.client import (
     SageMakerEndpointBackend,
     config_owner,
     endpoint_model_name,
 )
 from deployments.backends.sagemaker.deploy import (
-    WAIT_DELAY_S,
     component_name,
     endpoint_backend,
     mme_prefix,
@@ -155,7 +154,7 @@ def _listed(backend: SageMakerEndpointBackend):
 def _delete(backend: SageMakerEndpointBackend, what: str, name: str) -> list[tuple[str, str]]:
     """Delete one orphan; what went with it (an endpoint takes its configs and model)."""
     if what == "endpoint":
-        retired = backend.retire_endpoint(name)
+        retired = backend.retire_endpoint(name, delay_s=deploy.WAIT_DELAY_S)
         return (
             [("endpoint", name)] * (retired.endpoint is not None)
             + [("endpoint config", config) for config in retired.endpoint_configs]
@@ -168,7 +167,7 @@ def _delete(backend: SageMakerEndpointBackend, what: str, name: str) -> list[tup
     elif what == "inference component":
         backend.deregister_component_autoscaling(name)
         deleted = backend.delete_inference_component(name)
-        backend.wait_component_gone(name, delay_s=WAIT_DELAY_S)
+        backend.wait_component_gone(name, delay_s=deploy.WAIT_DELAY_S)
     elif what == "alarm":
         deleted = backend.delete_alarm(name)
     else:

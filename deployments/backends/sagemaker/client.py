@@ -749,6 +749,9 @@ class SageMakerEndpointBackend:
         deleted_endpoint = self._delete_if_present(
             "sagemaker", "delete_endpoint", EndpointName=name
         )
+        if deleted_endpoint:
+            # Retired means gone: a Deleting endpoint may still hold its instances for minutes.
+            self._wait_endpoint_gone(name, delay_s=delay_s, max_attempts=max_attempts)
         configs = [
             config_name
             for config_name in self._own_config_names(name)
@@ -1416,6 +1419,17 @@ class SageMakerEndpointBackend:
             ServiceNamespace="sagemaker",
             ResourceId=resource_id,
             ScalableDimension=dimension,
+        )
+
+    def _wait_endpoint_gone(self, name: str, *, delay_s: float, max_attempts: int) -> None:
+        for attempt in range(max_attempts):
+            if self._describe_endpoint_raw(name) is None:
+                return
+            if attempt + 1 < max_attempts:
+                self._sleep(delay_s)
+        raise EndpointNotReady(
+            f"Endpoint {name} is still being deleted after {max_attempts} checks; "
+            "the reconciler finishes its retirement later."
         )
 
     def wait_component_gone(

@@ -396,12 +396,13 @@ def _roll_out_component(*, backend, deployment, role, image, pinned: bool, packa
     Placement.objects.filter(pk=placement.pk).update(
         copies=copies, min_copies=min(copies, 1 if pinned else 0)
     )
-    # The component answers only as this version now: another version's placement on it no
-    # longer holds copies (a rollback rolls the component back onto that version's model).
+    # The component answers only as this version now: another version's placement on it holds
+    # no copies, though its SageMaker model stays until that placement is retired (a rollback
+    # rolls the component back onto it).
     Placement.objects.filter(
         endpoint=endpoint, external_name=component, version__model_id=target.model_id
-    ).exclude(pk=placement.pk).update(
-        actual_state=Placement.ActualState.UNLOADED, updated_at=timezone.now()
+    ).exclude(pk=placement.pk).exclude(actual_state=Placement.ActualState.UNLOADED).update(
+        actual_state=Placement.ActualState.EVICTED, updated_at=timezone.now()
     )
     return endpoint, placement
 

@@ -26,9 +26,9 @@ from django.utils import timezone
 
 from config.errors import DomainError
 from config.events import record_event
+from deployments.backends.sagemaker import deploy
 from deployments.backends.sagemaker.client import SageMakerEndpointBackend
 from deployments.backends.sagemaker.deploy import (
-    WAIT_DELAY_S,
     component_name,
     endpoint_backend,
     mme_prefix,
@@ -109,7 +109,7 @@ def _retire_component_version(
                 version=version,
             )
         # The model cannot go while a component still points at it.
-        backend.wait_component_gone(component, delay_s=WAIT_DELAY_S)
+        backend.wait_component_gone(component, delay_s=deploy.WAIT_DELAY_S)
     if backend.delete_model(model_name):
         _deleted(
             what="model",
@@ -125,7 +125,7 @@ def _retire_endpoint(
     *, backend: SageMakerEndpointBackend, endpoint: Endpoint, actor: str, reason: str
 ) -> None:
     Endpoint.objects.filter(pk=endpoint.pk).update(status=Endpoint.Status.RETIRING)
-    retired = backend.retire_endpoint(endpoint.name)
+    retired = backend.retire_endpoint(endpoint.name, delay_s=deploy.WAIT_DELAY_S)
     for what, names in (
         ("inference component", retired.inference_components),
         ("endpoint config", retired.endpoint_configs),
@@ -165,7 +165,7 @@ def discard_failed(*, name: str, actor: str) -> None:
         return
     backend.deregister_component_autoscaling(name)
     backend.delete_inference_component(name)
-    backend.wait_component_gone(name, delay_s=WAIT_DELAY_S)
+    backend.wait_component_gone(name, delay_s=deploy.WAIT_DELAY_S)
     for what, deleted in (
         ("inference component", name),
         ("model", state.model_name if backend.delete_model(state.model_name) else ""),

@@ -93,7 +93,12 @@ def live_in_database() -> dict[str, set[str]]:
     from deployments.backends.sagemaker.deploy import component_name, version_model_name
 
     endpoints = Endpoint.objects.filter(backend="sagemaker").exclude(status="retired")
-    live = {"endpoints": set(), "inference_components": set(), "endpoint_objects": set()}
+    live = {
+        "endpoints": set(),
+        "inference_components": set(),
+        "component_models": set(),
+        "endpoint_objects": set(),
+    }
     for endpoint in endpoints:
         live["endpoints"].add(endpoint.name)
     wanted = Placement.objects.filter(endpoint__in=endpoints).exclude(
@@ -101,9 +106,8 @@ def live_in_database() -> dict[str, set[str]]:
     )
     for placement in wanted.select_related("version__model__tenant", "endpoint"):
         if placement.endpoint.mode == Endpoint.Mode.INFERENCE_COMPONENT:
-            if placement.actual_state != Placement.ActualState.UNLOADED:
-                live["inference_components"].add(component_name(placement.version.model))
-                assert version_model_name(placement.version)
+            live["inference_components"].add(component_name(placement.version.model))
+            live["component_models"].add(version_model_name(placement.version))
         elif placement.endpoint.mode == Endpoint.Mode.MME:
             live["endpoint_objects"].add(
                 f"{BUCKET}/platform/endpoints/{placement.endpoint.name}/{placement.external_name}"
@@ -121,10 +125,11 @@ def assert_account_matches_database(standin) -> dict[str, list[str]]:
         key for key in resources["s3_objects"] if key.startswith(f"{BUCKET}/platform/endpoints/")
     }
     assert endpoint_objects == live["endpoint_objects"]
-    # Each endpoint's own model and configs, each component's model and alarm; nothing else.
+    # Each endpoint's own model and configs, each placed version's component model and each
+    # component's alarm; nothing else.
     for name in resources["models"]:
-        assert any(name.startswith(f"{owner}-") for owner in live["endpoints"]) or any(
-            name.startswith(f"{component}-v") for component in live["inference_components"]
+        assert name in live["component_models"] or any(
+            name == f"{owner}-model" for owner in live["endpoints"]
         ), f"model {name} is left over"
     for name in resources["endpoint_configs"]:
         assert any(name.startswith(f"{owner}-config-") for owner in live["endpoints"]), name
