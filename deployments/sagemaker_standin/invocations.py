@@ -17,6 +17,7 @@ import shutil
 import threading
 from dataclasses import dataclass
 
+from deployments.backends.local.process import TritonProcess
 from deployments.sagemaker_standin.errors import ModelError, ValidationError
 from deployments.sagemaker_standin.fleet import (
     DEDICATED,
@@ -127,10 +128,22 @@ def invoke(fleet: Fleet, request: Invocation) -> InvocationAnswer:
         )
     instances = [i for i in deployment.instances if i.process is not None]
     instance = instances[next(endpoint.round_robin) % len(instances)]
+    return _forward(fleet, endpoint, deployment, instance.process, "/invocations", request)
+
+
+def _forward(
+    fleet: Fleet,
+    endpoint: Endpoint,
+    deployment: Deployment,
+    process: TritonProcess,
+    path: str,
+    request: Invocation,
+) -> InvocationAnswer:
+    """Send the invocation's body to one Triton, as the container's model server does."""
     answer = fleet.image.request(
-        instance.process,
+        process,
         "POST",
-        "/invocations",
+        path,
         body=request.body,
         content_type=request.content_type,
         accept=request.accept,
@@ -150,18 +163,9 @@ def _invoke_multi_model(
     target = request.target_model or ""
     instance = deployment.instances[stable_index(target, len(deployment.instances))]
     name = _ensure_loaded(fleet, endpoint, deployment, instance, target)
-    answer = fleet.image.request(
-        instance.process,
-        "POST",
-        f"/models/{name}/invoke",
-        body=request.body,
-        content_type=request.content_type,
-        accept=request.accept,
-        timeout_s=INVOCATION_TIMEOUT_S,
+    return _forward(
+        fleet, endpoint, deployment, instance.process, f"/models/{name}/invoke", request
     )
-    if answer.status != 200:
-        raise _model_error(fleet, endpoint.name, answer)
-    return InvocationAnswer(answer.body, answer.content_type, deployment.variant_name)
 
 
 def _ensure_loaded(
@@ -272,18 +276,7 @@ def _invoke_component(
         copy = min(live, key=lambda candidate: candidate.outstanding)
         copy.outstanding += 1
     try:
-        answer = fleet.image.request(
-            copy.process,
-            "POST",
-            "/invocations",
-            body=request.body,
-            content_type=request.content_type,
-            accept=request.accept,
-            timeout_s=INVOCATION_TIMEOUT_S,
-        )
+        return _forward(fleet, endpoint, deployment, copy.process, "/invocations", request)
     finally:
         with fleet.lock:
             copy.outstanding -= 1
-    if answer.status != 200:
-        raise _model_error(fleet, endpoint.name, answer)
-    return InvocationAnswer(answer.body, answer.content_type, deployment.variant_name)

@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import re
+import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ def environment_for(base_url: str, region: str) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": "standin",
         "AWS_SECRET_ACCESS_KEY": "standin",
         "AWS_DEFAULT_REGION": region,
+        # The Python its Triton's python backend runs: what packages for it must be built for.
+        "SAGEMAKER_IMAGE_PYTHON": f"{sys.version_info.major}.{sys.version_info.minor}",
     }
 
 

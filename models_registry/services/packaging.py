@@ -38,6 +38,27 @@ def tensor_signature(*, kind: str, artifact_dir: Path) -> dict:
     }
 
 
+def _build_and_store(*, version: ModelVersion, file_name: str, runtime_layer=None):
+    """Build the version's Triton package (with ``runtime_layer``, if any) and store it as
+    ``packages/<tenant>/<model>/v<N>/<file_name>``; the stored artifact and the signature."""
+    with tempfile.TemporaryDirectory(prefix="tenantml-package-") as scratch:
+        artifact_dir = Path(artifacts.local_copy(version.artifact_uri, Path(scratch)))
+        info = build_triton_package(
+            kind=version.model.kind,
+            artifact_dir=artifact_dir,
+            triton_model_name=version.triton_model_name,
+            out_path=Path(scratch) / "model.tar.gz",
+            runtime_layer=runtime_layer,
+        )
+        signature = tensor_signature(kind=version.model.kind, artifact_dir=artifact_dir)
+        stored = artifacts.put_file(
+            f"packages/{version.model.tenant.slug}/{version.model.name}/"
+            f"v{version.number}/{file_name}",
+            info.path,
+        )
+    return stored, signature
+
+
 def package_version(*, version: ModelVersion, actor: str) -> ModelVersion:
     """Build the version's Triton package (``model.tar.gz``), store it with its sha256 and size,
     and mark the version ready to serve; a failure marks it failed with the reason."""
@@ -55,20 +76,7 @@ def package_version(*, version: ModelVersion, actor: str) -> ModelVersion:
         version.status = ModelVersion.Status.PACKAGING
         version.save(update_fields=["status", "updated_at"])
     try:
-        with tempfile.TemporaryDirectory(prefix="tenantml-package-") as scratch:
-            artifact_dir = Path(artifacts.local_copy(version.artifact_uri, Path(scratch)))
-            info = build_triton_package(
-                kind=version.model.kind,
-                artifact_dir=artifact_dir,
-                triton_model_name=version.triton_model_name,
-                out_path=Path(scratch) / "model.tar.gz",
-            )
-            signature = tensor_signature(kind=version.model.kind, artifact_dir=artifact_dir)
-            stored = artifacts.put_file(
-                f"packages/{version.model.tenant.slug}/{version.model.name}/"
-                f"v{version.number}/model.tar.gz",
-                info.path,
-            )
+        stored, signature = _build_and_store(version=version, file_name="model.tar.gz")
     except (DomainError, OSError, ValueError) as exc:
         reason = getattr(exc, "message", None) or str(exc)
         ModelVersion.objects.filter(pk=version.pk).update(
@@ -124,20 +132,9 @@ def image_package(*, version: ModelVersion, image_uri: str, python_version: str,
         platform_version=importlib.metadata.version("tenantml"),
         cache_dir=Path(settings.VAR_DIR) / "runtime-layers",
     )
-    with tempfile.TemporaryDirectory(prefix="tenantml-package-") as scratch:
-        artifact_dir = Path(artifacts.local_copy(version.artifact_uri, Path(scratch)))
-        info = build_triton_package(
-            kind=version.model.kind,
-            artifact_dir=artifact_dir,
-            triton_model_name=version.triton_model_name,
-            out_path=Path(scratch) / "model.tar.gz",
-            runtime_layer=layer,
-        )
-        stored = artifacts.put_file(
-            f"packages/{version.model.tenant.slug}/{version.model.name}/"
-            f"v{version.number}/model-py{python_version}.tar.gz",
-            info.path,
-        )
+    stored, _ = _build_and_store(
+        version=version, file_name=f"model-py{python_version}.tar.gz", runtime_layer=layer
+    )
     ModelVersion.objects.filter(pk=version.pk).update(
         image_package_uri=stored.uri,
         image_package_sha256=stored.sha256,

@@ -20,6 +20,7 @@ from deployments.backends.base import ReconcileReport
 from deployments.backends.sagemaker import deploy, retire
 from deployments.backends.sagemaker.client import (
     SageMakerEndpointBackend,
+    component_alarm_name,
     config_owner,
     endpoint_model_name,
 )
@@ -116,7 +117,7 @@ def _known() -> dict[str, set[str]]:
         if placement.endpoint.mode == Endpoint.Mode.INFERENCE_COMPONENT:
             component = component_name(placement.version.model)
             known["inference component"].add(component)
-            known["alarm"].add(f"{component}-invocation-5xx")
+            known["alarm"].add(component_alarm_name(component))
             known["model"].add(version_model_name(placement.version))
         elif placement.endpoint.mode == Endpoint.Mode.MME and placement.external_name:
             known["S3"].add(f"{mme_prefix(placement.endpoint)}{placement.external_name}")
@@ -165,9 +166,7 @@ def _delete(backend: SageMakerEndpointBackend, what: str, name: str) -> list[tup
     elif what == "model":
         deleted = backend.delete_model(name)
     elif what == "inference component":
-        backend.deregister_component_autoscaling(name)
-        deleted = backend.delete_inference_component(name)
-        backend.wait_component_gone(name, delay_s=deploy.WAIT_DELAY_S)
+        return backend.remove_component(name, delay_s=deploy.WAIT_DELAY_S)
     elif what == "alarm":
         deleted = backend.delete_alarm(name)
     else:

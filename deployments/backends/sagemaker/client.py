@@ -299,6 +299,11 @@ def endpoint_config_name(endpoint_name: str, generation: int) -> str:
     return f"{endpoint_name}-config-{generation}"
 
 
+def component_alarm_name(component_name: str) -> str:
+    """The CloudWatch alarm on a component's 5xx errors (what its rolling updates watch)."""
+    return f"{component_name}-invocation-5xx"
+
+
 def config_owner(config_name: str) -> str:
     """The endpoint an ``<endpoint>-config-<n>`` config belongs to ("" for another name)."""
     match = re.fullmatch(r"(.+)-config-\d+", config_name)
@@ -920,7 +925,7 @@ class SageMakerEndpointBackend:
     def put_component_error_alarm(self, component_name: str, *, errors_per_minute: int = 1) -> str:
         """An alarm on the component's 5xx invocation errors (what rolling updates watch); its
         name."""
-        alarm = f"{component_name}-invocation-5xx"
+        alarm = component_alarm_name(component_name)
         self._api(
             "cloudwatch",
             "put_metric_alarm",
@@ -1053,6 +1058,18 @@ class SageMakerEndpointBackend:
         raise EndpointNotReady(
             f"Inference component {name} is still {status} after {max_attempts} checks."
         )
+
+    def remove_component(self, name: str, *, delay_s: float = 15) -> list[tuple[str, str]]:
+        """Delete a component with its scaling target and 5xx alarm, waiting until it is gone
+        (its model can go only then); ``(kind of resource, name)`` of what was deleted."""
+        self.deregister_component_autoscaling(name)
+        deleted = []
+        if self.delete_inference_component(name):
+            deleted.append(("inference component", name))
+        if self.delete_alarm(component_alarm_name(name)):
+            deleted.append(("alarm", component_alarm_name(name)))
+        self.wait_component_gone(name, delay_s=delay_s)
+        return deleted
 
     def delete_inference_component(self, name: str) -> bool:
         """Delete the component (its model stays for reuse); False when it was already gone."""

@@ -242,9 +242,10 @@ def _roll_out_mme(*, backend, deployment, role, image, package):
     _wait(backend, endpoint, state)
     current = sum((v.current_instance_count or 0) for v in state.variants)
     if current and count > current:
-        backend.update_instance_count(
+        scaled = backend.update_instance_count(
             endpoint.name, count, delay_s=WAIT_DELAY_S, max_attempts=WAIT_MAX_ATTEMPTS
         )
+        sync_instances(endpoint=endpoint, state=scaled, actor=ACTOR)
         record_event(
             kind="endpoint.scaled",
             actor=ACTOR,

@@ -88,36 +88,14 @@ def _retire_component_version(
     component = component_name(version.model)
     model_name = version_model_name(version)
     state = backend.describe_component(component)
+    deleted = []
     if state is not None and state.model_name == model_name:
-        backend.deregister_component_autoscaling(component)
-        if backend.delete_inference_component(component):
-            _deleted(
-                what="inference component",
-                name=component,
-                endpoint=endpoint,
-                actor=actor,
-                reason=reason,
-                version=version,
-            )
-        if backend.delete_alarm(f"{component}-invocation-5xx"):
-            _deleted(
-                what="CloudWatch alarm",
-                name=f"{component}-invocation-5xx",
-                endpoint=endpoint,
-                actor=actor,
-                reason=reason,
-                version=version,
-            )
-        # The model cannot go while a component still points at it.
-        backend.wait_component_gone(component, delay_s=deploy.WAIT_DELAY_S)
+        deleted += backend.remove_component(component, delay_s=deploy.WAIT_DELAY_S)
     if backend.delete_model(model_name):
+        deleted.append(("model", model_name))
+    for what, name in deleted:
         _deleted(
-            what="model",
-            name=model_name,
-            endpoint=endpoint,
-            actor=actor,
-            reason=reason,
-            version=version,
+            what=what, name=name, endpoint=endpoint, actor=actor, reason=reason, version=version
         )
 
 
@@ -163,24 +141,16 @@ def discard_failed(*, name: str, actor: str) -> None:
     state = backend.describe_component(name)
     if state is None or state.status != "Failed":
         return
-    backend.deregister_component_autoscaling(name)
-    backend.delete_inference_component(name)
-    backend.wait_component_gone(name, delay_s=deploy.WAIT_DELAY_S)
-    for what, deleted in (
-        ("inference component", name),
-        ("model", state.model_name if backend.delete_model(state.model_name) else ""),
-        (
-            "CloudWatch alarm",
-            f"{name}-invocation-5xx" if backend.delete_alarm(f"{name}-invocation-5xx") else "",
-        ),
-    ):
-        if deleted:
-            record_event(
-                kind="sagemaker.resource_deleted",
-                actor=actor,
-                message=f"Deleted {what} {deleted} (its rollout failed).",
-                data={"resource": what, "name": deleted},
-            )
+    deleted = backend.remove_component(name, delay_s=deploy.WAIT_DELAY_S)
+    if backend.delete_model(state.model_name):
+        deleted.append(("model", state.model_name))
+    for what, resource in deleted:
+        record_event(
+            kind="sagemaker.resource_deleted",
+            actor=actor,
+            message=f"Deleted {what} {resource} (its rollout failed).",
+            data={"resource": what, "name": resource},
+        )
 
 
 def finish_retiring(*, endpoint: Endpoint, actor: str) -> None:

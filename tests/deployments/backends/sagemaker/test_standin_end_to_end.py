@@ -337,3 +337,36 @@ def test_a_package_without_its_runtime_layer_fails_on_the_image_with_the_reason(
     deployment = client.get(f"{MODEL_URL}/deployments/").json()
     assert deployment["status"] == "failed"
     assert "No module named 'onnxruntime'" in deployment["status_reason"]
+
+
+def test_fleet_costs_count_a_multi_model_endpoint_at_the_instances_it_really_runs(
+    on_standin, intent_model, platform_client
+):
+    from decimal import Decimal
+
+    standin = on_standin
+    deploy(client_for(intent_model.tenant), mode="mme")
+    endpoint = Endpoint.objects.get(name="tml-intent-classifier-mme")
+    price = Decimal(endpoint.instance_type.usd_per_hour)
+
+    standin.client("sagemaker").update_endpoint_weights_and_capacities(
+        EndpointName=endpoint.name,
+        DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 2}],
+    )
+    waiter = standin.client("sagemaker").get_waiter("endpoint_in_service")
+    waiter.wait(EndpointName=endpoint.name, WaiterConfig={"Delay": 0.5, "MaxAttempts": 240})
+    reconciler.reconcile_fleet()
+
+    costs = platform_client.get("/api/v1/fleet/costs").json()
+    [row] = [r for r in costs["endpoints"] if r["endpoint"] == endpoint.name]
+    assert row["live_instances"] == 2
+    assert Decimal(str(row["usd_per_hour"])) == 2 * price
+    assert Decimal(str(costs["usd_per_hour"])) >= 2 * price
+    assert len([p for p in standin.processes() if p.get("endpoint") == endpoint.name]) == 2
+
+    client_for(intent_model.tenant).delete(f"{MODEL_URL}/deployments/")
+    reconciler.reconcile_fleet()
+
+    costs = platform_client.get("/api/v1/fleet/costs").json()
+    assert not [r for r in costs["endpoints"] if r["endpoint"] == endpoint.name]
+    assert_account_matches_database(standin)
