@@ -171,3 +171,20 @@ def test_deployment_rollback_action_without_an_earlier_version_explains_why(admi
 
     [message] = messages_of(response)
     assert message.level == messages.ERROR and "no earlier deployed version" in message.message
+
+
+def test_deployment_retire_action_retires_each_selected_deployment(
+    admin_client, db, django_capture_on_commit_callbacks
+):
+    version = ModelVersionFactory()
+    deployment = Deployment.objects.create(
+        model=version.model, live_version=version, status=Deployment.Status.LIVE
+    )
+
+    with django_capture_on_commit_callbacks(execute=False):
+        response = run_action(admin_client, Deployment, "retire", [deployment], follow=True)
+
+    [message] = messages_of(response)
+    assert message.level == messages.SUCCESS and "retired" in message.message
+    deployment.refresh_from_db()
+    assert deployment.status == Deployment.Status.RETIRED

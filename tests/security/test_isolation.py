@@ -280,7 +280,11 @@ API_MATRIX: dict[str, list[ApiCall]] = {
     ],
     "training-job-detail": [api("get", lambda w: {"job_id": w.alpha.job.pk}, 200)],
     "training-job-cancel": [api("post", lambda w: {"job_id": w.alpha.job.pk}, 202)],
-    "deployment": [api("get", _model, 200), api("post", _model, 202, body=lambda w: {})],
+    "deployment": [
+        api("get", _model, 200),
+        api("post", _model, 202, body=lambda w: {}),
+        api("delete", _model, 202),
+    ],
     "deployment-rollback": [api("post", _model, 202)],
     # Django's own invoke view (the dashboard's path, logged in); no serving instance answers here.
     "model-invoke": [api("post", _model, 503, body=lambda w: {"inputs": ["Where is my refund?"]})],
@@ -346,6 +350,7 @@ DASHBOARD_MATRIX: dict[str, list[PageCall]] = {
     "dashboard:training-job": [page("get", lambda w: _slug(w) | {"job_id": w.alpha.job.pk}, 200)],
     "dashboard:deploy": [page("post", _model, 302, data=lambda w: {"mode": "mme"})],
     "dashboard:rollback": [page("post", _model, 302)],
+    "dashboard:retire": [page("post", _model, 302)],
     "dashboard:promote": [page("post", lambda w: _model(w) | {"number": 3}, 302)],
 }
 

@@ -923,9 +923,11 @@ class SageMakerEndpointBackend:
         self._api("sagemaker", "update_inference_component", **params)
 
     def put_component_error_alarm(self, component_name: str, *, errors_per_minute: int = 1) -> str:
-        """An alarm on the component's 5xx invocation errors (what rolling updates watch); its
-        name."""
+        """The alarm on the component's 5xx invocation errors (what rolling updates watch),
+        created unless it exists; its name."""
         alarm = component_alarm_name(component_name)
+        if self._api("cloudwatch", "describe_alarms", AlarmNames=[alarm]).get("MetricAlarms"):
+            return alarm  # there already, in whatever state it is: putting it would reset it
         self._api(
             "cloudwatch",
             "put_metric_alarm",

@@ -81,7 +81,7 @@ def test_member_gets_404_for_another_tenants_pages(member_client, fleet):
     ]
     for url in urls:
         assert member_client.get(url).status_code == 404, url
-    for name in ("deploy", "rollback"):
+    for name in ("deploy", "rollback", "retire"):
         url = reverse(f"dashboard:{name}", args=["globex", "routing"])
         assert member_client.post(url).status_code == 404
 

@@ -178,3 +178,33 @@ def test_csrf_is_enforced_on_every_form(staff_user, fleet):
     )
     assert response.status_code == 302
     assert Deployment.objects.filter(model=fleet.acme_model).exists()
+
+
+def test_retire_button_stops_serving_and_queues_the_unloading(
+    staff_client, fleet, django_capture_on_commit_callbacks
+):
+    Deployment.objects.create(
+        model=fleet.acme_model,
+        status=Deployment.Status.LIVE,
+        live_version=fleet.acme_v1,
+        endpoint=fleet.endpoint,
+    )
+
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        response = staff_client.post(
+            reverse("dashboard:retire", args=["acme", "intents"]), follow=True
+        )
+
+    deployment = Deployment.objects.get(model=fleet.acme_model)
+    assert deployment.status == Deployment.Status.RETIRED and deployment.live_version is None
+    assert len(queued) == 1  # the unloading task
+    body = response.content.decode()
+    assert "retired; its copies are being unloaded" in body
+    assert 'data-testid="retire-button-intents"' not in body
+
+
+def test_retire_without_a_deployment_shows_the_reason(staff_client, fleet):
+    response = staff_client.post(reverse("dashboard:retire", args=["acme", "intents"]), follow=True)
+
+    assert response.status_code == 200
+    assert "has not been deployed" in response.content.decode()

@@ -866,6 +866,13 @@ def test_retire_removes_components_before_the_endpoint(
         },
     )
     sagemaker_stub.add_response("delete_endpoint", {}, {"EndpointName": "tml-ic-g5"})
+    # Retired means gone: the deletion is waited for.
+    sagemaker_stub.add_response(
+        "describe_endpoint",
+        endpoint_description("tml-ic-g5", "Deleting"),
+        {"EndpointName": "tml-ic-g5"},
+    )
+    sagemaker_stub.add_client_error("describe_endpoint", **not_found("endpoint", "tml-ic-g5"))
     sagemaker_stub.add_response(
         "list_endpoint_configs",
         {
@@ -893,4 +900,4 @@ def test_retire_removes_components_before_the_endpoint(
     assert retired.endpoint == "tml-ic-g5"
     assert retired.endpoint_configs == ("tml-ic-g5-config-1",)
     assert retired.models == ("acme-llm-v7-model",)
-    assert sleeps.calls == [7]
+    assert sleeps.calls == [7, 7]

@@ -196,9 +196,38 @@ def label_of(answer: dict) -> str:
     return next(o for o in answer["outputs"] if o["name"] == "LABEL")["data"][0]
 
 
+def through_the_platforms_proxy(proxy_url: str, tenant) -> str:
+    """The label the platform's proxy answers on its SageMaker-runtime route (boto3 pointed at
+    the proxy with issued credentials, the tenant as the endpoint, the model as the target)."""
+    import boto3
+    from botocore.config import Config
+
+    from models_registry.kinds import get_kind
+
+    issued = issue_token(tenant=tenant, name="aws-sdk", actor="test")
+    runtime = boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=proxy_url,
+        region_name="us-east-1",
+        aws_access_key_id=issued.access_key_id,
+        aws_secret_access_key=issued.secret_access_key,
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+    body = get_kind("intent-classifier").encode_request(TICKETS[:1])
+    answer = runtime.invoke_endpoint(
+        EndpointName="acme",
+        TargetModel="intents",
+        ContentType="application/json",
+        Body=json.dumps(body).encode(),
+    )
+    return label_of(json.loads(answer["Body"].read()))
+
+
 def test_a_multi_model_deployment_serves_switches_rolls_back_and_retires_on_real_triton(
-    on_standin, intent_model, intent_artifact, settings
+    on_standin, intent_model, intent_artifact, proxy_url
 ):
+    from models_registry.services.promotion import promote_version
+
     standin = on_standin
     client = client_for(intent_model.tenant)
 
@@ -206,6 +235,7 @@ def test_a_multi_model_deployment_serves_switches_rolls_back_and_retires_on_real
 
     assert deployment["endpoint"] == "tml-intent-classifier-mme"
     assert invoke(client)["outputs"][0]["label"] == "refund"
+    assert through_the_platforms_proxy(proxy_url, intent_model.tenant) == "refund"
     answer = runtime_answer(
         standin, "tml-intent-classifier-mme", TargetModel="acme/intents/v1.tar.gz"
     )
@@ -216,7 +246,8 @@ def test_a_multi_model_deployment_serves_switches_rolls_back_and_retires_on_real
 
     v2 = packaged_version(intent_model, intent_artifact, 2)
     secret = issue_token(tenant=intent_model.tenant, name="load", actor="test").secret
-    failures, versions = traffic_during(secret, lambda: deploy(client, version=2))
+    # Promoting the new version rolls it out to the deployment.
+    failures, versions = traffic_during(secret, lambda: promote_version(version=v2, actor="test"))
 
     assert failures == []
     assert 1 in versions and 2 in versions and versions[-1] == 2
@@ -300,6 +331,14 @@ def test_a_dedicated_deployment_gets_a_new_endpoint_per_version_and_the_old_one_
     assert deployment["endpoint"] == "tml-ded-acme-intents-v1"
     assert label_of(runtime_answer(standin, "tml-ded-acme-intents-v1")) == "refund"
     packaged_version(intent_model, intent_artifact, 2)
+    secret = issue_token(tenant=intent_model.tenant, name="load", actor="test").secret
+    failures, versions = traffic_during(secret, lambda: deploy(client, version=2))
+    assert failures == [] and versions[-1] == 2
+    # Within the rollback window v1's endpoint still runs: rolling back is a probe and a switch.
+    failures, versions = traffic_during(
+        secret, lambda: client.post(f"{MODEL_URL}/deployments/rollback", format="json")
+    )
+    assert failures == [] and versions[-1] == 1
     deploy(client, version=2)
     assert invoke(client)["model_version"] == 2
 
@@ -370,3 +409,27 @@ def test_fleet_costs_count_a_multi_model_endpoint_at_the_instances_it_really_run
     costs = platform_client.get("/api/v1/fleet/costs").json()
     assert not [r for r in costs["endpoints"] if r["endpoint"] == endpoint.name]
     assert_account_matches_database(standin)
+
+
+def test_an_inference_component_update_whose_alarm_fires_is_rolled_back_by_sagemaker(
+    on_standin, intent_model, intent_artifact
+):
+    standin = on_standin
+    client = client_for(intent_model.tenant)
+    deploy(client, mode="inference-component")
+    packaged_version(intent_model, intent_artifact, 2)
+    # The component's 5xx alarm is firing while v2 rolls out.
+    standin.client("cloudwatch").set_alarm_state(
+        AlarmName="tml-acme-intents-invocation-5xx", StateValue="ALARM", StateReason="test"
+    )
+
+    response = client.post(f"{MODEL_URL}/deployments/", {"version": 2}, format="json")
+
+    assert response.status_code == 202
+    deployment = client.get(f"{MODEL_URL}/deployments/").json()
+    assert deployment["status"] == "failed"
+    assert "rolled tml-acme-intents back" in deployment["status_reason"]
+    assert deployment["live_version"] == 1
+    assert invoke(client)["model_version"] == 1
+    resources = assert_account_matches_database(standin)
+    assert resources["models"] == ["tml-acme-intents-v1"]  # v2's model went with the rollback
