@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+from django.db import connection
 from rest_framework.test import APIClient
 
 from config.env import ArtifactStore
@@ -144,7 +145,7 @@ def assert_account_matches_database(standin) -> dict[str, list[str]]:
     return resources
 
 
-def traffic_during(client_secret: str, action, *, threads: int = 3) -> tuple[list, list]:
+def traffic_during(client_secret: str, action, *, threads: int = 2) -> tuple[list, list]:
     """Run ``action`` while ``threads`` clients invoke the model without pause; the failures
     and the versions that answered."""
     failures: list[str] = []
@@ -152,6 +153,12 @@ def traffic_during(client_secret: str, action, *, threads: int = 3) -> tuple[lis
     stop = threading.Event()
 
     def traffic() -> None:
+        try:
+            send()
+        finally:
+            connection.close()  # this thread's own database connection
+
+    def send() -> None:
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {client_secret}")
         while not stop.is_set():
@@ -163,6 +170,8 @@ def traffic_during(client_secret: str, action, *, threads: int = 3) -> tuple[lis
             if body["outputs"][0]["label"] != "refund":
                 failures.append(f"wrong answer {body}")
             versions.append(body["model_version"])
+            # A steady stream rather than a flood: two cores also run the rollout and Triton.
+            time.sleep(0.02)
 
     workers = [threading.Thread(target=traffic) for _ in range(threads)]
     for worker in workers:
