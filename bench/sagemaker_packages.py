@@ -125,7 +125,7 @@ def build_versions(args, var_dir: Path) -> list:
     scratch = Path(tempfile.mkdtemp(prefix="artifacts-", dir=var_dir))
     versions = []
     for index in range(args.versions):
-        rows = demo_data.generate_tickets("acme", rows=args.rows, seed=index)
+        rows = demo_data.generate_tickets("banking", rows=args.rows, seed=index)
         out_dir = scratch / str(index)
         metrics = get_kind("intent-classifier").build_artifact(
             texts=[row["text"] for row in rows],
@@ -250,6 +250,8 @@ def start_standin(var_dir: Path) -> subprocess.Popen:
         ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
+        # Its request log would drown the tables; it stays beside the run's state.
+        stderr=open(var_dir / "standin.log", "wb"),  # noqa: SIM115 - lives as long as the process
     )
     deadline = time.monotonic() + 120
     while not ready.is_file():
