@@ -385,6 +385,9 @@ def test_a_package_without_its_runtime_layer_fails_on_the_image_with_the_reason(
     deployment = client.get(f"{MODEL_URL}/deployments/").json()
     assert deployment["status"] == "failed"
     assert "No module named 'onnxruntime'" in deployment["status_reason"]
+    # The Failed endpoint is deleted with its config and model: nothing is left behind.
+    left = assert_account_matches_database(on_standin)
+    assert left["endpoints"] == left["models"] == left["endpoint_configs"] == []
 
 
 def test_fleet_costs_count_a_multi_model_endpoint_at_the_instances_it_really_runs(
