@@ -17,7 +17,11 @@ from deployments.models import (
     Placement,
     VersionUsageMinute,
 )
-from deployments.selectors.fleet import endpoints_with_cost, instances_with_memory_use
+from deployments.selectors.fleet import (
+    endpoints_with_cost,
+    instances_with_memory_use,
+    memory_is_measured,
+)
 from deployments.services import draining, reconciler, retirement, rollouts
 from deployments.services.fleet import set_placement_desired_state
 from models_registry.kinds import kind_names
@@ -238,6 +242,9 @@ class InstanceAdmin(admin.ModelAdmin):
 
     @admin.display(description="Memory used / budget", ordering="memory_used_mb")
     def memory(self, obj: Instance) -> str:
+        if not memory_is_measured(obj):
+            # A SageMaker host: the platform cannot see what it holds.
+            return f"not measured / {obj.memory_budget_mb:,} MB"
         used = obj.memory_used_mb
         budget = obj.memory_budget_mb
         return f"{used:,.0f} / {budget:,} MB ({100 * used / budget:.0f} %)"

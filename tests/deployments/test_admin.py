@@ -188,3 +188,13 @@ def test_deployment_retire_action_retires_each_selected_deployment(
     assert message.level == messages.SUCCESS and "retired" in message.message
     deployment.refresh_from_db()
     assert deployment.status == Deployment.Status.RETIRED
+
+
+def test_instance_changelist_says_a_sagemaker_hosts_memory_is_not_measured(admin_client, db):
+    InstanceFactory(
+        host="", port=None, pid=None, external_id="AllTraffic/0", memory_budget_mb=13107
+    )
+
+    response = admin_client.get(admin_url(Instance, "changelist"))
+
+    assert "not measured / 13,107 MB" in response.content.decode()
