@@ -1,11 +1,11 @@
 """The SageMaker stand-in for tests: one ``manage.py sagemaker_standin`` per session.
 
-Use it from a conftest or test module with ``pytest_plugins = ["tests.sagemaker_standin_support"]``
-(or import the fixtures). ``sagemaker_standin`` starts the command with a temporary work
-directory, points boto3 at it through the standard ``AWS_ENDPOINT_URL_*`` variables for the whole
-session (restored afterwards) and stops it at the end, checking that no Triton process or shared
-memory region it started is left. ``clean_sagemaker_standin`` gives a test an empty stand-in and
-empties it again afterwards. ``resources()`` lists everything on it, so a test can assert that
+The root conftest registers this module as a plugin. ``sagemaker_standin`` starts the command
+with a temporary work directory on first use and stops it at the end of the session, checking
+that no Triton process or shared memory region it started is left. ``clean_sagemaker_standin``
+gives a test an empty stand-in, points boto3 at it through the standard ``AWS_ENDPOINT_URL_*``
+variables for that test only (moto's in-process tests share the session) and empties it again
+afterwards. ``resources()`` lists everything on it, so a test can assert that
 nothing is left except what the database says is live.
 """
 
@@ -220,30 +220,35 @@ def _is_live(pid: int) -> bool:
 
 @pytest.fixture(scope="session")
 def sagemaker_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SageMakerStandin]:
-    """A stand-in for the session, with boto3 pointed at it through the environment."""
+    """A stand-in process for the session (started on first use, stopped at the end).
+
+    It does not point boto3 at itself: tests of moto's in-process mock run in the same session,
+    and an endpoint URL in the environment would send their calls to the stand-in instead.
+    ``clean_sagemaker_standin`` sets the variables for one test.
+    """
     if tritonserver_path() is None:
         pytest.skip(SKIP_REASON)
     standin = _start(tmp_path_factory.mktemp("sagemaker-standin"))
-    saved = {name: os.environ.get(name) for name in _VARIABLES}
-    from deployments.sagemaker_standin.server import environment_for
-
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        os.environ.pop(name, None)
-    os.environ.update(environment_for(standin.base_url, standin.region))
     try:
         yield standin
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         _stop(standin)
 
 
 @pytest.fixture
-def clean_sagemaker_standin(sagemaker_standin: SageMakerStandin) -> Iterator[SageMakerStandin]:
-    """The session's stand-in, emptied before and after the test."""
+def clean_sagemaker_standin(
+    sagemaker_standin: SageMakerStandin, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SageMakerStandin]:
+    """The session's stand-in, emptied before and after the test, with boto3 pointed at it
+    through the standard ``AWS_ENDPOINT_URL_*`` variables for the test's duration."""
+    from deployments.sagemaker_standin.server import environment_for
+
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment_for(
+        sagemaker_standin.base_url, sagemaker_standin.region
+    ).items():
+        monkeypatch.setenv(name, value)
     sagemaker_standin.reset()
     yield sagemaker_standin
     sagemaker_standin.tritons()
