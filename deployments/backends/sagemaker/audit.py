@@ -81,11 +81,11 @@ def audit_account(*, report: ReconcileReport, actor: str, now: datetime | None =
         for what, name in sorted(found, key=lambda item: order.index(item[0])):
             for deleted_what, deleted_name in _delete(backend, what, name):
                 report.cloud_orphans_deleted.append(f"{deleted_what} {deleted_name}")
-                record_event(
-                    kind="sagemaker.resource_deleted",
+                retire.record_deletion(
+                    what=deleted_what,
+                    name=deleted_name,
                     actor=actor,
-                    message=f"Deleted orphaned {deleted_what} {deleted_name}.",
-                    data={"resource": deleted_what, "name": deleted_name, "orphan": True},
+                    reason="no deployment accounts for it",
                 )
 
 

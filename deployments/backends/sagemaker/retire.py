@@ -34,16 +34,20 @@ from deployments.backends.sagemaker.deploy import (
     mme_prefix,
     version_model_name,
 )
+from deployments.backends.sagemaker.instances import sync_instances
 from deployments.models import Deployment, Endpoint, Placement
 
 
-def _deleted(*, what: str, name: str, endpoint: Endpoint, actor: str, reason: str, **refs) -> None:
+def record_deletion(
+    *, what: str, name: str, actor: str, reason: str, endpoint: Endpoint | None = None, **refs
+) -> None:
+    """The Event every deletion of a cloud resource leaves (``sagemaker.resource_deleted``)."""
     record_event(
         kind="sagemaker.resource_deleted",
         actor=actor,
         message=f"Deleted {what} {name} ({reason}).",
         endpoint=endpoint,
-        data={"resource": what, "name": name},
+        data={"resource": what, "name": name, "reason": reason},
         **refs,
     )
 
@@ -61,7 +65,7 @@ def retire_placement(*, placement: Placement, actor: str, reason: str) -> None:
             backend.remove_model(
                 endpoint_prefix=mme_prefix(endpoint), target_model=placement.external_name
             )
-            _deleted(
+            record_deletion(
                 what="S3 object",
                 name=f"{mme_prefix(endpoint)}{placement.external_name}",
                 endpoint=endpoint,
@@ -94,7 +98,7 @@ def _retire_component_version(
     if backend.delete_model(model_name):
         deleted.append(("model", model_name))
     for what, name in deleted:
-        _deleted(
+        record_deletion(
             what=what, name=name, endpoint=endpoint, actor=actor, reason=reason, version=version
         )
 
@@ -111,14 +115,17 @@ def _retire_endpoint(
         ("endpoint", (retired.endpoint,) if retired.endpoint else ()),
     ):
         for name in names:
-            _deleted(what=what, name=name, endpoint=endpoint, actor=actor, reason=reason)
+            record_deletion(what=what, name=name, endpoint=endpoint, actor=actor, reason=reason)
     if endpoint.mode == Endpoint.Mode.MME:
         for key in backend.remove_prefix(mme_prefix(endpoint)):
-            _deleted(what="S3 object", name=key, endpoint=endpoint, actor=actor, reason=reason)
+            record_deletion(
+                what="S3 object", name=key, endpoint=endpoint, actor=actor, reason=reason
+            )
     Endpoint.objects.filter(pk=endpoint.pk).update(
         status=Endpoint.Status.RETIRED, status_reason=f"Retired: {reason}."
     )
-    endpoint.instances.exclude(status="stopped").update(status="stopped")
+    # Nothing of it runs any more: its mirrored hosts stop costing.
+    sync_instances(endpoint=endpoint, state=None, actor=actor)
     record_event(
         kind="endpoint.retired",
         actor=actor,
@@ -145,12 +152,7 @@ def discard_failed(*, name: str, actor: str) -> None:
     if backend.delete_model(state.model_name):
         deleted.append(("model", state.model_name))
     for what, resource in deleted:
-        record_event(
-            kind="sagemaker.resource_deleted",
-            actor=actor,
-            message=f"Deleted {what} {resource} (its rollout failed).",
-            data={"resource": what, "name": resource},
-        )
+        record_deletion(what=what, name=resource, actor=actor, reason="its rollout failed")
 
 
 def finish_retiring(*, endpoint: Endpoint, actor: str) -> None:
