@@ -8,9 +8,12 @@ from django.utils.html import format_html_join
 
 from config.errors import DomainError
 from deployments.models import (
+    BackgroundPass,
     Deployment,
     Endpoint,
+    EndpointUsageMinute,
     Event,
+    FleetUsageMinute,
     Instance,
     InstanceType,
     InstanceUsageMinute,
@@ -551,3 +554,87 @@ class VersionUsageMinuteAdmin(ViewOnlyAdmin):
         if not obj.invocations:
             return None
         return f"{obj.latency_ms_sum / obj.invocations:,.1f}"
+
+
+@admin.register(EndpointUsageMinute)
+class EndpointUsageMinuteAdmin(ViewOnlyAdmin):
+    list_display = ("minute", "endpoint", "invocations", "errors", "cold_starts", "latency_ms_max")
+    list_filter = ("endpoint",)
+    list_select_related = ("endpoint",)
+    search_fields = ("endpoint__name",)
+    date_hierarchy = "minute"
+    ordering = ("-minute",)
+    fields = (
+        "minute",
+        "endpoint",
+        "invocations",
+        "errors",
+        "cold_starts",
+        "cache_hits",
+        "latency_ms_sum",
+        "latency_ms_max",
+        "latency_histogram",
+    )
+    readonly_fields = fields
+
+
+@admin.register(FleetUsageMinute)
+class FleetUsageMinuteAdmin(ViewOnlyAdmin):
+    list_display = (
+        "minute",
+        "instances",
+        "host_memory_used_mb",
+        "host_memory_budget_mb",
+        "models_loaded",
+        "models_placed",
+        "usd_per_hour",
+        "dedicated_usd_per_hour",
+    )
+    date_hierarchy = "minute"
+    ordering = ("-minute",)
+    fields = (
+        "minute",
+        "instances",
+        "memory_measured_instances",
+        "host_memory_used_mb",
+        "host_memory_budget_mb",
+        "gpu_memory_used_mb",
+        "gpu_memory_budget_mb",
+        "models_loaded",
+        "models_placed",
+        "usd_per_hour",
+        "dedicated_usd_per_hour",
+    )
+    readonly_fields = fields
+
+
+@admin.register(BackgroundPass)
+class BackgroundPassAdmin(ViewOnlyAdmin):
+    """The last pass of each periodic job: an operator sees at once whether the reconciler, the
+    warm-up, the sampler and the usage flush keep up with the fleet."""
+
+    list_display = (
+        "job",
+        "finished_at",
+        "duration_s",
+        "items",
+        "queries",
+        "errors",
+        "succeeded",
+        "passes",
+    )
+    search_fields = ("job",)
+    ordering = ("job",)
+    fields = (
+        "job",
+        "started_at",
+        "finished_at",
+        "duration_s",
+        "items",
+        "queries",
+        "errors",
+        "succeeded",
+        "passes",
+        "summary",
+    )
+    readonly_fields = fields

@@ -465,3 +465,83 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} ({self.mode})"
+
+
+class EndpointUsageMinute(models.Model):
+    """One minute of one endpoint's traffic: the ``VersionUsageMinute`` rows of that endpoint and
+    minute summed, written by the same flush in the same transaction.
+
+    Fleet and endpoint traffic figures (last hour's invocations, p50/p99) read these, one row per
+    endpoint and minute, instead of one row per model version and minute.
+    """
+
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="usage")
+    minute = models.DateTimeField()
+    invocations = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    cold_starts = models.PositiveIntegerField(default=0)
+    cache_hits = models.PositiveIntegerField(default=0)
+    latency_ms_sum = models.FloatField(default=0)
+    latency_ms_max = models.FloatField(default=0)
+    latency_histogram = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-minute"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["endpoint", "minute"], name="endpointusage_one_row_per_minute"
+            ),
+        ]
+        indexes = [models.Index(fields=["minute"], name="endpointusage_minute")]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} @ {self.minute:%Y-%m-%d %H:%M}"
+
+
+class FleetUsageMinute(models.Model):
+    """One minute of the whole fleet, written by the minute sampler: what the trend charts read
+    (one row a minute, not one per instance or model)."""
+
+    minute = models.DateTimeField(unique=True)
+    instances = models.PositiveIntegerField(default=0)
+    memory_measured_instances = models.PositiveIntegerField(default=0)
+    host_memory_used_mb = models.FloatField(default=0)
+    host_memory_budget_mb = models.FloatField(default=0)
+    gpu_memory_used_mb = models.FloatField(default=0)
+    gpu_memory_budget_mb = models.FloatField(default=0)
+    models_loaded = models.PositiveIntegerField(default=0)
+    models_placed = models.PositiveIntegerField(default=0)
+    usd_per_hour = models.FloatField(default=0)
+    dedicated_usd_per_hour = models.FloatField(default=0)
+
+    class Meta:
+        ordering = ["-minute"]
+
+    def __str__(self) -> str:
+        return f"fleet @ {self.minute:%Y-%m-%d %H:%M}"
+
+
+class BackgroundPass(models.Model):
+    """The last pass of each periodic job (reconciler, warm-up, minute sampler, usage flush):
+    when it ran, how long it took, how much it handled and how many queries it made.
+
+    One row per job, overwritten by each pass; the admin lists them and ``/metrics`` exports them.
+    """
+
+    job = models.CharField(max_length=64, unique=True)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    duration_s = models.FloatField()
+    items = models.PositiveIntegerField(default=0, help_text="What the pass went over.")
+    queries = models.PositiveIntegerField(default=0, help_text="Database queries it made.")
+    errors = models.PositiveIntegerField(default=0)
+    succeeded = models.BooleanField(default=True)
+    summary = models.JSONField(default=dict, blank=True)
+    passes = models.PositiveBigIntegerField(default=0, help_text="Passes recorded so far.")
+
+    class Meta:
+        ordering = ["job"]
+        verbose_name_plural = "background passes"
+
+    def __str__(self) -> str:
+        return f"{self.job} at {self.finished_at:%Y-%m-%d %H:%M:%S}"

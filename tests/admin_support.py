@@ -14,9 +14,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from deployments.models import (
+    BackgroundPass,
     Deployment,
     Endpoint,
+    EndpointUsageMinute,
     Event,
+    FleetUsageMinute,
     Instance,
     InstanceType,
     InstanceUsageMinute,
@@ -89,6 +92,22 @@ def everything(db, admin_user) -> dict:
         latency_ms_sum=40.0,
         latency_ms_max=15.0,
     )
+    endpoint_usage = EndpointUsageMinute.objects.create(
+        endpoint=endpoint, minute=minute, invocations=4, latency_ms_sum=40.0, latency_ms_max=15.0
+    )
+    fleet_usage = FleetUsageMinute.objects.create(
+        minute=minute, instances=1, host_memory_used_mb=111.0, models_loaded=1, usd_per_hour=0.23
+    )
+    background_pass = BackgroundPass.objects.create(
+        job="reconcile",
+        started_at=timezone.now(),
+        finished_at=timezone.now(),
+        duration_s=0.5,
+        items=1,
+        queries=4,
+        passes=1,
+        summary={"tenant": tenant.slug},
+    )
     return {
         Tenant: tenant,
         ApiToken: token.token,
@@ -105,6 +124,9 @@ def everything(db, admin_user) -> dict:
         Event: event,
         InstanceUsageMinute: instance_usage,
         VersionUsageMinute: version_usage,
+        EndpointUsageMinute: endpoint_usage,
+        FleetUsageMinute: fleet_usage,
+        BackgroundPass: background_pass,
     }
 
 

@@ -8,9 +8,12 @@ import pytest
 from django.contrib import messages
 
 from deployments.models import (
+    BackgroundPass,
     Deployment,
     Endpoint,
+    EndpointUsageMinute,
     Event,
+    FleetUsageMinute,
     Instance,
     InstanceType,
     InstanceUsageMinute,
@@ -39,8 +42,21 @@ class TestEveryDeploymentsModel(AppAdminChecks, BusyChangelistChecks):
         Event,
         InstanceUsageMinute,
         VersionUsageMinute,
+        EndpointUsageMinute,
+        FleetUsageMinute,
+        BackgroundPass,
     }
-    no_add = {Deployment, Instance, Placement, Event, InstanceUsageMinute, VersionUsageMinute}
+    no_add = {
+        Deployment,
+        Instance,
+        Placement,
+        Event,
+        InstanceUsageMinute,
+        VersionUsageMinute,
+        EndpointUsageMinute,
+        FleetUsageMinute,
+        BackgroundPass,
+    }
 
 
 def test_endpoint_page_links_to_its_events(admin_client, everything):
