@@ -289,6 +289,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # Every list: ?limit= (default 100, at most 1000) and ?offset=, in one envelope.
+    "DEFAULT_PAGINATION_CLASS": "config.pagination.LimitOffsetPagination",
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {

@@ -16,6 +16,7 @@ from tenants.models import Tenant
 
 
 def datasets_for_tenant(*, tenant: Tenant) -> QuerySet[Dataset]:
+    """The tenant's datasets, newest first (ties by id, newest first)."""
     return Dataset.objects.filter(tenant=tenant).order_by("-created_at", "-pk")
 
 
@@ -32,17 +33,23 @@ def dataset_for_training(*, tenant: Tenant, reference: str | int) -> Dataset:
 
 
 def models_for_tenant(*, tenant: Tenant) -> QuerySet[TenantModel]:
-    return TenantModel.objects.filter(tenant=tenant).select_related("active_version")
+    """The tenant's models by name (unique per tenant)."""
+    return (
+        TenantModel.objects.filter(tenant=tenant)
+        .select_related("tenant", "active_version")
+        .order_by("name")
+    )
 
 
 def model_for_tenant(*, tenant: Tenant, name: str) -> TenantModel:
-    model = models_for_tenant(tenant=tenant).select_related("tenant").filter(name=name).first()
+    model = models_for_tenant(tenant=tenant).filter(name=name).first()
     if model is None:
         raise ModelNotFound(f"No model {name!r} for tenant {tenant.slug}.")
     return model
 
 
 def versions_for_model(*, model: TenantModel) -> QuerySet[ModelVersion]:
+    """The model's versions, newest number first."""
     return model.versions.select_related("model").order_by("-number")
 
 
@@ -54,6 +61,7 @@ def version_for_model(*, model: TenantModel, number: int) -> ModelVersion:
 
 
 def training_jobs_for_model(*, model: TenantModel) -> QuerySet[TrainingJob]:
+    """The model's training jobs, newest first (ties by id, newest first)."""
     return (
         TrainingJob.objects.filter(model=model)
         .select_related("model__tenant", "dataset", "version")

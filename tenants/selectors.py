@@ -10,10 +10,10 @@ from tenants.models import ApiToken, Tenant
 
 
 def visible_tenants(*, caller: Caller) -> QuerySet[Tenant]:
-    """Every tenant for a platform caller, only its own for anyone else."""
+    """Every tenant for a platform caller, only its own for anyone else; by slug."""
     if caller.is_platform:
-        return Tenant.objects.all()
-    return Tenant.objects.filter(pk__in=caller.tenant_ids)
+        return Tenant.objects.order_by("slug")
+    return Tenant.objects.filter(pk__in=caller.tenant_ids).order_by("slug")
 
 
 def tenant_for_caller(*, caller: Caller, slug: str) -> Tenant:
@@ -26,4 +26,9 @@ def tenant_for_caller(*, caller: Caller, slug: str) -> Tenant:
 
 
 def tokens_for_tenant(*, tenant: Tenant) -> QuerySet[ApiToken]:
-    return ApiToken.objects.filter(tenant=tenant).order_by("-created_at")
+    """The tenant's tokens, revoked ones included, newest first (ties by id, newest first)."""
+    return (
+        ApiToken.objects.filter(tenant=tenant)
+        .select_related("tenant")
+        .order_by("-created_at", "-pk")
+    )

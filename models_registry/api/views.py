@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.generics import GenericAPIView
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -37,14 +38,15 @@ IDEMPOTENCY_KEY = OpenApiParameter(
 )
 
 
-class DatasetListView(APIView):
+class DatasetListView(GenericAPIView):
     parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(responses=DatasetSerializer(many=True))
     def get(self, request, slug: str):
+        """The tenant's datasets, newest first; one page of them."""
         tenant = tenant_for_caller(caller=caller_for_request(request), slug=slug)
-        datasets = selectors.datasets_for_tenant(tenant=tenant)
-        return Response(DatasetSerializer(datasets, many=True).data)
+        page = self.paginate_queryset(selectors.datasets_for_tenant(tenant=tenant))
+        return self.get_paginated_response(DatasetSerializer(page, many=True).data)
 
     @extend_schema(
         request={"multipart/form-data": DatasetUploadSerializer},
@@ -69,12 +71,13 @@ class DatasetListView(APIView):
         return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
 
-class ModelListView(APIView):
+class ModelListView(GenericAPIView):
     @extend_schema(responses=TenantModelSerializer(many=True))
     def get(self, request, slug: str):
+        """The tenant's models, by name; one page of them."""
         tenant = tenant_for_caller(caller=caller_for_request(request), slug=slug)
-        models = selectors.models_for_tenant(tenant=tenant)
-        return Response(TenantModelSerializer(models, many=True).data)
+        page = self.paginate_queryset(selectors.models_for_tenant(tenant=tenant))
+        return self.get_paginated_response(TenantModelSerializer(page, many=True).data)
 
     @extend_schema(request=TenantModelCreateSerializer, responses={201: TenantModelSerializer})
     def post(self, request, slug: str):
@@ -97,11 +100,13 @@ class ModelDetailView(APIView):
         return Response(TenantModelSerializer(_model(request, slug, name)).data)
 
 
-class VersionListView(APIView):
+class VersionListView(GenericAPIView):
     @extend_schema(responses=ModelVersionSerializer(many=True))
     def get(self, request, slug: str, name: str):
+        """The model's versions, newest number first; one page of them."""
         versions = selectors.versions_for_model(model=_model(request, slug, name))
-        return Response(ModelVersionSerializer(versions, many=True).data)
+        page = self.paginate_queryset(versions)
+        return self.get_paginated_response(ModelVersionSerializer(page, many=True).data)
 
 
 class VersionPromoteView(APIView):
@@ -128,13 +133,15 @@ class ModelRollbackView(APIView):
         return Response(ModelVersionSerializer(version).data)
 
 
-class TrainingJobListView(APIView):
+class TrainingJobListView(GenericAPIView):
     parser_classes = [JSONParser, FormParser, MultiPartParser]
 
     @extend_schema(responses=TrainingJobSerializer(many=True))
     def get(self, request, slug: str, name: str):
+        """The model's training jobs, newest first; one page of them."""
         jobs = selectors.training_jobs_for_model(model=_model(request, slug, name))
-        return Response(TrainingJobSerializer(jobs, many=True).data)
+        page = self.paginate_queryset(jobs)
+        return self.get_paginated_response(TrainingJobSerializer(page, many=True).data)
 
     @extend_schema(
         request=TrainingJobCreateSerializer,

@@ -3,6 +3,7 @@
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
+from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -18,11 +19,13 @@ from tenants.api.serializers import (
 )
 
 
-class TenantListView(APIView):
+class TenantListView(GenericAPIView):
     @extend_schema(responses=TenantSerializer(many=True))
     def get(self, request):
+        """The tenants the caller may see, by slug; one page of them."""
         tenants = selectors.visible_tenants(caller=caller_for_request(request))
-        return Response(TenantSerializer(tenants, many=True).data)
+        page = self.paginate_queryset(tenants)
+        return self.get_paginated_response(TenantSerializer(page, many=True).data)
 
     @extend_schema(request=TenantSerializer, responses={201: TenantSerializer})
     def post(self, request):
@@ -43,11 +46,13 @@ class TenantDetailView(APIView):
         return Response(TenantSerializer(tenant).data)
 
 
-class TenantTokenListView(APIView):
+class TenantTokenListView(GenericAPIView):
     @extend_schema(responses=TokenSerializer(many=True))
     def get(self, request, slug: str):
+        """The tenant's tokens (revoked ones too, never their secrets), newest first; one page."""
         tenant = selectors.tenant_for_caller(caller=caller_for_request(request), slug=slug)
-        return Response(TokenSerializer(selectors.tokens_for_tenant(tenant=tenant), many=True).data)
+        page = self.paginate_queryset(selectors.tokens_for_tenant(tenant=tenant))
+        return self.get_paginated_response(TokenSerializer(page, many=True).data)
 
     @extend_schema(request=TokenCreateSerializer, responses={201: IssuedTokenSerializer})
     def post(self, request, slug: str):

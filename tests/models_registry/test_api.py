@@ -55,7 +55,7 @@ def test_uploading_a_dataset_answers_its_rows_labels_and_split(tenant_client, te
     assert sum(body["labels"].values()) == 60
     assert body["train_rows"] + body["validation_rows"] == 60 and body["validation_rows"] >= 6
     listing = tenant_client.get(f"/api/v1/tenants/{tenant.slug}/datasets/").json()
-    assert [d["name"] for d in listing] == ["tickets.csv"]
+    assert [d["name"] for d in listing["results"]] == ["tickets.csv"]
 
 
 def test_an_upload_can_be_named(tenant_client, tenant):
@@ -98,7 +98,7 @@ def test_creating_listing_and_reading_a_model(tenant_client, tenant):
     assert response.status_code == 201, response.json()
     assert response.json()["active_version"] is None
     listing = tenant_client.get(f"/api/v1/tenants/{tenant.slug}/models/").json()
-    assert [m["name"] for m in listing] == ["intents"]
+    assert [m["name"] for m in listing["results"]] == ["intents"]
     detail = tenant_client.get(f"/api/v1/tenants/{tenant.slug}/models/intents/").json()
     assert detail["kind"] == "intent-classifier"
 
@@ -131,7 +131,8 @@ def test_versions_show_status_metrics_and_which_is_active(tenant_client, tenant,
     active = ModelVersionFactory(model=model, number=1, metrics={"macro_f1": 0.9})
     ModelVersionFactory(model=model, number=2, metrics={"macro_f1": 0.5})
     promote_version(version=active, actor="t")
-    versions = tenant_client.get(f"/api/v1/tenants/{tenant.slug}/models/intents/versions/").json()
+    listing = tenant_client.get(f"/api/v1/tenants/{tenant.slug}/models/intents/versions/").json()
+    versions = listing["results"]
     assert [(v["number"], v["is_active"]) for v in versions] == [(2, False), (1, True)]
     assert versions[1]["metrics"] == {"macro_f1": 0.9}
     assert {"sha256", "size_bytes", "host_memory_mb", "status_reason", "promoted_at"} <= set(
@@ -188,7 +189,7 @@ def test_starting_training_answers_202_with_the_job(tenant_client, tenant, model
     by_id = start(tenant_client, tenant.slug, {"dataset": str(dataset.pk)})
     assert by_id.json()["id"] == body["id"]  # the same inputs: the same job
     listing = tenant_client.get(f"/api/v1/tenants/{tenant.slug}/models/intents/training-jobs/")
-    assert [job["id"] for job in listing.json()] == [body["id"]]
+    assert [job["id"] for job in listing.json()["results"]] == [body["id"]]
     detail = tenant_client.get(f"/api/v1/training-jobs/{body['id']}/")
     assert detail.status_code == 200 and detail.json()["status"] == "queued"
 

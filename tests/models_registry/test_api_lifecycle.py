@@ -48,7 +48,7 @@ def test_upload_train_watch_and_promote_through_the_api(
     job = tenant_client.get(f"/api/v1/training-jobs/{started.json()['id']}/").json()
     assert job["status"] == "succeeded", job.get("failure_reason")
     assert job["progress_pct"] == 100 and job["version"] == 1
-    versions = tenant_client.get(f"{base}/models/intents/versions/").json()
+    versions = tenant_client.get(f"{base}/models/intents/versions/").json()["results"]
     assert versions[0]["status"] == "ready" and versions[0]["is_active"]
     assert versions[0]["metrics"]["macro_f1"] >= 0.85
     assert len(versions[0]["sha256"]) == 64

@@ -589,16 +589,16 @@ def test_own_listings_hold_only_own_objects(world):
     client = _api_client(world, "own")
     slug = world.alpha.tenant.slug
 
-    tenants = client.get(reverse("tenant-list")).json()
-    models = client.get(reverse("model-list", args=[slug])).json()
-    tokens = client.get(reverse("tenant-tokens", args=[slug])).json()
+    tenants = client.get(reverse("tenant-list")).json()["results"]
+    models = client.get(reverse("model-list", args=[slug])).json()["results"]
+    tokens = client.get(reverse("tenant-tokens", args=[slug])).json()["results"]
     costs = client.get(reverse("fleet-costs")).json()
 
     assert [t["slug"] for t in tenants] == [slug]
     assert {m["name"] for m in models} == {"alpha-intents", "alpha-sentiment"}
     assert {t["name"] for t in tokens} == {"alpha-ci-token", "alpha-spare-token", "alpha-old-token"}
     assert {row["tenant"] for row in costs["tenants"]} == {slug}
-    platform = _api_client(world, "platform").get(reverse("tenant-list")).json()
+    platform = _api_client(world, "platform").get(reverse("tenant-list")).json()["results"]
     assert {t["slug"] for t in platform} == {slug, world.bravo.tenant.slug}
 
 

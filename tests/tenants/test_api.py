@@ -66,11 +66,12 @@ def test_tenant_token_sees_only_its_tenant(tenant_client, tenant, other_tenant):
     assert hidden.status_code == missing.status_code == 404
     assert other_tenant.slug not in hidden.content.decode().replace(f"'{other_tenant.slug}'", "")
     listing = tenant_client.get("/api/v1/tenants/").json()
-    assert [t["slug"] for t in listing] == [tenant.slug]
+    assert listing["count"] == 1
+    assert [t["slug"] for t in listing["results"]] == [tenant.slug]
 
 
 def test_platform_token_sees_every_tenant(platform_client, tenant, other_tenant):
-    slugs = {t["slug"] for t in platform_client.get("/api/v1/tenants/").json()}
+    slugs = {t["slug"] for t in platform_client.get("/api/v1/tenants/").json()["results"]}
     assert {tenant.slug, other_tenant.slug} <= slugs
     assert platform_client.get(f"/api/v1/tenants/{other_tenant.slug}/").status_code == 200
 
@@ -98,7 +99,7 @@ def test_issuing_a_token_shows_the_secret_once(tenant_client, tenant):
     listing = tenant_client.get(f"/api/v1/tenants/{tenant.slug}/tokens/")
     assert listing.status_code == 200
     assert secret not in listing.content.decode()
-    assert all("token" not in row for row in listing.json())
+    assert all("token" not in row for row in listing.json()["results"])
 
 
 def test_token_expiry_in_the_past_is_a_400(tenant_client, tenant):

@@ -173,7 +173,7 @@ def test_api_issuance_shows_the_aws_pair_once(tenant_client, tenant):
     assert data["aws_secret_access_key"] == derive_secret_access_key(key_digest=token.key_digest)
     listing = tenant_client.get(f"/api/v1/tenants/{tenant.slug}/tokens/")
     assert data["aws_secret_access_key"] not in listing.content.decode()
-    row = next(row for row in listing.json() if row["id"] == token.pk)
+    row = next(row for row in listing.json()["results"] if row["id"] == token.pk)
     assert row["access_key_id"] == token.access_key_id
     assert "aws_secret_access_key" not in row
 
