@@ -7,6 +7,7 @@ import re
 
 from rest_framework import pagination
 from rest_framework.request import Request
+from rest_framework.response import Response
 
 from config.errors import DomainError
 
@@ -80,3 +81,11 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
         limit["schema"] = {"type": "integer", "minimum": 1, "default": DEFAULT_LIMIT}
         offset["schema"] = {"type": "integer", "minimum": 0, "default": 0}
         return [limit, offset]
+
+    def counted_page_response(
+        self, request: Request, *, rows: list, count: int, limit: int, offset: int
+    ) -> Response:
+        """The envelope for a page a selector already cut and counted (an aggregate computed in
+        the database, not a queryset this class could slice)."""
+        self.request, self.limit, self.offset, self.count = request, limit, offset, count
+        return self.get_paginated_response(rows)

@@ -2,9 +2,10 @@
 
 Serving a request writes nothing to the database: each process counts invocations, cold starts,
 cache hits, errors and a latency histogram per (version, endpoint, minute) here, and
-``flush_usage`` adds them to ``VersionUsageMinute`` rows (and stamps the placements' last use)
-once a minute or on demand. The histogram's fixed buckets keep p50/p99 computable after rows from
-many processes are summed.
+``flush_usage`` adds them to ``VersionUsageMinute`` rows and their per-endpoint sums
+(``EndpointUsageMinute``), and stamps the placements' last use, every few seconds or on demand, in
+a fixed number of statements however many models were served. The histogram's fixed buckets keep
+p50/p99 computable after rows from many processes are summed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from django.db import transaction
-from django.db.models import F
 
 # Upper bounds in ms; the last bucket is everything slower.
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 15, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -39,6 +39,17 @@ class _Cell:
     latency_ms_sum: float = 0.0
     latency_ms_max: float = 0.0
     histogram: dict = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, other: _Cell) -> None:
+        """Add another cell's counts to this one."""
+        self.invocations += other.invocations
+        self.errors += other.errors
+        self.cold_starts += other.cold_starts
+        self.cache_hits += other.cache_hits
+        self.latency_ms_sum += other.latency_ms_sum
+        self.latency_ms_max = max(self.latency_ms_max, other.latency_ms_max)
+        for bucket, count in other.histogram.items():
+            self.histogram[bucket] += count
 
 
 class UsageCounters:
@@ -92,54 +103,120 @@ class UsageCounters:
                 mine = self._cells.get(key)
                 if mine is None:
                     self._cells[key] = cell
-                    continue
-                mine.invocations += cell.invocations
-                mine.errors += cell.errors
-                mine.cold_starts += cell.cold_starts
-                mine.cache_hits += cell.cache_hits
-                mine.latency_ms_sum += cell.latency_ms_sum
-                mine.latency_ms_max = max(mine.latency_ms_max, cell.latency_ms_max)
-                for bucket, count in cell.histogram.items():
-                    mine.histogram[bucket] += count
+                else:
+                    mine.add(cell)
 
 
 COUNTERS = UsageCounters()
 
 
+# Rows written per statement: large enough that a flush is a handful of queries, small enough
+# that no statement carries an unbounded parameter list.
+FLUSH_BATCH_ROWS = 2000
+
+
 def flush_usage(*, counters: UsageCounters = COUNTERS) -> int:
-    """Add this process's counters to the minute rows; returns the number of rows written."""
-    from deployments.models import Placement, VersionUsageMinute
+    """Add this process's counters to the minute rows; returns the number of version rows written.
+
+    The version rows, their per-endpoint sums (``EndpointUsageMinute``, what fleet and endpoint
+    traffic figures read) and the placements' last use are written in one transaction, in a
+    fixed number of statements per ``FLUSH_BATCH_ROWS`` rows, whatever the number of models.
+    """
+    from deployments.models import EndpointUsageMinute, VersionUsageMinute
+    from deployments.passes import USAGE_FLUSH, recorded_pass
 
     cells, touched = counters.drain()
+    if not cells and not touched:
+        return 0
+    by_endpoint: dict[tuple[int, datetime], _Cell] = {}
+    for (_, endpoint_id, minute), cell in cells.items():
+        total = by_endpoint.setdefault((endpoint_id, minute), _Cell(tenant_id=0))
+        total.add(cell)
     try:
-        with transaction.atomic():
-            for (version_id, endpoint_id, minute), cell in sorted(
-                cells.items(), key=lambda item: (item[0][0], item[0][1], item[0][2])
-            ):
-                row, created = VersionUsageMinute.objects.select_for_update().get_or_create(
-                    version_id=version_id,
-                    endpoint_id=endpoint_id,
-                    minute=minute,
-                    defaults={"tenant_id": cell.tenant_id},
-                )
-                histogram = dict(row.latency_histogram or {})
-                for bucket, count in cell.histogram.items():
-                    histogram[bucket] = histogram.get(bucket, 0) + count
-                VersionUsageMinute.objects.filter(pk=row.pk).update(
-                    invocations=F("invocations") + cell.invocations,
-                    errors=F("errors") + cell.errors,
-                    cold_starts=F("cold_starts") + cell.cold_starts,
-                    cache_hits=F("cache_hits") + cell.cache_hits,
-                    latency_ms_sum=F("latency_ms_sum") + cell.latency_ms_sum,
-                    latency_ms_max=max(row.latency_ms_max, cell.latency_ms_max),
-                    latency_histogram=histogram,
-                )
-            for placement_id, stamp in touched.items():
-                Placement.objects.filter(pk=placement_id).update(last_invoked_at=stamp)
+        with recorded_pass(USAGE_FLUSH) as record, transaction.atomic():
+            _add_to_minute_rows(
+                VersionUsageMinute,
+                ("version_id", "endpoint_id", "minute"),
+                cells,
+                extra=lambda cell: {"tenant_id": cell.tenant_id},
+            )
+            _add_to_minute_rows(EndpointUsageMinute, ("endpoint_id", "minute"), by_endpoint)
+            _stamp_last_use(touched)
+            record.items = len(cells)
+            record.summary = {"endpoint_minutes": len(by_endpoint), "placements": len(touched)}
     except Exception:
         counters.restore(cells)
         raise
     return len(cells)
+
+
+def _add_to_minute_rows(model, key_fields: tuple[str, ...], cells: dict, *, extra=None) -> None:
+    """Add ``cells`` (keyed like ``key_fields``) to ``model``'s rows, creating missing ones.
+
+    Missing rows are inserted empty first (a row another process inserts at the same moment is
+    left alone), then every row is read locked, in primary-key order so that concurrent flushes
+    cannot deadlock, and written back with the sums: no count is lost between processes.
+    """
+    if not cells:
+        return
+    keys = sorted(cells)
+    model.objects.bulk_create(
+        [
+            model(**dict(zip(key_fields, key, strict=True)), **(extra(cells[key]) if extra else {}))
+            for key in keys
+        ],
+        ignore_conflicts=True,
+        batch_size=FLUSH_BATCH_ROWS,
+    )
+    rows = []
+    for start in range(0, len(keys), FLUSH_BATCH_ROWS):
+        batch = keys[start : start + FLUSH_BATCH_ROWS]
+        # Each column's set of values bounds the rows read; the exact keys are matched below.
+        bounds = {
+            f"{name}__in": {key[index] for key in batch} for index, name in enumerate(key_fields)
+        }
+        rows.extend(model.objects.select_for_update().filter(**bounds).order_by("pk"))
+    wanted = set(keys)
+    changed = []
+    for row in rows:
+        key = tuple(getattr(row, name) for name in key_fields)
+        if key not in wanted:
+            continue
+        cell = cells[key]
+        row.invocations += cell.invocations
+        row.errors += cell.errors
+        row.cold_starts += cell.cold_starts
+        row.cache_hits += cell.cache_hits
+        row.latency_ms_sum += cell.latency_ms_sum
+        row.latency_ms_max = max(row.latency_ms_max, cell.latency_ms_max)
+        histogram = dict(row.latency_histogram or {})
+        for bucket, count in cell.histogram.items():
+            histogram[bucket] = histogram.get(bucket, 0) + count
+        row.latency_histogram = histogram
+        changed.append(row)
+    model.objects.bulk_update(
+        changed,
+        [
+            "invocations",
+            "errors",
+            "cold_starts",
+            "cache_hits",
+            "latency_ms_sum",
+            "latency_ms_max",
+            "latency_histogram",
+        ],
+        batch_size=FLUSH_BATCH_ROWS,
+    )
+
+
+def _stamp_last_use(touched: dict[int, datetime]) -> None:
+    from deployments.models import Placement
+
+    Placement.objects.bulk_update(
+        [Placement(pk=pk, last_invoked_at=stamp) for pk, stamp in sorted(touched.items())],
+        ["last_invoked_at"],
+        batch_size=FLUSH_BATCH_ROWS,
+    )
 
 
 _FLUSHER_LOCK = threading.Lock()

@@ -84,6 +84,8 @@ class FleetUtilizationSerializer(serializers.Serializer):
     tenants = serializers.ListField(child=serializers.CharField())
     window_minutes = serializers.IntegerField()
     instances = serializers.IntegerField()
+    memory_measured_instances = serializers.IntegerField(allow_null=True)
+    memory_basis = serializers.CharField()
     host_memory_used_mb = serializers.FloatField()
     host_memory_budget_mb = serializers.FloatField(allow_null=True)
     host_memory_utilization = serializers.FloatField(allow_null=True)
@@ -137,7 +139,18 @@ class FleetCostsSerializer(serializers.Serializer):
     savings_formula = serializers.CharField()
     dedicated_baseline = serializers.CharField()
     placed_models = serializers.IntegerField()
-    tenants = TenantCostSerializer(many=True)
+    tenants = TenantCostSerializer(
+        many=True,
+        help_text="The 10 most expensive tenants in scope; all of them, a page at a time, at "
+        "/api/v1/fleet/costs/tenants.",
+    )
+    tenants_count = serializers.IntegerField(help_text="Tenants in scope paying a share.")
     unattributed_usd_per_hour = serializers.FloatField(required=False)
-    endpoints = EndpointCostSerializer(many=True, required=False)
+    endpoints = EndpointCostSerializer(
+        many=True,
+        required=False,
+        help_text="Fleet scope: the first 10 endpoints with live instances, by name; all of "
+        "them at /api/v1/fleet/costs/endpoints.",
+    )
+    endpoints_count = serializers.IntegerField(required=False)
     models = ModelCostSerializer(many=True, required=False)

@@ -15,4 +15,10 @@ urlpatterns = [
     path("instances/<int:instance_id>/drain", views.InstanceDrainView.as_view(), name="drain"),
     path("fleet/utilization", views.FleetUtilizationView.as_view(), name="fleet-utilization"),
     path("fleet/costs", views.FleetCostsView.as_view(), name="fleet-costs"),
+    path("fleet/costs/tenants", views.FleetTenantCostsView.as_view(), name="fleet-tenant-costs"),
+    path(
+        "fleet/costs/endpoints",
+        views.FleetEndpointCostsView.as_view(),
+        name="fleet-endpoint-costs",
+    ),
 ]

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
+from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.pagination import LimitOffsetPagination
 from deployments.api.serializers import (
     DeploymentRequestSerializer,
     DeploymentSerializer,
+    EndpointCostSerializer,
     FleetCostsSerializer,
     FleetUtilizationSerializer,
     InvokeRequestSerializer,
     InvokeResponseSerializer,
+    TenantCostSerializer,
 )
 from deployments.proxy import invoke as inference
+from deployments.selectors import costs as cost_selectors
 from deployments.selectors import fleet as selectors
 from deployments.services import draining, retirement, rollouts
 from models_registry import selectors as registry_selectors
@@ -109,8 +114,7 @@ class FleetUtilizationView(APIView):
 
     @extend_schema(responses=FleetUtilizationSerializer)
     def get(self, request):
-        figures = selectors.fleet_figures(caller=caller_for_request(request))
-        return Response(figures["utilization"])
+        return Response(selectors.fleet_utilization(caller=caller_for_request(request)))
 
 
 class FleetCostsView(APIView):
@@ -118,5 +122,40 @@ class FleetCostsView(APIView):
 
     @extend_schema(responses=FleetCostsSerializer)
     def get(self, request):
-        figures = selectors.fleet_figures(caller=caller_for_request(request))
-        return Response(figures["costs"])
+        return Response(cost_selectors.fleet_costs(caller=caller_for_request(request)))
+
+
+class FleetTenantCostsView(GenericAPIView):
+    """Every tenant's share of the cost (a tenant token: its own), most expensive first, ties by
+    slug; paginated like every list."""
+
+    pagination_class = LimitOffsetPagination
+    serializer_class = TenantCostSerializer
+
+    @extend_schema(responses=TenantCostSerializer(many=True))
+    def get(self, request):
+        paginator = self.paginator
+        limit, offset = paginator.get_limit(request), paginator.get_offset(request)
+        result = cost_selectors.tenant_costs(
+            caller=caller_for_request(request), limit=limit, offset=offset
+        )
+        return paginator.counted_page_response(
+            request, rows=result.rows, count=result.count, limit=limit, offset=offset
+        )
+
+
+class FleetEndpointCostsView(GenericAPIView):
+    """Every endpoint with live instances and its hourly cost, by name (platform callers)."""
+
+    permission_classes = [IsPlatformCaller]
+    pagination_class = LimitOffsetPagination
+    serializer_class = EndpointCostSerializer
+
+    @extend_schema(responses=EndpointCostSerializer(many=True))
+    def get(self, request):
+        paginator = self.paginator
+        limit, offset = paginator.get_limit(request), paginator.get_offset(request)
+        rows, count = cost_selectors.endpoint_costs(limit=limit, offset=offset)
+        return paginator.counted_page_response(
+            request, rows=rows, count=count, limit=limit, offset=offset
+        )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -14,14 +15,14 @@ from django.views.decorators.http import require_POST
 
 from config.errors import DomainError, NotFound
 from deployments.dashboard.forms import DeployForm
-from deployments.selectors.fleet import fleet_figures
-from deployments.selectors.tenants import tenant_models_overview
+from deployments.selectors.costs import fleet_costs
+from deployments.selectors.tenants import tenant_models_overview, tenants_matching
 from deployments.services import retirement, rollouts
 from models_registry import selectors
 from models_registry.services.promotion import promote_version
 from tenants.access import Caller, caller_for_user
 from tenants.models import Tenant
-from tenants.selectors import tenant_for_caller, visible_tenants
+from tenants.selectors import tenant_for_caller
 
 
 def _tenant(request: HttpRequest, slug: str) -> tuple[Caller, Tenant]:
@@ -45,18 +46,28 @@ def _models_context(tenant: Tenant) -> dict:
     }
 
 
+TENANTS_PER_PAGE = 50
+
+
 def _tenant_costs(tenant: Tenant) -> dict:
+    """This tenant's share of the fleet's cost (read from its own placements' holders only)."""
     only = Caller(
         label=f"tenant:{tenant.slug}", is_platform=False, tenant_ids=frozenset({tenant.pk})
     )
-    return fleet_figures(caller=only)["costs"]
+    return fleet_costs(caller=only)
 
 
 @login_required
 def tenant_list(request: HttpRequest) -> HttpResponse:
-    """The tenants this user may see."""
-    tenants = visible_tenants(caller=caller_for_user(request.user)).order_by("slug")
-    return render(request, "dashboard/tenant_list.html", {"tenants": tenants})
+    """The tenants this user may see, by slug, searchable, a page at a time."""
+    search = request.GET.get("q", "").strip()[:100]
+    tenants = tenants_matching(caller=caller_for_user(request.user), search=search)
+    page = Paginator(tenants, TENANTS_PER_PAGE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {"page": page, "tenants": page.object_list, "search": search}
+    context["query"] = query.urlencode()
+    return render(request, "dashboard/tenant_list.html", context)
 
 
 @login_required

@@ -14,6 +14,7 @@ urlpatterns = [
     path("", fleet.overview, name="overview"),
     path("endpoints/", fleet.endpoint_list, name="endpoints"),
     path("endpoints/<str:name>/", fleet.endpoint_detail, name="endpoint"),
+    path("costs/tenants/", fleet.tenant_costs, name="tenant-costs"),
     path("what-if/", fleet.what_if, name="what-if"),
     path("events/", fleet.event_list, name="events"),
     path("tenants/", registry.tenant_list, name="tenants"),

@@ -5,6 +5,10 @@ Thin: resolve the caller, call a selector, render the page, or only its partial 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
@@ -15,10 +19,14 @@ from django.views.decorators.http import require_http_methods
 from config.errors import DomainError, NotFound
 from deployments.dashboard.charts import trend_charts
 from deployments.dashboard.forms import EventFilterForm, WhatIfForm
+from deployments.selectors import costs as cost_selectors
+from deployments.selectors import endpoints as endpoint_selectors
 from deployments.selectors import fleet as selectors
+from deployments.selectors.traffic import fleet_trends
 from tenants.access import Caller, caller_for_user
 
 EVENTS_PER_PAGE = 25
+TENANT_COSTS_PER_PAGE = 50
 
 
 def _caller(request: HttpRequest) -> Caller:
@@ -49,49 +57,139 @@ def _charts(trends: dict) -> list[dict]:
     return [{"id": c["id"], "svg": mark_safe(c["svg"])} for c in trend_charts(trends)]  # noqa: S308
 
 
+def _version_of(figures: dict) -> str:
+    """A short digest of what a live part shows: unchanged figures, unchanged digest."""
+    text = json.dumps(figures, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _unchanged(request: HttpRequest, version: str) -> bool:
+    """Whether the polling element already shows ``version`` (it sends it as If-None-Match)."""
+    return request.headers.get("If-None-Match") == f'"{version}"'
+
+
+def _refresh(request: HttpRequest, template: str, context: dict, version: str) -> HttpResponse:
+    """A live part for its poll: 204 No Content when the element already shows these figures
+    (htmx swaps nothing and keeps polling), else the partial with its new version as ETag."""
+    if _unchanged(request, version):
+        return HttpResponse(status=204)
+    response = render(request, template, context)
+    response["ETag"] = f'"{version}"'
+    return response
+
+
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
     """Fleet cost, savings against dedicated endpoints, utilization, traffic and trends."""
     caller = _caller(request)
-    context = {"figures": selectors.fleet_figures(caller=caller)}
-    if not request.htmx or request.htmx.target == "overview-charts":
-        context["charts"] = _charts(selectors.fleet_trends(caller=caller))
-    return _page_or_partial(
-        request,
-        "dashboard/overview.html",
-        {
-            "overview-figures": "dashboard/partials/_overview_figures.html",
-            "overview-charts": "dashboard/partials/_overview_charts.html",
-        },
-        context,
+    target = request.htmx.target if request.htmx else None
+    if target == "overview-figures":
+        # The 5-second refresh: the headline figures only, and nothing when they are unchanged.
+        figures = {
+            "utilization": selectors.fleet_utilization(caller=caller),
+            "costs": cost_selectors.fleet_costs(caller=caller, lists=False),
+        }
+        version = _version_of(figures)
+        context = {"figures": figures, "figures_version": version}
+        return _refresh(request, "dashboard/partials/_overview_figures.html", context, version)
+    if target == "overview-charts":
+        context = {"charts": _charts(fleet_trends(caller=caller))}
+        return render(request, "dashboard/partials/_overview_charts.html", context)
+    figures = selectors.fleet_figures(caller=caller)
+    headline = {**figures, "costs": cost_selectors.headline_costs(figures["costs"])}
+    context = {
+        "figures": figures,
+        "figures_version": _version_of(headline),
+        "charts": _charts(fleet_trends(caller=caller)),
+    }
+    if target == "overview-costs":
+        return render(request, "dashboard/partials/_overview_costs.html", context)
+    return render(request, "dashboard/overview.html", context)
+
+
+@login_required
+def tenant_costs(request: HttpRequest) -> HttpResponse:
+    """Every tenant's share of the fleet's cost, most expensive first, a page at a time."""
+    caller = _caller(request)
+    number = _page_number(request.GET.get("page"))
+    result = cost_selectors.tenant_costs(
+        caller=caller, limit=TENANT_COSTS_PER_PAGE, offset=(number - 1) * TENANT_COSTS_PER_PAGE
     )
+    pages = max(1, math.ceil(result.count / TENANT_COSTS_PER_PAGE))
+    if number > pages:  # past the end: the last page, as Django's paginator does
+        number = pages
+        result = cost_selectors.tenant_costs(
+            caller=caller,
+            limit=TENANT_COSTS_PER_PAGE,
+            offset=(number - 1) * TENANT_COSTS_PER_PAGE,
+        )
+    context = {
+        "rows": result.rows,
+        "count": result.count,
+        "number": number,
+        "pages": pages,
+        "first_rank": (number - 1) * TENANT_COSTS_PER_PAGE + 1,
+    }
+    return render(request, "dashboard/tenant_costs.html", context)
+
+
+def _page_number(raw: str | None) -> int:
+    """``?page=``: a positive whole number; anything else is the first page."""
+    return int(raw) if raw and raw.isdigit() and 0 < int(raw) < 10**9 else 1
 
 
 @login_required
 def endpoint_list(request: HttpRequest) -> HttpResponse:
-    """Every endpoint with its instances, cost and memory use (operators)."""
+    """Every endpoint with its instances, cost and memory use (operators), a page at a time."""
     _platform_caller(request)
+    page = endpoint_selectors.endpoints_page(page_number=request.GET.get("page"))
     return _page_or_partial(
         request,
         "dashboard/endpoint_list.html",
         {"endpoint-rows": "dashboard/partials/_endpoint_rows.html"},
-        {"rows": selectors.endpoints_for_dashboard()},
+        {"page": page, "rows": page.object_list},
     )
 
 
 @login_required
 def endpoint_detail(request: HttpRequest, name: str) -> HttpResponse:
-    """One endpoint: each instance's memory bar of packed models and per-model traffic."""
+    """One endpoint: each instance's memory bar of packed models and a searchable, paginated
+    table of its models with their traffic."""
     _platform_caller(request)
     try:
         endpoint = selectors.endpoint_by_name(name=name)
     except NotFound as exc:
         raise Http404(exc.message) from exc
+    search = request.GET.get("q", "")[:100]
+    detail = endpoint_selectors.endpoint_detail(
+        endpoint=endpoint, search=search, page_number=request.GET.get("page")
+    )
+    query = request.GET.copy()
+    query.pop("page", None)
+    version = _version_of(
+        {
+            "cost": detail["usd_per_hour"],
+            "traffic": detail["traffic"],
+            "bars": [
+                (
+                    bar["instance"].pk,
+                    bar["instance"].status,
+                    bar["used_mb"],
+                    bar["models"],
+                    [(s["placement"].pk, s["lru_rank"]) for s in bar["segments"]],
+                )
+                for bar in detail["instances"]
+            ],
+        }
+    )
+    context = {"detail": detail, "query": query.urlencode(), "live_version": version}
+    if request.htmx and request.htmx.target == "endpoint-instances":
+        return _refresh(request, "dashboard/partials/_endpoint_instances.html", context, version)
     return _page_or_partial(
         request,
         "dashboard/endpoint_detail.html",
-        {"endpoint-instances": "dashboard/partials/_endpoint_instances.html"},
-        {"detail": selectors.endpoint_detail(endpoint=endpoint)},
+        {"endpoint-placements": "dashboard/partials/_endpoint_placements.html"},
+        context,
     )
 
 
@@ -104,7 +202,7 @@ def what_if(request: HttpRequest) -> HttpResponse:
     result = None
     if request.method == "POST" and form.is_valid():
         try:
-            result = selectors.what_if_costs(
+            result = cost_selectors.what_if_costs(
                 instance_type=form.cleaned_data["instance_type"],
                 target_utilization=float(form.cleaned_data["target_utilization"]),
                 replicas=form.cleaned_data["replicas"],

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from django.db.models import Q, QuerySet
+
 from deployments.models import Deployment
 from models_registry.models import ModelVersion, TenantModel
+from tenants.access import Caller
 from tenants.models import Tenant
+from tenants.selectors import visible_tenants
+
+
+def tenants_matching(*, caller: Caller, search: str = "") -> QuerySet[Tenant]:
+    """The tenants ``caller`` may see whose slug or name contains ``search``, by slug."""
+    tenants = visible_tenants(caller=caller).order_by("slug")
+    if search:
+        tenants = tenants.filter(Q(slug__icontains=search) | Q(name__icontains=search))
+    return tenants
 
 
 def tenant_models_overview(*, tenant: Tenant) -> list[dict]:

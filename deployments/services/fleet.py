@@ -10,8 +10,10 @@ from django.utils import timezone
 
 from config.errors import DomainError
 from config.events import record_event
-from deployments.models import InstanceUsageMinute, Placement
-from deployments.selectors.fleet import instances_with_memory_use
+from deployments.models import FleetUsageMinute, Instance, InstanceUsageMinute, Placement
+from deployments.selectors.costs import fleet_costs
+from deployments.selectors.fleet import fleet_utilization, instances_with_memory_use
+from tenants.access import Caller
 
 
 def sync_periodic_tasks(*, using: str = "default") -> list[str]:
@@ -36,29 +38,63 @@ def sync_periodic_tasks(*, using: str = "default") -> list[str]:
 
 
 def sample_fleet_utilization(*, now: datetime | None = None) -> int:
-    """Write this minute's memory use and loaded-model count for every live instance.
+    """Write this minute's memory use and loaded-model count for every live instance, and the
+    fleet's minute (``FleetUsageMinute``: what the trend charts read).
 
     Every live instance is sampled, a SageMaker endpoint's mirrored hosts included, so the cost
     trend counts what runs; on those the platform measures no memory (their row says 0 used, and
-    the utilization trend leaves them out: ``selectors.fleet.memory_measured``). Traffic columns
-    of the same row are written by the invocation flush; this only sets memory. Returns the
-    number of instances sampled.
+    the fleet's memory figures leave them out: ``selectors.fleet.memory_measured``). Traffic
+    columns of an instance's row are left alone; this only sets memory. A fixed number of
+    queries whatever the number of instances (plus an Event per instance over its budget).
+    Returns the number of instances sampled.
     """
+    from deployments.passes import SAMPLE, recorded_pass
+
     minute = (now or timezone.now()).replace(second=0, microsecond=0)
-    sampled = 0
-    instances = instances_with_memory_use().exclude(status="stopped")
-    for instance in instances:
-        with transaction.atomic():
-            InstanceUsageMinute.objects.update_or_create(
+    platform = Caller(label="sampler", is_platform=True, tenant_ids=frozenset())
+    with recorded_pass(SAMPLE) as record:
+        instances = list(
+            instances_with_memory_use()
+            .exclude(status=Instance.Status.STOPPED)
+            .select_related(None)
+            .select_related("endpoint")
+        )
+        rows = [
+            InstanceUsageMinute(
                 instance=instance,
                 minute=minute,
+                host_memory_used_mb=instance.memory_used_mb,
+                models_loaded=instance.models_loaded,
+            )
+            for instance in instances
+        ]
+        utilization = fleet_utilization(caller=platform, now=minute)
+        costs = fleet_costs(caller=platform, lists=False)
+        with transaction.atomic():
+            InstanceUsageMinute.objects.bulk_create(
+                rows,
+                update_conflicts=True,
+                unique_fields=["instance", "minute"],
+                update_fields=["host_memory_used_mb", "models_loaded"],
+                batch_size=2000,
+            )
+            FleetUsageMinute.objects.update_or_create(
+                minute=minute,
                 defaults={
-                    "host_memory_used_mb": instance.memory_used_mb,
-                    "models_loaded": instance.models_loaded,
+                    "instances": utilization["instances"],
+                    "memory_measured_instances": utilization["memory_measured_instances"],
+                    "host_memory_used_mb": utilization["host_memory_used_mb"],
+                    "host_memory_budget_mb": utilization["host_memory_budget_mb"] or 0,
+                    "gpu_memory_used_mb": utilization["gpu_memory_used_mb"],
+                    "gpu_memory_budget_mb": utilization["gpu_memory_budget_mb"] or 0,
+                    "models_loaded": utilization["models_loaded"],
+                    "models_placed": utilization["models_placed"],
+                    "usd_per_hour": costs["usd_per_hour"],
+                    "dedicated_usd_per_hour": costs["dedicated_usd_per_hour"],
                 },
             )
-        sampled += 1
-        if instance.memory_used_mb > instance.memory_budget_mb:
+        over_budget = [i for i in instances if i.memory_used_mb > i.memory_budget_mb]
+        for instance in over_budget:
             record_event(
                 kind="instance.over_budget",
                 severity="error",
@@ -70,7 +106,12 @@ def sample_fleet_utilization(*, now: datetime | None = None) -> int:
                 endpoint=instance.endpoint,
                 instance=instance,
             )
-    return sampled
+        record.items = len(instances)
+        record.summary = {
+            "over_budget": len(over_budget),
+            "models_loaded": utilization["models_loaded"],
+        }
+    return len(instances)
 
 
 def set_placement_desired_state(

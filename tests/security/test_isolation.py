@@ -294,6 +294,9 @@ API_MATRIX: dict[str, list[ApiCall]] = {
     ],
     "fleet-utilization": [api("get", _no_args, 200, other=200)],
     "fleet-costs": [api("get", _no_args, 200, other=200)],
+    # Each caller's own share of the cost; the endpoints' cost is the operators'.
+    "fleet-tenant-costs": [api("get", _no_args, 200, other=200)],
+    "fleet-endpoint-costs": [api("get", _no_args, 403, other=403, platform=200)],
 }
 
 
@@ -302,8 +305,10 @@ HTMX_TARGETS = (
     "",
     "overview-figures",
     "overview-charts",
+    "overview-costs",
     "endpoint-rows",
     "endpoint-instances",
+    "endpoint-placements",
     "event-rows",
     "tenant-cost",
     "tenant-jobs",
@@ -329,6 +334,7 @@ def page(method, kwargs, own, other=404, staff=None, data=None) -> PageCall:
 
 DASHBOARD_MATRIX: dict[str, list[PageCall]] = {
     "dashboard:overview": [page("get", _no_args, 200, other=200)],
+    "dashboard:tenant-costs": [page("get", _no_args, 200, other=200)],
     # Fleet-wide pages show every tenant's models: operators only, 404 for members.
     "dashboard:endpoints": [page("get", _no_args, 404, staff=200)],
     "dashboard:endpoint": [
@@ -493,7 +499,7 @@ def test_api_route_answers_each_caller_within_its_tenant(world, name, index, cal
     assert response.status_code == expected, body[:600]
     forbidden = _forbidden_markers(world, "other" if caller == "other-member" else caller)
     assert_no_foreign_data(body, forbidden, sent=url)
-    if caller == "own" and call.method == "get":
+    if caller == "own" and call.method == "get" and expected == 200:
         # The markers are what these answers are made of, so their absence above means something.
         assert any(m in body for m in world.alpha.markers), body[:600]
     if caller == "other" and expected == 404:
@@ -598,6 +604,8 @@ def test_own_listings_hold_only_own_objects(world):
     assert {m["name"] for m in models} == {"alpha-intents", "alpha-sentiment"}
     assert {t["name"] for t in tokens} == {"alpha-ci-token", "alpha-spare-token", "alpha-old-token"}
     assert {row["tenant"] for row in costs["tenants"]} == {slug}
+    shares = client.get(reverse("fleet-tenant-costs")).json()
+    assert [row["tenant"] for row in shares["results"]] == [slug] and shares["count"] == 1
     platform = _api_client(world, "platform").get(reverse("tenant-list")).json()["results"]
     assert {t["slug"] for t in platform} == {slug, world.bravo.tenant.slug}
 

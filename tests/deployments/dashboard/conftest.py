@@ -8,7 +8,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from deployments.models import InstanceUsageMinute, Placement, VersionUsageMinute
+from deployments.models import Placement
+from deployments.services.fleet import sample_fleet_utilization
+from deployments.usage import UsageCounters, flush_usage
 from tenants.models import Membership, Tenant
 from tests.factories import (
     EndpointFactory,
@@ -34,6 +36,20 @@ class Fleet:
     acme_v1: object
     acme_placement: Placement
     globex_placement: Placement
+
+
+def record_requests(counters, placement, minute, latency_ms, count, *, cold=0) -> None:
+    """Count ``count`` warm requests and ``cold`` cold starts of ``latency_ms`` in ``minute``."""
+    for index in range(count + cold):
+        counters.record(
+            version_id=placement.version_id,
+            endpoint_id=placement.endpoint_id,
+            tenant_id=placement.version.model.tenant_id,
+            latency_ms=latency_ms,
+            cold_start=index < cold,
+            placement_id=placement.pk,
+            now=minute + timedelta(seconds=1),
+        )
 
 
 @pytest.fixture
@@ -76,43 +92,24 @@ def fleet(db) -> Fleet:
         last_invoked_at=now - timedelta(minutes=5),
     )
     minute = now.replace(second=0, microsecond=0)
-    VersionUsageMinute.objects.create(
-        version=acme_v1,
-        endpoint=endpoint,
-        tenant=acme,
-        minute=minute - timedelta(minutes=2),
-        invocations=90,
-        cold_starts=1,
-        cache_hits=89,
-        latency_histogram={"10": 80, "25": 9, "2500": 1},
-    )
-    VersionUsageMinute.objects.create(
-        version=globex_v1,
-        endpoint=endpoint,
-        tenant=globex,
-        minute=minute - timedelta(minutes=3),
-        invocations=30,
-        cold_starts=2,
-        latency_histogram={"5": 30},
-    )
+    # Traffic as serving records it: counted in memory, then flushed into the minute rows.
+    counters = UsageCounters()
+    two_ago, three_ago = minute - timedelta(minutes=2), minute - timedelta(minutes=3)
+    record_requests(counters, acme_placement, two_ago, 10.0, 80)
+    record_requests(counters, acme_placement, two_ago, 25.0, 9)
+    record_requests(counters, acme_placement, two_ago, 2500.0, 0, cold=1)
+    record_requests(counters, globex_placement, three_ago, 5.0, 28, cold=2)
     # Outside the hour: not counted in the last-hour figures.
-    VersionUsageMinute.objects.create(
-        version=acme_v1,
-        endpoint=endpoint,
-        tenant=acme,
-        minute=minute - timedelta(minutes=90),
-        invocations=1000,
-        cold_starts=50,
-        latency_histogram={"5000": 1000},
-    )
-    for back in range(0, 30, 5):
-        InstanceUsageMinute.objects.create(
-            instance=instance,
-            minute=minute - timedelta(minutes=back),
-            host_memory_used_mb=333.0,
-            models_loaded=2,
-            invocations=10,
+    record_requests(counters, acme_placement, minute - timedelta(minutes=90), 5000.0, 950, cold=50)
+    flush_usage(counters=counters)
+    # The flush stamped each placement's last use; put back the fixture's own.
+    for placement, ago in ((acme_placement, 1), (globex_placement, 5)):
+        Placement.objects.filter(pk=placement.pk).update(
+            last_invoked_at=now - timedelta(minutes=ago)
         )
+    # The minute sampler's rows for the last half hour.
+    for back in range(0, 30, 5):
+        sample_fleet_utilization(now=minute - timedelta(minutes=back))
     EventFactory(kind="deployment.requested", tenant=acme, message="acme deploy")
     EventFactory(
         kind="placement.evicted", severity="warning", tenant=globex, message="globex evict"

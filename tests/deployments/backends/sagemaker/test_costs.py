@@ -19,7 +19,8 @@ from deployments.models import (
     InstanceUsageMinute,
     Placement,
 )
-from deployments.selectors.fleet import fleet_trends, what_if_costs
+from deployments.selectors.costs import what_if_costs
+from deployments.selectors.traffic import fleet_trends
 from deployments.services.fleet import sample_fleet_utilization
 from deployments.services.reconciler import reconcile_fleet
 from tenants.access import Caller
