@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
-from deployments.models import VersionUsageMinute
+from deployments.models import BackgroundPass, EndpointUsageMinute, VersionUsageMinute
 from deployments.usage import UsageCounters, flush_usage, percentile_from_histogram
 from tests.factories import PlacementFactory
 
@@ -89,3 +91,54 @@ def test_a_failed_flush_keeps_the_counts_for_the_next_one():
 
     cells, _ = counters.drain()
     assert sum(cell.invocations for cell in cells.values()) == 2
+
+
+def test_each_endpoint_minute_is_the_sum_of_its_version_minutes():
+    first, second = PlacementFactory(), PlacementFactory()
+    other = PlacementFactory(instance__endpoint=first.endpoint)  # a second model, same endpoint
+    process_a, process_b = UsageCounters(), UsageCounters()
+    record(process_a, first, 4.0)
+    record(process_a, other, 40.0, cold=True)
+    record(process_b, first, 4.0, error=True)
+    record(process_b, second, 700.0)
+    record(process_b, first, 12.0, now=NOON.replace(minute=1))
+
+    flush_usage(counters=process_a)
+    flush_usage(counters=process_b)
+
+    rows = EndpointUsageMinute.objects.order_by("endpoint_id", "minute")
+    assert rows.count() == 3
+    for row in rows:
+        versions = VersionUsageMinute.objects.filter(endpoint=row.endpoint, minute=row.minute)
+        assert row.invocations == sum(v.invocations for v in versions)
+        assert row.errors == sum(v.errors for v in versions)
+        assert row.cold_starts == sum(v.cold_starts for v in versions)
+        assert row.latency_ms_max == max(v.latency_ms_max for v in versions)
+        merged: dict = {}
+        for version in versions:
+            for bucket, count in version.latency_histogram.items():
+                merged[bucket] = merged.get(bucket, 0) + count
+        assert row.latency_histogram == merged
+    noon = rows.get(endpoint=first.endpoint, minute=NOON.replace(second=0))
+    assert (noon.invocations, noon.errors, noon.cold_starts) == (3, 1, 1)
+
+
+def test_a_flush_makes_as_many_queries_for_many_models_as_for_two():
+    def flush_of(placements) -> int:
+        counters = UsageCounters()
+        for placement in placements:
+            record(counters, placement, 5.0)
+            record(counters, placement, 9.0, now=NOON.replace(minute=1))
+        with CaptureQueriesContext(connection) as queries:
+            flush_usage(counters=counters)
+        return len(queries)
+
+    # SQLite caps a statement's parameters, so Django cuts its batches smaller there.
+    many = 300 if connection.vendor == "postgresql" else 40
+    flush_of([PlacementFactory()])  # the flush's record is created once
+    two = flush_of([PlacementFactory() for _ in range(2)])
+    more = flush_of([PlacementFactory() for _ in range(many)])
+
+    assert more == two
+    assert VersionUsageMinute.objects.count() == 2 * (1 + 2 + many)
+    assert BackgroundPass.objects.get(job="usage-flush").items == 2 * many

@@ -5,10 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import PeriodicTask
 
 from config.errors import DomainError
-from deployments.models import Event, InstanceUsageMinute, Placement
+from deployments.models import (
+    BackgroundPass,
+    Event,
+    FleetUsageMinute,
+    InstanceUsageMinute,
+    Placement,
+)
 from deployments.selectors.fleet import endpoints_with_cost, instances_with_memory_use
 from deployments.services import fleet as services
 from tests.factories import InstanceFactory, PlacementFactory
@@ -78,3 +86,47 @@ def test_pinning_a_placement_is_recorded_and_bad_states_are_refused():
     with pytest.raises(DomainError) as error:
         services.set_placement_desired_state(placement=placement, desired_state="hot", actor="t")
     assert error.value.field == "desired_state"
+
+
+def test_the_sampler_writes_the_fleet_minute_the_trends_read():
+    from deployments.selectors.costs import fleet_costs
+    from deployments.selectors.fleet import fleet_utilization
+    from tenants.access import Caller
+
+    instance = InstanceFactory(memory_budget_mb=1000)
+    PlacementFactory(instance=instance, host_memory_mb=250)
+    PlacementFactory(instance=instance, host_memory_mb=50, desired_state="unloaded")
+    InstanceFactory(endpoint=instance.endpoint, host="", memory_budget_mb=500)  # not measured
+    now = datetime(2026, 11, 25, 12, 30, 42, tzinfo=UTC)
+
+    assert services.sample_fleet_utilization(now=now) == 2
+
+    row = FleetUsageMinute.objects.get()
+    platform = Caller(label="t", is_platform=True, tenant_ids=frozenset())
+    utilization = fleet_utilization(caller=platform)
+    costs = fleet_costs(caller=platform)
+    assert row.minute == datetime(2026, 11, 25, 12, 30, tzinfo=UTC)
+    assert (row.instances, row.memory_measured_instances) == (2, 1)
+    assert (row.host_memory_used_mb, row.host_memory_budget_mb) == (300, 1000)
+    assert (row.models_loaded, row.models_placed) == (2, 1)
+    assert row.host_memory_used_mb == utilization["host_memory_used_mb"]
+    assert row.usd_per_hour == costs["usd_per_hour"] == 2 * 0.23
+    assert row.dedicated_usd_per_hour == costs["dedicated_usd_per_hour"]
+    record = BackgroundPass.objects.get(job="sample")
+    assert record.items == 2 and record.succeeded and record.queries > 0
+
+
+def test_the_sampler_makes_as_many_queries_for_many_instances_as_for_one():
+    def queries_of_a_sample() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            services.sample_fleet_utilization()
+        return len(queries)
+
+    PlacementFactory()
+    queries_of_a_sample()  # the job's record is created once
+    one = queries_of_a_sample()
+    for _ in range(12):
+        PlacementFactory(instance=InstanceFactory(memory_budget_mb=5000))
+
+    assert queries_of_a_sample() == one
+    assert InstanceUsageMinute.objects.values("minute").distinct().count() >= 1
