@@ -361,6 +361,40 @@ class _Bins:
                 node += 1
         return node - size
 
+    def place_each_once(self, keys: Sequence[str], weight: float) -> None:
+        """Put one copy of each of ``keys``, all of ``weight``, exactly where ``place(key,
+        weight, 1)`` one after another would, but touching the tree once per instance filled.
+
+        The leftmost instance with room stays the leftmost while it has room (nothing to its
+        left changed), so a run of equal models fills it in turn before the next is searched.
+        """
+        if not keys:
+            return
+        if weight > self.slot_budget + self.tolerance:
+            raise CapacityExceeded(f"Model {keys[0]!r} does not fit the endpoint's instance type.")
+        need = weight - self.tolerance
+        position = 0
+        while position < len(keys):
+            index = self._find(0, need)
+            while index < 0:
+                self._grow()
+                index = self._find(0, need)
+            self._open_to(index)
+            free, models, slot_models = (
+                self.free[index],
+                self.models[index],
+                self.slot_models[index],
+            )
+            while position < len(keys) and len(models) < self.cap:
+                slot = next((s for s, room in enumerate(free) if room >= need), None)
+                if slot is None:
+                    break
+                free[slot] -= weight
+                models.append(keys[position])
+                slot_models[slot].append(keys[position])
+                position += 1
+            self._refresh(index)
+
     def place(self, key: str, weight: float, count: int, *, avoid_holders: bool = False) -> None:
         """Put ``count`` copies on distinct instances, first fit."""
         if weight > self.slot_budget + self.tolerance:
@@ -398,9 +432,20 @@ def _pack(
         expected = max(1, math.ceil(total / instance_units) if instance_units > 0 else 1)
         bins = _Bins(sizing.slot_budget, sizing.slots, policy.max_models_per_instance, expected)
     order = sorted(range(len(models)), key=lambda i: (-weights[i], models[i].key))
-    for i in order:
-        if counts[i]:
-            bins.place(models[i].key, weights[i], counts[i])
+    position = 0
+    while position < len(order):
+        i = order[position]
+        if counts[i] != 1:
+            if counts[i]:
+                bins.place(models[i].key, weights[i], counts[i])
+            position += 1
+            continue
+        # A run of single-copy models of one weight (common: many tenants, few sizes).
+        end = position + 1
+        while end < len(order) and counts[order[end]] == 1 and weights[order[end]] == weights[i]:
+            end += 1
+        bins.place_each_once([models[j].key for j in order[position:end]], weights[i])
+        position = end
     return bins
 
 
@@ -598,10 +643,20 @@ def _dedicated_endpoint(
 def dedicated_usd_per_hour(
     models: Iterable[ModelSpec], instance_types: Sequence[InstanceSpec], policy: PlacementPolicy
 ) -> float:
-    """One cheapest-fitting instance per model replica: the baseline savings are measured on."""
-    return math.fsum(
-        cheapest_fitting_type(m, instance_types, policy).usd_per_hour * m.replicas for m in models
-    )
+    """One cheapest-fitting instance per model replica: the baseline savings are measured on.
+
+    Which type holds a model alone depends on its memory only, so each distinct size is looked
+    up once (fleets of thousands of models have far fewer sizes).
+    """
+    prices: dict[tuple[float, float], float] = {}
+
+    def price(model: ModelSpec) -> float:
+        size = (model.host_memory_mb, model.gpu_memory_mb)
+        if size not in prices:
+            prices[size] = cheapest_fitting_type(model, instance_types, policy).usd_per_hour
+        return prices[size]
+
+    return math.fsum(price(m) * m.replicas for m in models)
 
 
 def lower_bound_usd_per_hour(

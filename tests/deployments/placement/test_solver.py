@@ -444,3 +444,43 @@ def test_a_new_model_too_large_for_the_endpoints_type_gets_its_own_endpoint():
     (shared,) = [e for e in after.endpoints if e.name == "embedding-mme"]
     assert shared == before.endpoints[0]
     assert after.assignments["big"] == ["embedding-dedicated-big-0000"]
+
+
+@FAST
+@given(
+    runs=st.lists(
+        st.tuples(st.sampled_from([0.3, 1.0, 2.5, 3.7, 7.0]), st.integers(1, 30)), max_size=12
+    ),
+    slots=st.integers(1, 4),
+    cap=st.integers(1, 25),
+    budget=st.sampled_from([7.0, 10.0, 13.1]),
+)
+def test_a_run_of_equal_models_lands_where_placing_them_one_by_one_would(runs, slots, cap, budget):
+    """The packer fills a run of single-copy models of one weight in one go (fleets of many
+    tenants have few distinct sizes); the instances, GPUs and order are those of the one-by-one
+    first fit, and so is the tree the next placements search."""
+    from deployments.placement.solver import _Bins
+
+    in_runs, one_by_one = _Bins(budget, slots, cap), _Bins(budget, slots, cap)
+    for number, (weight, length) in enumerate(runs):
+        keys = [f"r{number}-{index}" for index in range(length)]
+        in_runs.place_each_once(keys, weight)
+        for key in keys:
+            one_by_one.place(key, weight, 1)
+
+    assert in_runs.models == one_by_one.models
+    assert in_runs.slot_models == one_by_one.slot_models
+    assert in_runs.free == one_by_one.free
+    assert in_runs.tree == one_by_one.tree
+
+
+def test_the_dedicated_baseline_prices_each_size_once_and_names_a_model_that_fits_nowhere():
+    from deployments.placement.solver import DEDICATED_MODE, dedicated_usd_per_hour
+
+    policy = PlacementPolicy(mode=DEDICATED_MODE)
+    same = [ModelSpec(f"m{i}", "intent-classifier", 111.0, replicas=1 + i % 2) for i in range(9)]
+    assert dedicated_usd_per_hour(same, CATALOG, policy) == pytest.approx(
+        sum(m.replicas for m in same) * M5_LARGE.usd_per_hour
+    )
+    with pytest.raises(CapacityExceeded, match="'huge'"):
+        dedicated_usd_per_hour([*same, ModelSpec("huge", "x", 10**6)], CATALOG, policy)
