@@ -545,3 +545,29 @@ class BackgroundPass(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job} at {self.finished_at:%Y-%m-%d %H:%M:%S}"
+
+
+class TenantCost(models.Model):
+    """Each tenant's share of the fleet's hourly cost, as of the minute sampler's last pass.
+
+    Ranking every tenant by its share reads every resident copy of the fleet; the sampler does it
+    once a minute and keeps the result here, so the overview's most expensive tenants and the
+    full list read an index, not the fleet. A tenant with no model resident has no row.
+    """
+
+    tenant = models.OneToOneField(
+        Tenant, primary_key=True, on_delete=models.CASCADE, related_name="cost"
+    )
+    # Denormalised so the list's order (share, then slug) is one index.
+    slug = models.CharField(max_length=50)
+    usd_per_hour = models.FloatField()
+    # The share rounded as the lists show it: the order they are in.
+    rank_usd_per_hour = models.FloatField()
+    memory_mb = models.FloatField()
+
+    class Meta:
+        ordering = ["-rank_usd_per_hour", "slug"]
+        indexes = [models.Index(fields=["-rank_usd_per_hour", "slug"], name="tenantcost_rank")]
+
+    def __str__(self) -> str:
+        return f"{self.slug}: ${self.usd_per_hour:.4f}/h"

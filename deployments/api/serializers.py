@@ -145,6 +145,11 @@ class FleetCostsSerializer(serializers.Serializer):
         "/api/v1/fleet/costs/tenants.",
     )
     tenants_count = serializers.IntegerField(help_text="Tenants in scope paying a share.")
+    tenants_as_of = serializers.DateTimeField(
+        allow_null=True,
+        help_text="Fleet scope: when the minute sampler ranked the tenants' shares (null: "
+        "computed for this answer).",
+    )
     unattributed_usd_per_hour = serializers.FloatField(required=False)
     endpoints = EndpointCostSerializer(
         many=True,

@@ -125,6 +125,7 @@ def tenant_costs(request: HttpRequest) -> HttpResponse:
         )
     context = {
         "rows": result.rows,
+        "as_of": result.as_of,
         "count": result.count,
         "number": number,
         "pages": pages,

@@ -10,10 +10,11 @@ The dedicated baseline prices each distinct model size once.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Count, F, QuerySet, Sum
 
 from deployments.models import Endpoint, Instance, InstanceType, Placement
@@ -31,6 +32,8 @@ DEDICATED_BASELINE = (
 )
 # Rows of the longest lists (tenants, endpoints) a summary carries; the rest are paginated.
 TOP_ROWS = 10
+# How old the minute sampler's ranking of tenants may be and still be shown (three passes).
+SNAPSHOT_FRESH = timedelta(minutes=3)
 
 
 def money(value: float) -> float:
@@ -52,65 +55,89 @@ def _in(values) -> tuple[str, list]:
     return ", ".join(["%s"] * len(values)), list(values)
 
 
+# A copy's holder as one integer: its instance, or (negated) the endpoint that places it itself.
+_HOLDER = "CASE WHEN p.instance_id IS NULL THEN -p.endpoint_id ELSE p.instance_id END"
+# A copy's measured host memory: on its instance, else its version's, else 0.
+_HELD_MB = "COALESCE(p.host_memory_mb, v.host_memory_mb, 0)"
+
+
+def _resident_live() -> tuple[str, list]:
+    """Copies resident on a live instance (or held by their endpoint); ``p``, ``i`` aliases."""
+    marks, states = _in(Placement.RESIDENT_STATES)
+    return (
+        f"p.actual_state IN ({marks}) AND (p.instance_id IS NULL OR i.status <> %s)",
+        [*states, Instance.Status.STOPPED],
+    )
+
+
 def _shares_sql(tenant_ids: frozenset[int] | None) -> tuple[str, list]:
     """``WITH ... share AS (tenant_id, version_id, mb, usd_per_hour)``: every resident copy's
     share of its holder's price; only ``tenant_ids``' copies when given (the holders' totals
-    still count every copy on them)."""
-    resident_states, resident_params = _in(Placement.RESIDENT_STATES)
-    stopped = Instance.Status.STOPPED
-    params: list = [*resident_params, stopped]
+    still count every copy on them, but only their holders are read)."""
+    resident, resident_params = _resident_live()
     holder_filter = share_filter = ""
+    holder_params: list = []
+    share_params: list = []
     if tenant_ids is not None:
         marks, ids = _in(tenant_ids or {0})
+        # Only the holders these tenants' copies are on, found through the indexes on
+        # (instance, state) and (endpoint, state), not by reading the fleet.
+        theirs = f"""
+            SELECT q.{{column}} FROM {_table(Placement)} q
+            JOIN {_table(ModelVersion)} qv ON qv.id = q.version_id
+            JOIN {_table(TenantModel)} qm ON qm.id = qv.model_id
+            WHERE qm.tenant_id IN ({marks}) AND q.instance_id IS {{null}}"""
         holder_filter = (
-            f"WHERE r.holder IN (SELECT s.holder FROM resident s WHERE s.tenant_id IN ({marks}))"
+            f"AND (p.instance_id IN ({theirs.format(column='instance_id', null='NOT NULL')})"
+            f" OR (p.instance_id IS NULL AND p.endpoint_id IN "
+            f"({theirs.format(column='endpoint_id', null='NULL')})))"
         )
-        share_filter = f"WHERE r.tenant_id IN ({marks})"
+        holder_params = [*ids, *ids]
+        share_filter = f"AND m.tenant_id IN ({marks})"
+        share_params = list(ids)
     sql = f"""
-        WITH resident AS (
-            SELECT p.version_id AS version_id, p.endpoint_id AS endpoint_id,
-                   p.instance_id AS instance_id, m.tenant_id AS tenant_id,
-                   COALESCE(p.host_memory_mb, v.host_memory_mb, 0) AS mb,
-                   CASE WHEN p.instance_id IS NULL THEN -p.endpoint_id
-                        ELSE p.instance_id END AS holder
+        WITH holder AS (
+            SELECT {_HOLDER} AS holder, MIN(p.endpoint_id) AS endpoint_id,
+                   MIN(p.instance_id) AS instance_id, SUM({_HELD_MB}) AS total_mb,
+                   COUNT(*) AS copies
+            FROM {_table(Placement)} p
+            JOIN {_table(ModelVersion)} v ON v.id = p.version_id
+            LEFT JOIN {_table(Instance)} i ON i.id = p.instance_id
+            WHERE {resident} {holder_filter}
+            GROUP BY {_HOLDER}
+        ),
+        priced AS (
+            SELECT h.holder AS holder, h.total_mb AS total_mb, h.copies AS copies,
+                   CAST(t.usd_per_hour AS DOUBLE PRECISION)
+                   * (CASE WHEN h.instance_id IS NULL THEN COALESCE(lc.n, 0) ELSE 1 END)
+                   AS usd_per_hour
+            FROM holder h
+            JOIN {_table(Endpoint)} e ON e.id = h.endpoint_id
+            JOIN {_table(InstanceType)} t ON t.id = e.instance_type_id
+            LEFT JOIN (
+                SELECT li.endpoint_id AS endpoint_id, COUNT(*) AS n
+                FROM {_table(Instance)} li WHERE li.status <> %s GROUP BY li.endpoint_id
+            ) lc ON lc.endpoint_id = h.endpoint_id
+        ),
+        share AS (
+            SELECT m.tenant_id AS tenant_id, p.version_id AS version_id, {_HELD_MB} AS mb,
+                   CASE WHEN pr.total_mb > 0 THEN pr.usd_per_hour * {_HELD_MB} / pr.total_mb
+                        ELSE pr.usd_per_hour / pr.copies END AS usd_per_hour
             FROM {_table(Placement)} p
             JOIN {_table(ModelVersion)} v ON v.id = p.version_id
             JOIN {_table(TenantModel)} m ON m.id = v.model_id
             LEFT JOIN {_table(Instance)} i ON i.id = p.instance_id
-            WHERE p.actual_state IN ({resident_states})
-              AND (p.instance_id IS NULL OR i.status <> %s)
-        ),
-        holder AS (
-            SELECT r.holder AS holder, MIN(r.endpoint_id) AS endpoint_id,
-                   MIN(r.instance_id) AS instance_id, SUM(r.mb) AS total_mb, COUNT(*) AS copies
-            FROM resident r
-            {holder_filter}
-            GROUP BY r.holder
-        ),
-        priced AS (
-            SELECT h.holder AS holder, h.total_mb AS total_mb, h.copies AS copies,
-                   CAST(t.usd_per_hour AS DOUBLE PRECISION) * (CASE
-                       WHEN h.instance_id IS NULL THEN (
-                           SELECT COUNT(*) FROM {_table(Instance)} li
-                           WHERE li.endpoint_id = h.endpoint_id AND li.status <> %s)
-                       ELSE 1 END) AS usd_per_hour
-            FROM holder h
-            JOIN {_table(Endpoint)} e ON e.id = h.endpoint_id
-            JOIN {_table(InstanceType)} t ON t.id = e.instance_type_id
-        ),
-        share AS (
-            SELECT r.tenant_id AS tenant_id, r.version_id AS version_id, r.mb AS mb,
-                   CASE WHEN pr.total_mb > 0 THEN pr.usd_per_hour * r.mb / pr.total_mb
-                        ELSE pr.usd_per_hour / pr.copies END AS usd_per_hour
-            FROM resident r JOIN priced pr ON pr.holder = r.holder
-            {share_filter}
+            JOIN priced pr ON pr.holder = {_HOLDER}
+            WHERE {resident} {share_filter}
         )
     """
-    if tenant_ids is not None:
-        params += ids
-    params.append(stopped)
-    if tenant_ids is not None:
-        params += ids
+    params = [
+        *resident_params,
+        *holder_params,
+        Instance.Status.STOPPED,
+        *resident_params,
+        *share_params,
+    ]
     return sql, params
 
 
@@ -121,47 +148,139 @@ def _scope(caller: Caller) -> frozenset[int] | None:
 @dataclass(frozen=True)
 class TenantCosts:
     """One page of tenants' cost shares (most expensive first), how many tenants pay a share,
-    and what all of them pay together."""
+    what all of them pay together, and the minute sampler's pass they come from (None: read
+    now)."""
 
     rows: list[dict]
     count: int
     attributed_usd_per_hour: float
+    as_of: datetime | None = None
+
+
+def _cost_row(slug: str, usd: float, mb: float) -> dict:
+    return {
+        "tenant": slug,
+        "usd_per_hour": money(usd),
+        "usd_per_month": money(usd * HOURS_PER_MONTH),
+        "memory_mb": megabytes(mb),
+    }
+
+
+def _per_tenant_sql(tenant_ids: frozenset[int] | None) -> tuple[str, list]:
+    """``WITH ... per_tenant AS (tenant_id, slug, usd_per_hour, rank_usd_per_hour, mb)``."""
+    shares, params = _shares_sql(tenant_ids)
+    sql = f"""{shares},
+        per_tenant AS (
+            SELECT s.tenant_id AS tenant_id, ten.slug AS slug,
+                   SUM(s.usd_per_hour) AS usd_per_hour,
+                   CAST(ROUND(CAST(SUM(s.usd_per_hour) AS NUMERIC), 4) AS DOUBLE PRECISION)
+                   AS rank_usd_per_hour,
+                   SUM(s.mb) AS mb
+            FROM share s JOIN {_table(Tenant)} ten ON ten.id = s.tenant_id
+            GROUP BY s.tenant_id, ten.slug
+        )
+    """
+    return sql, params
+
+
+def snapshot_taken_at(*, now: datetime | None = None) -> datetime | None:
+    """When the minute sampler last ranked every tenant's share, if that is recent enough to
+    show (``SNAPSHOT_FRESH_S``); None when the platform's sampler is not running."""
+    from django.utils import timezone
+
+    from deployments.models import BackgroundPass
+    from deployments.passes import SAMPLE
+
+    now = now or timezone.now()
+    taken = (
+        BackgroundPass.objects.filter(job=SAMPLE, succeeded=True)
+        .values_list("finished_at", flat=True)
+        .first()
+    )
+    return taken if taken is not None and now - taken <= SNAPSHOT_FRESH else None
 
 
 def tenant_costs(*, caller: Caller, limit: int = TOP_ROWS, offset: int = 0) -> TenantCosts:
     """``[{tenant, usd_per_hour, usd_per_month, memory_mb}]`` for the tenants the caller sees,
-    most expensive first (ties by slug), ``limit`` rows from ``offset``."""
-    shares, params = _shares_sql(_scope(caller))
-    sql = f"""{shares}
-        SELECT ten.slug, SUM(s.usd_per_hour), SUM(s.mb),
-               COUNT(*) OVER (), SUM(SUM(s.usd_per_hour)) OVER ()
-        FROM share s JOIN {_table(Tenant)} ten ON ten.id = s.tenant_id
-        GROUP BY s.tenant_id, ten.slug
-        ORDER BY ROUND(CAST(SUM(s.usd_per_hour) AS NUMERIC), 4) DESC, ten.slug
-        LIMIT %s OFFSET %s
+    most expensive first (ties by slug), ``limit`` rows from ``offset``.
+
+    A platform caller reads the ranking the minute sampler keeps (``TenantCost``) while it is
+    fresh; otherwise, and for any other caller (whose tenants' holders are few), the shares are
+    computed now.
     """
+    from deployments.models import TenantCost
+
+    taken = snapshot_taken_at() if caller.is_platform else None
+    if taken is not None:
+        totals = TenantCost.objects.aggregate(n=Count("pk"), usd=Sum("usd_per_hour"))
+        page = TenantCost.objects.order_by("-rank_usd_per_hour", "slug")[offset : offset + limit]
+        return TenantCosts(
+            rows=[_cost_row(t.slug, t.usd_per_hour, t.memory_mb) for t in page],
+            count=totals["n"],
+            attributed_usd_per_hour=float(totals["usd"] or 0),
+            as_of=taken,
+        )
+    per_tenant, params = _per_tenant_sql(_scope(caller))
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, limit, offset])
+        cursor.execute(
+            f"""{per_tenant}
+            SELECT slug, usd_per_hour, mb, COUNT(*) OVER (), SUM(usd_per_hour) OVER ()
+            FROM per_tenant ORDER BY rank_usd_per_hour DESC, slug LIMIT %s OFFSET %s""",
+            [*params, limit, offset],
+        )
         fetched = cursor.fetchall()
         if fetched or offset == 0:
             count = fetched[0][3] if fetched else 0
             attributed = float(fetched[0][4]) if fetched else 0.0
         else:  # past the last page: the totals still say how many there are
             cursor.execute(
-                f"{shares} SELECT COUNT(DISTINCT tenant_id), SUM(usd_per_hour) FROM share", params
+                f"{per_tenant} SELECT COUNT(*), SUM(usd_per_hour) FROM per_tenant", params
             )
             count, total = cursor.fetchone()
             attributed = float(total or 0)
-    rows = [
-        {
-            "tenant": slug,
-            "usd_per_hour": money(usd),
-            "usd_per_month": money(usd * HOURS_PER_MONTH),
-            "memory_mb": megabytes(mb),
-        }
-        for slug, usd, mb, _, _ in fetched
-    ]
-    return TenantCosts(rows=rows, count=count, attributed_usd_per_hour=attributed)
+    return TenantCosts(
+        rows=[_cost_row(slug, usd, mb) for slug, usd, mb, _, _ in fetched],
+        count=count,
+        attributed_usd_per_hour=attributed,
+    )
+
+
+def refresh_tenant_costs() -> int:
+    """Rank every tenant's share now into ``TenantCost`` (the minute sampler's job): a row is
+    written only where its figures changed, and a tenant with nothing resident loses its row.
+    Returns the number of tenants paying a share."""
+    from deployments.models import TenantCost
+
+    per_tenant, params = _per_tenant_sql(None)
+    table = _table(TenantCost)
+    resident, resident_params = _resident_live()
+    with transaction.atomic(), connection.cursor() as cursor:
+        # (WHERE 1 = 1 keeps SQLite from reading ON CONFLICT as a join's ON.)
+        cursor.execute(
+            f"""{per_tenant}
+            INSERT INTO {table} (tenant_id, slug, usd_per_hour, rank_usd_per_hour, memory_mb)
+            SELECT tenant_id, slug, usd_per_hour, rank_usd_per_hour, mb FROM per_tenant
+            WHERE 1 = 1
+            ON CONFLICT (tenant_id) DO UPDATE SET
+                slug = excluded.slug,
+                usd_per_hour = excluded.usd_per_hour,
+                rank_usd_per_hour = excluded.rank_usd_per_hour,
+                memory_mb = excluded.memory_mb
+            WHERE {table}.usd_per_hour <> excluded.usd_per_hour
+               OR {table}.memory_mb <> excluded.memory_mb
+               OR {table}.slug <> excluded.slug""",
+            params,
+        )
+        cursor.execute(
+            f"""DELETE FROM {table} WHERE NOT EXISTS (
+                SELECT 1 FROM {_table(Placement)} p
+                JOIN {_table(ModelVersion)} v ON v.id = p.version_id
+                JOIN {_table(TenantModel)} m ON m.id = v.model_id
+                LEFT JOIN {_table(Instance)} i ON i.id = p.instance_id
+                WHERE m.tenant_id = {table}.tenant_id AND {resident})""",
+            resident_params,
+        )
+    return TenantCost.objects.count()
 
 
 def version_costs(*, caller: Caller) -> list[dict]:
@@ -231,62 +350,43 @@ def endpoint_costs(*, limit: int | None = TOP_ROWS, offset: int = 0) -> tuple[li
 
 @dataclass(frozen=True)
 class PlacedSize:
-    """Placed model versions of one kind and one measured size, and their copies."""
+    """Placed copies of one measured size (host and GPU memory)."""
 
-    kind: str
     host_memory_mb: float
     gpu_memory_mb: float
-    versions: int
     copies: int
 
 
-def _placed_versions_sql(tenant_ids: frozenset[int] | None) -> tuple[str, list]:
-    """``WITH placed AS (version_id, kind, host_mb, gpu_mb, copies, pinned)``: each placed
-    version (a placement not marked unloaded), at the largest memory any of its copies holds,
-    with its copies summed."""
-    params: list = [Placement.DesiredState.PINNED, Placement.DesiredState.UNLOADED]
-    tenant_filter = ""
-    if tenant_ids is not None:
-        marks, ids = _in(tenant_ids or {0})
+def placed_sizes(*, caller: Caller) -> tuple[list[PlacedSize], int]:
+    """The placed copies (placements not marked unloaded) of the caller's tenants grouped by
+    measured size, and how many model versions they are."""
+    params: list = [Placement.DesiredState.UNLOADED]
+    tenant_join = tenant_filter = ""
+    scope = _scope(caller)
+    if scope is not None:
+        marks, ids = _in(scope or {0})
+        tenant_join = f"JOIN {_table(TenantModel)} m ON m.id = v.model_id"
         tenant_filter = f"AND m.tenant_id IN ({marks})"
         params += ids
-    sql = f"""
-        WITH placed AS (
-            SELECT p.version_id AS version_id, m.kind AS kind,
-                   MAX(COALESCE(p.host_memory_mb, v.host_memory_mb, 0)) AS host_mb,
-                   MAX(COALESCE(p.gpu_memory_mb, v.gpu_memory_mb, 0)) AS gpu_mb,
-                   SUM(CASE WHEN p.copies > 0 THEN p.copies ELSE 1 END) AS copies,
-                   MAX(CASE WHEN p.desired_state = %s THEN 1 ELSE 0 END) AS pinned
-            FROM {_table(Placement)} p
-            JOIN {_table(ModelVersion)} v ON v.id = p.version_id
-            JOIN {_table(TenantModel)} m ON m.id = v.model_id
-            WHERE p.desired_state <> %s {tenant_filter}
-            GROUP BY p.version_id, m.kind
-        )
-    """
-    return sql, params
-
-
-def placed_sizes(*, caller: Caller) -> list[PlacedSize]:
-    """The placed versions the caller sees, grouped by kind and measured size."""
-    placed, params = _placed_versions_sql(_scope(caller))
+    placed = f"""
+        FROM {_table(Placement)} p
+        JOIN {_table(ModelVersion)} v ON v.id = p.version_id
+        {tenant_join}
+        WHERE p.desired_state <> %s {tenant_filter}"""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"""{placed}
-            SELECT kind, host_mb, gpu_mb, COUNT(*), SUM(copies) FROM placed
-            GROUP BY kind, host_mb, gpu_mb ORDER BY kind, host_mb, gpu_mb""",
+            f"""SELECT {_HELD_MB}, COALESCE(p.gpu_memory_mb, v.gpu_memory_mb, 0),
+                   SUM(CASE WHEN p.copies > 0 THEN p.copies ELSE 1 END)
+            {placed} GROUP BY 1, 2 ORDER BY 1, 2""",
             params,
         )
-        return [
-            PlacedSize(
-                kind=kind,
-                host_memory_mb=float(host),
-                gpu_memory_mb=float(gpu),
-                versions=versions,
-                copies=int(copies),
-            )
-            for kind, host, gpu, versions, copies in cursor.fetchall()
+        sizes = [
+            PlacedSize(host_memory_mb=float(host), gpu_memory_mb=float(gpu), copies=int(copies))
+            for host, gpu, copies in cursor.fetchall()
         ]
+        cursor.execute(f"SELECT COUNT(DISTINCT p.version_id) {placed}", params)
+        versions = cursor.fetchone()[0]
+    return sizes, versions
 
 
 def catalog_specs() -> list:
@@ -298,7 +398,8 @@ def dedicated_baseline_usd_per_hour(
     *, sizes: list[PlacedSize], catalog: list | None = None
 ) -> float:
     """One cheapest-fitting instance of the catalog per model copy (the savings baseline),
-    looked up once per distinct size.
+    looked up once per distinct size (which type holds a model alone depends on its memory
+    only).
 
     A model no catalog type holds alone is priced at the most expensive type per copy, so the
     baseline never silently drops a model.
@@ -319,8 +420,8 @@ def dedicated_baseline_usd_per_hour(
     total = 0.0
     for size in sizes:
         model = ModelSpec(
-            key=f"{size.kind} of {size.host_memory_mb} MB",
-            kind=size.kind,
+            key=f"a model of {size.host_memory_mb} MB",
+            kind="",
             host_memory_mb=size.host_memory_mb,
             gpu_memory_mb=size.gpu_memory_mb,
         )
@@ -336,6 +437,7 @@ def dedicated_baseline_usd_per_hour(
 LIST_KEYS = (
     "tenants",
     "tenants_count",
+    "tenants_as_of",
     "unattributed_usd_per_hour",
     "endpoints",
     "endpoints_count",
@@ -362,7 +464,7 @@ def fleet_costs(*, caller: Caller, lists: bool = True) -> dict:
     )
     # A tenant's cost is its share, so its shares are read even for the headline figures.
     tenants = tenant_costs(caller=caller) if (lists or not fleet) else None
-    sizes = placed_sizes(caller=caller)
+    sizes, placed_versions = placed_sizes(caller=caller)
     dedicated = dedicated_baseline_usd_per_hour(sizes=sizes)
     actual = actual_usd_per_hour() if fleet else tenants.attributed_usd_per_hour
     savings = (1 - actual / dedicated) if dedicated > 0 else None
@@ -377,13 +479,14 @@ def fleet_costs(*, caller: Caller, lists: bool = True) -> dict:
         "savings": round(savings, 4) if savings is not None else None,
         "savings_formula": SAVINGS_FORMULA,
         "dedicated_baseline": DEDICATED_BASELINE,
-        "placed_models": sum(size.versions for size in sizes),
+        "placed_models": placed_versions,
     }
     if not lists:
         return costs
     # Keep LIST_KEYS in step with what is added here.
     costs["tenants"] = tenants.rows
     costs["tenants_count"] = tenants.count
+    costs["tenants_as_of"] = tenants.as_of.isoformat() if tenants.as_of else None
     if fleet:
         costs["unattributed_usd_per_hour"] = money(
             max(actual - tenants.attributed_usd_per_hour, 0.0)
@@ -406,11 +509,19 @@ def what_if_costs(*, instance_type, target_utilization: float, replicas: int, no
     from deployments.placement.solver import ModelSpec, PlacementPolicy, solve
 
     now = now or timezone.now()
-    fleet = Caller(label="what-if", is_platform=True, tenant_ids=frozenset())
-    placed, params = _placed_versions_sql(None)
+    unloaded = Placement.DesiredState.UNLOADED
     with connection.cursor() as cursor:
+        # Each placed version at the largest memory any of its copies holds.
         cursor.execute(
-            f"{placed} SELECT version_id, kind, host_mb, gpu_mb, copies, pinned FROM placed", params
+            f"""SELECT p.version_id, m.kind, MAX({_HELD_MB}),
+                   MAX(COALESCE(p.gpu_memory_mb, v.gpu_memory_mb, 0)),
+                   MAX(CASE WHEN p.desired_state = %s THEN 1 ELSE 0 END)
+            FROM {_table(Placement)} p
+            JOIN {_table(ModelVersion)} v ON v.id = p.version_id
+            JOIN {_table(TenantModel)} m ON m.id = v.model_id
+            WHERE p.desired_state <> %s
+            GROUP BY p.version_id, m.kind""",
+            [Placement.DesiredState.PINNED, unloaded],
         )
         versions = cursor.fetchall()
     requests = requests_per_version(since=now - timedelta(minutes=TRAFFIC_WINDOW_MINUTES))
@@ -424,14 +535,11 @@ def what_if_costs(*, instance_type, target_utilization: float, replicas: int, no
             pinned=bool(pinned),
             replicas=replicas,
         )
-        for version_id, kind, host, gpu, _, pinned in versions
+        for version_id, kind, host, gpu, pinned in versions
     ]
-    sizes = placed_sizes(caller=fleet)
+    by_size = Counter((spec.host_memory_mb, spec.gpu_memory_mb) for spec in specs)
     dedicated = dedicated_baseline_usd_per_hour(
-        sizes=[
-            PlacedSize(s.kind, s.host_memory_mb, s.gpu_memory_mb, s.versions, s.versions * replicas)
-            for s in sizes
-        ]
+        sizes=[PlacedSize(host, gpu, count * replicas) for (host, gpu), count in by_size.items()]
     )
     spec = instance_spec(instance_type)
     if specs:

@@ -11,7 +11,7 @@ from django.utils import timezone
 from config.errors import DomainError
 from config.events import record_event
 from deployments.models import FleetUsageMinute, Instance, InstanceUsageMinute, Placement
-from deployments.selectors.costs import fleet_costs
+from deployments.selectors.costs import fleet_costs, refresh_tenant_costs
 from deployments.selectors.fleet import fleet_utilization, instances_with_memory_use
 from tenants.access import Caller
 
@@ -38,8 +38,9 @@ def sync_periodic_tasks(*, using: str = "default") -> list[str]:
 
 
 def sample_fleet_utilization(*, now: datetime | None = None) -> int:
-    """Write this minute's memory use and loaded-model count for every live instance, and the
-    fleet's minute (``FleetUsageMinute``: what the trend charts read).
+    """Write this minute's memory use and loaded-model count for every live instance, the
+    fleet's minute (``FleetUsageMinute``: what the trend charts read) and every tenant's share
+    of the cost (``TenantCost``: what the lists of tenants' costs read).
 
     Every live instance is sampled, a SageMaker endpoint's mirrored hosts included, so the cost
     trend counts what runs; on those the platform measures no memory (their row says 0 used, and
@@ -70,6 +71,8 @@ def sample_fleet_utilization(*, now: datetime | None = None) -> int:
         ]
         utilization = fleet_utilization(caller=platform, now=minute)
         costs = fleet_costs(caller=platform, lists=False)
+        # Ranking every tenant's share reads the whole fleet: once a minute, here, not per page.
+        paying = refresh_tenant_costs()
         with transaction.atomic():
             InstanceUsageMinute.objects.bulk_create(
                 rows,
@@ -110,6 +113,7 @@ def sample_fleet_utilization(*, now: datetime | None = None) -> int:
         record.summary = {
             "over_budget": len(over_budget),
             "models_loaded": utilization["models_loaded"],
+            "tenants_paying": paying,
         }
     return len(instances)
 

@@ -84,7 +84,7 @@ def build_mixed_fleet(*, tenants: int, seed: int = 7, with_traffic: bool = True)
             version = ModelVersionFactory(
                 model=model,
                 number=1,
-                host_memory_mb=rng.choice([None, 90.0, 111.0, 140.5, 600.0]),
+                host_memory_mb=rng.choice([None, 90.0, 111.0, 140.5, 600.0, 9000.0]),
                 gpu_memory_mb=rng.choice([None, None, 800.0]),
             )
             copies = rng.choice([1, 1, 1, 2])
@@ -102,7 +102,7 @@ def build_mixed_fleet(*, tenants: int, seed: int = 7, with_traffic: bool = True)
                             Placement.DesiredState.UNLOADED,
                         ]
                     ),
-                    host_memory_mb=rng.choice([None, 100.0, 111.0, 123.4]),
+                    host_memory_mb=rng.choice([None, None, 100.0, 111.0, 123.4, 7000.0]),
                     gpu_memory_mb=rng.choice([None, 700.0]) if instance is None else None,
                     copies=rng.choice([1, 1, 2]),
                 )

@@ -25,6 +25,7 @@ from deployments.placement.solver import (
 )
 from deployments.selectors.costs import fleet_costs, tenant_costs
 from deployments.selectors.fleet import fleet_utilization
+from deployments.services.fleet import sample_fleet_utilization
 from deployments.usage import percentile_from_histogram
 from tenants.access import Caller
 from tests.deployments.fleet_support import build_mixed_fleet
@@ -82,34 +83,29 @@ def reference_shares(caller: Caller) -> tuple[dict, dict]:
 
 
 def reference_baseline(caller: Caller) -> tuple[float, int]:
-    """One cheapest-fitting catalog instance per placed version's copy, model by model."""
+    """One cheapest-fitting catalog instance per placed copy, at that copy's measured memory."""
     catalog = [instance_spec(t) for t in InstanceType.objects.filter(available=True)]
-    by_version: dict = {}
+    policy = PlacementPolicy(mode=DEDICATED_MODE)
+    total = 0.0
+    versions = set()
     for p in Placement.objects.select_related("version__model"):
         if p.desired_state == Placement.DesiredState.UNLOADED:
             continue
         if not caller.can_see(p.version.model.tenant_id):
             continue
-        entry = by_version.setdefault(p.version_id, {"copies": 0, "host": 0.0, "gpu": 0.0})
-        entry["copies"] += p.copies or 1
-        entry["host"] = max(entry["host"], held(p.host_memory_mb, p.version.host_memory_mb))
-        entry["gpu"] = max(entry["gpu"], held(p.gpu_memory_mb, p.version.gpu_memory_mb))
-        entry["kind"] = p.version.model.kind
-    total = 0.0
-    policy = PlacementPolicy(mode=DEDICATED_MODE)
-    for version_id, entry in by_version.items():
+        versions.add(p.version_id)
         model = ModelSpec(
-            key=str(version_id),
-            kind=entry["kind"],
-            host_memory_mb=entry["host"],
-            gpu_memory_mb=entry["gpu"],
+            key=str(p.pk),
+            kind=p.version.model.kind,
+            host_memory_mb=held(p.host_memory_mb, p.version.host_memory_mb),
+            gpu_memory_mb=held(p.gpu_memory_mb, p.version.gpu_memory_mb),
         )
         try:
             price = cheapest_fitting_type(model, catalog, policy).usd_per_hour
         except CapacityExceeded:
             price = max(t.usd_per_hour for t in catalog)
-        total += price * entry["copies"]
-    return total, len(by_version)
+        total += price * (p.copies or 1)
+    return total, len(versions)
 
 
 def reference_traffic(caller: Caller) -> dict:
@@ -170,9 +166,13 @@ def mixed_fleet(db):
     return build_mixed_fleet(tenants=30)
 
 
-def test_fleet_figures_equal_the_row_by_row_definitions(mixed_fleet):
+@pytest.mark.parametrize("ranked_by", ["the request", "the minute sampler"])
+def test_fleet_figures_equal_the_row_by_row_definitions(mixed_fleet, ranked_by):
+    if ranked_by == "the minute sampler":
+        sample_fleet_utilization()
     utilization = fleet_utilization(caller=PLATFORM)
     costs = fleet_costs(caller=PLATFORM)
+    assert (costs["tenants_as_of"] is None) == (ranked_by == "the request")
 
     memory = reference_fleet_memory()
     for key in (
@@ -257,3 +257,30 @@ def test_a_tenants_figures_equal_its_rows_share(mixed_fleet, picked):
     for key, value in reference_traffic(caller).items():
         assert utilization[key] == value, key
     assert utilization["host_memory_budget_mb"] is None
+
+
+def test_the_sampler_keeps_the_ranking_and_a_stale_one_is_not_shown(fleet):
+    from datetime import timedelta
+
+    from deployments.models import BackgroundPass, TenantCost
+
+    ranked = fleet_costs(caller=PLATFORM)  # the fixture's sampler ran a moment ago
+    assert ranked["tenants_as_of"] is not None
+    assert dict(TenantCost.objects.values_list("slug", "memory_mb")) == {
+        "acme": 111.0,
+        "globex": 222.0,
+    }
+    Placement.objects.filter(pk=fleet.globex_placement.pk).update(actual_state="evicted")
+    assert fleet_costs(caller=PLATFORM)["tenants"] == ranked["tenants"]  # until the next pass
+
+    sample_fleet_utilization()
+
+    assert list(TenantCost.objects.values_list("slug", "usd_per_hour")) == [("acme", 0.23)]
+    assert [r["tenant"] for r in fleet_costs(caller=PLATFORM)["tenants"]] == ["acme"]
+    Placement.objects.filter(pk=fleet.globex_placement.pk).update(actual_state="loaded")
+    BackgroundPass.objects.filter(job="sample").update(
+        finished_at=timezone.now() - timedelta(minutes=4)
+    )
+    live = fleet_costs(caller=PLATFORM)  # the sampler stopped: shares are computed for the answer
+    assert live["tenants_as_of"] is None
+    assert [r["tenant"] for r in live["tenants"]] == ["globex", "acme"]
