@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.utils.html import format_html_join
+from django.utils.timesince import timesince
 
 from config.errors import DomainError
 from deployments.models import (
@@ -18,6 +19,7 @@ from deployments.models import (
     InstanceType,
     InstanceUsageMinute,
     Placement,
+    TenantCost,
     VersionUsageMinute,
 )
 from deployments.selectors.fleet import (
@@ -616,6 +618,7 @@ class BackgroundPassAdmin(ViewOnlyAdmin):
     list_display = (
         "job",
         "finished_at",
+        "finished_ago",
         "duration_s",
         "items",
         "queries",
@@ -629,6 +632,7 @@ class BackgroundPassAdmin(ViewOnlyAdmin):
         "job",
         "started_at",
         "finished_at",
+        "finished_ago",
         "duration_s",
         "items",
         "queries",
@@ -637,4 +641,21 @@ class BackgroundPassAdmin(ViewOnlyAdmin):
         "passes",
         "summary",
     )
+    readonly_fields = fields
+
+    @admin.display(description="Finished", ordering="finished_at")
+    def finished_ago(self, obj: BackgroundPass) -> str:
+        # A job that stopped running shows as a pass that grows old, not as an error.
+        return f"{timesince(obj.finished_at)} ago"
+
+
+@admin.register(TenantCost)
+class TenantCostAdmin(ViewOnlyAdmin):
+    """Each tenant's share of the fleet's cost as of the minute sampler's last pass."""
+
+    list_display = ("slug", "usd_per_hour", "memory_mb")
+    list_select_related = ("tenant",)
+    search_fields = ("slug",)
+    ordering = ("-rank_usd_per_hour", "slug")
+    fields = ("tenant", "slug", "usd_per_hour", "rank_usd_per_hour", "memory_mb")
     readonly_fields = fields

@@ -24,6 +24,7 @@ from deployments.models import (
     InstanceType,
     InstanceUsageMinute,
     Placement,
+    TenantCost,
     VersionUsageMinute,
 )
 from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
@@ -108,7 +109,11 @@ def everything(db, admin_user) -> dict:
         passes=1,
         summary={"tenant": tenant.slug},
     )
+    tenant_cost = TenantCost.objects.create(
+        tenant=tenant, slug=tenant.slug, usd_per_hour=0.23, rank_usd_per_hour=0.23, memory_mb=111
+    )
     return {
+        TenantCost: tenant_cost,
         Tenant: tenant,
         ApiToken: token.token,
         Membership: membership,

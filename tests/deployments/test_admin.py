@@ -18,6 +18,7 @@ from deployments.models import (
     InstanceType,
     InstanceUsageMinute,
     Placement,
+    TenantCost,
     VersionUsageMinute,
 )
 from tests.admin_support import (
@@ -45,6 +46,7 @@ class TestEveryDeploymentsModel(AppAdminChecks, BusyChangelistChecks):
         EndpointUsageMinute,
         FleetUsageMinute,
         BackgroundPass,
+        TenantCost,
     }
     no_add = {
         Deployment,
@@ -56,6 +58,7 @@ class TestEveryDeploymentsModel(AppAdminChecks, BusyChangelistChecks):
         EndpointUsageMinute,
         FleetUsageMinute,
         BackgroundPass,
+        TenantCost,
     }
 
 
