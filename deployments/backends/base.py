@@ -10,6 +10,8 @@ returns is a plain value; the errors it raises are domain errors (``deployments.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -151,9 +153,10 @@ class ServingBackend(Protocol):
         its instance, without evicting anything."""
         ...
 
-    def reconcile(self, *, endpoint: Endpoint, report: ReconcileReport) -> None:
-        """Make the endpoint hold what its placements say, recording each repair in ``report``
-        and as an Event."""
+    def reconcile(self, *, endpoints: Sequence[Endpoint], report: ReconcileReport) -> None:
+        """Make each of these endpoints (all of this backend's live ones) hold what its
+        placements say, recording each repair in ``report`` and as an Event; one endpoint's or
+        instance's failure is an error in the report, never the end of the others' repairs."""
         ...
 
     def hourly_cost_usd(self, *, endpoint: Endpoint) -> Decimal:
@@ -187,6 +190,48 @@ def in_thread(function):
             connection.close()
 
     return sync_to_async(call, thread_sensitive=False)
+
+
+class NetworkCalls:
+    """A bounded pool of threads for calls to instances and endpoints (HTTP, AWS): at most
+    ``limit`` run at once, the rest wait their turn.
+
+    Only the network goes to the threads. Django's connections are per thread, and a pass's
+    reads and writes belong to the thread that holds its transaction and counts its queries,
+    so a query made in one of these threads raises (``DatabaseInThread``) instead of quietly
+    opening a connection of its own.
+    """
+
+    def __init__(self, *, limit: int, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max(1, limit), thread_name_prefix=name)
+
+    def submit(self, function: Callable, /, *args, **kwargs) -> Future:
+        """Queue ``function(*args, **kwargs)``; its result (or exception) is the future's."""
+        return self._pool.submit(_without_database, function, args, kwargs)
+
+    def __enter__(self) -> NetworkCalls:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        # Leaving normally waits for every call; leaving on an error drops those not started.
+        self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
+
+
+class DatabaseInThread(RuntimeError):
+    """A ``NetworkCalls`` thread tried to query the database (a bug in the caller)."""
+
+
+def _refuse_query(execute, sql, params, many, context):
+    raise DatabaseInThread(f"A network-call thread tried to query the database: {sql[:200]}")
+
+
+def _without_database(function: Callable, args: tuple, kwargs: dict):
+    with connection.execute_wrapper(_refuse_query):
+        try:
+            return function(*args, **kwargs)
+        finally:
+            # Only a refused query opens this thread's connection; none is left behind.
+            connection.close()
 
 
 def record_rollout_progress(

@@ -1,18 +1,25 @@
 """The reconciler: make every endpoint hold what the placements say, and restart stalled rollouts.
 
-Run every minute (django-celery-beat). Each live endpoint is repaired by its backend
-(``backend_for(endpoint).reconcile``: for local endpoints, dead Triton processes restarted and
+Run every minute (django-celery-beat). Each backend repairs all its live endpoints
+(``backend_named(name).reconcile``): for local endpoints, dead Triton processes restarted and
 their pinned and hot models reloaded, missing and orphaned models put right, instances trimmed to
 budget and topped up to their minimum — see ``deployments.backends.local.reconcile``; for
 SageMaker endpoints, the instances each runs mirrored as Instance rows, so cost counts them, and
-one deleted outside the platform retired — see ``deployments.backends.sagemaker.instances``). Then a
-deployment whose rollout has made no progress for ``STALE_ROLLOUT_S`` (its worker died) is queued
+one deleted outside the platform retired — see ``deployments.backends.sagemaker.instances``. Then
+a deployment whose rollout has made no progress for ``STALE_ROLLOUT_S`` (its worker died) is queued
 again, up to its attempt limit. Every action is an Event with actor "reconciler".
+
+Each backend gets all its live endpoints at once, so a pass reads the fleet in a fixed few
+queries rather than a few per instance (the local backend also asks its instances at most
+``RECONCILE_CONCURRENCY`` at a time). The pass records itself in the ``reconcile``
+``BackgroundPass`` row (``deployments.passes``): how long it took, the instances it checked, its
+queries and errors, and what it repaired.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 from datetime import timedelta
 
 from django.conf import settings
@@ -20,9 +27,10 @@ from django.utils import timezone
 
 from config.errors import DomainError
 from config.events import record_event
-from deployments.backends import backend_for, backend_named
+from deployments.backends import backend_named
 from deployments.backends.base import ReconcileReport
 from deployments.models import Deployment, Endpoint
+from deployments.passes import RECONCILE, recorded_pass
 from deployments.services import rollouts
 
 logger = logging.getLogger(__name__)
@@ -32,19 +40,35 @@ STALE_ROLLOUT_S = 300
 
 
 def reconcile_fleet(*, now=None) -> ReconcileReport:
-    """One pass over every endpoint (each repaired by its backend) and every stalled rollout."""
+    """One pass over every endpoint (each repaired by its backend) and every stalled rollout,
+    recorded as the ``reconcile`` job's last pass."""
     report = ReconcileReport()
+    with recorded_pass(RECONCILE) as record:
+        try:
+            _reconcile(report=report, now=now or timezone.now())
+        finally:
+            # A failed pass's record says how far it got.
+            record.items = report.instances_checked
+            record.errors = len(report.errors)
+            record.summary = summary_of(report)
+    return report
+
+
+def _reconcile(*, report: ReconcileReport, now) -> None:
     endpoints = (
         Endpoint.objects.exclude(status__in=[Endpoint.Status.RETIRING, Endpoint.Status.RETIRED])
         .select_related("instance_type")
         .order_by("name")
     )
+    by_backend: dict[str, list[Endpoint]] = {}
     for endpoint in endpoints:
+        by_backend.setdefault(endpoint.backend, []).append(endpoint)
+    for name, group in sorted(by_backend.items()):
         try:
-            backend_for(endpoint).reconcile(endpoint=endpoint, report=report)
+            backend_named(name).reconcile(endpoints=group, report=report)
         except DomainError as exc:
-            report.errors.append(f"{endpoint.name}: {exc.message}")
-            logger.warning("Reconciling %s failed: %s", endpoint.name, exc.message)
+            report.errors.append(f"{name} endpoints: {exc.message}")
+            logger.warning("Reconciling the %s endpoints failed: %s", name, exc.message)
     # Each backend that has (or had) endpoints, and the one deployments go to, looks for what
     # its account holds under the platform's names that no row accounts for.
     names = set(Endpoint.objects.values_list("backend", flat=True).distinct())
@@ -54,8 +78,16 @@ def reconcile_fleet(*, now=None) -> ReconcileReport:
         except DomainError as exc:
             report.errors.append(f"{name} account audit: {exc.message}")
             logger.warning("Auditing the %s account failed: %s", name, exc.message)
-    _requeue_stalled_rollouts(report=report, now=now or timezone.now())
-    return report
+    _requeue_stalled_rollouts(report=report, now=now)
+
+
+def summary_of(report: ReconcileReport) -> dict[str, int]:
+    """A pass's report in counts (what its ``BackgroundPass`` row keeps)."""
+    return {
+        item.name: value if isinstance(value, int) else len(value)
+        for item in fields(report)
+        for value in (getattr(report, item.name),)
+    }
 
 
 def _requeue_stalled_rollouts(*, report: ReconcileReport, now) -> None:

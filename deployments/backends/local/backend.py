@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 
 from deployments.backends.base import (
@@ -52,8 +53,8 @@ class LocalServingBackend:
     def has_room_for(self, *, placement: Placement, used_mb: float) -> bool:
         return used_mb + memory_of(placement) <= placement.instance.memory_budget_mb
 
-    def reconcile(self, *, endpoint: Endpoint, report: ReconcileReport) -> None:
-        reconcile.reconcile_endpoint(endpoint=endpoint, report=report)
+    def reconcile(self, *, endpoints: Sequence[Endpoint], report: ReconcileReport) -> None:
+        reconcile.reconcile_endpoints(endpoints=endpoints, report=report)
 
     def hourly_cost_usd(self, *, endpoint: Endpoint) -> Decimal:
         live = endpoint.instances.exclude(status=Instance.Status.STOPPED).count()

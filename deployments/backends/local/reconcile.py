@@ -1,6 +1,7 @@
-"""Repairing a local endpoint: its instances hold what the placements say.
+"""Repairing local endpoints: their instances hold what the placements say.
 
-Called by the reconciler (``deployments.services.reconciler``) for each local endpoint:
+Called by the reconciler (``deployments.services.reconciler``) once a pass with every live local
+endpoint:
 
 - an instance whose Triton process is gone or does not answer is restarted in place, and its
   pinned models and its hot ones (invoked within ``HOT_MODEL_WINDOW_S``, most recent first, as
@@ -17,49 +18,226 @@ Called by the reconciler (``deployments.services.reconciler``) for each local en
 Retries are bounded: a placement that failed ``MAX_LOAD_RETRIES`` times in a row is left failed
 (with its reason) until an operator acts, and an instance that failed ``MAX_RESTARTS`` restarts
 in a row is stopped. Every action is an Event with actor "reconciler".
+
+A pass costs the same few queries whatever the fleet's size: the live instances in one query,
+then every instance is asked at once, at most ``RECONCILE_CONCURRENCY`` at a time (its process
+and ``/ping``, then ``GET /models``; pool threads, HTTP only), then every placement on them in
+one query. Only repairs cost more queries, each in proportion to the drift it puts right. One
+instance's failure is an error in the report; the others are repaired all the same.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
 from config.errors import DomainError
 from config.events import record_event
-from deployments.backends.base import ReconcileReport
+from deployments.backends.base import NetworkCalls, ReconcileReport
 from deployments.backends.local import runtime
 from deployments.models import Endpoint, Instance, Placement
 from deployments.placement.rows import memory_of
+
+logger = logging.getLogger(__name__)
 
 ACTOR = "reconciler"
 MAX_LOAD_RETRIES = 3
 MAX_RESTARTS = 3
 
 
-def reconcile_endpoint(*, endpoint: Endpoint, report: ReconcileReport) -> None:
-    live = list(endpoint.instances.exclude(status=Instance.Status.STOPPED).order_by("ordinal"))
-    for instance in live:
-        if instance.status == Instance.Status.DRAINING:
-            continue
-        report.instances_checked += 1
-        if not runtime.instance_process_alive(instance):
-            instance = _restart(instance=instance, report=report)
-            if instance is None:
+@dataclass(frozen=True)
+class InstanceCheck:
+    """What one instance answered: whether its process lives and, if it does, the models it
+    lists and when the listing was asked for (``error`` says why there is no listing)."""
+
+    alive: bool
+    loaded: frozenset[str] | None = None
+    listed_at: datetime | None = None
+    error: str = ""
+
+
+def check_instance(instance: Instance) -> InstanceCheck:
+    """Whether the instance's process lives and answers, and what it has loaded (its process
+    table entry and HTTP only, never the database: this runs in a pool thread)."""
+    if not runtime.instance_process_alive(instance):
+        return InstanceCheck(alive=False)
+    return _listing(instance)
+
+
+def _listing(instance: Instance) -> InstanceCheck:
+    listed_at = timezone.now()
+    try:
+        loaded = runtime.client_for(instance).list_models()
+    except DomainError as exc:
+        return InstanceCheck(alive=True, error=exc.message)
+    return InstanceCheck(
+        alive=True, loaded=frozenset(model.name for model in loaded), listed_at=listed_at
+    )
+
+
+def reconcile_endpoints(*, endpoints: Sequence[Endpoint], report: ReconcileReport) -> None:
+    """Repair every given local endpoint in one pass (see the module docstring)."""
+    by_endpoint = _live_instances(endpoints)
+    checked = [
+        instance
+        for instances in by_endpoint.values()
+        for instance in instances
+        if instance.status != Instance.Status.DRAINING
+    ]
+    checks = _check_all(checked, report=report)
+    placements = _placements_on(checked)
+    for endpoint in endpoints:
+        running = 0
+        for instance in by_endpoint.get(endpoint.pk, []):
+            if instance.status == Instance.Status.DRAINING:
                 continue
-        elif instance.status != Instance.Status.HEALTHY:
-            # Marked unhealthy (a request met it while it restarted) but answering: route to it
-            # again, rather than leave it out of routing until it dies for real.
-            runtime.check_instance_health(instance=instance, actor=ACTOR)
-            instance.refresh_from_db()
+            report.instances_checked += 1
+            running += 1
+            check = checks.get(instance.pk)
+            if check is None:
+                continue  # its check failed outright; the error is in the report
+            try:
+                kept = _repair_instance(
+                    instance=instance,
+                    check=check,
+                    placements=placements.get(instance.pk, []),
+                    report=report,
+                )
+            except DomainError as exc:
+                report.errors.append(f"{instance}: {exc.message}")
+                continue
+            if not kept:
+                running -= 1
+        _top_up(endpoint=endpoint, running=running, report=report)
+
+
+def _live_instances(endpoints: Sequence[Endpoint]) -> dict[int, list[Instance]]:
+    """Every instance of these endpoints that is not stopped (one query), by endpoint, in
+    ordinal order, each holding its endpoint object (so naming it costs no query)."""
+    endpoint_of = {endpoint.pk: endpoint for endpoint in endpoints}
+    by_endpoint: dict[int, list[Instance]] = {}
+    instances = (
+        Instance.objects.filter(endpoint_id__in=list(endpoint_of))
+        .exclude(status=Instance.Status.STOPPED)
+        .order_by("endpoint_id", "ordinal")
+    )
+    for instance in instances:
+        instance.endpoint = endpoint_of[instance.endpoint_id]
+        by_endpoint.setdefault(instance.endpoint_id, []).append(instance)
+    return by_endpoint
+
+
+def _check_all(instances: list[Instance], *, report: ReconcileReport) -> dict[int, InstanceCheck]:
+    """Every instance's check, at most ``RECONCILE_CONCURRENCY`` at once."""
+    with NetworkCalls(limit=settings.TENANTML_RECONCILE_CONCURRENCY, name="reconcile") as calls:
+        futures = [(instance, calls.submit(check_instance, instance)) for instance in instances]
+    checks: dict[int, InstanceCheck] = {}
+    for instance, future in futures:
+        try:
+            checks[instance.pk] = future.result()
+        except Exception as exc:  # one instance's surprise must not stop the others' repairs
+            logger.exception("Checking %s failed.", instance)
+            report.errors.append(f"{instance}: could not be checked ({type(exc).__name__}: {exc})")
+    return checks
+
+
+def _placements_query():
+    # Only what the repair rules read (at 100,000 copies, building the rest is most of a pass):
+    # the Triton name (tenant, model, version number), desired and actual state, memory (the
+    # copy's, else the version's, else its kind's), last invocation, last load and retries. The
+    # instance and endpoint objects are attached from the instance read.
+    return (
+        Placement.objects.select_related("version__model__tenant")
+        .only(
+            "version__number",
+            "version__host_memory_mb",
+            "version__model__name",
+            "version__model__kind",
+            "version__model__tenant__slug",
+            "endpoint_id",
+            "instance_id",
+            "desired_state",
+            "actual_state",
+            "host_memory_mb",
+            "last_invoked_at",
+            "loaded_at",
+            "retries",
+        )
+        .order_by("-last_invoked_at", "id")
+    )
+
+
+def _placements_on(instances: list[Instance]) -> dict[int, list[Placement]]:
+    """Every placement on these instances (one query), by instance."""
+    instance_of = {instance.pk: instance for instance in instances}
+    by_instance: dict[int, list[Placement]] = {}
+    if not instance_of:
+        return by_instance
+    for placement in _placements_query().filter(instance_id__in=list(instance_of)):
+        _attach(placement, instance_of[placement.instance_id])
+        by_instance.setdefault(placement.instance_id, []).append(placement)
+    return by_instance
+
+
+def _attach(placement: Placement, instance: Instance) -> None:
+    placement.instance = instance
+    if placement.endpoint_id == instance.endpoint_id:
+        placement.endpoint = instance.endpoint
+
+
+def _repair_instance(
+    *,
+    instance: Instance,
+    check: InstanceCheck,
+    placements: list[Placement],
+    report: ReconcileReport,
+) -> bool:
+    """Apply the repair rules to one instance; False when it was given up (stopped)."""
+    if not check.alive:
+        if instance.failed_restarts >= MAX_RESTARTS:
+            runtime.stop_local_instance(
+                instance=instance,
+                actor=ACTOR,
+                reason=f"gave up after {instance.failed_restarts} failed restarts",
+            )
+            report.instances_given_up.append(str(instance))
+            return False
+        restarted = _restart(instance=instance, report=report)
+        if restarted is None:
+            return True  # still live (unhealthy): the next pass tries again
+        instance = restarted
+        # A new process holds nothing: read what the restart left of the record, and list it.
+        placements = list(_placements_query().filter(instance=instance))
+        for placement in placements:
+            _attach(placement, instance)
+        check = _listing(instance)
+    elif instance.status != Instance.Status.HEALTHY:
+        # Marked unhealthy (a request met it while it restarted) but answering: route to it
+        # again, rather than leave it out of routing until it dies for real.
+        if runtime.check_instance_health(instance=instance, actor=ACTOR):
             report.instances_recovered.append(str(instance))
-        _reconcile_models(instance=instance, report=report)
+        instance.refresh_from_db(fields=["status", "status_reason", "last_health_at"])
+    if check.error:
+        report.errors.append(f"{instance}: {check.error}")
+    else:
+        _reconcile_models(instance=instance, check=check, placements=placements, report=report)
+    # Trimming locks the instance and reads its resident placements: only for one that the
+    # placements already read say is over its budget.
+    resident_mb = sum(
+        memory_of(p) for p in placements if p.actual_state in Placement.RESIDENT_STATES
+    )
+    if resident_mb > instance.memory_budget_mb:
         trimmed = runtime.trim_to_budget(instance=instance, actor=ACTOR)
         report.trimmed.extend(f"{name} on {instance}" for name in trimmed)
-    running = endpoint.instances.exclude(
-        status__in=[Instance.Status.STOPPED, Instance.Status.DRAINING]
-    ).count()
+    return True
+
+
+def _top_up(*, endpoint: Endpoint, running: int, report: ReconcileReport) -> None:
     for _ in range(max(0, endpoint.min_instances - running)):
         try:
             started = runtime.start_local_instance(endpoint=endpoint, actor=ACTOR)
@@ -70,14 +248,6 @@ def reconcile_endpoint(*, endpoint: Endpoint, report: ReconcileReport) -> None:
 
 
 def _restart(*, instance: Instance, report: ReconcileReport) -> Instance | None:
-    if instance.failed_restarts >= MAX_RESTARTS:
-        runtime.stop_local_instance(
-            instance=instance,
-            actor=ACTOR,
-            reason=f"gave up after {instance.failed_restarts} failed restarts",
-        )
-        report.instances_given_up.append(str(instance))
-        return None
     try:
         instance = runtime.restart_local_instance(
             instance=instance, actor=ACTOR, reason="its Triton process was gone or not answering"
@@ -93,28 +263,27 @@ def _hot_since():
     return timezone.now() - timedelta(seconds=settings.TENANTML_HOT_MODEL_WINDOW_S)
 
 
-def _reconcile_models(*, instance: Instance, report: ReconcileReport) -> None:
-    client = runtime.client_for(instance)
-    try:
-        actual = {model.name for model in client.list_models()}
-    except DomainError as exc:
-        report.errors.append(f"{instance}: {exc.message}")
-        return
-    placements = list(
-        instance.placements.select_related("version__model__tenant", "endpoint", "instance")
-    )
+def _reconcile_models(
+    *,
+    instance: Instance,
+    check: InstanceCheck,
+    placements: list[Placement],
+    report: ReconcileReport,
+) -> None:
+    actual = check.loaded or frozenset()
     wanted_names: set[str] = set()
-    unwanted_ids: dict[str, list[int]] = {}
+    unwanted: dict[str, list[Placement]] = {}
     for placement in placements:
         name = placement.version.triton_model_name
         if placement.desired_state != Placement.DesiredState.UNLOADED:
             wanted_names.add(name)
         else:
-            unwanted_ids.setdefault(name, []).append(placement.pk)
+            unwanted.setdefault(name, []).append(placement)
         if (
             placement.actual_state == Placement.ActualState.LOADED
             and name not in actual
             and placement.desired_state != Placement.DesiredState.UNLOADED
+            and not _loaded_after(placement, check)
         ):
             Placement.objects.filter(pk=placement.pk).update(
                 actual_state=Placement.ActualState.EVICTED, updated_at=timezone.now()
@@ -130,15 +299,18 @@ def _reconcile_models(*, instance: Instance, report: ReconcileReport) -> None:
                 endpoint=instance.endpoint,
                 instance=instance,
             )
+    client = runtime.client_for(instance)
     for name in sorted(actual - wanted_names):
         try:
             client.unload_model(name)
         except DomainError as exc:
             report.errors.append(f"{instance}: {exc.message}")
             continue
-        Placement.objects.filter(pk__in=unwanted_ids.get(name, [])).update(
+        Placement.objects.filter(pk__in=[p.pk for p in unwanted.get(name, [])]).update(
             actual_state=Placement.ActualState.UNLOADED, updated_at=timezone.now()
         )
+        for placement in unwanted.get(name, []):
+            placement.actual_state = Placement.ActualState.UNLOADED
         report.orphans_unloaded.append(f"{name} on {instance}")
         record_event(
             kind="placement.orphan_unloaded",
@@ -148,6 +320,12 @@ def _reconcile_models(*, instance: Instance, report: ReconcileReport) -> None:
             instance=instance,
         )
     _reload_wanted(instance=instance, placements=placements, report=report)
+
+
+def _loaded_after(placement: Placement, check: InstanceCheck) -> bool:
+    """Whether the copy finished loading after its instance was listed: the placements are
+    read after every instance answered, and a listing cannot show what came later."""
+    return bool(placement.loaded_at and check.listed_at and placement.loaded_at >= check.listed_at)
 
 
 def _reload_wanted(
@@ -186,6 +364,8 @@ def _reload_wanted(
             report.errors.append(f"{placement}: {exc.message}")
             continue
         used += memory
+        # Resident now (its load trimmed the instance to budget around it).
+        placement.actual_state = Placement.ActualState.LOADED
         report.reloaded.append(str(placement))
         record_event(
             kind="placement.reloaded",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from decimal import Decimal
 
 from django.utils import timezone
@@ -87,7 +88,17 @@ class SageMakerServingBackend:
     def has_room_for(self, *, placement: Placement, used_mb: float) -> bool:
         return True  # the endpoint loads a model on its first request by itself
 
-    def reconcile(self, *, endpoint: Endpoint, report: ReconcileReport) -> None:
+    def reconcile(self, *, endpoints: Sequence[Endpoint], report: ReconcileReport) -> None:
+        # One DescribeEndpoint (and the few row reads and writes that mirror it) per endpoint,
+        # never a query per placement; one endpoint's AWS error does not stop the others.
+        for endpoint in endpoints:
+            try:
+                self._reconcile_endpoint(endpoint=endpoint, report=report)
+            except DomainError as exc:
+                report.errors.append(f"{endpoint.name}: {exc.message}")
+                logger.warning("Reconciling %s failed: %s", endpoint.name, exc.message)
+
+    def _reconcile_endpoint(self, *, endpoint: Endpoint, report: ReconcileReport) -> None:
         # SageMaker restarts, replaces and scales its own instances; the platform mirrors how
         # many run, so cost counts what is billed (see ``instances``), and deletes what nobody
         # wants any more (a retirement a crash interrupted, the rollback copy past its window,
