@@ -243,9 +243,11 @@ TENANTML_WARMUP_SKIP_RECENT_S = env.int("WARMUP_SKIP_RECENT_S", default=1800)
 # The reconciler reloads an unpinned model after an instance restart if it was invoked within
 # this many seconds ("hot").
 TENANTML_HOT_MODEL_WINDOW_S = env.int("HOT_MODEL_WINDOW_S", default=3600)
-# How many instances a reconciler pass asks at once whether they live and what they hold (its
-# database work stays in the pass's own thread).
+# How many instances a reconciler pass asks at once whether they live and what they hold, and
+# how many instances (or SageMaker endpoints) a warm-up pass sends requests to at once (one
+# request at a time each). The database work of both stays in the pass's own thread.
 TENANTML_RECONCILE_CONCURRENCY = env.int("RECONCILE_CONCURRENCY", default=16)
+TENANTML_WARMUP_CONCURRENCY = env.int("WARMUP_CONCURRENCY", default=16)
 
 # Which loaded model makes room for a cold one: "frequency" (requests per MB, decayed; keeps
 # popular tenants' models through bursts of rare ones) or "lru" (least recently used, as

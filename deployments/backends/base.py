@@ -46,6 +46,21 @@ class ProbeResult:
 
 
 @dataclass(frozen=True)
+class PreparedProbe:
+    """A copy made ready for its warm-up request (loaded first where it was not).
+
+    ``send`` is the request itself: it only talks to the copy's instance or endpoint (no
+    database), so a warm-up pass may run many of them in pool threads (``NetworkCalls``); it
+    returns the request's latency in ms and raises a DomainError when the answer does not come
+    or does not decode. ``prepare_ms`` is what the preparation took (a cold load, mostly).
+    """
+
+    cold_start: bool
+    prepare_ms: float
+    send: Callable[[], float]
+
+
+@dataclass(frozen=True)
 class Copy:
     """One loaded (or loadable) copy of a version: where the proxy sends requests for it."""
 
@@ -123,9 +138,14 @@ class ServingBackend(Protocol):
         CapacityExceeded for what a retry may fix, another DomainError for what it will not."""
         ...
 
-    def probe(self, *, placement: Placement, actor: str) -> ProbeResult:
-        """Send the kind's warm-up request to a copy (loading it if needed); its answer must
-        decode. Records the warm-up's time and latency on the placement."""
+    def prepare_probe(self, *, placement: Placement, actor: str) -> PreparedProbe:
+        """Make a copy ready for its kind's warm-up request, loading it if needed (database
+        reads and writes, in the calling thread); the request goes out when the caller calls
+        the result's ``send``, in any thread."""
+        ...
+
+    def record_probe(self, *, placement: Placement, latency_ms: float) -> None:
+        """Record a warm-up's time and latency on the placement."""
         ...
 
     def invoke(self, *, placement: Placement, inputs: list) -> InvokeResult:

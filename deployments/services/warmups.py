@@ -11,30 +11,46 @@ The hourly job (django-celery-beat, editable in the admin) is smarter than calli
   hourly rate, alongside how many models were warm, cold, skipped or failed.
 
 Each placement keeps its last warm-up time and latency; each run writes one ``warmup.completed``
-Event with the figures.
+Event with the figures, and records itself in the ``warm-up`` ``BackgroundPass`` row
+(``deployments.passes``).
+
+The selection reads a fixed few queries whatever the fleet's size (the live versions, the
+reachable placements, and, when a cold model might be loaded, every healthy instance's resident
+memory in one aggregate). Each chosen copy is made ready in the pass's thread (a cold one is
+loaded there, as the selection decided); the warm-up requests then go out in pool threads, one
+at a time per instance (or SageMaker endpoint) so a warm-up never competes with itself for an
+instance, and at most ``WARMUP_CONCURRENCY`` instances at once. What each request found is
+written back in the pass's thread: a query or two per model warmed.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from config.errors import DomainError
 from config.events import record_event
 from deployments.backends import backend_for
+from deployments.backends.base import NetworkCalls, PreparedProbe
 from deployments.models import Deployment, Instance, Placement
-from deployments.placement.rows import memory_of
+from deployments.passes import WARM_UP, recorded_pass
+from deployments.placement.rows import expected_memory_mb, memory_of
+from models_registry.models import ModelVersion, TenantModel
 
 ACTOR = "warm-up"
 
 
 @dataclass
 class WarmupReport:
+    """What one warm-up pass went over and did, and what it cost."""
+
+    considered: int = 0
     warmed: int = 0
     cold_starts: int = 0
     skipped_recent: int = 0
@@ -69,6 +85,7 @@ class WarmupReport:
     def as_dict(self) -> dict:
         latencies = sorted(self.latencies_ms)
         return {
+            "considered": self.considered,
             "warmed": self.warmed,
             "cold_starts": self.cold_starts,
             "skipped_recent": self.skipped_recent,
@@ -83,7 +100,19 @@ class WarmupReport:
 
 def warm_up_fleet(*, skip_recent_s: int | None = None, now=None) -> WarmupReport:
     """Warm every placed model of the fleet that needs it; see the module docstring."""
-    now = now or timezone.now()
+    report = WarmupReport()
+    with recorded_pass(WARM_UP) as record:
+        try:
+            _warm_up(report=report, skip_recent_s=skip_recent_s, now=now or timezone.now())
+        finally:
+            # A failed pass's record says how far it got.
+            record.items = report.considered
+            record.errors = report.failed
+            record.summary = report.as_dict()
+    return report
+
+
+def _warm_up(*, report: WarmupReport, skip_recent_s: int | None, now) -> None:
     skip_recent_s = (
         settings.TENANTML_WARMUP_SKIP_RECENT_S if skip_recent_s is None else skip_recent_s
     )
@@ -93,14 +122,17 @@ def warm_up_fleet(*, skip_recent_s: int | None = None, now=None) -> WarmupReport
             "live_version_id", flat=True
         )
     )
-    report = WarmupReport()
     placements = (
         Placement.objects.reachable(instance_states=(Instance.Status.HEALTHY,))
         .select_related("version__model__tenant", "instance", "endpoint__instance_type")
         .order_by("instance_id", "-desired_state", "id")
     )
+    resident_mb: dict[int, float] | None = None
     used_by_instance: dict[int | None, float] = {}
+    # The requests to send, one list per instance (per endpoint where the backend picks it).
+    ready: dict[tuple[str, int], list[tuple[Placement, PreparedProbe]]] = {}
     for placement in placements:
+        report.considered += 1
         if placement.last_invoked_at and placement.last_invoked_at >= recent:
             report.skipped_recent += 1
             continue
@@ -110,24 +142,31 @@ def warm_up_fleet(*, skip_recent_s: int | None = None, now=None) -> WarmupReport
             wanted = placement.is_pinned or placement.version_id in live_versions
             if not wanted or placement.actual_state == Placement.ActualState.FAILED:
                 continue
-            used = used_by_instance.setdefault(placement.instance_id, _used_mb(placement.instance))
+            if resident_mb is None:
+                resident_mb = resident_mb_by_instance()
+            used = used_by_instance.setdefault(
+                placement.instance_id, resident_mb.get(placement.instance_id, 0.0)
+            )
             if not backend.has_room_for(placement=placement, used_mb=used):
                 report.skipped_no_room += 1
                 continue
-        started = time.perf_counter()
         try:
-            probe = backend.probe(placement=placement, actor=ACTOR)
+            prepared = backend.prepare_probe(placement=placement, actor=ACTOR)
         except DomainError as exc:
             report.record_failure(placement, exc)
             continue
-        report.record_warm(
-            placement, seconds=time.perf_counter() - started, probe_ms=probe.latency_ms
-        )
-        if probe.cold_start:
-            report.cold_starts += 1
+        if prepared.cold_start:
+            # Loaded just now: the next cold model on this instance must fit beside it.
             used_by_instance[placement.instance_id] = used_by_instance.get(
                 placement.instance_id, 0.0
             ) + memory_of(placement)
+        key = (
+            ("instance", placement.instance_id)
+            if placement.instance_id is not None
+            else ("endpoint", placement.endpoint_id)
+        )
+        ready.setdefault(key, []).append((placement, prepared))
+    _send_and_record(ready, report=report)
     record_event(
         kind="warmup.completed",
         actor=ACTOR,
@@ -139,13 +178,73 @@ def warm_up_fleet(*, skip_recent_s: int | None = None, now=None) -> WarmupReport
         ),
         data=report.as_dict(),
     )
-    return report
 
 
-def _used_mb(instance: Instance | None) -> float:
-    if instance is None:
-        return 0.0
-    resident = instance.placements.filter(
-        actual_state__in=Placement.RESIDENT_STATES
-    ).select_related("version__model")
-    return sum(memory_of(p) for p in resident)
+def _send_and_record(
+    ready: dict[tuple[str, int], list[tuple[Placement, PreparedProbe]]], *, report: WarmupReport
+) -> None:
+    """Send the prepared warm-ups (pool threads, one instance's one after another), then record
+    each outcome here; an unexpected error is raised once every other outcome is recorded."""
+    with NetworkCalls(limit=settings.TENANTML_WARMUP_CONCURRENCY, name="warm-up") as calls:
+        futures = [(probes, calls.submit(_send_each, probes)) for probes in ready.values()]
+    unexpected: Exception | None = None
+    for probes, future in futures:
+        for (placement, prepared), outcome in zip(probes, future.result(), strict=True):
+            if isinstance(outcome, DomainError):
+                report.record_failure(placement, outcome)
+            elif isinstance(outcome, Exception):
+                unexpected = unexpected or outcome
+            else:
+                latency_ms = prepared.prepare_ms + outcome
+                backend_for(placement.endpoint).record_probe(
+                    placement=placement, latency_ms=latency_ms
+                )
+                report.record_warm(placement, seconds=latency_ms / 1000, probe_ms=latency_ms)
+                if prepared.cold_start:
+                    report.cold_starts += 1
+    if unexpected is not None:
+        raise unexpected
+
+
+def _send_each(probes: list[tuple[Placement, PreparedProbe]]) -> list[float | Exception]:
+    """One instance's warm-up requests, one after another: each one's latency or error."""
+    outcomes: list[float | Exception] = []
+    for _, prepared in probes:
+        try:
+            outcomes.append(prepared.send())
+        except Exception as exc:  # recorded by the pass's thread, with the others' outcomes
+            outcomes.append(exc)
+    return outcomes
+
+
+def resident_mb_by_instance() -> dict[int, float]:
+    """The memory resident on each healthy instance, counted as ``memory_of`` counts a copy
+    (measured on the instance, else on the version, else the kind's expected figure), in one
+    aggregate query."""
+    rows = (
+        Placement.objects.filter(
+            actual_state__in=Placement.RESIDENT_STATES, instance__status=Instance.Status.HEALTHY
+        )
+        .values("instance_id", "version__model__kind")
+        .annotate(
+            measured_mb=Sum(Coalesce("host_memory_mb", "version__host_memory_mb")),
+            unmeasured=Count(
+                "pk",
+                filter=Q(host_memory_mb__isnull=True, version__host_memory_mb__isnull=True),
+            ),
+        )
+        .order_by()
+    )
+    used: dict[int, float] = {}
+    for row in rows:
+        resident = row["measured_mb"] or 0.0
+        if row["unmeasured"]:
+            resident += row["unmeasured"] * _unmeasured_mb(row["version__model__kind"])
+        used[row["instance_id"]] = used.get(row["instance_id"], 0.0) + resident
+    return used
+
+
+def _unmeasured_mb(kind: str) -> float:
+    # The one rule for a copy measured nowhere (``expected_memory_mb``), asked of a version of
+    # the kind that was never measured; nothing is read or saved.
+    return expected_memory_mb(ModelVersion(host_memory_mb=None, model=TenantModel(kind=kind)))

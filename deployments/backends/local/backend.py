@@ -9,7 +9,7 @@ from deployments.backends.base import (
     Copy,
     Forwarded,
     InvokeResult,
-    ProbeResult,
+    PreparedProbe,
     ReconcileReport,
 )
 from deployments.backends.local import forward as forwarding
@@ -27,8 +27,11 @@ class LocalServingBackend:
     def roll_out(self, *, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
         return rollout.roll_out(deployment=deployment, actor=actor)
 
-    def probe(self, *, placement: Placement, actor: str) -> ProbeResult:
-        return runtime.probe_placement(placement=placement, actor=actor)
+    def prepare_probe(self, *, placement: Placement, actor: str) -> PreparedProbe:
+        return runtime.prepare_probe(placement=placement, actor=actor)
+
+    def record_probe(self, *, placement: Placement, latency_ms: float) -> None:
+        runtime.record_probe(placement=placement, latency_ms=latency_ms)
 
     def invoke(self, *, placement: Placement, inputs: list) -> InvokeResult:
         return runtime.invoke_placement(placement=placement, inputs=inputs)

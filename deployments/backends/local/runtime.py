@@ -38,7 +38,7 @@ from django.utils import timezone
 from config.errors import Conflict, DomainError
 from config.events import record_event
 from deployments import usage
-from deployments.backends.base import InvokeResult, ProbeResult
+from deployments.backends.base import InvokeResult, PreparedProbe, ProbeResult
 from deployments.backends.local.client import TritonMultiModelClient
 from deployments.backends.local.gates import ModelGates, gates_in
 from deployments.backends.local.memory import model_memory_mb
@@ -485,20 +485,39 @@ def probe_placement(*, placement: Placement, actor: str = ACTOR) -> ProbeResult:
 
     Probes are platform traffic: they are not counted as the tenant's invocations.
     """
+    prepared = prepare_probe(placement=placement, actor=actor)
+    latency_ms = prepared.prepare_ms + prepared.send()
+    record_probe(placement=placement, latency_ms=latency_ms)
+    return ProbeResult(latency_ms=latency_ms, cold_start=prepared.cold_start)
+
+
+def prepare_probe(*, placement: Placement, actor: str = ACTOR) -> PreparedProbe:
+    """Load the placement if needed (in the calling thread: the load reads and writes rows);
+    the warm-up request itself is the result's ``send``, which only talks to Triton."""
     version = placement.version
     kind = get_kind(version.model.kind)
+    name = version.triton_model_name
+    body = kind.encode_request(list(kind.warmup_inputs or ["warm-up"]))
     started = time.perf_counter()
     cold_start = ensure_loaded(placement=placement, actor=actor).cold_start
-    answer = client_for(placement.instance).invoke(
-        version.triton_model_name, kind.encode_request(list(kind.warmup_inputs or ["warm-up"]))
-    )
-    if kind.decode_response is not None:
-        kind.decode_response(answer)
-    latency_ms = (time.perf_counter() - started) * 1000
+    prepare_ms = (time.perf_counter() - started) * 1000
+    client = client_for(placement.instance)
+
+    def send() -> float:
+        sent = time.perf_counter()
+        answer = client.invoke(name, body)
+        if kind.decode_response is not None:
+            kind.decode_response(answer)
+        return (time.perf_counter() - sent) * 1000
+
+    return PreparedProbe(cold_start=cold_start, prepare_ms=prepare_ms, send=send)
+
+
+def record_probe(*, placement: Placement, latency_ms: float) -> None:
+    """Stamp a placement with its warm-up's time and latency."""
     Placement.objects.filter(pk=placement.pk).update(
         last_warmed_at=timezone.now(), warmup_latency_ms=round(latency_ms, 2)
     )
-    return ProbeResult(latency_ms=latency_ms, cold_start=cold_start)
 
 
 def _count(placement: Placement, started: float, *, cold_start: bool, error: bool) -> float:
@@ -1085,7 +1104,9 @@ __all__ = [
     "ensure_loaded",
     "invoke_placement",
     "place_on_instance",
+    "prepare_probe",
     "probe_placement",
+    "record_probe",
     "restart_local_instance",
     "start_local_instance",
     "stop_local_instance",

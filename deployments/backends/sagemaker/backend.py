@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from decimal import Decimal
+from functools import partial
 
 from django.utils import timezone
 
@@ -13,7 +14,7 @@ from deployments.backends.base import (
     Copy,
     Forwarded,
     InvokeResult,
-    ProbeResult,
+    PreparedProbe,
     ReconcileReport,
     in_thread,
 )
@@ -42,14 +43,19 @@ class SageMakerServingBackend:
             retire.discard_failed(name=exc.name, actor=actor)
             raise
 
-    def probe(self, *, placement: Placement, actor: str) -> ProbeResult:
-        latency_ms = deploy.probe(backend=deploy.endpoint_backend(), placement=placement)
+    def prepare_probe(self, *, placement: Placement, actor: str) -> PreparedProbe:
+        # Nothing to load: SageMaker loads an MME's model on its first request by itself, so
+        # the platform cannot tell a cold answer from a warm one, and counts none as cold.
+        return PreparedProbe(
+            cold_start=False,
+            prepare_ms=0.0,
+            send=partial(deploy.probe, backend=deploy.endpoint_backend(), placement=placement),
+        )
+
+    def record_probe(self, *, placement: Placement, latency_ms: float) -> None:
         Placement.objects.filter(pk=placement.pk).update(
             last_warmed_at=timezone.now(), warmup_latency_ms=round(latency_ms, 2)
         )
-        # SageMaker loads an MME's model on its first request by itself: the platform cannot
-        # tell a cold answer from a warm one, and counts none as cold.
-        return ProbeResult(latency_ms=latency_ms, cold_start=False)
 
     def invoke(self, *, placement: Placement, inputs: list) -> InvokeResult:
         return deploy.invoke(placement=placement, inputs=inputs)

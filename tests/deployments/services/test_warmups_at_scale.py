@@ -1,0 +1,167 @@
+"""The warm-up over many instances: choosing what to warm reads the same queries whatever the
+fleet's size, the warm-up requests go out at once (one at a time per instance, within
+``WARMUP_CONCURRENCY``) to instances answered by the Triton stand-in, and every pass — a failed one
+too — is recorded as the warm-up job's last pass."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from deployments.models import BackgroundPass, Placement
+from deployments.passes import WARM_UP
+from deployments.placement.rows import memory_of
+from deployments.services import warmups
+from models_registry.kinds import UnknownKind
+from tests.factories import (
+    EndpointFactory,
+    InstanceFactory,
+    ModelVersionFactory,
+    PlacementFactory,
+    TenantModelFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+LONG_AGO = timedelta(hours=3)
+
+
+def crowded_instances(count: int, *, first_port: int) -> None:
+    """Instances with a busy model, a pinned one that does not fit beside it, and one nobody
+    needs warm: a warm-up sends nothing to any of them."""
+    endpoint = EndpointFactory(max_instances=count)
+    for ordinal in range(count):
+        instance = InstanceFactory(
+            endpoint=endpoint, ordinal=ordinal, port=first_port + ordinal, memory_budget_mb=150
+        )
+        PlacementFactory(instance=instance, last_invoked_at=timezone.now())
+        PlacementFactory(
+            instance=instance,
+            desired_state=Placement.DesiredState.PINNED,
+            actual_state=Placement.ActualState.UNLOADED,
+            last_invoked_at=timezone.now() - LONG_AGO,
+        )
+        PlacementFactory(instance=instance, actual_state=Placement.ActualState.EVICTED)
+
+
+def pass_queries() -> tuple[int, warmups.WarmupReport]:
+    warmups.warm_up_fleet()  # the first pass creates the job's record
+    with CaptureQueriesContext(connection) as queries:
+        report = warmups.warm_up_fleet()
+    return len(queries), report
+
+
+def test_choosing_what_to_warm_reads_as_many_queries_for_a_fleet_six_times_larger():
+    crowded_instances(2, first_port=41000)
+    small, report = pass_queries()
+    assert report.skipped_recent == 2 and report.skipped_no_room == 2 and report.warmed == 0
+
+    crowded_instances(10, first_port=42000)
+    large, report = pass_queries()
+
+    assert report.skipped_recent == 12 and report.skipped_no_room == 12
+    assert report.considered == 36 and report.warmed == 0 and report.failed == 0
+    assert large == small
+    # Live versions, reachable placements, resident memory per instance, the completed event.
+    assert BackgroundPass.objects.get(job=WARM_UP).queries == 4
+
+
+def test_warm_up_requests_go_out_at_once_one_per_instance_within_the_bound(standins, settings):
+    standin = standins(ports=8)
+    endpoint = EndpointFactory(max_instances=8)
+    placements = []
+    for ordinal, port in enumerate(standin.ports):
+        instance = InstanceFactory(endpoint=endpoint, ordinal=ordinal, port=port, pid=standin.pid)
+        on_instance = [
+            PlacementFactory(instance=instance, last_invoked_at=timezone.now() - LONG_AGO)
+            for _ in range(2)
+        ]
+        standin.configure(
+            port,
+            loaded=[p.version.triton_model_name for p in on_instance],
+            invoke_delay_s=0.3,
+        )
+        placements += on_instance
+
+    settings.TENANTML_WARMUP_CONCURRENCY = 16
+    started = time.monotonic()
+    report = warmups.warm_up_fleet()
+    at_once_s = time.monotonic() - started
+    at_once = standin.stats()
+
+    settings.TENANTML_WARMUP_CONCURRENCY = 2
+    standin.reset_stats()
+    warmups.warm_up_fleet()
+    bounded = standin.stats()
+
+    assert report.warmed == 16 and report.failed == 0 and report.cold_starts == 0
+    # One after another, the sixteen requests would take 4.8 s; two rounds of eight take 0.6 s.
+    assert at_once_s < 2.0, at_once_s
+    assert at_once["max_in_flight"] >= 4
+    assert at_once["max_in_flight_per_port"] == 1  # an instance is never warmed twice at once
+    assert bounded["max_in_flight"] <= 2
+    for placement in placements:
+        placement.refresh_from_db()
+        assert placement.last_warmed_at is not None
+        assert placement.warmup_latency_ms >= 300
+
+
+def test_a_failing_warm_up_pass_is_recorded_as_failed_and_raises():
+    # A pinned model of a kind this platform no longer registers, measured nowhere: the pass
+    # cannot tell whether it fits.
+    instance = InstanceFactory(port=43000)
+    version = ModelVersionFactory(model=TenantModelFactory(kind="sentiment"), host_memory_mb=None)
+    PlacementFactory(
+        instance=instance,
+        version=version,
+        desired_state=Placement.DesiredState.PINNED,
+        actual_state=Placement.ActualState.UNLOADED,
+        host_memory_mb=None,
+    )
+
+    with pytest.raises(UnknownKind):
+        warmups.warm_up_fleet()
+
+    record = BackgroundPass.objects.get(job=WARM_UP)
+    assert not record.succeeded and record.errors == 1
+    assert record.queries >= 2 and record.duration_s > 0 and record.items == 1
+
+
+def test_a_warm_up_pass_records_what_it_went_over():
+    crowded_instances(3, first_port=44000)
+
+    report = warmups.warm_up_fleet()
+
+    record = BackgroundPass.objects.get(job=WARM_UP)
+    assert record.succeeded and record.errors == 0 and record.passes == 1
+    assert record.items == report.considered == 9
+    assert record.summary["skipped_no_room"] == 3 and record.summary["skipped_recent"] == 3
+
+
+def test_resident_memory_is_counted_per_instance_as_each_copy_is():
+    instance = InstanceFactory(port=46000)
+    other = InstanceFactory(port=46001)
+    resident = [
+        PlacementFactory(instance=instance, host_memory_mb=100.0),
+        # Measured on its version only, and measured nowhere (the kind's expected figure).
+        PlacementFactory(instance=instance, host_memory_mb=None),
+        PlacementFactory(
+            instance=instance,
+            host_memory_mb=None,
+            version=ModelVersionFactory(host_memory_mb=None),
+            actual_state=Placement.ActualState.LOADING,
+        ),
+    ]
+    PlacementFactory(instance=instance, actual_state=Placement.ActualState.EVICTED)
+    PlacementFactory(instance=other, host_memory_mb=7.0)
+
+    used = warmups.resident_mb_by_instance()
+
+    assert used[instance.pk] == pytest.approx(sum(memory_of(p) for p in resident))
+    assert used[instance.pk] == pytest.approx(100.0 + 111.0 + 140.0)
+    assert used[other.pk] == pytest.approx(7.0)
