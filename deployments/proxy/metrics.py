@@ -4,6 +4,10 @@ Per version: requests by protocol and status class, cold starts, and a latency h
 fleet has thousands of tenant models, so only the first ``PROXY_METRICS_MAX_VERSIONS`` versions
 seen get their own label; the rest are summed under ``version="other"``. The same requests also
 go to the per-minute time series (``deployments.usage``) the dashboard reads.
+
+Beside them, gauges of each periodic job's last pass (reconciler, warm-up, sampler, usage flush),
+read from its ``BackgroundPass`` row (``deployments.passes``): how long it took, what it went
+over, its queries, whether it succeeded and when it finished.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import threading
 from collections import defaultdict
 
 from django.conf import settings
+
+from deployments.models import BackgroundPass
 
 BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 OTHER = "other"
@@ -134,3 +140,52 @@ class ProxyMetrics:
 
 
 METRICS = ProxyMetrics()
+
+# Each gauge of a job's last pass: its name, its help text, and how it is read from the row.
+PASS_GAUGES = (
+    (
+        "tenantml_background_pass_duration_seconds",
+        "How long the job's last pass took.",
+        lambda row: f"{row.duration_s:.6f}",
+    ),
+    (
+        "tenantml_background_pass_items",
+        "What the job's last pass went over (instances checked, placements considered...).",
+        lambda row: str(row.items),
+    ),
+    (
+        "tenantml_background_pass_queries",
+        "Database queries the job's last pass made.",
+        lambda row: str(row.queries),
+    ),
+    (
+        "tenantml_background_pass_succeeded",
+        "1 if the job's last pass finished without raising, else 0.",
+        lambda row: "1" if row.succeeded else "0",
+    ),
+    (
+        "tenantml_background_pass_finished_timestamp_seconds",
+        "When the job's last pass finished (Unix time).",
+        lambda row: f"{row.finished_at.timestamp():.3f}",
+    ),
+)
+
+
+def render_background_passes() -> str:
+    """The gauges of every periodic job's last pass, from the ``BackgroundPass`` rows (one
+    query; blocking, so the proxy calls it off the event loop)."""
+    rows = list(
+        BackgroundPass.objects.only(
+            "job", "duration_s", "items", "queries", "succeeded", "finished_at"
+        ).order_by("job")
+    )
+    lines = []
+    for name, help_text, value in PASS_GAUGES:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        lines += [f'{name}{{job="{_label_value(row.job)}"}} {value(row)}' for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _label_value(text: str) -> str:
+    # Prometheus label values escape backslashes, double quotes and newlines.
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
