@@ -41,6 +41,7 @@ broken by model key and type name.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -800,6 +801,212 @@ def solve(
         savings=savings,
         scaled_to_zero=tuple(sorted(idle)),
     )
+
+
+@dataclass(frozen=True)
+class ModelGroup:
+    """``count`` models of one kind alike in everything multi-model packing reads: memory and
+    traffic (a what-if over a large fleet packs groups, not models)."""
+
+    kind: str
+    host_memory_mb: float
+    gpu_memory_mb: float = 0
+    requests_per_hour: float = 0.0
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class EndpointCount:
+    """One endpoint of a counted plan: how many instances it opens and models it holds."""
+
+    name: str
+    kind: str
+    mode: str
+    instance_type: str
+    instances: int
+    models: int
+
+
+@dataclass(frozen=True)
+class PlanCounts:
+    """What ``solve`` would open, without saying which model goes where."""
+
+    endpoints: list[EndpointCount]
+    usd_per_hour: float
+
+
+def count_plan(
+    *,
+    groups: Sequence[ModelGroup],
+    instance_types: Sequence[InstanceSpec],
+    policy: PlacementPolicy,
+    replicas: int = 1,
+) -> PlanCounts:
+    """The instances and models per endpoint, and the cost, of a fresh multi-model plan of
+    ``groups`` (each model with ``replicas`` copies): exactly ``solve``'s, in time that grows
+    with the number of groups and instances rather than models.
+
+    First fit decreasing reads only a model's weight, and models of one weight are
+    interchangeable, so a group's models are placed as one run; a kind's outliers (its median
+    is taken over every model) each get the dedicated endpoint ``solve`` would give them, listed
+    together as one row per kind and type.
+    """
+    _validate_policy(policy)
+    if policy.mode != MME_MODE:
+        raise DomainError("Plans are counted for the multi-model mode only.", field="mode")
+    if not instance_types:
+        raise CapacityExceeded("The instance catalog is empty.", field="instance_types")
+    if replicas < 1:
+        raise DomainError("Every model needs at least one replica.", field="replicas")
+    instance_types = sorted(instance_types, key=lambda t: t.name)
+    by_kind: dict[str, list[ModelGroup]] = {}
+    for group in groups:
+        if group.count > 0:
+            by_kind.setdefault(group.kind, []).append(group)
+    endpoints: list[EndpointCount] = []
+    cost = 0.0
+    for kind in sorted(by_kind):
+        kind_groups = by_kind[kind]
+        median = _weighted_median_mb(kind_groups)
+        shared: list[ModelGroup] = []
+        dedicated: dict[str, tuple[InstanceSpec, int]] = {}
+        for group in kind_groups:
+            model = _group_model(group, replicas)
+            if not _is_outlier(model, median, policy):
+                shared.append(group)
+                continue
+            instance_type = cheapest_fitting_type(
+                model,
+                instance_types,
+                PlacementPolicy(
+                    target_utilization=policy.target_utilization,
+                    max_models_per_instance=1,
+                    mode=DEDICATED_MODE,
+                    requests_per_hour_per_instance=None,
+                ),
+            )
+            _, models = dedicated.get(instance_type.name, (instance_type, 0))
+            dedicated[instance_type.name] = (instance_type, models + group.count)
+        for name in sorted(dedicated):
+            instance_type, models = dedicated[name]
+            endpoints.append(
+                EndpointCount(
+                    name=f"{kind}-{DEDICATED_MODE} × {models}",
+                    kind=kind,
+                    mode=DEDICATED_MODE,
+                    instance_type=name,
+                    instances=models * replicas,
+                    models=models,
+                )
+            )
+            cost += instance_type.usd_per_hour * models * replicas
+        if not shared:
+            continue
+        sizing, open_instances = _cheapest_count(shared, instance_types, policy, replicas)
+        models = sum(group.count for group in shared)
+        endpoints.append(
+            EndpointCount(
+                name=_shared_name(kind, policy),
+                kind=kind,
+                mode=policy.mode,
+                instance_type=sizing.instance_type.name,
+                instances=open_instances,
+                models=models,
+            )
+        )
+        cost += sizing.instance_type.usd_per_hour * open_instances
+    return PlanCounts(endpoints=endpoints, usd_per_hour=cost)
+
+
+def _group_model(group: ModelGroup, replicas: int) -> ModelSpec:
+    return ModelSpec(
+        key=f"{group.kind} of {group.host_memory_mb} MB",
+        kind=group.kind,
+        host_memory_mb=group.host_memory_mb,
+        gpu_memory_mb=group.gpu_memory_mb,
+        requests_per_hour=group.requests_per_hour,
+        replicas=replicas,
+    )
+
+
+def _weighted_median_mb(groups: Sequence[ModelGroup]) -> float:
+    """``_median_mb`` of the models the groups stand for."""
+    sizes = sorted((_size(_group_model(g, 1)), g.count) for g in groups)
+    total = sum(count for _, count in sizes)
+    if not total:
+        return 0.0
+
+    def nth(index: int) -> float:
+        seen = 0
+        for size, count in sizes:
+            seen += count
+            if index < seen:
+                return size
+        return sizes[-1][0]
+
+    mid = total // 2
+    return nth(mid) if total % 2 else (nth(mid - 1) + nth(mid)) / 2
+
+
+def _cheapest_count(
+    groups: Sequence[ModelGroup],
+    instance_types: Sequence[InstanceSpec],
+    policy: PlacementPolicy,
+    replicas: int,
+) -> tuple[_Sizing, int]:
+    """``_cheapest_group`` over groups: the type and instance count ``solve`` would pick."""
+    candidates = []
+    for instance_type in instance_types:
+        sizing = _Sizing(instance_type, policy, policy.mode)
+        models = [_group_model(g, replicas) for g in groups]
+        if not all(sizing.fits(m) for m in models):
+            continue
+        weights = [sizing.weight(m, replicas) for m in models]
+        # Summed copy by copy, as the per-model bound does, to the same last bit.
+        total = math.fsum(
+            itertools.chain.from_iterable(
+                itertools.repeat(w * replicas, g.count)
+                for w, g in zip(weights, groups, strict=True)
+            )
+        )
+        instance_units = sizing.slots * sizing.slot_budget
+        copies_total = replicas * sum(g.count for g in groups)
+        bound = max(
+            math.ceil(total / instance_units - 1e-9) if instance_units > 0 else 0,
+            math.ceil(copies_total / max(policy.max_models_per_instance, 1)),
+            replicas,
+        )
+        candidates.append(
+            (bound * instance_type.usd_per_hour, instance_type.usd_per_hour, instance_type.name)
+            + (sizing, weights, total)
+        )
+    candidates.sort(key=lambda c: c[:3])
+    best: tuple[float, float, str, _Sizing, int] | None = None
+    for bound, price, name, sizing, weights, total in candidates:
+        if best is not None and bound > best[0]:
+            break
+        instance_units = sizing.slots * sizing.slot_budget
+        expected = max(1, math.ceil(total / instance_units) if instance_units > 0 else 1)
+        bins = _Bins(sizing.slot_budget, sizing.slots, policy.max_models_per_instance, expected)
+        by_weight: dict[float, int] = {}
+        for weight, group in zip(weights, groups, strict=True):
+            by_weight[weight] = by_weight.get(weight, 0) + group.count
+        for weight in sorted(by_weight, reverse=True):
+            if replicas == 1:
+                bins.place_each_once([None] * by_weight[weight], weight)
+            else:
+                for _ in range(by_weight[weight]):
+                    bins.place(None, weight, replicas)
+        cost = bins.open_count() * price
+        if best is None or (cost, price, name) < best[:3]:
+            best = (cost, price, name, sizing, bins.open_count())
+    if best is None:
+        for group in groups:
+            cheapest_fitting_type(_group_model(group, replicas), instance_types, policy)
+        raise CapacityExceeded(
+            f"No single instance type holds every {groups[0].kind!r} model.", field="models"
+        )
+    return best[3], best[4]
 
 
 def _extend(

@@ -19,7 +19,7 @@ from django.db.models import Count, F, QuerySet, Sum
 
 from deployments.models import Endpoint, Instance, InstanceType, Placement
 from deployments.placement.rows import instance_spec
-from deployments.selectors.traffic import TRAFFIC_WINDOW_MINUTES, requests_per_version
+from deployments.selectors.traffic import TRAFFIC_WINDOW_MINUTES
 from models_registry.models import ModelVersion, TenantModel
 from tenants.access import Caller
 from tenants.models import Tenant
@@ -502,61 +502,72 @@ def fleet_costs(*, caller: Caller, lists: bool = True) -> dict:
 def what_if_costs(*, instance_type, target_utilization: float, replicas: int, now=None) -> dict:
     """Project the placed fleet onto ``instance_type`` alone (the MME solver) before deploying.
 
-    Raises CapacityExceeded (a DomainError) when a placed model does not fit that type.
+    The placed versions are read grouped by kind, measured memory and last hour's requests (what
+    packing reads), and the plan is counted per group (``placement.count_plan``: the instances
+    ``solve`` would open, without naming each model's place), so a fleet of 100,000 models is a
+    few thousand groups. Raises CapacityExceeded (a DomainError) when a placed model does not
+    fit that type.
     """
     from django.utils import timezone
 
-    from deployments.placement.solver import ModelSpec, PlacementPolicy, solve
+    from deployments.models import VersionUsageMinute
+    from deployments.placement.solver import ModelGroup, PlacementPolicy, count_plan
 
     now = now or timezone.now()
-    unloaded = Placement.DesiredState.UNLOADED
+    since = now - timedelta(minutes=TRAFFIC_WINDOW_MINUTES)
     with connection.cursor() as cursor:
-        # Each placed version at the largest memory any of its copies holds.
+        # Each placed version at the largest memory any of its copies holds, with its requests.
         cursor.execute(
-            f"""SELECT p.version_id, m.kind, MAX({_HELD_MB}),
-                   MAX(COALESCE(p.gpu_memory_mb, v.gpu_memory_mb, 0)),
-                   MAX(CASE WHEN p.desired_state = %s THEN 1 ELSE 0 END)
-            FROM {_table(Placement)} p
-            JOIN {_table(ModelVersion)} v ON v.id = p.version_id
-            JOIN {_table(TenantModel)} m ON m.id = v.model_id
-            WHERE p.desired_state <> %s
-            GROUP BY p.version_id, m.kind""",
-            [Placement.DesiredState.PINNED, unloaded],
+            f"""WITH placed AS (
+                SELECT p.version_id AS version_id, m.kind AS kind, MAX({_HELD_MB}) AS host_mb,
+                       MAX(COALESCE(p.gpu_memory_mb, v.gpu_memory_mb, 0)) AS gpu_mb
+                FROM {_table(Placement)} p
+                JOIN {_table(ModelVersion)} v ON v.id = p.version_id
+                JOIN {_table(TenantModel)} m ON m.id = v.model_id
+                WHERE p.desired_state <> %s
+                GROUP BY p.version_id, m.kind
+            ), traffic AS (
+                SELECT u.version_id AS version_id, SUM(u.invocations) AS requests
+                FROM {_table(VersionUsageMinute)} u WHERE u.minute >= %s GROUP BY u.version_id
+            )
+            SELECT pl.kind, pl.host_mb, pl.gpu_mb, COALESCE(t.requests, 0), COUNT(*)
+            FROM placed pl LEFT JOIN traffic t ON t.version_id = pl.version_id
+            GROUP BY pl.kind, pl.host_mb, pl.gpu_mb, COALESCE(t.requests, 0)""",
+            [Placement.DesiredState.UNLOADED, since],
         )
-        versions = cursor.fetchall()
-    requests = requests_per_version(since=now - timedelta(minutes=TRAFFIC_WINDOW_MINUTES))
-    specs = [
-        ModelSpec(
-            key=f"{version_id:012d}",
-            kind=kind,
-            host_memory_mb=float(host),
-            gpu_memory_mb=float(gpu),
-            requests_per_hour=float(requests.get(version_id, 0)),
-            pinned=bool(pinned),
-            replicas=replicas,
-        )
-        for version_id, kind, host, gpu, pinned in versions
-    ]
-    by_size = Counter((spec.host_memory_mb, spec.gpu_memory_mb) for spec in specs)
+        groups = [
+            ModelGroup(
+                kind=kind,
+                host_memory_mb=float(host),
+                gpu_memory_mb=float(gpu),
+                requests_per_hour=float(requests),
+                count=count,
+            )
+            for kind, host, gpu, requests, count in cursor.fetchall()
+        ]
+    by_size = Counter()
+    for group in groups:
+        by_size[(group.host_memory_mb, group.gpu_memory_mb)] += group.count
     dedicated = dedicated_baseline_usd_per_hour(
         sizes=[PlacedSize(host, gpu, count * replicas) for (host, gpu), count in by_size.items()]
     )
-    spec = instance_spec(instance_type)
-    if specs:
-        plan = solve(
-            models=specs,
-            instance_types=[spec],
+    placed_models = sum(group.count for group in groups)
+    if groups:
+        plan = count_plan(
+            groups=groups,
+            instance_types=[instance_spec(instance_type)],
             policy=PlacementPolicy(target_utilization=target_utilization),
+            replicas=replicas,
         )
         hourly = plan.usd_per_hour
-        instances = sum(len(e.instances) for e in plan.endpoints)
+        instances = sum(e.instances for e in plan.endpoints)
         endpoints = [
             {
                 "endpoint": e.name,
                 "kind": e.kind,
                 "mode": e.mode,
-                "instances": len(e.instances),
-                "models": sum(len(i.models) for i in e.instances),
+                "instances": e.instances,
+                "models": e.models,
             }
             for e in plan.endpoints
         ]
@@ -568,7 +579,7 @@ def what_if_costs(*, instance_type, target_utilization: float, replicas: int, no
         "instance_type": instance_type.name,
         "target_utilization": round(float(target_utilization), 2),
         "replicas": replicas,
-        "placed_models": len(specs),
+        "placed_models": placed_models,
         "instances": instances,
         "endpoints": endpoints,
         "usd_per_hour": money(hourly),

@@ -16,6 +16,7 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from deployments.models import Endpoint, Instance, Placement, VersionUsageMinute
+from deployments.placement.rows import held_memory_mb
 from deployments.selectors.costs import HOURS_PER_MONTH
 from deployments.selectors.fleet import (
     RESIDENT,
@@ -99,31 +100,36 @@ def _memory_bars(endpoint: Endpoint, instances: list[Instance]) -> list[dict]:
     """Each live instance as a bar: its largest resident models, drawn most recently used first,
     then one segment for the rest, then free memory."""
     resident = Placement.objects.filter(RESIDENT, instance__in=instances)
-    totals = {
-        instance_id: ResidentTotals(models=n, memory_mb=mb or 0.0)
-        for instance_id, n, mb in resident.values("instance_id")
-        .annotate(n=Count("id"), mb=Sum(held_host_mb()))
-        .values_list("instance_id", "n", "mb")
-    }
-    by_instance: dict[int, list[Placement]] = {}
-    largest = (
-        resident.select_related("version__model__tenant")
-        .annotate(
-            memory_mb=held_host_mb(),
+    per_instance = [F("instance_id")]
+    # One pass over the instances' resident copies: each one's rank by size and by last use,
+    # and its instance's totals; only the largest come back, then are read with their names.
+    ranked = (
+        resident.annotate(
             size_rank=Window(
-                RowNumber(),
-                partition_by=[F("instance_id")],
-                order_by=[held_host_mb().desc(), F("pk").asc()],
+                RowNumber(), partition_by=per_instance, order_by=[held_host_mb().desc(), "pk"]
             ),
             lru_rank=Window(
                 RowNumber(),
-                partition_by=[F("instance_id")],
-                order_by=[F("last_invoked_at").desc(nulls_last=True), F("pk").asc()],
+                partition_by=per_instance,
+                order_by=[F("last_invoked_at").desc(nulls_last=True), "pk"],
             ),
+            instance_models=Window(Count("pk"), partition_by=per_instance),
+            instance_mb=Window(Sum(held_host_mb()), partition_by=per_instance),
         )
         .filter(size_rank__lte=SEGMENTS_PER_INSTANCE)
+        .values_list("pk", "instance_id", "lru_rank", "instance_models", "instance_mb")
     )
-    for placement in largest:
+    lru_rank: dict[int, int] = {}
+    totals: dict[int, ResidentTotals] = {}
+    for pk, instance_id, rank, models, mb in ranked:
+        lru_rank[pk] = rank
+        totals[instance_id] = ResidentTotals(models=models, memory_mb=mb or 0.0)
+    by_instance: dict[int, list[Placement]] = {}
+    for placement in Placement.objects.filter(pk__in=list(lru_rank)).select_related(
+        "version__model__tenant"
+    ):
+        placement.lru_rank = lru_rank[placement.pk]
+        placement.memory_mb = held_memory_mb(placement)
         by_instance.setdefault(placement.instance_id, []).append(placement)
     bars = []
     for instance in instances:
@@ -178,7 +184,6 @@ def endpoint_detail(*, endpoint: Endpoint, search: str = "", page_number=1, now=
     placements = (
         Placement.objects.filter(endpoint=endpoint)
         .select_related("version__model__tenant", "instance")
-        .annotate(memory_mb=held_host_mb())
         .order_by(F("last_invoked_at").desc(nulls_last=True), "pk")
     )
     search = search.strip()
@@ -201,7 +206,7 @@ def endpoint_detail(*, endpoint: Endpoint, search: str = "", page_number=1, now=
     page.object_list = [
         {
             "placement": p,
-            "memory_mb": p.memory_mb,
+            "memory_mb": held_memory_mb(p),
             "invocations": traffic.get(p.version_id, (0, 0))[0],
             "cold_starts": traffic.get(p.version_id, (0, 0))[1],
         }

@@ -41,6 +41,16 @@ def test_postgres_url_is_parsed_with_persistent_connections(tmp_path):
     assert config["CONN_HEALTH_CHECKS"] is True
 
 
+def test_postgres_connections_turn_jit_off_unless_the_url_chooses(tmp_path):
+    plain = parse.database_config("postgres://ml@db:5432/tenantml", var_dir=tmp_path)
+    chosen = parse.database_config(
+        "postgres://ml@db:5432/tenantml?options=-c%20jit%3Don", var_dir=tmp_path
+    )
+
+    assert plain["OPTIONS"]["options"] == "-c jit=off"
+    assert chosen["OPTIONS"]["options"] == "-c jit=on"
+
+
 def test_unknown_database_scheme_is_a_configuration_error(tmp_path):
     with pytest.raises(parse.ConfigurationError, match="DATABASE_URL"):
         parse.database_config("mongodb://x/y", var_dir=tmp_path)

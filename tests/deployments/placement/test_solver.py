@@ -484,3 +484,66 @@ def test_the_dedicated_baseline_prices_each_size_once_and_names_a_model_that_fit
     )
     with pytest.raises(CapacityExceeded, match="'huge'"):
         dedicated_usd_per_hour([*same, ModelSpec("huge", "x", 10**6)], CATALOG, policy)
+
+
+@FAST
+@given(
+    sizes=st.lists(
+        st.tuples(
+            st.sampled_from(["embedding", "intent-classifier"]),
+            st.sampled_from([90.0, 111.0, 140.5, 600.0, 1300.0, 2500.0, 9000.0]),
+            st.sampled_from([0.0, 0.0, 800.0, 3000.0]),
+            st.sampled_from([0.0, 0.0, 500.0, 20000.0]),
+            st.integers(1, 60),
+        ),
+        max_size=10,
+    ),
+    replicas=st.sampled_from([1, 1, 2, 3]),
+    policy=st.builds(
+        PlacementPolicy,
+        target_utilization=st.sampled_from([0.5, 0.8, 1.0]),
+        max_models_per_instance=st.sampled_from([3, 20, 500]),
+        size_ratio_limit=st.sampled_from([2.0, 4.0, 1000.0]),
+    ),
+    catalog=st.lists(st.sampled_from(CATALOG), min_size=1, max_size=4, unique=True),
+)
+def test_a_counted_plan_opens_what_solving_model_by_model_opens(sizes, replicas, policy, catalog):
+    from deployments.placement.solver import ModelGroup, count_plan
+
+    groups = [ModelGroup(kind, host, gpu, rph, count) for kind, host, gpu, rph, count in sizes]
+    models = [
+        ModelSpec(
+            f"m{i}-{n}",
+            g.kind,
+            g.host_memory_mb,
+            g.gpu_memory_mb,
+            g.requests_per_hour,
+            replicas=replicas,
+        )
+        for i, g in enumerate(groups)
+        for n in range(g.count)
+    ]
+    try:
+        plan = solve(models=models, instance_types=catalog, policy=policy)
+    except CapacityExceeded:
+        with pytest.raises(CapacityExceeded):
+            count_plan(groups=groups, instance_types=catalog, policy=policy, replicas=replicas)
+        return
+
+    counted = count_plan(groups=groups, instance_types=catalog, policy=policy, replicas=replicas)
+
+    assert counted.usd_per_hour == pytest.approx(plan.usd_per_hour)
+    # (kind, mode, type) → instances and copies; counted plans list a kind's dedicated
+    # endpoints on one type as one row.
+    solved: dict = {}
+    for e in plan.endpoints:
+        key = (e.kind, e.mode, e.instance_type)
+        instances, held = solved.get(key, (0, 0))
+        solved[key] = (
+            instances + len(e.instances),
+            held + sum(len(i.models) for i in e.instances),
+        )
+    assert {
+        (e.kind, e.mode, e.instance_type): (e.instances, e.models * replicas)
+        for e in counted.endpoints
+    } == solved
