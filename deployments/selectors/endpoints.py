@@ -11,8 +11,19 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, F, Q, QuerySet, Sum, Window
-from django.db.models.functions import RowNumber
+from django.db.models import (
+    Count,
+    F,
+    FloatField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+    Window,
+)
+from django.db.models.functions import Coalesce, RowNumber
 from django.utils import timezone
 
 from deployments.models import Endpoint, Instance, Placement, VersionUsageMinute
@@ -27,6 +38,7 @@ from deployments.selectors.fleet import (
     memory_is_measured,
 )
 from deployments.selectors.traffic import TRAFFIC_WINDOW_MINUTES, traffic_summary
+from models_registry.models import ModelVersion
 from tenants.access import Caller
 
 ENDPOINTS_PER_PAGE = 50
@@ -101,42 +113,52 @@ def _memory_bars(endpoint: Endpoint, instances: list[Instance]) -> list[dict]:
     then one segment for the rest, then free memory."""
     resident = Placement.objects.filter(RESIDENT, instance__in=instances)
     per_instance = [F("instance_id")]
-    # One pass over the instances' resident copies: each one's rank by size and by last use,
-    # and its instance's totals; only the largest come back, then are read with their names.
+    # The version's figure is read only for a copy without its own (a join would read every
+    # version of the fleet to rank one endpoint's copies).
+    held = Coalesce(
+        "host_memory_mb",
+        Subquery(
+            ModelVersion.objects.filter(pk=OuterRef("version_id"))
+            .order_by()
+            .values("host_memory_mb")
+        ),
+        Value(0.0),
+        output_field=FloatField(),
+    )
+    # One pass over the instances' resident copies: each one's rank by size and its instance's
+    # totals; only the largest come back, then are read with their names.
     ranked = (
         resident.annotate(
-            size_rank=Window(
-                RowNumber(), partition_by=per_instance, order_by=[held_host_mb().desc(), "pk"]
-            ),
-            lru_rank=Window(
-                RowNumber(),
-                partition_by=per_instance,
-                order_by=[F("last_invoked_at").desc(nulls_last=True), "pk"],
-            ),
+            size_rank=Window(RowNumber(), partition_by=per_instance, order_by=[held.desc(), "pk"]),
             instance_models=Window(Count("pk"), partition_by=per_instance),
-            instance_mb=Window(Sum(held_host_mb()), partition_by=per_instance),
+            instance_mb=Window(Sum(held), partition_by=per_instance),
         )
         .filter(size_rank__lte=SEGMENTS_PER_INSTANCE)
-        .values_list("pk", "instance_id", "lru_rank", "instance_models", "instance_mb")
+        .order_by()
+        .values_list("pk", "instance_id", "instance_models", "instance_mb")
     )
-    lru_rank: dict[int, int] = {}
     totals: dict[int, ResidentTotals] = {}
-    for pk, instance_id, rank, models, mb in ranked:
-        lru_rank[pk] = rank
+    drawn: list[int] = []
+    for pk, instance_id, models, mb in ranked:
+        drawn.append(pk)
         totals[instance_id] = ResidentTotals(models=models, memory_mb=mb or 0.0)
     by_instance: dict[int, list[Placement]] = {}
-    for placement in Placement.objects.filter(pk__in=list(lru_rank)).select_related(
-        "version__model__tenant"
+    for placement in (
+        Placement.objects.filter(pk__in=drawn)
+        .select_related("version__model__tenant")
+        .order_by(F("last_invoked_at").desc(nulls_last=True), "pk")
     ):
-        placement.lru_rank = lru_rank[placement.pk]
+        mine = by_instance.setdefault(placement.instance_id, [])
+        # Drawn most recently used first: 1 is the most recently used of the drawn models.
+        placement.lru_rank = len(mine) + 1
         placement.memory_mb = held_memory_mb(placement)
-        by_instance.setdefault(placement.instance_id, []).append(placement)
+        mine.append(placement)
     bars = []
     for instance in instances:
         total = totals.get(instance.pk, ResidentTotals(0, 0.0))
         budget = float(instance.memory_budget_mb)
         scale = max(budget, total.memory_mb) or 1.0
-        shown = sorted(by_instance.get(instance.pk, []), key=lambda p: p.lru_rank)
+        shown = by_instance.get(instance.pk, [])
         segments = [
             {
                 "placement": p,
