@@ -368,13 +368,9 @@ class InstanceUsageMinute(models.Model):
         return f"{self.instance} @ {self.minute:%Y-%m-%d %H:%M}"
 
 
-class VersionUsageMinute(models.Model):
-    """One minute of one model version on one endpoint: traffic, latency and cache behaviour."""
+class TrafficMinute(models.Model):
+    """One minute of traffic: what the usage flush adds to (``deployments.usage``)."""
 
-    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="usage")
-    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="version_usage")
-    # Denormalised so per-tenant cost and traffic need no join through versions and models.
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage")
     minute = models.DateTimeField()
     invocations = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
@@ -384,6 +380,18 @@ class VersionUsageMinute(models.Model):
     latency_ms_max = models.FloatField(default=0)
     # Counts per latency bucket upper bound in ms, so p50/p99 survive aggregation.
     latency_histogram = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class VersionUsageMinute(TrafficMinute):
+    """One minute of one model version on one endpoint: traffic, latency and cache behaviour."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="usage")
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="version_usage")
+    # Denormalised so per-tenant cost and traffic need no join through versions and models.
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage")
 
     class Meta:
         ordering = ["-minute"]
@@ -467,7 +475,7 @@ class Deployment(models.Model):
         return f"{self.model} ({self.mode})"
 
 
-class EndpointUsageMinute(models.Model):
+class EndpointUsageMinute(TrafficMinute):
     """One minute of one endpoint's traffic: the ``VersionUsageMinute`` rows of that endpoint and
     minute summed, written by the same flush in the same transaction.
 
@@ -476,14 +484,6 @@ class EndpointUsageMinute(models.Model):
     """
 
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="usage")
-    minute = models.DateTimeField()
-    invocations = models.PositiveIntegerField(default=0)
-    errors = models.PositiveIntegerField(default=0)
-    cold_starts = models.PositiveIntegerField(default=0)
-    cache_hits = models.PositiveIntegerField(default=0)
-    latency_ms_sum = models.FloatField(default=0)
-    latency_ms_max = models.FloatField(default=0)
-    latency_histogram = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-minute"]

@@ -42,14 +42,20 @@ class _Cell:
 
     def add(self, other: _Cell) -> None:
         """Add another cell's counts to this one."""
-        self.invocations += other.invocations
-        self.errors += other.errors
-        self.cold_starts += other.cold_starts
-        self.cache_hits += other.cache_hits
-        self.latency_ms_sum += other.latency_ms_sum
-        self.latency_ms_max = max(self.latency_ms_max, other.latency_ms_max)
+        _add_counts(self, other)
         for bucket, count in other.histogram.items():
             self.histogram[bucket] += count
+
+
+# What adding two minutes of traffic sums (the largest latency is kept, histograms are merged);
+# the names of both a cell's attributes and a minute row's columns.
+COUNTS = ("invocations", "errors", "cold_starts", "cache_hits", "latency_ms_sum")
+
+
+def _add_counts(target, source) -> None:
+    for name in COUNTS:
+        setattr(target, name, getattr(target, name) + getattr(source, name))
+    target.latency_ms_max = max(target.latency_ms_max, source.latency_ms_max)
 
 
 class UsageCounters:
@@ -183,29 +189,14 @@ def _add_to_minute_rows(model, key_fields: tuple[str, ...], cells: dict, *, extr
         if key not in wanted:
             continue
         cell = cells[key]
-        row.invocations += cell.invocations
-        row.errors += cell.errors
-        row.cold_starts += cell.cold_starts
-        row.cache_hits += cell.cache_hits
-        row.latency_ms_sum += cell.latency_ms_sum
-        row.latency_ms_max = max(row.latency_ms_max, cell.latency_ms_max)
+        _add_counts(row, cell)
         histogram = dict(row.latency_histogram or {})
         for bucket, count in cell.histogram.items():
             histogram[bucket] = histogram.get(bucket, 0) + count
         row.latency_histogram = histogram
         changed.append(row)
     model.objects.bulk_update(
-        changed,
-        [
-            "invocations",
-            "errors",
-            "cold_starts",
-            "cache_hits",
-            "latency_ms_sum",
-            "latency_ms_max",
-            "latency_histogram",
-        ],
-        batch_size=FLUSH_BATCH_ROWS,
+        changed, [*COUNTS, "latency_ms_max", "latency_histogram"], batch_size=FLUSH_BATCH_ROWS
     )
 
 

@@ -33,6 +33,7 @@ from deployments.selectors.fleet import (
     RESIDENT,
     endpoint_usd_per_hour,
     endpoints_with_cost,
+    fraction,
     held_host_mb,
     host_budget_mb,
     memory_is_measured,
@@ -45,10 +46,6 @@ ENDPOINTS_PER_PAGE = 50
 PLACEMENTS_PER_PAGE = 50
 # The largest models a memory bar draws one by one; the rest of the instance is one segment.
 SEGMENTS_PER_INSTANCE = 8
-
-
-def _fraction(numerator: float, denominator: float) -> float | None:
-    return round(numerator / denominator, 4) if denominator > 0 else None
 
 
 def _live(instances: QuerySet[Instance]) -> QuerySet[Instance]:
@@ -94,7 +91,7 @@ def endpoints_page(*, page_number=1, per_page: int = ENDPOINTS_PER_PAGE) -> Page
                 "memory_measured": endpoint.pk in budgets or endpoint.pk not in has_instances,
                 "host_memory_used_mb": memory_used,
                 "host_memory_budget_mb": budget,
-                "host_memory_utilization": _fraction(memory_used, budget),
+                "host_memory_utilization": fraction(memory_used, budget),
                 "models_loaded": loaded.get(endpoint.pk, 0),
             }
         )
@@ -177,7 +174,7 @@ def _memory_bars(endpoint: Endpoint, instances: list[Instance]) -> list[dict]:
                 "budget_mb": budget,
                 "used_mb": total.memory_mb,
                 "free_mb": max(budget - total.memory_mb, 0.0),
-                "utilization": _fraction(total.memory_mb, budget),
+                "utilization": fraction(total.memory_mb, budget),
                 "over_budget": total.memory_mb > budget,
                 "models": total.models,
                 "segments": segments,

@@ -236,10 +236,10 @@ def fleet_utilization(*, caller: Caller, now=None) -> dict:
         "memory_basis": MEMORY_BASIS,
         "host_memory_used_mb": megabytes(host_used),
         "host_memory_budget_mb": megabytes(host_budget) if host_budget is not None else None,
-        "host_memory_utilization": _fraction(host_used, host_budget or 0),
+        "host_memory_utilization": fraction(host_used, host_budget or 0),
         "gpu_memory_used_mb": megabytes(gpu_used),
         "gpu_memory_budget_mb": megabytes(gpu_budget) if gpu_budget is not None else None,
-        "gpu_memory_utilization": _fraction(gpu_used, gpu_budget or 0),
+        "gpu_memory_utilization": fraction(gpu_used, gpu_budget or 0),
         "models_loaded": figures["loaded"],
         "models_placed": figures["placed"],
         "invocations_last_hour": traffic["invocations"],
@@ -267,7 +267,8 @@ def _instances_holding(resident: QuerySet[Placement]) -> int:
     return len(on_instances | on_endpoints)
 
 
-def _fraction(numerator: float, denominator: float) -> float | None:
+def fraction(numerator: float, denominator: float) -> float | None:
+    """``numerator / denominator`` to 4 places; None without a denominator."""
     return round(numerator / denominator, 4) if denominator > 0 else None
 
 

@@ -59,19 +59,6 @@ def traffic_summary(*, caller: Caller, since: datetime, endpoint: Endpoint | Non
     }
 
 
-def requests_per_version(*, since: datetime, version_ids=None) -> dict[int, int]:
-    """Invocations per model version since ``since`` (of ``version_ids`` only, when given)."""
-    rows = VersionUsageMinute.objects.filter(minute__gte=since)
-    if version_ids is not None:
-        rows = rows.filter(version_id__in=version_ids)
-    return {
-        version_id: total or 0
-        for version_id, total in rows.values("version_id")
-        .annotate(total=Sum("invocations"))
-        .values_list("version_id", "total")
-    }
-
-
 def fleet_trends(*, caller: Caller, hours: int = 6, bucket_minutes: int = 5, now=None) -> dict:
     """Series for the trend charts: ``[(bucket start, value)]`` per figure over ``hours``.
 
