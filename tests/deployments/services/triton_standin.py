@@ -111,17 +111,21 @@ class _Handler(BaseHTTPRequestHandler):
         return json.loads(self.rfile.read(length) or b"{}")
 
     def _counted(self, what: str, handle) -> None:
+        """Answer what ``handle`` returns, counted in flight while it works. The count is left
+        before the answer is written: once the caller has read it, the request is over here
+        too (else the caller's next request could overlap this one's last bytes)."""
         port = self.server.port
         COUNTS.enter(port, what)
         try:
-            handle()
+            status, body = handle()
         finally:
             COUNTS.leave(port)
+        self._answer(status, body)
 
     def do_GET(self) -> None:
         state = self.server.state
         if self.path == "/ping":
-            self._counted("ping", lambda: self._answer(200))
+            self._counted("ping", lambda: (200, None))
         elif self.path == "/models":
             self._counted("list", self._list)
         elif self.path.startswith("/models/"):
@@ -136,14 +140,13 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._answer(404, {"error": "no such route"})
 
-    def _list(self) -> None:
+    def _list(self) -> tuple[int, dict]:
         state = self.server.state
         time.sleep(state.models_delay_s)
         if state.listing_status != 200:
-            self._answer(state.listing_status, {"error": "model repository is unavailable"})
-            return
+            return state.listing_status, {"error": "model repository is unavailable"}
         models = [{"modelName": name, "modelUrl": url} for name, url in state.loaded.items()]
-        self._answer(200, {"models": models})
+        return 200, {"models": models}
 
     def do_POST(self) -> None:
         state = self.server.state
@@ -167,12 +170,11 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._answer(404, {"error": "no such route"})
 
-    def _invoke(self, name: str) -> None:
+    def _invoke(self, name: str) -> tuple[int, object]:
         time.sleep(self.server.state.invoke_delay_s)
         if name not in self.server.state.loaded:
-            self._answer(404, {"error": f"Request for unknown model: '{name}' is not found"})
-            return
-        self._answer(200, INTENT_ANSWER)
+            return 404, {"error": f"Request for unknown model: '{name}' is not found"}
+        return 200, INTENT_ANSWER
 
     def do_DELETE(self) -> None:
         name = unquote(self.path[len("/models/") :])
