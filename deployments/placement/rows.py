@@ -36,9 +36,16 @@ def instance_spec(instance_type: InstanceType) -> InstanceSpec:
 
 def expected_memory_mb(version: ModelVersion) -> float:
     """A version's host memory: measured, else its kind's expected figure, else the default."""
-    if version.host_memory_mb is not None:
-        return float(version.host_memory_mb)
-    expected = getattr(get_kind(version.model.kind), "expected_memory_mb", 0) or 0
+    return copy_memory_mb(copy_mb=None, version_mb=version.host_memory_mb, kind=version.model.kind)
+
+
+def copy_memory_mb(*, copy_mb: float | None, version_mb: float | None, kind: str) -> float:
+    """The memory a copy needs, from plain figures: measured on its instance, else on its
+    version, else its kind's expected figure, else the default."""
+    for figure in (copy_mb, version_mb):
+        if figure is not None:
+            return float(figure)
+    expected = getattr(get_kind(kind), "expected_memory_mb", 0) or 0
     return float(expected) or DEFAULT_EXPECTED_MEMORY_MB
 
 

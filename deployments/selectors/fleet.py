@@ -176,7 +176,6 @@ def measured_budgets() -> dict:
             "endpoint__instance_type__host_memory_mb",
             "endpoint__target_memory_utilization",
         )
-        .iterator(chunk_size=2000)
     ):
         totals["instances"] += 1
         if not host:

@@ -41,7 +41,8 @@ from config.events import record_event
 from deployments.backends.base import NetworkCalls, ReconcileReport
 from deployments.backends.local import runtime
 from deployments.models import Endpoint, Instance, Placement
-from deployments.placement.rows import memory_of
+from deployments.placement.rows import copy_memory_mb
+from models_registry.models import triton_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -146,55 +147,106 @@ def _check_all(instances: list[Instance], *, report: ReconcileReport) -> dict[in
     return checks
 
 
-def _placements_query():
-    # Only what the repair rules read (at 100,000 copies, building the rest is most of a pass):
-    # the Triton name (tenant, model, version number), desired and actual state, memory (the
-    # copy's, else the version's, else its kind's), last invocation, last load and retries. The
-    # instance and endpoint objects are attached from the instance read.
-    return (
-        Placement.objects.select_related("version__model__tenant")
-        .only(
-            "version__number",
-            "version__host_memory_mb",
-            "version__model__name",
-            "version__model__kind",
-            "version__model__tenant__slug",
-            "endpoint_id",
-            "instance_id",
-            "desired_state",
-            "actual_state",
-            "host_memory_mb",
-            "last_invoked_at",
-            "loaded_at",
-            "retries",
-        )
+@dataclass
+class CopyRecord:
+    """What the repair rules read of one placement, from a plain row: building 100,000
+    placements with their versions, models and tenants was most of a pass. A copy that needs a
+    repair is read whole (``_placement``), which costs in proportion to the drift."""
+
+    pk: int
+    name: str
+    desired_state: str
+    actual_state: str
+    memory_mb: float
+    loaded_at: datetime | None
+    last_invoked_at: datetime | None
+    retries: int
+
+    @property
+    def is_pinned(self) -> bool:
+        return self.desired_state == Placement.DesiredState.PINNED
+
+
+_RECORD_FIELDS = (
+    "pk",
+    "instance_id",
+    "version__model__tenant__slug",
+    "version__model__name",
+    "version__number",
+    "version__model__kind",
+    "version__host_memory_mb",
+    "host_memory_mb",
+    "desired_state",
+    "actual_state",
+    "loaded_at",
+    "last_invoked_at",
+    "retries",
+)
+
+
+def _records(**filters) -> dict[int, list[CopyRecord]]:
+    """The placements matching ``filters`` (one query) as records, by instance, most recently
+    invoked first."""
+    by_instance: dict[int, list[CopyRecord]] = {}
+    rows = (
+        Placement.objects.filter(**filters)
         .order_by("-last_invoked_at", "id")
+        .values_list(*_RECORD_FIELDS)
     )
-
-
-def _placements_on(instances: list[Instance]) -> dict[int, list[Placement]]:
-    """Every placement on these instances (one query), by instance."""
-    instance_of = {instance.pk: instance for instance in instances}
-    by_instance: dict[int, list[Placement]] = {}
-    if not instance_of:
-        return by_instance
-    for placement in _placements_query().filter(instance_id__in=list(instance_of)):
-        _attach(placement, instance_of[placement.instance_id])
-        by_instance.setdefault(placement.instance_id, []).append(placement)
+    for (
+        pk,
+        instance_id,
+        tenant_slug,
+        model_name,
+        number,
+        kind,
+        version_mb,
+        copy_mb,
+        desired_state,
+        actual_state,
+        loaded_at,
+        last_invoked_at,
+        retries,
+    ) in rows:
+        by_instance.setdefault(instance_id, []).append(
+            CopyRecord(
+                pk=pk,
+                name=triton_model_name(
+                    tenant_slug=tenant_slug, model_name=model_name, number=number
+                ),
+                desired_state=desired_state,
+                actual_state=actual_state,
+                memory_mb=copy_memory_mb(copy_mb=copy_mb, version_mb=version_mb, kind=kind),
+                loaded_at=loaded_at,
+                last_invoked_at=last_invoked_at,
+                retries=retries,
+            )
+        )
     return by_instance
 
 
-def _attach(placement: Placement, instance: Instance) -> None:
+def _placements_on(instances: list[Instance]) -> dict[int, list[CopyRecord]]:
+    """Every placement on these instances (one query), by instance."""
+    if not instances:
+        return {}
+    return _records(instance_id__in=[instance.pk for instance in instances])
+
+
+def _placement(record: CopyRecord, instance: Instance) -> Placement:
+    """The whole placement behind ``record``, for a repair (its instance and endpoint are the
+    ones already read)."""
+    placement = Placement.objects.select_related("version__model__tenant").get(pk=record.pk)
     placement.instance = instance
     if placement.endpoint_id == instance.endpoint_id:
         placement.endpoint = instance.endpoint
+    return placement
 
 
 def _repair_instance(
     *,
     instance: Instance,
     check: InstanceCheck,
-    placements: list[Placement],
+    placements: list[CopyRecord],
     report: ReconcileReport,
 ) -> bool:
     """Apply the repair rules to one instance; False when it was given up (stopped)."""
@@ -212,9 +264,7 @@ def _repair_instance(
             return True  # still live (unhealthy): the next pass tries again
         instance = restarted
         # A new process holds nothing: read what the restart left of the record, and list it.
-        placements = list(_placements_query().filter(instance=instance))
-        for placement in placements:
-            _attach(placement, instance)
+        placements = _records(instance_id=instance.pk).get(instance.pk, [])
         check = _listing(instance)
     elif instance.status != Instance.Status.HEALTHY:
         # Marked unhealthy (a request met it while it restarted) but answering: route to it
@@ -229,7 +279,7 @@ def _repair_instance(
     # Trimming locks the instance and reads its resident placements: only for one that the
     # placements already read say is over its budget.
     resident_mb = sum(
-        memory_of(p) for p in placements if p.actual_state in Placement.RESIDENT_STATES
+        p.memory_mb for p in placements if p.actual_state in Placement.RESIDENT_STATES
     )
     if resident_mb > instance.memory_budget_mb:
         trimmed = runtime.trim_to_budget(instance=instance, actor=ACTOR)
@@ -267,28 +317,28 @@ def _reconcile_models(
     *,
     instance: Instance,
     check: InstanceCheck,
-    placements: list[Placement],
+    placements: list[CopyRecord],
     report: ReconcileReport,
 ) -> None:
     actual = check.loaded or frozenset()
     wanted_names: set[str] = set()
-    unwanted: dict[str, list[Placement]] = {}
-    for placement in placements:
-        name = placement.version.triton_model_name
-        if placement.desired_state != Placement.DesiredState.UNLOADED:
-            wanted_names.add(name)
+    unwanted: dict[str, list[CopyRecord]] = {}
+    for record in placements:
+        if record.desired_state != Placement.DesiredState.UNLOADED:
+            wanted_names.add(record.name)
         else:
-            unwanted.setdefault(name, []).append(placement)
+            unwanted.setdefault(record.name, []).append(record)
         if (
-            placement.actual_state == Placement.ActualState.LOADED
-            and name not in actual
-            and placement.desired_state != Placement.DesiredState.UNLOADED
-            and not _loaded_after(placement, check)
+            record.actual_state == Placement.ActualState.LOADED
+            and record.name not in actual
+            and record.desired_state != Placement.DesiredState.UNLOADED
+            and not _loaded_after(record, check)
         ):
-            Placement.objects.filter(pk=placement.pk).update(
+            Placement.objects.filter(pk=record.pk).update(
                 actual_state=Placement.ActualState.EVICTED, updated_at=timezone.now()
             )
-            placement.actual_state = Placement.ActualState.EVICTED
+            record.actual_state = Placement.ActualState.EVICTED
+            placement = _placement(record, instance)
             report.marked_missing.append(str(placement))
             record_event(
                 kind="placement.missing",
@@ -299,8 +349,9 @@ def _reconcile_models(
                 endpoint=instance.endpoint,
                 instance=instance,
             )
-    client = runtime.client_for(instance)
-    for name in sorted(actual - wanted_names):
+    orphans = sorted(actual - wanted_names)
+    client = runtime.client_for(instance) if orphans else None
+    for name in orphans:
         try:
             client.unload_model(name)
         except DomainError as exc:
@@ -309,8 +360,8 @@ def _reconcile_models(
         Placement.objects.filter(pk__in=[p.pk for p in unwanted.get(name, [])]).update(
             actual_state=Placement.ActualState.UNLOADED, updated_at=timezone.now()
         )
-        for placement in unwanted.get(name, []):
-            placement.actual_state = Placement.ActualState.UNLOADED
+        for record in unwanted.get(name, []):
+            record.actual_state = Placement.ActualState.UNLOADED
         report.orphans_unloaded.append(f"{name} on {instance}")
         record_event(
             kind="placement.orphan_unloaded",
@@ -322,57 +373,57 @@ def _reconcile_models(
     _reload_wanted(instance=instance, placements=placements, report=report)
 
 
-def _loaded_after(placement: Placement, check: InstanceCheck) -> bool:
+def _loaded_after(placement: CopyRecord, check: InstanceCheck) -> bool:
     """Whether the copy finished loading after its instance was listed: the placements are
     read after every instance answered, and a listing cannot show what came later."""
     return bool(placement.loaded_at and check.listed_at and placement.loaded_at >= check.listed_at)
 
 
 def _reload_wanted(
-    *, instance: Instance, placements: list[Placement], report: ReconcileReport
+    *, instance: Instance, placements: list[CopyRecord], report: ReconcileReport
 ) -> None:
     """Load pinned models, then hot ones (most recent first) while they fit without eviction."""
     hot_since = _hot_since()
     pinned, hot = [], []
-    for placement in placements:
-        if placement.desired_state == Placement.DesiredState.UNLOADED:
+    for record in placements:
+        if record.desired_state == Placement.DesiredState.UNLOADED:
             continue
-        if placement.actual_state in Placement.RESIDENT_STATES:
+        if record.actual_state in Placement.RESIDENT_STATES:
             continue
-        if placement.actual_state == Placement.ActualState.FAILED and (
-            placement.retries >= MAX_LOAD_RETRIES
+        if record.actual_state == Placement.ActualState.FAILED and (
+            record.retries >= MAX_LOAD_RETRIES
         ):
             continue
-        if placement.is_pinned:
-            pinned.append(placement)
-        elif placement.last_invoked_at and placement.last_invoked_at >= hot_since:
-            hot.append(placement)
+        if record.is_pinned:
+            pinned.append(record)
+        elif record.last_invoked_at and record.last_invoked_at >= hot_since:
+            hot.append(record)
     hot.sort(key=lambda p: p.last_invoked_at, reverse=True)
     used = sum(
-        memory_of(p)
+        p.memory_mb
         for p in placements
         if p.actual_state in Placement.RESIDENT_STATES
         and p.desired_state != Placement.DesiredState.UNLOADED
     )
-    for placement in pinned + hot:
-        memory = memory_of(placement)
-        if not placement.is_pinned and used + memory > instance.memory_budget_mb:
+    for record in pinned + hot:
+        if not record.is_pinned and used + record.memory_mb > instance.memory_budget_mb:
             continue  # a hot model never evicts another to come back
+        placement = _placement(record, instance)
         try:
             runtime.ensure_loaded(placement=placement, actor=ACTOR)
         except DomainError as exc:
             report.errors.append(f"{placement}: {exc.message}")
             continue
-        used += memory
+        used += record.memory_mb
         # Resident now (its load trimmed the instance to budget around it).
-        placement.actual_state = Placement.ActualState.LOADED
+        record.actual_state = Placement.ActualState.LOADED
         report.reloaded.append(str(placement))
         record_event(
             kind="placement.reloaded",
             actor=ACTOR,
             message=(
                 f"{placement.version} reloaded on {instance} "
-                f"({'pinned' if placement.is_pinned else 'hot'})."
+                f"({'pinned' if record.is_pinned else 'hot'})."
             ),
             version=placement.version,
             endpoint=instance.endpoint,
