@@ -163,10 +163,15 @@ def endpoint_detail(request: HttpRequest, name: str) -> HttpResponse:
         raise Http404(exc.message) from exc
     search = request.GET.get("q", "")[:100]
     detail = endpoint_selectors.endpoint_detail(
-        endpoint=endpoint, search=search, page_number=request.GET.get("page")
+        endpoint=endpoint,
+        search=search,
+        page_number=request.GET.get("page"),
+        instance_page_number=request.GET.get("instances"),
     )
     query = request.GET.copy()
     query.pop("page", None)
+    instance_query = request.GET.copy()
+    instance_query.pop("instances", None)
     version = _version_of(
         {
             "cost": detail["usd_per_hour"],
@@ -183,7 +188,12 @@ def endpoint_detail(request: HttpRequest, name: str) -> HttpResponse:
             ],
         }
     )
-    context = {"detail": detail, "query": query.urlencode(), "live_version": version}
+    context = {
+        "detail": detail,
+        "query": query.urlencode(),
+        "instance_query": instance_query.urlencode(),
+        "live_version": version,
+    }
     if request.htmx and request.htmx.target == "endpoint-instances":
         return _refresh(request, "dashboard/partials/_endpoint_instances.html", context, version)
     return _page_or_partial(

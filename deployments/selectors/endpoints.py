@@ -44,6 +44,9 @@ from tenants.access import Caller
 
 ENDPOINTS_PER_PAGE = 50
 PLACEMENTS_PER_PAGE = 50
+# Instances drawn as memory bars on one page of an endpoint (thousands of models per endpoint
+# come on many instances).
+INSTANCES_PER_PAGE = 10
 # The largest models a memory bar draws one by one; the rest of the instance is one segment.
 SEGMENTS_PER_INSTANCE = 8
 
@@ -193,13 +196,19 @@ def _memory_bars(endpoint: Endpoint, instances: list[Instance]) -> list[dict]:
     return bars
 
 
-def endpoint_detail(*, endpoint: Endpoint, search: str = "", page_number=1, now=None) -> dict:
-    """``endpoint``'s live instances as memory bars, one page of its models (searchable by
-    tenant or model name, most recently used first) with their last hour's traffic, and the
-    endpoint's cost and traffic."""
+def endpoint_detail(
+    *, endpoint: Endpoint, search: str = "", page_number=1, instance_page_number=1, now=None
+) -> dict:
+    """One page of ``endpoint``'s live instances as memory bars (by ordinal), one page of its
+    models (searchable by tenant or model name, most recently used first) with their last
+    hour's traffic, and the endpoint's cost and traffic."""
     now = now or timezone.now()
     since = now - timedelta(minutes=TRAFFIC_WINDOW_MINUTES)
-    instances = list(_live(endpoint.instances.all()).select_related("endpoint").order_by("ordinal"))
+    instance_page = Paginator(
+        _live(endpoint.instances.all()).select_related("endpoint").order_by("ordinal"),
+        INSTANCES_PER_PAGE,
+    ).get_page(instance_page_number)
+    instances = list(instance_page.object_list)
     placements = (
         Placement.objects.filter(endpoint=endpoint)
         .select_related("version__model__tenant", "instance")
@@ -236,6 +245,7 @@ def endpoint_detail(*, endpoint: Endpoint, search: str = "", page_number=1, now=
         "endpoint": endpoint,
         "usd_per_hour": float(endpoint_usd_per_hour(endpoint=endpoint)),
         "instances": _memory_bars(endpoint, instances),
+        "instance_page": instance_page,
         "placements": page,
         "search": search,
         "segments_per_instance": SEGMENTS_PER_INSTANCE,

@@ -240,3 +240,29 @@ def test_a_tenant_member_sees_only_its_own_costs_in_the_full_list(member_client,
 
     assert [row["tenant"] for row in response.context["rows"]] == ["acme"]
     assert 'data-testid="tenant-cost-globex"' not in response.content.decode()
+
+
+def test_an_endpoints_instances_are_drawn_a_page_at_a_time(staff_client, db):
+    from deployments.selectors.endpoints import INSTANCES_PER_PAGE
+
+    endpoint = EndpointFactory(name="wide")
+    for ordinal in range(INSTANCES_PER_PAGE + 2):
+        PlacementFactory(instance=InstanceFactory(endpoint=endpoint, ordinal=ordinal))
+    url = reverse("dashboard:endpoint", args=["wide"])
+
+    first = staff_client.get(url)
+    second = staff_client.get(url, {"instances": 2, "q": "tenant"})
+
+    assert [b["instance"].ordinal for b in first.context["detail"]["instances"]] == list(
+        range(INSTANCES_PER_PAGE)
+    )
+    body = first.content.decode()
+    assert f"Instances 1–{INSTANCES_PER_PAGE} of {INSTANCES_PER_PAGE + 2}" in body
+    assert f"× {INSTANCES_PER_PAGE + 2})" in body  # the cost counts every live instance
+    assert [b["instance"].ordinal for b in second.context["detail"]["instances"]] == [
+        INSTANCES_PER_PAGE,
+        INSTANCES_PER_PAGE + 1,
+    ]
+    # The refresh keeps its page; the pager keeps the model table's search.
+    assert f'hx-get="{url}?instances=2"' in second.content.decode()
+    assert "?q=tenant&amp;instances=1" in second.content.decode()
