@@ -386,6 +386,15 @@ class _Bins:
                 self.models[index],
                 self.slot_models[index],
             )
+            if self.slots == 1:  # the common case, without the search for a GPU with room
+                room, held, end = free[0], len(models), len(keys)
+                while position < end and held < self.cap and room >= need:
+                    room -= weight
+                    models.append(keys[position])
+                    slot_models[0].append(keys[position])
+                    position += 1
+                    held += 1
+                free[0] = room
             while position < len(keys) and len(models) < self.cap:
                 slot = next((s for s, room in enumerate(free) if room >= need), None)
                 if slot is None:
