@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -95,6 +94,9 @@ def overview(request: HttpRequest) -> HttpResponse:
     if target == "overview-charts":
         context = {"charts": _charts(fleet_trends(caller=caller))}
         return render(request, "dashboard/partials/_overview_charts.html", context)
+    if target == "overview-costs":
+        context = {"figures": {"costs": cost_selectors.fleet_costs(caller=caller)}}
+        return render(request, "dashboard/partials/_overview_costs.html", context)
     figures = selectors.fleet_figures(caller=caller)
     headline = {**figures, "costs": cost_selectors.headline_costs(figures["costs"])}
     context = {
@@ -102,41 +104,16 @@ def overview(request: HttpRequest) -> HttpResponse:
         "figures_version": _version_of(headline),
         "charts": _charts(fleet_trends(caller=caller)),
     }
-    if target == "overview-costs":
-        return render(request, "dashboard/partials/_overview_costs.html", context)
     return render(request, "dashboard/overview.html", context)
 
 
 @login_required
 def tenant_costs(request: HttpRequest) -> HttpResponse:
     """Every tenant's share of the fleet's cost, most expensive first, a page at a time."""
-    caller = _caller(request)
-    number = _page_number(request.GET.get("page"))
-    result = cost_selectors.tenant_costs(
-        caller=caller, limit=TENANT_COSTS_PER_PAGE, offset=(number - 1) * TENANT_COSTS_PER_PAGE
+    page = cost_selectors.tenant_costs_page(
+        caller=_caller(request), number=request.GET.get("page"), per_page=TENANT_COSTS_PER_PAGE
     )
-    pages = max(1, math.ceil(result.count / TENANT_COSTS_PER_PAGE))
-    if number > pages:  # past the end: the last page, as Django's paginator does
-        number = pages
-        result = cost_selectors.tenant_costs(
-            caller=caller,
-            limit=TENANT_COSTS_PER_PAGE,
-            offset=(number - 1) * TENANT_COSTS_PER_PAGE,
-        )
-    context = {
-        "rows": result.rows,
-        "as_of": result.as_of,
-        "count": result.count,
-        "number": number,
-        "pages": pages,
-        "first_rank": (number - 1) * TENANT_COSTS_PER_PAGE + 1,
-    }
-    return render(request, "dashboard/tenant_costs.html", context)
-
-
-def _page_number(raw: str | None) -> int:
-    """``?page=``: a positive whole number; anything else is the first page."""
-    return int(raw) if raw and raw.isdigit() and 0 < int(raw) < 10**9 else 1
+    return render(request, "dashboard/tenant_costs.html", {"page": page})
 
 
 @login_required

@@ -10,6 +10,7 @@ The dedicated baseline prices each distinct model size once.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -242,6 +243,31 @@ def tenant_costs(*, caller: Caller, limit: int = TOP_ROWS, offset: int = 0) -> T
         rows=[_cost_row(slug, usd, mb) for slug, usd, mb, _, _ in fetched],
         count=count,
         attributed_usd_per_hour=attributed,
+    )
+
+
+@dataclass(frozen=True)
+class TenantCostPage:
+    """One page of the tenants' cost list: its rows, its number and the pages there are."""
+
+    costs: TenantCosts
+    number: int
+    pages: int
+    first_rank: int
+
+
+def tenant_costs_page(*, caller: Caller, number, per_page: int) -> TenantCostPage:
+    """Page ``number`` (a positive whole number, else the first; past the end, the last, as
+    Django's paginator does) of ``tenant_costs``."""
+    raw = str(number or "")
+    number = int(raw) if raw.isdigit() and 0 < int(raw) < 10**9 else 1
+    costs = tenant_costs(caller=caller, limit=per_page, offset=(number - 1) * per_page)
+    pages = max(1, math.ceil(costs.count / per_page))
+    if number > pages:
+        number = pages
+        costs = tenant_costs(caller=caller, limit=per_page, offset=(number - 1) * per_page)
+    return TenantCostPage(
+        costs=costs, number=number, pages=pages, first_rank=(number - 1) * per_page + 1
     )
 
 

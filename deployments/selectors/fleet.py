@@ -166,16 +166,15 @@ PLACED = ~Q(desired_state=Placement.DesiredState.UNLOADED)
 def measured_budgets() -> dict:
     """Live instances, those whose memory is measured, and their host and GPU budgets."""
     totals = {"instances": 0, "measured": 0, "host_budget_mb": 0.0, "gpu_budget_mb": 0.0}
-    for host, budget, gpus, per_gpu, type_host, target in (
-        Instance.objects.exclude(status=Instance.Status.STOPPED)
-        .values_list(
-            "host",
-            "memory_budget_mb",
-            "endpoint__instance_type__gpu_count",
-            "endpoint__instance_type__memory_per_gpu_mb",
-            "endpoint__instance_type__host_memory_mb",
-            "endpoint__target_memory_utilization",
-        )
+    for host, budget, gpus, per_gpu, type_host, target in Instance.objects.exclude(
+        status=Instance.Status.STOPPED
+    ).values_list(
+        "host",
+        "memory_budget_mb",
+        "endpoint__instance_type__gpu_count",
+        "endpoint__instance_type__memory_per_gpu_mb",
+        "endpoint__instance_type__host_memory_mb",
+        "endpoint__target_memory_utilization",
     ):
         totals["instances"] += 1
         if not host:

@@ -110,9 +110,9 @@ def test_lists_on_a_page_stay_bounded(world):
     overview = staff.get(reverse("dashboard:overview")).content.decode()
     assert overview.count('data-testid="tenant-cost-') == 10 + ('tenant-cost-idle"' in overview)
     assert f"All {costs['tenants_count']} tenants' costs" in overview
-    full = staff.get(reverse("dashboard:tenant-costs"), {"page": 2}).context
-    assert full["number"] == 1  # 50 a page: one page holds them all
-    assert len(full["rows"]) == costs["tenants_count"]
+    full = staff.get(reverse("dashboard:tenant-costs"), {"page": 2}).context["page"]
+    assert full.number == 1  # 50 a page: one page holds them all
+    assert len(full.costs.rows) == costs["tenants_count"]
 
 
 @pytest.fixture
@@ -238,7 +238,7 @@ def test_the_tenants_page_is_paginated_and_searchable(staff_client, db):
 def test_a_tenant_member_sees_only_its_own_costs_in_the_full_list(member_client, fleet):
     response = member_client.get(reverse("dashboard:tenant-costs"))
 
-    assert [row["tenant"] for row in response.context["rows"]] == ["acme"]
+    assert [row["tenant"] for row in response.context["page"].costs.rows] == ["acme"]
     assert 'data-testid="tenant-cost-globex"' not in response.content.decode()
 
 
