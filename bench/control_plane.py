@@ -838,7 +838,21 @@ def measure_requests(
     api = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
     staff = Client()
     staff.force_login(user)
-    version = figures_version(staff)
+    shown = {"etag": f'"{figures_version(staff)}"'}
+
+    def poll_unchanged():
+        # As the page does: send the figures it shows; a 200 (the last hour's window moved past a
+        # minute of traffic) shows new ones, which the next poll sends.
+        response = staff.get(
+            "/dashboard/",
+            HTTP_HX_REQUEST="true",
+            HTTP_HX_TARGET="overview-figures",
+            HTTP_IF_NONE_MATCH=shown["etag"],
+        )
+        if response.status_code == 200:
+            shown["etag"] = response["ETag"]
+        return response
+
     calls: dict[str, Callable[[], object]] = {
         "fleet_costs": lambda: api.get("/api/v1/fleet/costs"),
         "fleet_utilization": lambda: api.get("/api/v1/fleet/utilization"),
@@ -849,12 +863,7 @@ def measure_requests(
             "/dashboard/", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="overview-figures"
         ),
         # What the refresh gets while its figures hold still: 204, nothing to render or send.
-        "overview_poll_unchanged": lambda: staff.get(
-            "/dashboard/",
-            HTTP_HX_REQUEST="true",
-            HTTP_HX_TARGET="overview-figures",
-            HTTP_IF_NONE_MATCH=f'"{version}"',
-        ),
+        "overview_poll_unchanged": poll_unchanged,
         "endpoints_page": lambda: staff.get("/dashboard/endpoints/"),
         "endpoint_page": lambda: staff.get(f"/dashboard/endpoints/{fleet.busiest_endpoint}/"),
         "tenants_page": lambda: staff.get("/dashboard/tenants/"),
