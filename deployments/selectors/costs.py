@@ -459,6 +459,19 @@ def dedicated_baseline_usd_per_hour(
     return total
 
 
+def _against_dedicated(usd_per_hour: float, dedicated_usd_per_hour: float) -> dict:
+    """A cost per hour and month, the dedicated baseline's, and the savings between them."""
+    savings = 1 - usd_per_hour / dedicated_usd_per_hour if dedicated_usd_per_hour > 0 else None
+    return {
+        "usd_per_hour": money(usd_per_hour),
+        "usd_per_month": money(usd_per_hour * HOURS_PER_MONTH),
+        "dedicated_usd_per_hour": money(dedicated_usd_per_hour),
+        "dedicated_usd_per_month": money(dedicated_usd_per_hour * HOURS_PER_MONTH),
+        "savings": round(savings, 4) if savings is not None else None,
+        "savings_formula": SAVINGS_FORMULA,
+    }
+
+
 # What ``fleet_costs`` adds to the headline figures unless ``lists=False``.
 LIST_KEYS = (
     "tenants",
@@ -493,17 +506,11 @@ def fleet_costs(*, caller: Caller, lists: bool = True) -> dict:
     sizes, placed_versions = placed_sizes(caller=caller)
     dedicated = dedicated_baseline_usd_per_hour(sizes=sizes)
     actual = actual_usd_per_hour() if fleet else tenants.attributed_usd_per_hour
-    savings = (1 - actual / dedicated) if dedicated > 0 else None
     costs = {
         "scope": "fleet" if fleet else "tenant",
         "tenants_in_scope": tenant_slugs,
         "hours_per_month": HOURS_PER_MONTH,
-        "usd_per_hour": money(actual),
-        "usd_per_month": money(actual * HOURS_PER_MONTH),
-        "dedicated_usd_per_hour": money(dedicated),
-        "dedicated_usd_per_month": money(dedicated * HOURS_PER_MONTH),
-        "savings": round(savings, 4) if savings is not None else None,
-        "savings_formula": SAVINGS_FORMULA,
+        **_against_dedicated(actual, dedicated),
         "dedicated_baseline": DEDICATED_BASELINE,
         "placed_models": placed_versions,
     }
@@ -599,7 +606,6 @@ def what_if_costs(*, instance_type, target_utilization: float, replicas: int, no
         ]
     else:
         hourly, instances, endpoints = 0.0, 0, []
-    savings = (1 - hourly / dedicated) if dedicated > 0 else None
     current = actual_usd_per_hour()
     return {
         "instance_type": instance_type.name,
@@ -608,12 +614,7 @@ def what_if_costs(*, instance_type, target_utilization: float, replicas: int, no
         "placed_models": placed_models,
         "instances": instances,
         "endpoints": endpoints,
-        "usd_per_hour": money(hourly),
-        "usd_per_month": money(hourly * HOURS_PER_MONTH),
-        "dedicated_usd_per_hour": money(dedicated),
-        "dedicated_usd_per_month": money(dedicated * HOURS_PER_MONTH),
-        "savings": round(savings, 4) if savings is not None else None,
-        "savings_formula": SAVINGS_FORMULA,
+        **_against_dedicated(hourly, dedicated),
         "current_usd_per_hour": money(current),
         "current_usd_per_month": money(current * HOURS_PER_MONTH),
     }
