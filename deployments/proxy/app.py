@@ -17,15 +17,14 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
 from django.conf import settings
-from django.db import DatabaseError
 
 from config.errors import DomainError
 from deployments.backends.base import in_thread
 from deployments.proxy import core
 from deployments.proxy.core import Principal, ProxyError
 from deployments.proxy.invalidation import SUBSCRIBER
-from deployments.proxy.metrics import METRICS, render_background_passes
-from deployments.proxy.routing import ROUTES, Route
+from deployments.proxy.metrics import METRICS, exposition
+from deployments.proxy.routing import Route
 
 logger = logging.getLogger(__name__)
 
@@ -453,9 +452,10 @@ def _finish(route: Route | None, answer, started: float, protocol: str, status: 
     seconds = time.perf_counter() - started
     if route is not None and status not in (401, 403, 404, 413, 429):
         core.record(route, answer, started=started, error=status != 200)
-    version = f"{route.public_name}:v{route.version_number}" if route and route.deployed else ""
+    live = route is not None and route.deployed
     METRICS.observe(
-        version=version,
+        model=route.public_name if live else "",
+        model_version=str(route.version_number) if live else "",
         protocol=protocol,
         status=status,
         seconds=seconds,
@@ -471,16 +471,9 @@ async def metrics(request: Request, send) -> None:
     except ProxyError as error:
         await _send(send, error.status, _json(_native_error(error)), JSON, error.headers())
         return
-    text = METRICS.render(
-        route_hits=ROUTES.hits, route_misses=ROUTES.misses, routes_cached=len(ROUTES)
-    )
-    # The periodic jobs' last passes live in the database: read off the event loop. Without
-    # the database the proxy's own figures are still worth scraping.
-    try:
-        text += await in_thread(render_background_passes)()
-    except DatabaseError:
-        logger.warning("/metrics without the background passes: the database did not answer.")
-    await _send(send, 200, text.encode(), "text/plain; version=0.0.4")
+    # The periodic jobs' last passes live in the database: collected off the event loop.
+    body, content_type = await in_thread(exposition)(request.headers.get("accept"))
+    await _send(send, 200, body, content_type)
 
 
 async def v2_server(request: Request, send, action: str) -> None:

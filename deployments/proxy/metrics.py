@@ -1,26 +1,46 @@
-"""Proxy metrics in Prometheus text format, with bounded label cardinality.
+"""The proxy's counters, exposed on ``/metrics`` through ``prometheus_client``.
 
-Per version: requests by protocol and status class, cold starts, and a latency histogram. A
-fleet has thousands of tenant models, so only the first ``PROXY_METRICS_MAX_VERSIONS`` versions
-seen get their own label; the rest are summed under ``version="other"``. The same requests also
-go to the per-minute time series (``deployments.usage``) the dashboard reads.
+``ProxyMetrics`` counts in process, per model version: requests by protocol and exact status
+code, cold starts, and a latency histogram; ``ProxyCollector`` turns those counts into metric
+families at scrape time (the counting is not done twice). A fleet has thousands of tenant
+models, so only the first ``PROXY_METRICS_MAX_VERSIONS`` versions seen get their own ``model`` and
+``model_version`` labels; the rest are summed under ``model="other", model_version="other"``.
+The same requests also go to the per-minute time series (``deployments.usage``) the dashboard
+reads.
 
-Beside them, gauges of each periodic job's last pass (reconciler, warm-up, sampler, usage flush),
-read from its ``BackgroundPass`` row (``deployments.passes``): how long it took, what it went
-over, its queries, whether it succeeded and when it finished.
+Beside them, gauges of each periodic job's last pass (reconciler, warm-up, sampler, usage
+flush), read from its ``BackgroundPass`` row (``deployments.passes``) in one query: how long it
+took, what it went over, its queries, whether it succeeded and when it finished.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 
 from django.conf import settings
+from django.db import DatabaseError
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from deployments.models import BackgroundPass
+from deployments.proxy.routing import ROUTES
+
+logger = logging.getLogger(__name__)
 
 BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 OTHER = "other"
+# The labels of a request that never reached a live version (unknown model, bad token...).
+NO_MODEL = "none"
 
 
 class ProxyMetrics:
@@ -32,32 +52,46 @@ class ProxyMetrics:
 
     def reset(self) -> None:
         """Start counting from zero (a fresh process's view)."""
-        self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
-        self.cold_starts: dict[str, int] = defaultdict(int)
-        self.histogram: dict[tuple[str, str], list[int]] = {}
-        self.latency_sum: dict[tuple[str, str], float] = defaultdict(float)
-        self.upstream_errors: dict[str, int] = defaultdict(int)
-        self.rate_limited = 0
-        self._versions: set[str] = set()
+        with self._lock:
+            # (model, model_version, protocol, status code) → requests
+            self.requests: dict[tuple[str, str, str, str], int] = defaultdict(int)
+            # (model, model_version) → cold starts
+            self.cold_starts: dict[tuple[str, str], int] = defaultdict(int)
+            # (model, model_version, protocol) → counts per bucket, the last one past every bound
+            self.histogram: dict[tuple[str, str, str], list[int]] = {}
+            self.latency_sum: dict[tuple[str, str, str], float] = defaultdict(float)
+            self.upstream_errors: dict[str, int] = defaultdict(int)
+            self.rate_limited = 0
+            self._versions: set[tuple[str, str]] = set()
 
-    def _label(self, version: str) -> str:
-        if version in self._versions:
-            return version
+    def _labels(self, model: str, model_version: str) -> tuple[str, str]:
+        if not model:
+            return NO_MODEL, NO_MODEL
+        key = (model, model_version)
+        if key in self._versions:
+            return key
         if len(self._versions) < settings.TENANTML_PROXY_METRICS_MAX_VERSIONS:
-            self._versions.add(version)
-            return version
-        return OTHER
+            self._versions.add(key)
+            return key
+        return OTHER, OTHER
 
     def observe(
-        self, *, version: str, protocol: str, status: int, seconds: float, cold_start: bool
+        self,
+        *,
+        model: str,
+        model_version: str,
+        protocol: str,
+        status: int,
+        seconds: float,
+        cold_start: bool,
     ) -> None:
-        """Count one answered request."""
+        """Count one answered request (``model`` empty: it reached no live version)."""
         with self._lock:
-            label = self._label(version) if version else "none"
-            self.requests[(label, protocol, f"{status // 100}xx")] += 1
+            model, model_version = self._labels(model, model_version)
+            self.requests[(model, model_version, protocol, str(status))] += 1
             if cold_start:
-                self.cold_starts[label] += 1
-            key = (label, protocol)
+                self.cold_starts[(model, model_version)] += 1
+            key = (model, model_version, protocol)
             counts = self.histogram.get(key)
             if counts is None:
                 counts = self.histogram[key] = [0] * (len(BUCKETS_S) + 1)
@@ -77,115 +111,141 @@ class ProxyMetrics:
         with self._lock:
             self.rate_limited += 1
 
-    def render(self, *, route_hits: int, route_misses: int, routes_cached: int) -> str:
-        """The Prometheus exposition of everything counted so far."""
-        lines = [
-            "# HELP tenantml_proxy_requests_total Requests answered by the proxy.",
-            "# TYPE tenantml_proxy_requests_total counter",
-        ]
-        with self._lock:
-            for (version, protocol, code), count in sorted(self.requests.items()):
-                lines.append(
-                    f'tenantml_proxy_requests_total{{version="{version}",protocol="{protocol}",'
-                    f'code="{code}"}} {count}'
-                )
-            lines += [
-                "# HELP tenantml_proxy_cold_starts_total Requests that loaded their model first.",
-                "# TYPE tenantml_proxy_cold_starts_total counter",
-            ]
-            for version, count in sorted(self.cold_starts.items()):
-                lines.append(f'tenantml_proxy_cold_starts_total{{version="{version}"}} {count}')
-            lines += [
-                "# HELP tenantml_proxy_request_duration_seconds Time to answer, in the proxy.",
-                "# TYPE tenantml_proxy_request_duration_seconds histogram",
-            ]
-            for (version, protocol), counts in sorted(self.histogram.items()):
-                labels = f'version="{version}",protocol="{protocol}"'
-                running = 0
-                for bound, count in zip((*BUCKETS_S, "+Inf"), counts, strict=True):
-                    running += count
-                    lines.append(
-                        f'tenantml_proxy_request_duration_seconds_bucket{{{labels},le="{bound}"}}'
-                        f" {running}"
-                    )
-                lines.append(f"tenantml_proxy_request_duration_seconds_count{{{labels}}} {running}")
-                lines.append(
-                    f"tenantml_proxy_request_duration_seconds_sum{{{labels}}} "
-                    f"{self.latency_sum[(version, protocol)]:.6f}"
-                )
-            lines += [
-                "# HELP tenantml_proxy_upstream_errors_total Failed calls to serving instances.",
-                "# TYPE tenantml_proxy_upstream_errors_total counter",
-            ]
-            for kind, count in sorted(self.upstream_errors.items()):
-                lines.append(f'tenantml_proxy_upstream_errors_total{{kind="{kind}"}} {count}')
-            lines += [
-                "# HELP tenantml_proxy_rate_limited_total Requests refused with 429.",
-                "# TYPE tenantml_proxy_rate_limited_total counter",
-                f"tenantml_proxy_rate_limited_total {self.rate_limited}",
-            ]
-        lines += [
-            "# HELP tenantml_proxy_route_cache_hits_total Route lookups served from memory.",
-            "# TYPE tenantml_proxy_route_cache_hits_total counter",
-            f"tenantml_proxy_route_cache_hits_total {route_hits}",
-            "# HELP tenantml_proxy_route_cache_misses_total Routing-table lookups that read the "
-            "database.",
-            "# TYPE tenantml_proxy_route_cache_misses_total counter",
-            f"tenantml_proxy_route_cache_misses_total {route_misses}",
-            "# HELP tenantml_proxy_routes_cached Routes held in memory.",
-            "# TYPE tenantml_proxy_routes_cached gauge",
-            f"tenantml_proxy_routes_cached {routes_cached}",
-        ]
-        return "\n".join(lines) + "\n"
-
 
 METRICS = ProxyMetrics()
 
+
+class ProxyCollector(Collector):
+    """The metric families of a ``ProxyMetrics`` and of the route cache, read at scrape time."""
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self.metrics
+        requests = CounterMetricFamily(
+            "tenantml_proxy_requests",
+            "Requests answered by the proxy, by model version, protocol and status code.",
+            labels=["model", "model_version", "protocol", "code"],
+        )
+        cold_starts = CounterMetricFamily(
+            "tenantml_proxy_cold_starts",
+            "Requests that loaded their model first.",
+            labels=["model", "model_version"],
+        )
+        duration = HistogramMetricFamily(
+            "tenantml_proxy_request_duration_seconds",
+            "Time to answer, in the proxy.",
+            labels=["model", "model_version", "protocol"],
+        )
+        upstream_errors = CounterMetricFamily(
+            "tenantml_proxy_upstream_errors",
+            "Failed calls to serving instances.",
+            labels=["kind"],
+        )
+        with metrics._lock:
+            for labels, count in sorted(metrics.requests.items()):
+                requests.add_metric(list(labels), count)
+            for labels, count in sorted(metrics.cold_starts.items()):
+                cold_starts.add_metric(list(labels), count)
+            for labels, counts in sorted(metrics.histogram.items()):
+                buckets, running = [], 0
+                for bound, count in zip((*BUCKETS_S, float("inf")), counts, strict=True):
+                    running += count
+                    buckets.append((_bound(bound), running))
+                duration.add_metric(list(labels), buckets, metrics.latency_sum[labels])
+            for kind, count in sorted(metrics.upstream_errors.items()):
+                upstream_errors.add_metric([kind], count)
+            rate_limited = metrics.rate_limited
+        yield requests
+        yield cold_starts
+        yield duration
+        yield upstream_errors
+        yield CounterMetricFamily(
+            "tenantml_proxy_rate_limited", "Requests refused with 429.", value=rate_limited
+        )
+        yield CounterMetricFamily(
+            "tenantml_proxy_route_cache_hits",
+            "Route lookups served from memory.",
+            value=ROUTES.hits,
+        )
+        yield CounterMetricFamily(
+            "tenantml_proxy_route_cache_misses",
+            "Routing-table lookups that read the database.",
+            value=ROUTES.misses,
+        )
+        yield GaugeMetricFamily(
+            "tenantml_proxy_routes_cached", "Routes held in memory.", value=len(ROUTES)
+        )
+
+
+def _bound(seconds: float) -> str:
+    return "+Inf" if seconds == float("inf") else repr(seconds)
+
+
 # Each gauge of a job's last pass: its name, its help text, and how it is read from the row.
-PASS_GAUGES = (
+PASS_GAUGES: tuple[tuple[str, str, Callable[[BackgroundPass], float]], ...] = (
     (
         "tenantml_background_pass_duration_seconds",
         "How long the job's last pass took.",
-        lambda row: f"{row.duration_s:.6f}",
+        lambda row: row.duration_s,
     ),
     (
         "tenantml_background_pass_items",
         "What the job's last pass went over (instances checked, placements considered...).",
-        lambda row: str(row.items),
+        lambda row: row.items,
     ),
     (
         "tenantml_background_pass_queries",
         "Database queries the job's last pass made.",
-        lambda row: str(row.queries),
+        lambda row: row.queries,
     ),
     (
         "tenantml_background_pass_succeeded",
         "1 if the job's last pass finished without raising, else 0.",
-        lambda row: "1" if row.succeeded else "0",
+        lambda row: 1 if row.succeeded else 0,
     ),
     (
         "tenantml_background_pass_finished_timestamp_seconds",
         "When the job's last pass finished (Unix time).",
-        lambda row: f"{row.finished_at.timestamp():.3f}",
+        lambda row: row.finished_at.timestamp(),
     ),
 )
 
 
-def render_background_passes() -> str:
-    """The gauges of every periodic job's last pass, from the ``BackgroundPass`` rows (one
-    query; blocking, so the proxy calls it off the event loop)."""
-    rows = list(
-        BackgroundPass.objects.only(
-            "job", "duration_s", "items", "queries", "succeeded", "finished_at"
-        ).order_by("job")
-    )
-    lines = []
-    for name, help_text, value in PASS_GAUGES:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        lines += [f'{name}{{job="{_label_value(row.job)}"}} {value(row)}' for row in rows]
-    return "\n".join(lines) + "\n"
+class BackgroundPassCollector(Collector):
+    """The gauges of every periodic job's last pass, from the ``BackgroundPass`` rows.
+
+    One query, blocking (the proxy scrapes off the event loop). Without the database it yields
+    nothing and logs why: the proxy's own figures are still worth scraping.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            rows = list(
+                BackgroundPass.objects.only(
+                    "job", "duration_s", "items", "queries", "succeeded", "finished_at"
+                ).order_by("job")
+            )
+        except DatabaseError:
+            logger.warning("/metrics without the background passes: the database did not answer.")
+            return
+        for name, help_text, value in PASS_GAUGES:
+            family = GaugeMetricFamily(name, help_text, labels=["job"])
+            for row in rows:
+                family.add_metric([row.job], value(row))
+            yield family
 
 
-def _label_value(text: str) -> str:
-    # Prometheus label values escape backslashes, double quotes and newlines.
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(ProxyCollector(METRICS))
+REGISTRY.register(BackgroundPassCollector())
+# The web process's own CPU, memory and open files (Linux /proc; nothing elsewhere).
+ProcessCollector(registry=REGISTRY)
+
+
+def exposition(accept: str | None) -> tuple[bytes, str]:
+    """Everything ``/metrics`` serves, in the format the scraper's Accept header asks for (the
+    Prometheus text format unless it asks for OpenMetrics), with its content type. Blocking."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(REGISTRY), content_type

@@ -22,13 +22,13 @@ import contextlib
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import urllib3
+from prometheus_client.parser import text_string_to_metric_families
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
 
@@ -494,8 +494,6 @@ def _same_url(left: str, right: str) -> bool:
 # --- The backend as the platform sees it -----------------------------------------------------
 
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 _MODEL_COUNTERS = {
     "nv_inference_request_success": "request_success",
     "nv_inference_request_failure": "request_failure",
@@ -511,24 +509,20 @@ _MODEL_COUNTERS = {
 
 
 def parse_prometheus_text(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """The samples of a Prometheus text page as (name, labels, value) triples."""
+    """The samples of a Prometheus text page as (name, labels, value) triples, read with
+    ``prometheus_client``'s parser. A counter's samples are named as its family (the parser
+    adds ``_total``; Triton's counters have none); a malformed line ends the reading there
+    (with a warning), keeping the metric families read before it."""
     samples = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        if match is None:
-            continue
-        name, raw_labels, raw_value = match.groups()
-        try:
-            value = float(raw_value)
-        except ValueError:
-            continue
-        labels = {
-            key: value_.replace('\\"', '"') for key, value_ in _LABEL.findall(raw_labels or "")
-        }
-        samples.append((name, labels, value))
+    try:
+        for family in text_string_to_metric_families(text):
+            total = f"{family.name}_total" if family.type == "counter" else None
+            samples += [
+                (family.name if sample.name == total else sample.name, sample.labels, sample.value)
+                for sample in family.samples
+            ]
+    except ValueError as exc:
+        logger.warning("Triton's metrics are malformed past %d samples: %s", len(samples), exc)
     return samples
 
 

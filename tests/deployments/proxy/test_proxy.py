@@ -333,8 +333,8 @@ def test_metrics_need_a_platform_token_and_count_requests(proxy_url, intent_arti
 
     text = body.decode()
     assert status == 200
-    series = 'version="acme.intents:v1",protocol="native",code="2xx"'
-    assert f"tenantml_proxy_requests_total{{{series}}} 1" in text
+    series = 'code="200",model="acme.intents",model_version="1",protocol="native"'
+    assert f"tenantml_proxy_requests_total{{{series}}} 1.0" in text
     assert "tenantml_proxy_request_duration_seconds_bucket" in text
     assert "tenantml_proxy_route_cache_hits_total" in text
 
