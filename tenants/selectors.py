@@ -32,3 +32,13 @@ def tokens_for_tenant(*, tenant: Tenant) -> QuerySet[ApiToken]:
         .select_related("tenant")
         .order_by("-created_at", "-pk")
     )
+
+
+def all_tokens(*, tenant: Tenant | None = None, platform_only: bool = False) -> QuerySet[ApiToken]:
+    """Every token (revoked ones included), one tenant's, or only the platform's; newest first."""
+    tokens = ApiToken.objects.select_related("tenant").order_by("-created_at", "-pk")
+    if tenant is not None:
+        tokens = tokens.filter(tenant=tenant)
+    if platform_only:
+        tokens = tokens.filter(scope=ApiToken.Scope.PLATFORM)
+    return tokens

@@ -128,6 +128,9 @@ def issue_token(
     expires_at: datetime | None = None,
 ) -> IssuedToken:
     """Mint a token for one tenant, or a platform token when ``tenant`` is None."""
+    max_length = ApiToken._meta.get_field("name").max_length
+    if not name.strip() or len(name) > max_length:
+        raise DomainError(f"name: 1 to {max_length} characters.", field="name")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
         token = ApiToken.objects.create(

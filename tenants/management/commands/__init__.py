@@ -1,0 +1,1 @@
+"""``manage.py tokens``: issue, list and revoke API tokens from a shell."""
