@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from kombu import Exchange, Queue
 
 from config import env as parse
 from config.logs import LOG_FORMATS, logging_config
@@ -165,34 +166,64 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+# Two queues: training and packaging (minutes to an hour each) on their own, with their own
+# worker, so that a long training never holds up the minute passes and rollouts on the default
+# queue. `manage.py up`, the Procfile and docker-compose.yml start one worker per queue; a worker
+# started without -Q consumes both.
+TENANTML_DEFAULT_QUEUE = "celery"
+TENANTML_TRAINING_QUEUE = "training"
+CELERY_TASK_DEFAULT_QUEUE = TENANTML_DEFAULT_QUEUE
+CELERY_TASK_QUEUES = [
+    Queue(name, Exchange(name), routing_key=name)
+    for name in (TENANTML_DEFAULT_QUEUE, TENANTML_TRAINING_QUEUE)
+]
+TENANTML_TRAINING_TASKS = ("models_registry.tasks.run_training_job",)
+TENANTML_PACKAGING_TASKS = (
+    "models_registry.tasks.package_version",
+    "models_registry.tasks.package_trained_version",
+)
+CELERY_TASK_ROUTES = {
+    name: {"queue": TENANTML_TRAINING_QUEUE}
+    for name in (*TENANTML_TRAINING_TASKS, *TENANTML_PACKAGING_TASKS)
+}
+# Tasks the training worker runs at once: each local training is a process that uses the cores
+# it finds, so more than one at a time mostly makes each slower.
+TENANTML_TRAINING_WORKER_CONCURRENCY = env.int("TRAINING_WORKER_CONCURRENCY", default=1)
 
 # Periodic work, written into django-celery-beat's tables on migrate (operators then edit the
-# schedule in the admin; a later migrate never overwrites an operator's change).
+# schedule in the admin; a later migrate never overwrites an operator's change). A pass that no
+# worker has started within expire_seconds, below its interval, is dropped: the next one is due,
+# and a backlog left by an outage must not run stale passes one after another.
 TENANTML_PERIODIC_TASKS = [
     {
         "name": "Sample fleet utilization",
         "task": "deployments.tasks.sample_fleet_utilization",
         "every_seconds": 60,
+        "expire_seconds": 50,
     },
     {
         "name": "Reconcile training jobs",
         "task": "models_registry.tasks.reconcile_training_jobs",
         "every_seconds": 60,
+        "expire_seconds": 50,
     },
     {
         "name": "Reconcile deployments",
         "task": "deployments.tasks.reconcile_fleet",
         "every_seconds": 60,
+        "expire_seconds": 50,
     },
     {
         "name": "Warm up placed models",
         "task": "deployments.tasks.warm_up_fleet",
         "every_seconds": 3600,
+        "expire_seconds": 3000,
     },
     {
         "name": "Follow SageMaker training jobs",
         "task": "models_registry.tasks.follow_sagemaker_jobs",
         "every_seconds": 60,
+        "expire_seconds": 50,
     },
 ]
 
@@ -209,6 +240,51 @@ TENANTML_AWS_REGION = env.str("AWS_REGION", default="us-east-1")
 TENANTML_SAGEMAKER_TRAINING_INSTANCE_TYPE = env.str(
     "SAGEMAKER_TRAINING_INSTANCE_TYPE", default="ml.m5.xlarge"
 )
+
+# --- Task time limits (seconds) ---
+# At a task's soft limit the task is interrupted and records why (a training job fails with the
+# limit in its reason, its process stopped); TASK_TIME_LIMIT_GRACE_S later the hard limit kills
+# whatever did not stop. A local training task trains (stopped by TRAINING_TIMEOUT_S on its own),
+# then packages its version and puts it to the quality gate; by default it gets half an hour more
+# than the training itself.
+TENANTML_TASK_TIME_LIMIT_GRACE_S = env.int("TASK_TIME_LIMIT_GRACE_S", default=60)
+TENANTML_TRAINING_TASK_TIME_LIMIT_S = env.int(
+    "TRAINING_TASK_TIME_LIMIT_S", default=TENANTML_TRAINING_TIMEOUT_S + 1800
+)
+TENANTML_PACKAGING_TASK_TIME_LIMIT_S = env.int("PACKAGING_TASK_TIME_LIMIT_S", default=900)
+# The minute passes (sampler, reconcilers, SageMaker follower) and the hourly warm-up.
+TENANTML_PERIODIC_TASK_TIME_LIMIT_S = env.int("PERIODIC_TASK_TIME_LIMIT_S", default=300)
+TENANTML_WARMUP_TASK_TIME_LIMIT_S = env.int("WARMUP_TASK_TIME_LIMIT_S", default=1800)
+# Every other task (rollouts, retirements, SageMaker launches).
+TENANTML_TASK_TIME_LIMIT_S = env.int("TASK_TIME_LIMIT_S", default=900)
+for _name, _limit in {
+    "TASK_TIME_LIMIT_GRACE_S": TENANTML_TASK_TIME_LIMIT_GRACE_S,
+    "TRAINING_TASK_TIME_LIMIT_S": TENANTML_TRAINING_TASK_TIME_LIMIT_S,
+    "PACKAGING_TASK_TIME_LIMIT_S": TENANTML_PACKAGING_TASK_TIME_LIMIT_S,
+    "PERIODIC_TASK_TIME_LIMIT_S": TENANTML_PERIODIC_TASK_TIME_LIMIT_S,
+    "WARMUP_TASK_TIME_LIMIT_S": TENANTML_WARMUP_TASK_TIME_LIMIT_S,
+    "TASK_TIME_LIMIT_S": TENANTML_TASK_TIME_LIMIT_S,
+}.items():
+    if _limit < 1:
+        raise parse.ConfigurationError(f"{_name} must be at least 1 second, not {_limit}.")
+_soft_time_limits = {
+    **dict.fromkeys(TENANTML_TRAINING_TASKS, TENANTML_TRAINING_TASK_TIME_LIMIT_S),
+    **dict.fromkeys(TENANTML_PACKAGING_TASKS, TENANTML_PACKAGING_TASK_TIME_LIMIT_S),
+    **{
+        spec["task"]: (
+            TENANTML_WARMUP_TASK_TIME_LIMIT_S
+            if spec["task"] == "deployments.tasks.warm_up_fleet"
+            else TENANTML_PERIODIC_TASK_TIME_LIMIT_S
+        )
+        for spec in TENANTML_PERIODIC_TASKS
+    },
+}
+CELERY_TASK_SOFT_TIME_LIMIT = TENANTML_TASK_TIME_LIMIT_S
+CELERY_TASK_TIME_LIMIT = TENANTML_TASK_TIME_LIMIT_S + TENANTML_TASK_TIME_LIMIT_GRACE_S
+CELERY_TASK_ANNOTATIONS = {
+    name: {"soft_time_limit": soft, "time_limit": soft + TENANTML_TASK_TIME_LIMIT_GRACE_S}
+    for name, soft in _soft_time_limits.items()
+}
 
 # --- Deployments ---
 # Where deployments go unless a request says otherwise: "local" (Triton processes on this

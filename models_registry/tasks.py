@@ -5,20 +5,32 @@ they are: both launch tasks hand a queued job to its backend, whichever that is.
 """
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from models_registry.models import ModelVersion
-from models_registry.services import packaging, training
+from models_registry.services import packaging, time_limits, training
 
 
-@shared_task(name="models_registry.tasks.package_version")
-def package_version(version_id: int) -> str:
+@shared_task(bind=True, name="models_registry.tasks.package_version")
+def package_version(self, version_id: int) -> str:
     version = ModelVersion.objects.get(pk=version_id)
-    return packaging.package_version(version=version, actor="worker").status
+    try:
+        return packaging.package_version(version=version, actor="worker").status
+    except SoftTimeLimitExceeded:
+        return time_limits.fail_packaging_over_time_limit(
+            version_id=version_id, limit_s=soft_time_limit(self)
+        ).status
 
 
-@shared_task(name="models_registry.tasks.run_training_job")
-def run_training_job(job_id: int) -> str:
-    return training.launch_training_job(job_id=job_id).status
+@shared_task(bind=True, name="models_registry.tasks.run_training_job")
+def run_training_job(self, job_id: int) -> str:
+    try:
+        return training.launch_training_job(job_id=job_id).status
+    except SoftTimeLimitExceeded:
+        # The runner has stopped the training process on its way out.
+        return time_limits.fail_training_over_time_limit(
+            job_id=job_id, limit_s=soft_time_limit(self)
+        ).status
 
 
 @shared_task(name="models_registry.tasks.launch_sagemaker_training")
@@ -34,3 +46,9 @@ def reconcile_training_jobs() -> int:
 @shared_task(name="models_registry.tasks.follow_sagemaker_jobs")
 def follow_sagemaker_jobs() -> int:
     return training.follow_training_jobs()
+
+
+def soft_time_limit(task) -> float:
+    """The soft time limit this run of ``task`` had: its message's, else the task's own."""
+    _hard, soft = task.request.timelimit or (None, None)
+    return soft or task.soft_time_limit

@@ -1,6 +1,8 @@
-"""``manage.py up`` on the embedded default: one command brings up web, worker and beat on a
-SQLite file and the file-system broker, a task sent from outside runs, and Ctrl-C stops every
-child cleanly; the first-run credentials are printed once and never again."""
+"""``manage.py up`` on the embedded default: one command brings up web, a worker for the default
+queue and one for the training queue, beat and local Triton on a SQLite file and the file-system
+broker, a task sent from outside runs on the worker of its queue, and Ctrl-C stops every child
+cleanly; the first-run credentials are printed once and never again. ``manage.py serve_local``
+(the serving role of the container image) holds the Triton instances on its own."""
 
 from __future__ import annotations
 
@@ -35,12 +37,15 @@ def embedded_env(var_dir: Path) -> dict[str, str]:
 
 
 class Platform:
-    """A running ``manage.py up`` whose output is collected line by line."""
+    """A running ``manage.py up`` (or another command) whose output is collected line by line."""
 
-    def __init__(self, var_dir: Path, port: int) -> None:
+    def __init__(
+        self, var_dir: Path, port: int | None = None, *, command: list[str] | None = None
+    ) -> None:
         self.lines: list[str] = []
+        command = command or ["up", "--port", str(port), "--worker-concurrency", "1"]
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "up", "--port", str(port), "--worker-concurrency", "1"],
+            [sys.executable, "manage.py", *command],
             cwd=REPO,
             env=embedded_env(var_dir),
             stdout=subprocess.PIPE,
@@ -68,13 +73,41 @@ class Platform:
         raise AssertionError(f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines))
 
     def child_pids(self) -> list[int]:
-        return [
-            int(m) for line in self.lines for m in re.findall(r"started \w+ \(pid (\d+)\)", line)
-        ]
+        return list(self.children().values())
+
+    def children(self) -> dict[str, int]:
+        """The supervised children by name (web, worker, training, beat) and their pids."""
+        return {
+            name: int(pid)
+            for line in self.lines
+            for name, pid in re.findall(r"\[up\] started (\w+) \(pid (\d+)\)", line)
+        }
 
     def interrupt(self, timeout_s: float = 30) -> int:
         self.process.send_signal(signal.SIGINT)
         return self.process.wait(timeout=timeout_s)
+
+
+def command_line(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+def send_from_another_process(var_dir: Path, task: str, *args: int) -> None:
+    """Send a task by name through the file-system broker, as a web process would."""
+    subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-c",
+            f"from config.queue import queue_task; queue_task({task!r}, *{args!r})",
+        ],
+        cwd=REPO,
+        env=embedded_env(var_dir),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def alive(pid: int) -> bool:
@@ -95,6 +128,14 @@ def test_up_runs_the_platform_and_stops_every_child_on_ctrl_c(tmp_path):
         platform.wait_for(r"admin login \(shown once\): user admin, password \S+")
         platform.wait_for(r"TenantML is up at")
         platform.wait_for(r"\[worker\].*ready")
+        platform.wait_for(r"\[training\].*ready")
+
+        # Two workers, each on its own queue: a training never holds up the periodic passes.
+        children = platform.children()
+        assert set(children) == {"web", "worker", "training", "beat"}
+        assert "--queues=celery" in command_line(children["worker"])
+        assert "--queues=training" in command_line(children["training"])
+        assert "--concurrency=1" in command_line(children["training"])
 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
             assert json.load(response)["status"] == "ready"
@@ -104,22 +145,16 @@ def test_up_runs_the_platform_and_stops_every_child_on_ctrl_c(tmp_path):
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 200
 
-        # A task sent by another process through the file-system broker reaches the worker.
-        subprocess.run(
-            [
-                sys.executable,
-                "manage.py",
-                "shell",
-                "-c",
-                "from deployments.tasks import sample_fleet_utilization as t; t.delay()",
-            ],
-            cwd=REPO,
-            env=embedded_env(tmp_path),
-            check=True,
-            capture_output=True,
-            timeout=60,
+        # Tasks sent by another process through the file-system broker reach the worker of
+        # their queue: a periodic pass the default one, packaging the training one.
+        send_from_another_process(tmp_path, "deployments.tasks.sample_fleet_utilization")
+        platform.wait_for(
+            r"^\[worker\].*Task deployments\.tasks\.sample_fleet_utilization\[.*\] succeeded"
         )
-        platform.wait_for(r"Task deployments\.tasks\.sample_fleet_utilization\[.*\] succeeded")
+        send_from_another_process(tmp_path, "models_registry.tasks.package_version", 0)
+        platform.wait_for(
+            r"^\[training\].*Task models_registry\.tasks\.package_version\[.*\] received"
+        )
 
         # One local multi-model endpoint per model kind, each with a live Triton instance.
         triton = platform.wait_for(r"started triton local-intent-classifier/0 \(pid (\d+)")
@@ -129,7 +164,7 @@ def test_up_runs_the_platform_and_stops_every_child_on_ctrl_c(tmp_path):
         assert all(alive(pid) for pid in triton_pids)
 
         pids = platform.child_pids()
-        assert len(pids) == 3
+        assert len(pids) == 4
         pids += triton_pids
         assert platform.interrupt() == 0
         deadline = time.monotonic() + 10
@@ -152,3 +187,57 @@ def test_up_runs_the_platform_and_stops_every_child_on_ctrl_c(tmp_path):
             again.process.kill()
     assert (tmp_path / "tenantml.sqlite3").exists()
     assert (tmp_path / "secret_key").exists()
+
+
+def test_serve_local_holds_the_triton_instances_reports_them_ready_and_stops_them(tmp_path):
+    env = embedded_env(tmp_path)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+    def check() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "manage.py", "serve_local", "--check"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    before = check()
+    assert before.returncode == 1
+    assert "not ready: no local endpoint exists yet" in before.stdout
+
+    serving = Platform(tmp_path, command=["serve_local"])
+    try:
+        triton_pids = [
+            int(serving.wait_for(rf"started triton local-{kind}/0 \(pid (\d+)").group(1))
+            for kind in ("intent-classifier", "embedding")
+        ]
+        serving.wait_for(r"local serving is up")
+        ready = check()
+        assert ready.returncode == 0, ready.stdout + ready.stderr
+        assert "[serving] ready" in ready.stdout
+
+        # A Triton that dies makes the check fail until the reconciler restarts it.
+        os.kill(triton_pids[1], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while alive(triton_pids[1]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        dead = check()
+        assert dead.returncode == 1
+        assert "not ready: local-embedding: no instance answers /ping" in dead.stdout
+
+        serving.process.send_signal(signal.SIGTERM)
+        assert serving.process.wait(timeout=60) == 0
+        serving.wait_for(r"stopped triton local-intent-classifier/0")
+        assert not alive(triton_pids[0])
+    finally:
+        if serving.process.poll() is None:
+            serving.process.kill()

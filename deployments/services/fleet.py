@@ -19,19 +19,28 @@ from tenants.access import Caller
 def sync_periodic_tasks(*, using: str = "default") -> list[str]:
     """Create the declared periodic tasks that do not exist yet; returns the names created.
 
-    Existing rows are left alone so an operator's schedule edits in the admin survive upgrades.
+    Existing rows are left alone so an operator's schedule edits in the admin survive upgrades,
+    except that a row with no expiry at all (written before passes expired) gets the declared one.
     """
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
     created = []
     for spec in settings.TENANTML_PERIODIC_TASKS:
-        if PeriodicTask.objects.using(using).filter(name=spec["name"]).exists():
+        existing = PeriodicTask.objects.using(using).filter(name=spec["name"]).first()
+        if existing is not None:
+            if existing.expire_seconds is None and existing.expires is None:
+                existing.expire_seconds = spec["expire_seconds"]
+                existing.save(using=using, update_fields=["expire_seconds"])
             continue
         schedule, _ = IntervalSchedule.objects.using(using).get_or_create(
             every=spec["every_seconds"], period=IntervalSchedule.SECONDS
         )
         PeriodicTask.objects.using(using).create(
-            name=spec["name"], task=spec["task"], interval=schedule, enabled=True
+            name=spec["name"],
+            task=spec["task"],
+            interval=schedule,
+            expire_seconds=spec["expire_seconds"],
+            enabled=True,
         )
         created.append(spec["name"])
     return created

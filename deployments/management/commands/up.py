@@ -1,4 +1,5 @@
-"""``manage.py up``: migrate, print first-run credentials, run web + worker + beat until Ctrl-C."""
+"""``manage.py up``: migrate, print first-run credentials, run web, the two Celery workers, beat
+and the local Triton instances until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -15,18 +16,34 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from deployments.management.serving import start_local_serving, stop_local_serving
 from deployments.management.supervisor import ChildSpec, Supervisor, python_argv
 from tenants.models import ApiToken
 from tenants.services import issue_token
 
 
 class Command(BaseCommand):
-    help = "Run the whole platform on this machine (web, Celery worker and beat) until Ctrl-C."
+    help = (
+        "Run the whole platform on this machine (web, a Celery worker for the default queue and "
+        "one for training and packaging, beat, local Triton) until Ctrl-C."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
-        parser.add_argument("--worker-concurrency", type=int, default=2)
+        parser.add_argument(
+            "--worker-concurrency",
+            type=int,
+            default=2,
+            help="Tasks the default queue's worker runs at once (periodic passes, rollouts).",
+        )
+        parser.add_argument(
+            "--training-concurrency",
+            type=int,
+            default=None,
+            help="Trainings the training worker runs at once "
+            "(default: TRAINING_WORKER_CONCURRENCY, 1).",
+        )
         parser.add_argument("--no-beat", action="store_true", help="Do not run periodic tasks.")
         parser.add_argument(
             "--no-triton",
@@ -41,6 +58,7 @@ class Command(BaseCommand):
         port: int,
         worker_concurrency: int,
         no_beat: bool,
+        training_concurrency: int | None = None,
         no_triton: bool = False,
         **opts,
     ):
@@ -50,7 +68,10 @@ class Command(BaseCommand):
             f"[up] database migrated ({settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]})"
         )
         self._first_run_credentials(write)
-        instances = [] if no_triton else self._start_triton_instances(write)
+        if not no_triton:
+            start_local_serving(write)
+        if training_concurrency is None:
+            training_concurrency = settings.TENANTML_TRAINING_WORKER_CONCURRENCY
 
         specs = [
             ChildSpec(
@@ -68,17 +89,22 @@ class Command(BaseCommand):
                     "off",
                 ),
             ),
+            # A training takes minutes to an hour: it has its own queue and worker, so the
+            # minute passes on the default queue never wait behind one.
             ChildSpec(
                 "worker",
-                python_argv(
-                    "-m",
-                    "celery",
-                    "-A",
-                    "config",
-                    "worker",
-                    "--loglevel=INFO",
-                    f"--concurrency={worker_concurrency}",
-                    "--hostname=worker@%h",
+                worker_argv(
+                    queue=settings.TENANTML_DEFAULT_QUEUE,
+                    concurrency=worker_concurrency,
+                    node="worker",
+                ),
+            ),
+            ChildSpec(
+                "training",
+                worker_argv(
+                    queue=settings.TENANTML_TRAINING_QUEUE,
+                    concurrency=training_concurrency,
+                    node="training",
                 ),
             ),
         ]
@@ -101,7 +127,8 @@ class Command(BaseCommand):
         self._announce_when_ready(host, port, supervisor, write)
         code = supervisor.watch()
         supervisor.stop()
-        self._stop_triton_instances(instances, write)
+        if not no_triton:
+            stop_local_serving(write)
         write("[up] stopped.")
         if code:
             sys.exit(code)
@@ -127,36 +154,6 @@ class Command(BaseCommand):
             User.objects.create_superuser("admin", "admin@localhost", password)
             write(f"[up] admin login (shown once): user admin, password {password}")
 
-    def _start_triton_instances(self, write) -> list:
-        """Start the local endpoints' Triton instances (creating one endpoint per model kind on
-        the first run); the platform still runs without them if Triton cannot start."""
-        from deployments.backends.local.runtime import (
-            ensure_default_local_endpoints,
-            start_local_endpoints,
-        )
-        from deployments.exceptions import InstanceUnavailable
-
-        for endpoint in ensure_default_local_endpoints(actor="up"):
-            write(f"[up] created local endpoint {endpoint.name} for {endpoint.model_kind} models")
-        try:
-            instances = start_local_endpoints(actor="up")
-        except InstanceUnavailable as exc:
-            write(f"[up] local Triton did not start; serving is unavailable: {exc.message}")
-            return []
-        for instance in instances:
-            write(
-                f"[up] started triton {instance} (pid {instance.pid}, port {instance.port}, "
-                f"{instance.memory_budget_mb:,} MB budget)"
-            )
-        return instances
-
-    def _stop_triton_instances(self, instances: list, write) -> None:
-        from deployments.backends.local.runtime import stop_local_instance
-
-        for instance in instances:
-            stop_local_instance(instance=instance, actor="up", reason="platform stopped")
-            write(f"[up] stopped triton {instance}")
-
     def _announce_when_ready(self, host, port, supervisor, write, timeout_s: float = 60.0) -> None:
         url = f"http://{host}:{port}/healthz"
         deadline = time.monotonic() + timeout_s
@@ -174,3 +171,18 @@ class Command(BaseCommand):
                 time.sleep(0.3)
         if not supervisor.stopping.is_set():
             write(f"[up] web did not answer {url} within {timeout_s:.0f} s; see its log above.")
+
+
+def worker_argv(*, queue: str, concurrency: int, node: str) -> list[str]:
+    """A Celery worker consuming one queue, named ``<node>@<host>`` (two workers on one host)."""
+    return python_argv(
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "worker",
+        "--loglevel=INFO",
+        f"--queues={queue}",
+        f"--concurrency={concurrency}",
+        f"--hostname={node}@%h",
+    )
