@@ -38,7 +38,11 @@ class DeployForm(forms.Form):
     """What the deploy button sends: an optional version number, mode and replica count."""
 
     version = forms.IntegerField(required=False, min_value=1)
-    mode = forms.ChoiceField(choices=Endpoint.Mode.choices, required=False)
+    mode = forms.ChoiceField(
+        choices=Endpoint.Mode.choices,
+        required=False,
+        error_messages={"invalid_choice": "Choose one of the listed modes."},
+    )
     replicas = forms.IntegerField(required=False, min_value=1, max_value=8)
 
 
@@ -46,5 +50,9 @@ class EventFilterForm(forms.Form):
     """Filters of the event log; every field optional."""
 
     kind = forms.CharField(required=False, max_length=64, help_text='Prefix, e.g. "placement."')
-    severity = forms.ChoiceField(required=False, choices=[("", "any"), *Event.Severity.choices])
+    severity = forms.ChoiceField(
+        required=False,
+        choices=[("", "any"), *Event.Severity.choices],
+        error_messages={"invalid_choice": "Choose one of the listed severities."},
+    )
     tenant = forms.CharField(required=False, max_length=50)

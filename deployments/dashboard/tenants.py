@@ -1,6 +1,7 @@
 """Dashboard pages for tenants' models: versions, training jobs, deploy, promote, roll back.
 
-The buttons call the same services as the REST API; a DomainError becomes a message on the page.
+The buttons call the same services as the REST API; a DomainError becomes a message on the page
+(for htmx: the models partial with that message, answered 422 so the caller can tell it failed).
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def tenant_list(request: HttpRequest) -> HttpResponse:
 def tenant_detail(request: HttpRequest, slug: str) -> HttpResponse:
     """A tenant's models, versions, deployments, training jobs and share of the fleet's cost."""
     _, tenant = _tenant(request, slug)
+    target = request.htmx.target if request.htmx else None
+    if target == "tenant-models-status":
+        # A rollout's poll: each model's status, buttons and versions, never its deploy form.
+        context = _models_context(tenant) | {"oob": True}
+        return render(request, "dashboard/partials/_tenant_models_status.html", context)
     context = _models_context(tenant)
     context["costs"] = _tenant_costs(tenant)
     context["jobs"] = selectors.training_jobs_for_tenant(tenant=tenant)
@@ -81,7 +87,7 @@ def tenant_detail(request: HttpRequest, slug: str) -> HttpResponse:
         template = {
             "tenant-cost": "dashboard/partials/_tenant_cost.html",
             "tenant-jobs": "dashboard/partials/_training_jobs.html",
-        }.get(request.htmx.target or "", "dashboard/partials/_tenant_models.html")
+        }.get(target or "", "dashboard/partials/_tenant_models.html")
         return render(request, template, context)
     return render(request, "dashboard/tenant_detail.html", context)
 
@@ -100,11 +106,15 @@ def training_job(request: HttpRequest, slug: str, job_id: int) -> HttpResponse:
     return render(request, template, {"tenant": tenant, "job": job})
 
 
-def _after_action(request: HttpRequest, tenant: Tenant) -> HttpResponse:
+def _after_action(request: HttpRequest, tenant: Tenant, *, refused: bool = False) -> HttpResponse:
+    """For htmx the tenant's models with the action's message (422 when it was refused: htmx
+    is configured to swap a 422, so the reason shows in place); else back to the tenant page,
+    which shows the message."""
     if request.htmx:
         context = _models_context(tenant)
         context["show_messages"] = True
-        return render(request, "dashboard/partials/_tenant_models.html", context)
+        status = 422 if refused else 200
+        return render(request, "dashboard/partials/_tenant_models.html", context, status=status)
     return redirect(reverse("dashboard:tenant", args=[tenant.slug]))
 
 
@@ -125,7 +135,7 @@ def deploy(request: HttpRequest, slug: str, name: str) -> HttpResponse:
     if not form.is_valid():
         for field, errors in form.errors.items():
             messages.error(request, f"{field}: {' '.join(errors)}")
-        return _after_action(request, tenant)
+        return _after_action(request, tenant, refused=True)
     data = form.cleaned_data
     try:
         version = (
@@ -142,12 +152,12 @@ def deploy(request: HttpRequest, slug: str, name: str) -> HttpResponse:
         )
     except DomainError as exc:
         messages.error(request, exc.message)
+        return _after_action(request, tenant, refused=True)
+    target = deployment.target_version or deployment.live_version
+    if queued:
+        messages.success(request, f"{model}: rollout of v{target.number} queued.")
     else:
-        target = deployment.target_version or deployment.live_version
-        if queued:
-            messages.success(request, f"{model}: rollout of v{target.number} queued.")
-        else:
-            messages.info(request, f"{model}: v{target.number} is already deployed that way.")
+        messages.info(request, f"{model}: v{target.number} is already deployed that way.")
     return _after_action(request, tenant)
 
 
@@ -162,8 +172,8 @@ def promote(request: HttpRequest, slug: str, name: str, number: int) -> HttpResp
         promote_version(version=version, actor=caller.label)
     except DomainError as exc:
         messages.error(request, exc.message)
-    else:
-        messages.success(request, f"{version} is now the active version.")
+        return _after_action(request, tenant, refused=True)
+    messages.success(request, f"{version} is now the active version.")
     return _after_action(request, tenant)
 
 
@@ -177,12 +187,12 @@ def rollback(request: HttpRequest, slug: str, name: str) -> HttpResponse:
         deployment = rollouts.rollback_deployment(model=model, actor=caller.label)
     except DomainError as exc:
         messages.error(request, exc.message)
-    else:
-        target = deployment.target_version or deployment.live_version
-        messages.success(
-            request,
-            f"{model}: rolling back to v{target.number}." if target else f"{model}: rolled back.",
-        )
+        return _after_action(request, tenant, refused=True)
+    target = deployment.target_version or deployment.live_version
+    messages.success(
+        request,
+        f"{model}: rolling back to v{target.number}." if target else f"{model}: rolled back.",
+    )
     return _after_action(request, tenant)
 
 
@@ -196,6 +206,6 @@ def retire(request: HttpRequest, slug: str, name: str) -> HttpResponse:
         retirement.retire_deployment(model=model, actor=caller.label)
     except DomainError as exc:
         messages.error(request, exc.message)
-    else:
-        messages.success(request, f"{model}: retired; its copies are being unloaded.")
+        return _after_action(request, tenant, refused=True)
+    messages.success(request, f"{model}: retired; its copies are being unloaded.")
     return _after_action(request, tenant)

@@ -1,6 +1,8 @@
 """Dashboard pages for the fleet: overview, endpoints, the cost what-if and the event log.
 
-Thin: resolve the caller, call a selector, render the page, or only its partial for htmx.
+Thin: resolve the caller, call a selector, render the page, or only its partial for htmx. A form
+the page refuses answers 422 with what it shows (the page, or for htmx the partial, which htmx is
+configured to swap), naming the field.
 """
 
 from __future__ import annotations
@@ -41,14 +43,14 @@ def _platform_caller(request: HttpRequest) -> Caller:
 
 
 def _page_or_partial(
-    request: HttpRequest, page: str, partials: dict[str, str], context: dict
+    request: HttpRequest, page: str, partials: dict[str, str], context: dict, status: int = 200
 ) -> HttpResponse:
     """The whole page, or for htmx the partial whose element id htmx targets (else the first)."""
     if request.htmx:
         target = request.htmx.target or ""
         template = partials.get(target) or next(iter(partials.values()))
-        return render(request, template, context)
-    return render(request, page, context)
+        return render(request, template, context, status=status)
+    return render(request, page, context, status=status)
 
 
 def _charts(trends: dict) -> list[dict]:
@@ -198,7 +200,7 @@ def what_if(request: HttpRequest) -> HttpResponse:
         except DomainError as exc:
             form.add_error(exc.field if exc.field in form.fields else "instance_type", exc.message)
     context = {"form": form, "result": result}
-    status = 400 if request.method == "POST" and form.errors else 200
+    status = 422 if request.method == "POST" and form.errors else 200
     if request.htmx:
         return render(request, "dashboard/partials/_what_if_result.html", context, status=status)
     return render(request, "dashboard/what_if.html", context, status=status)
@@ -209,19 +211,24 @@ def event_list(request: HttpRequest) -> HttpResponse:
     """The event log (members: their tenants' events), filtered and paginated."""
     caller = _caller(request)
     form = EventFilterForm(request.GET or None)
-    filters = form.cleaned_data if form.is_valid() else {}
-    events = selectors.events_for_caller(
-        caller=caller,
-        kind_prefix=filters.get("kind", ""),
-        severity=filters.get("severity", ""),
-        tenant_slug=filters.get("tenant", ""),
-    )
-    page = Paginator(events, EVENTS_PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
+    context = {"form": form, "page": None, "query": query.urlencode()}
+    # Filters the log cannot apply are named (422), rather than showing events they do not select.
+    refused = form.is_bound and not form.is_valid()
+    if not refused:
+        filters = form.cleaned_data if form.is_bound else {}
+        events = selectors.events_for_caller(
+            caller=caller,
+            kind_prefix=filters.get("kind", ""),
+            severity=filters.get("severity", ""),
+            tenant_slug=filters.get("tenant", ""),
+        )
+        context["page"] = Paginator(events, EVENTS_PER_PAGE).get_page(request.GET.get("page"))
     return _page_or_partial(
         request,
         "dashboard/event_list.html",
         {"event-rows": "dashboard/partials/_event_rows.html"},
-        {"form": form, "page": page, "query": query.urlencode()},
+        context,
+        status=422 if refused else 200,
     )

@@ -1,7 +1,9 @@
-"""The deploy, promote and roll-back buttons call the API's services; errors become messages."""
+"""The deploy, promote and roll-back buttons call the API's services; errors become messages
+(under htmx: the models partial with the message, answered 422 so htmx swaps it in place)."""
 
 from __future__ import annotations
 
+import pytest
 from django.test import Client
 from django.urls import reverse
 
@@ -208,3 +210,93 @@ def test_retire_without_a_deployment_shows_the_reason(staff_client, fleet):
 
     assert response.status_code == 200
     assert "has not been deployed" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("action", "args", "data", "reason"),
+    [
+        ("deploy", ["acme", "intents"], {}, "has no active version"),
+        ("deploy", ["acme", "intents"], {"replicas": "99"}, "replicas:"),
+        ("promote", ["acme", "intents", 9], {}, "No version 9"),
+        ("rollback", ["acme", "intents"], {}, "no earlier deployed version to roll back to"),
+        ("retire", ["acme", "intents"], {}, "has not been deployed"),
+    ],
+)
+def test_a_refused_button_under_htmx_answers_422_with_the_models_and_the_reason(
+    staff_client, fleet, action, args, data, reason
+):
+    response = staff_client.post(reverse(f"dashboard:{action}", args=args), data, **htmx())
+
+    body = response.content.decode()
+    # 422 is the status the dashboard's htmx configuration swaps, so the reason shows in place.
+    assert response.status_code == 422
+    assert body.lstrip().startswith('<section id="tenant-models"') and "<html" not in body
+    assert 'data-testid="message-error"' in body and reason in body
+    assert not Deployment.objects.filter(model=fleet.acme_model).exists()
+
+
+def test_a_refused_button_without_javascript_goes_back_to_the_page_with_the_reason(
+    staff_client, fleet
+):
+    response = staff_client.post(reverse("dashboard:deploy", args=["acme", "intents"]))
+
+    assert response.status_code == 302
+    page = staff_client.get(response["Location"]).content.decode()
+    assert 'data-testid="message-error"' in page and "has no active version" in page
+
+
+def test_a_deploy_in_an_unknown_mode_names_the_field_without_echoing_it(staff_client, fleet):
+    fleet.acme_model.active_version = fleet.acme_v1
+    fleet.acme_model.save()
+
+    response = staff_client.post(
+        reverse("dashboard:deploy", args=["acme", "intents"]), {"mode": "warp-drive"}, **htmx()
+    )
+
+    body = response.content.decode()
+    assert response.status_code == 422
+    assert "mode: Choose one of the listed modes." in body
+    assert "warp-drive" not in body
+    assert not Deployment.objects.exists()
+
+
+def test_a_rollouts_poll_answers_each_models_status_out_of_band_and_never_its_deploy_form(
+    staff_client, fleet
+):
+    fleet.acme_model.active_version = fleet.acme_v1
+    fleet.acme_model.save()
+    deployment = Deployment.objects.create(
+        model=fleet.acme_model,
+        status=Deployment.Status.ROLLING_OUT,
+        target_version=fleet.acme_v1,
+        endpoint=fleet.endpoint,
+    )
+    url = reverse("dashboard:tenant", args=["acme"])
+
+    page = staff_client.get(url).content.decode()
+    rolling = staff_client.get(url, **htmx("tenant-models-status")).content.decode()
+    Deployment.objects.filter(pk=deployment.pk).update(
+        status=Deployment.Status.LIVE, live_version=fleet.acme_v1, target_version=None
+    )
+    settled = staff_client.get(url, **htmx("tenant-models-status")).content.decode()
+
+    # The page polls with a small element, not the section holding the deploy forms.
+    assert '<section id="tenant-models" data-testid="tenant-models">' in page
+    assert 'id="tenant-models-status"' in page and 'hx-trigger="every 5s"' in page
+    assert rolling.lstrip().startswith('<p id="tenant-models-status"')
+    assert 'hx-trigger="every 5s"' in rolling
+    for part in ("model-status-intents", "model-actions-intents", "versions-intents"):
+        assert f'id="{part}"' in rolling and f'id="{part}"' in settled
+    assert rolling.count('hx-swap-oob="true"') == 3
+    assert 'data-status="rolling_out"' in rolling
+    assert "deploy-form-intents" not in rolling and "deploy-form-intents" not in settled
+    # Once the rollout is over the answer stops the polling and shows the model live.
+    assert 'data-status="live"' in settled and "hx-trigger" not in settled
+    assert 'data-testid="retire-button-intents"' in settled
+
+
+def test_a_tenant_page_without_a_rollout_does_not_poll_its_models(staff_client, fleet):
+    page = staff_client.get(reverse("dashboard:tenant", args=["acme"])).content.decode()
+
+    assert 'id="tenant-models-status"' in page
+    assert 'hx-trigger="every 5s"' not in page

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
+from html import unescape
+from html.parser import HTMLParser
 
 import pytest
 from django.urls import reverse
 
+from deployments.models import Deployment
 from tests.deployments.dashboard.conftest import htmx
 from tests.factories import EventFactory, TrainingJobFactory
 
@@ -239,10 +242,27 @@ def test_what_if_htmx_returns_only_the_result(staff_client, fleet):
 def test_what_if_bad_input_names_the_field(staff_client, fleet, data, field):
     response = staff_client.post(reverse("dashboard:what-if"), data)
 
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert field in response.context["form"].errors
     assert f'data-testid="what-if-error-{field}"' in response.content.decode()
     assert response.context["result"] is None
+
+
+def test_what_if_bad_input_under_htmx_answers_422_with_the_result_naming_the_field(
+    staff_client, fleet
+):
+    response = staff_client.post(
+        reverse("dashboard:what-if"),
+        {"instance_type": "ml.m5.xlarge", "target_utilization": "7.25", "replicas": "1"},
+        **htmx("what-if-result"),
+    )
+
+    body = response.content.decode()
+    # 422 is the status the dashboard's htmx configuration swaps, so the errors show in place.
+    assert response.status_code == 422
+    assert body.lstrip().startswith('<section id="what-if-result"') and "<html" not in body
+    assert 'data-testid="what-if-error-target_utilization"' in body
+    assert "7.25" not in body  # the input is not echoed back
 
 
 def test_what_if_on_a_type_too_small_is_a_form_error(staff_client, fleet):
@@ -256,7 +276,7 @@ def test_what_if_on_a_type_too_small_is_a_form_error(staff_client, fleet):
         {"instance_type": "ml.c5.xlarge", "target_utilization": "0.8", "replicas": "1"},
     )
 
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "fits no instance type" in response.context["form"].errors["instance_type"][0]
 
 
@@ -265,3 +285,118 @@ def test_landing_page_renders_for_staff_with_an_empty_fleet(staff_client):
     assert response.status_code == 200
     costs = response.context["figures"]["costs"]
     assert costs["usd_per_hour"] == 0 and costs["savings"] is None
+
+
+def test_the_overview_refresh_has_no_live_region_but_names_each_figure_for_the_announcer(
+    staff_client, fleet
+):
+    page = staff_client.get(reverse("dashboard:overview")).content.decode()
+    partial = staff_client.get(reverse("dashboard:overview"), **htmx("overview-figures"))
+
+    body = partial.content.decode()
+    assert "aria-live" not in body  # screen readers no longer re-read every card every 5 s
+    assert 'data-testid="fleet-cost-per-hour" data-announce="Cost per hour"' in body
+    assert 'data-testid="models-loaded" data-announce="Models loaded"' in body
+    # The one live region on the page: small, polite, outside every refreshed part.
+    assert page.count("aria-live") == 1
+    assert 'id="live-announcer" data-testid="live-announcer"' in page
+    assert 'aria-live="polite"' in page and "js/dashboard.js" in page
+
+
+def test_a_members_overview_announces_their_share_by_its_name(member_client, fleet):
+    body = member_client.get(reverse("dashboard:overview"), **htmx("overview-figures"))
+
+    assert 'data-announce="Your share of cost per hour"' in body.content.decode()
+
+
+def test_events_refuse_an_unknown_severity_naming_the_field_without_echoing_it(staff_client, fleet):
+    url = reverse("dashboard:events")
+
+    page = staff_client.get(url, {"severity": "catastrophic"})
+    partial = staff_client.get(url, {"severity": "catastrophic"}, **htmx("event-rows"))
+
+    for response in (page, partial):
+        body = response.content.decode()
+        assert response.status_code == 422
+        assert 'data-testid="event-filter-error-severity"' in body
+        assert "Choose one of the listed severities." in body
+        assert "catastrophic" not in body
+        assert "fleet repair" not in body  # no events the filter did not select
+    assert "<html" not in partial.content.decode()
+    assert 'hx-trigger="every 10s"' not in partial.content.decode()  # nothing to refresh
+
+
+class _Elements(HTMLParser):
+    """Each start tag of a page with its attributes."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, {name: value or "" for name, value in attrs}))
+
+
+def _pollers(html: str) -> list[tuple[str, str]]:
+    """(element id, URL) of every element of a page that polls."""
+    return [
+        (attrs["id"], unescape(attrs["hx-get"]))
+        for _, attrs in _Elements(html).tags
+        if attrs.get("hx-trigger", "").startswith("every ")
+    ]
+
+
+def _form_fields(html: str) -> list[str]:
+    """The fields a user can edit (hidden inputs such as the CSRF token are not)."""
+    return [
+        attrs.get("id") or attrs.get("name", tag)
+        for tag, attrs in _Elements(html).tags
+        if tag in ("select", "textarea")
+        or (tag == "input" and attrs.get("type") not in ("hidden", "submit", "button"))
+    ]
+
+
+def test_no_poll_answer_carries_a_form_field_so_a_poll_never_replaces_one_being_edited(
+    staff_client, fleet
+):
+    fleet.acme_model.active_version = fleet.acme_v1
+    fleet.acme_model.save()
+    Deployment.objects.create(
+        model=fleet.acme_model,
+        status=Deployment.Status.ROLLING_OUT,
+        target_version=fleet.acme_v1,
+        endpoint=fleet.endpoint,
+    )
+    job = TrainingJobFactory(model=fleet.acme_model, status="running", progress_pct=42)
+    pages = [
+        reverse("dashboard:overview"),
+        reverse("dashboard:endpoints"),
+        reverse("dashboard:endpoint", args=[fleet.endpoint.name]),
+        reverse("dashboard:tenant", args=["acme"]),
+        reverse("dashboard:training-job", args=["acme", job.pk]),
+        reverse("dashboard:events"),
+    ]
+
+    polled = {}
+    for url in pages:
+        page = staff_client.get(url).content.decode()
+        for element, poll_url in _pollers(page):
+            answer = staff_client.get(poll_url, **htmx(element))
+            assert answer.status_code == 200, (url, element)
+            polled[element] = _form_fields(answer.content.decode())
+
+    # Every live part of every page was polled, the rollout's and the training job's included ...
+    assert {
+        "overview-figures",
+        "overview-costs",
+        "overview-charts",
+        "endpoint-rows",
+        "endpoint-instances",
+        "tenant-cost",
+        "tenant-models-status",
+        f"training-job-{job.pk}",
+        "event-rows",
+    } <= set(polled)
+    # ... and none answered a field: the deploy forms' choices are never replaced mid-selection.
+    assert {element: fields for element, fields in polled.items() if fields} == {}
