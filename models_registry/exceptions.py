@@ -61,6 +61,11 @@ class IdempotencyKeyReused(Conflict):
     code = "idempotency_key_reused"
 
 
+class DatasetAlreadyExists(Conflict):
+    # Like a taken model name or tenant slug: the name is taken, whatever the file holds.
+    code = "dataset_exists"
+
+
 class QualityGateFailed(Conflict):
     code = "quality_gate_failed"
 

@@ -18,6 +18,7 @@ from models_registry.dataset_files import (
     stratified_split,
 )
 from models_registry.exceptions import (
+    DatasetAlreadyExists,
     DatasetTooLarge,
     InvalidDataset,
 )
@@ -66,7 +67,7 @@ def create_dataset(
     # Checked before the file is stored so a refused upload leaves no file behind; the unique
     # constraint below still settles a race between two uploads of the same name.
     if Dataset.objects.filter(tenant=tenant, name=name).exists():
-        raise InvalidDataset(
+        raise DatasetAlreadyExists(
             f"Tenant {tenant.slug} already has a dataset named {name!r}.", field="name"
         )
     digest = hashlib.sha256(content).hexdigest()
@@ -103,7 +104,7 @@ def create_dataset(
                 tenant=tenant,
             )
     except IntegrityError as exc:
-        raise InvalidDataset(
+        raise DatasetAlreadyExists(
             f"Tenant {tenant.slug} already has a dataset named {name!r}.", field="name"
         ) from exc
     return dataset

@@ -82,8 +82,8 @@ def test_a_file_over_the_limit_is_a_413(tenant_client, tenant):
     assert "MB" in error["message"] and "limit" in error["message"]
 
 
-def test_a_duplicate_dataset_name_is_a_400_naming_name(tenant_client, tenant, dataset):
-    assert_names_field(upload(tenant_client, tenant.slug, tickets_file()), "name")
+def test_a_duplicate_dataset_name_is_a_409_naming_name(tenant_client, tenant, dataset):
+    assert_names_field(upload(tenant_client, tenant.slug, tickets_file()), "name", status=409)
 
 
 # --- Models and versions ---

@@ -158,7 +158,7 @@ def test_a_second_upload_under_a_taken_name_stores_no_file(
 
     second = upload(tenant_client, tenant, rows_csv(balanced(per_label=6)), "tickets.csv")
 
-    assert second.status_code == 400 and second.json()["error"]["field"] == "name"
+    assert second.status_code == 409 and second.json()["error"]["field"] == "name"
     assert Dataset.objects.count() == 1
     assert stored_files(isolated_artifact_store) == files_before
 
