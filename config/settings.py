@@ -389,6 +389,7 @@ SPECTACULAR_SETTINGS = {
     # labels; name the two enums instead of letting the schema generator guess.
     "ENUM_NAME_OVERRIDES": {
         "TrainingBackendEnum": "models_registry.models.TrainingJob.Backend",
+        "QualityGateOutcomeEnum": "models_registry.models.TrainingJob.GateOutcome",
         "ServingBackendEnum": "deployments.models.Endpoint.Backend",
     },
 }

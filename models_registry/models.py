@@ -88,9 +88,15 @@ class TrainingJob(models.Model):
         QUEUED = "queued", "Queued"
         LAUNCHING = "launching", "Launching"
         RUNNING = "running", "Running"
+        # Trained; its version is registered and is being packaged and put to the quality gate.
+        PACKAGING = "packaging", "Packaging"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
+
+    class GateOutcome(models.TextChoices):
+        PROMOTED = "promoted", "Promoted"
+        HELD = "held", "Held back"
 
     TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -111,6 +117,12 @@ class TrainingJob(models.Model):
     # existing job through it instead of launching a second one.
     idempotency_key = models.CharField(max_length=128)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Packaging runs of the trained version: the first, plus one resumed after a lost worker.
+    packaging_attempts = models.PositiveSmallIntegerField(default=0)
+    # What the quality gate decided for the version this job produced, written in the same
+    # transaction as the decision itself (and as the job's success).
+    gate_outcome = models.CharField(max_length=16, choices=GateOutcome.choices, blank=True)
+    gate_reason = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -133,12 +145,17 @@ class TrainingJob(models.Model):
                         "queued",
                         "launching",
                         "running",
+                        "packaging",
                         "succeeded",
                         "failed",
                         "cancelled",
                     ]
                 ),
                 name="trainingjob_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(gate_outcome__in=["", "promoted", "held"]),
+                name="trainingjob_gate_outcome_valid",
             ),
         ]
         indexes = [

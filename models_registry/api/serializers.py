@@ -148,11 +148,22 @@ def _check_json_value(value, *, path: str, depth: int) -> None:
             _check_json_value(item, path=f"{path}[{index}]", depth=depth + 1)
 
 
+class QualityGateOutcomeSerializer(serializers.Serializer):
+    outcome = serializers.ChoiceField(
+        choices=TrainingJob.GateOutcome.choices,
+        allow_null=True,
+        help_text="promoted, held, or null until the gate has decided.",
+    )
+    reason = serializers.CharField(help_text="Why the gate decided so; empty until it has.")
+
+
 class TrainingJobSerializer(serializers.ModelSerializer):
     tenant = serializers.CharField(source="model.tenant.slug", read_only=True)
     model = serializers.CharField(source="model.name", read_only=True)
     dataset = serializers.CharField(source="dataset.name", read_only=True)
     version = serializers.SerializerMethodField()
+    gate = serializers.SerializerMethodField()
+    deployable = serializers.SerializerMethodField()
 
     class Meta:
         model = TrainingJob
@@ -169,6 +180,8 @@ class TrainingJobSerializer(serializers.ModelSerializer):
             "failure_reason",
             "log_tail",
             "version",
+            "gate",
+            "deployable",
             "attempts",
             "cancel_requested",
             "created_at",
@@ -180,10 +193,34 @@ class TrainingJobSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_version(self, obj: TrainingJob) -> int | None:
-        try:
-            return obj.version.number
-        except ObjectDoesNotExist:
-            return None
+        version = _produced_version(obj)
+        return version.number if version else None
+
+    @extend_schema_field(QualityGateOutcomeSerializer)
+    def get_gate(self, obj: TrainingJob) -> dict:
+        return {"outcome": obj.gate_outcome or None, "reason": obj.gate_reason}
+
+    @extend_schema_field(
+        serializers.BooleanField(
+            help_text="The job succeeded and its version is ready and its model's active one: "
+            "deploying the model now serves it."
+        )
+    )
+    def get_deployable(self, obj: TrainingJob) -> bool:
+        version = _produced_version(obj)
+        return (
+            obj.status == TrainingJob.Status.SUCCEEDED
+            and version is not None
+            and version.status == ModelVersion.Status.READY
+            and obj.model.active_version_id == version.pk
+        )
+
+
+def _produced_version(job: TrainingJob) -> ModelVersion | None:
+    try:
+        return job.version
+    except ObjectDoesNotExist:
+        return None
 
 
 class PromoteSerializer(serializers.Serializer):

@@ -3,6 +3,8 @@ and rolling a model back to the version promoted before."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -33,14 +35,24 @@ def _gate_for(*, model: TenantModel, candidate: ModelVersion) -> GateDecision:
     )
 
 
-def apply_quality_gate(*, version: ModelVersion, actor: str) -> GateDecision:
-    """Promote a freshly trained version if it passes the gate, else hold it with the reason."""
-    try:
-        promote_version(version=version, actor=actor)
-    except QualityGateFailed as exc:
-        return GateDecision(False, exc.message)
-    version.refresh_from_db()
-    return GateDecision(True, version.status_reason or f"{version} promoted.")
+def apply_quality_gate(
+    *,
+    version: ModelVersion,
+    actor: str,
+    on_decided: Callable[[GateDecision], None] | None = None,
+) -> GateDecision:
+    """Promote a freshly trained version if it passes the gate, else hold it with the reason.
+
+    ``on_decided`` is called with the decision inside the transaction that records it, so what
+    a caller writes about the decision (a training job's outcome) commits with it or not at all.
+    """
+    with transaction.atomic():
+        version, decision, activated = _decide_promotion(version=version, actor=actor, force=False)
+        if on_decided is not None:
+            on_decided(decision)
+    if activated:
+        _announce_activation(version=version, actor=actor)
+    return decision
 
 
 def _announce_activation(*, version: ModelVersion, actor: str) -> None:
@@ -55,62 +67,72 @@ def promote_version(*, version: ModelVersion, actor: str, force: bool = False) -
     QualityGateFailed (409). Promoting the active version again changes nothing.
     """
     with transaction.atomic():
-        model = (
-            TenantModel.objects.select_for_update(of=("self",))
-            .select_related("tenant", "active_version")
-            .get(pk=version.model_id)
-        )
-        version = ModelVersion.objects.select_for_update().get(pk=version.pk)
-        if version.status != ModelVersion.Status.READY:
-            raise InvalidVersion(
-                f"{version} is {version.status}; only a ready version can be promoted.",
-                field="version",
-            )
-        if model.active_version_id == version.pk:
-            return version
-        decision = _gate_for(model=model, candidate=version)
-        held = not decision.promote and not force
-        previous = model.active_version
-        if held:
-            version.status_reason = f"Held back by the quality gate: {decision.reason}"
-            version.save(update_fields=["status_reason", "updated_at"])
-            record_event(
-                kind="version.held",
-                severity="warning",
-                message=f"{version} not promoted: {decision.reason}",
-                actor=actor,
-                version=version,
-                data={"active": previous.number if previous else None},
-            )
-        else:
-            version.promoted_at = timezone.now()
-            version.status_reason = (
-                f"Promoted by {actor} over the quality gate: {decision.reason}"
-                if not decision.promote
-                else ""
-            )
-            version.save(update_fields=["promoted_at", "status_reason", "updated_at"])
-            model.active_version = version
-            model.save(update_fields=["active_version", "updated_at"])
-            record_event(
-                kind="version.promoted",
-                message=(
-                    f"{version} promoted"
-                    + (f" (replacing v{previous.number})" if previous else "")
-                    + (" by force" if not decision.promote else "")
-                    + f": {decision.reason}"
-                ),
-                actor=actor,
-                version=version,
-                data={
-                    "previous": previous.number if previous else None,
-                    "forced": not decision.promote,
-                },
-            )
-    if held:
+        version, decision, activated = _decide_promotion(version=version, actor=actor, force=force)
+    if not decision.promote and not force:
         raise QualityGateFailed(version.status_reason, field="version")
-    _announce_activation(version=version, actor=actor)
+    if activated:
+        _announce_activation(version=version, actor=actor)
     return version
+
+
+def _decide_promotion(
+    *, version: ModelVersion, actor: str, force: bool
+) -> tuple[ModelVersion, GateDecision, bool]:
+    """Put a ready version to the gate under the model's row lock and record the outcome (call
+    inside a transaction); the version, the gate's decision and whether the version became
+    active. The active version again is a promotion that changes nothing."""
+    model = (
+        TenantModel.objects.select_for_update(of=("self",))
+        .select_related("tenant", "active_version")
+        .get(pk=version.model_id)
+    )
+    version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    if version.status != ModelVersion.Status.READY:
+        raise InvalidVersion(
+            f"{version} is {version.status}; only a ready version can be promoted.",
+            field="version",
+        )
+    if model.active_version_id == version.pk:
+        return version, GateDecision(True, f"{version} is already the active version."), False
+    decision = _gate_for(model=model, candidate=version)
+    previous = model.active_version
+    if not decision.promote and not force:
+        version.status_reason = f"Held back by the quality gate: {decision.reason}"
+        version.save(update_fields=["status_reason", "updated_at"])
+        record_event(
+            kind="version.held",
+            severity="warning",
+            message=f"{version} not promoted: {decision.reason}",
+            actor=actor,
+            version=version,
+            data={"active": previous.number if previous else None},
+        )
+        return version, decision, False
+    version.promoted_at = timezone.now()
+    version.status_reason = (
+        f"Promoted by {actor} over the quality gate: {decision.reason}"
+        if not decision.promote
+        else ""
+    )
+    version.save(update_fields=["promoted_at", "status_reason", "updated_at"])
+    model.active_version = version
+    model.save(update_fields=["active_version", "updated_at"])
+    record_event(
+        kind="version.promoted",
+        message=(
+            f"{version} promoted"
+            + (f" (replacing v{previous.number})" if previous else "")
+            + (" by force" if not decision.promote else "")
+            + f": {decision.reason}"
+        ),
+        actor=actor,
+        version=version,
+        data={
+            "previous": previous.number if previous else None,
+            "forced": not decision.promote,
+        },
+    )
+    return version, decision, True
 
 
 def rollback_model(*, model: TenantModel, actor: str) -> ModelVersion:

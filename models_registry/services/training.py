@@ -3,8 +3,10 @@ repair of jobs whose worker or message was lost.
 
 Every decision about a job's state is made here, under a row lock, with the Event that says why;
 where and how the training runs is the job's backend's (``training_backend_for(job)``), which
-answers with plain reports. A succeeded job's artifact becomes the model's next version: registered,
-packaged for Triton and put to the quality gate.
+answers with plain reports. A trained job's artifact becomes the model's next version: registered
+as the job enters ``packaging``, then packaged for Triton and put to the quality gate; the job
+succeeds in the same transaction as the gate's decision, so a succeeded job's version is ready and
+its outcome (promoted or held, with the reason) is known.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from models_registry.exceptions import (
     TrainingLaunchDeferred,
 )
 from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
+from models_registry.quality_gate import GateDecision
 from models_registry.services.packaging import package_version
 from models_registry.services.promotion import apply_quality_gate
 from models_registry.services.registry import register_version
@@ -50,8 +53,14 @@ from models_registry.training.backends.base import (
 STALE_HEARTBEAT = timedelta(minutes=2)
 # A queued job no worker has picked up for this long had its message lost; it is sent again.
 STALE_QUEUED = timedelta(minutes=10)
+# A job packaging its version for this long without a heartbeat lost its worker (packaging a
+# version takes seconds; the heartbeat is written as it starts and between its steps).
+STALE_PACKAGING = timedelta(minutes=10)
 # A job is run at most this many times: a worker lost once is retried, twice means a real fault.
 MAX_TRAINING_ATTEMPTS = 2
+# The same for packaging a trained version: resumed once after a lost worker, then failed.
+MAX_PACKAGING_ATTEMPTS = 2
+PACKAGE_TASK = "models_registry.tasks.package_trained_version"
 # Progress is written at most this often (a cheap UPDATE), plus every change of whole percent.
 PROGRESS_WRITE_INTERVAL_S = 1.0
 HEARTBEAT_INTERVAL_S = 10.0
@@ -224,6 +233,11 @@ def request_training_cancel(*, job: TrainingJob, actor: str) -> TrainingJob:
         job = TrainingJob.objects.select_for_update().get(pk=job.pk)
         if job.is_terminal:
             raise JobNotCancellable(f"Training job {job.pk} already {job.status}.")
+        if job.status == TrainingJob.Status.PACKAGING:
+            raise JobNotCancellable(
+                f"Training job {job.pk} has finished training; its version is being packaged "
+                "and put to the quality gate."
+            )
         job.cancel_requested = True
         update = ["cancel_requested"]
         if job.status == TrainingJob.Status.QUEUED:
@@ -244,7 +258,8 @@ def request_training_cancel(*, job: TrainingJob, actor: str) -> TrainingJob:
 def launch_training_job(*, job_id: int, backend: TrainingBackend | None = None) -> TrainingJob:
     """Hand a queued job to its backend and record what the backend reports.
 
-    A local job trains here to its end (then registered, packaged and put to the quality gate);
+    A local job trains here to its end (then registered, packaged and put to the quality gate,
+    and only then succeeded);
     a SageMaker job returns once launched and ``follow_training_jobs`` takes it from there. A
     re-delivered message for a job already launched or finished changes nothing. A launch the
     backend defers (throttled) puts the job back in the queue; one it refuses fails the job with
@@ -335,7 +350,8 @@ def _claim_training_job(
             .select_related("model__tenant", "dataset")
             .get(pk=job_id)
         )
-        if job.is_terminal:
+        if job.is_terminal or job.status == TrainingJob.Status.PACKAGING:
+            # A trained job is never trained again: the reconciler resumes its packaging.
             return job, False, ""
         if job.cancel_requested:
             _finish_job(job, status=TrainingJob.Status.CANCELLED, reason="Cancelled before start.")
@@ -419,13 +435,14 @@ def _record_report(*, job: TrainingJob, report: TrainingReport, launched: bool) 
             .select_related("model__tenant")
             .get(pk=job.pk)
         )
-        if job.is_terminal:
-            return job
+        if job.is_terminal or job.status == TrainingJob.Status.PACKAGING:
+            return job  # a report delivered again: the job's outcome is recorded already
         if report.state != "succeeded":
             return _finish_job(
                 job, status=report.state, reason=report.failure_reason, report=report
             )
-    return _complete_training(job=job, report=report)
+        _enter_packaging(job, report=report)
+    return package_trained_version(job_id=job.pk)
 
 
 def _finish_job(
@@ -468,9 +485,10 @@ def _finish_job(
     return job
 
 
-def _complete_training(*, job: TrainingJob, report: TrainingReport) -> TrainingJob:
-    """A succeeded job's artifact becomes the next version: registered once (a re-run finds it),
-    packaged for Triton, then promoted if the quality gate lets it."""
+def _enter_packaging(job: TrainingJob, *, report: TrainingReport) -> ModelVersion:
+    """Register the trained artifact as the model's next version (once: a re-run finds it) and
+    move the job to packaging, with what the backend reported (call inside a transaction, the
+    job's row locked)."""
     version = ModelVersion.objects.filter(training_job=job).first() or register_version(
         model=job.model,
         actor="worker",
@@ -478,15 +496,97 @@ def _complete_training(*, job: TrainingJob, report: TrainingReport) -> TrainingJ
         artifact_uri=report.artifact_uri,
         metrics=report.metrics,
     )
-    with transaction.atomic():
-        _finish_job(job, status=TrainingJob.Status.SUCCEEDED, report=report)
+    job.status = TrainingJob.Status.PACKAGING
+    job.progress_pct = 100
+    job.heartbeat_at = timezone.now()
+    job.packaging_attempts = 1
+    fields = ["status", "progress_pct", "heartbeat_at", "packaging_attempts"]
+    if report.log_tail is not None:
+        job.log_tail = report.log_tail[-LOG_TAIL_CHARS:]
+        fields.append("log_tail")
+    if report.metrics:
+        job.metrics = report.metrics
+        fields.append("metrics")
+    if report.external_id:
+        job.external_id = report.external_id
+        fields.append("external_id")
+    job.save(update_fields=fields)
+    record_event(
+        kind="training.trained",
+        message=(
+            f"Training job {job.pk} for {job.model} trained v{version.number}; packaging it "
+            "and putting it to the quality gate."
+        ),
+        actor="worker",
+        tenant=job.model.tenant,
+        data={"job": job.pk, "version": version.number},
+    )
+    return version
+
+
+def package_trained_version(*, job_id: int) -> TrainingJob:
+    """Package the version a trained job produced and put it to the quality gate; the job
+    succeeds in the gate decision's own transaction, with the outcome (promoted or held, and
+    why).
+
+    Safe to run again (the reconciler resumes a job whose worker was lost here): a version
+    packaged already is not built again, and a job no longer packaging is returned as it is. A
+    version that cannot be packaged fails the job with the reason, since nothing it produced
+    can be deployed.
+    """
+    job = TrainingJob.objects.select_related("model__tenant").get(pk=job_id)
+    if job.status != TrainingJob.Status.PACKAGING:
+        return job
+    version = ModelVersion.objects.filter(training_job=job).first()
+    if version is None:
+        # Registered in the transaction that moved the job here; gone only if deleted since.
+        return _fail_packaging(job_id=job.pk, reason="its version no longer exists")
     try:
         version = package_version(version=version, actor="worker")
-    except (DomainError, OSError, ValueError):
-        return job  # the version is marked failed with the reason; the training itself succeeded
-    apply_quality_gate(version=version, actor="worker")
+    except (DomainError, OSError, ValueError) as exc:
+        # The version is marked failed with the same reason by packaging itself.
+        return _fail_packaging(job_id=job.pk, reason=getattr(exc, "message", None) or str(exc))
+    TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.PACKAGING).update(
+        heartbeat_at=timezone.now()
+    )
+
+    def record_outcome(decision: GateDecision) -> None:
+        locked = (
+            TrainingJob.objects.select_for_update(of=("self",))
+            .select_related("model__tenant")
+            .get(pk=job.pk)
+        )
+        if locked.status != TrainingJob.Status.PACKAGING:
+            return  # another run of this step recorded it first
+        outcome = (
+            TrainingJob.GateOutcome.PROMOTED if decision.promote else TrainingJob.GateOutcome.HELD
+        )
+        locked.gate_outcome = outcome
+        locked.gate_reason = decision.reason
+        locked.save(update_fields=["gate_outcome", "gate_reason"])
+        _finish_job(
+            locked,
+            status=TrainingJob.Status.SUCCEEDED,
+            reason=f"v{version.number} {outcome}: {decision.reason}",
+        )
+
+    apply_quality_gate(version=version, actor="worker", on_decided=record_outcome)
     job.refresh_from_db()
     return job
+
+
+def _fail_packaging(*, job_id: int, reason: str) -> TrainingJob:
+    with transaction.atomic():
+        job = (
+            TrainingJob.objects.select_for_update(of=("self",))
+            .select_related("model__tenant")
+            .get(pk=job_id)
+        )
+        if job.status != TrainingJob.Status.PACKAGING:
+            return job
+        return _finish_job(
+            job, status=TrainingJob.Status.FAILED, reason=f"Packaging failed: {reason}"
+        )
 
 
 def _training_rows(dataset: Dataset) -> tuple[list[dict], list[dict]]:
@@ -546,8 +646,9 @@ def reconcile_training_jobs(*, now: datetime | None = None) -> list[TrainingJob]
 
     A launched job with a stale heartbeat is left alone while its backend still sees its training
     process (a local pid that is alive; a SageMaker job always); otherwise it is queued again if
-    it has an attempt left, else failed with the last heartbeat in the reason. Returns the jobs
-    it changed.
+    it has an attempt left, else failed with the last heartbeat in the reason. A trained job
+    whose worker was lost while packaging its version has the packaging and the quality gate
+    resumed (never the training). Returns the jobs it changed.
     """
     now = now or timezone.now()
     changed: list[TrainingJob] = []
@@ -593,6 +694,7 @@ def reconcile_training_jobs(*, now: datetime | None = None) -> list[TrainingJob]
                     actor="reconciler",
                 )
             changed.append(job)
+    changed += _resume_lost_packaging(now=now)
     lost = TrainingJob.objects.filter(
         status=TrainingJob.Status.QUEUED, cancel_requested=False
     ).filter(
@@ -620,5 +722,59 @@ def reconcile_training_jobs(*, now: datetime | None = None) -> list[TrainingJob]
                 data={"job": job.pk},
             )
             _send_to_backend(job)
+            changed.append(job)
+    return changed
+
+
+def _resume_lost_packaging(*, now: datetime) -> list[TrainingJob]:
+    """Send packaging jobs whose worker stopped back to a worker once; fail them the next time
+    (their version failed too, so nothing waits on a package that will never come)."""
+    changed: list[TrainingJob] = []
+    stale = TrainingJob.objects.filter(status=TrainingJob.Status.PACKAGING).filter(
+        Q(heartbeat_at__lt=now - STALE_PACKAGING) | Q(heartbeat_at__isnull=True)
+    )
+    for job_id in stale.values_list("pk", flat=True):
+        with transaction.atomic():
+            job = (
+                TrainingJob.objects.select_for_update(of=("self",))
+                .select_related("model__tenant")
+                .get(pk=job_id)
+            )
+            # Re-checked under the lock: the worker may have moved on meanwhile.
+            if job.status != TrainingJob.Status.PACKAGING or (
+                job.heartbeat_at is not None and now - job.heartbeat_at < STALE_PACKAGING
+            ):
+                continue
+            last = f"{job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC" if job.heartbeat_at else "never"
+            if job.packaging_attempts < MAX_PACKAGING_ATTEMPTS:
+                job.packaging_attempts += 1
+                job.heartbeat_at = now
+                job.save(update_fields=["packaging_attempts", "heartbeat_at"])
+                record_event(
+                    kind="training.packaging_resumed",
+                    severity="warning",
+                    message=(
+                        f"Training job {job.pk}: worker stopped while packaging its version "
+                        f"(last heartbeat {last}); packaging resumed."
+                    ),
+                    actor="reconciler",
+                    tenant=job.model.tenant,
+                    data={"job": job.pk, "packaging_attempts": job.packaging_attempts},
+                )
+                send_task_on_commit(PACKAGE_TASK, job.pk)
+            else:
+                reason = f"worker stopped while packaging the version (last heartbeat {last})"
+                ModelVersion.objects.filter(
+                    training_job=job,
+                    status__in=[ModelVersion.Status.REGISTERED, ModelVersion.Status.PACKAGING],
+                ).update(
+                    status=ModelVersion.Status.FAILED, status_reason=f"Packaging failed: {reason}"
+                )
+                _finish_job(
+                    job,
+                    status=TrainingJob.Status.FAILED,
+                    reason=f"Packaging failed: {reason}",
+                    actor="reconciler",
+                )
             changed.append(job)
     return changed

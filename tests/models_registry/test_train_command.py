@@ -53,6 +53,7 @@ def test_train_runs_a_job_and_prints_progress_and_the_version(
     assert f"Training job {job.pk} started" in text
     assert "100 %  succeeded" in text
     assert "v1: ready" in text and "macro_f1" in text
+    assert "Quality gate: promoted. No active version" in text
     assert job.hyperparameters["epochs"] == 150
 
 

@@ -5,7 +5,9 @@
     manage.py train --follow 42            # follow an existing job
 
 The job runs on the Celery worker like one started through the API; this command only enqueues
-it and shows its progress bar, status changes and outcome (exit status 1 unless it succeeded).
+it and shows its progress bar, status changes (``packaging`` once trained, while its version is
+packaged and put to the quality gate) and outcome: the version, and whether the gate promoted or
+held it (exit status 1 unless the job succeeded).
 """
 
 from __future__ import annotations
@@ -105,7 +107,9 @@ class Command(BaseCommand):
                 if isinstance(value, int | float) and not isinstance(value, bool)
             )
             self.stdout.write(f"{version}: {version.status}; {metrics}")
-            if version.status_reason:
+            if job.gate_outcome:
+                self.stdout.write(f"Quality gate: {job.gate_outcome}. {job.gate_reason}")
+            elif version.status_reason:
                 self.stdout.write(version.status_reason)
         return job
 

@@ -11,6 +11,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from config.celery import app
 from deployments.models import Event
 from models_registry.demo.tickets import generate_pairs, generate_tickets, to_csv
 from models_registry.exceptions import (
@@ -18,6 +19,7 @@ from models_registry.exceptions import (
     InvalidDataset,
     InvalidTrainingRequest,
     InvalidVersion,
+    JobNotCancellable,
     NothingToRollBack,
     QualityGateFailed,
     TrainingBackendNotConfigured,
@@ -28,6 +30,7 @@ from models_registry.services.datasets import create_dataset
 from models_registry.services.promotion import apply_quality_gate, promote_version, rollback_model
 from models_registry.services.training import (
     launch_training_job,
+    package_trained_version,
     reconcile_training_jobs,
     request_training_cancel,
     start_training_job,
@@ -297,7 +300,144 @@ def test_training_end_to_end_registers_packages_and_promotes_the_first_version(
     assert "macro_f1" in version.metrics and version.sha256
     model.refresh_from_db()
     assert model.active_version == version
-    assert Event.objects.filter(kind="version.promoted", version=version).exists()
+    assert job.gate_outcome == TrainingJob.GateOutcome.PROMOTED
+    assert job.gate_reason.startswith("No active version")
+    # Succeeded is said last: after the version was registered, packaged and promoted.
+    kinds = list(
+        Event.objects.filter(
+            kind__in=[
+                "training.trained",
+                "version.packaged",
+                "version.promoted",
+                "training.succeeded",
+            ]
+        )
+        .order_by("pk")
+        .values_list("kind", flat=True)
+    )
+    assert kinds == [
+        "training.trained",
+        "version.packaged",
+        "version.promoted",
+        "training.succeeded",
+    ]
+
+
+# --- Packaging and gating a trained version ---
+
+
+@pytest.fixture
+def tasks_run_inline():
+    """The worker's part, run in the test: a task sent on commit executes there."""
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = previous
+
+
+def trained_job(model, dataset, artifact_dir, *, minutes_since_heartbeat=15, **version_fields):
+    """A job its worker left in packaging: trained, its version registered, no package yet."""
+    job = TrainingJobFactory(
+        model=model,
+        dataset=dataset,
+        status=TrainingJob.Status.PACKAGING,
+        attempts=1,
+        packaging_attempts=1,
+        progress_pct=100,
+        external_id=str(dead_pid()),
+        heartbeat_at=timezone.now() - timedelta(minutes=minutes_since_heartbeat),
+    )
+    fields = {"number": 1, "metrics": {"macro_f1": 0.9}, **version_fields}
+    ModelVersionFactory(
+        model=model,
+        training_job=job,
+        status=ModelVersion.Status.PACKAGING,
+        artifact_uri=str(artifact_dir),
+        host_memory_mb=None,
+        **fields,
+    )
+    return job
+
+
+def test_reconcile_resumes_packaging_of_a_job_whose_worker_was_lost_without_training_again(
+    model, dataset, intent_artifact, tasks_run_inline, django_capture_on_commit_callbacks
+):
+    job = trained_job(model, dataset, intent_artifact)
+    with django_capture_on_commit_callbacks(execute=True):
+        changed = reconcile_training_jobs()
+    assert changed == [job]
+    job.refresh_from_db()
+    assert job.status == TrainingJob.Status.SUCCEEDED, job.failure_reason
+    assert job.gate_outcome == TrainingJob.GateOutcome.PROMOTED
+    assert job.attempts == 1 and job.packaging_attempts == 2
+    assert ModelVersion.objects.filter(model=model).count() == 1
+    model.refresh_from_db()
+    assert model.active_version == job.version and job.version.status == ModelVersion.Status.READY
+    assert Event.objects.filter(kind="training.packaging_resumed").count() == 1
+    assert not Event.objects.filter(kind="training.started").exists()
+
+
+def test_reconcile_fails_a_job_that_lost_its_worker_while_packaging_twice(
+    model, dataset, intent_artifact, django_capture_on_commit_callbacks
+):
+    job = trained_job(model, dataset, intent_artifact)
+    TrainingJob.objects.filter(pk=job.pk).update(packaging_attempts=2)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert reconcile_training_jobs() == [job]
+    assert callbacks == []
+    job.refresh_from_db()
+    assert job.status == TrainingJob.Status.FAILED and job.gate_outcome == ""
+    assert job.failure_reason.startswith("Packaging failed: worker stopped while packaging")
+    version = ModelVersion.objects.get(training_job=job)
+    assert version.status == ModelVersion.Status.FAILED
+    assert version.status_reason.startswith("Packaging failed")
+
+
+def test_reconcile_leaves_a_job_packaging_with_a_recent_heartbeat(model, dataset, intent_artifact):
+    trained_job(model, dataset, intent_artifact, minutes_since_heartbeat=1)
+    assert reconcile_training_jobs() == []
+
+
+def test_a_redelivered_launch_never_trains_a_job_that_is_packaging(model, dataset, intent_artifact):
+    job = trained_job(model, dataset, intent_artifact)
+    job = launch_training_job(job_id=job.pk)
+    assert job.status == TrainingJob.Status.PACKAGING and job.attempts == 1
+    assert not Event.objects.filter(kind="training.started").exists()
+
+
+def test_a_version_held_by_the_gate_ends_the_job_succeeded_and_held_with_the_reason(
+    model, dataset, intent_artifact
+):
+    active = ModelVersionFactory(model=model, number=1, metrics={"macro_f1": 0.95})
+    promote_version(version=active, actor="t")
+    job = trained_job(model, dataset, intent_artifact, number=2, metrics={"macro_f1": 0.5})
+    job = package_trained_version(job_id=job.pk)
+    assert job.status == TrainingJob.Status.SUCCEEDED
+    assert job.gate_outcome == TrainingJob.GateOutcome.HELD
+    assert "0.5000 is worse than the active version's 0.9500" in job.gate_reason
+    model.refresh_from_db()
+    assert model.active_version == active
+    assert job.version.status == ModelVersion.Status.READY
+
+
+def test_a_version_that_cannot_be_packaged_fails_its_job_saying_so(model, dataset, tmp_path):
+    job = trained_job(model, dataset, tmp_path / "no-artifact-here")
+    job = package_trained_version(job_id=job.pk)
+    assert job.status == TrainingJob.Status.FAILED
+    assert job.failure_reason.startswith("Packaging failed: ")
+    assert job.gate_outcome == "" and job.finished_at is not None
+    assert ModelVersion.objects.get(training_job=job).status == ModelVersion.Status.FAILED
+    model.refresh_from_db()
+    assert model.active_version is None
+
+
+def test_a_job_packaging_its_version_cannot_be_cancelled(model, dataset, intent_artifact):
+    job = trained_job(model, dataset, intent_artifact, minutes_since_heartbeat=0)
+    with pytest.raises(JobNotCancellable) as refused:
+        request_training_cancel(job=job, actor="t")
+    assert refused.value.status_code == 409 and "being packaged" in refused.value.message
+    job.refresh_from_db()
+    assert not job.cancel_requested
 
 
 # --- Promotion and rollback ---
