@@ -227,6 +227,18 @@ TENANTML_PERIODIC_TASKS = [
     },
 ]
 
+# --- Datasets ---
+# What an upload with the same text under two labels gets (after case and whitespace folding):
+# "refuse" (a 400 naming the rows) or "keep" (stored, with a warning naming them). An upload may
+# choose otherwise with its conflicting_labels field. Repeats under the same label are always
+# dropped with a warning.
+TENANTML_DATASET_CONFLICTING_LABELS = env.str("DATASET_CONFLICTING_LABELS", default="refuse")
+if TENANTML_DATASET_CONFLICTING_LABELS not in ("refuse", "keep"):
+    raise parse.ConfigurationError(
+        "DATASET_CONFLICTING_LABELS must be refuse or keep, not "
+        f"{TENANTML_DATASET_CONFLICTING_LABELS!r}."
+    )
+
 # --- Training ---
 # How much worse (absolute, in the kind's primary metric) a new version may score than the active
 # one and still be promoted automatically.

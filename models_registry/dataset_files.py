@@ -3,6 +3,12 @@
 Pure functions: bytes in, rows or a list of problems out. Every problem names the row (1-based,
 counting the header for CSV) and the field, so a user can fix the file.
 
+Texts are compared after Unicode normalisation (NFKC), case folding and collapsing whitespace
+(``fold_text``). A row that repeats an earlier row's text with the same label (and group) is kept
+in the parse but left out of the counts and the split: real data has such rows, and training on
+a text twice only weights it. The same text under two labels is found too (``conflicts``); whether
+that refuses the file is the caller's choice. Messages name rows by number, never their text.
+
 Cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, a tab
 or a carriage return) are kept verbatim: they are ordinary ticket text ("-1 star", "@support")
 and the model must train on what customers wrote. They are neutralized where text leaves the
@@ -15,6 +21,7 @@ import csv
 import io
 import json
 import random
+import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -27,6 +34,9 @@ MAX_GROUP_CHARS = 200
 # Bounds the memory a 20 MB file of tiny rows can take to parse (a row costs ~1 KB in Python).
 MAX_ROWS = 200_000
 MAX_PROBLEMS_REPORTED = 20
+# How many row numbers a warning lists (then "and N more"), and how many conflicting texts.
+MAX_ROWS_LISTED = 20
+MAX_CONFLICTS_LISTED = 10
 # Above this an upload is refused before it is parsed (the API answers 413).
 MAX_FILE_BYTES = 20 * 1024 * 1024
 # Fewer examples than this per label cannot be split into train and validation meaningfully.
@@ -40,10 +50,22 @@ SPLIT_SEED = "tenantml-split-v1"
 
 @dataclass
 class ParsedDataset:
+    # Every well-formed row in file order, repeats included (stored splits index into these).
     rows: list[dict[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    # The file line (1-based, header counted for CSV) each kept row came from.
+    # The file line (1-based, header counted for CSV) each parsed row came from.
     line_numbers: list[int] = field(default_factory=list)
+    # Indexes into ``rows`` of rows repeating an earlier row's folded text with the same label
+    # (and group): dropped from the counts and the split.
+    repeated: list[int] = field(default_factory=list)
+    # For each folded text found under more than one label, the indexes of its kept rows.
+    conflicts: list[list[int]] = field(default_factory=list)
+
+    @property
+    def kept(self) -> list[int]:
+        """Indexes into ``rows`` of the rows a model trains on (repeats dropped)."""
+        dropped = set(self.repeated)
+        return [index for index in range(len(self.rows)) if index not in dropped]
 
     @property
     def has_groups(self) -> bool:
@@ -51,11 +73,67 @@ class ParsedDataset:
 
     @property
     def group_count(self) -> int:
-        return len({row["group"] for row in self.rows if "group" in row})
+        return len({self.rows[i]["group"] for i in self.kept if "group" in self.rows[i]})
 
     @property
     def label_counts(self) -> dict[str, int]:
-        return dict(sorted(Counter(row["label"] for row in self.rows).items()))
+        return dict(sorted(Counter(self.rows[i]["label"] for i in self.kept).items()))
+
+    def split(self, *, validation_fraction: float = VALIDATION_FRACTION) -> dict[str, list[int]]:
+        """The stratified split of the kept rows, as indexes into ``rows``."""
+        kept = self.kept
+        split = stratified_split(
+            [self.rows[i] for i in kept], validation_fraction=validation_fraction
+        )
+        return {side: [kept[position] for position in split[side]] for side in split}
+
+    def repeats_warning(self) -> str:
+        """What was dropped, by row number; empty when nothing was."""
+        if not self.repeated:
+            return ""
+        count = len(self.repeated)
+        rows = row_list([self.line_numbers[i] for i in self.repeated])
+        if count == 1:
+            return (
+                f"1 row repeats an earlier row's text with the same label and was dropped: {rows}."
+            )
+        return (
+            f"{count} rows repeat an earlier row's text with the same label and were dropped: "
+            f"{rows}."
+        )
+
+    def conflicts_summary(self) -> str:
+        """Which rows share a text under different labels, by row number; empty when none."""
+        if not self.conflicts:
+            return ""
+        shown = [
+            row_list([self.line_numbers[i] for i in indexes], shown=5)
+            for indexes in self.conflicts[:MAX_CONFLICTS_LISTED]
+        ]
+        more = len(self.conflicts) - len(shown)
+        count = len(self.conflicts)
+        return (
+            f"{count} text{'s' if count != 1 else ''} appear{'s' if count == 1 else ''} under "
+            "more than one label: "
+            + ", ".join(shown)
+            + (f" and {more} more text(s)" if more else "")
+        )
+
+
+def fold_text(text: str) -> str:
+    """A text as rows are compared: NFKC-normalised, case-folded, whitespace runs as one space."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def row_list(line_numbers: list[int], *, shown: int = MAX_ROWS_LISTED) -> str:
+    """``row 7``, ``rows 7 and 9``, ``rows 7, 9, 12 and 3 more``: row numbers, capped."""
+    if len(line_numbers) == 1:
+        return f"row {line_numbers[0]}"
+    listed = [str(number) for number in line_numbers[:shown]]
+    more = len(line_numbers) - len(listed)
+    if more:
+        return "rows " + ", ".join(listed) + f" and {more} more"
+    return "rows " + ", ".join(listed[:-1]) + f" and {listed[-1]}"
 
 
 def detect_format(filename: str, content: bytes) -> str:
@@ -119,18 +197,30 @@ def _lines(parsed: ParsedDataset, indexes: list[int], shown: int = 5) -> str:
     return ("row " if len(indexes) == 1 else "rows ") + ", ".join(lines) + more
 
 
-def _check_whole_file(parsed: ParsedDataset, *, min_rows_per_label: int) -> None:
-    """Duplicates, the group column's consistency and the per-label / per-group minimums."""
-    first_seen: dict[tuple, int] = {}
+def _find_repeats_and_conflicts(parsed: ParsedDataset) -> None:
+    """Mark rows repeating an earlier row (folded text, label and group) and collect the texts
+    found under more than one label."""
+    seen: set[tuple] = set()
+    by_text: dict[str, list[int]] = defaultdict(list)
     for index, row in enumerate(parsed.rows):
-        key = (row["text"], row["label"], row.get("group"))
-        if key in first_seen:
-            parsed.problems.append(
-                f"row {parsed.line_numbers[index]}, field text: duplicate of row "
-                f"{parsed.line_numbers[first_seen[key]]}."
-            )
-        else:
-            first_seen[key] = index
+        text = fold_text(row["text"])
+        key = (text, row["label"], row.get("group"))
+        if key in seen:
+            parsed.repeated.append(index)
+            continue
+        seen.add(key)
+        by_text[text].append(index)
+    parsed.conflicts = [
+        indexes
+        for indexes in by_text.values()
+        if len({parsed.rows[i]["label"] for i in indexes}) > 1
+    ]
+
+
+def _check_whole_file(parsed: ParsedDataset, *, min_rows_per_label: int) -> None:
+    """Repeats and conflicting labels, the group column's consistency and the per-label /
+    per-group minimums (counted over the rows kept)."""
+    _find_repeats_and_conflicts(parsed)
     with_group = [i for i, row in enumerate(parsed.rows) if "group" in row]
     if with_group and len(with_group) != len(parsed.rows):
         missing = [i for i, row in enumerate(parsed.rows) if "group" not in row]
@@ -138,9 +228,10 @@ def _check_whole_file(parsed: ParsedDataset, *, min_rows_per_label: int) -> None
             f"{_lines(parsed, missing)}, field group: missing, while other rows have a group."
         )
         return
+    kept = parsed.kept
     by_label: dict[str, list[int]] = defaultdict(list)
-    for index, row in enumerate(parsed.rows):
-        by_label[row["label"]].append(index)
+    for index in kept:
+        by_label[parsed.rows[index]["label"]].append(index)
     if len(by_label) == 1:
         (only,) = by_label
         parsed.problems.append(
@@ -151,8 +242,8 @@ def _check_whole_file(parsed: ParsedDataset, *, min_rows_per_label: int) -> None
     if parsed.has_groups:
         # Paraphrase datasets are judged by their groups: each label may be a single pair.
         by_group: dict[str, list[int]] = defaultdict(list)
-        for index, row in enumerate(parsed.rows):
-            by_group[row["group"]].append(index)
+        for index in kept:
+            by_group[parsed.rows[index]["group"]].append(index)
         for group, indexes in by_group.items():
             if len(indexes) < MIN_ROWS_PER_GROUP:
                 parsed.problems.append(

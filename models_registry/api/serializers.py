@@ -7,6 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
+from models_registry.services.datasets import CONFLICTING_LABELS_CHOICES
 from models_registry.training.backends.base import DEFAULT_TRAINING_BACKEND
 
 # Dataset.name's column width: a longer uploaded file name must be refused here, not by the
@@ -24,6 +25,14 @@ class DatasetUploadSerializer(serializers.Serializer):
         required=False,
         help_text="Defaults to the uploaded file's name.",
     )
+    conflicting_labels = serializers.ChoiceField(
+        choices=CONFLICTING_LABELS_CHOICES,
+        required=False,
+        error_messages={"invalid_choice": "Must be refuse or keep."},
+        help_text="A text found under more than one label (after case and whitespace folding) "
+        "refuses the file (refuse) or is kept as uploaded, with a warning (keep). Default: the "
+        "platform's DATASET_CONFLICTING_LABELS.",
+    )
 
     def validate(self, attrs: dict) -> dict:
         """The dataset's name (given, else the file's) must fit the name column."""
@@ -40,6 +49,7 @@ class DatasetUploadSerializer(serializers.Serializer):
 class DatasetSerializer(serializers.ModelSerializer):
     train_rows = serializers.SerializerMethodField()
     validation_rows = serializers.SerializerMethodField()
+    warnings = serializers.SerializerMethodField()
 
     class Meta:
         model = Dataset
@@ -52,6 +62,7 @@ class DatasetSerializer(serializers.ModelSerializer):
             "labels",
             "train_rows",
             "validation_rows",
+            "warnings",
             "size_bytes",
             "sha256",
             "created_at",
@@ -65,6 +76,16 @@ class DatasetSerializer(serializers.ModelSerializer):
     @extend_schema_field(serializers.IntegerField())
     def get_validation_rows(self, obj: Dataset) -> int:
         return len((obj.split or {}).get("validation", []))
+
+    @extend_schema_field(
+        serializers.ListField(
+            child=serializers.CharField(),
+            help_text="What validation changed or let through, by row number: rows dropped as "
+            "repeats, texts kept under more than one label.",
+        )
+    )
+    def get_warnings(self, obj: Dataset) -> list[str]:
+        return list((obj.validation_report or {}).get("warnings", []))
 
 
 class TenantModelCreateSerializer(serializers.Serializer):

@@ -67,6 +67,7 @@ class DatasetListView(GenericAPIView):
             content=upload.read(),
             filename=upload.name,
             actor=caller.label,
+            conflicting_labels=serializer.validated_data.get("conflicting_labels"),
         )
         return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
 

@@ -6,8 +6,8 @@ or paraphrase groups (``text``, ``label``, ``group``) for the embedding kind, pl
 Lines encodings the dataset upload path accepts. Used by the ``seed_demo`` management command and
 by the training benchmarks.
 
-Everything is pure standard-library Python driven by ``random.Random`` with an explicit seed, so the
-same arguments always give byte-identical output.
+Everything is pure Python (the standard library, and the dataset parser's ``fold_text``) driven by
+``random.Random`` with an explicit seed, so the same arguments always give byte-identical output.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from models_registry.dataset_files import fold_text
 
 DEMO_TENANTS: dict[str, dict[str, str]] = {
     "zoomride": {"name": "ZoomRide", "vertical": "ride-sharing"},
@@ -1096,7 +1098,11 @@ def labels_for(vertical_or_slug: str) -> list[str]:
 
 
 def generate_tickets(vertical_or_slug: str, *, rows: int, seed: int = 0) -> list[dict[str, str]]:
-    """Balanced, unique ``{"text", "label"}`` tickets for a vertical, deterministic per seed."""
+    """Balanced, unique ``{"text", "label"}`` tickets for a vertical, deterministic per seed.
+
+    Unique as the platform compares texts (``fold_text``: case and whitespace folded), so no
+    ticket is dropped on upload as a repeat of another.
+    """
     spec = _resolve(vertical_or_slug)
     _check_count("rows", rows)
     rng = random.Random(f"tickets:{spec.name}:{seed}")
@@ -1105,14 +1111,14 @@ def generate_tickets(vertical_or_slug: str, *, rows: int, seed: int = 0) -> list
     for label in _balanced_labels(list(spec.intents), rows, rng):
         for _ in range(_MAX_ATTEMPTS):
             text = _render_ticket(spec, label, rng)
-            if text and len(text) <= MAX_TEXT_CHARS and text not in seen:
+            if text and len(text) <= MAX_TEXT_CHARS and fold_text(text) not in seen:
                 break
         else:
             raise ValueError(
                 f"rows={rows} is more than can be generated uniquely for {spec.name}: "
                 f"only {len(out)} unique tickets were made."
             )
-        seen.add(text)
+        seen.add(fold_text(text))
         out.append({"text": text, "label": label})
     return out
 
@@ -1134,9 +1140,10 @@ def _pair_groups(
         for _ in range(_MAX_ATTEMPTS):
             slots = spec.sample(rng)  # one customer, one concrete request ...
             texts = [_render(t, slots, rng) for t in rng.sample(templates, per_group)]  # ... n ways
+            folded = {fold_text(text) for text in texts}
             if (
-                len(set(texts)) == per_group
-                and seen.isdisjoint(texts)
+                len(folded) == per_group
+                and seen.isdisjoint(folded)
                 and all(text and len(text) <= MAX_TEXT_CHARS for text in texts)
             ):
                 break
@@ -1145,7 +1152,7 @@ def _pair_groups(
                 f"groups={groups} is more than can be generated uniquely for {spec.name}: "
                 f"only {len(out)} groups of unique paraphrases were made."
             )
-        seen.update(texts)
+        seen.update(folded)
         out.append((label, slots, texts))
     return out
 

@@ -1,9 +1,16 @@
-"""Writes for datasets: checking an uploaded file and storing it with its train/validation split."""
+"""Writes for datasets: checking an uploaded file and storing it with its train/validation split.
+
+Rows repeating an earlier row's text with the same label are dropped from the split and the
+counts and reported as a warning on the dataset. The same text under different labels is refused
+or kept, as the upload (else the ``DATASET_CONFLICTING_LABELS`` setting) says; kept, it is a
+warning too.
+"""
 
 from __future__ import annotations
 
 import hashlib
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from config.events import record_event
@@ -15,7 +22,6 @@ from models_registry.dataset_files import (
     detect_format,
     file_too_big_message,
     parse_dataset,
-    stratified_split,
 )
 from models_registry.exceptions import (
     DatasetAlreadyExists,
@@ -25,17 +31,44 @@ from models_registry.exceptions import (
 from models_registry.models import Dataset
 from tenants.models import Tenant
 
+# What an upload may say about texts found under more than one label.
+CONFLICTING_LABELS_REFUSE = "refuse"
+CONFLICTING_LABELS_KEEP = "keep"
+CONFLICTING_LABELS_CHOICES = (CONFLICTING_LABELS_REFUSE, CONFLICTING_LABELS_KEEP)
+# Row numbers stored in the validation report beyond the capped warnings.
+MAX_ROWS_STORED = 1000
+
 
 def check_dataset_content(
-    *, name: str, content: bytes, format: str | None = None, filename: str | None = None
+    *,
+    name: str,
+    content: bytes,
+    format: str | None = None,
+    filename: str | None = None,
+    conflicting_labels: str | None = None,
 ) -> tuple[str, ParsedDataset]:
-    """The file's format and rows, or InvalidDataset / DatasetTooLarge listing its problems."""
+    """The file's format and rows, or InvalidDataset / DatasetTooLarge listing its problems.
+
+    ``conflicting_labels`` (``refuse`` or ``keep``; default: the platform's setting) decides
+    whether texts found under more than one label refuse the file.
+    """
+    conflicting_labels = conflicting_labels or settings.TENANTML_DATASET_CONFLICTING_LABELS
+    if conflicting_labels not in CONFLICTING_LABELS_CHOICES:
+        raise InvalidDataset(
+            f"conflicting_labels must be {' or '.join(CONFLICTING_LABELS_CHOICES)}.",
+            field="conflicting_labels",
+        )
     if len(content) > MAX_FILE_BYTES:
         raise DatasetTooLarge(file_too_big_message(len(content)), field="file")
     format = format or detect_format(filename or name, content)
     parsed = parse_dataset(content, format=format)
     if not parsed.problems and not parsed.rows:
         parsed.problems.append("file: has no rows.")
+    if conflicting_labels == CONFLICTING_LABELS_REFUSE and parsed.conflicts:
+        parsed.problems.append(
+            f"file: {parsed.conflicts_summary()}. Give each text one label, or upload with "
+            "conflicting_labels=keep to train on them as they are."
+        )
     if parsed.problems:
         shown = parsed.problems[:MAX_PROBLEMS_REPORTED]
         more = len(parsed.problems) - len(shown)
@@ -54,16 +87,32 @@ def create_dataset(
     actor: str,
     format: str | None = None,
     filename: str | None = None,
+    conflicting_labels: str | None = None,
 ) -> Dataset:
     """Validate an uploaded file, fix its train/validation split and store it.
 
     An invalid file raises and stores nothing; ``filename`` (the uploaded file's own name) helps
-    tell CSV from JSON Lines when ``name`` has no extension.
+    tell CSV from JSON Lines when ``name`` has no extension. The file is stored as uploaded; the
+    split leaves out the rows dropped as repeats, and the report says which they were.
     """
     format, parsed = check_dataset_content(
-        name=name, content=content, format=format, filename=filename
+        name=name,
+        content=content,
+        format=format,
+        filename=filename,
+        conflicting_labels=conflicting_labels,
     )
-    split = stratified_split(parsed.rows)
+    split = parsed.split()
+    kept_rows = len(split["train"]) + len(split["validation"])
+    warnings = [
+        warning
+        for warning in (
+            parsed.repeats_warning(),
+            f"{parsed.conflicts_summary()}; kept as uploaded." if parsed.conflicts else "",
+        )
+        if warning
+    ]
+    conflicting_rows = sorted(parsed.line_numbers[i] for rows in parsed.conflicts for i in rows)
     # Checked before the file is stored so a refused upload leaves no file behind; the unique
     # constraint below still settles a race between two uploads of the same name.
     if Dataset.objects.filter(tenant=tenant, name=name).exists():
@@ -82,11 +131,19 @@ def create_dataset(
                 storage_uri=stored.uri,
                 size_bytes=stored.size_bytes,
                 sha256=stored.sha256,
-                rows=len(parsed.rows),
+                rows=kept_rows,
                 labels=parsed.label_counts,
                 validation_report={
                     "problems": [],
-                    "rows": len(parsed.rows),
+                    "warnings": warnings,
+                    "rows": kept_rows,
+                    "rows_in_file": len(parsed.rows),
+                    "dropped_repeats": len(parsed.repeated),
+                    "dropped_rows": [
+                        parsed.line_numbers[i] for i in parsed.repeated[:MAX_ROWS_STORED]
+                    ],
+                    "conflicting_texts": len(parsed.conflicts),
+                    "conflicting_rows": conflicting_rows[:MAX_ROWS_STORED],
                     "columns": columns,
                     "groups": parsed.group_count,
                     "train_rows": len(split["train"]),
@@ -97,9 +154,11 @@ def create_dataset(
             record_event(
                 kind="dataset.uploaded",
                 message=(
-                    f"Dataset {name} ({len(parsed.rows)} rows: {len(split['train'])} train, "
+                    f"Dataset {name} ({kept_rows} rows: {len(split['train'])} train, "
                     f"{len(split['validation'])} validation) uploaded for {tenant.slug}."
+                    + "".join(f" {warning}" for warning in warnings)
                 ),
+                severity="warning" if warnings else "info",
                 actor=actor,
                 tenant=tenant,
             )

@@ -25,7 +25,7 @@ from config.errors import DomainError
 from config.events import record_event
 from config.queue import send_task_on_commit
 from models_registry import artifacts
-from models_registry.dataset_files import parse_dataset, stratified_split
+from models_registry.dataset_files import parse_dataset
 from models_registry.exceptions import (
     IdempotencyKeyReused,
     InvalidDataset,
@@ -596,8 +596,9 @@ def _training_rows(dataset: Dataset) -> tuple[list[dict], list[dict]]:
         raise InvalidDataset(
             f"Dataset {dataset.name!r} no longer parses: {parsed.problems[0]}", field="dataset"
         )
-    # Datasets uploaded before splits were stored get the same deterministic split now.
-    split = dataset.split or stratified_split(parsed.rows)
+    # Datasets uploaded before splits were stored get the same deterministic split now; a stored
+    # split already leaves out the rows dropped as repeats.
+    split = dataset.split or parsed.split()
     train = [parsed.rows[index] for index in split["train"]]
     validation = [parsed.rows[index] for index in split["validation"]]
     return train, validation

@@ -74,10 +74,67 @@ def test_the_minimum_per_label_is_configurable():
     assert parse_dataset(csv_of(rows), format="csv").problems
 
 
-def test_duplicate_rows_name_both_rows():
+def test_a_repeat_under_the_same_label_is_dropped_from_counts_and_split_and_named_by_row():
     rows = balanced()
-    rows.append(rows[0])
-    assert problems(csv_of(rows)) == ["row 12, field text: duplicate of row 2."]
+    rows.append(("  REFUND   Ticket 0 ", "refund"))  # row 2's text, case and spaces aside
+    parsed = parse_dataset(csv_of(rows), format="csv")
+    assert parsed.problems == []
+    assert [parsed.line_numbers[i] for i in parsed.repeated] == [12]
+    assert parsed.label_counts == {"late": 5, "refund": 5}
+    split = parsed.split()
+    assert sorted(split["train"] + split["validation"]) == list(range(10))
+    warning = parsed.repeats_warning()
+    assert warning == (
+        "1 row repeats an earlier row's text with the same label and was dropped: row 12."
+    )
+
+
+def test_repeats_dropped_leave_the_split_of_the_other_rows_as_it_was():
+    rows = balanced(per_label=20)
+    with_repeats = [*rows[:7], ("refund TICKET 0", "refund"), *rows[7:], rows[30]]
+    clean = parse_dataset(csv_of(rows), format="csv")
+    repeated = parse_dataset(csv_of(with_repeats), format="csv")
+    assert [repeated.line_numbers[i] for i in repeated.repeated] == [9, 43]
+    as_texts = {
+        side: sorted(repeated.rows[i]["text"] for i in indexes)
+        for side, indexes in repeated.split().items()
+    }
+    assert as_texts == {
+        side: sorted(clean.rows[i]["text"] for i in indexes)
+        for side, indexes in clean.split().items()
+    }
+
+
+def test_the_same_text_under_two_labels_is_found_by_row_and_not_dropped():
+    rows = balanced()
+    rows.append(("Refund ticket 0", "late"))
+    parsed = parse_dataset(csv_of(rows), format="csv")
+    assert parsed.problems == [] and parsed.repeated == []
+    assert [[parsed.line_numbers[i] for i in group] for group in parsed.conflicts] == [[2, 12]]
+    assert parsed.conflicts_summary() == "1 text appears under more than one label: rows 2 and 12"
+    assert parsed.label_counts == {"late": 6, "refund": 5}
+
+
+def test_a_label_left_short_once_repeats_are_dropped_is_refused():
+    rows = [*balanced(per_label=4), ("late ticket 4", "late"), ("Refund ticket 0", "refund")]
+    (problem,) = problems(csv_of(rows))
+    assert "label 'refund' has 4 example(s)" in problem
+
+
+def test_texts_repeated_in_another_paraphrase_group_are_kept():
+    rows = "text,label,group\n" + "".join(
+        f"{text},{label},{group}\n"
+        for text, label, group in [
+            ("card lost", "card", "g1"),
+            ("I lost my card", "card", "g1"),
+            ("card lost", "card", "g2"),
+            ("my card is gone", "card", "g2"),
+            ("late refund", "refund", "g3"),
+            ("refund is late", "refund", "g3"),
+        ]
+    )
+    parsed = parse_dataset(rows.encode(), format="csv")
+    assert parsed.problems == [] and parsed.repeated == [] and parsed.conflicts == []
 
 
 def test_a_file_over_the_size_limit_names_its_size():
