@@ -9,6 +9,8 @@ from kombu import Exchange, Queue
 
 from config import env as parse
 from config.logs import LOG_FORMATS, logging_config
+from config.openapi_tags import API_TAGS
+from config.throttling import parse_rate
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -376,13 +378,25 @@ TENANTML_PROXY_UPSTREAM_CONNECTIONS = env.int("PROXY_UPSTREAM_CONNECTIONS", defa
 TENANTML_PROXY_METRICS_MAX_VERSIONS = env.int("PROXY_METRICS_MAX_VERSIONS", default=200)
 
 # --- REST API ---
+# Requests each caller may send to the management API (not invoke: the proxy limits that), per
+# web process: "N/second|minute|hour|day", 0 for no limit; beyond it 429 with Retry-After.
+TENANTML_API_THROTTLE_TENANT_RATE = parse_rate(
+    env.str("API_THROTTLE_TENANT_RATE", default="1200/minute"), name="API_THROTTLE_TENANT_RATE"
+)
+TENANTML_API_THROTTLE_PLATFORM_RATE = parse_rate(
+    env.str("API_THROTTLE_PLATFORM_RATE", default="6000/minute"),
+    name="API_THROTTLE_PLATFORM_RATE",
+)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "tenants.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, plus the error answers each operation can give (config/openapi.py).
+    "DEFAULT_SCHEMA_CLASS": "config.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_CLASSES": ["tenants.api.throttling.ManagementApiThrottle"],
+    "DEFAULT_METADATA_CLASS": "config.metadata.ApiMetadata",
     "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # Every list: ?limit= (default 100, at most 1000) and ?offset=, in one envelope.
@@ -397,6 +411,16 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Request bodies as their own components, with what validation requires of them (a
+    # non-blank name, a slug's pattern), so a request the schema allows is one the API accepts.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # One tag per resource, each described; every operation names its own.
+    "TAGS": API_TAGS,
+    # Path parameters as the URL resolver accepts them (and database keys fit).
+    "PATH_CONVERTER_OVERRIDES": {
+        "slug": {"type": "string", "pattern": "^[-a-zA-Z0-9_]+$"},
+        "int": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+    },
     # Training jobs and deployments both have a "backend" (local or SageMaker) with their own
     # labels; name the two enums instead of letting the schema generator guess.
     "ENUM_NAME_OVERRIDES": {

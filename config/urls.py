@@ -30,3 +30,8 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
 ]
+
+# Under /api/, a path no route matches and a request Django refuses before any view (a body too
+# large, too many fields) answer the JSON error envelope, like every API error.
+handler400 = "config.exceptions.bad_request"
+handler404 = "config.exceptions.not_found"

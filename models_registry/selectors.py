@@ -48,9 +48,10 @@ def model_for_tenant(*, tenant: Tenant, name: str) -> TenantModel:
     return model
 
 
-def versions_for_model(*, model: TenantModel) -> QuerySet[ModelVersion]:
-    """The model's versions, newest number first."""
-    return model.versions.select_related("model").order_by("-number")
+def versions_for_model(*, model: TenantModel, status: str = "") -> QuerySet[ModelVersion]:
+    """The model's versions, newest number first; only those in ``status`` when one is given."""
+    versions = model.versions.select_related("model").order_by("-number")
+    return versions.filter(status=status) if status else versions
 
 
 def version_for_model(*, model: TenantModel, number: int) -> ModelVersion:
@@ -60,13 +61,15 @@ def version_for_model(*, model: TenantModel, number: int) -> ModelVersion:
     return version
 
 
-def training_jobs_for_model(*, model: TenantModel) -> QuerySet[TrainingJob]:
-    """The model's training jobs, newest first (ties by id, newest first)."""
-    return (
+def training_jobs_for_model(*, model: TenantModel, status: str = "") -> QuerySet[TrainingJob]:
+    """The model's training jobs, newest first (ties by id, newest first); only those in
+    ``status`` when one is given."""
+    jobs = (
         TrainingJob.objects.filter(model=model)
         .select_related("model__tenant", "dataset", "version")
         .order_by("-created_at", "-pk")
     )
+    return jobs.filter(status=status) if status else jobs
 
 
 def training_job_for_caller(*, caller: Caller, job_id: int) -> TrainingJob:

@@ -2,22 +2,50 @@
 
 from __future__ import annotations
 
+from django.conf import settings
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from deployments.models import Deployment, Endpoint
+from config.fields import JsonIntegerField
+from deployments.backends import backend_named
+from deployments.models import Deployment, Endpoint, Event, Instance
+from deployments.selectors.events import EVENT_TYPE_MAX_CHARS, EVENT_TYPE_PATTERN
+
+
+class DeploymentModeField(serializers.ChoiceField):
+    """A deployment mode. The schema lists the modes the platform's deploy backend serves; the
+    others are refused by the rollout service, naming the backend that serves them."""
+
+
+class DeploymentModeFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = DeploymentModeField
+
+    def map_serializer_field(self, auto_schema, direction):
+        return {
+            "type": "string",
+            "enum": list(backend_named(settings.TENANTML_DEPLOY_BACKEND).modes),
+            "description": self.target.help_text,
+        }
 
 
 class DeploymentRequestSerializer(serializers.Serializer):
-    version = serializers.IntegerField(
+    version = JsonIntegerField(
         required=False, min_value=1, help_text="Version number; default: the active version."
     )
-    mode = serializers.ChoiceField(
+    mode = DeploymentModeField(
         choices=Endpoint.Mode.values,
         required=False,
-        help_text="mme (shared multi-model), inference-component or dedicated; default: the "
-        "current deployment's mode, or mme.",
+        help_text="mme (shared multi-model), inference-component (the SageMaker backend) or "
+        "dedicated; default: the current deployment's mode, or mme.",
     )
-    replicas = serializers.IntegerField(required=False, min_value=1, max_value=8)
+    replicas = JsonIntegerField(
+        required=False,
+        min_value=1,
+        max_value=8,
+        help_text="Copies to serve (a dedicated deployment: 1); default: the current "
+        "deployment's, or 1.",
+    )
 
 
 def _number(version) -> int | None:
@@ -159,3 +187,76 @@ class FleetCostsSerializer(serializers.Serializer):
     )
     endpoints_count = serializers.IntegerField(required=False)
     models = ModelCostSerializer(many=True, required=False)
+
+
+# --- Instances and the event log ---------------------------------------------------------------
+
+
+class DrainedInstanceSerializer(serializers.Serializer):
+    instance = serializers.CharField(help_text="The instance, as the event log names it.")
+    status = serializers.ChoiceField(
+        choices=Instance.Status.choices, help_text="Its status after draining."
+    )
+
+
+class EventSerializer(serializers.ModelSerializer):
+    type = serializers.CharField(source="kind", help_text='Dotted, e.g. "training.succeeded".')
+    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    model = serializers.SerializerMethodField()
+    version = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Event
+        fields = [
+            "id",
+            "created_at",
+            "type",
+            "severity",
+            "actor",
+            "tenant",
+            "model",
+            "version",
+            "message",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_model(self, obj: Event) -> str | None:
+        return obj.version.model.name if obj.version else None
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_version(self, obj: Event) -> int | None:
+        return obj.version.number if obj.version else None
+
+
+class EventFilterSerializer(serializers.Serializer):
+    """The event lists' filters; a bad value is a 400 naming the parameter, never echoing it."""
+
+    type = serializers.RegexField(
+        EVENT_TYPE_PATTERN,
+        max_length=EVENT_TYPE_MAX_CHARS,
+        required=False,
+        help_text='An event type ("training.succeeded"), or a prefix ending in a dot '
+        '("training.") for every type under it.',
+        error_messages={
+            "invalid": 'Must be an event type such as "training.succeeded", or a prefix ending '
+            'in a dot such as "training.".',
+            "max_length": f"Must be at most {EVENT_TYPE_MAX_CHARS} characters.",
+        },
+    )
+    severity = serializers.ChoiceField(
+        choices=Event.Severity.choices,
+        required=False,
+        help_text="Only events of this severity.",
+        error_messages={"invalid_choice": f"Must be one of: {', '.join(Event.Severity.values)}."},
+    )
+    since = serializers.DateTimeField(
+        required=False,
+        help_text="Only events at or after this time (ISO 8601; without an offset, UTC).",
+        error_messages={"invalid": "Must be an ISO 8601 time, e.g. 2026-01-31T09:00:00Z."},
+    )
+    until = serializers.DateTimeField(
+        required=False,
+        help_text="Only events before this time (ISO 8601; without an offset, UTC).",
+        error_messages={"invalid": "Must be an ISO 8601 time, e.g. 2026-01-31T09:00:00Z."},
+    )

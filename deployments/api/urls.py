@@ -13,6 +13,8 @@ urlpatterns = [
     ),
     path(f"{MODEL}/invoke", views.InvokeView.as_view(), name="model-invoke"),
     path("instances/<int:instance_id>/drain", views.InstanceDrainView.as_view(), name="drain"),
+    path("events/", views.EventListView.as_view(), name="event-list"),
+    path("tenants/<slug:slug>/events/", views.TenantEventListView.as_view(), name="tenant-events"),
     path("fleet/utilization", views.FleetUtilizationView.as_view(), name="fleet-utilization"),
     path("fleet/costs", views.FleetCostsView.as_view(), name="fleet-costs"),
     path("fleet/costs/tenants", views.FleetTenantCostsView.as_view(), name="fleet-tenant-costs"),

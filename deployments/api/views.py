@@ -8,11 +8,16 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.filters import query_filters
+from config.openapi import error_responses
 from config.pagination import LimitOffsetPagination
 from deployments.api.serializers import (
     DeploymentRequestSerializer,
     DeploymentSerializer,
+    DrainedInstanceSerializer,
     EndpointCostSerializer,
+    EventFilterSerializer,
+    EventSerializer,
     FleetCostsSerializer,
     FleetUtilizationSerializer,
     InvokeRequestSerializer,
@@ -21,6 +26,7 @@ from deployments.api.serializers import (
 )
 from deployments.proxy import invoke as inference
 from deployments.selectors import costs as cost_selectors
+from deployments.selectors import events as event_selectors
 from deployments.selectors import fleet as selectors
 from deployments.services import draining, retirement, rollouts
 from models_registry import selectors as registry_selectors
@@ -35,12 +41,40 @@ def _model(request, slug: str, name: str):
 
 
 class DeploymentView(APIView):
-    @extend_schema(responses=DeploymentSerializer)
+    @extend_schema(
+        operation_id="getDeployment",
+        tags=["Deployments"],
+        summary="Get a model's deployment",
+        description="Where and how the model is served: mode, backend, replicas, endpoint, the "
+        "live version, the version a rollout is moving to and the one kept for rollback.",
+        responses={
+            200: DeploymentSerializer,
+            **error_responses({404: "No such model, or the model was never deployed."}),
+        },
+    )
     def get(self, request, slug: str, name: str):
         deployment = selectors.deployment_for_model(model=_model(request, slug, name))
         return Response(DeploymentSerializer(deployment).data)
 
-    @extend_schema(request=DeploymentRequestSerializer, responses={202: DeploymentSerializer})
+    @extend_schema(
+        operation_id="createDeployment",
+        tags=["Deployments"],
+        summary="Deploy a model",
+        description="Serve a version of the model (default: its active version), in a mode "
+        "(default: the current deployment's, or mme). The rollout runs in the background: "
+        "follow `status` on this resource; the previous version keeps answering until the new "
+        "one does. Asking again for what is live or rolling out changes nothing.",
+        request=DeploymentRequestSerializer,
+        responses={
+            202: DeploymentSerializer,
+            **error_responses(
+                {
+                    404: "No such model, or no such version of it.",
+                    409: "The model has no active version, or the version is not ready.",
+                }
+            ),
+        },
+    )
     def post(self, request, slug: str, name: str):
         caller = caller_for_request(request)
         model = _model(request, slug, name)
@@ -62,10 +96,21 @@ class DeploymentView(APIView):
         deployment = selectors.deployment_for_model(model=model)
         return Response(DeploymentSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(request=None, responses={202: DeploymentSerializer})
+    @extend_schema(
+        operation_id="deleteDeployment",
+        tags=["Deployments"],
+        summary="Undeploy a model",
+        description="Retire the deployment: the model stops answering at once and every copy "
+        "is unloaded in the background (on SageMaker, its components, endpoints and S3 copies "
+        "deleted). Undeploying a retired deployment changes nothing; deploying again starts "
+        "afresh.",
+        request=None,
+        responses={
+            202: DeploymentSerializer,
+            **error_responses({404: "No such model, or the model was never deployed."}),
+        },
+    )
     def delete(self, request, slug: str, name: str):
-        """Retire the deployment: the model stops answering and every copy is unloaded (on
-        SageMaker, its components, endpoints and S3 copies deleted)."""
         model = _model(request, slug, name)
         retirement.retire_deployment(model=model, actor=caller_for_request(request).label)
         deployment = selectors.deployment_for_model(model=model)
@@ -73,7 +118,18 @@ class DeploymentView(APIView):
 
 
 class DeploymentRollbackView(APIView):
-    @extend_schema(request=None, responses={202: DeploymentSerializer})
+    @extend_schema(
+        operation_id="rollbackDeployment",
+        tags=["Deployments"],
+        summary="Roll back a deployment",
+        description="Serve the previously deployed version again; where its copies are still "
+        "loaded the switch is immediate.",
+        request=None,
+        responses={
+            202: DeploymentSerializer,
+            **error_responses({409: "There is no earlier deployed version to roll back to."}),
+        },
+    )
     def post(self, request, slug: str, name: str):
         model = _model(request, slug, name)
         rollouts.rollback_deployment(model=model, actor=caller_for_request(request).label)
@@ -82,7 +138,33 @@ class DeploymentRollbackView(APIView):
 
 
 class InvokeView(APIView):
-    @extend_schema(request=InvokeRequestSerializer, responses=InvokeResponseSerializer)
+    # Inference is rate-limited by the proxy's own limiter (PROXY_RATE_LIMIT_RPS), which answers
+    # this route on the ASGI path; the management API's throttle would count it twice.
+    throttle_classes = []
+
+    @extend_schema(
+        operation_id="invokeModel",
+        tags=["Inference"],
+        summary="Invoke a model",
+        description="Predictions of the model's live version, one output per input in the "
+        "inputs' order. A model not loaded anywhere is loaded first (a cold start, said in the "
+        "answer).",
+        request=InvokeRequestSerializer,
+        responses={
+            200: InvokeResponseSerializer,
+            **error_responses(
+                {
+                    409: "The model is not deployed.",
+                    413: "The body is larger than PROXY_MAX_BODY_BYTES.",
+                    429: "The tenant sent more than its request rate (PROXY_RATE_LIMIT_RPS); "
+                    "retry after Retry-After seconds.",
+                    502: "The model failed to load or to answer.",
+                    503: "No copy of the model can answer right now; retry after Retry-After "
+                    "seconds.",
+                }
+            ),
+        },
+    )
     def post(self, request, slug: str, name: str):
         model = _model(request, slug, name)
         serializer = InvokeRequestSerializer(data=request.data)
@@ -100,7 +182,24 @@ class InvokeView(APIView):
 class InstanceDrainView(APIView):
     permission_classes = [IsPlatformCaller]
 
-    @extend_schema(request=None, responses={200: None})
+    @extend_schema(
+        operation_id="drainInstance",
+        tags=["Instances"],
+        summary="Drain an instance",
+        description="Move every model off a local serving instance (each loaded elsewhere "
+        "first), then stop it. Platform tokens only.",
+        request=None,
+        responses={
+            200: DrainedInstanceSerializer,
+            **error_responses(
+                {
+                    400: "The instance is on SageMaker, which replaces its own instances.",
+                    502: "A model failed to load on the instance taking it.",
+                    503: "The instance's models fit on no other instance right now.",
+                }
+            ),
+        },
+    )
     def post(self, request, instance_id: int):
         instance = selectors.instance_by_id(instance_id=instance_id)
         instance = draining.drain_instance(
@@ -112,7 +211,15 @@ class InstanceDrainView(APIView):
 class FleetUtilizationView(APIView):
     """Memory utilization, models loaded vs placed and last hour's traffic (the overview's)."""
 
-    @extend_schema(responses=FleetUtilizationSerializer)
+    @extend_schema(
+        operation_id="getFleetUtilization",
+        tags=["Fleet"],
+        summary="Get fleet utilization",
+        description="Memory in use against the instances' budgets, models loaded against "
+        "models placed, and the last hour's invocations, cold starts, errors and latency. A "
+        "tenant token gets its own models' share.",
+        responses=FleetUtilizationSerializer,
+    )
     def get(self, request):
         return Response(selectors.fleet_utilization(caller=caller_for_request(request)))
 
@@ -120,7 +227,15 @@ class FleetUtilizationView(APIView):
 class FleetCostsView(APIView):
     """Cost per hour and month, the dedicated baseline and savings (a tenant: its share)."""
 
-    @extend_schema(responses=FleetCostsSerializer)
+    @extend_schema(
+        operation_id="getFleetCosts",
+        tags=["Fleet"],
+        summary="Get fleet costs",
+        description="Cost per hour and month, against a dedicated endpoint per model (the "
+        "savings and the formula), with the most expensive tenants and endpoints. A tenant "
+        "token gets its own share.",
+        responses=FleetCostsSerializer,
+    )
     def get(self, request):
         return Response(cost_selectors.fleet_costs(caller=caller_for_request(request)))
 
@@ -132,7 +247,14 @@ class FleetTenantCostsView(GenericAPIView):
     pagination_class = LimitOffsetPagination
     serializer_class = TenantCostSerializer
 
-    @extend_schema(responses=TenantCostSerializer(many=True))
+    @extend_schema(
+        operation_id="listTenantCosts",
+        tags=["Fleet"],
+        summary="List tenants' costs",
+        description="Every tenant's share of the fleet's cost, most expensive first (ties by "
+        "slug). A tenant token gets its own row.",
+        responses=TenantCostSerializer(many=True),
+    )
     def get(self, request):
         paginator = self.paginator
         limit, offset = paginator.get_limit(request), paginator.get_offset(request)
@@ -151,7 +273,14 @@ class FleetEndpointCostsView(GenericAPIView):
     pagination_class = LimitOffsetPagination
     serializer_class = EndpointCostSerializer
 
-    @extend_schema(responses=EndpointCostSerializer(many=True))
+    @extend_schema(
+        operation_id="listEndpointCosts",
+        tags=["Fleet"],
+        summary="List endpoints' costs",
+        description="Every endpoint with live instances and its hourly cost, by name. Platform "
+        "tokens only.",
+        responses=EndpointCostSerializer(many=True),
+    )
     def get(self, request):
         paginator = self.paginator
         limit, offset = paginator.get_limit(request), paginator.get_offset(request)
@@ -159,3 +288,56 @@ class FleetEndpointCostsView(GenericAPIView):
         return paginator.counted_page_response(
             request, rows=rows, count=count, limit=limit, offset=offset
         )
+
+
+class EventListView(GenericAPIView):
+    """The whole platform's event log (platform callers)."""
+
+    permission_classes = [IsPlatformCaller]
+
+    @extend_schema(
+        operation_id="listEvents",
+        tags=["Events"],
+        summary="List the platform's events",
+        description="What the platform did and why, every tenant's and the fleet's own, newest "
+        "first: by type (exact, or a prefix ending in a dot), severity and time. Platform "
+        "tokens only; a tenant reads its own at /api/v1/tenants/{slug}/events/.",
+        parameters=[EventFilterSerializer],
+        responses=EventSerializer(many=True),
+    )
+    def get(self, request):
+        return _events_page(self, request, tenant=None)
+
+
+class TenantEventListView(GenericAPIView):
+    """One tenant's event log."""
+
+    @extend_schema(
+        operation_id="listTenantEvents",
+        tags=["Events"],
+        summary="List a tenant's events",
+        description="What the platform did about the tenant's datasets, models, training jobs, "
+        "deployments and tokens, newest first: by type (exact, or a prefix ending in a dot), "
+        "severity and time.",
+        parameters=[EventFilterSerializer],
+        responses=EventSerializer(many=True),
+    )
+    def get(self, request, slug: str):
+        tenant = tenant_for_caller(caller=caller_for_request(request), slug=slug)
+        return _events_page(self, request, tenant=tenant)
+
+
+def _events_page(view: GenericAPIView, request, *, tenant):
+    filters = EventFilterSerializer(data=query_filters(request))
+    filters.is_valid(raise_exception=True)
+    data = filters.validated_data
+    events = event_selectors.events_matching(
+        caller=caller_for_request(request),
+        tenant=tenant,
+        event_type=data.get("type", ""),
+        severity=data.get("severity", ""),
+        since=data.get("since"),
+        until=data.get("until"),
+    )
+    page = view.paginate_queryset(events)
+    return view.get_paginated_response(EventSerializer(page, many=True).data)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from django.core.exceptions import ObjectDoesNotExist
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from config.fields import JsonBooleanField, TextField
+from models_registry.kinds import kind_names
 from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
 from models_registry.services.datasets import CONFLICTING_LABELS_CHOICES
 from models_registry.training.backends.base import DEFAULT_TRAINING_BACKEND
+from tenants.models import SLUG_VALIDATOR
 
 # Dataset.name's column width: a longer uploaded file name must be refused here, not by the
 # database after the file was stored.
@@ -88,11 +92,22 @@ class DatasetSerializer(serializers.ModelSerializer):
         return list((obj.validation_report or {}).get("warnings", []))
 
 
+class ModelKindField(TextField):
+    """A model kind's name. The service checks it against the kind registry (400 naming
+    ``kind``), which plugins add to; the schema lists the kinds registered when it is read."""
+
+
+class ModelKindFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = ModelKindField
+
+    def map_serializer_field(self, auto_schema, direction):
+        return {"type": "string", "enum": kind_names(), "description": "The model's kind."}
+
+
 class TenantModelCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=50)
-    # The service checks it against the kind registry (400 naming ``kind``): plugins add kinds.
-    kind = serializers.CharField(max_length=50)
-    description = serializers.CharField(required=False, allow_blank=True, default="")
+    name = TextField(max_length=50, validators=[SLUG_VALIDATOR])
+    kind = ModelKindField(max_length=50)
+    description = TextField(required=False, allow_blank=True, default="")
 
 
 class TenantModelSerializer(serializers.ModelSerializer):
@@ -134,9 +149,34 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         return obj.model.active_version_id == obj.pk
 
 
+class HyperparametersField(serializers.JSONField):
+    """Training hyperparameters: names to single values (the training service refuses nested
+    ones); which names a model takes depends on its kind, checked when it trains."""
+
+
+class HyperparametersFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = HyperparametersField
+
+    def map_serializer_field(self, auto_schema, direction):
+        return {
+            "type": "object",
+            "description": "Names to values: a string, number, boolean or null each. Which "
+            "names a model takes depends on its kind; one it does not take fails the job, "
+            "naming it.",
+            "additionalProperties": {
+                "nullable": True,
+                "anyOf": [
+                    {"type": "string", "pattern": r"^[^\u0000]*$"},
+                    {"type": "number"},
+                    {"type": "boolean"},
+                ],
+            },
+        }
+
+
 class TrainingJobCreateSerializer(serializers.Serializer):
     dataset = serializers.CharField(max_length=200, help_text="The dataset's name or id.")
-    hyperparameters = serializers.JSONField(required=False, default=dict)
+    hyperparameters = HyperparametersField(required=False, default=dict)
     backend = serializers.ChoiceField(
         choices=TrainingJob.Backend.choices, default=DEFAULT_TRAINING_BACKEND
     )
@@ -245,6 +285,32 @@ def _produced_version(job: TrainingJob) -> ModelVersion | None:
 
 
 class PromoteSerializer(serializers.Serializer):
-    force = serializers.BooleanField(
+    force = JsonBooleanField(
         default=False, help_text="Skip the quality gate (platform tokens only)."
     )
+
+
+# --- Query filters of the lists --------------------------------------------------------------
+
+
+def _status_filter(status_choices) -> serializers.ChoiceField:
+    values = ", ".join(value for value, _label in status_choices)
+    return serializers.ChoiceField(
+        choices=status_choices,
+        required=False,
+        help_text="Only the rows in this status.",
+        # The value sent is not repeated back: it is the caller's own and may be long.
+        error_messages={"invalid_choice": f"Must be one of: {values}."},
+    )
+
+
+class VersionFilterSerializer(serializers.Serializer):
+    """``GET .../versions/?status=``; an unknown status is a 400 naming ``status``."""
+
+    status = _status_filter(ModelVersion.Status.choices)
+
+
+class TrainingJobFilterSerializer(serializers.Serializer):
+    """``GET .../training-jobs/?status=``; an unknown status is a 400 naming ``status``."""
+
+    status = _status_filter(TrainingJob.Status.choices)

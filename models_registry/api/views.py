@@ -10,6 +10,8 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.filters import query_filters
+from config.openapi import error_responses
 from models_registry import selectors
 from models_registry.api.serializers import (
     DatasetSerializer,
@@ -19,7 +21,9 @@ from models_registry.api.serializers import (
     TenantModelCreateSerializer,
     TenantModelSerializer,
     TrainingJobCreateSerializer,
+    TrainingJobFilterSerializer,
     TrainingJobSerializer,
+    VersionFilterSerializer,
 )
 from models_registry.dataset_files import MAX_FILE_BYTES, file_too_big_message
 from models_registry.exceptions import DatasetTooLarge, ForceNotAllowed
@@ -35,13 +39,22 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     location=OpenApiParameter.HEADER,
     required=False,
     description="Repeat a request with the same key to get the same job back (max 128 chars).",
+    # What start_training_job accepts: 1 to 128 characters, not all of them blank.
+    type={"type": "string", "minLength": 1, "maxLength": 128, "pattern": r"\S"},
 )
 
 
 class DatasetListView(GenericAPIView):
     parser_classes = [MultiPartParser, FormParser]
 
-    @extend_schema(responses=DatasetSerializer(many=True))
+    @extend_schema(
+        operation_id="listDatasets",
+        tags=["Datasets"],
+        summary="List a tenant's datasets",
+        description="The tenant's datasets, newest first, with their rows, labels and the "
+        "train/validation split.",
+        responses=DatasetSerializer(many=True),
+    )
     def get(self, request, slug: str):
         """The tenant's datasets, newest first; one page of them."""
         tenant = tenant_for_caller(caller=caller_for_request(request), slug=slug)
@@ -49,8 +62,24 @@ class DatasetListView(GenericAPIView):
         return self.get_paginated_response(DatasetSerializer(page, many=True).data)
 
     @extend_schema(
+        operation_id="uploadDataset",
+        tags=["Datasets"],
+        summary="Upload a dataset",
+        description="A CSV or JSON Lines file of text,label rows (and group, for embedding "
+        "models), as multipart/form-data. Every row is checked and the file is split into "
+        "train and validation rows; a file with problems is refused whole, naming the rows.",
         request={"multipart/form-data": DatasetUploadSerializer},
-        responses={201: DatasetSerializer},
+        responses={
+            201: DatasetSerializer,
+            **error_responses(
+                {
+                    400: "The file is not a valid dataset; the message names the rows and "
+                    "fields at fault.",
+                    413: "The file is larger than the upload limit.",
+                    409: "The tenant already has a dataset of this name.",
+                }
+            ),
+        },
     )
     def post(self, request, slug: str):
         caller = caller_for_request(request)
@@ -73,14 +102,30 @@ class DatasetListView(GenericAPIView):
 
 
 class ModelListView(GenericAPIView):
-    @extend_schema(responses=TenantModelSerializer(many=True))
+    @extend_schema(
+        operation_id="listModels",
+        tags=["Models"],
+        summary="List a tenant's models",
+        description="The tenant's models by name, each with its kind and active version.",
+        responses=TenantModelSerializer(many=True),
+    )
     def get(self, request, slug: str):
         """The tenant's models, by name; one page of them."""
         tenant = tenant_for_caller(caller=caller_for_request(request), slug=slug)
         page = self.paginate_queryset(selectors.models_for_tenant(tenant=tenant))
         return self.get_paginated_response(TenantModelSerializer(page, many=True).data)
 
-    @extend_schema(request=TenantModelCreateSerializer, responses={201: TenantModelSerializer})
+    @extend_schema(
+        operation_id="createModel",
+        tags=["Models"],
+        summary="Create a model",
+        description="A named model of one of the platform's kinds; train versions of it next.",
+        request=TenantModelCreateSerializer,
+        responses={
+            201: TenantModelSerializer,
+            **error_responses({409: "The tenant already has a model of this name."}),
+        },
+    )
     def post(self, request, slug: str):
         caller = caller_for_request(request)
         tenant = tenant_for_caller(caller=caller, slug=slug)
@@ -96,22 +141,57 @@ def _model(request, slug: str, name: str):
 
 
 class ModelDetailView(APIView):
-    @extend_schema(responses=TenantModelSerializer)
+    @extend_schema(
+        operation_id="getModel",
+        tags=["Models"],
+        summary="Get a model",
+        description="One model's kind, description and active version.",
+        responses=TenantModelSerializer,
+    )
     def get(self, request, slug: str, name: str):
         return Response(TenantModelSerializer(_model(request, slug, name)).data)
 
 
 class VersionListView(GenericAPIView):
-    @extend_schema(responses=ModelVersionSerializer(many=True))
+    @extend_schema(
+        operation_id="listVersions",
+        tags=["Versions"],
+        summary="List a model's versions",
+        description="The model's versions, newest number first, with their metrics, sizes and "
+        "status; `?status=` keeps only those in one status.",
+        parameters=[VersionFilterSerializer],
+        responses=ModelVersionSerializer(many=True),
+    )
     def get(self, request, slug: str, name: str):
-        """The model's versions, newest number first; one page of them."""
-        versions = selectors.versions_for_model(model=_model(request, slug, name))
+        filters = VersionFilterSerializer(data=query_filters(request))
+        filters.is_valid(raise_exception=True)
+        versions = selectors.versions_for_model(
+            model=_model(request, slug, name), status=filters.validated_data.get("status", "")
+        )
         page = self.paginate_queryset(versions)
         return self.get_paginated_response(ModelVersionSerializer(page, many=True).data)
 
 
 class VersionPromoteView(APIView):
-    @extend_schema(request=PromoteSerializer, responses=ModelVersionSerializer)
+    @extend_schema(
+        operation_id="promoteVersion",
+        tags=["Versions"],
+        summary="Promote a version",
+        description="Make a ready version the model's active one, if it passes the quality gate "
+        "against the current active version. `force` skips the gate (platform tokens only). "
+        "Deployments keep serving what they serve until redeployed.",
+        request=PromoteSerializer,
+        responses={
+            200: ModelVersionSerializer,
+            **error_responses(
+                {
+                    403: "force needs a platform token.",
+                    409: "The version is not ready, or it scored worse than the active version "
+                    "(the quality gate).",
+                }
+            ),
+        },
+    )
     def post(self, request, slug: str, name: str, number: int):
         caller = caller_for_request(request)
         version = selectors.version_for_model(model=_model(request, slug, name), number=number)
@@ -127,7 +207,18 @@ class VersionPromoteView(APIView):
 
 
 class ModelRollbackView(APIView):
-    @extend_schema(request=None, responses=ModelVersionSerializer)
+    @extend_schema(
+        operation_id="rollbackModel",
+        tags=["Models"],
+        summary="Roll back the active version",
+        description="Make the version that was active before the current one active again; "
+        "answers the version now active.",
+        request=None,
+        responses={
+            200: ModelVersionSerializer,
+            **error_responses({409: "There is no earlier version to roll back to."}),
+        },
+    )
     def post(self, request, slug: str, name: str):
         model = _model(request, slug, name)
         version = rollback_model(model=model, actor=caller_for_request(request).label)
@@ -137,17 +228,37 @@ class ModelRollbackView(APIView):
 class TrainingJobListView(GenericAPIView):
     parser_classes = [JSONParser, FormParser, MultiPartParser]
 
-    @extend_schema(responses=TrainingJobSerializer(many=True))
+    @extend_schema(
+        operation_id="listTrainingJobs",
+        tags=["Training jobs"],
+        summary="List a model's training jobs",
+        description="The model's training jobs, newest first, with their progress and outcome; "
+        "`?status=` keeps only those in one status.",
+        parameters=[TrainingJobFilterSerializer],
+        responses=TrainingJobSerializer(many=True),
+    )
     def get(self, request, slug: str, name: str):
-        """The model's training jobs, newest first; one page of them."""
-        jobs = selectors.training_jobs_for_model(model=_model(request, slug, name))
+        filters = TrainingJobFilterSerializer(data=query_filters(request))
+        filters.is_valid(raise_exception=True)
+        jobs = selectors.training_jobs_for_model(
+            model=_model(request, slug, name), status=filters.validated_data.get("status", "")
+        )
         page = self.paginate_queryset(jobs)
         return self.get_paginated_response(TrainingJobSerializer(page, many=True).data)
 
     @extend_schema(
+        operation_id="createTrainingJob",
+        tags=["Training jobs"],
+        summary="Train a new version",
+        description="Queue a training job of the model on one of the tenant's datasets. Follow "
+        "it at /api/v1/training-jobs/{id}/. The same request again (or the same "
+        "Idempotency-Key) answers the same job instead of starting another.",
         request=TrainingJobCreateSerializer,
         parameters=[IDEMPOTENCY_KEY],
-        responses={202: TrainingJobSerializer},
+        responses={
+            202: TrainingJobSerializer,
+            **error_responses({409: "The Idempotency-Key was used for a different request."}),
+        },
     )
     def post(self, request, slug: str, name: str):
         caller = caller_for_request(request)
@@ -169,14 +280,32 @@ class TrainingJobListView(GenericAPIView):
 
 
 class TrainingJobDetailView(APIView):
-    @extend_schema(responses=TrainingJobSerializer)
+    @extend_schema(
+        operation_id="getTrainingJob",
+        tags=["Training jobs"],
+        summary="Get a training job",
+        description="The job's status and progress, its metrics and log tail, and the version "
+        "it produced with the quality gate's outcome.",
+        responses=TrainingJobSerializer,
+    )
     def get(self, request, job_id: int):
         job = selectors.training_job_for_caller(caller=caller_for_request(request), job_id=job_id)
         return Response(TrainingJobSerializer(job).data)
 
 
 class TrainingJobCancelView(APIView):
-    @extend_schema(request=None, responses={202: TrainingJobSerializer})
+    @extend_schema(
+        operation_id="cancelTrainingJob",
+        tags=["Training jobs"],
+        summary="Cancel a training job",
+        description="Ask a queued or running job to stop; it reaches `cancelled` when its "
+        "worker has stopped.",
+        request=None,
+        responses={
+            202: TrainingJobSerializer,
+            **error_responses({409: "The job has already finished."}),
+        },
+    )
     def post(self, request, job_id: int):
         caller = caller_for_request(request)
         job = selectors.training_job_for_caller(caller=caller, job_id=job_id)

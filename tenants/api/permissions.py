@@ -9,6 +9,8 @@ class IsPlatformCaller(BasePermission):
     """Operators only: a platform token or a staff user."""
 
     message = "This operation needs a platform token."
+    # Read by the OpenAPI schema, which documents a 403 for every operation this guards.
+    platform_only = True
 
     def has_permission(self, request, view) -> bool:
         return (

@@ -1,18 +1,27 @@
+from django.db import models
 from rest_framework import serializers
 
-from tenants.models import ApiToken, Tenant
+from config.fields import TextField
+from tenants.models import SLUG_VALIDATOR, ApiToken, Tenant
 
 
 class TenantSerializer(serializers.ModelSerializer):
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.CharField: TextField,
+    }
+
     class Meta:
         model = Tenant
         fields = ["slug", "name", "tier", "status", "created_at"]
         read_only_fields = ["status", "created_at"]
-        extra_kwargs = {"slug": {"validators": []}}  # uniqueness is the service's to report (409)
+        # Uniqueness is the service's to report (409); the slug's shape is checked here too, so
+        # the schema states it.
+        extra_kwargs = {"slug": {"validators": [SLUG_VALIDATOR]}}
 
 
 class TokenCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = TextField(max_length=100)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
 

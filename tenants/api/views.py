@@ -8,6 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import DomainError, NotFound
+from config.openapi import error_responses
 from tenants import selectors, services
 from tenants.access import caller_for_request
 from tenants.api.permissions import IsPlatformCaller
@@ -20,14 +21,34 @@ from tenants.api.serializers import (
 
 
 class TenantListView(GenericAPIView):
-    @extend_schema(responses=TenantSerializer(many=True))
+    @extend_schema(
+        operation_id="listTenants",
+        tags=["Tenants"],
+        summary="List tenants",
+        description="The tenants the caller may see, by slug: every tenant for a platform "
+        "token, its own tenant for a tenant token.",
+        responses=TenantSerializer(many=True),
+    )
     def get(self, request):
         """The tenants the caller may see, by slug; one page of them."""
         tenants = selectors.visible_tenants(caller=caller_for_request(request))
         page = self.paginate_queryset(tenants)
         return self.get_paginated_response(TenantSerializer(page, many=True).data)
 
-    @extend_schema(request=TenantSerializer, responses={201: TenantSerializer})
+    @extend_schema(
+        operation_id="createTenant",
+        tags=["Tenants"],
+        summary="Create a tenant",
+        description="Registers a new tenant under a unique slug; it can then be given tokens, "
+        "datasets and models. Platform tokens only.",
+        request=TenantSerializer,
+        responses={
+            201: TenantSerializer,
+            **error_responses(
+                {403: "Creating tenants needs a platform token.", 409: "The slug is taken."}
+            ),
+        },
+    )
     def post(self, request):
         if not IsPlatformCaller().has_permission(request, self):
             self.permission_denied(request, message=IsPlatformCaller.message)
@@ -40,21 +61,42 @@ class TenantListView(GenericAPIView):
 
 
 class TenantDetailView(APIView):
-    @extend_schema(responses=TenantSerializer)
+    @extend_schema(
+        operation_id="getTenant",
+        tags=["Tenants"],
+        summary="Get a tenant",
+        description="One tenant's name, tier and status.",
+        responses=TenantSerializer,
+    )
     def get(self, request, slug: str):
         tenant = selectors.tenant_for_caller(caller=caller_for_request(request), slug=slug)
         return Response(TenantSerializer(tenant).data)
 
 
 class TenantTokenListView(GenericAPIView):
-    @extend_schema(responses=TokenSerializer(many=True))
+    @extend_schema(
+        operation_id="listTokens",
+        tags=["Tokens"],
+        summary="List a tenant's tokens",
+        description="The tenant's tokens, revoked ones too, newest first: name, prefix, access "
+        "key id, last use and expiry. Never their secrets.",
+        responses=TokenSerializer(many=True),
+    )
     def get(self, request, slug: str):
         """The tenant's tokens (revoked ones too, never their secrets), newest first; one page."""
         tenant = selectors.tenant_for_caller(caller=caller_for_request(request), slug=slug)
         page = self.paginate_queryset(selectors.tokens_for_tenant(tenant=tenant))
         return self.get_paginated_response(TokenSerializer(page, many=True).data)
 
-    @extend_schema(request=TokenCreateSerializer, responses={201: IssuedTokenSerializer})
+    @extend_schema(
+        operation_id="issueToken",
+        tags=["Tokens"],
+        summary="Issue a token",
+        description="A new token for the tenant. The answer carries its secret and its SigV4 "
+        "secret access key, which are shown only here: store them now.",
+        request=TokenCreateSerializer,
+        responses={201: IssuedTokenSerializer},
+    )
     def post(self, request, slug: str):
         caller = caller_for_request(request)
         tenant = selectors.tenant_for_caller(caller=caller, slug=slug)
@@ -78,7 +120,15 @@ class TenantTokenListView(GenericAPIView):
 
 
 class TenantTokenDetailView(APIView):
-    @extend_schema(responses=TokenSerializer)
+    @extend_schema(
+        operation_id="revokeToken",
+        tags=["Tokens"],
+        summary="Revoke a token",
+        description="The token stops authenticating at once (the inference proxy's cache of "
+        "checked tokens forgets it within PROXY_AUTH_TTL_S). Revoking a revoked token changes "
+        "nothing.",
+        responses={200: TokenSerializer},
+    )
     def delete(self, request, slug: str, token_id: int):
         caller = caller_for_request(request)
         tenant = selectors.tenant_for_caller(caller=caller, slug=slug)

@@ -12,11 +12,13 @@ import pytest
 from rest_framework.test import APIClient
 
 from config.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from deployments.models import Event
 from models_registry.models import Dataset, TrainingJob
 from tenants.models import ApiToken, Tenant
 from tenants.services import issue_token
 from tests.factories import (
     DatasetFactory,
+    EventFactory,
     ModelVersionFactory,
     TenantFactory,
     TenantModelFactory,
@@ -103,6 +105,18 @@ def _add_jobs(world: World, count: int) -> None:
     TrainingJobFactory(model=TenantModelFactory(tenant=world.other))
 
 
+def _add_tenant_events(world: World, count: int) -> None:
+    EventFactory.create_batch(count, tenant=world.tenant, kind="training.started")
+    EventFactory(tenant=world.other)
+    EventFactory(tenant=None, kind="instance.unhealthy")
+
+
+def _add_events(world: World, count: int) -> None:
+    """Rows of either tenant and of the fleet: a platform caller reads them all."""
+    for index in range(count):
+        EventFactory(tenant=(world.tenant, world.other, None)[index % 3])
+
+
 @dataclass(frozen=True)
 class Listing:
     """One list endpoint: who reads it, how to add rows to it, its documented order."""
@@ -163,6 +177,22 @@ LISTINGS = {
             TrainingJob.objects.filter(model=w.model).values_list("created_at", "pk")
         ),
     ),
+    "tenant-events": Listing(
+        url=lambda w: f"/api/v1/tenants/{w.tenant.slug}/events/",
+        caller="tenant",
+        key="id",
+        add_rows=_add_tenant_events,
+        documented_order=lambda w: _newest_first(
+            Event.objects.filter(tenant=w.tenant).values_list("created_at", "pk")
+        ),
+    ),
+    "events": Listing(
+        url=lambda w: "/api/v1/events/",
+        caller="platform",
+        key="id",
+        add_rows=_add_events,
+        documented_order=lambda w: _newest_first(Event.objects.values_list("created_at", "pk")),
+    ),
 }
 listings = pytest.mark.parametrize("listing", LISTINGS.values(), ids=LISTINGS.keys())
 
@@ -170,7 +200,7 @@ listings = pytest.mark.parametrize("listing", LISTINGS.values(), ids=LISTINGS.ke
 def _same_instant_for_every_row() -> None:
     """Rows created in one instant: only the id can keep their order stable across pages."""
     instant = datetime(2026, 1, 1, tzinfo=UTC)
-    for model in (ApiToken, Dataset, TrainingJob):
+    for model in (ApiToken, Dataset, TrainingJob, Event):
         model.objects.update(created_at=instant)
 
 
