@@ -38,7 +38,7 @@ def _pool() -> UpstreamPool:
     pool = _POOLS.get(id(loop))
     if pool is None:
         pool = _POOLS[id(loop)] = UpstreamPool(
-            max_idle=settings.TENANTML_PROXY_UPSTREAM_CONNECTIONS
+            max_connections=settings.TENANTML_PROXY_UPSTREAM_CONNECTIONS
         )
     return pool
 
