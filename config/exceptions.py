@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import IntegrityError
@@ -51,7 +53,11 @@ def api_exception_handler(exc, context):
         body = {"code": exc.code, "message": exc.message}
         if exc.field:
             body["field"] = exc.field
-        return Response({"error": body}, status=exc.status_code)
+        response = Response({"error": body}, status=exc.status_code)
+        retry_after_s = getattr(exc, "retry_after_s", None)
+        if retry_after_s is not None:  # e.g. a deployment under way: when to try again
+            response["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+        return response
     if isinstance(exc, RecursionError) and "JSON" in str(exc):
         # DRF's JSON parser only turns ValueError into a 400; a body of nested brackets (a few
         # hundred kilobytes of "[[[[") exhausts the decoder's recursion instead.

@@ -373,7 +373,11 @@ TENANTML_PROXY_MAX_OUTSTANDING_PER_COPY = env.int("PROXY_MAX_OUTSTANDING_PER_COP
 TENANTML_PROXY_ROUTE_TTL_S = env.float("PROXY_ROUTE_TTL_S", default=30.0)
 TENANTML_PROXY_AUTH_TTL_S = env.float("PROXY_AUTH_TTL_S", default=10.0)
 TENANTML_PROXY_UPSTREAM_TIMEOUT_S = env.float("PROXY_UPSTREAM_TIMEOUT_S", default=60.0)
+# Most connections a web process keeps open to one serving instance (requests beyond wait).
 TENANTML_PROXY_UPSTREAM_CONNECTIONS = env.int("PROXY_UPSTREAM_CONNECTIONS", default=256)
+# Most inputs (rows) one inference request may carry, on every protocol; the proxy splits them
+# at the model's batch size (32) and answers them in order.
+TENANTML_INVOKE_MAX_INPUTS = env.int("INVOKE_MAX_INPUTS", default=1024)
 # Versions that get their own label on /metrics; the rest are summed as "other".
 TENANTML_PROXY_METRICS_MAX_VERSIONS = env.int("PROXY_METRICS_MAX_VERSIONS", default=200)
 

@@ -10,6 +10,7 @@ from rest_framework import serializers
 from config.fields import JsonIntegerField
 from deployments.backends import backend_named
 from deployments.models import Deployment, Endpoint, Event, Instance
+from deployments.proxy.batching import too_many_inputs
 from deployments.selectors.events import EVENT_TYPE_MAX_CHARS, EVENT_TYPE_PATTERN
 
 
@@ -90,16 +91,54 @@ class DeploymentSerializer(serializers.ModelSerializer):
         return _number(obj.previous_version)
 
 
+class InvokeInputsField(serializers.ListField):
+    """``inputs``: 1 to ``INVOKE_MAX_INPUTS`` texts. A longer list is refused before its items
+    are read; the items are checked against the model kind's schema by the invoke service
+    (``inputs[i]`` named, never echoed)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(child=serializers.JSONField(), allow_empty=False, **kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, list):
+            refusal = too_many_inputs(count=len(data), limit=settings.TENANTML_INVOKE_MAX_INPUTS)
+            if refusal:
+                raise serializers.ValidationError(refusal)
+        return super().to_internal_value(data)
+
+
+class InvokeInputsFieldSchema(OpenApiSerializerFieldExtension):
+    """The same limits in the schema as ``InvokeInputsField`` and the kinds enforce (every
+    built-in kind takes non-empty texts), so a request the schema allows is never refused."""
+
+    target_class = InvokeInputsField
+
+    def map_serializer_field(self, auto_schema, direction):
+        return {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+            "maxItems": settings.TENANTML_INVOKE_MAX_INPUTS,
+            "description": (
+                "One text per input, answered in order. Up to INVOKE_MAX_INPUTS "
+                f"({settings.TENANTML_INVOKE_MAX_INPUTS}) per request; the platform splits them "
+                "at the model's batch size."
+            ),
+        }
+
+
 class InvokeRequestSerializer(serializers.Serializer):
-    inputs = serializers.ListField(
-        child=serializers.JSONField(), allow_empty=False, help_text="One item per input."
-    )
+    inputs = InvokeInputsField()
 
 
 class InvokeResponseSerializer(serializers.Serializer):
-    outputs = serializers.ListField(child=serializers.JSONField())
-    model_version = serializers.IntegerField()
-    cold_start = serializers.BooleanField()
+    outputs = serializers.ListField(
+        child=serializers.JSONField(), help_text="One output per input, in the inputs' order."
+    )
+    model_version = serializers.IntegerField(help_text="The version number that answered.")
+    cold_start = serializers.BooleanField(
+        help_text="Whether the model had to be loaded to answer (a slower request)."
+    )
 
 
 # --- Fleet figures (the dashboard overview's numbers) -----------------------------------------

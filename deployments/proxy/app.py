@@ -1,13 +1,16 @@
 """The ASGI application: the proxy's three protocols in front of Django (see ``__init__``).
 
 Each protocol parses its request, asks the routing core for the caller and the route, checks
-the request against the model kind's tensors (400 naming the field) and the size limit (413),
-forwards the body to the loaded copy and translates the answer back. Errors are answered in the
-protocol's own error format, with Retry-After on 429 and 503, and never as a 500.
+the request against the model kind's tensors and the platform's input limit (400 naming the
+field, never echoing it) and the size limit (413), forwards the body to the loaded copy — in
+parts of the model's batch size when larger (``batching``) — and translates the answer back,
+with the model's public name and version. Errors are answered in the protocol's own error
+format, with Retry-After on 429 and 503, and never as a 500.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -21,6 +24,13 @@ from django.conf import settings
 from config.errors import DomainError
 from deployments.backends.base import in_thread
 from deployments.proxy import core
+from deployments.proxy.batching import (
+    TensorFramingError,
+    merge_tensor_answers,
+    split_list,
+    split_tensor_request,
+    too_many_inputs,
+)
 from deployments.proxy.core import Principal, ProxyError
 from deployments.proxy.invalidation import SUBSCRIBER
 from deployments.proxy.metrics import METRICS, exposition
@@ -140,10 +150,10 @@ def validate_tensor_header(route: Route, header: object) -> None:
         if not isinstance(tensor, dict):
             raise ProxyError(400, f"{where}: must be an object.", code="invalid", field=where)
         name = tensor.get("name")
-        if name not in expected:
+        if not isinstance(name, str) or name not in expected:
             raise ProxyError(
                 400,
-                f"{where}.name: unknown input {name!r}; this model takes "
+                f"{where}.name: not an input of this model, which takes "
                 f"{', '.join(sorted(expected))}.",
                 code="invalid",
                 field=f"{where}.name",
@@ -152,7 +162,7 @@ def validate_tensor_header(route: Route, header: object) -> None:
         if tensor.get("datatype") != want["datatype"]:
             raise ProxyError(
                 400,
-                f"{where}.datatype: {name} is {want['datatype']}, not {tensor.get('datatype')!r}.",
+                f"{where}.datatype: {name} is {want['datatype']}.",
                 code="invalid",
                 field=f"{where}.datatype",
             )
@@ -167,14 +177,20 @@ def validate_tensor_header(route: Route, header: object) -> None:
         ):
             raise ProxyError(
                 400,
-                f"{where}.shape: {shape!r} does not match {want['shape']} (-1 is any size).",
+                f"{where}.shape: must match {want['shape']} (-1 is any size of at least 1).",
                 code="invalid",
                 field=f"{where}.shape",
             )
-        if shape[0] > _max_batch(route):
+        refusal = too_many_inputs(count=shape[0], limit=settings.TENANTML_INVOKE_MAX_INPUTS)
+        if refusal:
+            raise ProxyError(
+                400, f"{where}.shape: {refusal}", code="invalid", field=f"{where}.shape"
+            )
+        if shape[0] != inputs[0]["shape"][0]:
             raise ProxyError(
                 400,
-                f"{where}.shape: at most {_max_batch(route)} rows per request, not {shape[0]}.",
+                f"{where}.shape: {shape[0]} rows where inputs[0] has {inputs[0]['shape'][0]}; "
+                "every input needs the same number of rows.",
                 code="invalid",
                 field=f"{where}.shape",
             )
@@ -197,7 +213,7 @@ def validate_tensor_header(route: Route, header: object) -> None:
         if known_outputs and name not in known_outputs:
             raise ProxyError(
                 400,
-                f"outputs[{index}].name: unknown output {name!r}; this model has "
+                f"outputs[{index}].name: not an output of this model, which has "
                 f"{', '.join(sorted(known_outputs))}.",
                 code="invalid",
                 field=f"outputs[{index}].name",
@@ -226,25 +242,83 @@ def _split_binary(body: bytes, header_length: str | None) -> tuple[dict, int | N
         ) from exc
 
 
-def _rewrite_answer(route: Route, data: bytes, content_type: str) -> tuple[bytes, int | None]:
-    """Triton's answer with the public model name and version; binary tensors stay as they are."""
-    length = None
+def _answer_header_length(content_type: str) -> int | None:
+    """The JSON header's length in an answer of Triton's binary content type (else None)."""
     if (
         content_type.startswith(SAGEMAKER_BINARY.split(";")[0])
         and "json-header-size=" in content_type
     ):
-        length = int(content_type.rsplit("=", 1)[1])
-    header_bytes = data if length is None else data[:length]
-    try:
-        header = json.loads(header_bytes)
-    except ValueError:
-        return data, length
+        return int(content_type.rsplit("=", 1)[1])
+    return None
+
+
+def _public_answer(route: Route, header: dict, binary: bytes | None) -> tuple[bytes, int | None]:
+    """An answer header with the public model name and version (never Triton's serving name),
+    followed by its binary tensors: the body and, when binary, the header's length."""
     header["model_name"] = route.public_name
     header["model_version"] = str(route.version_number)
     rewritten = _json(header)
-    if length is None:
+    if binary is None:
         return rewritten, None
-    return rewritten + data[length:], len(rewritten)
+    return rewritten + binary, len(rewritten)
+
+
+def _rewrite_answer(route: Route, data: bytes, content_type: str) -> tuple[bytes, int | None]:
+    """Triton's answer with the public model name and version; binary tensors stay as they are."""
+    length = _answer_header_length(content_type)
+    try:
+        header = json.loads(data if length is None else data[:length])
+    except ValueError:
+        return data, length
+    return _public_answer(route, header, None if length is None else data[length:])
+
+
+async def _forward_tensors(
+    route: Route, body: bytes, header: dict, length: int | None
+) -> tuple[core.Answer, bytes, int | None]:
+    """Forward a validated tensor request (split at the model's batch size when larger) and
+    return the answer, its body with public names, and its header length when binary."""
+    max_batch = _max_batch(route)
+    if header["inputs"][0]["shape"][0] <= max_batch:
+        content_type = JSON if length is None else f"{SAGEMAKER_BINARY}{length}"
+        answer = await core.forward(route, body, content_type)
+        data, answer_length = _rewrite_answer(route, answer.body, answer.content_type)
+        return answer, data, answer_length
+    try:
+        pieces = split_tensor_request(
+            header, b"" if length is None else body[length:], rows_per_part=max_batch
+        )
+    except TensorFramingError as exc:
+        raise ProxyError(400, str(exc), code="invalid", field=exc.field) from exc
+    parts = []
+    for piece_header, piece_binary in pieces:
+        encoded = _json(piece_header)
+        if length is None:
+            parts.append((encoded, JSON))
+        else:
+            parts.append((encoded + piece_binary, f"{SAGEMAKER_BINARY}{len(encoded)}"))
+    answers = await core.forward_parts(route, parts)
+    decoded, binary_answer = [], False
+    for answer in answers:
+        answer_length = _answer_header_length(answer.content_type)
+        binary_answer = binary_answer or answer_length is not None
+        try:
+            part = json.loads(answer.body if answer_length is None else answer.body[:answer_length])
+        except ValueError as exc:
+            raise ProxyError(
+                502,
+                "The model's server answered a part with something that is not JSON.",
+                code="upstream",
+            ) from exc
+        decoded.append((part, b"" if answer_length is None else answer.body[answer_length:]))
+    merged, merged_binary = merge_tensor_answers(decoded)
+    data, answer_length = _public_answer(route, merged, merged_binary if binary_answer else None)
+    return _joined(answers), data, answer_length
+
+
+def _joined(answers: list[core.Answer]) -> core.Answer:
+    """The answer that stands for a split request's parts (cold if any part was)."""
+    return dataclasses.replace(answers[0], cold_start=any(a.cold_start for a in answers))
 
 
 # --- Handlers --------------------------------------------------------------------------------
@@ -274,8 +348,17 @@ async def native_invoke(request: Request, send, tenant: str, model: str) -> None
         from models_registry.kinds import get_kind
 
         kind = get_kind(route.kind)
-        answer = await core.forward(route, _json(kind.encode_request(payload["inputs"])), JSON)
-        outputs = kind.decode_response(json.loads(answer.body))
+        answers = await core.forward_parts(
+            route,
+            [
+                (_json(kind.encode_request(list(part))), JSON)
+                for part in split_list(payload["inputs"], kind.max_batch_size)
+            ],
+        )
+        outputs = [
+            output for part in answers for output in kind.decode_response(json.loads(part.body))
+        ]
+        answer = _joined(answers)
     except ProxyError as error:
         _finish(route, None, started, "native", error.status)
         await _send(send, error.status, _json(_native_error(error)), JSON, error.headers())
@@ -305,9 +388,7 @@ def _native_error(error: ProxyError) -> dict:
 def _split_v2_name(name: str) -> tuple[str, str]:
     tenant, dot, model = unquote(name).partition(".")
     if not dot or not tenant or not model:
-        raise ProxyError(
-            404, f"Model names are <tenant>.<model>; {name!r} is not one.", code="not_found"
-        )
+        raise ProxyError(404, "Model names on this route are <tenant>.<model>.", code="not_found")
     return tenant, model
 
 
@@ -337,9 +418,7 @@ async def v2_model(request: Request, send, name: str, version: str | None, actio
         body = await request.body()
         header, length = _split_binary(body, request.headers.get(HEADER_LENGTH))
         validate_tensor_header(route, header)
-        content_type = JSON if length is None else f"{SAGEMAKER_BINARY}{length}"
-        answer = await core.forward(route, body, content_type)
-        data, answer_length = _rewrite_answer(route, answer.body, answer.content_type)
+        answer, data, answer_length = await _forward_tensors(route, body, header, length)
     except ProxyError as error:
         _finish(route, None, started, "v2", error.status)
         await _send(send, error.status, _json({"error": error.message}), JSON, error.headers())
@@ -393,12 +472,12 @@ async def sagemaker_invoke(request: Request, send, endpoint: str) -> None:
         route = await core.route_for(principal, tenant, model)
         core.check_rate_limit(route)
         content_type = request.headers.get("content-type", JSON)
-        length = None
+        declared = None
         if content_type.startswith(SAGEMAKER_BINARY.split(";")[0]):
-            length = content_type.rsplit("=", 1)[-1]
-        header, _ = _split_binary(body, length)
+            declared = content_type.rsplit("=", 1)[-1]
+        header, length = _split_binary(body, declared)
         validate_tensor_header(route, header)
-        answer = await core.forward(route, body, content_type)
+        answer, data, answer_length = await _forward_tensors(route, body, header, length)
     except ProxyError as error:
         _finish(route, None, started, "sagemaker", error.status)
         code = _SAGEMAKER_CODES.get(error.status, "ModelError")
@@ -413,7 +492,8 @@ async def sagemaker_invoke(request: Request, send, endpoint: str) -> None:
         (b"x-amzn-invoked-production-variant", b"AllTraffic"),
         *_answer_headers(route, answer),
     ]
-    await _send(send, 200, answer.body, answer.content_type, headers)
+    answer_type = JSON if answer_length is None else f"{SAGEMAKER_BINARY}{answer_length}"
+    await _send(send, 200, data, answer_type, headers)
 
 
 _SAGEMAKER_CODES = {

@@ -10,7 +10,9 @@ backend's business; a failure comes back as ``ForwardFailed`` with the status th
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -20,10 +22,11 @@ from deployments import usage
 from deployments.backends import backend_named, loaded_backends
 from deployments.backends.base import Copy, in_thread
 from deployments.exceptions import ForwardFailed
+from deployments.proxy.batching import PARTS_IN_FLIGHT, gather_in_order
 from deployments.proxy.invalidation import SUBSCRIBER
 from deployments.proxy.metrics import METRICS
 from deployments.proxy.ratelimit import TokenBuckets, retry_after_header
-from deployments.proxy.routing import MISSING, ROUTES, Route, load_route
+from deployments.proxy.routing import MISSING, ROUTES, UNDEPLOYED_ROUTE_TTL_S, Route, load_route
 
 
 class ProxyError(Exception):
@@ -47,7 +50,9 @@ class ProxyError(Exception):
 
     @classmethod
     def from_domain(cls, exc: DomainError) -> ProxyError:
-        retry = 5.0 if exc.status_code == 503 else None
+        retry = getattr(exc, "retry_after_s", None)
+        if retry is None and exc.status_code == 503:
+            retry = 5.0
         return cls(
             exc.status_code, exc.message, code=exc.code, field=exc.field, retry_after_s=retry
         )
@@ -146,7 +151,8 @@ async def route_for(principal: Principal, tenant_slug: str, model_name: str) -> 
     route = ROUTES.get(key)
     if route is MISSING:
         route = await in_thread(load_route)(tenant_slug=tenant_slug, model_name=model_name)
-        ttl = settings.TENANTML_PROXY_ROUTE_TTL_S if route is not None else 2.0
+        live = route is not None and route.deployed
+        ttl = settings.TENANTML_PROXY_ROUTE_TTL_S if live else UNDEPLOYED_ROUTE_TTL_S
         ROUTES.put(key, route, ttl)
     if route is None or not principal.can_see(route.tenant_id):
         raise ProxyError(
@@ -154,15 +160,37 @@ async def route_for(principal: Principal, tenant_slug: str, model_name: str) -> 
         )
     if not route.tenant_active:
         raise ProxyError(403, f"Tenant {tenant_slug} is suspended.", code="tenant_suspended")
+    if route.rolling_out:
+        wait_s = route.retry_after_s()
+        raise ProxyError(
+            503,
+            f"{tenant_slug}/{model_name} v{route.rollout_version_number} is being deployed; "
+            f"retry in {wait_s} s.",
+            code="deployment_in_progress",
+            field="model",
+            retry_after_s=wait_s,
+        )
     if not route.deployed:
         raise ProxyError(
             409,
-            f"{tenant_slug}/{model_name} is not serving yet: deploy it (POST .../deployments/) "
-            "and retry once the deployment is live.",
+            not_deployed_message(f"{tenant_slug}/{model_name}", route.failure_reason),
             code="not_deployed",
             field="model",
         )
     return route
+
+
+def not_deployed_message(model: str, failure_reason: str = "") -> str:
+    """What a caller of a model with no live version and no rollout under way is told."""
+    if failure_reason:
+        return (
+            f"{model} is not serving: its deployment failed ({failure_reason[:300]}). "
+            "Deploy it again (POST .../deployments/)."
+        )
+    return (
+        f"{model} is not serving yet: deploy it (POST .../deployments/) and retry once the "
+        "deployment is live."
+    )
 
 
 _LIMITS: TokenBuckets | None = None
@@ -226,6 +254,16 @@ def _pick(route: Route) -> Copy:
 
 async def forward(route: Route, body: bytes, content_type: str) -> Answer:
     """Send a Triton request body to a copy of the route's version and return its answer."""
+    return (await forward_parts(route, [(body, content_type)]))[0]
+
+
+async def forward_parts(route: Route, parts: Sequence[tuple[bytes, str]]) -> list[Answer]:
+    """Send the parts of one request (a batch split at the model's batch size), each a body
+    and its content type, to one copy of the route's version; their answers in order.
+
+    The request counts once against the copy's limit; up to ``PARTS_IN_FLIGHT`` parts are sent
+    at once. The first part that fails fails the request: the others are cancelled.
+    """
     copy = _pick(route)
     limit = settings.TENANTML_PROXY_MAX_OUTSTANDING_PER_COPY
     if _OUTSTANDING.get(copy.placement_id, 0) >= limit:
@@ -236,6 +274,26 @@ async def forward(route: Route, body: bytes, content_type: str) -> Answer:
             retry_after_s=1,
         )
     _OUTSTANDING[copy.placement_id] = _OUTSTANDING.get(copy.placement_id, 0) + 1
+    try:
+        if len(parts) == 1:
+            answers = [await _forward_part(route, copy, *parts[0])]
+        else:
+            answers = await gather_in_order(
+                [functools.partial(_forward_part, route, copy, *part) for part in parts],
+                limit=PARTS_IN_FLIGHT,
+            )
+    finally:
+        left = _OUTSTANDING.get(copy.placement_id, 1) - 1
+        if left > 0:
+            _OUTSTANDING[copy.placement_id] = left
+        else:
+            _OUTSTANDING.pop(copy.placement_id, None)
+    if all(answer.status == 200 for answer in answers):
+        _SEEN_LOADED.add(copy.placement_id)
+    return answers
+
+
+async def _forward_part(route: Route, copy: Copy, body: bytes, content_type: str) -> Answer:
     try:
         forwarded = await backend_named(copy.backend).forward(
             copy=copy,
@@ -250,22 +308,27 @@ async def forward(route: Route, body: bytes, content_type: str) -> Answer:
         if exc.stale_route:
             ROUTES.invalidate(route.model_id)
         raise ProxyError(
-            exc.status_code, exc.message, code=exc.code, retry_after_s=exc.retry_after_s
+            exc.status_code,
+            public_names(route, exc.message),
+            code=exc.code,
+            retry_after_s=exc.retry_after_s,
         ) from exc
     except DomainError as exc:
         _SEEN_LOADED.discard(copy.placement_id)
-        raise ProxyError.from_domain(exc) from exc
-    finally:
-        left = _OUTSTANDING.get(copy.placement_id, 1) - 1
-        if left > 0:
-            _OUTSTANDING[copy.placement_id] = left
-        else:
-            _OUTSTANDING.pop(copy.placement_id, None)
-    if forwarded.status == 200:
-        _SEEN_LOADED.add(copy.placement_id)
+        error = ProxyError.from_domain(exc)
+        error.message = public_names(route, error.message)
+        raise error from exc
     return Answer(
         forwarded.status, forwarded.content_type, forwarded.body, forwarded.cold_start, copy
     )
+
+
+def public_names(route: Route, text: str) -> str:
+    """``text`` (Triton's words, in an error) with the model's serving name replaced by the
+    public one callers use."""
+    if not route.triton_name:
+        return text
+    return text.replace(route.triton_name, f"{route.public_name} v{route.version_number}")
 
 
 def record(route: Route, answer: Answer | None, *, started: float, error: bool) -> float:

@@ -5,16 +5,31 @@ kept until the model's routing changes (deploy, rollback, promotion, drain, an i
 ``invalidation`` drops it in every process) or ``PROXY_ROUTE_TTL_S`` passes, whichever is first.
 A request therefore reads no table on the hot path. Which copy answers is decided per request:
 least requests in flight, preferring copies last seen loaded.
+
+A model with no live version gets a route too, kept ``UNDEPLOYED_ROUTE_TTL_S``: either its first
+rollout is under way (callers get 503 and a Retry-After from the rollout's expected length) or
+it is not deployed, perhaps because its deployment failed (409 with the reason).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 
+from django.db.models import Avg, Max
+
 from deployments.backends.base import Copy
 from deployments.models import Deployment, Placement
+
+# A rollout's expected length before any copy of the model (or of its kind) was measured loading.
+DEFAULT_ROLLOUT_S = 10.0
+# Bounds of the Retry-After a caller gets while the model's first deployment is under way.
+RETRY_AFTER_BOUNDS_S = (1, 10)
+# How long a route without a live version is cached: its deployment may be about to go live or
+# to fail, and a caller polling it should learn either soon.
+UNDEPLOYED_ROUTE_TTL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,12 @@ class Route:
     triton_name: str = ""
     signature: dict = field(default_factory=dict)
     copies: tuple[Copy, ...] = ()
+    # With no live version: the version a rollout under way is loading, when it started (epoch
+    # seconds) and how long it is expected to take; or why the last deployment failed.
+    rollout_version_number: int | None = None
+    rollout_started_at: float | None = None
+    expected_rollout_s: float = DEFAULT_ROLLOUT_S
+    failure_reason: str = ""
 
     @property
     def public_name(self) -> str:
@@ -40,6 +61,53 @@ class Route:
     @property
     def deployed(self) -> bool:
         return self.version_id is not None
+
+    @property
+    def rolling_out(self) -> bool:
+        """No live version yet, but one is on its way (the caller should retry, not deploy)."""
+        return not self.deployed and self.rollout_version_number is not None
+
+    def retry_after_s(self, *, now: float | None = None) -> int:
+        """Whole seconds until the rollout under way is expected to be live (bounded)."""
+        return rollout_retry_after_s(
+            started_at=self.rollout_started_at, expected_s=self.expected_rollout_s, now=now
+        )
+
+
+def rollout_retry_after_s(
+    *, started_at: float | None, expected_s: float, now: float | None = None
+) -> int:
+    """The Retry-After of a request for a model whose first rollout started at ``started_at``
+    (epoch seconds) and is expected to take ``expected_s``: the time left, within bounds."""
+    now = time.time() if now is None else now
+    elapsed = now - (started_at or now)
+    low, high = RETRY_AFTER_BOUNDS_S
+    return int(min(high, max(low, math.ceil(expected_s - elapsed))))
+
+
+def first_rollout_in_flight(deployment: Deployment | None) -> bool:
+    """Whether a model with no live version has a rollout on its way (requested, placing or
+    loading): its callers are told to retry (503) rather than that it is not deployed (409)."""
+    return (
+        deployment is not None
+        and deployment.live_version_id is None
+        and deployment.status == Deployment.Status.ROLLING_OUT
+        and deployment.target_version_id is not None
+    )
+
+
+def expected_rollout_s(*, model_id: int, kind: str) -> float:
+    """How long the model's rollout is expected to take: its copies' longest measured load, or
+    its kind's average load, plus a second for the warm-up probe; ``DEFAULT_ROLLOUT_S`` before
+    anything was measured."""
+    own = Placement.objects.filter(
+        version__model_id=model_id, load_time_ms__isnull=False
+    ).aggregate(longest=Max("load_time_ms"))["longest"]
+    if own is None:
+        own = Placement.objects.filter(
+            version__model__kind=kind, load_time_ms__isnull=False
+        ).aggregate(average=Avg("load_time_ms"))["average"]
+    return DEFAULT_ROLLOUT_S if own is None else own / 1000 + 1.0
 
 
 def load_route(*, tenant_slug: str, model_name: str) -> Route | None:
@@ -61,10 +129,23 @@ def load_route(*, tenant_slug: str, model_name: str) -> Route | None:
         "model_name": model.name,
         "kind": model.kind,
     }
-    deployment = Deployment.objects.select_related("live_version").filter(model=model).first()
+    deployment = (
+        Deployment.objects.select_related("live_version", "target_version")
+        .filter(model=model)
+        .first()
+    )
     version = deployment.live_version if deployment else None
     if version is None:
-        return Route(**base)
+        if first_rollout_in_flight(deployment):
+            started = deployment.rollout_started_at
+            return Route(
+                **base,
+                rollout_version_number=deployment.target_version.number,
+                rollout_started_at=started.timestamp() if started else None,
+                expected_rollout_s=expected_rollout_s(model_id=model.pk, kind=model.kind),
+            )
+        failed = deployment is not None and deployment.status == Deployment.Status.FAILED
+        return Route(**base, failure_reason=deployment.status_reason if failed else "")
     reachable = list(
         Placement.objects.reachable()
         .filter(version=version)

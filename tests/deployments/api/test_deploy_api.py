@@ -1,6 +1,8 @@
 """Deployment and invoke requests that must be refused, with the field named and nothing
 written: no active version, unknown versions, bad modes and replicas, other tenants' models,
-models not deployed yet and inputs that break the kind's schema."""
+models not deployed yet (409) or being deployed (503 with Retry-After), and inputs that break
+the platform's limit or the kind's schema (named, never echoed). The invoke schema states the
+limits the validation enforces."""
 
 from __future__ import annotations
 
@@ -108,7 +110,9 @@ def test_invoking_a_model_not_deployed_is_409_saying_so(tenant_client, model):
         (["fine", 42], "inputs[1]"),
         ([], "inputs"),
         ("not a list", "inputs"),
-        (["x"] * 1000, "inputs"),
+        (["x"] * 1025, "inputs"),
+        (["fine", {"text": "Where is my refund? 987654"}], "inputs[1]"),
+        (["fine", ["Where is my refund? 987654"]], "inputs[1]"),
     ],
 )
 def test_inputs_that_break_the_kinds_schema_are_400_naming_the_item(
@@ -118,6 +122,81 @@ def test_inputs_that_break_the_kinds_schema_are_400_naming_the_item(
 
     assert response.status_code == 400, response.content
     assert field in named_fields(response), response.json()
+    assert "987654" not in response.content.decode()
+
+
+def test_more_inputs_than_the_limit_are_refused_saying_how_many_without_echoing_them(
+    tenant_client, model, settings
+):
+    settings.TENANTML_INVOKE_MAX_INPUTS = 40
+    texts = [f"ticket number {index} about a refund" for index in range(41)]
+
+    response = tenant_client.post(url(model, "invoke"), {"inputs": texts}, format="json")
+
+    assert response.status_code == 400
+    assert named_fields(response) == {"inputs"}
+    assert "at most 40 inputs per request, got 41" in response.json()["error"]["message"]
+    assert "ticket number" not in response.content.decode()
+
+
+def test_an_item_that_is_not_a_text_is_named_by_position_and_never_echoed(tenant_client, model):
+    response = tenant_client.post(
+        url(model, "invoke"), {"inputs": ["fine", 987654, ""]}, format="json"
+    )
+
+    error = response.json()["error"]
+    assert response.status_code == 400
+    assert error["field"] == "inputs[1]" and error["message"] == "inputs[1]: must be a string."
+    assert "987654" not in response.content.decode()
+
+
+def test_invoking_a_model_whose_first_deployment_is_under_way_is_503_with_retry_after(
+    tenant_client, model
+):
+    from django.utils import timezone
+
+    version = ModelVersionFactory(model=model, number=1, package_uri="/tmp/x.tar.gz")
+    Deployment.objects.create(
+        model=model,
+        target_version=version,
+        status=Deployment.Status.ROLLING_OUT,
+        rollout_started_at=timezone.now(),
+    )
+
+    response = tenant_client.post(url(model, "invoke"), {"inputs": ["hi"]}, format="json")
+
+    assert response.status_code == 503, response.content
+    assert response.json()["error"]["code"] == "deployment_in_progress"
+    assert 1 <= int(response["Retry-After"]) <= 10
+
+
+def test_invoking_a_model_whose_deployment_failed_is_409_with_the_reason(tenant_client, model):
+    version = ModelVersionFactory(model=model, number=1, package_uri="/tmp/x.tar.gz")
+    Deployment.objects.create(
+        model=model,
+        status=Deployment.Status.FAILED,
+        status_reason=f"Rollout of v{version.number} failed: the package is missing.",
+    )
+
+    response = tenant_client.post(url(model, "invoke"), {"inputs": ["hi"]}, format="json")
+
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["code"] == "not_deployed" and "the package is missing" in error["message"]
+    assert "Retry-After" not in response
+
+
+def test_the_invoke_schema_states_the_limits_the_validation_enforces(api_client, settings):
+    schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    operation = schema["paths"]["/api/v1/tenants/{slug}/models/{name}/invoke"]["post"]
+    reference = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    request = schema["components"]["schemas"][reference.rsplit("/", 1)[1]]
+
+    inputs = request["properties"]["inputs"]
+    assert inputs["maxItems"] == settings.TENANTML_INVOKE_MAX_INPUTS == 1024
+    assert inputs["minItems"] == 1
+    assert inputs["items"] == {"type": "string", "minLength": 1}
+    assert request["required"] == ["inputs"]
 
 
 def test_rollback_without_an_earlier_deployed_version_is_409(tenant_client, model):

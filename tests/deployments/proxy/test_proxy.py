@@ -131,7 +131,9 @@ def test_tritonclient_errors_are_clear(proxy_url, intent_artifact):
     wrong = httpclient.InferInput("PROMPT", [1, 1], "BYTES")
     wrong.set_data_from_numpy(np.array([[b"hi"]], dtype=object))
 
-    with pytest.raises(InferenceServerException, match=r"inputs\[0\]\.name: unknown input"):
+    with pytest.raises(
+        InferenceServerException, match=r"inputs\[0\]\.name: not an input of this model"
+    ):
         client.infer("acme.intents", [wrong], headers=headers)
     with pytest.raises(InferenceServerException, match="No model"):
         client.get_model_metadata("other.intents", headers=headers)
