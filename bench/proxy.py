@@ -17,10 +17,18 @@ client on keep-alive connections:
   the real eviction policy (``bench/zipf_eviction.py``) and, with ``--zipf-live``, through the
   real proxy and Triton.
 
+With ``--upstream-clients`` it measures only the proxy's HTTP client to Triton
+(``deployments/backends/local/upstream.py``) against aiohttp's client in its place
+(``bench/upstream_aiohttp.py``): the same v2 requests through the proxy served each way, the
+two alternating for ``--client-rounds`` rounds at concurrency 8 and 32, with the web process's
+CPU time per request; the figures are added to ``bench/results/proxy.json`` under
+``upstream_clients``, the file's other keys kept.
+
 Client, proxy and Triton share this machine's cores, so the proxy's CPU is charged to the
 throughput ratio as it would be on a shared host.
 
     python bench/proxy.py [--models 6] [--requests 400] [--seconds 5]
+    python bench/proxy.py --upstream-clients [--models 2] [--seconds 5] [--client-rounds 2]
 """
 
 from __future__ import annotations
@@ -91,7 +99,17 @@ def build_fleet(count: int, base, var_dir: Path, *, start: int = 0) -> list:
     return models
 
 
-def start_proxy(var_dir: Path, port: int, extra_env: dict | None = None) -> subprocess.Popen:
+UPSTREAM_CLIENTS = {
+    # name: (the ASGI application uvicorn serves, the directory it is imported from)
+    "platform": ("config.asgi:application", None),
+    "aiohttp": ("upstream_aiohttp:application", REPO / "bench"),
+}
+
+
+def start_proxy(
+    var_dir: Path, port: int, extra_env: dict | None = None, *, client: str = "platform"
+) -> subprocess.Popen:
+    app, app_dir = UPSTREAM_CLIENTS[client]
     env = {
         **os.environ,
         "TENANTML_VAR_DIR": str(var_dir),
@@ -104,7 +122,8 @@ def start_proxy(var_dir: Path, port: int, extra_env: dict | None = None) -> subp
             sys.executable,
             "-m",
             "uvicorn",
-            "config.asgi:application",
+            app,
+            *(["--app-dir", str(app_dir)] if app_dir else []),
             "--host",
             "127.0.0.1",
             "--port",
@@ -219,6 +238,129 @@ async def saturate(targets: list[Target], concurrency: int, seconds: float) -> d
     }
 
 
+async def saturate_measuring_cpu(
+    targets: list[Target], concurrency: int, seconds: float, pid: int
+) -> dict:
+    """``saturate``, plus the CPU time process ``pid`` (the web server) spent per request."""
+    import psutil
+
+    process = psutil.Process(pid)
+    before = process.cpu_times()
+    figures = await saturate(targets, concurrency, seconds)
+    after = process.cpu_times()
+    cpu_s = (after.user - before.user) + (after.system - before.system)
+    requests = figures["rps"] * seconds
+    figures["proxy_cpu_ms_per_request"] = round(cpu_s / max(requests, 1) * 1000, 3)
+    return figures
+
+
+def compare_upstream_clients(models, var_dir: Path, token: str, args) -> dict:
+    """The proxy with its own client to Triton and with aiohttp's, alternating round by round
+    (so drift hits both alike); each figure is the mean over the rounds."""
+    from deployments.models import Instance
+
+    instance = Instance.objects.get(endpoint__name="local-intent-classifier", status="healthy")
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for _ in range(args.client_rounds):
+        for client in UPSTREAM_CLIENTS:
+            port = free_port()
+            proxy = start_proxy(var_dir, port, client=client)
+            try:
+                targets = targets_for(models, instance, f"http://127.0.0.1:{port}", token)
+                for concurrency in (8, 32):
+                    runs.setdefault((client, concurrency), []).append(
+                        asyncio.run(
+                            saturate_measuring_cpu(
+                                targets["proxy"], concurrency, args.seconds, proxy.pid
+                            )
+                        )
+                    )
+            finally:
+                proxy.terminate()
+                proxy.wait(timeout=30)
+        for concurrency in (8, 32):
+            runs.setdefault(("direct", concurrency), []).append(
+                asyncio.run(saturate(targets["direct"], concurrency, args.seconds))
+            )
+    figures = {
+        f"{client}_c{concurrency}": {
+            key: round(sum(run[key] for run in samples) / len(samples), 3) for key in samples[0]
+        }
+        for (client, concurrency), samples in runs.items()
+    }
+    for concurrency in (8, 32):
+        ours, theirs = figures[f"platform_c{concurrency}"], figures[f"aiohttp_c{concurrency}"]
+        direct = figures[f"direct_c{concurrency}"]
+        figures[f"throughput_ratio_platform_to_aiohttp_c{concurrency}"] = round(
+            ours["rps"] / theirs["rps"], 3
+        )
+        figures[f"proxy_ratio_to_direct_c{concurrency}"] = {
+            "platform": round(ours["rps"] / direct["rps"], 3),
+            "aiohttp": round(theirs["rps"] / direct["rps"], 3),
+        }
+    return figures
+
+
+def record_upstream_clients(figures: dict, args) -> None:
+    """Add the client comparison to bench/results/proxy.json, keeping the full run's keys."""
+    from datetime import UTC, datetime
+
+    from harness import RESULTS_DIR, machine
+
+    path = RESULTS_DIR / "proxy.json"
+    document = json.loads(path.read_text()) if path.exists() else {"benchmark": "proxy"}
+    document["upstream_clients"] = {
+        "command": "python bench/proxy.py " + " ".join(sys.argv[1:]),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "models": args.models,
+        "seconds": args.seconds,
+        "rounds": args.client_rounds,
+        **figures,
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nwrote {path.relative_to(REPO)} (upstream_clients)")
+
+
+def upstream_clients_main(args) -> None:
+    var_dir = setup_django()
+    from deployments.backends.local.runtime import stop_local_instance
+    from deployments.models import Instance
+    from models_registry.base_model import base_encoder
+    from tenants.services import issue_token
+
+    base = base_encoder(quantized=True, cache_dir=args.base_cache_dir)
+    models = build_fleet(args.models, base, var_dir)
+    token = issue_token(tenant=None, name="bench", actor=ACTOR).secret
+    try:
+        figures = compare_upstream_clients(models, var_dir, token, args)
+    finally:
+        for live in Instance.objects.exclude(status="stopped").exclude(pid=None):
+            stop_local_instance(instance=live, actor=ACTOR, reason="measured")
+    rows = []
+    for concurrency in (8, 32):
+        for client in ("direct", *UPSTREAM_CLIENTS):
+            f = figures[f"{client}_c{concurrency}"]
+            way = "straight to Triton" if client == "direct" else f"proxy, {client} client"
+            rows.append(
+                [
+                    concurrency,
+                    way,
+                    f["p50_ms"],
+                    f["p99_ms"],
+                    f["rps"],
+                    f.get("proxy_cpu_ms_per_request", "—"),
+                ]
+            )
+    print_table(
+        f"The proxy's client to Triton against aiohttp's, {args.models} tenant models, one text "
+        f"per request, {args.client_rounds} rounds of {args.seconds:g} s",
+        ["concurrency", "way", "p50 ms", "p99 ms", "requests/s", "proxy CPU ms/request"],
+        rows,
+    )
+    record_upstream_clients(figures, args)
+
+
 ZIPF_S = 1.1
 
 
@@ -288,7 +430,16 @@ def main() -> None:
     )
     parser.add_argument("--zipf-room", type=int, default=4, help="models the budget holds")
     parser.add_argument("--zipf-requests", type=int, default=300)
+    parser.add_argument(
+        "--upstream-clients",
+        action="store_true",
+        help="only compare the proxy's client to Triton with aiohttp's (added to proxy.json)",
+    )
+    parser.add_argument("--client-rounds", type=int, default=2, help="with --upstream-clients")
     args = parser.parse_args()
+    if args.upstream_clients:
+        upstream_clients_main(args)
+        return
 
     var_dir = setup_django()
     from deployments.backends.local.runtime import stop_local_instance
