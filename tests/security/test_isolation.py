@@ -297,6 +297,9 @@ API_MATRIX: dict[str, list[ApiCall]] = {
     # Each caller's own share of the cost; the endpoints' cost is the operators'.
     "fleet-tenant-costs": [api("get", _no_args, 200, other=200)],
     "fleet-endpoint-costs": [api("get", _no_args, 403, other=403, platform=200)],
+    # The whole event log is the operators'; a tenant reads its own.
+    "event-list": [api("get", _no_args, 403, other=403, platform=200)],
+    "tenant-events": [api("get", _slug, 200)],
 }
 
 
