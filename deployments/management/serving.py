@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from deployments.models import Endpoint, Instance
-
 Write = Callable[[str], None]
 
 
@@ -41,34 +39,16 @@ def start_local_serving(write: Write) -> bool:
 
 
 def stop_local_serving(write: Write) -> None:
-    """Stop every live local instance, whichever process started it (the reconciler restarts
-    instances from a worker), so that no Triton outlives the platform."""
-    from deployments.backends.local.runtime import stop_local_instance
+    """Stop every live local instance, whichever process started it, so that no Triton outlives
+    the platform."""
+    from deployments.backends.local.runtime import stop_local_endpoints
 
-    live = (
-        Instance.objects.filter(endpoint__backend=Endpoint.Backend.LOCAL)
-        .exclude(status=Instance.Status.STOPPED)
-        .select_related("endpoint")
-        .order_by("endpoint__name", "ordinal")
-    )
-    for instance in live:
-        stop_local_instance(instance=instance, actor="up", reason="platform stopped")
+    for instance in stop_local_endpoints(actor="up", reason="platform stopped"):
         write(f"[up] stopped triton {instance}")
 
 
 def local_serving_problems() -> list[str]:
-    """Why local serving is not ready: each local endpoint in service needs an instance that
-    answers Triton's readiness probe (``/ping`` on its SageMaker port). Empty when ready."""
-    from deployments.backends.local.runtime import client_for
+    """Why local serving is not ready (empty when every local endpoint answers its probe)."""
+    from deployments.backends.local.runtime import local_serving_problems as problems
 
-    problems = []
-    endpoints = Endpoint.objects.filter(backend=Endpoint.Backend.LOCAL).exclude(
-        status__in=[Endpoint.Status.RETIRING, Endpoint.Status.RETIRED]
-    )
-    if not endpoints.exists():
-        return ["no local endpoint exists yet"]
-    for endpoint in endpoints.order_by("name"):
-        instances = endpoint.instances.exclude(status=Instance.Status.STOPPED).exclude(port=None)
-        if not any(client_for(instance).ping() for instance in instances):
-            problems.append(f"{endpoint.name}: no instance answers /ping")
-    return problems
+    return problems()

@@ -386,6 +386,36 @@ def start_local_endpoints(*, actor: str) -> list[Instance]:
     return started
 
 
+def stop_local_endpoints(*, actor: str, reason: str) -> list[Instance]:
+    """Stop every live local instance, whichever process started it (the reconciler restarts
+    instances from a worker); the instances stopped, in endpoint and ordinal order."""
+    live = list(
+        Instance.objects.filter(endpoint__backend=Endpoint.Backend.LOCAL)
+        .exclude(status=Instance.Status.STOPPED)
+        .select_related("endpoint")
+        .order_by("endpoint__name", "ordinal")
+    )
+    for instance in live:
+        stop_local_instance(instance=instance, actor=actor, reason=reason)
+    return live
+
+
+def local_serving_problems() -> list[str]:
+    """Why local serving is not ready: each local endpoint in service needs an instance that
+    answers Triton's readiness probe (``/ping`` on its SageMaker port). Empty when ready."""
+    endpoints = Endpoint.objects.filter(backend=Endpoint.Backend.LOCAL).exclude(
+        status__in=[Endpoint.Status.RETIRING, Endpoint.Status.RETIRED]
+    )
+    if not endpoints.exists():
+        return ["no local endpoint exists yet"]
+    problems = []
+    for endpoint in endpoints.order_by("name"):
+        instances = endpoint.instances.exclude(status=Instance.Status.STOPPED).exclude(port=None)
+        if not any(client_for(instance).ping() for instance in instances):
+            problems.append(f"{endpoint.name}: no instance answers /ping")
+    return problems
+
+
 # --- Placements on instances --------------------------------------------------------------
 
 
