@@ -8,10 +8,10 @@ starts on a connection that is known to work.
 from __future__ import annotations
 
 from django.db import connection, transaction
-from django.utils import timezone
 
 from config.events import record_event
 from models_registry.models import ModelVersion, TrainingJob
+from models_registry.services.training import finish_job
 
 # The states of a job whose training has not ended: the ones a time limit can interrupt.
 TRAINING_STATES = (
@@ -38,17 +38,8 @@ def fail_training_over_time_limit(*, job_id: int, limit_s: float) -> TrainingJob
             f"Stopped after {limit_s:g} s, the time limit of a training task "
             "(TRAINING_TASK_TIME_LIMIT_S); raise it for longer trainings."
         )
-        job.status = TrainingJob.Status.FAILED
-        job.failure_reason = reason
-        job.finished_at = timezone.now()
-        job.save(update_fields=["status", "failure_reason", "finished_at"])
-        record_event(
-            kind="training.failed",
-            severity="error",
-            message=f"Training job {job.pk} for {job.model} failed: {reason}",
-            actor="worker",
-            tenant=job.model.tenant,
-            data={"job": job.pk, "time_limit_s": limit_s},
+        job = finish_job(
+            job, status=TrainingJob.Status.FAILED, reason=reason, data={"time_limit_s": limit_s}
         )
     return job
 

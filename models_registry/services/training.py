@@ -277,7 +277,7 @@ def launch_training_job(*, job_id: int, backend: TrainingBackend | None = None) 
     except (DomainError, OSError, ValueError) as exc:
         reason = getattr(exc, "message", None) or str(exc)
         with transaction.atomic():
-            return _finish_job(
+            return finish_job(
                 job, status=TrainingJob.Status.FAILED, reason=f"Preparing the job failed: {reason}"
             )
     try:
@@ -301,7 +301,7 @@ def launch_training_job(*, job_id: int, backend: TrainingBackend | None = None) 
     except DomainError as exc:
         with transaction.atomic():
             job.refresh_from_db()
-            _finish_job(job, status=TrainingJob.Status.FAILED, reason=exc.message)
+            finish_job(job, status=TrainingJob.Status.FAILED, reason=exc.message)
         raise
     return _record_report(job=job, report=report, launched=True)
 
@@ -354,12 +354,12 @@ def _claim_training_job(
             # A trained job is never trained again: the reconciler resumes its packaging.
             return job, False, ""
         if job.cancel_requested:
-            _finish_job(job, status=TrainingJob.Status.CANCELLED, reason="Cancelled before start.")
+            finish_job(job, status=TrainingJob.Status.CANCELLED, reason="Cancelled before start.")
             return job, False, ""
         if job.status != TrainingJob.Status.QUEUED and not _worker_lost(job, backend, now=now):
             return job, False, ""  # a re-delivered message while the job is launched and alive
         if job.attempts >= MAX_TRAINING_ATTEMPTS:
-            _finish_job(
+            finish_job(
                 job,
                 status=TrainingJob.Status.FAILED,
                 reason=f"Gave up after {job.attempts} attempts: the worker was lost each time.",
@@ -367,7 +367,7 @@ def _claim_training_job(
             return job, False, ""
         problem = backend.configuration_problem()
         if problem:
-            _finish_job(job, status=TrainingJob.Status.FAILED, reason=problem)
+            finish_job(job, status=TrainingJob.Status.FAILED, reason=problem)
             return job, False, problem
         job.status = TrainingJob.Status.LAUNCHING
         job.attempts += 1
@@ -438,36 +438,28 @@ def _record_report(*, job: TrainingJob, report: TrainingReport, launched: bool) 
         if job.is_terminal or job.status == TrainingJob.Status.PACKAGING:
             return job  # a report delivered again: the job's outcome is recorded already
         if report.state != "succeeded":
-            return _finish_job(
-                job, status=report.state, reason=report.failure_reason, report=report
-            )
+            return finish_job(job, status=report.state, reason=report.failure_reason, report=report)
         _enter_packaging(job, report=report)
     return package_trained_version(job_id=job.pk)
 
 
-def _finish_job(
+def finish_job(
     job: TrainingJob,
     *,
     status: str,
     reason: str = "",
     report: TrainingReport | None = None,
     actor: str = "worker",
+    data: dict | None = None,
 ) -> TrainingJob:
-    """Write a job's terminal state and the Event saying why (call inside a transaction)."""
+    """Write a job's terminal state and the Event saying why (call inside a transaction, the
+    job's row locked); ``data`` adds to the Event's."""
     job.status = status
     job.failure_reason = reason if status != TrainingJob.Status.SUCCEEDED else ""
     job.finished_at = timezone.now()
     fields = ["status", "failure_reason", "finished_at"]
     if report is not None:
-        if report.log_tail is not None:
-            job.log_tail = report.log_tail[-LOG_TAIL_CHARS:]
-            fields.append("log_tail")
-        if report.metrics:
-            job.metrics = report.metrics
-            fields.append("metrics")
-        if report.external_id:
-            job.external_id = report.external_id
-            fields.append("external_id")
+        fields += _take_report(job, report)
     if status == TrainingJob.Status.SUCCEEDED:
         job.progress_pct = 100
         fields.append("progress_pct")
@@ -480,9 +472,25 @@ def _finish_job(
         + (f": {reason}" if reason else "."),
         actor=actor,
         tenant=job.model.tenant,
-        data={"job": job.pk},
+        data={"job": job.pk, **(data or {})},
     )
     return job
+
+
+def _take_report(job: TrainingJob, report: TrainingReport) -> list[str]:
+    """Copy what an ended job's backend reported (log tail, metrics, external id) onto ``job``;
+    the fields set."""
+    fields = []
+    if report.log_tail is not None:
+        job.log_tail = report.log_tail[-LOG_TAIL_CHARS:]
+        fields.append("log_tail")
+    if report.metrics:
+        job.metrics = report.metrics
+        fields.append("metrics")
+    if report.external_id:
+        job.external_id = report.external_id
+        fields.append("external_id")
+    return fields
 
 
 def _enter_packaging(job: TrainingJob, *, report: TrainingReport) -> ModelVersion:
@@ -501,16 +509,7 @@ def _enter_packaging(job: TrainingJob, *, report: TrainingReport) -> ModelVersio
     job.heartbeat_at = timezone.now()
     job.packaging_attempts = 1
     fields = ["status", "progress_pct", "heartbeat_at", "packaging_attempts"]
-    if report.log_tail is not None:
-        job.log_tail = report.log_tail[-LOG_TAIL_CHARS:]
-        fields.append("log_tail")
-    if report.metrics:
-        job.metrics = report.metrics
-        fields.append("metrics")
-    if report.external_id:
-        job.external_id = report.external_id
-        fields.append("external_id")
-    job.save(update_fields=fields)
+    job.save(update_fields=fields + _take_report(job, report))
     record_event(
         kind="training.trained",
         message=(
@@ -564,7 +563,7 @@ def package_trained_version(*, job_id: int) -> TrainingJob:
         locked.gate_outcome = outcome
         locked.gate_reason = decision.reason
         locked.save(update_fields=["gate_outcome", "gate_reason"])
-        _finish_job(
+        finish_job(
             locked,
             status=TrainingJob.Status.SUCCEEDED,
             reason=f"v{version.number} {outcome}: {decision.reason}",
@@ -584,7 +583,7 @@ def _fail_packaging(*, job_id: int, reason: str) -> TrainingJob:
         )
         if job.status != TrainingJob.Status.PACKAGING:
             return job
-        return _finish_job(
+        return finish_job(
             job, status=TrainingJob.Status.FAILED, reason=f"Packaging failed: {reason}"
         )
 
@@ -688,7 +687,7 @@ def reconcile_training_jobs(*, now: datetime | None = None) -> list[TrainingJob]
                 )
                 _send_to_backend(job)
             else:
-                _finish_job(
+                finish_job(
                     job,
                     status=TrainingJob.Status.FAILED,
                     reason=f"worker stopped while the job was running (last heartbeat {last})",
@@ -771,7 +770,7 @@ def _resume_lost_packaging(*, now: datetime) -> list[TrainingJob]:
                 ).update(
                     status=ModelVersion.Status.FAILED, status_reason=f"Packaging failed: {reason}"
                 )
-                _finish_job(
+                finish_job(
                     job,
                     status=TrainingJob.Status.FAILED,
                     reason=f"Packaging failed: {reason}",
