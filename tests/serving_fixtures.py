@@ -7,6 +7,9 @@ that needs to change one copies it first.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -122,6 +125,11 @@ def local_rollouts(settings, tmp_path):
     yield
     app.conf.task_always_eager = previous
     for instance in Instance.objects.exclude(status=Instance.Status.STOPPED).exclude(pid=None):
+        # The test is over: its Triton group is killed rather than given seconds to unload its
+        # models (the graceful stop has tests of its own); the stop below still sweeps the
+        # group's leftovers and shared memory and records the instance stopped.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(instance.pid, signal.SIGKILL)
         runtime.stop_local_instance(instance=instance, actor="test", reason="test finished")
 
 
