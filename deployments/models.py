@@ -9,7 +9,7 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
-from models_registry.models import ModelVersion
+from models_registry.models import ModelVersion, TenantModel
 from tenants.models import Tenant
 
 
@@ -571,3 +571,105 @@ class TenantCost(models.Model):
 
     def __str__(self) -> str:
         return f"{self.slug}: ${self.usd_per_hour:.4f}/h"
+
+
+class ScalingPolicy(models.Model):
+    """One Application Auto Scaling policy the platform keeps on a SageMaker resource: a
+    variant's instance count (MME, dedicated) or an inference component's copy count.
+
+    The platform derives the values (``basis`` says from what); an operator may edit them in the
+    admin, which sets ``operator_edited`` so later rollouts keep the operator's values, and
+    applies them to AWS at once. ``policy_arn``/``alarm_name`` name what exists in the account.
+    """
+
+    class PolicyType(models.TextChoices):
+        TARGET_TRACKING = "target_tracking", "Target tracking"
+        STEP = "step", "Step scaling (on an alarm)"
+
+    endpoint = models.ForeignKey(
+        Endpoint, on_delete=models.CASCADE, related_name="scaling_policies"
+    )
+    # The inference component's tenant model; null for a variant's policy.
+    model = models.ForeignKey(
+        TenantModel,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="scaling_policies",
+    )
+    # Application Auto Scaling's names: "endpoint/<e>/variant/<v>", "inference-component/<c>".
+    resource_id = models.CharField(max_length=255)
+    scalable_dimension = models.CharField(max_length=64)
+    policy_name = models.CharField(max_length=255)
+    policy_type = models.CharField(
+        max_length=16, choices=PolicyType.choices, default=PolicyType.TARGET_TRACKING
+    )
+    # The metric followed: a predefined metric type or a CloudWatch metric name.
+    metric = models.CharField(max_length=64)
+    target_value = models.FloatField(null=True, blank=True)
+    min_capacity = models.PositiveIntegerField(default=1)
+    max_capacity = models.PositiveIntegerField(default=1)
+    scale_in_cooldown_s = models.PositiveIntegerField(default=300)
+    scale_out_cooldown_s = models.PositiveIntegerField(default=60)
+    # How the target was chosen, in words ("measured 41 ms per request: ..."), for the admin.
+    basis = models.TextField(blank=True)
+    operator_edited = models.BooleanField(default=False)
+    policy_arn = models.CharField(max_length=1024, blank=True)
+    alarm_name = models.CharField(max_length=255, blank=True)
+    applied_at = models.DateTimeField(null=True, blank=True)
+    apply_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["resource_id", "policy_name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["resource_id", "policy_name"], name="scalingpolicy_one_per_name"
+            ),
+            models.CheckConstraint(
+                condition=Q(min_capacity__lte=F("max_capacity")),
+                name="scalingpolicy_min_le_max",
+            ),
+            models.CheckConstraint(
+                condition=Q(target_value__isnull=True) | Q(target_value__gt=0),
+                name="scalingpolicy_target_positive",
+            ),
+        ]
+        verbose_name_plural = "scaling policies"
+
+    def __str__(self) -> str:
+        return f"{self.policy_name} ({self.resource_id})"
+
+
+class CloudMetricMinute(models.Model):
+    """One minute of one CloudWatch metric of a SageMaker endpoint, beside the platform's own
+    figures: an endpoint variant's metric (``component`` empty) or an inference component's.
+
+    Written by the CloudWatch pass (GetMetricData); one row per endpoint, component, metric,
+    statistic and minute, so a pass that reads a minute again overwrites it.
+    """
+
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="cloud_metrics")
+    component = models.CharField(max_length=63, blank=True)
+    metric = models.CharField(max_length=64)
+    statistic = models.CharField(max_length=16, default="Average")
+    minute = models.DateTimeField()
+    value = models.FloatField()
+    unit = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        ordering = ["-minute"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["endpoint", "component", "metric", "statistic", "minute"],
+                name="cloudmetric_one_row_per_minute",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["endpoint", "metric", "-minute"], name="cloudmetric_recent"),
+            models.Index(fields=["minute"], name="cloudmetric_minute"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} {self.component} {self.metric} @ {self.minute:%Y-%m-%d %H:%M}"

@@ -124,6 +124,13 @@ class TrainingJob(models.Model):
     gate_outcome = models.CharField(max_length=16, choices=GateOutcome.choices, blank=True)
     gate_reason = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
+    # SageMaker warm pools: whether the job ran on instances a finished job kept provisioned
+    # (null: not known, or no warm pool was asked for).
+    warm_pool_reused = models.BooleanField(null=True, blank=True)
+    # A job trained together with others in one multi-instance training job: that job's name
+    # and the host (``algo-N``) that trained this one; empty for a job launched on its own.
+    batch_name = models.CharField(max_length=63, blank=True, db_index=True)
+    batch_host = models.CharField(max_length=16, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
