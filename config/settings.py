@@ -227,6 +227,12 @@ TENANTML_PERIODIC_TASKS = [
         "every_seconds": 60,
         "expire_seconds": 50,
     },
+    {
+        "name": "Read CloudWatch metrics",
+        "task": "deployments.tasks.read_cloud_metrics",
+        "every_seconds": 60,
+        "expire_seconds": 50,
+    },
 ]
 
 # --- Datasets ---
@@ -353,6 +359,18 @@ if TENANTML_EVICTION_POLICY not in ("frequency", "lru"):
 # Serving processes add their in-memory request counters to the minute time series this often
 # (seconds; 0 = only on demand).
 TENANTML_USAGE_FLUSH_INTERVAL_S = env.int("USAGE_FLUSH_INTERVAL_S", default=15)
+# The CloudWatch pass (every minute) reads each SageMaker endpoint's last minutes of CloudWatch
+# figures: this many minutes back (or back to the last pass after an outage, at most three
+# hours), so datapoints CloudWatch publishes late are caught; a minute read again is
+# overwritten. Its rows older than CLOUD_METRICS_RETENTION_DAYS are deleted.
+TENANTML_CLOUD_METRICS_LOOKBACK_MINUTES = env.int("CLOUD_METRICS_LOOKBACK_MINUTES", default=10)
+TENANTML_CLOUD_METRICS_RETENTION_DAYS = env.int("CLOUD_METRICS_RETENTION_DAYS", default=7)
+for _name, _value in {
+    "CLOUD_METRICS_LOOKBACK_MINUTES": TENANTML_CLOUD_METRICS_LOOKBACK_MINUTES,
+    "CLOUD_METRICS_RETENTION_DAYS": TENANTML_CLOUD_METRICS_RETENTION_DAYS,
+}.items():
+    if _value < 1:
+        raise parse.ConfigurationError(f"{_name} must be at least 1, not {_value}.")
 
 # --- Model packages ---
 # Unpacking a model.tar.gz (Triton packages, training artifacts) stops with "invalid package"

@@ -26,6 +26,7 @@ RECONCILE = "reconcile"
 WARM_UP = "warm-up"
 SAMPLE = "sample"
 USAGE_FLUSH = "usage-flush"
+CLOUD_METRICS = "cloud-metrics"
 
 
 @dataclass

@@ -3,8 +3,8 @@
 from celery import shared_task
 
 from deployments.exceptions import CapacityExceeded, InstanceUnavailable
+from deployments.services import cloud_metrics, reconciler, retirement, rollouts, warmups
 from deployments.services import fleet as services
-from deployments.services import reconciler, retirement, rollouts, warmups
 
 
 @shared_task(name="deployments.tasks.sample_fleet_utilization")
@@ -30,6 +30,11 @@ def reconcile_fleet() -> bool:
 @shared_task(name="deployments.tasks.warm_up_fleet")
 def warm_up_fleet() -> dict:
     return warmups.warm_up_fleet().as_dict()
+
+
+@shared_task(name="deployments.tasks.read_cloud_metrics")
+def read_cloud_metrics() -> dict:
+    return cloud_metrics.read_cloud_metrics().as_dict()
 
 
 @shared_task(name="deployments.tasks.retire_placements")

@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -123,6 +124,30 @@ class ReconcileReport:
         )
 
 
+@dataclass(frozen=True)
+class CloudMetricPoint:
+    """One minute of one statistic of a cloud metric: an endpoint variant's (``component``
+    empty) or one of its inference components'."""
+
+    endpoint_id: int
+    component: str
+    metric: str
+    statistic: str
+    minute: datetime
+    value: float
+    unit: str
+
+
+@dataclass
+class CloudMetrics:
+    """What a backend read of its endpoints' cloud metrics: the points, the endpoints it could
+    not read (endpoint id: why) and how many API calls it made."""
+
+    points: list[CloudMetricPoint] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+    calls: int = 0
+
+
 @runtime_checkable
 class ServingBackend(Protocol):
     """One serving technology (local Triton processes, SageMaker endpoints) behind one API."""
@@ -191,6 +216,14 @@ class ServingBackend(Protocol):
     def drain_instance(self, *, instance: Instance, actor: str, stop: bool = True) -> Instance:
         """Move every copy off one of the endpoint's instances (loaded elsewhere first), then
         stop it unless ``stop`` is false."""
+        ...
+
+    def cloud_metrics(
+        self, *, endpoints: Sequence[Endpoint], start: datetime, end: datetime
+    ) -> CloudMetrics:
+        """The cloud's per-minute metrics of these endpoints (this backend's live ones) from
+        ``start`` to ``end``; one endpoint's failure is an error in the answer, never the end
+        of the others' reads. A backend that measures its endpoints itself returns none."""
         ...
 
 

@@ -19,7 +19,9 @@ from django.views.decorators.http import require_http_methods
 
 from config.errors import DomainError, NotFound
 from deployments.dashboard.charts import trend_charts
+from deployments.dashboard.cloud_charts import cloud_charts
 from deployments.dashboard.forms import EventFilterForm, WhatIfForm
+from deployments.selectors import cloud_metrics as cloud_selectors
 from deployments.selectors import costs as cost_selectors
 from deployments.selectors import endpoints as endpoint_selectors
 from deployments.selectors import fleet as selectors
@@ -56,6 +58,22 @@ def _page_or_partial(
 def _charts(trends: dict) -> list[dict]:
     # The SVG is built by deployments.dashboard.charts, which escapes every piece of text it writes.
     return [{"id": c["id"], "svg": mark_safe(c["svg"])} for c in trend_charts(trends)]  # noqa: S308
+
+
+def _fleet_cloud(caller: Caller) -> dict | None:
+    cloud = cloud_selectors.fleet_cloud_figures(caller=caller)
+    if cloud is not None:
+        cloud["charts"] = cloud_charts(cloud["trends"], prefix="cloud-fleet", utilization=False)
+    return cloud
+
+
+def _endpoint_cloud(endpoint) -> dict | None:
+    cloud = cloud_selectors.endpoint_cloud_figures(endpoint=endpoint)
+    if cloud is not None:
+        cloud["charts"] = cloud_charts(
+            cloud["trends"], prefix="cloud", multi_model=cloud["multi_model"], gpu=cloud["gpu"]
+        )
+    return cloud
 
 
 def _version_of(figures: dict) -> str:
@@ -99,12 +117,18 @@ def overview(request: HttpRequest) -> HttpResponse:
     if target == "overview-costs":
         context = {"figures": {"costs": cost_selectors.fleet_costs(caller=caller)}}
         return render(request, "dashboard/partials/_overview_costs.html", context)
+    if target == "overview-cloud-metrics":
+        context = {"cloud": _fleet_cloud(caller)}
+        if context["cloud"] is None:
+            return HttpResponse(status=204)  # no SageMaker endpoint any more: keep what is shown
+        return render(request, "dashboard/partials/_overview_cloud_metrics.html", context)
     figures = selectors.fleet_figures(caller=caller)
     headline = {**figures, "costs": cost_selectors.headline_costs(figures["costs"])}
     context = {
         "figures": figures,
         "figures_version": _version_of(headline),
         "charts": _charts(fleet_trends(caller=caller)),
+        "cloud": _fleet_cloud(caller),
     }
     return render(request, "dashboard/overview.html", context)
 
@@ -140,6 +164,11 @@ def endpoint_detail(request: HttpRequest, name: str) -> HttpResponse:
         endpoint = selectors.endpoint_by_name(name=name)
     except NotFound as exc:
         raise Http404(exc.message) from exc
+    if request.htmx and request.htmx.target == "endpoint-cloud-metrics":
+        context = {"detail": {"endpoint": endpoint}, "cloud": _endpoint_cloud(endpoint)}
+        if context["cloud"] is None:
+            return HttpResponse(status=204)
+        return render(request, "dashboard/partials/_endpoint_cloud_metrics.html", context)
     search = request.GET.get("q", "")[:100]
     detail = endpoint_selectors.endpoint_detail(
         endpoint=endpoint,
@@ -172,6 +201,7 @@ def endpoint_detail(request: HttpRequest, name: str) -> HttpResponse:
         "query": query.urlencode(),
         "instance_query": instance_query.urlencode(),
         "live_version": version,
+        "cloud": _endpoint_cloud(endpoint),
     }
     if request.htmx and request.htmx.target == "endpoint-instances":
         return _refresh(request, "dashboard/partials/_endpoint_instances.html", context, version)

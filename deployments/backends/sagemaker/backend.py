@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 from functools import partial
 
+from django.conf import settings
 from django.utils import timezone
 
+from config.aws import client as aws_client
 from config.errors import DomainError
 from deployments.backends.base import (
+    CloudMetrics,
     Copy,
     Forwarded,
     InvokeResult,
@@ -18,8 +22,8 @@ from deployments.backends.base import (
     ReconcileReport,
     in_thread,
 )
-from deployments.backends.sagemaker import audit, deploy, instances, retire
-from deployments.backends.sagemaker.client import EndpointFailed
+from deployments.backends.sagemaker import audit, cloudwatch, deploy, instances, retire
+from deployments.backends.sagemaker.client import DEFAULT_VARIANT, EndpointFailed
 from deployments.exceptions import ForwardFailed, UpstreamError
 from deployments.models import Deployment, Endpoint, Instance, Placement
 
@@ -136,4 +140,39 @@ class SageMakerServingBackend:
         raise DomainError(
             "SageMaker replaces its own instances; drain a local instance, or scale the endpoint.",
             field="instance",
+        )
+
+    def cloud_metrics(
+        self, *, endpoints: Sequence[Endpoint], start: datetime, end: datetime
+    ) -> CloudMetrics:
+        # Every endpoint's queries share calls (up to GetMetricData's 500 a call); the
+        # components come from one query over all the inference-component endpoints.
+        if not endpoints:
+            return CloudMetrics()
+        components: dict[int, set[str]] = {}
+        for endpoint_id, name in (
+            Placement.objects.filter(
+                endpoint__in=[e for e in endpoints if e.mode == Endpoint.Mode.INFERENCE_COMPONENT]
+            )
+            .exclude(desired_state=Placement.DesiredState.UNLOADED)
+            .exclude(external_name="")
+            .values_list("endpoint_id", "external_name")
+        ):
+            components.setdefault(endpoint_id, set()).add(name)
+        sources = [
+            cloudwatch.EndpointSource(
+                endpoint_id=endpoint.pk,
+                endpoint_name=endpoint.name,
+                mode=endpoint.mode,
+                variant_name=DEFAULT_VARIANT,
+                components=tuple(sorted(components.get(endpoint.pk, ()))),
+                gpu=endpoint.instance_type.gpu_count > 0,
+            )
+            for endpoint in endpoints
+        ]
+        return cloudwatch.read_metrics(
+            client=aws_client("cloudwatch", region=settings.TENANTML_AWS_REGION),
+            sources=sources,
+            start=start,
+            end=end,
         )
