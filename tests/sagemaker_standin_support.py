@@ -7,6 +7,9 @@ gives a test an empty stand-in, points boto3 at it through the standard ``AWS_EN
 variables for that test only (moto's in-process tests share the session) and empties it again
 afterwards. ``resources()`` lists everything on it, so a test can assert that
 nothing is left except what the database says is live.
+Training jobs run for real with short delays here (``TRAINING_FLAGS``); ``configure_training``
+changes them for one test, ``training_jobs()`` shows the jobs, their hosts and logs, and no
+training process may outlive a test or the session.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 120.0
+# Training jobs start at once and a stop kills soon: the session's jobs are seconds long.
+TRAINING_FLAGS = ("--training-provisioning-s", "0.2", "--training-stop-grace-s", "2")
+PROCESS_EXIT_TIMEOUT_S = 5.0
 SKIP_REASON = (
     "the SageMaker stand-in runs real Triton, which ships in nvidia-pytriton; it is not installed "
     "for this Python (pip install 'nvidia-pytriton>=0.7,<0.8')."
@@ -66,8 +72,9 @@ class SageMakerStandin:
         """A plain boto3 client; it finds the stand-in through the environment alone."""
         return boto3.client(service, region_name=self.region)
 
-    def _admin(self, path: str, *, method: str = "GET") -> Any:
-        request = urllib.request.Request(f"{self.base_url}{path}", method=method, data=b"")
+    def _admin(self, path: str, *, method: str = "GET", body: dict | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else b""
+        request = urllib.request.Request(f"{self.base_url}{path}", method=method, data=data)
         with urllib.request.urlopen(request, timeout=STOP_TIMEOUT_S) as answer:
             return json.loads(answer.read() or b"null")
 
@@ -78,6 +85,33 @@ class SageMakerStandin:
     def processes(self) -> list[dict[str, Any]]:
         """The Tritons the stand-in says it runs: endpoint, instance, component, pid."""
         return self._admin("/_standin/processes")
+
+    def training_jobs(self) -> dict[str, Any]:
+        """The stand-in's training jobs with their hosts (pid, running, log tail) and settings."""
+        return self._admin("/_standin/training")
+
+    def configure_training(self, **changes: Any) -> dict[str, Any]:
+        """Change how training jobs run (``provisioning_s``, ``stop_grace_s``,
+        ``launches_per_s``, ``environment``) until the next reset; the settings now."""
+        return self._admin("/_standin/training/settings", method="POST", body=changes)
+
+    def training_processes(self) -> list[psutil.Process]:
+        """Live processes working in the stand-in's training directories: the hosts' scripts
+        and anything they started, orphans included."""
+        root = str((self.workdir / "state" / "training").resolve())
+        found = []
+        for process in psutil.process_iter(["cwd", "status"]):
+            cwd = process.info.get("cwd") or ""
+            if cwd.startswith(root) and process.info.get("status") != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        return found
+
+    def assert_no_training_processes(self) -> None:
+        """Every training process is gone (given a moment for SIGKILL to land)."""
+        deadline = time.monotonic() + PROCESS_EXIT_TIMEOUT_S
+        while (left := self.training_processes()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert left == [], f"training processes left running: {[p.pid for p in left]}"
 
     def tritons(self) -> list[psutil.Process]:
         """The ``tritonserver`` processes really running under the stand-in."""
@@ -175,6 +209,7 @@ def _start(workdir: Path) -> SageMakerStandin:
             str(ready_file),
             "--region",
             REGION,
+            *TRAINING_FLAGS,
         ],
         cwd=ROOT,
         env=env,
@@ -207,6 +242,7 @@ def _stop(standin: SageMakerStandin) -> None:
         raise AssertionError("The SageMaker stand-in ignored SIGTERM") from None
     alive = [pid for pid in running if psutil.pid_exists(pid) and _is_live(pid)]
     assert alive == [], f"Triton processes left running after the stand-in stopped: {alive}"
+    standin.assert_no_training_processes()
     assert standin.leftover_shared_memory() == []
     assert standin.process.returncode == 0, (standin.workdir / "standin.log").read_text()[-4000:]
 
@@ -253,3 +289,4 @@ def clean_sagemaker_standin(
     yield sagemaker_standin
     sagemaker_standin.tritons()
     sagemaker_standin.reset()
+    sagemaker_standin.assert_no_training_processes()

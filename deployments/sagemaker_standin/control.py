@@ -4,7 +4,8 @@ moto has no inference components and no UpdateEndpoint, refuses an endpoint conf
 has no ModelName (an inference-component config) with a KeyError, and marks an endpoint
 InService the moment it is created. These operations are answered here, over moto's objects
 where moto has them, with answers serialized by botocore's own ``sagemaker`` service model so
-the shapes are the ones boto3 parses. Every other operation falls through to moto.
+the shapes are the ones boto3 parses. Training jobs (Create, Describe, List, Stop) are
+``training``'s. Every other operation falls through to moto.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from moto.sagemaker.models import FakeEndpointConfig
 
 from deployments.sagemaker_standin.errors import ValidationException
 from deployments.sagemaker_standin.fleet import Fleet
+from deployments.sagemaker_standin.training import TrainingJobs
 
 __all__ = ["ControlPlane"]
 
@@ -27,7 +29,7 @@ DEFAULT_PAGE_SIZE = 10
 class ControlPlane:
     """Answers the SageMaker operations moto lacks or gets wrong."""
 
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, training: TrainingJobs | None = None) -> None:
         self.fleet = fleet
         self.moto = fleet.moto
         self._model = get_service_model("sagemaker")
@@ -44,6 +46,9 @@ class ControlPlane:
             "DeleteInferenceComponent": self.delete_inference_component,
             "ListInferenceComponents": self.list_inference_components,
         }
+        if training is not None:
+            # Training jobs that run for real (``training``) instead of moto's instant records.
+            self._handlers.update(training.handlers())
 
     def handles(self, operation: str) -> bool:
         return operation in self._handlers

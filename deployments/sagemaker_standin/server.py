@@ -6,7 +6,9 @@ Requests are taken in this order:
    moto's own sagemaker-runtime fake sees it;
 2. a SageMaker operation (``X-Amz-Target: SageMaker.<Op>``) the control plane handles
    (``control``);
-3. ``/_standin/...``: the stand-in's own admin calls (reset, the processes it runs);
+3. ``/_standin/...``: the stand-in's own admin calls (reset, the processes it runs;
+   ``GET /_standin/training`` and ``POST /_standin/training/settings`` for training jobs, see
+   ``training``);
 4. everything else is moto's (SageMaker, S3, Application Auto Scaling, CloudWatch, ...).
 
 An exception in the stand-in's own code answers a 500 JSON error and is logged; the server
@@ -41,6 +43,7 @@ from deployments.sagemaker_standin.errors import StandinError
 from deployments.sagemaker_standin.fleet import Fleet, MmeLimits
 from deployments.sagemaker_standin.invocations import Invocation, invoke
 from deployments.sagemaker_standin.moto_state import MotoState, teach_moto_component_scaling
+from deployments.sagemaker_standin.training import TrainingJobs, TrainingSettings
 from deployments.sagemaker_standin.triton_image import TritonImage
 
 __all__ = ["StandinServer", "environment_for"]
@@ -99,9 +102,17 @@ def _read_body(environ: dict[str, Any]) -> bytes:
 class StandinApp:
     """The WSGI application: the stand-in's parts in front of moto's dispatcher."""
 
-    def __init__(self, *, fleet: Fleet, control: ControlPlane, region: str) -> None:
+    def __init__(
+        self,
+        *,
+        fleet: Fleet,
+        control: ControlPlane,
+        region: str,
+        training: TrainingJobs | None = None,
+    ) -> None:
         self.fleet = fleet
         self.control = control
+        self.training = training
         self.region = region
         self.moto_app = DomainDispatcherApplication(create_backend_app)
 
@@ -231,7 +242,27 @@ class StandinApp:
             return _Answer(
                 200, [("Content-Type", "application/json")], json.dumps(self.processes()).encode()
             )
+        if path.startswith("/_standin/training") and self.training is not None:
+            return self._training(path, method, environ)
         return _Answer(404, [("Content-Type", "application/json")], b'{"message": "not found"}')
+
+    def _training(self, path: str, method: str, environ: dict[str, Any]) -> _Answer:
+        """``GET /_standin/training``: jobs, hosts, logs and settings; ``POST
+        /_standin/training/settings`` changes the settings until the next reset."""
+        assert self.training is not None
+        headers = [("Content-Type", "application/json")]
+        if path == "/_standin/training/settings" and method == "POST":
+            try:
+                changes = json.loads(_read_body(environ) or b"{}")
+                if not isinstance(changes, dict):
+                    raise ValueError("Training settings are set with a JSON object.")
+                settings = self.training.configure(changes)
+            except ValueError as error:
+                return _Answer(400, headers, json.dumps({"message": str(error)}).encode())
+            return _Answer(200, headers, json.dumps(settings).encode())
+        if path == "/_standin/training":
+            return _Answer(200, headers, json.dumps(self.training.snapshot()).encode())
+        return _Answer(404, headers, b'{"message": "not found"}')
 
     def processes(self) -> list[dict[str, Any]]:
         """Every Triton the stand-in runs, by endpoint, instance and component."""
@@ -268,6 +299,9 @@ class StandinApp:
         """Stop every Triton and forget every AWS resource (moto's reset)."""
         from moto.moto_api._internal.models import moto_api_backend
 
+        if self.training is not None:
+            # First, so no training job writes to S3 after moto forgot it.
+            self.training.reset()
         self.fleet.stop_everything()
         moto_api_backend.reset()
 
@@ -284,6 +318,7 @@ class StandinServer:
         region: str = "us-east-1",
         account_id: str = DEFAULT_ACCOUNT_ID,
         mme_limits: MmeLimits | None = None,
+        training_settings: TrainingSettings | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -294,7 +329,17 @@ class StandinServer:
             moto=MotoState(account_id=account_id, region=region),
             mme_limits=mme_limits,
         )
-        self.app = StandinApp(fleet=self.fleet, control=ControlPlane(self.fleet), region=region)
+        self.training = TrainingJobs(
+            workdir=self.workdir / "training",
+            moto=self.fleet.moto,
+            settings=training_settings,
+        )
+        self.app = StandinApp(
+            fleet=self.fleet,
+            control=ControlPlane(self.fleet, training=self.training),
+            region=region,
+            training=self.training,
+        )
         self._server: BaseWSGIServer = make_server(
             host, port, self.app, threaded=True, request_handler=MotoRequestHandler
         )
@@ -309,13 +354,15 @@ class StandinServer:
         teach_moto_component_scaling()
         # Built now, not on the first request: the numpy-only Python and Triton's backends.
         self.fleet.image.prepare()
+        self.training.attach(base_url=self.base_url)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="standin-http", daemon=True
         )
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop serving, then every Triton the stand-in started."""
+        """Stop training and serving, then every Triton the stand-in started."""
+        self.training.shutdown()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:

@@ -2,6 +2,8 @@
 
 It prints the environment that points boto3 at it, writes its base URL to ``--ready-file`` once
 it serves, and on SIGTERM/SIGINT stops every Triton it started before exiting.
+Training jobs run for real; the ``--training-*`` flags set how long one spends Starting, the
+grace between SIGTERM and SIGKILL on a stop, and the CreateTrainingJob rate.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from django.core.management.base import BaseCommand
 
 from deployments.sagemaker_standin.fleet import MmeLimits
 from deployments.sagemaker_standin.server import StandinServer, environment_for
+from deployments.sagemaker_standin.training import TrainingSettings
 
 
 class Command(BaseCommand):
@@ -39,6 +42,25 @@ class Command(BaseCommand):
             "(default: the instance type's memory over --mme-model-memory-mb).",
         )
         parser.add_argument("--mme-model-memory-mb", type=int, default=512)
+        training = TrainingSettings()
+        parser.add_argument(
+            "--training-provisioning-s",
+            type=float,
+            default=training.provisioning_s,
+            help="Seconds a training job spends Starting (a reused warm pool skips them).",
+        )
+        parser.add_argument(
+            "--training-stop-grace-s",
+            type=float,
+            default=training.stop_grace_s,
+            help="Seconds between SIGTERM and SIGKILL when a training job stops (AWS: 120).",
+        )
+        parser.add_argument(
+            "--training-launches-per-s",
+            type=float,
+            default=training.launches_per_s,
+            help="CreateTrainingJob calls admitted per second (AWS: 1); 0 turns the limit off.",
+        )
 
     def handle(self, *args, **options):
         logging.basicConfig(
@@ -52,6 +74,11 @@ class Command(BaseCommand):
             mme_limits=MmeLimits(
                 models_per_instance=options["mme_models_per_instance"],
                 model_memory_mb=options["mme_model_memory_mb"],
+            ),
+            training_settings=TrainingSettings(
+                provisioning_s=options["training_provisioning_s"],
+                stop_grace_s=options["training_stop_grace_s"],
+                launches_per_s=options["training_launches_per_s"],
             ),
         )
         stop = threading.Event()
