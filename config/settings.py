@@ -260,6 +260,15 @@ TENANTML_AWS_REGION = env.str("AWS_REGION", default="us-east-1")
 TENANTML_SAGEMAKER_TRAINING_INSTANCE_TYPE = env.str(
     "SAGEMAKER_TRAINING_INSTANCE_TYPE", default="ml.m5.xlarge"
 )
+# SageMaker managed warm pools: seconds a training job's instances stay provisioned after it ends
+# (ResourceConfig.KeepAlivePeriodInSeconds) so the next matching launch starts on them; billed
+# while kept. 0 turns warm pools off; AWS allows at most 3600.
+TENANTML_SAGEMAKER_TRAINING_WARM_POOL_S = env.int("SAGEMAKER_TRAINING_WARM_POOL_SECONDS", default=0)
+if not 0 <= TENANTML_SAGEMAKER_TRAINING_WARM_POOL_S <= 3600:
+    raise parse.ConfigurationError(
+        "SAGEMAKER_TRAINING_WARM_POOL_SECONDS must be 0 (off) to 3600, not "
+        f"{TENANTML_SAGEMAKER_TRAINING_WARM_POOL_S}."
+    )
 
 # --- Task time limits (seconds) ---
 # At a task's soft limit the task is interrupted and records why (a training job fails with the

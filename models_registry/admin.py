@@ -218,7 +218,7 @@ class TrainingJobAdmin(ViewOnceCreatedMixin, admin.ModelAdmin):
         "created_at",
         "finished_at",
     )
-    list_filter = ("status", "backend", "cancel_requested")
+    list_filter = ("status", "backend", "cancel_requested", "warm_pool_reused")
     list_select_related = ("model__tenant", "dataset")
     search_fields = ("model__name", "model__tenant__slug", "external_id", "idempotency_key")
     date_hierarchy = "created_at"
@@ -231,6 +231,7 @@ class TrainingJobAdmin(ViewOnceCreatedMixin, admin.ModelAdmin):
         "progress",
         "cancel_requested",
         "external_id",
+        "warm_pool_reused",
         "hyperparameters",
         "metrics",
         "failure_reason",

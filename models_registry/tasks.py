@@ -38,6 +38,11 @@ def launch_sagemaker_training(job_id: int) -> str:
     return training.launch_training_job(job_id=job_id).status
 
 
+@shared_task(name="models_registry.tasks.stop_training_job")
+def stop_training_job(job_id: int) -> str:
+    return training.stop_cancelled_training_job(job_id=job_id).status
+
+
 @shared_task(name="models_registry.tasks.package_trained_version")
 def package_trained_version(job_id: int) -> str:
     return training.package_trained_version(job_id=job_id).status

@@ -225,6 +225,13 @@ class TrainingJobSerializer(serializers.ModelSerializer):
     version = serializers.SerializerMethodField()
     gate = serializers.SerializerMethodField()
     deployable = serializers.SerializerMethodField()
+    warm_pool_reused = serializers.BooleanField(
+        read_only=True,
+        allow_null=True,
+        help_text="SageMaker: whether the job started on instances a finished job kept warm "
+        "(SAGEMAKER_TRAINING_WARM_POOL_SECONDS); null when no warm pool was asked for or it "
+        "is not known yet.",
+    )
 
     class Meta:
         model = TrainingJob
@@ -245,6 +252,7 @@ class TrainingJobSerializer(serializers.ModelSerializer):
             "deployable",
             "attempts",
             "cancel_requested",
+            "warm_pool_reused",
             "created_at",
             "started_at",
             "heartbeat_at",

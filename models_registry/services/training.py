@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from datetime import datetime, timedelta
@@ -48,6 +49,8 @@ from models_registry.training.backends.base import (
     training_backend_for,
 )
 
+logger = logging.getLogger(__name__)
+
 # A launched job whose worker has not written a heartbeat for this long is presumed orphaned,
 # unless its backend still sees the training process.
 STALE_HEARTBEAT = timedelta(minutes=2)
@@ -61,6 +64,7 @@ MAX_TRAINING_ATTEMPTS = 2
 # The same for packaging a trained version: resumed once after a lost worker, then failed.
 MAX_PACKAGING_ATTEMPTS = 2
 PACKAGE_TASK = "models_registry.tasks.package_trained_version"
+STOP_TASK = "models_registry.tasks.stop_training_job"
 # Progress is written at most this often (a cheap UPDATE), plus every change of whole percent.
 PROGRESS_WRITE_INTERVAL_S = 1.0
 HEARTBEAT_INTERVAL_S = 10.0
@@ -226,8 +230,11 @@ def _same_request(
 def request_training_cancel(*, job: TrainingJob, actor: str) -> TrainingJob:
     """Ask a queued or running job to stop.
 
-    A queued job is cancelled at once; a launched one keeps the flag, which the local runner polls
-    and ``follow_training_jobs`` passes on to a backend that trains elsewhere.
+    A queued job is cancelled at once; a launched one keeps the flag (durable: a lost worker's
+    cancellation is carried on by the follower and the reconciler), which the local runner polls
+    and a task passes on to a backend that trains elsewhere as soon as this commits. Whatever the
+    training does meanwhile, a job cancelled on request ends ``cancelled`` and its artifact is
+    never registered.
     """
     with transaction.atomic():
         job = TrainingJob.objects.select_for_update().get(pk=job.pk)
@@ -246,6 +253,8 @@ def request_training_cancel(*, job: TrainingJob, actor: str) -> TrainingJob:
             job.finished_at = timezone.now()
             update += ["status", "finished_at"]
         job.save(update_fields=update)
+        if job.status in (TrainingJob.Status.LAUNCHING, TrainingJob.Status.RUNNING):
+            send_task_on_commit(STOP_TASK, job.pk)
         record_event(
             kind="training.cancel_requested",
             message=f"Cancellation of training job {job.pk} requested.",
@@ -303,7 +312,23 @@ def launch_training_job(*, job_id: int, backend: TrainingBackend | None = None) 
             job.refresh_from_db()
             finish_job(job, status=TrainingJob.Status.FAILED, reason=exc.message)
         raise
-    return _record_report(job=job, report=report, launched=True)
+    job = _record_report(job=job, report=report, launched=True)
+    if job.cancel_requested and not job.is_terminal:
+        # Cancelled while the launch was under way: stop it now, not at the next follow pass.
+        send_task_on_commit(STOP_TASK, job.pk)
+    return job
+
+
+def stop_cancelled_training_job(
+    *, job_id: int, backend: TrainingBackend | None = None
+) -> TrainingJob:
+    """Pass a launched job's cancellation on to its backend now (StopTrainingJob on SageMaker)
+    and record what it reports; the follower carries it on until the job has stopped."""
+    job = TrainingJob.objects.select_related("model__tenant").get(pk=job_id)
+    if job.cancel_requested and not job.is_terminal:
+        _follow(job=job, backend=backend or training_backend_for(job))
+        job.refresh_from_db()
+    return job
 
 
 def follow_training_job(*, job: TrainingJob, backend: TrainingBackend | None = None) -> TrainingJob:
@@ -417,6 +442,8 @@ def _record_report(*, job: TrainingJob, report: TrainingReport, launched: bool) 
             fields["external_id"] = report.external_id
         if report.progress_pct is not None:
             fields["progress_pct"] = report.progress_pct
+        if report.warm_pool_reused is not None:
+            fields["warm_pool_reused"] = report.warm_pool_reused
         with transaction.atomic():
             TrainingJob.objects.filter(pk=job.pk).update(**fields)
             if launched:
@@ -437,10 +464,32 @@ def _record_report(*, job: TrainingJob, report: TrainingReport, launched: bool) 
         )
         if job.is_terminal or job.status == TrainingJob.Status.PACKAGING:
             return job  # a report delivered again: the job's outcome is recorded already
+        if job.cancel_requested:
+            # The user's cancel decides, whatever the training did before the stop took effect:
+            # a model that finished meanwhile is never registered, packaged or promoted.
+            return finish_job(
+                job,
+                status=TrainingJob.Status.CANCELLED,
+                reason=_cancelled_reason(report),
+                report=report,
+                data={"training_ended": report.state},
+            )
         if report.state != "succeeded":
             return finish_job(job, status=report.state, reason=report.failure_reason, report=report)
         _enter_packaging(job, report=report)
     return package_trained_version(job_id=job.pk)
+
+
+def _cancelled_reason(report: TrainingReport) -> str:
+    """Why a job cancelled on request ended as it did, from what its backend saw last."""
+    if report.state == "succeeded":
+        return (
+            "Cancelled on request: the training finished before the stop took effect; its model "
+            "was not registered."
+        )
+    if report.state == "failed":
+        return f"Cancelled on request: the training had already failed ({report.failure_reason})."
+    return "Cancelled on request: the training was stopped before it finished."
 
 
 def finish_job(
@@ -490,6 +539,9 @@ def _take_report(job: TrainingJob, report: TrainingReport) -> list[str]:
     if report.external_id:
         job.external_id = report.external_id
         fields.append("external_id")
+    if report.warm_pool_reused is not None:
+        job.warm_pool_reused = report.warm_pool_reused
+        fields.append("warm_pool_reused")
     return fields
 
 
@@ -648,7 +700,8 @@ def reconcile_training_jobs(*, now: datetime | None = None) -> list[TrainingJob]
     process (a local pid that is alive; a SageMaker job always); otherwise it is queued again if
     it has an attempt left, else failed with the last heartbeat in the reason. A trained job
     whose worker was lost while packaging its version has the packaging and the quality gate
-    resumed (never the training). Returns the jobs it changed.
+    resumed (never the training). A cancelled job that trains elsewhere and was not followed
+    lately (its worker lost mid-cancel) is stopped and followed again. Returns the jobs it changed.
     """
     now = now or timezone.now()
     changed: list[TrainingJob] = []
@@ -695,6 +748,7 @@ def reconcile_training_jobs(*, now: datetime | None = None) -> list[TrainingJob]
                 )
             changed.append(job)
     changed += _resume_lost_packaging(now=now)
+    changed += _resume_cancels(now=now)
     lost = TrainingJob.objects.filter(
         status=TrainingJob.Status.QUEUED, cancel_requested=False
     ).filter(
@@ -722,6 +776,32 @@ def reconcile_training_jobs(*, now: datetime | None = None) -> list[TrainingJob]
                 data={"job": job.pk},
             )
             _send_to_backend(job)
+            changed.append(job)
+    return changed
+
+
+def _resume_cancels(*, now: datetime) -> list[TrainingJob]:
+    """Carry on cancellations the follower has not reported on lately: the stop is asked again
+    (a backend leaves a job already stopping alone) and the job followed, so it ends cancelled
+    even when the worker that sent the stop died before recording anything."""
+    changed: list[TrainingJob] = []
+    pending = (
+        TrainingJob.objects.filter(
+            status__in=[TrainingJob.Status.LAUNCHING, TrainingJob.Status.RUNNING],
+            cancel_requested=True,
+        )
+        .exclude(external_id="")
+        .filter(Q(heartbeat_at__lt=now - STALE_HEARTBEAT) | Q(heartbeat_at__isnull=True))
+    )
+    for job in pending.select_related("model__tenant"):
+        try:
+            reported = _follow(job=job, backend=training_backend_for(job))
+        except DomainError as exc:
+            # The backend cannot be reached now; the next pass asks again.
+            logger.warning("Training job %s: cancellation not passed on yet: %s", job.pk, exc)
+            continue
+        if reported:
+            job.refresh_from_db()
             changed.append(job)
     return changed
 

@@ -8,9 +8,18 @@ store, and tests need no database.
 
 AWS facts it relies on:
 - CreateTrainingJob is rate limited to about one call per second per account and region, so
-  launches go through an interval limiter; botocore's standard retries (``config.aws``) take the
-  transient errors, and throttling that outlasts them is retried here with exponential backoff
-  and full jitter (the AWS Architecture Blog's "Exponential Backoff And Jitter").
+  launches take a slot from the limiter every worker process shares
+  (``models_registry.training.launch_rate``); botocore's standard retries (``config.aws``) take
+  the transient errors, and throttling that outlasts them is retried here with exponential
+  backoff and full jitter (the AWS Architecture Blog's "Exponential Backoff And Jitter").
+- Warm pools: a launch with ``ResourceConfig.KeepAlivePeriodInSeconds`` (1 to 3600) keeps its
+  instances provisioned after it ends, and the next job with the same resource configuration
+  (role, instance type and count, volume, keep-alive) starts on them. The retained job's
+  ``WarmPoolStatus`` then says ``Reused`` and names the new job in ``ReusedByJob``; that is how a
+  job is known to have reused a pool (ListTrainingJobs filters on ``WarmPoolStatusEquals``).
+- StopTrainingJob is accepted only while a job is ``InProgress``; the job then reports
+  ``Stopping`` until its container has exited, and ends ``Stopped`` (or ``Completed``/``Failed``
+  when it ended on its own before the stop took effect).
 - Training-job names are unique per account and region and match
   ``^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}``; a name derived from the job id makes a re-delivered
   launch find the job it already created instead of starting a second one.
@@ -30,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,10 +48,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from config import aws
 from config.errors import DomainError
 from models_registry.exceptions import TrainingLaunchDeferred
+from models_registry.training.launch_rate import LaunchLimiter, fleet_launch_limiter
 
 __all__ = [
     "DEFAULT_METRIC_DEFINITIONS",
-    "IntervalRateLimiter",
     "SageMakerTrainingClient",
     "TrainingBackendError",
     "TrainingImageUnavailable",
@@ -58,6 +68,14 @@ TrainingState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 PLATFORM_TAG = "tenantml"
 JOB_NAME_MAX_LENGTH = 63
 JOB_NAME_PREFIX = "tml"
+# CreateTrainingJob calls are spaced this far apart: one a second, plus 50 ms because SageMaker
+# counts them as they arrive, and the way there (and a busy worker between its slot and the
+# request leaving) delays some calls more than others.
+CREATE_TRAINING_JOB_INTERVAL_S = 1.05
+# AWS accepts KeepAlivePeriodInSeconds from 1 to 3600; 0 here means no warm pool.
+MAX_WARM_POOL_KEEP_ALIVE_S = 3600
+# ListTrainingJobs pages read when looking for the pool a job reused (100 jobs a page).
+MAX_WARM_POOL_PAGES = 10
 
 
 class TrainingLaunchThrottled(TrainingLaunchDeferred):
@@ -159,6 +177,8 @@ class TrainingLaunch:
     instance_count: int = 1
     volume_gb: int = 30
     max_runtime_s: int = 4 * 3600
+    # Seconds SageMaker keeps the instances after the job for a matching job to reuse; 0: none.
+    warm_pool_keep_alive_s: int = 0
     entry_point: str = "train.py"
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -195,6 +215,23 @@ class TrainingLaunch:
         tags["platform"] = PLATFORM_TAG
         return [{"Key": key, "Value": value} for key, value in tags.items()]
 
+    def resource_config(self) -> dict[str, Any]:
+        """ResourceConfig: the same for every launch of one configuration, so that a warm pool
+        one job leaves is matched by the next."""
+        if not 0 <= self.warm_pool_keep_alive_s <= MAX_WARM_POOL_KEEP_ALIVE_S:
+            raise ValueError(
+                f"warm_pool_keep_alive_s must be 0 to {MAX_WARM_POOL_KEEP_ALIVE_S}, "
+                f"not {self.warm_pool_keep_alive_s}"
+            )
+        config: dict[str, Any] = {
+            "InstanceType": self.instance_type,
+            "InstanceCount": self.instance_count,
+            "VolumeSizeInGB": self.volume_gb,
+        }
+        if self.warm_pool_keep_alive_s:
+            config["KeepAlivePeriodInSeconds"] = self.warm_pool_keep_alive_s
+        return config
+
     def create_request(self) -> dict[str, Any]:
         """The CreateTrainingJob parameters for this launch."""
         return {
@@ -210,11 +247,7 @@ class TrainingLaunch:
                 _s3_channel("validation", self.validation_s3_uri),
             ],
             "OutputDataConfig": {"S3OutputPath": self.output_s3_uri},
-            "ResourceConfig": {
-                "InstanceType": self.instance_type,
-                "InstanceCount": self.instance_count,
-                "VolumeSizeInGB": self.volume_gb,
-            },
+            "ResourceConfig": self.resource_config(),
             "StoppingCondition": {"MaxRuntimeInSeconds": self.max_runtime_s},
             "HyperParameters": self.request_hyperparameters(),
             "Tags": self.request_tags(),
@@ -248,10 +281,28 @@ class TrainingStatus:
     final_metrics: dict[str, float]
     progress_pct: int
     billable_seconds: int | None
+    # TrainingJobStatus as AWS says it (InProgress, Stopping, Stopped, Completed, Failed).
+    aws_status: str = ""
+    # KeepAlivePeriodInSeconds the job was launched with (0: no warm pool asked for).
+    warm_pool_keep_alive_s: int = 0
+    # This job's own WarmPoolStatus.Status ("" until it has one).
+    warm_pool_status: str = ""
+    created_at: datetime | None = None
+    max_runtime_s: int = 0
 
     @property
     def is_terminal(self) -> bool:
         return self.status in ("succeeded", "failed", "cancelled")
+
+    @property
+    def is_stopping_or_ended(self) -> bool:
+        """Whether the job no longer needs a StopTrainingJob: stopping already, or over."""
+        return self.aws_status != "InProgress"
+
+    @property
+    def instances_provisioned(self) -> bool:
+        """Whether SageMaker has decided where the job runs (a warm pool or new instances)."""
+        return self.is_terminal or self.status == "running"
 
 
 # SecondaryStatus values before the training container starts: the job is still waiting on
@@ -312,42 +363,21 @@ def _status_from_description(description: Mapping[str, Any]) -> TrainingStatus:
         },
         progress_pct=_progress_pct(description),
         billable_seconds=description.get("BillableTimeInSeconds"),
+        aws_status=aws_status,
+        warm_pool_keep_alive_s=int(
+            (description.get("ResourceConfig") or {}).get("KeepAlivePeriodInSeconds") or 0
+        ),
+        warm_pool_status=(description.get("WarmPoolStatus") or {}).get("Status", ""),
+        created_at=description.get("CreationTime"),
+        max_runtime_s=int(
+            (description.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds") or 0
+        ),
     )
 
 
 # ---------------------------------------------------------------------------------------------
-# Rate limiting and retries
+# Retries
 # ---------------------------------------------------------------------------------------------
-
-
-class IntervalRateLimiter:
-    """Spaces calls at least ``min_interval_s`` apart across threads (a one-token bucket)."""
-
-    def __init__(
-        self,
-        min_interval_s: float,
-        *,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.min_interval_s = min_interval_s
-        self._sleep = sleep
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._next_slot: float | None = None
-
-    def acquire(self) -> float:
-        """Wait for the next free slot; returns the seconds waited."""
-        with self._lock:
-            now = self._clock()
-            slot = now if self._next_slot is None else max(now, self._next_slot)
-            # Reserve the slot under the lock but sleep outside it, so concurrent callers each
-            # get their own later slot instead of queueing on the lock.
-            self._next_slot = slot + self.min_interval_s
-        wait_s = slot - now
-        if wait_s > 0:
-            self._sleep(wait_s)
-        return wait_s
 
 
 def _is_already_exists(error: ClientError) -> bool:
@@ -371,15 +401,15 @@ class SageMakerTrainingClient:
         self,
         client: Any | None = None,
         region: str | None = None,
-        min_interval_s: float = 1.0,
+        min_interval_s: float = CREATE_TRAINING_JOB_INTERVAL_S,
         max_retries: int = 6,
         base_backoff_s: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
         *,
         s3_client: Any | None = None,
         max_backoff_s: float = 20.0,
         jitter: Callable[[float], float] = aws.full_jitter,
+        launch_limiter: LaunchLimiter | None = None,
     ) -> None:
         self.region = region or (client.meta.region_name if client is not None else None)
         self._client = client
@@ -390,7 +420,10 @@ class SageMakerTrainingClient:
         self._sleep = sleep
         self._jitter = jitter
         self._client_lock = threading.Lock()
-        self.launch_limiter = IntervalRateLimiter(min_interval_s, sleep=sleep, clock=clock)
+        # One limiter for every worker process (Redis or a file lock), unless one is given.
+        self.launch_limiter: LaunchLimiter = launch_limiter or fleet_launch_limiter(
+            region=self.region, min_interval_s=min_interval_s, sleep=sleep
+        )
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -459,8 +492,12 @@ class SageMakerTrainingClient:
         """The job's current status, progress, final metrics and artifact location."""
         return _status_from_description(self._describe_raw(job_name))
 
-    def stop(self, job_name: str) -> None:
-        """Ask SageMaker to stop the job; a job that already ended or is stopping is fine."""
+    def stop(self, job_name: str) -> TrainingStatus:
+        """Send StopTrainingJob to a job still in progress; a job already stopping or ended is
+        left as it is. Returns what DescribeTrainingJob said before the stop."""
+        described = self.describe(job_name)
+        if described.is_stopping_or_ended:
+            return described
         try:
             self._call("stop_training_job", TrainingJobName=job_name)
         except ClientError as error:
@@ -473,6 +510,44 @@ class SageMakerTrainingClient:
                 raise _backend_error("StopTrainingJob", error) from error
         except BotoCoreError as error:
             raise TrainingBackendError(f"StopTrainingJob failed: {error}") from error
+        return described
+
+    def reused_warm_pool(self, job_name: str, *, since: datetime) -> bool:
+        """Whether ``job_name`` started on a warm pool: a platform job created after ``since``
+        whose pool says ``Reused`` names it in ``ReusedByJob``."""
+        params: dict[str, Any] = {
+            "WarmPoolStatusEquals": "Reused",
+            "CreationTimeAfter": since,
+            "NameContains": f"{JOB_NAME_PREFIX}-",
+            "SortBy": "CreationTime",
+            "SortOrder": "Descending",
+            "MaxResults": 100,
+        }
+        try:
+            for _ in range(MAX_WARM_POOL_PAGES):
+                page = self._call("list_training_jobs", **params)
+                for summary in page.get("TrainingJobSummaries") or []:
+                    if (summary.get("WarmPoolStatus") or {}).get("ReusedByJob") == job_name:
+                        return True
+                if not page.get("NextToken"):
+                    break
+                params["NextToken"] = page["NextToken"]
+        except ClientError as error:
+            raise _backend_error("ListTrainingJobs", error) from error
+        except BotoCoreError as error:
+            raise TrainingBackendError(f"ListTrainingJobs failed: {error}") from error
+        return False
+
+    def warm_pool_reused(self, described: TrainingStatus, job_name: str) -> bool | None:
+        """For a job launched with a warm pool whose instances are provisioned: whether it reused
+        a pool another job left (None: no pool asked for, or not decided yet)."""
+        if not described.warm_pool_keep_alive_s or not described.instances_provisioned:
+            return None
+        created = described.created_at or datetime.now().astimezone()
+        # The pool's first job ran for at most its time limit and then waited for at most its
+        # keep-alive; its configuration is ours, so ours bound both.
+        window = timedelta(seconds=described.max_runtime_s + described.warm_pool_keep_alive_s + 60)
+        return self.reused_warm_pool(job_name, since=created - window)
 
     def upload_training_inputs(
         self,

@@ -46,7 +46,8 @@ class TrainingReport:
 
     ``external_id`` is the backend's own handle on the job (a process id, a training-job ARN);
     ``metrics`` use the kind's names; ``log_tail`` is None where the backend keeps no log here;
-    ``summary`` says in a few words what a launch did, for the event log.
+    ``summary`` says in a few words what a launch did, for the event log; ``warm_pool_reused``
+    whether the job started on instances a finished job kept (None: not known, or no warm pool).
     """
 
     state: JobState
@@ -57,6 +58,7 @@ class TrainingReport:
     failure_reason: str = ""
     log_tail: str | None = None
     summary: str = ""
+    warm_pool_reused: bool | None = None
 
     @property
     def is_terminal(self) -> bool:

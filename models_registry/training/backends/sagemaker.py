@@ -2,14 +2,18 @@
 
 ``launch`` uploads the job's split and the training code (``sourcedir.tar.gz`` holding the same
 entry point a local job runs) under the s3:// artifact store and calls CreateTrainingJob through
-the training client (``models_registry.training.sagemaker_client``: one launch a second, throttling
-retried); ``follow`` reads DescribeTrainingJob; ``stop`` sends StopTrainingJob. The job runs on
-SageMaker, never in a worker, so a stale heartbeat never means its process was lost.
+the training client (``models_registry.training.sagemaker_client``: one launch a second across
+every worker process, throttling retried), with the operator's warm-pool keep-alive; ``follow``
+reads DescribeTrainingJob, and once the job's instances are provisioned whether it reused a warm
+pool; ``stop`` sends StopTrainingJob to a job still in progress (a job already stopping or ended
+is left alone, so the follower may ask again every pass). The job runs on SageMaker, never in a
+worker, so a stale heartbeat never means its process was lost.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +27,9 @@ from models_registry.training.backends.base import (
 )
 from models_registry.training.sagemaker_client import (
     SageMakerTrainingClient,
+    TrainingBackendError,
     TrainingLaunch,
+    TrainingStatus,
     default_client,
     training_image_uri,
 )
@@ -31,6 +37,8 @@ from models_registry.training.sourcedir import build_sourcedir
 
 if TYPE_CHECKING:
     from models_registry.models import TrainingJob
+
+logger = logging.getLogger(__name__)
 
 
 class SageMakerTrainingBackend:
@@ -85,6 +93,8 @@ class SageMakerTrainingBackend:
             output_s3_uri=uris["output"],
             sourcedir_s3_uri=uris["sourcedir"],
             max_runtime_s=int(settings.TENANTML_TRAINING_TIMEOUT_S),
+            # The same for every launch, so that each job matches the pool the last one left.
+            warm_pool_keep_alive_s=int(settings.TENANTML_SAGEMAKER_TRAINING_WARM_POOL_S),
             hyperparameters=inputs.hyperparameters,
         )
         arn = self.client.launch(launch)
@@ -95,18 +105,22 @@ class SageMakerTrainingBackend:
     def follow(self, *, job: TrainingJob) -> TrainingReport:
         """DescribeTrainingJob in the platform's words; a success carries ``S3ModelArtifacts``."""
         described = self.client.describe(_job_name(job))
+        reused = self._warm_pool_reused(job, described)
         if not described.is_terminal:
             return TrainingReport(
                 state="running" if described.status == "running" else "launching",
                 progress_pct=described.progress_pct,
+                warm_pool_reused=reused,
             )
         if described.status != "succeeded":
             return TrainingReport(
                 state=described.status,
                 failure_reason=described.failure_reason or described.secondary_status,
+                warm_pool_reused=reused,
             )
         return TrainingReport(
             state="succeeded",
+            warm_pool_reused=reused,
             artifact_uri=described.model_artifacts_s3_uri or "",
             # SageMaker names metrics after the regexes ("validation:macro_f1"); versions use
             # the kind's own names, as local jobs do.
@@ -117,6 +131,17 @@ class SageMakerTrainingBackend:
 
     def stop(self, *, job: TrainingJob) -> None:
         self.client.stop(_job_name(job))
+
+    def _warm_pool_reused(self, job: TrainingJob, described: TrainingStatus) -> bool | None:
+        """Whether the job reused a warm pool, asked once (None: not asked, or not known yet)."""
+        if job.warm_pool_reused is not None:
+            return None  # recorded already
+        try:
+            return self.client.warm_pool_reused(described, _job_name(job))
+        except TrainingBackendError as error:
+            # Only the record of a reuse is missing; the next pass asks again.
+            logger.warning("Training job %s: warm-pool reuse not known yet: %s", job.pk, error)
+            return None
 
     def process_lost(self, *, job: TrainingJob) -> bool:
         return False

@@ -72,20 +72,22 @@ def test_a_cancelled_sagemaker_job_is_stopped_when_followed(dummy_aws_credential
         attempts=1,
     )
     sagemaker = boto3.client("sagemaker", region_name=REGION)
+
+    def described(status: str, secondary: str) -> dict:
+        return {
+            "TrainingJobName": "tml-acme-intents-42",
+            "TrainingJobArn": JOB_ARN,
+            "ModelArtifacts": {"S3ModelArtifacts": "s3://bucket/out/model.tar.gz"},
+            "TrainingJobStatus": status,
+            "SecondaryStatus": secondary,
+            "StoppingCondition": {"MaxRuntimeInSeconds": 7200},
+            "CreationTime": datetime(2026, 1, 5, tzinfo=UTC),
+        }
+
     with Stubber(sagemaker) as stub:
+        stub.add_response("describe_training_job", described("InProgress", "Training"))
         stub.add_response("stop_training_job", {}, {"TrainingJobName": "tml-acme-intents-42"})
-        stub.add_response(
-            "describe_training_job",
-            {
-                "TrainingJobName": "tml-acme-intents-42",
-                "TrainingJobArn": JOB_ARN,
-                "ModelArtifacts": {"S3ModelArtifacts": "s3://bucket/out/model.tar.gz"},
-                "TrainingJobStatus": "Stopped",
-                "SecondaryStatus": "Stopped",
-                "StoppingCondition": {"MaxRuntimeInSeconds": 7200},
-                "CreationTime": datetime(2026, 1, 5, tzinfo=UTC),
-            },
-        )
+        stub.add_response("describe_training_job", described("Stopped", "Stopped"))
         client = SageMakerTrainingClient(client=sagemaker, min_interval_s=0.0)
 
         job = follow_training_job(job=job, backend=SageMakerTrainingBackend(client=client))

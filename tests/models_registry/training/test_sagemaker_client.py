@@ -12,7 +12,7 @@ import re
 import tarfile
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,6 +24,7 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from config.errors import DomainError
+from models_registry.training.launch_rate import IntervalRateLimiter
 from models_registry.training.sagemaker_client import (
     DEFAULT_METRIC_DEFINITIONS,
     SageMakerTrainingClient,
@@ -84,7 +85,11 @@ def stubber(sagemaker_client):
 
 
 def make_backend(client, fake_time: FakeTime, **overrides) -> SageMakerTrainingClient:
-    options = {"min_interval_s": 0.0, "sleep": fake_time.sleep, "clock": fake_time.clock}
+    # This process's limiter on the fake clock: the test sees every wait it asks for.
+    limiter = IntervalRateLimiter(
+        overrides.pop("min_interval_s", 0.0), sleep=fake_time.sleep, clock=fake_time.clock
+    )
+    options = {"sleep": fake_time.sleep, "launch_limiter": limiter}
     options.update(overrides)
     return SageMakerTrainingClient(client=client, **options)
 
@@ -249,6 +254,39 @@ def test_launch_sends_the_exact_create_training_job_request(sagemaker_client, st
     assert fake_time.sleeps == []
 
 
+def test_a_launch_with_a_warm_pool_asks_sagemaker_to_keep_its_instances(
+    sagemaker_client, stubber, fake_time
+):
+    # Stubber checks the request against the real API shape, KeepAlivePeriodInSeconds included.
+    stubber.add_response(
+        "create_training_job",
+        {"TrainingJobArn": JOB_ARN},
+        {
+            **make_launch().create_request(),
+            "ResourceConfig": {
+                "InstanceType": "ml.m5.xlarge",
+                "InstanceCount": 1,
+                "VolumeSizeInGB": 30,
+                "KeepAlivePeriodInSeconds": 900,
+            },
+        },
+    )
+    make_backend(sagemaker_client, fake_time).launch(make_launch(warm_pool_keep_alive_s=900))
+
+
+def test_every_launch_of_one_configuration_asks_for_the_same_resources():
+    # A warm pool is reused only by a job whose ResourceConfig matches the one that left it.
+    first = make_launch(job_id=1, warm_pool_keep_alive_s=600).create_request()
+    second = make_launch(job_id=2, tenant_slug="globex", warm_pool_keep_alive_s=600)
+    assert first["ResourceConfig"] == second.create_request()["ResourceConfig"]
+    assert "KeepAlivePeriodInSeconds" not in make_launch().create_request()["ResourceConfig"]
+
+
+def test_a_keep_alive_beyond_what_aws_allows_is_refused():
+    with pytest.raises(ValueError, match="0 to 3600"):
+        make_launch(warm_pool_keep_alive_s=3601).create_request()
+
+
 def test_launch_retries_throttling_with_backoff_then_succeeds(sagemaker_client, stubber, fake_time):
     stubber.add_client_error("create_training_job", **client_error("ThrottlingException"))
     stubber.add_client_error(
@@ -293,7 +331,9 @@ def test_launch_gives_up_after_max_retries_with_a_domain_error(
 def test_a_launch_survives_a_transient_server_error(fake_time, monkeypatch):
     # botocore's standard retries take a 5xx; the throttling loop above them never runs.
     backend = SageMakerTrainingClient(
-        region=REGION, min_interval_s=0.0, sleep=fake_time.sleep, clock=fake_time.clock
+        region=REGION,
+        sleep=fake_time.sleep,
+        launch_limiter=IntervalRateLimiter(0.0, sleep=fake_time.sleep, clock=fake_time.clock),
     )
     answers = iter([500, 200])
     sent: list[int] = []
@@ -368,7 +408,9 @@ def test_launches_are_spaced_by_the_rate_limit(sagemaker_client, stubber, fake_t
 def test_rate_limit_holds_across_threads(sagemaker_client):
     call_times: list[float] = []
     lock = threading.Lock()
-    backend = SageMakerTrainingClient(client=sagemaker_client, min_interval_s=0.05)
+    backend = SageMakerTrainingClient(
+        client=sagemaker_client, launch_limiter=IntervalRateLimiter(0.05)
+    )
 
     def record(**_kwargs):
         with lock:
@@ -401,6 +443,91 @@ def test_default_client_is_one_shared_instance():
 
 
 # --- describe and stop --------------------------------------------------------------------------
+
+
+def reused_summary(name: str, reused_by: str | None, status: str = "Reused") -> dict:
+    pool = {"Status": status, "ResourceRetainedBillableTimeInSeconds": 42}
+    if reused_by:
+        pool["ReusedByJob"] = reused_by
+    return {
+        "TrainingJobName": name,
+        "TrainingJobArn": JOB_ARN.replace("tml-acme-intents-42", name),
+        "CreationTime": NOW,
+        "TrainingJobStatus": "Completed",
+        "WarmPoolStatus": pool,
+    }
+
+
+def test_a_job_named_by_a_reused_pool_is_known_to_have_reused_it(
+    sagemaker_client, stubber, fake_time
+):
+    described = describe_response(
+        "InProgress",
+        "Training",
+        ResourceConfig={
+            "InstanceType": "ml.m5.xlarge",
+            "InstanceCount": 1,
+            "VolumeSizeInGB": 30,
+            "KeepAlivePeriodInSeconds": 600,
+        },
+    )
+    stubber.add_response("describe_training_job", described)
+    query = {
+        "WarmPoolStatusEquals": "Reused",
+        # The pool's first job ran at most MaxRuntime (7200 s) and waited at most the keep-alive.
+        "CreationTimeAfter": NOW - timedelta(seconds=7200 + 600 + 60),
+        "NameContains": "tml-",
+        "SortBy": "CreationTime",
+        "SortOrder": "Descending",
+        "MaxResults": 100,
+    }
+    stubber.add_response(
+        "list_training_jobs",
+        {
+            "TrainingJobSummaries": [reused_summary("tml-acme-intents-40", "tml-globex-faq-41")],
+            "NextToken": "page-2",
+        },
+        query,
+    )
+    stubber.add_response(
+        "list_training_jobs",
+        {"TrainingJobSummaries": [reused_summary("tml-acme-intents-41", "tml-acme-intents-42")]},
+        {**query, "NextToken": "page-2"},
+    )
+    backend = make_backend(sagemaker_client, fake_time)
+
+    status = backend.describe("tml-acme-intents-42")
+    assert status.warm_pool_keep_alive_s == 600
+    assert backend.warm_pool_reused(status, "tml-acme-intents-42") is True
+
+
+def test_a_job_no_pool_names_started_on_new_instances(sagemaker_client, stubber, fake_time):
+    stubber.add_response(
+        "list_training_jobs",
+        {"TrainingJobSummaries": [reused_summary("tml-acme-intents-40", "tml-globex-faq-41")]},
+    )
+    backend = make_backend(sagemaker_client, fake_time)
+    assert backend.reused_warm_pool("tml-acme-intents-42", since=NOW) is False
+
+
+@pytest.mark.parametrize(
+    ("keep_alive_s", "aws_status", "secondary"),
+    [(0, "InProgress", "Training"), (600, "InProgress", "LaunchingMLInstances")],
+    ids=["no-warm-pool-asked-for", "instances-not-provisioned-yet"],
+)
+def test_reuse_is_not_asked_before_it_can_be_known(
+    sagemaker_client, stubber, fake_time, keep_alive_s, aws_status, secondary
+):
+    resources = {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30}
+    if keep_alive_s:
+        resources["KeepAlivePeriodInSeconds"] = keep_alive_s
+    stubber.add_response(
+        "describe_training_job", describe_response(aws_status, secondary, ResourceConfig=resources)
+    )
+    backend = make_backend(sagemaker_client, fake_time)
+    status = backend.describe("tml-acme-intents-42")
+    # No ListTrainingJobs: the Stubber would fail a call it was not given.
+    assert backend.warm_pool_reused(status, "tml-acme-intents-42") is None
 
 
 @pytest.mark.parametrize(
@@ -491,12 +618,25 @@ def test_describe_unknown_job_is_a_backend_error(sagemaker_client, stubber, fake
         make_backend(sagemaker_client, fake_time).describe("tml-nope-1")
 
 
-def test_stop_asks_sagemaker_to_stop_the_job(sagemaker_client, stubber, fake_time):
+def test_stop_asks_sagemaker_to_stop_a_job_in_progress(sagemaker_client, stubber, fake_time):
+    stubber.add_response("describe_training_job", describe_response("InProgress", "Training"))
     stubber.add_response("stop_training_job", {}, {"TrainingJobName": "tml-acme-intents-42"})
     make_backend(sagemaker_client, fake_time).stop("tml-acme-intents-42")
 
 
-def test_stopping_a_job_that_already_ended_is_fine(sagemaker_client, stubber, fake_time):
+@pytest.mark.parametrize("aws_status", ["Stopping", "Stopped", "Completed", "Failed"])
+def test_stop_leaves_a_job_already_stopping_or_ended_alone(
+    sagemaker_client, stubber, fake_time, aws_status
+):
+    # The follower asks again every pass until the job has stopped: no StopTrainingJob is sent
+    # (the Stubber fails any call it was not given).
+    stubber.add_response("describe_training_job", describe_response(aws_status, aws_status))
+    described = make_backend(sagemaker_client, fake_time).stop("tml-acme-intents-42")
+    assert described.aws_status == aws_status
+
+
+def test_a_job_that_ended_just_before_the_stop_is_fine(sagemaker_client, stubber, fake_time):
+    stubber.add_response("describe_training_job", describe_response("InProgress", "Uploading"))
     stubber.add_client_error(
         "stop_training_job",
         **client_error(
@@ -509,6 +649,7 @@ def test_stopping_a_job_that_already_ended_is_fine(sagemaker_client, stubber, fa
 
 
 def test_stop_failure_on_a_running_job_is_reported(sagemaker_client, stubber, fake_time):
+    stubber.add_response("describe_training_job", describe_response("InProgress", "Training"))
     stubber.add_client_error(
         "stop_training_job", **client_error("ValidationException", "Something else went wrong")
     )
