@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.http import HttpResponseRedirect
 from django.utils.html import format_html_join
 from django.utils.timesince import timesince
 
@@ -19,6 +20,7 @@ from deployments.models import (
     InstanceType,
     InstanceUsageMinute,
     Placement,
+    ScalingPolicy,
     TenantCost,
     VersionUsageMinute,
 )
@@ -28,6 +30,7 @@ from deployments.selectors.fleet import (
     memory_is_measured,
 )
 from deployments.services import draining, reconciler, retirement, rollouts
+from deployments.services import scaling as scaling_policies
 from deployments.services.fleet import set_placement_desired_state
 from models_registry.kinds import kind_names
 from tenants.admin import AddFieldsMixin, ViewOnlyAdmin, admin_actor, changelist_link, events_link
@@ -659,3 +662,111 @@ class TenantCostAdmin(ViewOnlyAdmin):
     ordering = ("-rank_usd_per_hour", "slug")
     fields = ("tenant", "slug", "usd_per_hour", "rank_usd_per_hour", "memory_mb")
     readonly_fields = fields
+
+
+# What an operator may change of a registered scaling policy; the rest says what it is.
+SCALING_POLICY_EDITABLE = (
+    "target_value",
+    "min_capacity",
+    "max_capacity",
+    "scale_in_cooldown_s",
+    "scale_out_cooldown_s",
+)
+
+
+class ScalingPolicyForm(forms.ModelForm):
+    """An edit checked against the platform's rules before anything reaches AWS."""
+
+    class Meta:
+        model = ScalingPolicy
+        fields = SCALING_POLICY_EDITABLE
+
+    def edit(self) -> scaling_policies.PolicyEdit:
+        return scaling_policies.PolicyEdit(
+            **{name: self.cleaned_data.get(name) for name in SCALING_POLICY_EDITABLE}
+        )
+
+    def clean(self):
+        cleaned = super().clean()
+        if not self.errors:
+            try:
+                scaling_policies.validate_edit(policy=self.instance, edit=self.edit())
+            except DomainError as exc:
+                self.add_error(exc.field, exc.message)
+        return cleaned
+
+
+@admin.register(ScalingPolicy)
+class ScalingPolicyAdmin(admin.ModelAdmin):
+    form = ScalingPolicyForm
+    list_display = (
+        "policy_name",
+        "endpoint",
+        "model",
+        "policy_type",
+        "metric",
+        "target_value",
+        "capacity",
+        "operator_edited",
+        "applied_at",
+        "refused",
+    )
+    list_filter = ("policy_type", "metric", "operator_edited", "endpoint")
+    list_select_related = ("endpoint", "model__tenant")
+    search_fields = ("policy_name", "resource_id", "endpoint__name", "model__name", "metric")
+    ordering = ("resource_id", "policy_name")
+    fields = (
+        "policy_name",
+        "endpoint",
+        "model",
+        "resource_id",
+        "scalable_dimension",
+        "policy_type",
+        "metric",
+        *SCALING_POLICY_EDITABLE,
+        "basis",
+        "operator_edited",
+        "policy_arn",
+        "alarm_name",
+        "applied_at",
+        "apply_error",
+        "created_at",
+        "updated_at",
+    )
+    readonly_fields = tuple(field for field in fields if field not in SCALING_POLICY_EDITABLE)
+
+    def has_add_permission(self, request) -> bool:
+        # The platform registers policies when it rolls a model out; an operator tunes them.
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # A policy goes with its endpoint or component; deleting the row alone would leave the
+        # policy scaling in the account with nothing showing it.
+        return False
+
+    @admin.display(description="Min–max")
+    def capacity(self, obj: ScalingPolicy) -> str:
+        return f"{obj.min_capacity}–{obj.max_capacity}"
+
+    @admin.display(description="AWS refused it", boolean=True)
+    def refused(self, obj: ScalingPolicy) -> bool:
+        return bool(obj.apply_error)
+
+    def save_model(self, request, obj, form, change):
+        # The service saves the edit and applies it to AWS; the form's instance then shows
+        # what the row holds (apply_error included).
+        saved = scaling_policies.update_policy(
+            policy=obj, edit=form.edit(), actor=admin_actor(request)
+        )
+        for field in obj._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(saved, field.attname))
+
+    def response_change(self, request, obj):
+        if obj.apply_error:
+            self.message_user(
+                request,
+                f"Saved as the operator's values, but AWS refused them: {obj.apply_error}",
+                level=messages.ERROR,
+            )
+            return HttpResponseRedirect(request.path)
+        return super().response_change(request, obj)

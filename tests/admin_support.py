@@ -24,6 +24,7 @@ from deployments.models import (
     InstanceType,
     InstanceUsageMinute,
     Placement,
+    ScalingPolicy,
     TenantCost,
     VersionUsageMinute,
 )
@@ -109,10 +110,23 @@ def everything(db, admin_user) -> dict:
         passes=1,
         summary={"tenant": tenant.slug},
     )
+    scaling_policy = ScalingPolicy.objects.create(
+        endpoint=endpoint,
+        model=model,
+        resource_id=f"inference-component/tml-{tenant.slug}-{model.name}",
+        scalable_dimension="sagemaker:inference-component:DesiredCopyCount",
+        policy_name=f"tml-{tenant.slug}-{model.name}-invocations-per-copy",
+        metric="SageMakerInferenceComponentInvocationsPerCopy",
+        target_value=1000.0,
+        min_capacity=0,
+        max_capacity=4,
+        basis="Measured: its warm request took 30.0 ms.",
+    )
     tenant_cost = TenantCost.objects.create(
         tenant=tenant, slug=tenant.slug, usd_per_hour=0.23, rank_usd_per_hour=0.23, memory_mb=111
     )
     return {
+        ScalingPolicy: scaling_policy,
         TenantCost: tenant_cost,
         Tenant: tenant,
         ApiToken: token.token,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from django.contrib import messages
+from django.utils.html import escape
 
 from deployments.models import (
     BackgroundPass,
@@ -18,6 +19,7 @@ from deployments.models import (
     InstanceType,
     InstanceUsageMinute,
     Placement,
+    ScalingPolicy,
     TenantCost,
     VersionUsageMinute,
 )
@@ -47,6 +49,7 @@ class TestEveryDeploymentsModel(AppAdminChecks, BusyChangelistChecks):
         FleetUsageMinute,
         BackgroundPass,
         TenantCost,
+        ScalingPolicy,
     }
     no_add = {
         Deployment,
@@ -59,6 +62,7 @@ class TestEveryDeploymentsModel(AppAdminChecks, BusyChangelistChecks):
         FleetUsageMinute,
         BackgroundPass,
         TenantCost,
+        ScalingPolicy,
     }
 
 
@@ -217,3 +221,177 @@ def test_instance_changelist_says_a_sagemaker_hosts_memory_is_not_measured(admin
     response = admin_client.get(admin_url(Instance, "changelist"))
 
     assert "not measured / 13,107 MB" in response.content.decode()
+
+
+# --- Scaling policies ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def aws_account(settings, monkeypatch):
+    """AWS faked in-process (moto) for the admin's calls to Application Auto Scaling."""
+    from moto import mock_aws
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings.TENANTML_AWS_REGION = "us-east-1"
+    with mock_aws():
+        yield
+
+
+def policy_form(policy: ScalingPolicy, **changes) -> dict:
+    values = {
+        "target_value": policy.target_value if policy.target_value is not None else "",
+        "min_capacity": policy.min_capacity,
+        "max_capacity": policy.max_capacity,
+        "scale_in_cooldown_s": policy.scale_in_cooldown_s,
+        "scale_out_cooldown_s": policy.scale_out_cooldown_s,
+    }
+    return {**values, **changes}
+
+
+def variant_policy(endpoint=None) -> ScalingPolicy:
+    endpoint = endpoint or EndpointFactory(name="tml-embedding-mme", backend="sagemaker")
+    return ScalingPolicy.objects.create(
+        endpoint=endpoint,
+        resource_id=f"endpoint/{endpoint.name}/variant/AllTraffic",
+        scalable_dimension="sagemaker:variant:DesiredInstanceCount",
+        policy_name=f"{endpoint.name}-AllTraffic-gpu-memory",
+        metric="GPUMemoryUtilization",
+        target_value=80.0,
+        min_capacity=1,
+        max_capacity=4,
+        basis="GPU instance type: average GPU memory at the endpoint's target of 80 %.",
+    )
+
+
+def test_scaling_policies_are_listed_with_what_they_follow(admin_client, db):
+    variant_policy()
+
+    response = admin_client.get(admin_url(ScalingPolicy, "changelist"))
+
+    content = response.content.decode()
+    assert "tml-embedding-mme-AllTraffic-gpu-memory" in content
+    assert "GPUMemoryUtilization" in content and "1–4" in content
+
+
+def test_an_edited_policy_is_applied_to_aws_at_once_and_kept_as_the_operators(
+    admin_client, db, aws_account
+):
+    import boto3
+
+    policy = variant_policy()
+
+    response = admin_client.post(
+        admin_url(ScalingPolicy, "change", policy.pk),
+        policy_form(policy, target_value=70, max_capacity=6),
+    )
+
+    assert response.status_code == 302
+    policy.refresh_from_db()
+    assert (policy.target_value, policy.max_capacity) == (70.0, 6)
+    assert policy.operator_edited and policy.applied_at and not policy.apply_error
+    autoscaling = boto3.client("application-autoscaling", region_name="us-east-1")
+    [registered] = autoscaling.describe_scaling_policies(ServiceNamespace="sagemaker")[
+        "ScalingPolicies"
+    ]
+    assert registered["PolicyARN"] == policy.policy_arn
+    tracking = registered["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["TargetValue"] == 70.0
+    assert tracking["CustomizedMetricSpecification"]["MetricName"] == "GPUMemoryUtilization"
+    [target] = autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")[
+        "ScalableTargets"
+    ]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 6)
+    assert Event.objects.filter(kind="sagemaker.scaling_policy_edited").exists()
+
+
+def test_an_edit_aws_refuses_is_kept_with_the_reason_shown_not_a_server_error(
+    admin_client, everything, aws_account
+):
+    policy = everything[ScalingPolicy]  # an inference component's: this account refuses them
+
+    response = admin_client.post(
+        admin_url(ScalingPolicy, "change", policy.pk),
+        policy_form(policy, target_value=500),
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    policy.refresh_from_db()
+    assert policy.target_value == 500.0 and policy.operator_edited
+    assert "RegisterScalableTarget failed" in policy.apply_error
+    [message] = messages_of(response)
+    assert message.level == messages.ERROR and "AWS refused them" in message.message
+    assert escape(policy.apply_error) in response.content.decode()  # on the page, as AWS said
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"min_capacity": 5, "max_capacity": 2}, "min_capacity", "above the maximum"),
+        ({"min_capacity": 0}, "min_capacity", "at least one instance"),
+        ({"target_value": ""}, "target_value", "positive target"),
+    ],
+)
+def test_an_edit_breaking_a_rule_is_refused_on_the_form_before_aws(
+    admin_client, db, changes, field, words
+):
+    policy = variant_policy()
+
+    response = admin_client.post(
+        admin_url(ScalingPolicy, "change", policy.pk), policy_form(policy, **changes)
+    )
+
+    assert response.status_code == 200
+    assert words in " ".join(response.context["adminform"].form.errors[field])
+    policy.refresh_from_db()
+    assert not policy.operator_edited and policy.applied_at is None
+
+
+def test_a_pinned_models_component_cannot_be_edited_to_scale_to_zero(admin_client, db):
+    from tenants.models import Tenant
+    from tests.factories import TenantFactory, TenantModelFactory
+
+    endpoint = EndpointFactory(name="tml-intent-classifier-ic", backend="sagemaker")
+    model = TenantModelFactory(tenant=TenantFactory(tier=Tenant.Tier.PREMIUM), name="intents")
+    version = ModelVersionFactory(model=model)
+    component = f"tml-{model.tenant.slug}-intents"
+    Placement.objects.create(
+        version=version,
+        endpoint=endpoint,
+        external_name=component,
+        desired_state=Placement.DesiredState.PINNED,
+        actual_state=Placement.ActualState.LOADED,
+    )
+    policy = ScalingPolicy.objects.create(
+        endpoint=endpoint,
+        model=model,
+        resource_id=f"inference-component/{component}",
+        scalable_dimension="sagemaker:inference-component:DesiredCopyCount",
+        policy_name=f"{component}-invocations-per-copy",
+        metric="SageMakerInferenceComponentInvocationsPerCopy",
+        target_value=1000.0,
+        min_capacity=1,
+        max_capacity=4,
+    )
+
+    response = admin_client.post(
+        admin_url(ScalingPolicy, "change", policy.pk), policy_form(policy, min_capacity=0)
+    )
+
+    assert response.status_code == 200
+    assert "never scales to zero" in " ".join(
+        response.context["adminform"].form.errors["min_capacity"]
+    )
+
+
+def test_scaling_policies_cannot_be_added_or_deleted_by_hand(admin_client, db):
+    policy = variant_policy()
+
+    assert admin_client.get(admin_url(ScalingPolicy, "add")).status_code == 403
+    assert admin_client.post(admin_url(ScalingPolicy, "delete", policy.pk)).status_code == 403
+    assert ScalingPolicy.objects.filter(pk=policy.pk).exists()

@@ -17,10 +17,10 @@ from django.conf import settings
 
 from config.events import record_event
 from deployments.backends.base import ReconcileReport
-from deployments.backends.sagemaker import deploy, retire
+from deployments.backends.sagemaker import deploy, retire, scaling
 from deployments.backends.sagemaker.client import (
     SageMakerEndpointBackend,
-    component_alarm_name,
+    component_alarm_names,
     config_owner,
     endpoint_model_name,
 )
@@ -117,7 +117,7 @@ def _known() -> dict[str, set[str]]:
         if placement.endpoint.mode == Endpoint.Mode.INFERENCE_COMPONENT:
             component = component_name(placement.version.model)
             known["inference component"].add(component)
-            known["alarm"].add(component_alarm_name(component))
+            known["alarm"].update(component_alarm_names(component))
             known["model"].add(version_model_name(placement.version))
         elif placement.endpoint.mode == Endpoint.Mode.MME and placement.external_name:
             known["S3"].add(f"{mme_prefix(placement.endpoint)}{placement.external_name}")
@@ -160,13 +160,17 @@ def _delete(backend: SageMakerEndpointBackend, what: str, name: str) -> list[tup
             [("endpoint", name)] * (retired.endpoint is not None)
             + [("endpoint config", config) for config in retired.endpoint_configs]
             + [("model", model) for model in retired.models]
+            + [("alarm", alarm) for alarm in retired.alarms]
         )
     if what == "endpoint config":
         deleted = backend.delete_endpoint_config(name)
     elif what == "model":
         deleted = backend.delete_model(name)
     elif what == "inference component":
-        return backend.remove_component(name, delay_s=deploy.WAIT_DELAY_S)
+        deleted_with = backend.remove_component(name, delay_s=deploy.WAIT_DELAY_S)
+        alarms = scaling.retire_component_policies(backend=backend, component=name)
+        deleted_with += [("alarm", alarm) for alarm in alarms]
+        return deleted_with
     elif what == "alarm":
         deleted = backend.delete_alarm(name)
     else:

@@ -22,8 +22,12 @@ from deployments.backends.base import (
     ReconcileReport,
     in_thread,
 )
-from deployments.backends.sagemaker import audit, cloudwatch, deploy, instances, retire
-from deployments.backends.sagemaker.client import DEFAULT_VARIANT, EndpointFailed
+from deployments.backends.sagemaker import audit, cloudwatch, deploy, instances, retire, scaling
+from deployments.backends.sagemaker.client import (
+    DEFAULT_VARIANT,
+    ComponentHasNoCopies,
+    EndpointFailed,
+)
 from deployments.exceptions import ForwardFailed, UpstreamError
 from deployments.models import Deployment, Endpoint, Instance, Placement
 
@@ -67,8 +71,9 @@ class SageMakerServingBackend:
     async def forward(
         self, *, copy: Copy, model_name: str, public_name: str, body: bytes, content_type: str
     ) -> Forwarded:
+        backend = deploy.endpoint_backend()
         try:
-            answer_type, data = await in_thread(deploy.endpoint_backend().invoke_raw)(
+            answer_type, data = await in_thread(backend.invoke_raw)(
                 endpoint_name=copy.endpoint_name,
                 body=body,
                 content_type=content_type,
@@ -81,6 +86,22 @@ class SageMakerServingBackend:
                 code="upstream",
                 metric="sagemaker",
             ) from exc
+        except ComponentHasNoCopies as exc:
+            # Scaled to zero: one copy is asked for (once, whoever asks) and the caller told
+            # when to retry.
+            answer = await in_thread(scaling.no_copy_answer)(
+                backend=backend,
+                placement_id=copy.placement_id,
+                approximate_load_s=exc.approximate_load_s,
+            )
+            raise ForwardFailed(
+                answer.message,
+                status=answer.status_code,
+                code=answer.code,
+                retry_after_s=answer.retry_after_s,
+            ) from exc
+        if scaling.answered(copy.placement_id):
+            await in_thread(scaling.record_back_from_zero)(placement_id=copy.placement_id)
         return Forwarded(status=200, content_type=answer_type, body=data, cold_start=False)
 
     def close_connections(self) -> None:
@@ -125,6 +146,11 @@ class SageMakerServingBackend:
         report.instances_checked += instances.sync_instances(
             endpoint=endpoint, state=state, actor=RECONCILER
         )
+        if endpoint.mode == Endpoint.Mode.INFERENCE_COMPONENT:
+            # Copies scale by themselves (to zero when idle): the placements say how many run.
+            scaling.mirror_copies(
+                backend=deploy.endpoint_backend(), endpoint=endpoint, actor=RECONCILER
+            )
         report.errors += retire.retire_unwanted(endpoint=endpoint, actor=RECONCILER)
         retire.expire_rollback_copies(endpoint=endpoint, actor=RECONCILER)
         retire.retire_endpoint_if_empty(endpoint=endpoint, actor=RECONCILER)

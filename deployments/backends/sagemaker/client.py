@@ -50,6 +50,7 @@ from deployments.exceptions import InvalidInferenceInput, UpstreamError
 __all__ = [
     "DEFAULT_TRITON_VERSION",
     "DEFAULT_VARIANT",
+    "ComponentHasNoCopies",
     "ComponentState",
     "EndpointBackendError",
     "EndpointFailed",
@@ -127,6 +128,19 @@ class InvocationRejected(DomainError):
 
     status_code = 400
     code = "invocation_rejected"
+
+
+class ComponentHasNoCopies(DomainError):
+    """The runtime refused an invocation because the inference component runs no copy (it was
+    scaled to zero); ``approximate_load_s`` is SageMaker's own estimate of a copy's start, or
+    None when it gave none."""
+
+    status_code = 503
+    code = "no_capacity"
+
+    def __init__(self, message: str, *, approximate_load_s: float | None = None) -> None:
+        super().__init__(message)
+        self.approximate_load_s = approximate_load_s
 
 
 class TritonImageUnavailable(DomainError):
@@ -287,6 +301,7 @@ class RetiredEndpoint:
     inference_components: tuple[str, ...]
     endpoint_configs: tuple[str, ...]
     models: tuple[str, ...]
+    alarms: tuple[str, ...] = ()
 
 
 def endpoint_model_name(endpoint_name: str) -> str:
@@ -302,6 +317,17 @@ def endpoint_config_name(endpoint_name: str, generation: int) -> str:
 def component_alarm_name(component_name: str) -> str:
     """The CloudWatch alarm on a component's 5xx errors (what its rolling updates watch)."""
     return f"{component_name}-invocation-5xx"
+
+
+def no_capacity_alarm_name(component_name: str) -> str:
+    """The CloudWatch alarm on a component's NoCapacityInvocationFailures: its action is the
+    step policy that brings a component scaled to zero back to one copy."""
+    return f"{component_name}-no-capacity"
+
+
+def component_alarm_names(component_name: str) -> tuple[str, ...]:
+    """Every CloudWatch alarm the platform keeps for one component."""
+    return (component_alarm_name(component_name), no_capacity_alarm_name(component_name))
 
 
 def config_owner(config_name: str) -> str:
@@ -367,10 +393,16 @@ def _is_not_found(error: ClientError) -> bool:
         return True
     message = error_message(error).lower()
     # SageMaker says "Could not find endpoint ..."; Application Auto Scaling (and moto) say
-    # "No scalable target found ..." for a target that was never registered.
+    # "No scalable target found ..." or "No scaling policy found ..." for what was never put.
     return code == "ValidationException" and any(
         phrase in message
-        for phrase in ("could not find", "does not exist", "not found", "no scalable target")
+        for phrase in (
+            "could not find",
+            "does not exist",
+            "not found",
+            "no scalable target",
+            "no scaling policy",
+        )
     )
 
 
@@ -719,9 +751,11 @@ class SageMakerEndpointBackend:
     def retire_endpoint(
         self, name: str, *, delay_s: float = 15, max_attempts: int = 80
     ) -> RetiredEndpoint:
-        """Delete the endpoint with its components, scaling targets, configs and models."""
+        """Delete the endpoint with its components (and their alarms), scaling targets,
+        configs and models."""
         description = self._describe_endpoint_raw(name)
         components: list[str] = []
+        alarms: list[str] = []
         models: set[str] = {endpoint_model_name(name)}
         if description is not None:
             config = self._describe_config_raw(description["EndpointConfigName"])
@@ -741,6 +775,12 @@ class SageMakerEndpointBackend:
                         InferenceComponentName=component["name"],
                     ):
                         components.append(component["name"])
+                    # Its alarms would otherwise outlive it (and keep billing as alarms do).
+                    alarms += [
+                        alarm
+                        for alarm in component_alarm_names(component["name"])
+                        if self.delete_alarm(alarm)
+                    ]
                 # SageMaker refuses to delete an endpoint that still has components.
                 for component_name in components:
                     self.wait_component_gone(
@@ -774,6 +814,7 @@ class SageMakerEndpointBackend:
             inference_components=tuple(components),
             endpoint_configs=tuple(configs),
             models=tuple(deleted_models),
+            alarms=tuple(alarms),
         )
 
     # -- MME models --------------------------------------------------------------------------
@@ -1062,14 +1103,15 @@ class SageMakerEndpointBackend:
         )
 
     def remove_component(self, name: str, *, delay_s: float = 15) -> list[tuple[str, str]]:
-        """Delete a component with its scaling target and 5xx alarm, waiting until it is gone
-        (its model can go only then); ``(kind of resource, name)`` of what was deleted."""
+        """Delete a component with its scaling target (and policies) and alarms, waiting until
+        it is gone (its model can go only then); ``(kind of resource, name)`` of what went."""
         self.deregister_component_autoscaling(name)
         deleted = []
         if self.delete_inference_component(name):
             deleted.append(("inference component", name))
-        if self.delete_alarm(component_alarm_name(name)):
-            deleted.append(("alarm", component_alarm_name(name)))
+        for alarm in component_alarm_names(name):
+            if self.delete_alarm(alarm):
+                deleted.append(("alarm", alarm))
         self.wait_component_gone(name, delay_s=delay_s)
         return deleted
 
@@ -1080,6 +1122,155 @@ class SageMakerEndpointBackend:
         )
 
     # -- autoscaling -------------------------------------------------------------------------
+    #
+    # Application Auto Scaling holds one scalable target per resource (a variant's instance
+    # count, a component's copy count) with its minimum and maximum, and any number of named
+    # policies on it; CloudWatch alarms invoke step policies. Every call here is idempotent:
+    # registering a target or putting a policy or an alarm under an existing name overwrites it.
+
+    def register_scalable_target(
+        self, *, resource_id: str, dimension: str, minimum: int, maximum: int, floor: int = 0
+    ) -> None:
+        """Register (or update) a resource's scalable target between ``minimum`` and
+        ``maximum``; ``floor`` is the least minimum the resource allows."""
+        if minimum < floor or maximum < minimum or maximum < 1:
+            raise InvalidEndpointRequest(
+                f"Autoscaling needs {floor} <= min <= max and max >= 1 "
+                f"(got min={minimum}, max={maximum}).",
+                field="min_capacity",
+            )
+        self._api(
+            "application-autoscaling",
+            "register_scalable_target",
+            ServiceNamespace="sagemaker",
+            ResourceId=resource_id,
+            ScalableDimension=dimension,
+            MinCapacity=minimum,
+            MaxCapacity=maximum,
+        )
+
+    def put_target_tracking_policy(
+        self,
+        *,
+        resource_id: str,
+        dimension: str,
+        policy_name: str,
+        target: float,
+        predefined_metric: str = "",
+        customized_metric: Mapping[str, Any] | None = None,
+        scale_in_cooldown_s: int = 300,
+        scale_out_cooldown_s: int = 60,
+    ) -> str:
+        """Keep a metric at ``target`` on a registered target: a predefined metric type, or a
+        CloudWatch metric (``customized_metric``: MetricName, Namespace, Dimensions,
+        Statistic[, Unit]); the policy ARN."""
+        if target <= 0:
+            raise InvalidEndpointRequest(
+                f"A target tracking policy needs a positive target (got {target}).",
+                field="target_value",
+            )
+        if bool(predefined_metric) == bool(customized_metric):
+            raise InvalidEndpointRequest(
+                "A target tracking policy follows either a predefined or a customized metric.",
+                field="metric",
+            )
+        configuration: dict[str, Any] = {
+            "TargetValue": float(target),
+            "ScaleInCooldown": scale_in_cooldown_s,
+            "ScaleOutCooldown": scale_out_cooldown_s,
+        }
+        if predefined_metric:
+            configuration["PredefinedMetricSpecification"] = {
+                "PredefinedMetricType": predefined_metric
+            }
+        else:
+            configuration["CustomizedMetricSpecification"] = dict(customized_metric or {})
+        response = self._api(
+            "application-autoscaling",
+            "put_scaling_policy",
+            PolicyName=policy_name,
+            ServiceNamespace="sagemaker",
+            ResourceId=resource_id,
+            ScalableDimension=dimension,
+            PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration=configuration,
+        )
+        return response.get("PolicyARN", "")
+
+    def put_step_scaling_policy(
+        self,
+        *,
+        resource_id: str,
+        dimension: str,
+        policy_name: str,
+        adjustment_type: str = "ExactCapacity",
+        adjustment: int = 1,
+        cooldown_s: int = 60,
+    ) -> str:
+        """A step policy an alarm invokes: any breach of its threshold applies ``adjustment``
+        (with ``ExactCapacity``, sets the capacity to it); the policy ARN."""
+        response = self._api(
+            "application-autoscaling",
+            "put_scaling_policy",
+            PolicyName=policy_name,
+            ServiceNamespace="sagemaker",
+            ResourceId=resource_id,
+            ScalableDimension=dimension,
+            PolicyType="StepScaling",
+            StepScalingPolicyConfiguration={
+                "AdjustmentType": adjustment_type,
+                "MetricAggregationType": "Maximum",
+                "Cooldown": cooldown_s,
+                # From the threshold up (one failed invocation or more): one step.
+                "StepAdjustments": [
+                    {"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": adjustment}
+                ],
+            },
+        )
+        return response.get("PolicyARN", "")
+
+    def put_no_capacity_alarm(
+        self, *, alarm_name: str, component_name: str, policy_arn: str, period_s: int = 60
+    ) -> str:
+        """The alarm on a component's NoCapacityInvocationFailures whose action is the step
+        policy ``policy_arn`` (put over any earlier one: the policy's ARN may have changed)."""
+        self._api(
+            "cloudwatch",
+            "put_metric_alarm",
+            AlarmName=alarm_name,
+            AlarmDescription=(
+                f"A request found {component_name} with no copy: scale it out from zero."
+            ),
+            ActionsEnabled=True,
+            AlarmActions=[policy_arn],
+            Namespace="AWS/SageMaker",
+            MetricName="NoCapacityInvocationFailures",
+            Dimensions=[{"Name": "InferenceComponentName", "Value": component_name}],
+            Statistic="Sum",
+            Period=period_s,
+            EvaluationPeriods=1,
+            Threshold=1.0,
+            ComparisonOperator="GreaterThanOrEqualToThreshold",
+            # No invocations, no data point: the alarm keeps its state rather than flapping.
+            TreatMissingData="missing",
+            Tags=_tags(),
+        )
+        return alarm_name
+
+    def delete_scaling_policy(self, *, resource_id: str, dimension: str, policy_name: str) -> bool:
+        """Delete one policy of a target; False when it (or the target) was already gone."""
+        return self._delete_if_present(
+            "application-autoscaling",
+            "delete_scaling_policy",
+            PolicyName=policy_name,
+            ServiceNamespace="sagemaker",
+            ResourceId=resource_id,
+            ScalableDimension=dimension,
+        )
+
+    def deregister_scalable_target(self, *, resource_id: str, dimension: str) -> None:
+        """Remove a resource's scalable target with every policy on it (a missing one is fine)."""
+        self._deregister_target(resource_id, dimension)
 
     def configure_variant_autoscaling(
         self,
@@ -1093,17 +1284,22 @@ class SageMakerEndpointBackend:
         scale_out_cooldown_s: int = 60,
     ) -> str:
         """Track invocations per instance on a variant's instance count; the policy ARN."""
-        return self._target_tracking(
-            resource_id=f"endpoint/{endpoint_name}/variant/{variant}",
+        resource_id = f"endpoint/{endpoint_name}/variant/{variant}"
+        self.register_scalable_target(
+            resource_id=resource_id,
             dimension="sagemaker:variant:DesiredInstanceCount",
-            metric="SageMakerVariantInvocationsPerInstance",
-            policy_name=f"{endpoint_name}-{variant}-invocations-per-instance",
             minimum=min_instances,
             maximum=max_instances,
+            floor=1,
+        )
+        return self.put_target_tracking_policy(
+            resource_id=resource_id,
+            dimension="sagemaker:variant:DesiredInstanceCount",
+            policy_name=f"{endpoint_name}-{variant}-invocations-per-instance",
             target=invocations_per_instance,
+            predefined_metric="SageMakerVariantInvocationsPerInstance",
             scale_in_cooldown_s=scale_in_cooldown_s,
             scale_out_cooldown_s=scale_out_cooldown_s,
-            floor=1,
         )
 
     def configure_component_autoscaling(
@@ -1120,65 +1316,25 @@ class SageMakerEndpointBackend:
 
         With ``min_copies=0`` target tracking can scale in to zero but not out of it (no copy,
         no invocations metric); scaling out from zero needs a step policy on the
-        NoCapacityInvocationFailures alarm.
+        NoCapacityInvocationFailures alarm (``put_step_scaling_policy``,
+        ``put_no_capacity_alarm``).
         """
-        return self._target_tracking(
-            resource_id=f"inference-component/{component_name}",
+        resource_id = f"inference-component/{component_name}"
+        self.register_scalable_target(
+            resource_id=resource_id,
             dimension="sagemaker:inference-component:DesiredCopyCount",
-            metric="SageMakerInferenceComponentInvocationsPerCopy",
-            policy_name=f"{component_name}-invocations-per-copy",
             minimum=min_copies,
             maximum=max_copies,
+        )
+        return self.put_target_tracking_policy(
+            resource_id=resource_id,
+            dimension="sagemaker:inference-component:DesiredCopyCount",
+            policy_name=f"{component_name}-invocations-per-copy",
             target=invocations_per_copy,
+            predefined_metric="SageMakerInferenceComponentInvocationsPerCopy",
             scale_in_cooldown_s=scale_in_cooldown_s,
             scale_out_cooldown_s=scale_out_cooldown_s,
-            floor=0,
         )
-
-    def _target_tracking(
-        self,
-        *,
-        resource_id: str,
-        dimension: str,
-        metric: str,
-        policy_name: str,
-        minimum: int,
-        maximum: int,
-        target: float,
-        scale_in_cooldown_s: int,
-        scale_out_cooldown_s: int,
-        floor: int,
-    ) -> str:
-        if minimum < floor or maximum < minimum or target <= 0:
-            raise InvalidEndpointRequest(
-                f"Autoscaling needs {floor} <= min <= max and a positive target "
-                f"(got min={minimum}, max={maximum}, target={target})."
-            )
-        self._api(
-            "application-autoscaling",
-            "register_scalable_target",
-            ServiceNamespace="sagemaker",
-            ResourceId=resource_id,
-            ScalableDimension=dimension,
-            MinCapacity=minimum,
-            MaxCapacity=maximum,
-        )
-        response = self._api(
-            "application-autoscaling",
-            "put_scaling_policy",
-            PolicyName=policy_name,
-            ServiceNamespace="sagemaker",
-            ResourceId=resource_id,
-            ScalableDimension=dimension,
-            PolicyType="TargetTrackingScaling",
-            TargetTrackingScalingPolicyConfiguration={
-                "TargetValue": float(target),
-                "PredefinedMetricSpecification": {"PredefinedMetricType": metric},
-                "ScaleInCooldown": scale_in_cooldown_s,
-                "ScaleOutCooldown": scale_out_cooldown_s,
-            },
-        )
-        return response.get("PolicyARN", "")
 
     # -- invocations -------------------------------------------------------------------------
 
@@ -1480,5 +1636,26 @@ def _invocation_error(what: str, endpoint_name: str, error: ClientError) -> Doma
             f"{what} on {endpoint_name} failed (status {status or 'unknown'}): {original}"
         )
     if code in ("ValidationError", "ValidationException"):
+        if _NO_CAPACITY.search(message):
+            return ComponentHasNoCopies(
+                f"{what} on {endpoint_name} runs no copy right now: {message}",
+                approximate_load_s=approximate_load_s(message),
+            )
         return InvocationRejected(f"SageMaker refused the call to {what}: {message}")
     return EndpointBackendError(f"InvokeEndpoint failed ({code or 'error'}): {message}")
+
+
+# SageMaker's answer to an invocation of a component with no copy (scaled to zero, or its copies
+# not started yet): "Inference Component has no capacity to process this request.
+# ApproximateModelLoadTime: <n> seconds".
+_NO_CAPACITY = re.compile(r"has no capacity to process this request", re.IGNORECASE)
+_APPROXIMATE_LOAD = re.compile(r"ApproximateModelLoadTime:\s*(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
+
+
+def approximate_load_s(message: str) -> float | None:
+    """SageMaker's estimate of a copy's start in a no-capacity answer; None when it gives none
+    (or 0, which it says before it has started any copy of the model)."""
+    match = _APPROXIMATE_LOAD.search(message)
+    if match is None or float(match[1]) <= 0:
+        return None
+    return float(match[1])

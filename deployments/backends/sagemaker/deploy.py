@@ -4,14 +4,17 @@
 - MME: one multi-model endpoint per model kind (``tml-<kind>-mme``). Its instance type and count
   come from the placement solver, fed every version placed there plus the new one; a larger
   count updates the endpoint (rolling). The version's ``model.tar.gz`` is copied under the
-  endpoint's S3 prefix and its key is the ``TargetModel``. Application autoscaling tracks
-  InvocationsPerInstance (225) between the endpoint's minimum and maximum.
+  endpoint's S3 prefix and its key is the ``TargetModel``. The variant's autoscaling follows
+  the instance type: GPU memory at the endpoint's target (80 %) on GPU types,
+  InvocationsPerInstance 225 on CPU ones, between the endpoint's minimum and maximum.
 - Inference components: one component endpoint per kind (``tml-<kind>-ic``); each tenant model
   is one component (``tml-<tenant>-<model>``) reserving its measured memory (and one accelerator
   on GPU types), with ``replicas`` copies; a new version is a rolling update of that component
   onto the version's SageMaker model (``tml-<tenant>-<model>-v<N>``), rolled back by SageMaker if
   the component's 5xx alarm fires, so a rollout never doubles the copies it pays for.
-  Autoscaling keeps pinned models at one copy or more and lets idle ones scale to zero.
+  Each component's copies track invocations per copy at a target from its measured latency
+  (``scaling``); pinned models keep one copy or more, idle unpinned ones scale to zero and come
+  back on the next request (a no-capacity alarm's step policy, and the platform's own trigger).
 - Dedicated: one endpoint for the version (``tml-ded-<tenant>-<model>-v<N>``) on the cheapest
   type that holds it alone — the savings baseline made real.
 
@@ -43,7 +46,9 @@ from deployments.backends.base import (
     dedicated_endpoint_name,
     short_endpoint_name,
 )
+from deployments.backends.sagemaker import scaling
 from deployments.backends.sagemaker.client import (
+    ComponentHasNoCopies,
     EndpointRequest,
     SageMakerEndpointBackend,
     triton_image_uri,
@@ -110,7 +115,6 @@ def roll_out(*, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
     role, _store_uri = _require_configuration()
     backend = endpoint_backend()
     target = deployment.target_version
-    model = deployment.model
     image = serving_image()
     if not target.package_uri.startswith("s3://"):
         raise DomainError(
@@ -118,7 +122,6 @@ def roll_out(*, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
             field="version",
         )
     package = package_for_image(version=target, image=image, actor=actor)
-    pinned = model.tenant.models_pinned
     if deployment.mode == Endpoint.Mode.MME:
         endpoint, placement = _roll_out_mme(
             backend=backend,
@@ -137,7 +140,6 @@ def roll_out(*, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
             deployment=deployment,
             role=role,
             image=image,
-            pinned=pinned,
             package=package,
             actor=actor,
         )
@@ -148,6 +150,12 @@ def roll_out(*, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
         last_warmed_at=timezone.now(),
         warmup_latency_ms=round(latency_ms, 2),
     )
+    if deployment.mode == Endpoint.Mode.INFERENCE_COMPONENT:
+        # After the probe: the copies' target derives from the latency it measured.
+        placement.refresh_from_db()
+        scaling.register_component_policies(
+            backend=backend, placement=placement, replicas=deployment.replicas, actor=actor
+        )
     return endpoint, latency_ms
 
 
@@ -255,11 +263,7 @@ def _roll_out_mme(*, backend, deployment, role, image, package):
     if endpoint.max_instances < count:
         Endpoint.objects.filter(pk=endpoint.pk).update(max_instances=count, min_instances=count)
         endpoint.refresh_from_db()
-    backend.configure_variant_autoscaling(
-        endpoint.name,
-        min_instances=max(1, endpoint.min_instances),
-        max_instances=max(endpoint.min_instances, endpoint.max_instances),
-    )
+    scaling.register_variant_policies(backend=backend, endpoint=endpoint, actor=ACTOR)
     target_model = f"{target.model.tenant.slug}/{target.model.name}/v{target.number}.tar.gz"
     key = backend.add_model(
         endpoint_prefix=prefix, package_s3_uri=package, target_model=target_model
@@ -297,7 +301,7 @@ def _roll_out_dedicated(*, backend, deployment, role, image, package):
     return endpoint, _placement(target=target, endpoint=endpoint, external_name="")
 
 
-def _roll_out_component(*, backend, deployment, role, image, pinned: bool, package, actor):
+def _roll_out_component(*, backend, deployment, role, image, package, actor):
     target = deployment.target_version
     kind = target.model.kind
     catalog = _catalog()
@@ -312,7 +316,9 @@ def _roll_out_component(*, backend, deployment, role, image, pinned: bool, packa
         mode=Endpoint.Mode.INFERENCE_COMPONENT,
         kind=kind,
         instance_type=instance_type,
-        min_instances=1,
+        # Managed instance scaling may release the last instance once every component is at
+        # zero copies only where the operator allows it.
+        min_instances=0 if settings.TENANTML_SAGEMAKER_SCALE_INSTANCES_TO_ZERO else 1,
         max_instances=4,
     )
     state = backend.ensure_endpoint(
@@ -333,6 +339,10 @@ def _roll_out_component(*, backend, deployment, role, image, pinned: bool, packa
     copies = deployment.replicas
     memory_mb = int(memory + 0.999)
     existing = backend.describe_component(component)
+    # How long this rollout's copies took to start: what a request that finds the component at
+    # zero copies is told to wait until a start from zero is measured.
+    started = time.monotonic()
+    starting = existing is None or existing.model_name != model_name
     if existing is None:
         backend.create_inference_component(
             name=component,
@@ -377,6 +387,10 @@ def _roll_out_component(*, backend, deployment, role, image, pinned: bool, packa
             version=target,
             endpoint=endpoint,
         )
+    elif (existing.desired_copies or 0) < 1:
+        # The same version again on a component scaled to zero: its probe needs a copy.
+        starting = True
+        backend.set_component_copies(component, copies)
     updated = backend.wait_component_in_service(
         component, delay_s=WAIT_DELAY_S, max_attempts=WAIT_MAX_ATTEMPTS
     )
@@ -387,15 +401,12 @@ def _roll_out_component(*, backend, deployment, role, image, pinned: bool, packa
             f"{target} raised its error alarm. {updated.failure_reason}".strip(),
             field="version",
         )
-    backend.configure_component_autoscaling(
-        component,
-        min_copies=max(1, copies) if pinned else 0,
-        max_copies=max(copies, 4),
-        invocations_per_copy=225,
-    )
+    start_ms = (time.monotonic() - started) * 1000 if starting else None
     placement = _placement(target=target, endpoint=endpoint, external_name=component)
     Placement.objects.filter(pk=placement.pk).update(
-        copies=copies, min_copies=min(copies, 1 if pinned else 0)
+        copies=copies,
+        min_copies=min(copies, 1 if placement.is_pinned else 0),
+        **({"load_time_ms": round(start_ms, 1)} if start_ms is not None else {}),
     )
     # The component answers only as this version now: another version's placement on it holds
     # no copies, though its SageMaker model stays until that placement is retired (a rollback
@@ -497,14 +508,26 @@ def invoke(*, placement: Placement, inputs: list) -> InvokeResult:
     kind = get_kind(version.model.kind)
     started = time.perf_counter()
     error = True
+    backend = endpoint_backend()
     try:
-        answer = endpoint_backend().invoke(
-            endpoint_name=placement.endpoint.name,
-            body=kind.encode_request(inputs),
-            **invoke_params(mode=placement.endpoint.mode, external_name=placement.external_name),
-        )
+        try:
+            answer = backend.invoke(
+                endpoint_name=placement.endpoint.name,
+                body=kind.encode_request(inputs),
+                **invoke_params(
+                    mode=placement.endpoint.mode, external_name=placement.external_name
+                ),
+            )
+        except ComponentHasNoCopies as exc:
+            raise scaling.no_copy_answer(
+                backend=backend,
+                placement_id=placement.pk,
+                approximate_load_s=exc.approximate_load_s,
+            ) from exc
         outputs = kind.decode_response(answer)
         error = False
+        if scaling.answered(placement.pk):
+            scaling.record_back_from_zero(placement_id=placement.pk)
     finally:
         latency_ms = (time.perf_counter() - started) * 1000
         usage.COUNTERS.record(

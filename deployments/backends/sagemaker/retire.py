@@ -4,9 +4,13 @@ with no model, and the rollback copy once its window has passed — so nothing k
 What a placement holds alone, by mode:
 - MME: its ``TargetModel`` archive under the endpoint's S3 prefix (instances that loaded it drop
   it when they need the memory, as SageMaker does).
-- Inference components: the component, its scaling target and its 5xx alarm when the component
-  still serves this version; otherwise only the version's SageMaker model.
+- Inference components: the component, its scaling target with its policies, its alarms (5xx,
+  no capacity) and their ``ScalingPolicy`` rows when the component still serves this version;
+  otherwise only the version's SageMaker model.
 - Dedicated: the whole endpoint with its configs, model and scaling target.
+
+An endpoint retired goes with every scaling target, policy and alarm of its own and of its
+components, and the ``ScalingPolicy`` rows that described them.
 
 An MME or IC endpoint with no wanted placement left is deleted with its configs, models,
 scaling targets and S3 prefix when ``SAGEMAKER_EMPTY_ENDPOINT_POLICY`` is ``delete`` (the
@@ -26,7 +30,7 @@ from django.utils import timezone
 
 from config.errors import DomainError
 from config.events import record_event
-from deployments.backends.sagemaker import deploy
+from deployments.backends.sagemaker import deploy, scaling
 from deployments.backends.sagemaker.client import SageMakerEndpointBackend
 from deployments.backends.sagemaker.deploy import (
     component_name,
@@ -95,6 +99,12 @@ def _retire_component_version(
     deleted = []
     if state is not None and state.model_name == model_name:
         deleted += backend.remove_component(component, delay_s=deploy.WAIT_DELAY_S)
+    if state is None or state.model_name == model_name:
+        # The component's policies go with it (or after it, if it went some other way).
+        deleted += [
+            ("alarm", alarm)
+            for alarm in scaling.retire_component_policies(backend=backend, component=component)
+        ]
     if backend.delete_model(model_name):
         deleted.append(("model", model_name))
     for what, name in deleted:
@@ -108,8 +118,11 @@ def _retire_endpoint(
 ) -> None:
     Endpoint.objects.filter(pk=endpoint.pk).update(status=Endpoint.Status.RETIRING)
     retired = backend.retire_endpoint(endpoint.name, delay_s=deploy.WAIT_DELAY_S)
+    # What the rows name goes too, even where the endpoint itself was gone already.
+    alarms = scaling.retire_endpoint_policies(backend=backend, endpoint=endpoint)
     for what, names in (
         ("inference component", retired.inference_components),
+        ("alarm", (*retired.alarms, *alarms)),
         ("endpoint config", retired.endpoint_configs),
         ("model", retired.models),
         ("endpoint", (retired.endpoint,) if retired.endpoint else ()),
@@ -149,6 +162,10 @@ def discard_failed(*, name: str, actor: str) -> None:
     if state is None or state.status != "Failed":
         return
     deleted = backend.remove_component(name, delay_s=deploy.WAIT_DELAY_S)
+    deleted += [
+        ("alarm", alarm)
+        for alarm in scaling.retire_component_policies(backend=backend, component=name)
+    ]
     if backend.delete_model(state.model_name):
         deleted.append(("model", state.model_name))
     for what, resource in deleted:

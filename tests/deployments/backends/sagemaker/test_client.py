@@ -87,11 +87,20 @@ def autoscaling_stub():
 
 
 @pytest.fixture
-def stubbed_backend(sagemaker_stub, runtime_stub, autoscaling_stub, sleeps):
+def cloudwatch_stub():
+    client = boto3.client("cloudwatch", region_name=REGION)
+    with Stubber(client) as stub:
+        yield stub
+        stub.assert_no_pending_responses()
+
+
+@pytest.fixture
+def stubbed_backend(sagemaker_stub, runtime_stub, autoscaling_stub, cloudwatch_stub, sleeps):
     return SageMakerEndpointBackend(
         sagemaker_client=sagemaker_stub.client,
         runtime_client=runtime_stub.client,
         autoscaling_client=autoscaling_stub.client,
+        cloudwatch_client=cloudwatch_stub.client,
         sleep=sleeps,
     )
 
@@ -796,7 +805,7 @@ def test_throttled_status_check_restarts_the_wait(stubbed_backend, sagemaker_stu
 
 
 def test_retire_removes_components_before_the_endpoint(
-    stubbed_backend, sagemaker_stub, autoscaling_stub, sleeps
+    stubbed_backend, sagemaker_stub, autoscaling_stub, cloudwatch_stub, sleeps
 ):
     sagemaker_stub.add_response(
         "describe_endpoint",
@@ -850,6 +859,19 @@ def test_retire_removes_components_before_the_endpoint(
     sagemaker_stub.add_response(
         "delete_inference_component", {}, {"InferenceComponentName": "acme-llm-v7"}
     )
+    # Its alarms go with it: the 5xx alarm exists, the no-capacity one (a pinned model's
+    # component has none) does not.
+    cloudwatch_stub.add_response(
+        "describe_alarms",
+        {"MetricAlarms": [{"AlarmName": "acme-llm-v7-invocation-5xx"}]},
+        {"AlarmNames": ["acme-llm-v7-invocation-5xx"]},
+    )
+    cloudwatch_stub.add_response(
+        "delete_alarms", {}, {"AlarmNames": ["acme-llm-v7-invocation-5xx"]}
+    )
+    cloudwatch_stub.add_response(
+        "describe_alarms", {"MetricAlarms": []}, {"AlarmNames": ["acme-llm-v7-no-capacity"]}
+    )
     sagemaker_stub.add_response(
         "describe_inference_component", component_description("acme-llm-v7", "Deleting")
     )
@@ -897,6 +919,7 @@ def test_retire_removes_components_before_the_endpoint(
     retired = stubbed_backend.retire_endpoint("tml-ic-g5", delay_s=7)
 
     assert retired.inference_components == ("acme-llm-v7",)
+    assert retired.alarms == ("acme-llm-v7-invocation-5xx",)
     assert retired.endpoint == "tml-ic-g5"
     assert retired.endpoint_configs == ("tml-ic-g5-config-1",)
     assert retired.models == ("acme-llm-v7-model",)
