@@ -346,6 +346,29 @@ TENANTML_SAGEMAKER_ROLLBACK_WINDOW_MINUTES = env.int(
 # Whether the reconciler deletes SageMaker resources named tml-* (and S3 objects under the
 # platform's endpoints/ prefix) that the database does not know; off, it reports them as events.
 TENANTML_SAGEMAKER_DELETE_ORPHANS = env.bool("SAGEMAKER_DELETE_ORPHANS", default=False)
+# Whether inference-component endpoints may release their last instance when every component on
+# them is at zero copies (managed instance scaling's MinInstanceCount 0). Off by default: the
+# instances are shared by every tenant model of the kind, and bringing one back takes minutes on
+# AWS (a copy on a kept instance starts in about a minute), so an operator opts into that wait
+# for the instance's price. Copies of unpinned models scale to zero either way. Applies to
+# endpoints created after it is set.
+TENANTML_SAGEMAKER_SCALE_INSTANCES_TO_ZERO = env.bool(
+    "SAGEMAKER_SCALE_INSTANCES_TO_ZERO", default=False
+)
+# The share of a copy's measured peak rate its invocations-per-copy target tracks (SageMaker's
+# load-testing guide starts at 0.5: room for bursts while another copy starts).
+TENANTML_SAGEMAKER_COPY_SAFETY_FACTOR = env.float("SAGEMAKER_COPY_SAFETY_FACTOR", default=0.5)
+if not 0 < TENANTML_SAGEMAKER_COPY_SAFETY_FACTOR <= 1:
+    raise parse.ConfigurationError(
+        "SAGEMAKER_COPY_SAFETY_FACTOR must be in (0, 1], not "
+        f"{TENANTML_SAGEMAKER_COPY_SAFETY_FACTOR!r}."
+    )
+# How long a copy is expected to take to start from zero before any start of that component was
+# measured and SageMaker gave no estimate: the Retry-After a caller of a scaled-to-zero model
+# gets then (measured starts replace it).
+TENANTML_SAGEMAKER_SCALE_FROM_ZERO_WAIT_S = env.float(
+    "SAGEMAKER_SCALE_FROM_ZERO_WAIT_S", default=60.0
+)
 # The hourly warm-up skips models invoked within this many seconds (they are warm already).
 TENANTML_WARMUP_SKIP_RECENT_S = env.int("WARMUP_SKIP_RECENT_S", default=1800)
 # The reconciler reloads an unpinned model after an instance restart if it was invoked within
