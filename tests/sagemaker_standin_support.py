@@ -6,7 +6,8 @@ that no Triton process or shared memory region it started is left. ``clean_sagem
 gives a test an empty stand-in, points boto3 at it through the standard ``AWS_ENDPOINT_URL_*``
 variables for that test only (moto's in-process tests share the session) and empties it again
 afterwards. ``resources()`` lists everything on it, so a test can assert that
-nothing is left except what the database says is live.
+nothing is left except what the database says is live. ``set_clock`` shortens the period its
+CloudWatch metrics and autoscaling run on (one CloudWatch minute, 60 s by default) for one test.
 Training jobs run for real with short delays here (``TRAINING_FLAGS``); ``configure_training``
 changes them for one test, ``training_jobs()`` shows the jobs, their hosts and logs, and no
 training process may outlive a test or the session.
@@ -79,8 +80,20 @@ class SageMakerStandin:
             return json.loads(answer.read() or b"null")
 
     def reset(self) -> None:
-        """Delete everything: stop every Triton and forget every AWS resource."""
+        """Delete everything: stop every Triton, forget every AWS resource, default clock."""
         self._admin("/_standin/reset", method="POST")
+
+    def set_clock(
+        self, *, period_s: float | None = None, scale_in_periods: int | None = None
+    ) -> dict[str, Any]:
+        """Shorten the scaling period (one CloudWatch minute, 60 s by default) and the periods
+        below target before a scale in (15) until the next reset; the clock now."""
+        body: dict[str, Any] = {}
+        if period_s is not None:
+            body["period_s"] = period_s
+        if scale_in_periods is not None:
+            body["scale_in_periods"] = scale_in_periods
+        return self._admin("/_standin/clock", method="POST", body=body)
 
     def processes(self) -> list[dict[str, Any]]:
         """The Tritons the stand-in says it runs: endpoint, instance, component, pid."""

@@ -7,7 +7,10 @@ An endpoint's deployment (one endpoint config) is a list of instances of its var
   instance would hold more than its limit;
 - dedicated: one single-model Triton per instance on the unpacked ``model.tar.gz``;
 - inference components: instances are capacity only; each component copy is its own
-  single-model Triton, placed on an instance by its reserved memory.
+  single-model Triton, placed on an instance by its reserved memory. With managed instance
+  scaling, instances are added when a copy fits on none and released when they hold no copy,
+  down to ``MinInstanceCount`` — 0 included, so an endpoint whose components all scaled to zero
+  runs no instance until a copy starts again.
 
 Changes run in background threads and are visible through moto's endpoint objects (status,
 failure reason, instance counts), as SageMaker shows them: Creating, then InService or Failed;
@@ -37,6 +40,7 @@ from deployments.sagemaker_standin.errors import ValidationException
 from deployments.sagemaker_standin.instance_types import instance_memory_mb
 from deployments.sagemaker_standin.moto_state import MissingS3Object, MotoState, unpack_archive
 from deployments.sagemaker_standin.triton_image import TritonImage, TritonStartFailed
+from deployments.sagemaker_standin.usage import Usage
 
 __all__ = [
     "Component",
@@ -134,7 +138,9 @@ class Deployment:
         scaling = self.managed_scaling or {}
         if scaling.get("Status") != "ENABLED":
             return len(self.instances)
-        return int(scaling.get("MinInstanceCount") or 1)
+        # 0 is a real minimum (scale to zero instances), not a missing one.
+        minimum = scaling.get("MinInstanceCount")
+        return 1 if minimum is None else int(minimum)
 
 
 @dataclass
@@ -253,6 +259,8 @@ class Fleet:
         self.image = image
         self.moto = moto
         self.mme_limits = mme_limits or MmeLimits()
+        # What the runtime's invocations did this scaling period (metrics, autoscaling).
+        self.usage = Usage()
         self.lock = threading.RLock()
         self.endpoints: dict[str, Endpoint] = {}
         self.components: dict[str, Component] = {}
@@ -812,18 +820,19 @@ class Fleet:
             component.modified = _now()
 
     def _shrink_idle(self, endpoint: Endpoint) -> None:
-        """Managed instance scaling removes instances that hold no copies, down to its minimum."""
+        """Managed instance scaling releases instances that hold no copies, down to its minimum
+        (SageMaker's idle release), which may be 0."""
         deployment = endpoint.deployment
         if deployment is None or (deployment.managed_scaling or {}).get("Status") != "ENABLED":
             return
         with self.lock:
-            while len(deployment.instances) > max(
-                deployment.min_instances, deployment.desired_count
-            ):
+            while len(deployment.instances) > deployment.min_instances:
                 idle = [i for i in deployment.instances if not i.copies]
                 if not idle:
                     break
                 deployment.instances.remove(idle[-1])
+                logger.info("%s: managed scaling released %s", endpoint.name, idle[-1].instance_id)
+            deployment.desired_count = min(deployment.desired_count, len(deployment.instances))
             self._sync_counts(endpoint)
 
     def set_component_copies(self, name: str, copies: int) -> str:

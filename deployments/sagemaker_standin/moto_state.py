@@ -1,8 +1,10 @@
 """The stand-in's reads and writes of moto's in-memory AWS state.
 
 moto keeps every resource in per-account, per-region backends in this process; the stand-in
-reads models, endpoint configs, S3 objects and CloudWatch alarms from them and writes what moto
-cannot know itself (an endpoint's real status, failure reason and instance counts).
+reads models, endpoint configs, S3 objects, CloudWatch alarms and datapoints and Application Auto
+Scaling targets and policies from them, and writes what moto cannot know itself (an endpoint's
+real status, failure reason and instance counts, the metrics SageMaker publishes, the state of
+the alarms it evaluates).
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from moto.sagemaker.utils import arn_formatter
 
 from deployments.sagemaker_standin.errors import ValidationException
 
-__all__ = ["MotoState", "MissingS3Object", "unpack_archive"]
+__all__ = [
+    "MissingS3Object",
+    "MotoState",
+    "teach_moto_component_scaling",
+    "teach_moto_dimension_order",
+    "unpack_archive",
+]
 
 
 class MissingS3Object(Exception):
@@ -56,6 +64,10 @@ class MotoState:
     @property
     def cloudwatch(self) -> Any:
         return get_backend("cloudwatch")[self.account_id][self.region]
+
+    @property
+    def autoscaling(self) -> Any:
+        return get_backend("applicationautoscaling")[self.account_id][self.region]
 
     def arn(self, kind: str, name: str) -> str:
         return arn_formatter(kind, name, self.account_id, self.region)
@@ -126,6 +138,17 @@ class MotoState:
         alarms = self.cloudwatch.alarms
         return [name for name in names if name in alarms and alarms[name].state_value == "ALARM"]
 
+    def put_metric_data(self, namespace: str, metric_data: list[dict[str, Any]]) -> None:
+        """Store datapoints as PutMetricData would (Timestamps are naive UTC, as moto's are)."""
+        if metric_data:
+            self.cloudwatch.put_metric_data(namespace, metric_data)
+
+    def set_alarm_state(self, name: str, state: str, reason: str, reason_data: str) -> None:
+        """Move an alarm to a new state, kept in its history as SetAlarmState does."""
+        alarm = self.cloudwatch.alarms.get(name)
+        if alarm is not None:
+            alarm.update_state(reason, reason_data, state)
+
 
 INFERENCE_COMPONENT_COPIES = "sagemaker:inference-component:DesiredCopyCount"
 
@@ -148,3 +171,18 @@ def teach_moto_component_scaling() -> None:
     extended = Enum("ScalableDimensionValueSet", members)
     models.ScalableDimensionValueSet = extended
     responses.ScalableDimensionValueSet = extended
+
+
+def teach_moto_dimension_order() -> None:
+    """Make moto's GetMetricData match dimensions whatever order a query lists them in.
+
+    moto compares a query's dimensions with a datapoint's after sorting both, but its
+    ``Dimension.__lt__`` compares a value with a name, so two lists of the same dimensions in
+    different orders can sort differently and never match; CloudWatch matches them as a set.
+    """
+    from moto.cloudwatch import models
+
+    def less_than(self: Any, other: Any) -> bool:
+        return (self.name or "", self.value or "") < (other.name or "", other.value or "")
+
+    models.Dimension.__lt__ = less_than  # type: ignore[method-assign]

@@ -6,10 +6,17 @@ Requests are taken in this order:
    moto's own sagemaker-runtime fake sees it;
 2. a SageMaker operation (``X-Amz-Target: SageMaker.<Op>``) the control plane handles
    (``control``);
-3. ``/_standin/...``: the stand-in's own admin calls (reset, the processes it runs;
-   ``GET /_standin/training`` and ``POST /_standin/training/settings`` for training jobs, see
-   ``training``);
-4. everything else is moto's (SageMaker, S3, Application Auto Scaling, CloudWatch, ...).
+3. ``/_standin/...``: the stand-in's own admin calls (reset, the processes it runs, and
+   ``GET``/``POST /_standin/clock`` for the scaling period: ``{"period_s": 0.5,
+   "scale_in_periods": 3}``, see ``autoscaling``; ``GET /_standin/training`` and ``POST
+   /_standin/training/settings`` for training jobs, see ``training``);
+4. Application Auto Scaling's ``DescribeScalingActivities`` (moto lacks it) from the stand-in's
+   autoscaler; everything else is moto's (SageMaker, S3, Application Auto Scaling, CloudWatch,
+   ...).
+
+The scaling loop (``autoscaling.ScalingLoop``) starts and stops with the server: once a period
+it publishes SageMaker's CloudWatch metrics, evaluates the scaling alarms and applies the
+scaling policies to what the fleet runs.
 
 An exception in the stand-in's own code answers a 500 JSON error and is logged; the server
 keeps serving.
@@ -38,11 +45,21 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from deployments.sagemaker_standin.autoscaling import (
+    DEFAULT_PERIOD_S,
+    DEFAULT_SCALE_IN_PERIODS,
+    InvalidClock,
+    ScalingLoop,
+)
 from deployments.sagemaker_standin.control import ControlPlane
 from deployments.sagemaker_standin.errors import StandinError
 from deployments.sagemaker_standin.fleet import Fleet, MmeLimits
 from deployments.sagemaker_standin.invocations import Invocation, invoke
-from deployments.sagemaker_standin.moto_state import MotoState, teach_moto_component_scaling
+from deployments.sagemaker_standin.moto_state import (
+    MotoState,
+    teach_moto_component_scaling,
+    teach_moto_dimension_order,
+)
 from deployments.sagemaker_standin.training import TrainingJobs, TrainingSettings
 from deployments.sagemaker_standin.triton_image import TritonImage
 
@@ -79,6 +96,7 @@ class _Answer:
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 424: "Failed Dependency"}
+_SCALING_ACTIVITIES = f"{_AUTOSCALING_PREFIX}DescribeScalingActivities"
 
 
 def _respond(start_response: Any, answer: _Answer) -> Iterable[bytes]:
@@ -107,11 +125,13 @@ class StandinApp:
         *,
         fleet: Fleet,
         control: ControlPlane,
+        scaling: ScalingLoop,
         region: str,
         training: TrainingJobs | None = None,
     ) -> None:
         self.fleet = fleet
         self.control = control
+        self.scaling = scaling
         self.training = training
         self.region = region
         self.moto_app = DomainDispatcherApplication(create_backend_app)
@@ -130,6 +150,8 @@ class StandinApp:
                     return _respond(start_response, self._control(operation, environ))
             if path.startswith("/_standin/"):
                 return _respond(start_response, self._admin(path, method, environ))
+            if target == _SCALING_ACTIVITIES:
+                return _respond(start_response, self._scaling_activities(environ))
             if target.startswith(_AUTOSCALING_PREFIX):
                 return _respond(start_response, self._autoscaling(environ))
         except Exception:
@@ -232,6 +254,23 @@ class StandinApp:
             ]
         return _Answer(captured["status"], headers, body)
 
+    def _scaling_activities(self, environ: dict[str, Any]) -> _Answer:
+        """DescribeScalingActivities, from what the stand-in's autoscaler did."""
+        from moto.core.serialize import JSONSerializer
+        from moto.core.utils import get_service_model
+
+        params = json.loads(_read_body(environ) or b"{}")
+        result = self.scaling.autoscaler.describe_activities(params)
+        operation = get_service_model("application-autoscaling").operation_model(
+            "DescribeScalingActivities"
+        )
+        serialized = JSONSerializer(operation).serialize(result)
+        return _Answer(
+            int(serialized["status_code"]),
+            list(serialized["headers"].items()),
+            serialized["body"].encode(),
+        )
+
     # -- admin -------------------------------------------------------------------------------
 
     def _admin(self, path: str, method: str, environ: dict[str, Any]) -> _Answer:
@@ -242,9 +281,25 @@ class StandinApp:
             return _Answer(
                 200, [("Content-Type", "application/json")], json.dumps(self.processes()).encode()
             )
+        if path == "/_standin/clock":
+            return self._clock(method, environ)
         if path.startswith("/_standin/training") and self.training is not None:
             return self._training(path, method, environ)
         return _Answer(404, [("Content-Type", "application/json")], b'{"message": "not found"}')
+
+    def _clock(self, method: str, environ: dict[str, Any]) -> _Answer:
+        """The scaling clock: GET shows it, POST changes ``period_s``/``scale_in_periods``."""
+        headers = [("Content-Type", "application/json")]
+        clock = self.scaling.clock
+        if method == "POST":
+            try:
+                params = json.loads(_read_body(environ) or b"{}")
+                if not isinstance(params, dict):
+                    raise InvalidClock("The clock is set with a JSON object.")
+                clock = self.scaling.set_clock(params)
+            except (InvalidClock, ValueError) as error:
+                return _Answer(400, headers, json.dumps({"message": str(error)}).encode())
+        return _Answer(200, headers, json.dumps(clock.describe()).encode())
 
     def _training(self, path: str, method: str, environ: dict[str, Any]) -> _Answer:
         """``GET /_standin/training``: jobs, hosts, logs and settings; ``POST
@@ -296,14 +351,17 @@ class StandinApp:
         return found
 
     def reset(self) -> None:
-        """Stop every Triton and forget every AWS resource (moto's reset)."""
+        """Stop every Triton and forget every AWS resource (moto's reset), the scaling clock
+        back to its defaults."""
         from moto.moto_api._internal.models import moto_api_backend
 
-        if self.training is not None:
-            # First, so no training job writes to S3 after moto forgot it.
-            self.training.reset()
-        self.fleet.stop_everything()
-        moto_api_backend.reset()
+        with self.scaling.paused():
+            if self.training is not None:
+                # First, so no training job writes to S3 after moto forgot it.
+                self.training.reset()
+            self.fleet.stop_everything()
+            moto_api_backend.reset()
+            self.scaling.forget()
 
 
 class StandinServer:
@@ -318,6 +376,8 @@ class StandinServer:
         region: str = "us-east-1",
         account_id: str = DEFAULT_ACCOUNT_ID,
         mme_limits: MmeLimits | None = None,
+        scaling_period_s: float = DEFAULT_PERIOD_S,
+        scale_in_periods: int = DEFAULT_SCALE_IN_PERIODS,
         training_settings: TrainingSettings | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
@@ -329,6 +389,9 @@ class StandinServer:
             moto=MotoState(account_id=account_id, region=region),
             mme_limits=mme_limits,
         )
+        self.scaling = ScalingLoop(
+            self.fleet, period_s=scaling_period_s, scale_in_periods=scale_in_periods
+        )
         self.training = TrainingJobs(
             workdir=self.workdir / "training",
             moto=self.fleet.moto,
@@ -337,6 +400,7 @@ class StandinServer:
         self.app = StandinApp(
             fleet=self.fleet,
             control=ControlPlane(self.fleet, training=self.training),
+            scaling=self.scaling,
             region=region,
             training=self.training,
         )
@@ -352,6 +416,7 @@ class StandinServer:
 
     def start(self) -> None:
         teach_moto_component_scaling()
+        teach_moto_dimension_order()
         # Built now, not on the first request: the numpy-only Python and Triton's backends.
         self.fleet.image.prepare()
         self.training.attach(base_url=self.base_url)
@@ -359,9 +424,11 @@ class StandinServer:
             target=self._server.serve_forever, name="standin-http", daemon=True
         )
         self._thread.start()
+        self.scaling.start()
 
     def stop(self) -> None:
-        """Stop training and serving, then every Triton the stand-in started."""
+        """Stop scaling, training and serving, then every Triton the stand-in started."""
+        self.scaling.stop()
         self.training.shutdown()
         self._server.shutdown()
         self._server.server_close()

@@ -1,7 +1,9 @@
 """``manage.py sagemaker_standin``: run the SageMaker stand-in until SIGTERM or Ctrl-C.
 
 It prints the environment that points boto3 at it, writes its base URL to ``--ready-file`` once
-it serves, and on SIGTERM/SIGINT stops every Triton it started before exiting.
+it serves, and on SIGTERM/SIGINT stops every Triton it started before exiting. Its scaling loop
+publishes CloudWatch metrics and acts on autoscaling policies once every ``--scaling-period-s``
+(one CloudWatch minute, 60 s by default; ``POST /_standin/clock`` changes it at run time).
 Training jobs run for real; the ``--training-*`` flags set how long one spends Starting, the
 grace between SIGTERM and SIGKILL on a stop, and the CreateTrainingJob rate.
 """
@@ -15,8 +17,13 @@ import sys
 import threading
 from pathlib import Path
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
+from deployments.sagemaker_standin.autoscaling import (
+    DEFAULT_PERIOD_S,
+    DEFAULT_SCALE_IN_PERIODS,
+    InvalidClock,
+)
 from deployments.sagemaker_standin.fleet import MmeLimits
 from deployments.sagemaker_standin.server import StandinServer, environment_for
 from deployments.sagemaker_standin.training import TrainingSettings
@@ -42,6 +49,18 @@ class Command(BaseCommand):
             "(default: the instance type's memory over --mme-model-memory-mb).",
         )
         parser.add_argument("--mme-model-memory-mb", type=int, default=512)
+        parser.add_argument(
+            "--scaling-period-s",
+            type=float,
+            default=DEFAULT_PERIOD_S,
+            help="Seconds one scaling period (one CloudWatch minute) lasts (default 60).",
+        )
+        parser.add_argument(
+            "--scale-in-periods",
+            type=int,
+            default=DEFAULT_SCALE_IN_PERIODS,
+            help="Periods below target before target tracking scales in (default 15, AWS's).",
+        )
         training = TrainingSettings()
         parser.add_argument(
             "--training-provisioning-s",
@@ -66,21 +85,10 @@ class Command(BaseCommand):
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        server = StandinServer(
-            workdir=Path(options["workdir"]),
-            host=options["host"],
-            port=options["port"],
-            region=options["region"],
-            mme_limits=MmeLimits(
-                models_per_instance=options["mme_models_per_instance"],
-                model_memory_mb=options["mme_model_memory_mb"],
-            ),
-            training_settings=TrainingSettings(
-                provisioning_s=options["training_provisioning_s"],
-                stop_grace_s=options["training_stop_grace_s"],
-                launches_per_s=options["training_launches_per_s"],
-            ),
-        )
+        try:
+            server = self._server(options)
+        except InvalidClock as error:
+            raise CommandError(str(error)) from error
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
@@ -102,3 +110,22 @@ class Command(BaseCommand):
             self.stdout.write("SageMaker stand-in stopping its Triton servers")
             server.stop()
             self.stdout.write("SageMaker stand-in stopped")
+
+    def _server(self, options) -> StandinServer:
+        return StandinServer(
+            workdir=Path(options["workdir"]),
+            host=options["host"],
+            port=options["port"],
+            region=options["region"],
+            mme_limits=MmeLimits(
+                models_per_instance=options["mme_models_per_instance"],
+                model_memory_mb=options["mme_model_memory_mb"],
+            ),
+            scaling_period_s=options["scaling_period_s"],
+            scale_in_periods=options["scale_in_periods"],
+            training_settings=TrainingSettings(
+                provisioning_s=options["training_provisioning_s"],
+                stop_grace_s=options["training_stop_grace_s"],
+                launches_per_s=options["training_launches_per_s"],
+            ),
+        )
