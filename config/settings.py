@@ -269,6 +269,24 @@ if not 0 <= TENANTML_SAGEMAKER_TRAINING_WARM_POOL_S <= 3600:
         "SAGEMAKER_TRAINING_WARM_POOL_SECONDS must be 0 (off) to 3600, not "
         f"{TENANTML_SAGEMAKER_TRAINING_WARM_POOL_S}."
     )
+# Batch training (docs/operations.md "Batch training"): when a SageMaker launch finds at least
+# TRAINING_BATCH_MIN_JOBS queued jobs of its kind and hyperparameters (0 turns batching off), they
+# train together in one multi-instance training job: N jobs on N / TRAINING_BATCH_TASKS_PER_INSTANCE
+# instances (rounded up, at most TRAINING_BATCH_MAX_INSTANCES), each training its share in turn.
+TENANTML_TRAINING_BATCH_MIN_JOBS = env.int("TRAINING_BATCH_MIN_JOBS", default=4)
+TENANTML_TRAINING_BATCH_MAX_INSTANCES = env.int("TRAINING_BATCH_MAX_INSTANCES", default=4)
+TENANTML_TRAINING_BATCH_TASKS_PER_INSTANCE = env.int("TRAINING_BATCH_TASKS_PER_INSTANCE", default=4)
+if TENANTML_TRAINING_BATCH_MIN_JOBS == 1 or TENANTML_TRAINING_BATCH_MIN_JOBS < 0:
+    raise parse.ConfigurationError(
+        "TRAINING_BATCH_MIN_JOBS must be 0 (off) or at least 2, not "
+        f"{TENANTML_TRAINING_BATCH_MIN_JOBS}."
+    )
+for _name, _value in {
+    "TRAINING_BATCH_MAX_INSTANCES": TENANTML_TRAINING_BATCH_MAX_INSTANCES,
+    "TRAINING_BATCH_TASKS_PER_INSTANCE": TENANTML_TRAINING_BATCH_TASKS_PER_INSTANCE,
+}.items():
+    if _value < 1:
+        raise parse.ConfigurationError(f"{_name} must be at least 1, not {_value}.")
 
 # --- Task time limits (seconds) ---
 # At a task's soft limit the task is interrupted and records why (a training job fails with the

@@ -8,7 +8,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from models_registry.models import ModelVersion
-from models_registry.services import packaging, time_limits, training
+from models_registry.services import batch_training, packaging, time_limits, training
 
 
 @shared_task(bind=True, name="models_registry.tasks.package_version")
@@ -35,7 +35,8 @@ def run_training_job(self, job_id: int) -> str:
 
 @shared_task(name="models_registry.tasks.launch_sagemaker_training")
 def launch_sagemaker_training(job_id: int) -> str:
-    return training.launch_training_job(job_id=job_id).status
+    # In a batch with the other queued jobs of its kind when enough wait, else on its own.
+    return batch_training.launch_training_job(job_id=job_id).status
 
 
 @shared_task(name="models_registry.tasks.stop_training_job")
@@ -50,12 +51,14 @@ def package_trained_version(job_id: int) -> str:
 
 @shared_task(name="models_registry.tasks.reconcile_training_jobs")
 def reconcile_training_jobs() -> int:
-    return len(training.reconcile_training_jobs())
+    return len(training.reconcile_training_jobs()) + len(
+        batch_training.reconcile_training_batches()
+    )
 
 
 @shared_task(name="models_registry.tasks.follow_sagemaker_jobs")
 def follow_sagemaker_jobs() -> int:
-    return training.follow_training_jobs()
+    return training.follow_training_jobs() + batch_training.follow_training_batches()
 
 
 def soft_time_limit(task) -> float:

@@ -426,6 +426,11 @@ def _training_inputs(job: TrainingJob) -> TrainingInputs:
     )
 
 
+def training_inputs(job: TrainingJob) -> TrainingInputs:
+    """What a job trains on: its dataset's split, and its hyperparameters with the kind."""
+    return _training_inputs(job)
+
+
 def _record_report(*, job: TrainingJob, report: TrainingReport, launched: bool) -> TrainingJob:
     """Store what a backend reported: progress while the job runs, its outcome once it ended."""
     model = job.model
@@ -572,6 +577,14 @@ def _enter_packaging(job: TrainingJob, *, report: TrainingReport) -> ModelVersio
         tenant=job.model.tenant,
         data={"job": job.pk, "version": version.number},
     )
+    return version
+
+
+def hand_to_packaging(job: TrainingJob, *, report: TrainingReport) -> ModelVersion:
+    """Register a trained job's artifact as its version and send it to the packaging task once
+    the transaction commits (call inside a transaction, the job's row locked)."""
+    version = _enter_packaging(job, report=report)
+    send_task_on_commit(PACKAGE_TASK, job.pk)
     return version
 
 

@@ -4,8 +4,12 @@
 (``input/config/hyperparameters.json``, ``input/data/<channel>/<channel>.jsonl``, ``model/``,
 ``output/data/``) inside ``job_dir``; ``run_local_job`` runs the training entry point there as a
 separate process in its own session, streams its output to ``output/training.log``, reports its
-``#progress`` lines, and stops it on cancel or timeout. Pure: no ORM, so the Celery task owns the
-database writes and this is testable and benchmarkable on its own.
+``#progress`` lines, and stops it on cancel or timeout. ``prepare_batch_dir`` and
+``run_local_batch`` do the same for a batch (``models_registry.training.batching``): one shared
+batch channel, one ``/opt/ml`` per host with its ``resourceconfig.json``, and one process per host
+running the batch entry point at once, as the instances of a multi-instance SageMaker training job
+do. Pure: no ORM, so the Celery task owns the database writes and this is testable and
+benchmarkable on its own.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from models_registry.training import batching
+
 ENTRYPOINT_MODULE = "models_registry.training.entrypoint"
+BATCH_ENTRYPOINT_MODULE = "models_registry.training.batch_entrypoint"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOG_FILE = "training.log"
 LOG_TAIL_BYTES = 4096
@@ -148,8 +155,9 @@ def run_local_job(
     poll_s: float = 0.5,
     extra_env: dict | None = None,
     on_start: Callable[[int], None] | None = None,
+    module: str = ENTRYPOINT_MODULE,
 ) -> TrainingOutcome:
-    """Run the training entry point on a prepared ``job_dir`` and wait for it to end.
+    """Run the training entry point (``module``) on a prepared ``job_dir`` and wait for it to end.
 
     ``on_progress(percent, message)`` is called from this thread for each new ``#progress``
     line; ``should_cancel()`` is polled every ``poll_s``; cancel or ``timeout_s`` send SIGTERM
@@ -176,7 +184,7 @@ def run_local_job(
     lines: queue.Queue[str | None] = queue.Queue()
     with open(paths.log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", ENTRYPOINT_MODULE],
+            [sys.executable, "-m", module],
             cwd=str(REPO_ROOT),
             env=env,
             stdin=subprocess.DEVNULL,
@@ -325,7 +333,151 @@ def process_alive(pid: int | None) -> bool:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
-        return ENTRYPOINT_MODULE in " ".join(process.cmdline())
+        command = " ".join(process.cmdline())
+        return ENTRYPOINT_MODULE in command or BATCH_ENTRYPOINT_MODULE in command
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         # AccessDenied: another user's process, so not one this runner started.
         return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: one process per host, as the instances of a multi-instance training job
+# ---------------------------------------------------------------------------------------------
+
+BATCH_CHANNEL_DIR = ("input", "data", "batch")
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """How a local batch ended: each host's outcome and each task's result (those written)."""
+
+    status: Status
+    hosts: dict[str, TrainingOutcome]
+    results: dict[int, dict]
+    failure_reason: str = ""
+    duration_s: float = 0.0
+
+
+def prepare_batch_dir(
+    *, batch_dir: Path, manifest: dict, task_rows: dict[int, tuple[list[dict], list[dict]]]
+) -> Path:
+    """Lay out a batch under ``batch_dir``: the batch channel (``input/data/batch``: the manifest
+    and each task's ``<job id>/{train,validation}.jsonl``) and ``hosts/algo-N``, each an ``/opt/ml``
+    with its ``resourceconfig.json`` and the batch's ``hyperparameters.json``; the channel."""
+    batch_dir = Path(batch_dir)
+    channel = batch_dir.joinpath(*BATCH_CHANNEL_DIR)
+    channel.mkdir(parents=True, exist_ok=True)
+    (channel / batching.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    for job_id, (train_rows, validation_rows) in task_rows.items():
+        (channel / str(job_id)).mkdir(parents=True, exist_ok=True)
+        _write_jsonl(channel / str(job_id) / "train.jsonl", train_rows)
+        _write_jsonl(channel / str(job_id) / "validation.jsonl", validation_rows)
+    hosts = [batching.host_name(index) for index in range(len(manifest["hosts"]))]
+    for host in hosts:
+        paths = JobPaths.under(batch_dir / "hosts" / host)
+        for directory in (paths.config_dir, paths.model_dir, paths.output_data_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        # What SageMaker writes on each instance of a multi-instance job.
+        (paths.config_dir / "resourceconfig.json").write_text(
+            json.dumps({"current_host": host, "hosts": hosts, "network_interface_name": "lo"})
+            + "\n"
+        )
+        (paths.config_dir / "hyperparameters.json").write_text(
+            json.dumps({"kind": manifest["kind"]}) + "\n"
+        )
+    return channel
+
+
+def run_local_batch(
+    *,
+    batch_dir: Path,
+    should_cancel: Callable[[], bool],
+    timeout_s: float,
+    poll_s: float = 0.5,
+    extra_env: dict | None = None,
+    on_start: Callable[[str, int], None] | None = None,
+) -> BatchOutcome:
+    """Run one batch entry-point process per host of a prepared ``batch_dir``, all at once, and
+    wait for every one to end.
+
+    ``should_cancel()`` and ``on_start(host, pid)`` are called from this thread only (the caller
+    may use its database connection in them); cancel stops every host, and ``timeout_s`` applies
+    to each host. Results are read from the manifest's output directory.
+    """
+    batch_dir = Path(batch_dir)
+    channel = batch_dir.joinpath(*BATCH_CHANNEL_DIR)
+    manifest = json.loads((channel / batching.MANIFEST_FILE).read_text(encoding="utf-8"))
+    hosts = [batching.host_name(index) for index in range(len(manifest["hosts"]))]
+    cancelled = threading.Event()
+    started_hosts: queue.Queue[tuple[str, int]] = queue.Queue()
+    outcomes: dict[str, TrainingOutcome] = {}
+    errors: list[BaseException] = []
+    started = time.monotonic()
+
+    def run_host(host: str) -> None:
+        try:
+            outcomes[host] = run_local_job(
+                job_dir=batch_dir / "hosts" / host,
+                on_progress=lambda percent, message: None,  # tasks report through results
+                should_cancel=cancelled.is_set,
+                timeout_s=timeout_s,
+                poll_s=poll_s,
+                extra_env={
+                    **(extra_env or {}),
+                    "SM_CHANNEL_BATCH": str(channel),
+                    "SM_CURRENT_HOST": host,
+                    "SM_HOSTS": json.dumps(hosts),
+                },
+                on_start=lambda pid: started_hosts.put((host, pid)),
+                module=BATCH_ENTRYPOINT_MODULE,
+            )
+        except BaseException as exc:  # handed to the calling thread, which raises it
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run_host, args=(host,), name=f"batch-{host}", daemon=True)
+        for host in hosts
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        while any(thread.is_alive() for thread in threads):
+            for thread in threads:
+                thread.join(timeout=poll_s / len(threads))
+            while not started_hosts.empty():
+                host, pid = started_hosts.get()
+                if on_start is not None:
+                    on_start(host, pid)
+            if not cancelled.is_set() and should_cancel():
+                cancelled.set()
+    except BaseException:
+        # The caller's callback failed or the worker is shutting down: stop every host.
+        cancelled.set()
+        for thread in threads:
+            thread.join()
+        raise
+    if errors:
+        raise errors[0]
+
+    results = {}
+    output = Path(manifest["output"])
+    for host_tasks in manifest["hosts"]:
+        for task in host_tasks:
+            result = _read_metrics(output / str(task["job"]) / batching.RESULT_FILE)
+            if result:
+                results[int(task["job"])] = result
+    failed = {host: outcome for host, outcome in outcomes.items() if outcome.status == "failed"}
+    if cancelled.is_set():
+        status, reason = "cancelled", "cancelled"
+    elif failed:
+        status = "failed"
+        reason = "; ".join(f"{host}: {outcome.failure_reason}" for host, outcome in failed.items())
+    else:
+        status, reason = "succeeded", ""
+    return BatchOutcome(
+        status=status,
+        hosts=outcomes,
+        results=results,
+        failure_reason=reason,
+        duration_s=round(time.monotonic() - started, 3),
+    )

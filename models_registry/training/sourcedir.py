@@ -28,6 +28,9 @@ SOURCE_GLOBS = (
     "models_registry/kinds/*.py",
     "models_registry/triton_runtime/*.py",
     "models_registry/training/entrypoint.py",
+    # A multi-instance batch runs train_batch.py: its entry point and the manifest it reads.
+    "models_registry/training/batch_entrypoint.py",
+    "models_registry/training/batching.py",
 )
 # What the container needs beyond its torch; transformers and the base model package decide
 # the ONNX export, so they are pinned with the rest.
@@ -52,7 +55,17 @@ from models_registry.training.entrypoint import main
 if __name__ == "__main__":
     sys.exit(main())
 '''
-TRAINING_INIT = '"""Training entry point (the sourcedir carries only ``entrypoint``)."""\n'
+# The program of a multi-instance batch (``sagemaker_program``): each host trains its share.
+TRAIN_BATCH_SHIM = '''"""``entry_point=train_batch.py``: this host's share of a batch."""
+
+import sys
+
+from models_registry.training.batch_entrypoint import main
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+TRAINING_INIT = '"""Training entry points (the sourcedir carries only those and the manifest)."""\n'
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,7 @@ def sourcedir_files() -> dict[str, bytes]:
     files["config/__init__.py"] = CONFIG_INIT.encode()
     files["models_registry/training/__init__.py"] = TRAINING_INIT.encode()
     files["train.py"] = TRAIN_SHIM.encode()
+    files["train_batch.py"] = TRAIN_BATCH_SHIM.encode()
     files["requirements.txt"] = requirements_txt().encode()
     return files
 

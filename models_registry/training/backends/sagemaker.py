@@ -102,8 +102,10 @@ class SageMakerTrainingBackend:
             state="running", external_id=arn, summary=f"launched on SageMaker: {launch.job_name}"
         )
 
-    def follow(self, *, job: TrainingJob) -> TrainingReport:
+    def follow(self, *, job: TrainingJob) -> TrainingReport | None:
         """DescribeTrainingJob in the platform's words; a success carries ``S3ModelArtifacts``."""
+        if job.batch_name:
+            return None  # its batch is described once for all its jobs, by the batch follower
         described = self.client.describe(_job_name(job))
         reused = self._warm_pool_reused(job, described)
         if not described.is_terminal:
@@ -130,6 +132,8 @@ class SageMakerTrainingBackend:
         )
 
     def stop(self, *, job: TrainingJob) -> None:
+        if job.batch_name:
+            return  # one job's cancel discards its result; its batch trains on for the others
         self.client.stop(_job_name(job))
 
     def _warm_pool_reused(self, job: TrainingJob, described: TrainingStatus) -> bool | None:
