@@ -92,13 +92,14 @@ def machine() -> dict:
     }
 
 
-def write_results(name: str, payload: dict) -> Path:
-    """Write ``bench/results/<name>.json`` with the run's date and machine."""
+def write_results(name: str, payload: dict, *, script: str | None = None) -> Path:
+    """Write ``bench/results/<name>.json`` with the run's date and machine (``script``: the
+    benchmark's file name where it is not ``<name>.py``)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     document = {
         "benchmark": name,
-        "command": f"python bench/{name}.py " + " ".join(sys.argv[1:]),
+        "command": f"python bench/{script or name + '.py'} " + " ".join(sys.argv[1:]),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         **payload,

@@ -20,7 +20,13 @@ multi-model mode, one local endpoint per kind, as production runs them:
 Each kind's Triton is stopped once it has been measured (and every one on the way out, also on
 error). Figures and the method are written up in docs/benchmarks.md.
 
-    python bench/serving.py [--rows 240] [--versions-per-tenant 2] [--warm-requests 300]
+With ``--device gpu`` (on a machine with an NVIDIA GPU and a CUDA build of onnxruntime) the
+endpoints are of a GPU instance type, so every version is loaded as its GPU package (KIND_GPU,
+the fp16 encoder on CUDA) and each load's GPU memory is measured; the results go to
+``bench/results/serving-gpu.json``.
+
+    python bench/serving.py [--device cpu|gpu] [--rows 240] [--versions-per-tenant 2]
+        [--warm-requests 300]
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ BATCH = 32
 # The ONNX export of the base encoder is cached here across runs (the repository's var/ is
 # ignored by git); each run's database, packages and Triton work directories are temporary.
 DEFAULT_BASE_CACHE = REPO / "var" / "cache" / "base_models"
+# The catalog type a --device gpu run's endpoints have: one GPU, Forethought's instance.
+GPU_INSTANCE_TYPE = "ml.g4dn.xlarge"
 
 
 def main() -> None:
@@ -68,6 +76,9 @@ def main() -> None:
     parser.add_argument("--baseline-batch-requests", type=int, default=10, help="per load")
     parser.add_argument("--base-cache-dir", type=Path, default=DEFAULT_BASE_CACHE)
     parser.add_argument("--keep-var-dir", action="store_true", help="keep the run's state")
+    parser.add_argument(
+        "--device", choices=("cpu", "gpu"), default="cpu", help="load CPU or GPU packages"
+    )
     args = parser.parse_args()
 
     began = time.perf_counter()
@@ -87,7 +98,10 @@ def main() -> None:
             shutil.rmtree(var_dir, ignore_errors=True)
     payload["runtime_s"] = round(time.perf_counter() - began, 1)
     print(f"\nbenchmark runtime: {payload['runtime_s']:.0f} s")
-    write_results("serving", payload)
+    if args.device == "gpu":
+        write_results("serving-gpu", payload, script="serving.py")
+    else:
+        write_results("serving", payload)
 
 
 def run(args, var_dir: Path, instances: list) -> dict:
@@ -186,7 +200,9 @@ def bench_kind(kind: str, versions: list, args, instances: list):
         name=f"bench-{kind}",
         backend=Endpoint.Backend.LOCAL,
         mode=Endpoint.Mode.MME,
-        instance_type=InstanceType.objects.get(name="local"),
+        instance_type=InstanceType.objects.get(
+            name=GPU_INSTANCE_TYPE if args.device == "gpu" else "local"
+        ),
         model_kind=kind,
     )
     started = time.perf_counter()
@@ -209,12 +225,15 @@ def bench_kind(kind: str, versions: list, args, instances: list):
         assert result.cold_start, f"{name} was already loaded"
         check_outputs(kind, result.outputs, 1)
         placement.refresh_from_db()
+        if args.device == "gpu" and placement.gpu_memory_mb is None:
+            raise SystemExit(f"{name} was not loaded on a GPU: this Triton sees none.")
         cold.append(
             {
                 "model": name,
                 "cold_start_s": round(elapsed, 3),
                 "load_s": round(placement.load_time_ms / 1000, 3),
                 "host_memory_mb": placement.host_memory_mb,
+                "gpu_memory_mb": placement.gpu_memory_mb,
             }
         )
     tree_loaded = triton_tree(instance.pid)
@@ -253,8 +272,11 @@ def bench_kind(kind: str, versions: list, args, instances: list):
     growth_pss = (tree_loaded["pss_mb"] - tree_empty["pss_mb"]) / loaded
     cold_s = [c["cold_start_s"] for c in cold]
     load_s = [c["load_s"] for c in cold]
+    gpu_mb = [c["gpu_memory_mb"] for c in cold if c["gpu_memory_mb"] is not None]
     figures = {
         "endpoint": endpoint.name,
+        "device": args.device,
+        "gpu_memory_per_model_mb": round(statistics.median(gpu_mb), 1) if gpu_mb else None,
         "triton_startup_s": round(startup_s, 2),
         "versions": loaded,
         "tenants": len({v.model.tenant_id for v in versions}),
@@ -476,9 +498,11 @@ def report(kinds: dict, baseline: dict) -> None:
         ("RSS after traffic, max (MB)", "rss_after_traffic_max_mb", ""),
         ("models in 16 GB (RSS)", "models_per_16gb", f">= {TARGETS['models_per_16gb']}"),
         ("models in 16 GB (PSS)", "models_per_16gb_pss", ""),
+        ("GPU memory per model (MB)", "gpu_memory_per_model_mb", ""),
     ]
     print_table(
-        "Serving on Triton (CPU, SageMaker multi-model mode), through the platform's services",
+        f"Serving on Triton ({kinds[KINDS[0]]['device'].upper()}, SageMaker multi-model mode), "
+        "through the platform's services",
         columns,
         [
             [label, *(kinds[k].get(key, "") for k in KINDS), baseline.get(key, ""), target]
@@ -535,6 +559,8 @@ def summary(kinds: dict, baseline: dict, setup: dict, args) -> dict:
         "models_per_16gb_pss": intent["models_per_16gb_pss"],
         "rss_after_traffic_mb": intent["rss_after_traffic_mb"],
         "rss_after_traffic_max_mb": intent["rss_after_traffic_max_mb"],
+        "device": args.device,
+        "gpu_memory_per_model_mb": intent["gpu_memory_per_model_mb"],
         "triton_tree_rss_growth_per_model_mb": intent["triton_tree"]["rss_growth_per_model_mb"],
         "baseline_cold_start_p50_s": baseline["cold_start_p50_s"],
         "baseline_warm_p50_ms": baseline["warm_p50_ms"],

@@ -10,6 +10,13 @@ The tarball holds one Triton model directory::
     <triton_model_name>/python-packages/...   only in a package built for a serving image:
                                               the kind's runtime layer (``runtime_layers``)
 
+A package is rendered for a device. For ``cpu`` (what ``package_version`` builds) the instance
+group is ``KIND_CPU`` and a GPU encoder in the artifact stays out, so it is the same package as
+before GPU packages existed. For ``gpu`` the group is ``KIND_GPU`` (Triton puts ``count``
+instances on every GPU it sees) and ``1/encoder-gpu.onnx`` travels too: the artifact's own, or
+the kind's (``ModelKind.gpu_encoder``). Triton refuses ``KIND_GPU`` on a machine without GPUs
+("has kind KIND_GPU but no GPUs are available"), so only GPU machines are sent GPU packages.
+
 It is byte-for-byte deterministic (sorted entries, fixed mtimes, owners and modes, no gzip
 timestamp), so the same artifact always gives the same sha256 and a rebuild can be recognised.
 """
@@ -21,6 +28,7 @@ import hashlib
 import importlib.util
 import io
 import os
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterable
@@ -34,6 +42,11 @@ from models_registry.kinds import ModelKind, TritonSignature, get_kind
 from models_registry.runtime_layers import LAYER_DIR, RuntimeLayer
 
 MAX_QUEUE_DELAY_MICROSECONDS = 1000
+CPU, GPU = "cpu", "gpu"
+DEVICES = (CPU, GPU)
+INSTANCE_KINDS = {CPU: "KIND_CPU", GPU: "KIND_GPU"}
+# The float encoder of a GPU package (``tenantml_encoder.GPU_ENCODER_FILE``, ``kinds.gpu``).
+GPU_ENCODER_FILE = "encoder-gpu.onnx"
 MODEL_VERSION_DIR = "1"
 RUNTIME_FILE = "model.py"
 # The encoder code every built-in runtime imports, shipped beside model.py.
@@ -71,30 +84,23 @@ def build_triton_package(
     execution_env_uri: str | None = None,
     instance_count: int = 1,
     runtime_layer: RuntimeLayer | None = None,
+    device: str = CPU,
+    gpu_encoder: Path | None = None,
 ) -> PackageInfo:
-    """Write the Triton ``model.tar.gz`` for an artifact of ``kind`` to ``out_path`` atomically;
-    with ``runtime_layer``, its files travel under ``python-packages/``."""
+    """Write the Triton ``model.tar.gz`` for an artifact of ``kind`` to ``out_path`` atomically,
+    rendered for ``device``; with ``runtime_layer``, its files travel under
+    ``python-packages/``, and a GPU package without an encoder-gpu.onnx of the artifact's own
+    carries ``gpu_encoder`` under that name."""
     model_kind = get_kind(kind)
     artifact_dir = Path(artifact_dir)
     _check_model_name(triton_model_name)
     if instance_count < 1:
         raise DomainError(f"instance_count must be at least 1 (got {instance_count}).")
-    if not model_kind.runtime_module or model_kind.triton_signature is None:
-        raise InvalidArtifact(f"The {kind!r} kind cannot be served on Triton.", field="kind")
-    artifact_files = _artifact_files(model_kind, artifact_dir)
-    env_name = None
     with tempfile.TemporaryDirectory(prefix="tenantml-env-") as scratch:
-        entries = [
-            PackageEntry(name=f"{MODEL_VERSION_DIR}/{RUNTIME_FILE}", content=runtime_source(kind)),
-            PackageEntry(
-                name=f"{MODEL_VERSION_DIR}/{SHARED_RUNTIME_FILE}",
-                content=runtime_source_of(SHARED_RUNTIME_MODULE),
-            ),
-        ]
-        entries += [
-            PackageEntry(name=f"{MODEL_VERSION_DIR}/{relative}", source=artifact_dir / relative)
-            for relative in artifact_files
-        ]
+        entries = model_entries(
+            kind=kind, artifact_dir=artifact_dir, device=device, gpu_encoder=gpu_encoder
+        )
+        env_name = None
         if runtime_layer is not None:
             entries += [
                 PackageEntry(name=f"{LAYER_DIR}/{name}", source=runtime_layer.directory / name)
@@ -109,6 +115,7 @@ def build_triton_package(
             max_batch_size=model_kind.max_batch_size,
             instance_count=instance_count,
             execution_env_file=env_name,
+            device=device,
         )
         entries.append(PackageEntry(name=CONFIG_FILE, content=config.encode()))
         return write_package(
@@ -119,6 +126,63 @@ def build_triton_package(
             # (measured: 29 MB either way) in half the time.
             compresslevel=9 if runtime_layer is None else 6,
         )
+
+
+def model_entries(
+    *, kind: str, artifact_dir: Path, device: str = CPU, gpu_encoder: Path | None = None
+) -> list[PackageEntry]:
+    """The version directory's files for ``device``: the runtime, the shared encoder code and
+    the artifact (its GPU encoder only on a GPU, where ``gpu_encoder`` stands in for a missing
+    one); ``config.pbtxt`` is rendered apart."""
+    model_kind = get_kind(kind)
+    if device not in DEVICES:
+        raise DomainError(
+            f"A package is rendered for one of {', '.join(DEVICES)}, not {device!r}.",
+            field="device",
+        )
+    if not model_kind.runtime_module or model_kind.triton_signature is None:
+        raise InvalidArtifact(f"The {kind!r} kind cannot be served on Triton.", field="kind")
+    artifact_dir = Path(artifact_dir)
+    files = _artifact_files(model_kind, artifact_dir)
+    if device == CPU:
+        # The CPU package stays what it was: 45 MB of fp16 weights would only slow its loads.
+        files = [name for name in files if name != GPU_ENCODER_FILE]
+    entries = [
+        PackageEntry(name=f"{MODEL_VERSION_DIR}/{RUNTIME_FILE}", content=runtime_source(kind)),
+        PackageEntry(
+            name=f"{MODEL_VERSION_DIR}/{SHARED_RUNTIME_FILE}",
+            content=runtime_source_of(SHARED_RUNTIME_MODULE),
+        ),
+    ]
+    entries += [
+        PackageEntry(name=f"{MODEL_VERSION_DIR}/{relative}", source=artifact_dir / relative)
+        for relative in files
+    ]
+    if device == GPU and GPU_ENCODER_FILE not in files and gpu_encoder is not None:
+        entries.append(
+            PackageEntry(name=f"{MODEL_VERSION_DIR}/{GPU_ENCODER_FILE}", source=Path(gpu_encoder))
+        )
+    return entries
+
+
+def write_model_directory(*, entries: Iterable[PackageEntry], config: str, out_dir: Path) -> Path:
+    """Write a model directory (``config.pbtxt`` plus ``entries``) into the new ``out_dir``,
+    hard-linking files where it can; the unpacked form of a package."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True)
+    (out_dir / CONFIG_FILE).write_text(config)
+    for entry in entries:
+        target = out_dir / entry.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if entry.content is not None:
+            target.write_bytes(entry.content)
+            continue
+        try:
+            # Artifacts are immutable once stored; a link saves copying tens of MB.
+            os.link(entry.source, target)
+        except OSError:
+            shutil.copyfile(entry.source, target)
+    return out_dir
 
 
 def verify_package(*, path: Path, expected_sha256: str) -> None:
@@ -152,8 +216,10 @@ def render_config(
     max_batch_size: int,
     instance_count: int = 1,
     execution_env_file: str | None = None,
+    device: str = CPU,
 ) -> str:
-    """The ``config.pbtxt`` text of a python-backend model with dynamic batching on CPU.
+    """The ``config.pbtxt`` text of a python-backend model with dynamic batching on ``device``
+    (``KIND_CPU``, or ``KIND_GPU``: ``instance_count`` instances on each GPU).
 
     It has no ``name``: SageMaker loads the model under its own name for the directory, and
     Triton fills the field in.
@@ -173,7 +239,7 @@ def render_config(
         "instance_group [",
         "  {",
         f"    count: {instance_count}",
-        "    kind: KIND_CPU",
+        f"    kind: {INSTANCE_KINDS[device]}",
         "  }",
         "]",
     ]

@@ -2,7 +2,9 @@
 
 An instance holds models up to its memory budget. Before a load, ``plan_load`` picks the models to
 unload so that what stays resident plus the incoming model fits the budget, never touching a
-pinned model. The default policy is least-recently-used (what SageMaker multi-model endpoints do);
+pinned model. On an instance with GPUs a second budget counts too: the GPU memory its models
+hold (``gpu_budget_mb``), and victims are taken until both fit; without one, only host memory
+counts. The default policy is least-recently-used (what SageMaker multi-model endpoints do);
 the routing layer may pass another ordering. Everything here works on plain dataclasses so it can
 be property-tested and benchmarked at fleet scale.
 
@@ -63,6 +65,8 @@ class ResidentModel:
     hits: int = 0
     # Still loading (or already being unloaded): its memory counts, but it cannot be chosen.
     loading: bool = False
+    # Measured GPU memory (all the instance's GPUs together); 0 on a CPU or before measured.
+    gpu_memory_mb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,15 @@ class LoadPlan:
     evict: tuple[str, ...]
     resident_mb_after: float
     budget_mb: float
+    # GPU memory held after the load, and the GPU budget (None: the instance has no GPUs).
+    gpu_mb_after: float = 0.0
+    gpu_budget_mb: float | None = None
 
     @property
     def fits(self) -> bool:
-        return self.resident_mb_after <= self.budget_mb
+        return self.resident_mb_after <= self.budget_mb and (
+            self.gpu_budget_mb is None or self.gpu_mb_after <= self.gpu_budget_mb
+        )
 
 
 # Tuned on bench/zipf_eviction.py; the module docstring says why.
@@ -98,37 +107,54 @@ def plan_load(
     incoming_mb: float,
     budget_mb: float,
     order: Callable[[ResidentModel], tuple] = lru_order,
+    incoming_gpu_mb: float = 0.0,
+    gpu_budget_mb: float | None = None,
 ) -> LoadPlan:
-    """Choose the models to evict so ``incoming_mb`` fits in ``budget_mb``.
+    """Choose the models to evict so ``incoming_mb`` fits in ``budget_mb`` (and, on an instance
+    with GPUs, ``incoming_gpu_mb`` in ``gpu_budget_mb``).
 
     Evicts the fewest models in ``order`` (least valuable first) until the incoming model fits;
     pinned and still-loading models are never chosen. Raises CapacityExceeded naming the figures
     when even evicting every candidate is not enough, so the caller never exceeds the budget.
     """
-    if incoming_mb > budget_mb:
-        raise CapacityExceeded(
-            f"Model {incoming_key} needs {incoming_mb:,.0f} MB but the instance's whole budget "
-            f"is {budget_mb:,.0f} MB; place it on a larger instance type.",
-        )
+    budgets = _Budgets(budget_mb, gpu_budget_mb)
+    for what, need, budget in budgets.named(incoming_mb, incoming_gpu_mb):
+        if need > budget:
+            raise CapacityExceeded(
+                f"Model {incoming_key} needs {need:,.0f} MB{budgets.of(what)} but the "
+                f"instance's whole {budgets.label(what)}budget is {budget:,.0f} MB; place it "
+                "on a larger instance type.",
+            )
     models = [model for model in resident if model.key != incoming_key]
     used = sum(model.memory_mb for model in models)
-    if used + incoming_mb <= budget_mb:
-        return LoadPlan(evict=(), resident_mb_after=used + incoming_mb, budget_mb=budget_mb)
+    gpu_used = sum(model.gpu_memory_mb for model in models)
+    if budgets.fit(used + incoming_mb, gpu_used + incoming_gpu_mb):
+        return budgets.plan((), used + incoming_mb, gpu_used + incoming_gpu_mb)
     candidates = sorted((m for m in models if not m.pinned and not m.loading), key=order)
     evicted: list[str] = []
     for model in candidates:
-        if used + incoming_mb <= budget_mb:
+        if budgets.fit(used + incoming_mb, gpu_used + incoming_gpu_mb):
             break
+        if not budgets.frees_what_is_short(model, used + incoming_mb, gpu_used + incoming_gpu_mb):
+            continue  # unloading it would not make room where room is short
         evicted.append(model.key)
         used -= model.memory_mb
-    if used + incoming_mb > budget_mb:
-        held = sum(m.memory_mb for m in models if m.pinned or m.loading)
-        raise CapacityExceeded(
-            f"Model {incoming_key} needs {incoming_mb:,.0f} MB; pinned models and models being "
-            f"loaded or unloaded hold {held:,.0f} MB of the instance's {budget_mb:,.0f} MB "
-            "budget. Unpin a model, raise the budget or add an instance.",
+        gpu_used -= model.gpu_memory_mb
+    if not budgets.fit(used + incoming_mb, gpu_used + incoming_gpu_mb):
+        held = [m for m in models if m.pinned or m.loading]
+        short = budgets.shortest(used + incoming_mb, gpu_used + incoming_gpu_mb)
+        need, budget, holding = (
+            (incoming_mb, budget_mb, sum(m.memory_mb for m in held))
+            if short == HOST_MEMORY
+            else (incoming_gpu_mb, gpu_budget_mb, sum(m.gpu_memory_mb for m in held))
         )
-    return LoadPlan(evict=tuple(evicted), resident_mb_after=used + incoming_mb, budget_mb=budget_mb)
+        raise CapacityExceeded(
+            f"Model {incoming_key} needs {need:,.0f} MB{budgets.of(short)}; pinned models and "
+            f"models being loaded or unloaded hold {holding:,.0f} MB of the instance's "
+            f"{budget:,.0f} MB {budgets.label(short)}budget. Unpin a model, raise the budget "
+            "or add an instance.",
+        )
+    return budgets.plan(tuple(evicted), used + incoming_mb, gpu_used + incoming_gpu_mb)
 
 
 def plan_trim(
@@ -137,21 +163,77 @@ def plan_trim(
     budget_mb: float,
     keep: str | None = None,
     order: Callable[[ResidentModel], tuple] = lru_order,
+    gpu_budget_mb: float | None = None,
 ) -> tuple[str, ...]:
-    """Models to evict so the resident set is back within budget (after a load measured more than
-    estimated); never the pinned ones, nor ``keep`` (the model just loaded)."""
+    """Models to evict so the resident set is back within budget, and within the GPU budget if
+    the instance has one (after a load measured more than estimated); never the pinned ones, nor
+    ``keep`` (the model just loaded)."""
+    budgets = _Budgets(budget_mb, gpu_budget_mb)
     models = list(resident)
     used = sum(model.memory_mb for model in models)
+    gpu_used = sum(model.gpu_memory_mb for model in models)
     evicted: list[str] = []
     candidates = sorted(
         (m for m in models if not m.pinned and not m.loading and m.key != keep), key=order
     )
     for model in candidates:
-        if used <= budget_mb:
+        if budgets.fit(used, gpu_used):
             break
+        if not budgets.frees_what_is_short(model, used, gpu_used):
+            continue
         evicted.append(model.key)
         used -= model.memory_mb
+        gpu_used -= model.gpu_memory_mb
     return tuple(evicted)
+
+
+HOST_MEMORY, GPU_MEMORY = "host memory", "GPU memory"
+
+
+@dataclass(frozen=True)
+class _Budgets:
+    """Host memory and, on an instance with GPUs, GPU memory: what must fit in each."""
+
+    host_mb: float
+    gpu_mb: float | None
+
+    def named(self, host: float, gpu: float) -> list[tuple[str, float, float]]:
+        pairs = [(HOST_MEMORY, host, self.host_mb)]
+        if self.gpu_mb is not None:
+            pairs.append((GPU_MEMORY, gpu, self.gpu_mb))
+        return pairs
+
+    def fit(self, host: float, gpu: float) -> bool:
+        return host <= self.host_mb and (self.gpu_mb is None or gpu <= self.gpu_mb)
+
+    def label(self, what: str) -> str:
+        """How a message names a budget: plainly "budget" where host memory is the only one."""
+        return "" if self.gpu_mb is None else f"{what} "
+
+    def of(self, what: str) -> str:
+        return "" if self.gpu_mb is None else f" of {what}"
+
+    def shortest(self, host: float, gpu: float) -> str:
+        """The budget that is exceeded (host memory first)."""
+        return next(what for what, need, budget in self.named(host, gpu) if need > budget)
+
+    def frees_what_is_short(self, model: ResidentModel, host: float, gpu: float) -> bool:
+        """Whether unloading ``model`` frees memory in a budget that is exceeded now (always, with
+        host memory the only budget)."""
+        if self.gpu_mb is None:
+            return True
+        return (host > self.host_mb and model.memory_mb > 0) or (
+            gpu > self.gpu_mb and model.gpu_memory_mb > 0
+        )
+
+    def plan(self, evict: tuple[str, ...], host: float, gpu: float) -> LoadPlan:
+        return LoadPlan(
+            evict=evict,
+            resident_mb_after=host,
+            budget_mb=self.host_mb,
+            gpu_mb_after=gpu,
+            gpu_budget_mb=self.gpu_mb,
+        )
 
 
 class AccessHistory:
@@ -234,7 +316,8 @@ class AccessHistory:
             # than ``now``: its count is current, so it is not decayed, and it is protected.
             frequency = self._decayed(count, min(at, now), now)
             if self.weight_by_memory:
-                frequency /= max(model.memory_mb, 1.0)
+                # On a GPU instance the larger figure is the GPU memory, the one that runs out.
+                frequency /= max(model.memory_mb, model.gpu_memory_mb, 1.0)
             protected = now - at < self.protect_requests
             return (protected, frequency, model.last_used, model.key)
 

@@ -66,11 +66,28 @@ def held_memory_mb(placement: Placement) -> float:
 
 
 def held_gpu_memory_mb(placement: Placement) -> float:
-    """Measured GPU memory a copy holds: on its instance, else on its version, else 0."""
+    """Measured GPU memory a copy holds: on its instance, else on its version, else 0.
+
+    Only a load on a GPU measures it (Triton's ``nv_gpu_memory_used_bytes`` before and after),
+    never a guess: a version not yet loaded on a GPU counts 0 here, its first load is admitted
+    on host memory, and its instance is trimmed back under the GPU budget once it is measured.
+    """
     for figure in (placement.gpu_memory_mb, placement.version.gpu_memory_mb):
         if figure is not None:
             return float(figure)
     return 0.0
+
+
+def instance_gpu_budget_mb(
+    instance_type: InstanceType, *, target_utilization: float
+) -> float | None:
+    """The GPU memory models may hold on one instance of ``instance_type`` at the target: all
+    its GPUs together (Triton puts a ``KIND_GPU`` model on every GPU it sees, so a measured
+    figure is summed over them too); None for a type without GPUs."""
+    if instance_type.gpu_count <= 0 or instance_type.memory_per_gpu_mb <= 0:
+        return None
+    total = instance_type.gpu_count * instance_type.memory_per_gpu_mb
+    return float(target_utilization) * float(total)
 
 
 def version_spec(version: ModelVersion, *, replicas: int = 1) -> ModelSpec:

@@ -115,6 +115,11 @@ class ModelKind:
     max_batch_size: int = TRITON_MAX_BATCH_SIZE
     # Resident memory one loaded copy needs before it has been measured (placement's first guess).
     expected_memory_mb: float | None = None
+    # ``gpu_encoder(artifact_dir, *, cache_dir) -> Path | None``: the file a package rendered for
+    # a GPU adds as ``encoder-gpu.onnx`` when the artifact has none of its own (``kinds.gpu``).
+    gpu_encoder: Callable[..., Path | None] | None = None
+    # The precision of that encoder, decided for the kind by a measured check (docs/serving.md).
+    gpu_precision: str = ""
 
 
 _REGISTRY: dict[str, ModelKind] = {}

@@ -1,9 +1,19 @@
 """Writes for packaging: building a version's Triton package, storing it and marking the version
-ready to serve (or failed, with the reason)."""
+ready to serve (or failed, with the reason).
+
+Where a package is rendered for a device: ``package_version`` builds the CPU package every
+version has (the one the local backend loads on CPU instances). A package for a GPU is rendered
+from the same artifact when a GPU machine first needs it, for the instance type it runs on:
+``device_model_dir`` writes it unpacked for a local Triton on a GPU machine, and
+``image_package(device="gpu")`` builds it for a serving image.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,7 +29,18 @@ from models_registry.exceptions import (
 from models_registry.kinds import get_kind
 from models_registry.models import ModelVersion
 from models_registry.runtime_layers import build_runtime_layer
-from models_registry.triton_packages import CONFIG_TYPE_TO_DATATYPE, build_triton_package
+from models_registry.triton_packages import (
+    CONFIG_TYPE_TO_DATATYPE,
+    CPU,
+    GPU,
+    SHARED_RUNTIME_MODULE,
+    build_triton_package,
+    model_entries,
+    render_config,
+    runtime_source,
+    runtime_source_of,
+    write_model_directory,
+)
 
 
 def tensor_signature(*, kind: str, artifact_dir: Path) -> dict:
@@ -38,9 +59,18 @@ def tensor_signature(*, kind: str, artifact_dir: Path) -> dict:
     }
 
 
-def _build_and_store(*, version: ModelVersion, file_name: str, runtime_layer=None):
-    """Build the version's Triton package (with ``runtime_layer``, if any) and store it as
-    ``packages/<tenant>/<model>/v<N>/<file_name>``; the stored artifact and the signature."""
+def gpu_encoder_for(*, kind: str, artifact_dir: Path) -> Path | None:
+    """The encoder a GPU package of this artifact adds, if the kind has one to add."""
+    hook = get_kind(kind).gpu_encoder
+    return hook(artifact_dir) if hook is not None else None
+
+
+def _build_and_store(
+    *, version: ModelVersion, file_name: str, runtime_layer=None, device: str = CPU
+):
+    """Build the version's Triton package for ``device`` (with ``runtime_layer``, if any) and
+    store it as ``packages/<tenant>/<model>/v<N>/<file_name>``; the stored artifact and the
+    signature."""
     with tempfile.TemporaryDirectory(prefix="tenantml-package-") as scratch:
         artifact_dir = Path(artifacts.local_copy(version.artifact_uri, Path(scratch)))
         info = build_triton_package(
@@ -49,6 +79,12 @@ def _build_and_store(*, version: ModelVersion, file_name: str, runtime_layer=Non
             triton_model_name=version.triton_model_name,
             out_path=Path(scratch) / "model.tar.gz",
             runtime_layer=runtime_layer,
+            device=device,
+            gpu_encoder=(
+                gpu_encoder_for(kind=version.model.kind, artifact_dir=artifact_dir)
+                if device == GPU
+                else None
+            ),
         )
         signature = tensor_signature(kind=version.model.kind, artifact_dir=artifact_dir)
         stored = artifacts.put_file(
@@ -113,14 +149,26 @@ def package_version(*, version: ModelVersion, actor: str) -> ModelVersion:
     return version
 
 
-def image_package(*, version: ModelVersion, image_uri: str, python_version: str, actor: str) -> str:
+def image_package(
+    *,
+    version: ModelVersion,
+    image_uri: str,
+    python_version: str,
+    actor: str,
+    device: str = CPU,
+) -> str:
     """The URI of the version's package for a serving image whose Python is ``python_version``
-    (built once, with the kind's runtime layer vendored, and recorded on the version)."""
+    on ``device`` (built once, with the kind's runtime layer vendored, and recorded on the
+    version, which records the last one built; the file name says the device, so a CPU and a
+    GPU package never stand in for each other)."""
     version = ModelVersion.objects.select_related("model__tenant").get(pk=version.pk)
+    suffix = "" if device == CPU else f"-{device}"
+    file_name = f"model-py{python_version}{suffix}.tar.gz"
     if (
         version.image_package_uri
         and version.image_uri == image_uri
         and version.image_python == python_version
+        and version.image_package_uri.endswith(f"/{file_name}")
     ):
         return version.image_package_uri
     if not version.artifact_uri:
@@ -133,7 +181,7 @@ def image_package(*, version: ModelVersion, image_uri: str, python_version: str,
         cache_dir=Path(settings.VAR_DIR) / "runtime-layers",
     )
     stored, _ = _build_and_store(
-        version=version, file_name=f"model-py{python_version}.tar.gz", runtime_layer=layer
+        version=version, file_name=file_name, runtime_layer=layer, device=device
     )
     ModelVersion.objects.filter(pk=version.pk).update(
         image_package_uri=stored.uri,
@@ -145,7 +193,7 @@ def image_package(*, version: ModelVersion, image_uri: str, python_version: str,
     record_event(
         kind="version.image_packaged",
         message=(
-            f"{version} packaged for {image_uri} (Python {python_version}): "
+            f"{version} packaged for {image_uri} (Python {python_version}, {device}): "
             f"{stored.size_bytes / 1e6:,.1f} MB"
             + (f" with runtime layer {layer.key}" if layer else "")
             + "."
@@ -155,12 +203,63 @@ def image_package(*, version: ModelVersion, image_uri: str, python_version: str,
         data={
             "image_uri": image_uri,
             "python": python_version,
+            "device": device,
             "sha256": stored.sha256,
             "size_bytes": stored.size_bytes,
             "runtime_layer": layer.key if layer else None,
         },
     )
     return stored.uri
+
+
+def device_model_dir(*, version: ModelVersion, device: str, models_root: Path) -> Path:
+    """The version rendered for ``device`` and unpacked under ``models_root`` (the MME ``url``
+    a local Triton loads), written once from the version's artifact and then reused.
+
+    The directory is named by the version's package digest, the device and the runtime code, so
+    a new platform release renders again; it is written aside and renamed into place, so a
+    directory under that name is always complete.
+    """
+    runtime = hashlib.sha256(
+        runtime_source(version.model.kind) + runtime_source_of(SHARED_RUNTIME_MODULE)
+    ).hexdigest()
+    key = hashlib.sha256(f"{version.sha256}:{device}:{runtime}".encode()).hexdigest()[:32]
+    models_root = Path(models_root)
+    target = models_root / "devices" / f"{key}-{device}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=target.parent))
+    try:
+        artifact_dir = Path(artifacts.local_copy(version.artifact_uri, scratch))
+        kind = get_kind(version.model.kind)
+        entries = model_entries(
+            kind=kind.name,
+            artifact_dir=artifact_dir,
+            device=device,
+            gpu_encoder=(
+                gpu_encoder_for(kind=kind.name, artifact_dir=artifact_dir)
+                if device == GPU
+                else None
+            ),
+        )
+        config = render_config(
+            signature=kind.triton_signature(artifact_dir),
+            max_batch_size=kind.max_batch_size,
+            device=device,
+        )
+        rendered = scratch / "rendered"
+        write_model_directory(
+            entries=entries, config=config, out_dir=rendered / version.triton_model_name
+        )
+        try:
+            os.rename(rendered, target)
+        except OSError:
+            if not target.is_dir():  # not another process finishing first
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
 
 
 # --- Training, quality gate, promotion ---

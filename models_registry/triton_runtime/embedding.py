@@ -4,7 +4,8 @@ This file is copied verbatim as ``1/model.py`` into the kind's Triton package, s
 numpy, onnxruntime, tokenizers, the standard library and ``tenantml_encoder.py`` (packaged
 beside it) (plus Triton's own
 ``triton_python_backend_utils`` when Triton runs it). The files it loads sit beside it in ``1/``:
-``encoder.onnx`` (the tenant's encoder) and ``tokenizer.json``.
+``encoder.onnx`` (the tenant's encoder) and ``tokenizer.json`` (and, in a package rendered for a
+GPU, ``encoder-gpu.onnx``: see ``tenantml_encoder``).
 
 Wire format (KServe v2 JSON, ``POST /models/<name>/invoke`` on a SageMaker-mode Triton)::
 
@@ -27,7 +28,16 @@ import sys
 # source tree.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
-from tenantml_encoder import ENCODER_FILE, TOKENIZER_FILE, Encoder, answer_batch  # noqa: E402
+from tenantml_encoder import (  # noqa: E402
+    CPU,
+    ENCODER_FILE,
+    TOKENIZER_FILE,
+    Encoder,
+    answer_batch,
+    describe,
+    instance_device,
+    log_info,
+)
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -41,8 +51,8 @@ __all__ = ["ENCODER_FILE", "TOKENIZER_FILE", "Encoder", "Predictor"]
 class Predictor:
     """The embedding model loaded from a directory holding the files named above."""
 
-    def __init__(self, model_dir: str) -> None:
-        self.encoder = Encoder(model_dir)
+    def __init__(self, model_dir: str, *, device: str = CPU, device_id: int = 0) -> None:
+        self.encoder = Encoder(model_dir, device=device, device_id=device_id)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-norm embeddings as a float32 array of shape [len(texts), 384]."""
@@ -60,7 +70,11 @@ class TritonPythonModel:
 
     def initialize(self, args: dict) -> None:
         model_dir = os.path.join(args["model_repository"], args["model_version"])
-        self.predictor = Predictor(model_dir)
+        device, device_id = instance_device(args)
+        self.predictor = Predictor(model_dir, device=device, device_id=device_id)
+        log_info(
+            pb_utils, f"{args['model_name']}: {describe(self.predictor.encoder, requested=device)}"
+        )
 
     def execute(self, requests: list) -> list:
         return answer_batch(

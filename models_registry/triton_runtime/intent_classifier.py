@@ -5,7 +5,8 @@ numpy, onnxruntime, tokenizers, the standard library and ``tenantml_encoder.py``
 beside it) (plus Triton's own
 ``triton_python_backend_utils`` when Triton runs it). The files it loads sit beside it in ``1/``:
 ``encoder.onnx`` (the base encoder), ``tokenizer.json``, ``head.npz`` (``W`` [384 x n_labels],
-``b`` [n_labels]) and ``labels.json`` (the label names, in head column order).
+``b`` [n_labels]) and ``labels.json`` (the label names, in head column order); a package rendered
+for a GPU also carries ``encoder-gpu.onnx`` (see ``tenantml_encoder``).
 
 Wire format (KServe v2 JSON, ``POST /models/<name>/invoke`` on a SageMaker-mode Triton)::
 
@@ -32,7 +33,16 @@ import sys
 # source tree.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
-from tenantml_encoder import ENCODER_FILE, TOKENIZER_FILE, Encoder, answer_batch  # noqa: E402
+from tenantml_encoder import (  # noqa: E402
+    CPU,
+    ENCODER_FILE,
+    TOKENIZER_FILE,
+    Encoder,
+    answer_batch,
+    describe,
+    instance_device,
+    log_info,
+)
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -47,8 +57,8 @@ __all__ = ["ENCODER_FILE", "TOKENIZER_FILE", "Encoder", "Predictor"]
 class Predictor:
     """The intent classifier loaded from a directory holding the files named above."""
 
-    def __init__(self, model_dir: str) -> None:
-        self.encoder = Encoder(model_dir)
+    def __init__(self, model_dir: str, *, device: str = CPU, device_id: int = 0) -> None:
+        self.encoder = Encoder(model_dir, device=device, device_id=device_id)
         with np.load(os.path.join(model_dir, HEAD_FILE)) as head:
             self.weights = head["W"].astype(np.float32)
             self.bias = head["b"].astype(np.float32)
@@ -85,7 +95,11 @@ class TritonPythonModel:
 
     def initialize(self, args: dict) -> None:
         model_dir = os.path.join(args["model_repository"], args["model_version"])
-        self.predictor = Predictor(model_dir)
+        device, device_id = instance_device(args)
+        self.predictor = Predictor(model_dir, device=device, device_id=device_id)
+        log_info(
+            pb_utils, f"{args['model_name']}: {describe(self.predictor.encoder, requested=device)}"
+        )
         self.label_names = np.array([name.encode() for name in self.predictor.labels], object)
 
     def execute(self, requests: list) -> list:

@@ -2,6 +2,12 @@
 
 Packaged as ``1/tenantml_encoder.py`` beside the kind's ``1/model.py`` (which imports it), so it
 imports only numpy, onnxruntime, tokenizers and the standard library.
+
+On a CPU instance it runs ``encoder.onnx`` (int8) on ONNX Runtime's CPU provider. A package
+rendered for a GPU instance type (``kind: KIND_GPU``) also carries ``encoder-gpu.onnx`` (fp16 or
+fp32, whichever keeps the kind's quality): there the encoder asks for the CUDA provider first and
+the CPU provider second, runs ``encoder-gpu.onnx`` when CUDA is there and the int8 encoder when it
+is not, and says which provider it got.
 """
 
 from __future__ import annotations
@@ -29,7 +35,12 @@ import onnxruntime as ort  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 ENCODER_FILE = "encoder.onnx"
+# The float encoder a GPU package runs on CUDA (int8 MatMulInteger graphs are CPU kernels).
+GPU_ENCODER_FILE = "encoder-gpu.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+CPU, GPU = "cpu", "gpu"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
 MAX_TOKENS = 128
 ENCODE_BATCH_SIZE = 32
 
@@ -38,10 +49,37 @@ ENCODE_BATCH_SIZE = 32
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def instance_device(args: dict) -> tuple[str, int]:
+    """The device Triton gave this model instance (``initialize``'s args) and its GPU index."""
+    if str(args.get("model_instance_kind", "")).upper() == "GPU":
+        return GPU, int(args.get("model_instance_device_id") or 0)
+    return CPU, 0
+
+
+def session_plan(model_dir: str, *, device: str, device_id: int = 0) -> tuple[str, list]:
+    """The encoder file and the providers to ask ONNX Runtime for, on ``device``.
+
+    On a GPU the float encoder runs on CUDA when this ONNX Runtime has the CUDA provider;
+    without it (a CPU-only build) the int8 encoder runs on the CPU, as in a CPU package.
+    """
+    gpu_file = os.path.join(model_dir, GPU_ENCODER_FILE)
+    if device != GPU:
+        return os.path.join(model_dir, ENCODER_FILE), [CPU_PROVIDER]
+    cuda = (
+        CUDA_PROVIDER,
+        # Grow the GPU arena by what is asked, not in doubling chunks, so the memory measured
+        # at load is what the model keeps holding.
+        {"device_id": device_id, "arena_extend_strategy": "kSameAsRequested"},
+    )
+    if CUDA_PROVIDER in ort.get_available_providers() and os.path.isfile(gpu_file):
+        return gpu_file, [cuda, CPU_PROVIDER]
+    return os.path.join(model_dir, ENCODER_FILE), [cuda, CPU_PROVIDER]
+
+
 class Encoder:
     """The base encoder: tokenizes, runs the ONNX graph and mean-pools to unit-norm vectors."""
 
-    def __init__(self, model_dir: str) -> None:
+    def __init__(self, model_dir: str, *, device: str = CPU, device_id: int = 0) -> None:
         options = ort.SessionOptions()
         # One thread and no arena: a host runs many small models side by side, and each one's
         # memory must stay what was measured at load, not grow with the largest batch seen.
@@ -49,9 +87,12 @@ class Encoder:
         options.inter_op_num_threads = 1
         options.enable_cpu_mem_arena = False
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            os.path.join(model_dir, ENCODER_FILE), options, providers=["CPUExecutionProvider"]
-        )
+        path, providers = session_plan(model_dir, device=device, device_id=device_id)
+        # A build without CUDA warns that it lacks the provider and runs on the next one.
+        self.session = ort.InferenceSession(path, options, providers=providers)
+        self.encoder_file = os.path.basename(path)
+        # What ONNX Runtime gave, first choice first: CUDA, or the CPU fallback.
+        self.provider = self.session.get_providers()[0]
         self.input_names = {node.name for node in self.session.get_inputs()}
         self.tokenizer = Tokenizer.from_file(os.path.join(model_dir, TOKENIZER_FILE))
         padding = self.tokenizer.padding or {}
@@ -88,6 +129,23 @@ class Encoder:
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+
+def describe(encoder: Encoder, *, requested: str) -> str:
+    """One log line: the device asked for, the provider got and the encoder file it runs."""
+    line = f"encoder {encoder.encoder_file} on {encoder.provider} ({requested} package)"
+    if requested == GPU and encoder.provider != CUDA_PROVIDER:
+        line += "; CUDA is not available here, so it runs on the CPU"
+    return line
+
+
+def log_info(pb_utils, message: str) -> None:
+    """Write ``message`` to Triton's log (stderr outside Triton, or on a stub without Logger)."""
+    logger = getattr(pb_utils, "Logger", None) if pb_utils is not None else None
+    if logger is not None:
+        logger.log_info(message)
+    else:
+        print(message, file=sys.stderr, flush=True)
 
 
 def answer_batch(pb_utils, requests: list, *, kind: str, compute, outputs) -> list:

@@ -1,5 +1,7 @@
-"""Measuring the host memory one loaded model holds: its python backend stub processes,
-found by the model they serve, in RSS and PSS."""
+"""Measuring the memory one loaded model holds: host memory from its python backend stub
+processes, found by the model they serve, in RSS and PSS; GPU memory from Triton's
+``nv_gpu_memory_used_bytes`` before and after its load (Triton reports it per GPU, not per model).
+"""
 
 from __future__ import annotations
 
@@ -91,3 +93,26 @@ def model_memory_mb(triton_pid: int, model_name_or_dir: str | Path) -> MemoryRea
         pss_mb=round(pss / MB, 2) if pss is not None else None,
         processes=count,
     )
+
+
+def gpu_memory_by_device_mb(metrics: dict) -> dict[str, float] | None:
+    """Used memory per GPU (by UUID) from parsed Triton metrics (``triton_memory_metrics``);
+    None when Triton reports no GPU (a machine without one, or metrics turned off)."""
+    used = {
+        uuid: float(gpu["memory_used_mb"])
+        for uuid, gpu in (metrics.get("gpus") or {}).items()
+        if "memory_used_mb" in gpu
+    }
+    return used or None
+
+
+def gpu_memory_growth_mb(
+    before: dict[str, float] | None, after: dict[str, float] | None
+) -> float | None:
+    """What a load added to the GPUs, summed over them: each GPU's growth between the readings
+    taken around it (never below 0: another model unloading meanwhile frees memory); None
+    without both readings."""
+    if before is None or after is None:
+        return None
+    growth = sum(max(0.0, used - before.get(uuid, used)) for uuid, used in after.items())
+    return round(growth, 1)

@@ -1,4 +1,5 @@
-"""Verified model packages unpacked into the directory layout a multi-model load expects.
+"""Verified model packages unpacked into the directory layout a multi-model load expects, and
+which device's package an instance loads.
 
 A ``model.tar.gz`` is checked against its sha256, extracted within bounded size and member
 counts (no links, absolute paths or traversal) and kept by digest, shared by every instance.
@@ -25,8 +26,16 @@ from models_registry.exceptions import PackageChecksumMismatch
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+CPU, GPU = "cpu", "gpu"
 
 # --- Model packages --------------------------------------------------------------------------
+
+
+def load_device(*, instance_gpu_count: int, gpus_seen: bool) -> str:
+    """The device an instance's packages are rendered for: the GPU where its type has GPUs and
+    its Triton sees one (its metrics list GPUs); else the CPU. Triton refuses a ``KIND_GPU``
+    model on a machine without GPUs, so there a GPU type falls back to the CPU package."""
+    return GPU if instance_gpu_count > 0 and gpus_seen else CPU
 
 
 def sha256_file(path: Path) -> str:

@@ -12,7 +12,10 @@ behaviour on real Triton processes:
   are never evicted, and a model that cannot fit raises ``CapacityExceeded``;
 - every load verifies the package's sha256, measures the loaded model's real resident memory and
   stores it on the placement (and on the version the first time), and records an Event; a failed
-  load marks the placement failed with Triton's reason and leaves the instance serving.
+  load marks the placement failed with Triton's reason and leaves the instance serving;
+- on an instance type with GPUs whose Triton sees a GPU, the version is rendered for the GPU
+  (``KIND_GPU``, CUDA first) and its GPU memory is measured and budgeted beside host memory;
+  where Triton sees none, the CPU package loads instead (Triton refuses ``KIND_GPU`` there).
 
 It is the serving half of the deployments services (``services.py`` keeps the bookkeeping), split
 out because it is the only part that talks to a backend.
@@ -41,8 +44,12 @@ from deployments import usage
 from deployments.backends.base import InvokeResult, PreparedProbe, ProbeResult
 from deployments.backends.local.client import TritonMultiModelClient
 from deployments.backends.local.gates import ModelGates, gates_in
-from deployments.backends.local.memory import model_memory_mb
-from deployments.backends.local.packages import prepare_model_dir
+from deployments.backends.local.memory import (
+    gpu_memory_by_device_mb,
+    gpu_memory_growth_mb,
+    model_memory_mb,
+)
+from deployments.backends.local.packages import CPU, GPU, load_device, prepare_model_dir
 from deployments.backends.local.process import start_triton, stop_triton
 from deployments.exceptions import (
     InstanceUnavailable,
@@ -59,11 +66,12 @@ from deployments.placement.eviction import (
     plan_load,
     plan_trim,
 )
-from deployments.placement.rows import memory_of
+from deployments.placement.rows import held_gpu_memory_mb, instance_gpu_budget_mb, memory_of
 from deployments.signals import routing_changed
 from models_registry import artifacts
 from models_registry.kinds import get_kind
 from models_registry.models import ModelVersion
+from models_registry.services.packaging import device_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -587,6 +595,7 @@ def _resident_view(instance: Instance, *, exclude: int) -> tuple[list[ResidentMo
             ResidentModel(
                 key=key,
                 memory_mb=memory_of(other),
+                gpu_memory_mb=held_gpu_memory_mb(other),
                 pinned=other.is_pinned,
                 last_used=last_used,
                 # Neither a loading model nor one already being evicted can be chosen.
@@ -631,7 +640,9 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
     with transaction.atomic():
         placement = (
             Placement.objects.select_for_update(of=("self",))
-            .select_related("version__model__tenant", "instance__endpoint", "endpoint")
+            .select_related(
+                "version__model__tenant", "instance__endpoint", "endpoint__instance_type"
+            )
             .get(pk=placement_id)
         )
         if placement.actual_state == Placement.ActualState.LOADED:
@@ -657,6 +668,8 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
                 incoming_mb=memory_of(placement),
                 budget_mb=instance.memory_budget_mb,
                 order=eviction_order(instance.pk),
+                incoming_gpu_mb=held_gpu_memory_mb(placement),
+                gpu_budget_mb=_gpu_budget_mb(placement.endpoint),
             )
             victims = [by_key[key] for key in plan.evict]
             _claim_victims(victims)
@@ -700,8 +713,12 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
         _mark_load_failed(placement, exc, actor=actor)
         raise
     try:
-        model_dir = _unpacked_package(version)
         gpu_before = _gpu_memory_used_mb(client)
+        device = load_device(
+            instance_gpu_count=placement.endpoint.instance_type.gpu_count,
+            gpus_seen=gpu_before is not None,
+        )
+        model_dir = _unpacked_package(version, device=device)
         started = time.perf_counter()
         client.load_model(version.triton_model_name, str(model_dir), timeout_s=LOAD_TIMEOUT_S)
         load_time_ms = (time.perf_counter() - started) * 1000
@@ -709,9 +726,11 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
         _mark_load_failed(placement, exc, actor=actor)
         raise
     reading = _measure(instance, version)
-    gpu_after = _gpu_memory_used_mb(client) if gpu_before is not None else None
     # Triton reports GPU memory per device, not per model: the load's growth is the model's.
-    gpu_mb = round(max(0.0, gpu_after - gpu_before), 1) if gpu_after is not None else None
+    # A model loaded on the CPU holds none, and records none (not a 0 for GPU placement).
+    gpu_mb = (
+        gpu_memory_growth_mb(gpu_before, _gpu_memory_used_mb(client)) if device == GPU else None
+    )
     now = timezone.now()
     with transaction.atomic():
         Placement.objects.filter(pk=placement.pk).update(
@@ -737,12 +756,20 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
             actor=actor,
             message=(
                 f"{version} loaded on {instance} in {load_time_ms:,.0f} ms"
-                + (f", {reading:,.0f} MB resident." if reading is not None else ".")
+                + (f", {reading:,.0f} MB resident" if reading is not None else "")
+                + (f", {gpu_mb:,.0f} MB on its GPUs" if gpu_mb is not None else "")
+                + _device_note(placement.endpoint.instance_type, device)
+                + "."
             ),
             version=version,
             endpoint=placement.endpoint,
             instance=instance,
-            data={"load_time_ms": round(load_time_ms, 1), "host_memory_mb": reading},
+            data={
+                "load_time_ms": round(load_time_ms, 1),
+                "host_memory_mb": reading,
+                "gpu_memory_mb": gpu_mb,
+                "device": device,
+            },
         )
     _trim_to_budget(instance=instance, keep=placement, client=client, actor=actor)
     return LoadOutcome(placement_id=placement.pk, cold_start=True, load_time_ms=load_time_ms)
@@ -853,6 +880,9 @@ def _trim_to_budget(
                 budget_mb=locked.memory_budget_mb,
                 keep=str(keep.pk) if keep is not None else None,
                 order=eviction_order(locked.pk),
+                gpu_budget_mb=_gpu_budget_mb(
+                    Endpoint.objects.select_related("instance_type").get(pk=locked.endpoint_id)
+                ),
             )
         ]
         _claim_victims(victims)
@@ -930,8 +960,11 @@ def _wait_for_eviction(placement_id: int) -> None:
     raise ModelBusy("The model is still being unloaded by another worker; retry shortly.")
 
 
-def _unpacked_package(version: ModelVersion) -> Path:
-    """The verified, unpacked Triton package of a version (the MME ``url`` to load from)."""
+def _unpacked_package(version: ModelVersion, *, device: str = CPU) -> Path:
+    """The verified, unpacked Triton package of a version (the MME ``url`` to load from); for a
+    GPU, the version rendered for it from its artifact."""
+    if device == GPU:
+        return device_model_dir(version=version, device=GPU, models_root=models_root())
     package_path = Path(version.package_uri)
     if version.package_uri.startswith("s3://"):
         cache = models_root() / "downloads" / f"{version.sha256}.tar.gz"
@@ -946,16 +979,29 @@ def _unpacked_package(version: ModelVersion) -> Path:
     )
 
 
-def _gpu_memory_used_mb(client) -> float | None:
-    """GPU memory in use on the instance's GPUs, or None without a GPU (or metrics)."""
+def _gpu_memory_used_mb(client) -> dict[str, float] | None:
+    """GPU memory in use per GPU of the instance, or None without a GPU (or metrics)."""
     if client.metrics_port is None:
         return None
     try:
-        gpus = client.metrics()["gpus"]
+        return gpu_memory_by_device_mb(client.metrics())
     except DomainError:
         return None
-    used = [gpu["memory_used_mb"] for gpu in gpus.values() if "memory_used_mb" in gpu]
-    return sum(used) if used else None
+
+
+def _gpu_budget_mb(endpoint: Endpoint) -> float | None:
+    """The GPU memory an instance of the endpoint may fill; None on a type without GPUs."""
+    return instance_gpu_budget_mb(
+        endpoint.instance_type, target_utilization=float(endpoint.target_memory_utilization)
+    )
+
+
+def _device_note(instance_type, device: str) -> str:
+    if device == GPU:
+        return " (GPU package)"
+    if instance_type.gpu_count > 0:
+        return f" (CPU package: {instance_type.name} has GPUs but this Triton sees none)"
+    return ""
 
 
 def _measure(instance: Instance, version: ModelVersion) -> float | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from deployments.backends.local import runtime
 from deployments.backends.local.client import TritonMultiModelClient
 from deployments.backends.local.process import start_triton, stop_triton
 from deployments.exceptions import InstanceUnavailable, ModelBusy, ModelLoadFailed
-from deployments.models import Endpoint, Event, Instance, Placement
+from deployments.models import Endpoint, Event, Instance, InstanceType, Placement
 from deployments.placement.eviction import CapacityExceeded
 from models_registry.exceptions import PackageChecksumMismatch
 from models_registry.models import ModelVersion
@@ -142,6 +143,71 @@ def test_embedding_answers_like_its_artifact_and_unloads(
     assert version.triton_model_name not in loaded_names(triton_client)
     placement.refresh_from_db()
     assert placement.actual_state == Placement.ActualState.UNLOADED
+
+
+@pytest.fixture
+def gpu_instance(instance):
+    """The test's instance, its endpoint of a GPU instance type (one T4: 13,107 MB at 80 %)."""
+    Endpoint.objects.filter(pk=instance.endpoint_id).update(
+        instance_type=InstanceType.objects.get(name="ml.g4dn.xlarge")
+    )
+    instance.refresh_from_db()
+    return instance
+
+
+def test_a_gpu_instance_type_on_a_machine_without_gpus_serves_from_the_cpu_package(
+    gpu_instance, intent_artifact, triton
+):
+    version = packaged(intent_artifact)
+    placement = runtime.place_on_instance(version=version, instance=gpu_instance, actor="test")
+
+    result = runtime.invoke_placement(placement=placement, inputs=TICKETS[:1])
+
+    # Triton refuses KIND_GPU where it sees no GPU, so the CPU package is the one loaded.
+    assert result.cold_start is True and result.outputs[0]["label"] == "refund"
+    loaded = Event.objects.get(kind="placement.loaded", version=version)
+    assert loaded.data["device"] == "cpu"
+    assert "CPU package: ml.g4dn.xlarge has GPUs but this Triton sees none" in loaded.message
+    placement.refresh_from_db()
+    version.refresh_from_db()
+    # No GPU load, no GPU figure: none is guessed for the placement or the version.
+    assert placement.gpu_memory_mb is None and version.gpu_memory_mb is None
+    log = (Path(triton.workdir) / "triton.log").read_text()
+    assert f"{version.triton_model_name}: encoder encoder.onnx on CPUExecutionProvider" in log
+
+
+def test_measured_gpu_memory_trims_a_gpu_instance_to_its_gpu_budget(gpu_instance, settings):
+    # Recency alone orders these victims (this process's request counts belong to other tests).
+    settings.TENANTML_EVICTION_POLICY = "lru"
+    # Three models loaded on the GPU, each measured at 5,000 MB: 15,000 MB of a 13,107 MB budget.
+    now = time.time()
+    placements = []
+    for age_s in (30, 20, 10):
+        version = ModelVersionFactory(host_memory_mb=120, gpu_memory_mb=5000)
+        placements.append(
+            Placement.objects.create(
+                version=version,
+                endpoint=gpu_instance.endpoint,
+                instance=gpu_instance,
+                actual_state=Placement.ActualState.LOADED,
+                host_memory_mb=120,
+                gpu_memory_mb=5000,
+                last_invoked_at=datetime.fromtimestamp(now - age_s, tz=UTC),
+            )
+        )
+
+    evicted = runtime.trim_to_budget(instance=gpu_instance, actor="test")
+
+    # Host memory (360 of 4,000 MB) had room; the GPU did not: the least recently used goes.
+    assert evicted == [placements[0].version.triton_model_name]
+    states = dict(Placement.objects.values_list("pk", "actual_state"))
+    assert [states[p.pk] for p in placements] == ["evicted", "loaded", "loaded"]
+    # On a type without GPUs the same figures take no GPU budget: nothing more is evicted.
+    Endpoint.objects.filter(pk=gpu_instance.endpoint_id).update(
+        instance_type=InstanceType.objects.get(name="local")
+    )
+    Placement.objects.filter(pk=placements[0].pk).update(actual_state="loaded")
+    assert runtime.trim_to_budget(instance=gpu_instance, actor="test") == []
 
 
 def three_versions(intent_artifact) -> list[ModelVersion]:
