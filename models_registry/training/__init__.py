@@ -7,5 +7,8 @@ imports only the kinds, the base model and the Triton runtime modules, never Dja
 ``backends`` is where a job runs, behind one interface: ``backends.local`` uses ``runner``, which
 lays out a job directory the same way and runs the entry point as a local process;
 ``backends.sagemaker`` uses ``sagemaker_client`` (CreateTrainingJob and friends, plain boto3)
-and ``sourcedir``, which packs the same code for SageMaker.
+and ``sourcedir``, which packs the same code for SageMaker. Several queued jobs may train as one
+batch: ``batching`` plans it (pure), ``batch_entrypoint`` is each host's process, and
+``backends.batches`` runs it (``backends.sagemaker_batch``: one multi-instance training job;
+``backends.local_batch``: one local process per host, through ``runner``).
 """
