@@ -220,7 +220,13 @@ class TrainingJobAdmin(ViewOnceCreatedMixin, admin.ModelAdmin):
     )
     list_filter = ("status", "backend", "cancel_requested", "warm_pool_reused")
     list_select_related = ("model__tenant", "dataset")
-    search_fields = ("model__name", "model__tenant__slug", "external_id", "idempotency_key")
+    search_fields = (
+        "model__name",
+        "model__tenant__slug",
+        "external_id",
+        "idempotency_key",
+        "batch_name",
+    )
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     fields = (
@@ -232,6 +238,8 @@ class TrainingJobAdmin(ViewOnceCreatedMixin, admin.ModelAdmin):
         "cancel_requested",
         "external_id",
         "warm_pool_reused",
+        "batch_name",
+        "batch_host",
         "hyperparameters",
         "metrics",
         "failure_reason",

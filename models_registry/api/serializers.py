@@ -232,6 +232,16 @@ class TrainingJobSerializer(serializers.ModelSerializer):
         "(SAGEMAKER_TRAINING_WARM_POOL_SECONDS); null when no warm pool was asked for or it "
         "is not known yet.",
     )
+    batch_name = serializers.CharField(
+        read_only=True,
+        help_text="SageMaker: the multi-instance training job this job trained in with other "
+        "queued jobs of its kind (docs/operations.md, Batch training); empty when it trained "
+        "on its own.",
+    )
+    batch_host = serializers.CharField(
+        read_only=True,
+        help_text="The instance of that batch (algo-N) that trained this job; empty when none.",
+    )
 
     class Meta:
         model = TrainingJob
@@ -253,6 +263,8 @@ class TrainingJobSerializer(serializers.ModelSerializer):
             "attempts",
             "cancel_requested",
             "warm_pool_reused",
+            "batch_name",
+            "batch_host",
             "created_at",
             "started_at",
             "heartbeat_at",

@@ -114,7 +114,11 @@ def host_writes(name: str, job: TrainingJob, *, artifact_dir=None, reason: str =
 
 
 def test_queued_jobs_of_a_kind_launch_as_one_multi_instance_job_and_end_each_on_its_own(
-    sagemaker, intent_artifact, tasks_run_inline, django_capture_on_commit_callbacks
+    sagemaker,
+    intent_artifact,
+    tasks_run_inline,
+    django_capture_on_commit_callbacks,
+    platform_client,
 ):
     with django_capture_on_commit_callbacks(execute=False):
         jobs = [onboard(slug, seed=seed) for seed, slug in enumerate(["a", "b", "c"], 1)]
@@ -145,6 +149,12 @@ def test_queued_jobs_of_a_kind_launch_as_one_multi_instance_job_and_end_each_on_
         index = int(job.batch_host.removeprefix("algo-")) - 1
         assert job.pk in [task["job"] for task in manifest["hosts"][index]]
         assert job.external_id == described["TrainingJobArn"]
+        shown = platform_client.get(f"/api/v1/training-jobs/{job.pk}/").json()
+        assert (shown["status"], shown["batch_name"], shown["batch_host"]) == (
+            "running",
+            first.batch_name,
+            job.batch_host,
+        )
 
     # moto ends the job at once; the hosts wrote what they trained (one task failed, and the
     # host of the last one never got to it).
