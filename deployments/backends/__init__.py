@@ -55,3 +55,8 @@ def backend_for(endpoint: Endpoint) -> ServingBackend:
 def backends_serving(mode: str) -> list[str]:
     """The names of the backends that serve deployments of ``mode``."""
     return [name for name in sorted(BACKENDS) if mode in backend_named(name).modes]
+
+
+def backends_reporting_cloud_metrics() -> list[str]:
+    """The names of the backends whose endpoints report the cloud's own figures (CloudWatch)."""
+    return [name for name in sorted(BACKENDS) if backend_named(name).reports_cloud_metrics]

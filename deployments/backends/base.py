@@ -156,6 +156,8 @@ class ServingBackend(Protocol):
     name: str
     #: The deployment modes it can serve (``Endpoint.Mode`` values).
     modes: tuple[str, ...]
+    #: Whether its endpoints' figures come from the cloud (``cloud_metrics``) as well.
+    reports_cloud_metrics: bool
 
     def roll_out(self, *, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
         """Place the deployment's target version, load it and probe it; returns the endpoint

@@ -18,14 +18,12 @@ from datetime import datetime, timedelta
 from django.db.models import Avg, Case, F, FloatField, Q, Sum, Value, When
 from django.utils import timezone
 
+from deployments.backends import backends_reporting_cloud_metrics
 from deployments.models import BackgroundPass, CloudMetricMinute, Endpoint
 from deployments.passes import CLOUD_METRICS
 from deployments.selectors.traffic import TRAFFIC_WINDOW_MINUTES
 from tenants.access import Caller
 
-# The backends whose endpoints report the cloud's figures (the platform measures local
-# instances itself: the minute sampler and the usage flush).
-CLOUD_BACKENDS = (Endpoint.Backend.SAGEMAKER,)
 # How recent a minute must be for its gauges (models loaded, utilization) to count as "now".
 LATEST_MINUTES = 15
 TREND_HOURS = 6
@@ -205,7 +203,7 @@ def last_pass() -> dict | None:
 
 def reports_cloud_metrics(endpoint: Endpoint) -> bool:
     """Whether the endpoint's backend reports the cloud's figures for it."""
-    return endpoint.backend in CLOUD_BACKENDS
+    return endpoint.backend in backends_reporting_cloud_metrics()
 
 
 def endpoint_cloud_figures(*, endpoint: Endpoint, now: datetime | None = None) -> dict | None:
@@ -292,7 +290,7 @@ def fleet_cloud_figures(*, caller: Caller, now: datetime | None = None) -> dict 
     own figures, and the fleet's trends; None for a member or a fleet with no such endpoint."""
     if not caller.is_platform:
         return None
-    live = Endpoint.objects.filter(backend__in=CLOUD_BACKENDS).exclude(
+    live = Endpoint.objects.filter(backend__in=backends_reporting_cloud_metrics()).exclude(
         status=Endpoint.Status.RETIRED
     )
     endpoints = live.count()
@@ -302,7 +300,7 @@ def fleet_cloud_figures(*, caller: Caller, now: datetime | None = None) -> dict 
     end = now.replace(second=0, microsecond=0)
     since = end - timedelta(minutes=TRAFFIC_WINDOW_MINUTES)
     rows = CloudMetricMinute.objects.filter(
-        endpoint__backend__in=CLOUD_BACKENDS, component=""
+        endpoint__backend__in=backends_reporting_cloud_metrics(), component=""
     ).exclude(endpoint__status=Endpoint.Status.RETIRED)
     hour = rows.filter(minute__gte=since)
     sums = _sums(

@@ -149,6 +149,11 @@ def package_version(*, version: ModelVersion, actor: str) -> ModelVersion:
     return version
 
 
+def _package_device(uri: str) -> str:
+    """The device a stored image package was built for, from its file name."""
+    return GPU if uri.endswith(f"-{GPU}.tar.gz") else CPU
+
+
 def image_package(
     *,
     version: ModelVersion,
@@ -168,7 +173,7 @@ def image_package(
         version.image_package_uri
         and version.image_uri == image_uri
         and version.image_python == python_version
-        and version.image_package_uri.endswith(f"/{file_name}")
+        and _package_device(version.image_package_uri) == device
     ):
         return version.image_package_uri
     if not version.artifact_uri:

@@ -24,6 +24,8 @@ class LocalServingBackend:
     """Deployments on Triton processes of this machine, in SageMaker multi-model mode."""
 
     name = Endpoint.Backend.LOCAL
+    # The platform measures its own instances (the minute sampler), no cloud reports them.
+    reports_cloud_metrics = False
     modes = (Endpoint.Mode.MME, Endpoint.Mode.DEDICATED)
 
     def roll_out(self, *, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:

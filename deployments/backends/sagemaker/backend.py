@@ -40,6 +40,8 @@ class SageMakerServingBackend:
     """Deployments on SageMaker (MME, inference components, dedicated endpoints)."""
 
     name = Endpoint.Backend.SAGEMAKER
+    # CloudWatch reports the endpoints' figures (read by the cloud-metrics pass).
+    reports_cloud_metrics = True
     modes = (Endpoint.Mode.MME, Endpoint.Mode.INFERENCE_COMPONENT, Endpoint.Mode.DEDICATED)
 
     def roll_out(self, *, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
