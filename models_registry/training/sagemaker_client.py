@@ -334,6 +334,13 @@ def _progress_pct(description: Mapping[str, Any]) -> int:
     return 0
 
 
+# SecondaryStatus values of a job SageMaker stopped itself, at the job's StoppingCondition.
+_TIME_LIMIT_SECONDARY = {
+    "MaxRuntimeExceeded": "Stopped by SageMaker: the job ran past its MaxRuntimeInSeconds.",
+    "MaxWaitTimeExceeded": "Stopped by SageMaker: the job waited past its MaxWaitTimeInSeconds.",
+}
+
+
 def _status_from_description(description: Mapping[str, Any]) -> TrainingStatus:
     aws_status = description.get("TrainingJobStatus", "")
     secondary = description.get("SecondaryStatus", "")
@@ -341,6 +348,9 @@ def _status_from_description(description: Mapping[str, Any]) -> TrainingStatus:
     if aws_status == "Completed":
         state = "succeeded"
     elif aws_status == "Failed":
+        state = "failed"
+    elif aws_status == "Stopped" and secondary in _TIME_LIMIT_SECONDARY:
+        # SageMaker stopped it at its StoppingCondition: the job failed, nobody cancelled it.
         state = "failed"
     elif aws_status == "Stopped":
         state = "cancelled"
@@ -353,7 +363,8 @@ def _status_from_description(description: Mapping[str, Any]) -> TrainingStatus:
     return TrainingStatus(
         status=state,
         secondary_status=secondary,
-        failure_reason=description.get("FailureReason", ""),
+        failure_reason=description.get("FailureReason", "")
+        or _TIME_LIMIT_SECONDARY.get(secondary if aws_status == "Stopped" else "", ""),
         # AWS reports the artifact path up front; it only holds a model once the job succeeded.
         model_artifacts_s3_uri=artifacts if state == "succeeded" else None,
         final_metrics={

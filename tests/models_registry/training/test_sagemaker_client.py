@@ -539,6 +539,7 @@ def test_reuse_is_not_asked_before_it_can_be_known(
         ("InProgress", "Uploading", "running", 90),
         ("Stopping", "Stopping", "running", 50),
         ("Stopped", "Stopped", "cancelled", 50),
+        ("Stopped", "MaxRuntimeExceeded", "failed", 50),
         ("Failed", "Failed", "failed", 50),
     ],
 )
@@ -565,9 +566,10 @@ def test_describe_maps_sagemaker_status(
     assert status.secondary_status == secondary
     assert status.progress_pct == expected_progress
     assert status.model_artifacts_s3_uri is None  # nothing is there until the job succeeded
-    assert status.failure_reason == (
-        "AlgorithmError: CUDA out of memory" if aws_status == "Failed" else ""
-    )
+    assert status.failure_reason == {
+        "Failed": "AlgorithmError: CUDA out of memory",
+        "MaxRuntimeExceeded": "Stopped by SageMaker: the job ran past its MaxRuntimeInSeconds.",
+    }.get(aws_status if aws_status == "Failed" else secondary, "")
     assert status.is_terminal == (expected_status in ("cancelled", "failed"))
 
 
