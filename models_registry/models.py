@@ -131,6 +131,9 @@ class TrainingJob(models.Model):
     # and the host (``algo-N``) that trained this one; empty for a job launched on its own.
     batch_name = models.CharField(max_length=63, blank=True, db_index=True)
     batch_host = models.CharField(max_length=16, blank=True)
+    # When what the finished job left in the cloud (inputs, an output no version took) was
+    # deleted; null until the training reconciler has done it.
+    resources_released_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

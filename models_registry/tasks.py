@@ -8,7 +8,13 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from models_registry.models import ModelVersion
-from models_registry.services import batch_training, packaging, time_limits, training
+from models_registry.services import (
+    batch_training,
+    packaging,
+    time_limits,
+    training,
+    training_cleanup,
+)
 
 
 @shared_task(bind=True, name="models_registry.tasks.package_version")
@@ -51,8 +57,10 @@ def package_trained_version(job_id: int) -> str:
 
 @shared_task(name="models_registry.tasks.reconcile_training_jobs")
 def reconcile_training_jobs() -> int:
-    return len(training.reconcile_training_jobs()) + len(
-        batch_training.reconcile_training_batches()
+    return (
+        len(training.reconcile_training_jobs())
+        + len(batch_training.reconcile_training_batches())
+        + len(training_cleanup.release_ended_jobs())
     )
 
 

@@ -24,4 +24,9 @@ class Migration(migrations.Migration):
             name="warm_pool_reused",
             field=models.BooleanField(blank=True, null=True),
         ),
+        migrations.AddField(
+            model_name="trainingjob",
+            name="resources_released_at",
+            field=models.DateTimeField(blank=True, null=True),
+        ),
     ]

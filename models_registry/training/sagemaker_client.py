@@ -66,6 +66,8 @@ __all__ = [
 TrainingState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 PLATFORM_TAG = "tenantml"
+# DeleteObjects takes at most 1,000 keys a call.
+S3_DELETE_BATCH = 1000
 JOB_NAME_MAX_LENGTH = 63
 JOB_NAME_PREFIX = "tml"
 # CreateTrainingJob calls are spaced this far apart: one a second, plus 50 ms because SageMaker
@@ -607,6 +609,40 @@ class SageMakerTrainingClient:
             "sourcedir": f"s3://{bucket}/{key('code', 'sourcedir.tar.gz')}",
             "output": f"s3://{bucket}/{key('output')}/",
         }
+
+    def delete_prefix(self, *, bucket: str, prefix: str, keep_uris: frozenset[str]) -> int:
+        """Delete every object under ``s3://bucket/prefix`` except those in ``keep_uris``
+        (ListObjectsV2 pages, DeleteObjects up to 1,000 keys a call); how many were deleted."""
+        s3 = self.s3_client
+        doomed: list[str] = []
+        try:
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                doomed += [
+                    item["Key"]
+                    for item in page.get("Contents") or []
+                    if f"s3://{bucket}/{item['Key']}" not in keep_uris
+                ]
+            for start in range(0, len(doomed), S3_DELETE_BATCH):
+                answer = s3.delete_objects(
+                    Bucket=bucket,
+                    Delete={
+                        "Objects": [
+                            {"Key": key} for key in doomed[start : start + S3_DELETE_BATCH]
+                        ],
+                        "Quiet": True,
+                    },
+                )
+                if answer.get("Errors"):
+                    first = answer["Errors"][0]
+                    raise TrainingBackendError(
+                        f"S3 DeleteObjects kept {len(answer['Errors'])} object(s) under "
+                        f"s3://{bucket}/{prefix}: {first.get('Code')}: {first.get('Message')}"
+                    )
+        except ClientError as error:
+            raise _backend_error("S3 cleanup", error) from error
+        except BotoCoreError as error:
+            raise TrainingBackendError(f"S3 cleanup failed: {error}") from error
+        return len(doomed)
 
     # -- helpers -----------------------------------------------------------------------------
 

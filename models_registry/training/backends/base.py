@@ -114,6 +114,13 @@ class TrainingBackend(Protocol):
         """Whether a launched job whose heartbeat went stale has lost its training process."""
         ...
 
+    def release(self, *, job: TrainingJob, keep_uris: frozenset[str], last_of_batch: bool) -> int:
+        """Delete what the ended ``job`` left where it trained, except the objects named in
+        ``keep_uris`` (the artifacts versions were registered from), and its batch's shared
+        inputs too when ``last_of_batch``; how many were deleted. Raises a DomainError when the
+        deletion could not be done (the next pass retries)."""
+        ...
+
 
 # The backend a job runs on when the request names none.
 DEFAULT_TRAINING_BACKEND = "local"

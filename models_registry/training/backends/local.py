@@ -96,6 +96,9 @@ class LocalTrainingBackend:
         pid = int(job.external_id) if job.external_id.isdigit() else None
         return not process_alive(pid)
 
+    def release(self, *, job: TrainingJob, keep_uris: frozenset[str], last_of_batch: bool) -> int:
+        return 0  # the job directory went with the training process; the artifact is kept
+
 
 def metrics_of(outcome: TrainingOutcome) -> dict:
     """The figures of a training outcome; the entry point wraps them as ``{"metrics": {...}}``

@@ -150,6 +150,32 @@ class SageMakerTrainingBackend:
     def process_lost(self, *, job: TrainingJob) -> bool:
         return False
 
+    def release(self, *, job: TrainingJob, keep_uris: frozenset[str], last_of_batch: bool) -> int:
+        """Delete the job's S3 objects (its uploaded split and code, and an output no version
+        was registered from: a cancelled or failed job's; a held-back version's stays) but the
+        objects in ``keep_uris``. A batched job's are its own inputs and outputs in the batch's
+        prefix, and the batch's shared manifest, code and outputs once its last job ends."""
+        if settings.ARTIFACT_STORE.kind != "s3":
+            return 0
+        bucket, _, store_prefix = settings.ARTIFACT_STORE.root.partition("/")
+        if not job.batch_name:
+            prefix = "/".join(part for part in (store_prefix, "training", str(job.pk)) if part)
+            return self.client.delete_prefix(
+                bucket=bucket, prefix=prefix + "/", keep_uris=keep_uris
+            )
+        batch = "/".join(
+            part for part in (store_prefix, "training", "batches", job.batch_name) if part
+        )
+        prefixes = (
+            [f"{batch}/"]
+            if last_of_batch
+            else [f"{batch}/input/{job.pk}/", f"{batch}/output/{job.pk}/"]
+        )
+        return sum(
+            self.client.delete_prefix(bucket=bucket, prefix=prefix, keep_uris=keep_uris)
+            for prefix in prefixes
+        )
+
 
 def _job_name(job: TrainingJob) -> str:
     # external_id holds the training job's ARN; its name is the last path segment.

@@ -28,6 +28,7 @@ from models_registry.services import batch_training
 from models_registry.services.datasets import create_dataset
 from models_registry.services.registry import create_model
 from models_registry.services.training import request_training_cancel, start_training_job
+from models_registry.services.training_cleanup import release_ended_jobs
 from models_registry.training import batching
 from models_registry.training.backends.sagemaker import SageMakerTrainingBackend
 from models_registry.training.backends.sagemaker_batch import BatchLocation, SageMakerBatchBackend
@@ -178,6 +179,17 @@ def test_queued_jobs_of_a_kind_launch_as_one_multi_instance_job_and_end_each_on_
     assert c.status == TrainingJob.Status.FAILED
     assert c.failure_reason.startswith(f"Batch {first.batch_name} succeeded without a result")
     assert not ModelVersion.objects.filter(training_job__in=[b, c]).exists()
+
+    # Once all three have ended, the batch's prefix keeps only the artifact a version uses.
+    released = release_ended_jobs(
+        now=timezone.now() + timedelta(minutes=3),
+        backend=SageMakerTrainingBackend(client=sagemaker),
+    )
+    assert sorted(released) == sorted(job.pk for job in (a, b, c))
+    listed = boto3.client("s3", region_name=REGION).list_objects_v2(
+        Bucket=BUCKET, Prefix=where.key("")
+    )
+    assert [f"s3://{BUCKET}/{item['Key']}" for item in listed["Contents"]] == [version.artifact_uri]
 
 
 def running_batch(*slugs: str) -> list[TrainingJob]:

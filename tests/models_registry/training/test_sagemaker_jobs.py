@@ -29,6 +29,7 @@ from models_registry.services.training import (
     start_training_job,
     stop_cancelled_training_job,
 )
+from models_registry.services.training_cleanup import release_ended_jobs
 from models_registry.training.backends.sagemaker import SageMakerTrainingBackend
 from models_registry.training.launch_rate import IntervalRateLimiter
 from models_registry.training.sagemaker_client import SageMakerTrainingClient
@@ -98,6 +99,15 @@ def test_a_sagemaker_job_is_launched_followed_and_its_artifact_becomes_the_activ
     assert version.package_uri.startswith(f"s3://{BUCKET}/platform/packages/")
     model.refresh_from_db()
     assert model.active_version == version
+
+    # Once the job has ended, its uploaded split and code go; the artifact the version uses stays.
+    released = release_ended_jobs(
+        now=job.finished_at + timedelta(minutes=3), backend=SageMakerTrainingBackend(client=aws)
+    )
+    assert released == [job.pk]
+    keys = {item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]}
+    assert keys == {key}
+    assert release_ended_jobs(now=job.finished_at + timedelta(minutes=3)) == []
 
 
 def test_a_launch_without_an_s3_artifact_store_fails_the_job_saying_why(aws, tenant, settings):
@@ -212,6 +222,15 @@ def test_a_job_that_finished_before_its_stop_took_effect_is_cancelled_and_never_
     assert model.active_version is None
     event = Event.objects.get(kind="training.cancelled", tenant=tenant)
     assert event.data["training_ended"] == "succeeded"
+
+    # Nothing registered took the trained model: it goes with the job's inputs.
+    release_ended_jobs(
+        now=job.finished_at + timedelta(minutes=3), backend=SageMakerTrainingBackend(client=aws)
+    )
+    listed = boto3.client("s3", region_name="us-east-1").list_objects_v2(
+        Bucket=bucket, Prefix=f"platform/training/{job.pk}/"
+    )
+    assert listed.get("Contents", []) == []
 
 
 # --- Warm pools ------------------------------------------------------------------------------
