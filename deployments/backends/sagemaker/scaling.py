@@ -69,6 +69,8 @@ LATE_POLL_S = (1, 5)
 # A request for a copy counts as under way for twice its expected time (at least a minute);
 # after that a request that still finds no copy asks again.
 PENDING_MIN_S = 60.0
+# Retry-After while a component finishes a change (it takes no new copy count meanwhile).
+BUSY_RETRY_S = 2
 
 SCALE_OUT_REQUESTED = "sagemaker.scale_out_requested"
 SCALED_TO_ZERO = "sagemaker.component_scaled_to_zero"
@@ -676,6 +678,14 @@ def wake_component(
                     retry_after_s=LATE_POLL_S[1],
                 )
             asked = (state.desired_copies or 0) < 1
+            if asked and not state.is_in_service:
+                # Still finishing its scale in: SageMaker takes no new copy count until it is
+                # done, so nothing is marked and the next request asks.
+                return ScalingFromZero(
+                    f"{placement.version} is finishing its scale-in to zero copies; retry in "
+                    f"{BUSY_RETRY_S} s and a copy will be started.",
+                    retry_after_s=BUSY_RETRY_S,
+                )
             if asked:
                 # AWS's own step policy may be bringing it back already; one copy either way,
                 # never fewer than it asks for.

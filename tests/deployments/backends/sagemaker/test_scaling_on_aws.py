@@ -193,7 +193,7 @@ def expect_step_and_alarm(stubs: Stubs) -> None:
     )
 
 
-def component_description(*, desired: int, current: int) -> dict:
+def component_description(*, desired: int, current: int, status: str = "InService") -> dict:
     return {
         "InferenceComponentName": COMPONENT,
         "InferenceComponentArn": f"arn:aws:sagemaker:{REGION}:123456789012:ic/{COMPONENT}",
@@ -202,7 +202,7 @@ def component_description(*, desired: int, current: int) -> dict:
         "VariantName": "AllTraffic",
         "Specification": {"ModelName": "tml-acme-intents-v1"},
         "RuntimeConfig": {"DesiredCopyCount": desired, "CurrentCopyCount": current},
-        "InferenceComponentStatus": "InService",
+        "InferenceComponentStatus": status,
         "CreationTime": NOW,
         "LastModifiedTime": NOW,
     }
@@ -463,6 +463,21 @@ def test_the_proxy_answers_503_with_retry_after_while_the_copy_starts(stubs):
     assert refused.value.retry_after_s == 60
     [asked] = Event.objects.filter(kind="sagemaker.scale_out_requested")
     assert asked.data["asked"] is False
+
+
+@pytest.mark.django_db
+def test_a_component_still_scaling_in_is_asked_for_a_copy_by_the_next_request(stubs):
+    placement = ic_placement(load_time_ms=42_000.0, copies=0)
+    # SageMaker takes no new copy count while the component is Updating.
+    stubs.sagemaker.add_response(
+        "describe_inference_component",
+        component_description(desired=0, current=0, status="Updating"),
+    )
+
+    answer = scaling.wake_component(backend=stubs.backend, placement_id=placement.pk)
+
+    assert (answer.status_code, answer.code, answer.retry_after_s) == (503, "scaling_from_zero", 2)
+    assert not Event.objects.filter(kind="sagemaker.scale_out_requested").exists()
 
 
 @pytest.mark.django_db

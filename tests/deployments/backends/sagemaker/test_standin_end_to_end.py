@@ -16,7 +16,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from config.env import ArtifactStore
-from deployments.models import Deployment, Endpoint, Placement
+from deployments.models import Deployment, Endpoint, Event, Placement, ScalingPolicy
 from deployments.services import reconciler
 from models_registry.models import ModelVersion
 from models_registry.runtime_layers import running_python
@@ -145,6 +145,23 @@ def assert_account_matches_database(standin) -> dict[str, list[str]]:
     return resources
 
 
+def scaling_policies(standin) -> list[dict]:
+    """Every Application Auto Scaling policy the account holds."""
+    autoscaling = standin.client("application-autoscaling")
+    return autoscaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+
+
+def wait_until(condition, *, timeout_s: float = 60.0, every_s: float = 0.1):
+    """Poll ``condition`` until it returns something true; that value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"still not true after {timeout_s} s: {condition.__doc__ or condition}")
+
+
 def traffic_during(client_secret: str, action, *, threads: int = 2) -> tuple[list, list]:
     """Run ``action`` while ``threads`` clients invoke the model without pause; the failures
     and the versions that answered."""
@@ -252,6 +269,14 @@ def test_a_multi_model_deployment_serves_switches_rolls_back_and_retires_on_real
     resources = assert_account_matches_database(standin)
     assert resources["endpoints"] == ["tml-intent-classifier-mme"]
     assert resources["models"] == ["tml-intent-classifier-mme-model"]
+    # A CPU type: the variant tracks 225 invocations per instance, kept as a row.
+    [policy] = scaling_policies(standin)
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == (
+        "SageMakerVariantInvocationsPerInstance"
+    )
+    assert tracking["TargetValue"] == 225.0
+    assert ScalingPolicy.objects.get().policy_arn == policy["PolicyARN"]
 
     v2 = packaged_version(intent_model, intent_artifact, 2)
     secret = issue_token(tenant=intent_model.tenant, name="load", actor="test").secret
@@ -277,6 +302,7 @@ def test_a_multi_model_deployment_serves_switches_rolls_back_and_retires_on_real
     assert left["endpoints"] == left["models"] == left["endpoint_configs"] == []
     assert not [key for key in left["s3_objects"] if "/endpoints/" in key]
     assert left["scalable_targets"] == []
+    assert scaling_policies(standin) == [] and not ScalingPolicy.objects.exists()
     assert standin.tritons() == []
 
 
@@ -445,3 +471,93 @@ def test_an_inference_component_update_whose_alarm_fires_is_rolled_back_by_sagem
     assert invoke(client)["model_version"] == 1
     resources = assert_account_matches_database(standin)
     assert resources["models"] == ["tml-acme-intents-v1"]  # v2's model went with the rollback
+
+
+def test_an_idle_component_scales_to_zero_and_its_next_request_brings_a_copy_back(
+    on_standin, intent_model
+):
+    import math
+
+    from tenants.models import Tenant
+
+    standin = on_standin
+    client = client_for(intent_model.tenant)
+    deploy(client, mode="inference-component")
+    autoscaling = standin.client("application-autoscaling")
+    sagemaker = standin.client("sagemaker")
+
+    def min_copies() -> int:
+        [target] = autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")[
+            "ScalableTargets"
+        ]
+        return target["MinCapacity"]
+
+    def scaled_to_zero() -> bool:
+        """the component at zero copies, done scaling"""
+        state = sagemaker.describe_inference_component(InferenceComponentName="tml-acme-intents")
+        return (
+            state["RuntimeConfig"]["CurrentCopyCount"] == 0
+            and state["InferenceComponentStatus"] == "InService"
+        )
+
+    assert min_copies() == 0
+    assert {p.policy_name for p in ScalingPolicy.objects.all()} == {
+        "tml-acme-intents-invocations-per-copy",
+        "tml-acme-intents-scale-out-from-zero",
+    }
+    assert "tml-acme-intents-no-capacity" in standin.resources()["alarms"]
+
+    # Idle: a few short CloudWatch minutes later the model runs no copy.
+    standin.set_clock(period_s=0.3, scale_in_periods=2)
+    wait_until(scaled_to_zero)
+    # No second scale in while it comes back: the test reads one return, not a race.
+    standin.set_clock(scale_in_periods=1000)
+    reconciler.reconcile_fleet()
+
+    placement = Placement.objects.get(version__model=intent_model, actual_state="loaded")
+    assert placement.copies == 0  # the mirrored count: what the admin and dashboard show
+    assert Event.objects.filter(kind="sagemaker.component_scaled_to_zero").count() == 1
+
+    first = client.post(f"{MODEL_URL}/invoke", {"inputs": TICKETS[:1]}, format="json")
+
+    assert first.status_code == 503, first.content
+    assert first.json()["error"]["code"] == "scaling_from_zero", first.content
+    # The wait is this component's measured start (its rollout's copy), not a constant.
+    assert int(first["Retry-After"]) == max(1, math.ceil(placement.load_time_ms / 1000))
+    waits = []
+
+    def answered():
+        """a 200 once the copy is back"""
+        response = client.post(f"{MODEL_URL}/invoke", {"inputs": TICKETS[:1]}, format="json")
+        if response.status_code == 200:
+            return response
+        waits.append((response.status_code, response.get("Retry-After")))
+        return None
+
+    answer = wait_until(answered, every_s=0.2)
+    # Meanwhile every caller was told to retry, and when: never a 5xx without Retry-After.
+    assert all(status == 503 and retry_after for status, retry_after in waits), waits
+    assert answer.json()["outputs"][0]["label"] == "refund"
+    # One copy asked for, however many requests met the component at zero.
+    assert Event.objects.filter(kind="sagemaker.scale_out_requested").count() == 1
+    [back] = Event.objects.filter(kind="sagemaker.component_scaled_from_zero")
+    placement.refresh_from_db()
+    assert placement.copies == 1
+    assert placement.load_time_ms == pytest.approx(back.data["measured_s"] * 1000, abs=1)
+
+    # The tenant goes premium and asks for two replicas: its model is pinned, and a pinned
+    # model never scales to zero.
+    Tenant.objects.filter(pk=intent_model.tenant_id).update(tier=Tenant.Tier.PREMIUM)
+    deploy(client, mode="inference-component", replicas=2)
+
+    assert min_copies() >= 1
+    assert [p.policy_name for p in ScalingPolicy.objects.all()] == [
+        "tml-acme-intents-invocations-per-copy"
+    ]
+    assert "tml-acme-intents-no-capacity" not in standin.resources()["alarms"]
+
+    client.delete(f"{MODEL_URL}/deployments/")
+
+    left = assert_account_matches_database(standin)
+    assert left["alarms"] == left["scalable_targets"] == [] == scaling_policies(standin)
+    assert not ScalingPolicy.objects.exists()
