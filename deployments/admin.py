@@ -11,6 +11,7 @@ from django.utils.timesince import timesince
 from config.errors import DomainError
 from deployments.models import (
     BackgroundPass,
+    CloudMetricMinute,
     Deployment,
     Endpoint,
     EndpointUsageMinute,
@@ -580,6 +581,20 @@ class EndpointUsageMinuteAdmin(ViewOnlyAdmin):
         "latency_ms_max",
         "latency_histogram",
     )
+    readonly_fields = fields
+
+
+@admin.register(CloudMetricMinute)
+class CloudMetricMinuteAdmin(ViewOnlyAdmin):
+    """CloudWatch's figures for SageMaker endpoints, as the cloud-metrics pass read them."""
+
+    list_display = ("minute", "endpoint", "component", "metric", "statistic", "value", "unit")
+    list_filter = ("metric", "endpoint")
+    list_select_related = ("endpoint",)
+    search_fields = ("endpoint__name", "component", "metric")
+    date_hierarchy = "minute"
+    ordering = ("-minute",)
+    fields = ("minute", "endpoint", "component", "metric", "statistic", "value", "unit")
     readonly_fields = fields
 
 

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from deployments.models import (
     BackgroundPass,
+    CloudMetricMinute,
     Deployment,
     Endpoint,
     EndpointUsageMinute,
@@ -125,7 +126,16 @@ def everything(db, admin_user) -> dict:
     tenant_cost = TenantCost.objects.create(
         tenant=tenant, slug=tenant.slug, usd_per_hour=0.23, rank_usd_per_hour=0.23, memory_mb=111
     )
+    cloud_metric = CloudMetricMinute.objects.create(
+        endpoint=endpoint,
+        metric="ModelLoadingTime",
+        statistic="Sum",
+        minute=minute,
+        value=1_250_000.0,
+        unit="Microseconds",
+    )
     return {
+        CloudMetricMinute: cloud_metric,
         ScalingPolicy: scaling_policy,
         TenantCost: tenant_cost,
         Tenant: tenant,

@@ -10,6 +10,7 @@ from django.utils.html import escape
 
 from deployments.models import (
     BackgroundPass,
+    CloudMetricMinute,
     Deployment,
     Endpoint,
     EndpointUsageMinute,
@@ -50,6 +51,7 @@ class TestEveryDeploymentsModel(AppAdminChecks, BusyChangelistChecks):
         BackgroundPass,
         TenantCost,
         ScalingPolicy,
+        CloudMetricMinute,
     }
     no_add = {
         Deployment,
@@ -63,6 +65,7 @@ class TestEveryDeploymentsModel(AppAdminChecks, BusyChangelistChecks):
         BackgroundPass,
         TenantCost,
         ScalingPolicy,
+        CloudMetricMinute,
     }
 
 
