@@ -186,7 +186,7 @@ def send_as_beat(task_name: str) -> None:
 def test_a_long_training_does_not_delay_the_periodic_passes(tmp_path, empty_queues):
     sync_periodic_tasks()  # a transactional test starts from flushed tables
     placement = PlacementFactory(host_memory_mb=77)
-    _, job = queued_training_job(seed=3)
+    _, job = queued_training_job(seed=3, rows=1500)
     TrainingJob.objects.filter(pk=job.pk).update(hyperparameters={"epochs": 100_000})
     training_log, default_log = tmp_path / "training.log", tmp_path / "default.log"
     training = QueueWorker(settings.TENANTML_TRAINING_QUEUE, training_log)
@@ -248,7 +248,7 @@ def test_every_task_carries_its_familys_time_limits():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_training_stopped_by_its_soft_time_limit_fails_with_the_reason(tmp_path, empty_queues):
-    _, job = queued_training_job(seed=4)
+    _, job = queued_training_job(seed=4, rows=1500)
     TrainingJob.objects.filter(pk=job.pk).update(hyperparameters={"epochs": 100_000})
     # The limits a message carries are the sender's (TRAINING_TASK_TIME_LIMIT_S where the web
     # runs); this one is sent with limits short enough to reach.

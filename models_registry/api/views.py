@@ -298,8 +298,10 @@ class TrainingJobCancelView(APIView):
         operation_id="cancelTrainingJob",
         tags=["Training jobs"],
         summary="Cancel a training job",
-        description="Ask a queued or running job to stop; it reaches `cancelled` when its "
-        "worker has stopped.",
+        description="Ask a queued or running job to stop; it reaches `cancelled` once its "
+        "local worker has stopped or, for a SageMaker job, once SageMaker reports it `Stopped` "
+        "(the platform calls StopTrainingJob). A cancelled job's artifacts are never registered "
+        "or promoted, even if it finished before the stop took hold.",
         request=None,
         responses={
             202: TrainingJobSerializer,

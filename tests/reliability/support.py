@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import signal
@@ -89,8 +91,12 @@ def with_log(what: str, log: Path):
     return lambda: f"{what}; worker log:\n{log.read_text()[-4000:] if log.exists() else ''}"
 
 
-def queued_training_job(*, seed: int):
-    """A tenant model with a demo dataset and a training job queued for it (its message sent)."""
+def queued_training_job(*, seed: int, rows: int = 90):
+    """A tenant model with a demo dataset and a training job queued for it (its message sent).
+
+    More ``rows`` make a long training: with the most head epochs (100,000), 1,500 tickets keep
+    the intent classifier training for about a minute however idle the machine.
+    """
     from models_registry.demo import tickets as demo_data
     from models_registry.services.datasets import create_dataset
     from models_registry.services.training import start_training_job
@@ -98,10 +104,17 @@ def queued_training_job(*, seed: int):
 
     tenant = TenantFactory(slug="zoomride")
     model = TenantModelFactory(tenant=tenant, name="intents")
-    rows = demo_data.generate_tickets("zoomride", rows=90, seed=seed)
-    csv = "text,label\n" + "".join(f'"{r["text"]}",{r["label"]}\n' for r in rows)
+    rows = demo_data.generate_tickets("zoomride", rows=rows, seed=seed)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=["text", "label"])
+    writer.writeheader()
+    writer.writerows(rows)
     dataset = create_dataset(
-        tenant=tenant, name="tickets.csv", content=csv.encode(), filename="t.csv", actor="test"
+        tenant=tenant,
+        name="tickets.csv",
+        content=out.getvalue().encode(),
+        filename="t.csv",
+        actor="test",
     )
     job, _ = start_training_job(model=model, dataset=dataset, actor="test")
     return model, job
