@@ -80,6 +80,37 @@ def _flatten(data: list) -> list:
     return flat
 
 
+# A shared-base model answers at most this many bytes of head weights per head; larger is refused.
+SHARED_BASE_MAX_HEAD_BYTES = 4 * 1024 * 1024
+# The head cache of one shared-base model instance when the platform names no other capacity.
+SHARED_BASE_HEAD_CACHE_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SharedBaseSpec:
+    """How a kind serves every tenant from one loaded base: a python-backend model holding the
+    base (``base_files``, taken from the platform's base encoder) and an in-process cache of the
+    tenants' heads (``head_files`` of each version's artifact, sent to it as bytes).
+
+    Placement, routing and the dashboard ask ``kind.shared_base is not None``; the package is
+    built by ``models_registry.shared_base`` and spoken to through
+    ``deployments.backends.shared_heads``.
+    """
+
+    # Dotted path of the self-contained python-backend module packaged as the shared model's
+    # ``1/model.py``.
+    runtime_module: str
+    # Files of the platform's base encoder (``base_model.base_encoder``) the shared model loads.
+    base_files: tuple[str, ...]
+    # The artifact files that make one tenant's head: the weights file, then the label names.
+    head_files: tuple[str, str]
+    # Whether the base is the int8 export (what the kind's artifacts embed with).
+    base_quantized: bool = True
+    # Limits: the largest head accepted, and the cache capacity when none is configured.
+    max_head_bytes: int = SHARED_BASE_MAX_HEAD_BYTES
+    head_cache_bytes: int = SHARED_BASE_HEAD_CACHE_BYTES
+
+
 @dataclass(frozen=True)
 class ModelKind:
     name: str
@@ -120,6 +151,8 @@ class ModelKind:
     gpu_encoder: Callable[..., Path | None] | None = None
     # The precision of that encoder, decided for the kind by a measured check (docs/serving.md).
     gpu_precision: str = ""
+    # One loaded base serving every tenant's head (``SharedBaseSpec``), or None: one model each.
+    shared_base: SharedBaseSpec | None = None
 
 
 _REGISTRY: dict[str, ModelKind] = {}

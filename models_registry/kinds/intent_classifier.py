@@ -24,6 +24,7 @@ from models_registry.kinds import (
     TEXT_INPUT,
     TRITON_MAX_BATCH_SIZE,
     ModelKind,
+    SharedBaseSpec,
     TritonSignature,
     TritonTensor,
     check_hyperparameter_names,
@@ -299,5 +300,10 @@ KIND = register(
         # The frozen base in fp16: the same macro-F1 as fp32 on every demo tenant.
         gpu_encoder=partial(gpu.artifact_gpu_encoder, precision=gpu.FP16),
         gpu_precision=gpu.FP16,
+        shared_base=SharedBaseSpec(
+            runtime_module="models_registry.triton_runtime.shared_intent",
+            base_files=(ENCODER_FILE, TOKENIZER_FILE),
+            head_files=(HEAD_FILE, LABELS_FILE),
+        ),
     )
 )
