@@ -392,6 +392,15 @@ TENANTML_WARMUP_SKIP_RECENT_S = env.int("WARMUP_SKIP_RECENT_S", default=1800)
 # The reconciler reloads an unpinned model after an instance restart if it was invoked within
 # this many seconds ("hot").
 TENANTML_HOT_MODEL_WINDOW_S = env.int("HOT_MODEL_WINDOW_S", default=3600)
+# The memory the tenants' heads may hold on one shared-base instance, in MB (0: the instance's
+# budget less its shared encoder's measured memory); heads beyond it are evicted, least valuable
+# first, as models are.
+TENANTML_SHARED_BASE_HEAD_BUDGET_MB = env.float("SHARED_BASE_HEAD_BUDGET_MB", default=0.0)
+if TENANTML_SHARED_BASE_HEAD_BUDGET_MB < 0:
+    raise parse.ConfigurationError(
+        "SHARED_BASE_HEAD_BUDGET_MB must be 0 or more MB, not "
+        f"{TENANTML_SHARED_BASE_HEAD_BUDGET_MB}."
+    )
 # How many instances a reconciler pass asks at once whether they live and what they hold, and
 # how many instances (or SageMaker endpoints) a warm-up pass sends requests to at once (one
 # request at a time each). The database work of both stays in the pass's own thread.

@@ -62,6 +62,9 @@ class Endpoint(models.Model):
         MME = "mme", "Multi-model endpoint"
         INFERENCE_COMPONENT = "inference-component", "Inference components"
         DEDICATED = "dedicated", "Dedicated (one model)"
+        # One loaded base encoder per instance answers every tenant's head (kinds whose registry
+        # entry has ``shared_base``); a head is a few KB, loaded and evicted in milliseconds.
+        SHARED_BASE = "shared-base", "Shared base (one encoder, many tenant heads)"
 
     class Status(models.TextChoices):
         CREATING = "creating", "Creating"
@@ -113,7 +116,7 @@ class Endpoint(models.Model):
                 condition=Q(backend__in=["local", "sagemaker"]), name="endpoint_backend_valid"
             ),
             models.CheckConstraint(
-                condition=Q(mode__in=["mme", "inference-component", "dedicated"]),
+                condition=Q(mode__in=["mme", "inference-component", "dedicated", "shared-base"]),
                 name="endpoint_mode_valid",
             ),
         ]
@@ -147,6 +150,9 @@ class Instance(models.Model):
     # The memory models may use on this instance (target utilization × the type's memory, or an
     # operator's override); loads never exceed it.
     memory_budget_mb = models.PositiveIntegerField()
+    # The memory the shared base encoder holds on a shared-base endpoint's instance (measured at
+    # its load; counted once, whatever the number of tenant heads); null elsewhere or unloaded.
+    shared_base_memory_mb = models.FloatField(null=True, blank=True)
     restarts = models.PositiveIntegerField(default=0)
     # Restarts tried since the instance last answered; the reconciler gives up after a few.
     failed_restarts = models.PositiveSmallIntegerField(default=0)
@@ -242,6 +248,9 @@ class Placement(models.Model):
     loading_by = models.CharField(max_length=64, blank=True)
     # SageMaker inference-component name, or the MME target-model key.
     external_name = models.CharField(max_length=512, blank=True)
+    # On a shared-base endpoint: the digest of the version's head files (``head_digest``),
+    # recorded when the head was placed; every load of the head is verified against it.
+    head_sha256 = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -458,7 +467,7 @@ class Deployment(models.Model):
         ordering = ["model__tenant__slug", "model__name"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(mode__in=["mme", "inference-component", "dedicated"]),
+                condition=Q(mode__in=["mme", "inference-component", "dedicated", "shared-base"]),
                 name="deployment_mode_valid",
             ),
             models.CheckConstraint(

@@ -37,8 +37,10 @@ class DeploymentRequestSerializer(serializers.Serializer):
     mode = DeploymentModeField(
         choices=Endpoint.Mode.values,
         required=False,
-        help_text="mme (shared multi-model), inference-component (the SageMaker backend) or "
-        "dedicated; default: the current deployment's mode, or mme.",
+        help_text="mme (shared multi-model), inference-component (the SageMaker backend), "
+        "dedicated, or shared-base (one shared encoder answers every tenant's head; kinds "
+        "with a shared base only, local backend); default: the current deployment's mode, "
+        "or mme.",
     )
     replicas = JsonIntegerField(
         required=False,

@@ -35,6 +35,7 @@ from deployments.backends.base import record_rollout_progress
 from deployments.exceptions import CapacityExceeded, InstanceUnavailable
 from deployments.models import Deployment, Endpoint, Placement
 from deployments.signals import routing_changed as signal_routing_changed
+from models_registry.kinds import get_kind
 from models_registry.models import ModelVersion, TenantModel
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,12 @@ def request_deployment(
     backend = backend or settings.TENANTML_DEPLOY_BACKEND
     if mode is not None and mode not in Endpoint.Mode.values:
         raise DomainError(f"mode must be one of {', '.join(Endpoint.Mode.values)}.", field="mode")
+    if mode == Endpoint.Mode.SHARED_BASE and get_kind(model.kind).shared_base is None:
+        raise DomainError(
+            f"mode shared-base serves kinds with a shared base; {model.kind} models have none "
+            "(use mme, inference-component or dedicated).",
+            field="mode",
+        )
     if replicas is not None and not 1 <= replicas <= 8:
         raise DomainError("replicas must be between 1 and 8.", field="replicas")
     with transaction.atomic():

@@ -15,7 +15,7 @@ from deployments.backends.base import (
     ReconcileReport,
 )
 from deployments.backends.local import forward as forwarding
-from deployments.backends.local import reconcile, rollout, runtime
+from deployments.backends.local import reconcile, rollout, runtime, shared_base
 from deployments.models import Deployment, Endpoint, Instance, Placement
 from deployments.placement.rows import memory_of
 
@@ -26,24 +26,38 @@ class LocalServingBackend:
     name = Endpoint.Backend.LOCAL
     # The platform measures its own instances (the minute sampler), no cloud reports them.
     reports_cloud_metrics = False
-    modes = (Endpoint.Mode.MME, Endpoint.Mode.DEDICATED)
+    modes = (Endpoint.Mode.MME, Endpoint.Mode.DEDICATED, Endpoint.Mode.SHARED_BASE)
+
+    # Shared-base endpoints (one encoder per instance, tenants' heads in it) are served by
+    # ``shared_base``; the others by ``rollout`` and ``runtime``.
 
     def roll_out(self, *, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
+        if deployment.mode == Endpoint.Mode.SHARED_BASE:
+            return shared_base.roll_out(deployment=deployment, actor=actor)
         return rollout.roll_out(deployment=deployment, actor=actor)
 
     def prepare_probe(self, *, placement: Placement, actor: str) -> PreparedProbe:
+        if shared_base.serves(placement):
+            return shared_base.prepare_probe(placement=placement, actor=actor)
         return runtime.prepare_probe(placement=placement, actor=actor)
 
     def record_probe(self, *, placement: Placement, latency_ms: float) -> None:
         runtime.record_probe(placement=placement, latency_ms=latency_ms)
 
     def invoke(self, *, placement: Placement, inputs: list) -> InvokeResult:
+        if shared_base.serves(placement):
+            return shared_base.invoke(placement=placement, inputs=inputs)
         return runtime.invoke_placement(placement=placement, inputs=inputs)
 
     async def forward(
         self, *, copy: Copy, model_name: str, public_name: str, body: bytes, content_type: str
     ) -> Forwarded:
-        return await forwarding.forward(
+        serve = (
+            shared_base.forward
+            if copy.endpoint_mode == Endpoint.Mode.SHARED_BASE
+            else forwarding.forward
+        )
+        return await serve(
             copy=copy,
             model_name=model_name,
             public_name=public_name,
@@ -53,11 +67,17 @@ class LocalServingBackend:
 
     def close_connections(self) -> None:
         forwarding.close_pools()
+        shared_base.close_pools()
 
     def unload(self, *, placement: Placement, actor: str, reason: str) -> None:
+        if shared_base.serves(placement):
+            shared_base.unload(placement=placement, actor=actor, reason=reason)
+            return
         rollout.unload(placement=placement, actor=actor, reason=reason)
 
     def has_room_for(self, *, placement: Placement, used_mb: float) -> bool:
+        if shared_base.serves(placement):
+            return shared_base.has_room_for(placement=placement, used_mb=used_mb)
         return used_mb + memory_of(placement) <= placement.instance.memory_budget_mb
 
     def reconcile(self, *, endpoints: Sequence[Endpoint], report: ReconcileReport) -> None:
@@ -71,6 +91,8 @@ class LocalServingBackend:
         return None  # a local instance's orphaned models are put right by reconcile
 
     def drain_instance(self, *, instance: Instance, actor: str, stop: bool = True) -> Instance:
+        if instance.endpoint.mode == Endpoint.Mode.SHARED_BASE:
+            return shared_base.drain_instance(instance=instance, actor=actor, stop=stop)
         return rollout.drain_instance(instance=instance, actor=actor, stop=stop)
 
     def cloud_metrics(

@@ -39,7 +39,7 @@ from django.utils import timezone
 from config.errors import DomainError
 from config.events import record_event
 from deployments.backends.base import NetworkCalls, ReconcileReport
-from deployments.backends.local import runtime
+from deployments.backends.local import runtime, shared_base
 from deployments.models import Endpoint, Instance, Placement
 from deployments.placement.rows import copy_memory_mb
 from models_registry.models import triton_model_name
@@ -321,6 +321,11 @@ def _reconcile_models(
     report: ReconcileReport,
 ) -> None:
     actual = check.loaded or frozenset()
+    if instance.endpoint.mode == Endpoint.Mode.SHARED_BASE:
+        # Its one Triton model is the shared encoder; the heads inside it are listed and
+        # repaired through that model (deployments.backends.local.shared_base).
+        shared_base.reconcile_instance(instance=instance, loaded=actual, report=report)
+        return
     wanted_names: set[str] = set()
     unwanted: dict[str, list[CopyRecord]] = {}
     for record in placements:
