@@ -415,6 +415,20 @@ if TENANTML_EVICTION_POLICY not in ("frequency", "lru"):
     raise parse.ConfigurationError(
         f"EVICTION_POLICY must be frequency or lru, not {TENANTML_EVICTION_POLICY!r}."
     )
+# Memory budgets of local instances (docs/operations.md, "Memory budgets of local instances"):
+# the running local instances share the memory the platform may use (cgroup limit or total),
+# less what its own processes hold (measured, at least LOCAL_MEMORY_RESERVE_MB, plus each Triton's
+# baseline). LOCAL_MEMORY_BUDGET_MB replaces that total for all of them (0: from the machine), and
+# is capped at what the machine has. LOCAL_MACHINE_ROOT is where /proc and /sys are read.
+TENANTML_LOCAL_MEMORY_BUDGET_MB = env.int("LOCAL_MEMORY_BUDGET_MB", default=0)
+TENANTML_LOCAL_MEMORY_RESERVE_MB = env.int("LOCAL_MEMORY_RESERVE_MB", default=2048)
+TENANTML_LOCAL_MACHINE_ROOT = env.str("LOCAL_MACHINE_ROOT", default="/")
+for _name, _value in {
+    "LOCAL_MEMORY_BUDGET_MB": TENANTML_LOCAL_MEMORY_BUDGET_MB,
+    "LOCAL_MEMORY_RESERVE_MB": TENANTML_LOCAL_MEMORY_RESERVE_MB,
+}.items():
+    if _value < 0:
+        raise parse.ConfigurationError(f"{_name} must be 0 or more MB, not {_value}.")
 # Serving processes add their in-memory request counters to the minute time series this often
 # (seconds; 0 = only on demand).
 TENANTML_USAGE_FLUSH_INTERVAL_S = env.int("USAGE_FLUSH_INTERVAL_S", default=15)

@@ -24,7 +24,7 @@ instance left, where each instance still gets the 1 MB the database requires (an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # Each automatically sized instance keeps at least this much when operators' budgets crowd it.
 FLOOR_MB = 256
@@ -153,6 +153,7 @@ def plan_budgets(
         if override_mb is None:
             share *= min(1.0, max(0.0, instance.target_utilization))
         budgets[instance.key] = InstanceBudget(budget_mb=max(1, math.floor(share)))
+    _trim_rounding(budgets, limit_mb=max(pool, len(instances)))
     if pool < len(instances):
         notes.append(
             f"The machine has {available:,} MB for models across {len(instances)} local "
@@ -161,6 +162,18 @@ def plan_budgets(
     return BudgetPlan(
         budgets=budgets, pool_mb=pool, available_mb=available, override_mb=override_mb, notes=notes
     )
+
+
+def _trim_rounding(budgets: dict[int, InstanceBudget], *, limit_mb: int) -> None:
+    """Take back, from the largest budgets, what raising shares below 1 MB to 1 MB added (only
+    on a machine with a few MB per instance)."""
+    excess = sum(budget.budget_mb for budget in budgets.values()) - limit_mb
+    for key in sorted(budgets, key=lambda key: -budgets[key].budget_mb):
+        if excess <= 0:
+            return
+        cut = min(excess, budgets[key].budget_mb - 1)
+        budgets[key] = replace(budgets[key], budget_mb=budgets[key].budget_mb - cut)
+        excess -= cut
 
 
 def _operator_budgets(operators: list[LocalInstance], *, room_mb: int) -> dict[int, int]:

@@ -42,6 +42,11 @@ from config.errors import Conflict, DomainError
 from config.events import record_event
 from deployments import usage
 from deployments.backends.base import InvokeResult, PreparedProbe, ProbeResult
+from deployments.backends.local.budgets import (
+    budget_for_new_instance,
+    record_starting_budget,
+    share_machine_memory,
+)
 from deployments.backends.local.client import TritonMultiModelClient
 from deployments.backends.local.gates import ModelGates, gates_in
 from deployments.backends.local.memory import (
@@ -119,10 +124,9 @@ def start_local_instance(
     """Start one more Triton process for a local endpoint and record it as a healthy instance."""
     if endpoint.backend != Endpoint.Backend.LOCAL:
         raise DomainError(f"Endpoint {endpoint.name} is not a local endpoint.", field="endpoint")
-    instance_type = endpoint.instance_type
-    budget = memory_budget_mb or int(
-        instance_type.host_memory_mb * float(endpoint.target_memory_utilization)
-    )
+    # The machine's memory is shared by its running local instances: the new one's budget
+    # comes out of the others' before its Triton starts (deployments.backends.local.budgets).
+    starting = budget_for_new_instance(endpoint=endpoint, operator_mb=memory_budget_mb)
     with transaction.atomic():
         Endpoint.objects.select_for_update().get(pk=endpoint.pk)
         ordinal = max(endpoint.instances.values_list("ordinal", flat=True), default=-1) + 1
@@ -131,8 +135,11 @@ def start_local_instance(
             ordinal=ordinal,
             status=Instance.Status.STARTING,
             host="127.0.0.1",
-            memory_budget_mb=budget,
+            memory_budget_mb=starting.budget_mb,
         )
+        record_starting_budget(instance=instance, starting=starting, actor=actor)
+    plan = share_machine_memory(actor=actor, reason=f"{instance} is starting", trim=trim_to_budget)
+    budget = instance.memory_budget_mb = plan.budgets[instance.pk].budget_mb
     workdir = instances_root() / f"{endpoint.name}-{ordinal}"
     try:
         process = start_triton(workdir=workdir, host="127.0.0.1")
@@ -148,6 +155,7 @@ def start_local_instance(
             endpoint=endpoint,
             instance=instance,
         )
+        share_machine_memory(actor=actor, reason=f"{instance} did not start", trim=trim_to_budget)
         raise
     _record_running(instance, process, workdir)
     if endpoint.status != Endpoint.Status.IN_SERVICE:
@@ -178,7 +186,22 @@ def _record_running(instance: Instance, process, workdir: Path) -> None:
     instance.status_reason = ""
     instance.started_at = now
     instance.last_health_at = now
-    instance.save()
+    # Not the memory budget: it is shared out (and edited by operators) apart from the process.
+    instance.save(
+        update_fields=[
+            "port",
+            "metrics_port",
+            "pid",
+            "external_id",
+            "status",
+            "status_reason",
+            "started_at",
+            "last_health_at",
+            "restarts",
+            "failed_restarts",
+            "updated_at",
+        ]
+    )
 
 
 def stop_local_instance(*, instance: Instance, actor: str, reason: str = "") -> Instance:
@@ -204,6 +227,7 @@ def stop_local_instance(*, instance: Instance, actor: str, reason: str = "") -> 
         )
     _forget_client(instance)
     _instance_routing_changed()
+    share_machine_memory(actor=actor, reason=f"{instance} stopped", trim=trim_to_budget)
     return instance
 
 

@@ -486,7 +486,9 @@ def test_a_local_instance_starts_serves_and_stops_without_leftovers(db, intent_a
     pid = instance.pid
     try:
         assert instance.status == Instance.Status.HEALTHY and instance.pid
-        assert instance.memory_budget_mb == int(16 * 1024 * 0.8)  # the local type at 80 %
+        # Its share of this machine's memory (tests/deployments/backends/local/
+        # test_machine_budgets.py has the arithmetic), never more than the machine has.
+        assert 0 < instance.memory_budget_mb < psutil.virtual_memory().total / 2**20
         endpoint.refresh_from_db()
         assert endpoint.status == Endpoint.Status.IN_SERVICE
         placement = runtime.place_on_instance(
