@@ -383,3 +383,58 @@ def test_a_triton_restart_loses_encoder_and_heads_and_they_come_back(
     assert status == 200, body
     expected = IntentPredictor(str(intent_artifact)).predict(TICKETS)
     assert [o["label"] for o in json.loads(body)["outputs"]] == [e["label"] for e in expected]
+
+
+def test_the_encoder_instances_follow_the_request_rate(
+    tenant_client, tenant, intent_artifact, tmp_path
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from deployments.models import EndpointUsageMinute
+    from deployments.services.reconciler import reconcile_fleet
+
+    model = TenantModelFactory(tenant=tenant, name="intents", kind=KIND)
+    packaged_version(model, intent_artifact, 1, promote=True)
+    deployment = deploy_shared(tenant_client, model)
+    endpoint = deployment.endpoint
+    first = Placement.objects.get(version__model=model).instance
+    other = TenantModelFactory(tenant=TenantFactory(slug="busy"), name="intents", kind=KIND)
+    artifact, labels = derived_artifact(intent_artifact, tmp_path / "busy", seed=3)
+    version = register_version(model=other, actor="test", artifact_uri=str(artifact))
+    shared_base.place_head(version=version, instance=first, actor="test")
+    # Five minutes at 40 requests/s of 30 ms: 1.2 encoders busy, more than one can take.
+    now = timezone.now().replace(second=0, microsecond=0)
+    for minute in range(5):
+        EndpointUsageMinute.objects.create(
+            endpoint=endpoint,
+            minute=now - timedelta(minutes=minute),
+            invocations=2_400,
+            latency_ms_sum=2_400 * 30.0,
+        )
+
+    report = reconcile_fleet()
+
+    live = list(endpoint.instances.exclude(status=Instance.Status.STOPPED).order_by("ordinal"))
+    assert len(live) == 2, report
+    second = live[1]
+    copies = Placement.objects.filter(instance=second).select_related(
+        "version__model__tenant", "instance", "endpoint"
+    )
+    assert {p.version_id for p in copies} == {deployment.live_version_id, version.pk}
+    assert Event.objects.filter(kind="endpoint.scaled_out", endpoint=endpoint).exists()
+    copy = next(p for p in copies if p.version_id == version.pk)
+    result = backend_for(endpoint).invoke(placement=copy, inputs=TICKETS)
+    assert result.cold_start is True and result.outputs[0]["label"] in labels
+    assert len(resident_heads(second)) == 1
+
+    # The traffic stops: one instance is enough again, and every head is still served.
+    EndpointUsageMinute.objects.filter(endpoint=endpoint).delete()
+    reconcile_fleet()
+
+    live = list(endpoint.instances.exclude(status=Instance.Status.STOPPED))
+    assert live == [first]
+    assert Event.objects.filter(kind="endpoint.scaled_in", endpoint=endpoint).exists()
+    served = Placement.objects.reachable().filter(endpoint=endpoint)
+    assert {p.version_id for p in served} == {deployment.live_version_id, version.pk}

@@ -82,6 +82,8 @@ class LocalServingBackend:
 
     def reconcile(self, *, endpoints: Sequence[Endpoint], report: ReconcileReport) -> None:
         reconcile.reconcile_endpoints(endpoints=endpoints, report=report)
+        # A shared-base endpoint's instance count follows its request rate.
+        shared_base.scale_endpoints(endpoints=endpoints, report=report)
 
     def hourly_cost_usd(self, *, endpoint: Endpoint) -> Decimal:
         live = endpoint.instances.exclude(status=Instance.Status.STOPPED).count()

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from config.errors import Conflict, DomainError
@@ -73,9 +74,17 @@ from deployments.exceptions import (
     ModelLoadFailed,
     ModelNotLoaded,
 )
-from deployments.models import Deployment, Endpoint, Instance, InstanceType, Placement
+from deployments.models import (
+    Deployment,
+    Endpoint,
+    EndpointUsageMinute,
+    Instance,
+    InstanceType,
+    Placement,
+)
 from deployments.placement.eviction import ResidentModel, plan_load
 from deployments.placement.rows import memory_of
+from deployments.placement.throughput import ThroughputPlan, encoder_instances
 from deployments.signals import routing_changed
 from models_registry import artifacts
 from models_registry.kinds import get_kind
@@ -1034,6 +1043,133 @@ def _reload_order(placements: Sequence[Placement], *, hot_since) -> list[Placeme
             hot.append(placement)
     hot.sort(key=lambda p: p.last_invoked_at, reverse=True)
     return pinned + hot
+
+
+# --- Scaling by request rate ----------------------------------------------------------------
+
+# The minutes of traffic a scaling decision reads.
+SCALE_WINDOW_MINUTES = 5
+
+
+def scale_endpoints(*, endpoints: Sequence[Endpoint], report: ReconcileReport) -> None:
+    """Run each shared-base endpoint on the instances its request rate needs (see
+    ``deployments.placement.throughput``); one endpoint's failure is an error in the report."""
+    for endpoint in endpoints:
+        if endpoint.mode != Endpoint.Mode.SHARED_BASE:
+            continue
+        try:
+            scale_for_throughput(endpoint=endpoint, report=report)
+        except DomainError as exc:
+            report.errors.append(f"{endpoint.name}: {exc.message}")
+
+
+def measured_rate(endpoint: Endpoint) -> tuple[float, float]:
+    """The endpoint's requests a second over the last ``SCALE_WINDOW_MINUTES`` and their mean
+    latency in ms, from the usage time series."""
+    since = timezone.now() - timedelta(minutes=SCALE_WINDOW_MINUTES)
+    totals = EndpointUsageMinute.objects.filter(endpoint=endpoint, minute__gte=since).aggregate(
+        invocations=Sum("invocations"), latency_ms=Sum("latency_ms_sum")
+    )
+    invocations = totals["invocations"] or 0
+    if not invocations:
+        return 0.0, 0.0
+    return invocations / (SCALE_WINDOW_MINUTES * 60), (totals["latency_ms"] or 0) / invocations
+
+
+def scale_for_throughput(*, endpoint: Endpoint, report: ReconcileReport) -> ThroughputPlan:
+    """Start or stop instances of a shared-base endpoint so that its measured request rate keeps
+    each encoder busy at most ``TARGET_BUSY_FRACTION``; a new instance takes a copy of every
+    head the endpoint serves (loaded on its first request), a stopped one's copies are dropped."""
+    requests_per_s, service_ms = measured_rate(endpoint)
+    live = list(endpoint.instances.filter(status__in=Instance.ROUTABLE_STATES).order_by("ordinal"))
+    plan = encoder_instances(
+        requests_per_s=requests_per_s,
+        service_ms=service_ms,
+        current=len(live),
+        min_instances=endpoint.min_instances,
+        max_instances=endpoint.max_instances,
+    )
+    if plan.instances > len(live):
+        for _ in range(plan.instances - len(live)):
+            instance = runtime.start_local_instance(endpoint=endpoint, actor="reconciler")
+            copied = copy_heads_to(instance=instance, actor="reconciler")
+            report.instances_started.append(str(instance))
+            record_event(
+                kind="endpoint.scaled_out",
+                actor="reconciler",
+                message=(
+                    f"{endpoint.name} scaled out to {instance}: {plan.basis()}; it takes a "
+                    f"copy of each of the endpoint's {copied} heads."
+                ),
+                endpoint=endpoint,
+                instance=instance,
+                data={"requests_per_s": requests_per_s, "service_ms": service_ms},
+            )
+    elif plan.instances < len(live):
+        keep = live[: plan.instances]
+        for instance in live[plan.instances :]:
+            _keep_heads_served(leaving=instance, staying=keep, actor="reconciler")
+            moved = list(
+                instance.placements.exclude(
+                    desired_state=Placement.DesiredState.UNLOADED
+                ).values_list("version__model_id", flat=True)
+            )
+            instance.placements.all().mark_unwanted()
+            runtime.stop_local_instance(
+                instance=instance, actor="reconciler", reason=f"fewer requests: {plan.basis()}"
+            )
+            report.trimmed.append(f"{instance} (scaled in)")
+            record_event(
+                kind="endpoint.scaled_in",
+                actor="reconciler",
+                message=f"{endpoint.name} scaled in, {instance} stopped: {plan.basis()}.",
+                endpoint=endpoint,
+                instance=instance,
+                data={"requests_per_s": requests_per_s, "service_ms": service_ms},
+            )
+            for model_id in set(moved):
+                routing_changed.send(sender=Placement, model_id=model_id)
+    return plan
+
+
+def _keep_heads_served(*, leaving: Instance, staying: list[Instance], actor: str) -> None:
+    """Place each head of an instance about to stop that no staying instance holds on the
+    staying instance with the fewest heads (loaded there on its next request)."""
+    held = set(
+        Placement.objects.filter(instance__in=staying)
+        .exclude(desired_state=Placement.DesiredState.UNLOADED)
+        .values_list("version_id", flat=True)
+    )
+    orphaned = (
+        leaving.placements.exclude(desired_state=Placement.DesiredState.UNLOADED)
+        .exclude(version_id__in=held)
+        .select_related("version__model__tenant")
+    )
+    for placement in orphaned:
+        target = min(staying, key=lambda i: (heads_on(i), i.ordinal))
+        place_head(
+            version=placement.version, instance=target, actor=actor, pinned=placement.is_pinned
+        )
+
+
+def copy_heads_to(*, instance: Instance, actor: str) -> int:
+    """Place every head wanted on the instance's endpoint on this instance too (any instance
+    holds any head: they are KB); how many were placed."""
+    wanted = (
+        Placement.objects.filter(endpoint_id=instance.endpoint_id)
+        .exclude(instance=instance)
+        .exclude(desired_state=Placement.DesiredState.UNLOADED)
+        .select_related("version__model__tenant")
+        .order_by("version_id", "-desired_state")
+    )
+    versions: dict[int, Placement] = {}
+    for placement in wanted:
+        versions.setdefault(placement.version_id, placement)
+    for placement in versions.values():
+        place_head(
+            version=placement.version, instance=instance, actor=actor, pinned=placement.is_pinned
+        )
+    return len(versions)
 
 
 def drain_instance(*, instance: Instance, actor: str, stop: bool = True) -> Instance:
