@@ -5,6 +5,10 @@ Everything here is aggregated in the database, so a request reads a few rows wha
 the fleet. A holder (an instance, or an endpoint whose backend places copies itself) costs its
 price (an endpoint: price × its live instances); each model resident on it pays price × its
 memory ÷ all resident memory there, or an equal part when none is measured (DESIGN's cost model).
+On a shared-base instance the encoder's part of the price (its measured memory's share of what
+is resident there) is paid by the tenants' heads in proportion to their requests over the last
+``TRAFFIC_WINDOW_MINUTES`` (equal parts with no traffic), and the rest by head memory: every
+tenant pays for the encoder time it uses and the head it keeps.
 The dedicated baseline prices each distinct model size once.
 """
 
@@ -17,8 +21,9 @@ from datetime import datetime, timedelta
 
 from django.db import connection, transaction
 from django.db.models import Count, F, QuerySet, Sum
+from django.utils import timezone
 
-from deployments.models import Endpoint, Instance, InstanceType, Placement
+from deployments.models import Endpoint, Instance, InstanceType, Placement, VersionUsageMinute
 from deployments.placement.rows import instance_spec
 from deployments.selectors.traffic import TRAFFIC_WINDOW_MINUTES
 from models_registry.models import ModelVersion, TenantModel
@@ -97,18 +102,30 @@ def _shares_sql(tenant_ids: frozenset[int] | None) -> tuple[str, list]:
         share_filter = f"AND m.tenant_id IN ({marks})"
         share_params = list(ids)
     sql = f"""
-        WITH holder AS (
+        WITH traffic AS (
+            SELECT u.version_id AS version_id, u.endpoint_id AS endpoint_id,
+                   SUM(u.invocations) AS requests
+            FROM {_table(VersionUsageMinute)} u
+            JOIN {_table(Endpoint)} te ON te.id = u.endpoint_id
+            WHERE te.mode = %s AND u.minute >= %s
+            GROUP BY u.version_id, u.endpoint_id
+        ),
+        holder AS (
             SELECT {_HOLDER} AS holder, MIN(p.endpoint_id) AS endpoint_id,
                    MIN(p.instance_id) AS instance_id, SUM({_HELD_MB}) AS total_mb,
-                   COUNT(*) AS copies
+                   COUNT(*) AS copies, MAX(i.shared_base_memory_mb) AS encoder_mb,
+                   SUM(COALESCE(tr.requests, 0)) AS requests
             FROM {_table(Placement)} p
             JOIN {_table(ModelVersion)} v ON v.id = p.version_id
             LEFT JOIN {_table(Instance)} i ON i.id = p.instance_id
+            LEFT JOIN traffic tr
+                ON tr.version_id = p.version_id AND tr.endpoint_id = p.endpoint_id
             WHERE {resident} {holder_filter}
             GROUP BY {_HOLDER}
         ),
         priced AS (
             SELECT h.holder AS holder, h.total_mb AS total_mb, h.copies AS copies,
+                   h.encoder_mb AS encoder_mb, h.requests AS requests,
                    CAST(t.usd_per_hour AS DOUBLE PRECISION)
                    * (CASE WHEN h.instance_id IS NULL THEN COALESCE(lc.n, 0) ELSE 1 END)
                    AS usd_per_hour
@@ -122,17 +139,29 @@ def _shares_sql(tenant_ids: frozenset[int] | None) -> tuple[str, list]:
         ),
         share AS (
             SELECT m.tenant_id AS tenant_id, p.version_id AS version_id, {_HELD_MB} AS mb,
-                   CASE WHEN pr.total_mb > 0 THEN pr.usd_per_hour * {_HELD_MB} / pr.total_mb
+                   CASE WHEN pr.encoder_mb > 0 THEN pr.usd_per_hour * (
+                            {_HELD_MB} / (pr.encoder_mb + pr.total_mb)
+                            + pr.encoder_mb / (pr.encoder_mb + pr.total_mb) * (
+                                CASE WHEN pr.requests > 0
+                                     THEN CAST(COALESCE(tr.requests, 0) AS DOUBLE PRECISION)
+                                          / pr.requests
+                                     ELSE 1.0 / pr.copies END))
+                        WHEN pr.total_mb > 0 THEN pr.usd_per_hour * {_HELD_MB} / pr.total_mb
                         ELSE pr.usd_per_hour / pr.copies END AS usd_per_hour
             FROM {_table(Placement)} p
             JOIN {_table(ModelVersion)} v ON v.id = p.version_id
             JOIN {_table(TenantModel)} m ON m.id = v.model_id
             LEFT JOIN {_table(Instance)} i ON i.id = p.instance_id
             JOIN priced pr ON pr.holder = {_HOLDER}
+            LEFT JOIN traffic tr
+                ON tr.version_id = p.version_id AND tr.endpoint_id = p.endpoint_id
             WHERE {resident} {share_filter}
         )
     """
+    since = timezone.now() - timedelta(minutes=TRAFFIC_WINDOW_MINUTES)
     params = [
+        Endpoint.Mode.SHARED_BASE,
+        since,
         *resident_params,
         *holder_params,
         Instance.Status.STOPPED,
