@@ -429,6 +429,19 @@ for _name, _value in {
 }.items():
     if _value < 0:
         raise parse.ConfigurationError(f"{_name} must be 0 or more MB, not {_value}.")
+# Headroom on local instances: once the models resident on an instance (loads in flight
+# included) cross EVICTION_HIGH_WATERMARK of its memory budget, or leave less room than its
+# largest model takes, a background evictor in the serving process unloads the least valuable
+# ones down to EVICTION_LOW_WATERMARK, so a cold load finds room instead of waiting for an unload.
+# A high watermark of 1 turns the background evictor off (loads then make room themselves).
+TENANTML_EVICTION_HIGH_WATERMARK = env.float("EVICTION_HIGH_WATERMARK", default=0.9)
+TENANTML_EVICTION_LOW_WATERMARK = env.float("EVICTION_LOW_WATERMARK", default=0.75)
+if not 0 < TENANTML_EVICTION_LOW_WATERMARK <= TENANTML_EVICTION_HIGH_WATERMARK <= 1:
+    raise parse.ConfigurationError(
+        "EVICTION_LOW_WATERMARK and EVICTION_HIGH_WATERMARK must satisfy 0 < low <= high <= 1, "
+        f"not low {TENANTML_EVICTION_LOW_WATERMARK!r} and high "
+        f"{TENANTML_EVICTION_HIGH_WATERMARK!r}."
+    )
 # Serving processes add their in-memory request counters to the minute time series this often
 # (seconds; 0 = only on demand).
 TENANTML_USAGE_FLUSH_INTERVAL_S = env.int("USAGE_FLUSH_INTERVAL_S", default=15)

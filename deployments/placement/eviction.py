@@ -8,6 +8,12 @@ counts. The default policy is least-recently-used (what SageMaker multi-model en
 the routing layer may pass another ordering. Everything here works on plain dataclasses so it can
 be property-tested and benchmarked at fleet scale.
 
+``plan_headroom`` chooses models to unload ahead of need: once what is resident crosses a high
+watermark of the budget, down to a low one, so the serving runtime can unload in the background
+and a cold load finds room instead of waiting for an unload (about 1.2 s on Triton).
+``evictions_make_room`` tells a load that does not fit whether the unloads already under way will
+make room for it, so it waits for those rather than choosing more victims.
+
 ``AccessHistory`` gives the other ordering: frequency-aware eviction for Zipf-shaped tenant
 traffic (a few hot models, a long tail). Multi-model serving must load any model it is asked
 for, so nothing is gained by refusing a load; the gain is in the victims. Under LRU a burst of
@@ -67,6 +73,8 @@ class ResidentModel:
     loading: bool = False
     # Measured GPU memory (all the instance's GPUs together); 0 on a CPU or before measured.
     gpu_memory_mb: float = 0.0
+    # Being unloaded (with ``loading``): its memory counts until it is gone, then comes back.
+    evicting: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,79 @@ def plan_trim(
         used -= model.memory_mb
         gpu_used -= model.gpu_memory_mb
     return tuple(evicted)
+
+
+def plan_headroom(
+    *,
+    resident: Iterable[ResidentModel],
+    budget_mb: float,
+    high_watermark: float,
+    low_watermark: float,
+    order: Callable[[ResidentModel], tuple] = lru_order,
+    room_for_mb: float = 0.0,
+    gpu_budget_mb: float | None = None,
+) -> tuple[str, ...]:
+    """Models to evict ahead of need, so the next cold load finds room without waiting for an
+    unload.
+
+    Nothing is chosen while what is resident (loads in flight included) stays at or under
+    ``high_watermark`` of the budget (of each budget, on an instance with GPUs) and leaves at
+    least ``room_for_mb`` free. Past that, the least valuable models in ``order`` are chosen
+    until what stays is at or under ``low_watermark`` of the budget with ``room_for_mb`` free.
+    Models already being unloaded count as gone (their memory is on its way back, and they are
+    not chosen twice); pinned and loading models are never chosen, nor the most recently used
+    one (the model a request has just loaded or used stays, whatever the order says).
+    """
+    if not 0 < low_watermark <= high_watermark <= 1:
+        raise ValueError("watermarks must satisfy 0 < low <= high <= 1")
+    models = list(resident)
+    staying = [m for m in models if not (m.loading and m.evicting)]
+    used = sum(m.memory_mb for m in staying)
+    gpu_used = sum(m.gpu_memory_mb for m in staying)
+    room = min(room_for_mb, budget_mb)
+
+    def above(host: float, gpu: float, fraction: float) -> bool:
+        over_gpu = gpu_budget_mb is not None and gpu > fraction * gpu_budget_mb
+        return host > fraction * budget_mb or over_gpu
+
+    if not above(used, gpu_used, high_watermark) and budget_mb - used >= room:
+        return ()
+    candidates = [m for m in staying if not m.pinned and not m.loading]
+    if candidates:
+        in_use = max(candidates, key=lambda m: (m.last_used, m.key))
+        candidates.remove(in_use)
+    evicted: list[str] = []
+    for model in sorted(candidates, key=order):
+        if not above(used, gpu_used, low_watermark) and budget_mb - used >= room:
+            break
+        evicted.append(model.key)
+        used -= model.memory_mb
+        gpu_used -= model.gpu_memory_mb
+    return tuple(evicted)
+
+
+def evictions_make_room(
+    *,
+    resident: Iterable[ResidentModel],
+    incoming_mb: float,
+    budget_mb: float,
+    incoming_gpu_mb: float = 0.0,
+    gpu_budget_mb: float | None = None,
+) -> bool:
+    """Whether the incoming model, which does not fit now, fits once the models already being
+    unloaded are gone: the load then waits for those unloads instead of choosing more victims."""
+    budgets = _Budgets(budget_mb, gpu_budget_mb)
+    models = list(resident)
+    used = sum(m.memory_mb for m in models)
+    gpu_used = sum(m.gpu_memory_mb for m in models)
+    if budgets.fit(used + incoming_mb, gpu_used + incoming_gpu_mb):
+        return False
+    leaving = [m for m in models if m.loading and m.evicting]
+    if not leaving:
+        return False
+    freed = sum(m.memory_mb for m in leaving)
+    gpu_freed = sum(m.gpu_memory_mb for m in leaving)
+    return budgets.fit(used - freed + incoming_mb, gpu_used - gpu_freed + incoming_gpu_mb)
 
 
 HOST_MEMORY, GPU_MEMORY = "host memory", "GPU memory"

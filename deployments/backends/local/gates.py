@@ -155,25 +155,38 @@ class ModelGates:
                 marker.unlink()
 
     @contextlib.contextmanager
-    def control(self, *, timeout_s: float):
-        """Hold the instance's control lock: one load or unload at a time, in any process.
+    def control(self, *, timeout_s: float, shared: bool = False):
+        """Hold the instance's control lock, in any process: exclusive for an unload through
+        the SageMaker front end's ``DELETE``, shared for loads and for unloads through Triton's
+        own model-control API.
 
-        Triton 2.51's SageMaker front end can lose track of an unload that overlaps a load on
+        Triton 2.51's SageMaker front end can lose track of a ``DELETE`` that overlaps a load on
         the same server (measured here under sustained eviction: the model is unloaded, but the
-        ``DELETE`` never returns and the server stops answering), so loads and unloads of one
-        instance are serialized. Raises ControlBusy after ``timeout_s`` of waiting.
+        ``DELETE`` never returns and the server stops answering), so such an unload runs alone.
+        Loads of different models run in parallel in Triton's core (three 1 s loads together
+        took 1.5 s), and so do unloads through the model-control API beside them (four threads
+        loading and unloading for 40 s, none stuck): those share the lock. Raises ControlBusy
+        after ``timeout_s`` of waiting.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
-        with _exclusive(self.directory / ".control.lock", timeout_s, ControlBusy):
+        with _locked(self.directory / ".control.lock", timeout_s, ControlBusy, shared=shared):
             yield
 
 
 @contextlib.contextmanager
 def _exclusive(path: Path, timeout_s: float, error: type[Exception]):
     """Hold an exclusive flock on ``path`` (its own open file), waiting up to ``timeout_s``."""
+    with _locked(path, timeout_s, error, shared=False):
+        yield
+
+
+@contextlib.contextmanager
+def _locked(path: Path, timeout_s: float, error: type[Exception], *, shared: bool):
+    """Hold a shared or exclusive flock on ``path`` (its own open file), waiting up to
+    ``timeout_s``."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        _lock_exclusive(fd, timeout_s, error)
+        _lock(fd, timeout_s, error, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -182,11 +195,11 @@ def _exclusive(path: Path, timeout_s: float, error: type[Exception]):
         os.close(fd)
 
 
-def _lock_exclusive(fd: int, timeout_s: float, error: type[Exception]) -> None:
+def _lock(fd: int, timeout_s: float, error: type[Exception], mode: int) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:

@@ -57,6 +57,9 @@ STUB_NAME = "triton_python_backend_stub"
 TRITONSERVER_NAME = "tritonserver"
 LOG_FILE = "triton.log"
 MODEL_REPOSITORY_DIR = "model-repository"
+# Where a multi-model server's loopback model-control port (Triton's own HTTP API) is written,
+# in its working directory: every process that unloads models on the instance reads it there.
+HTTP_PORT_FILE = "http.port"
 MB = 1024 * 1024
 # How long Triton waits for in-flight work and model unloads after SIGTERM (its default is 30 s,
 # far longer than a platform stop should take).
@@ -188,6 +191,8 @@ class TritonProcess(InstanceHandle):
 
     log_path: Path | None = None
     startup_s: float | None = None
+    # Triton's own HTTP API on the loopback (model control: fast unloads); None where not served.
+    http_port: int | None = None
     popen: subprocess.Popen | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -208,6 +213,7 @@ class TritonProcess(InstanceHandle):
             pid=pid,
             workdir=Path(workdir) if workdir else None,
             log_path=Path(workdir) / LOG_FILE if workdir else None,
+            http_port=read_http_port(Path(workdir)) if workdir else None,
         )
 
     @property
@@ -222,6 +228,16 @@ class TritonProcess(InstanceHandle):
 
     def log_tail(self, *, since: int = 0) -> str:
         return read_log_tail(self.log_path, since=since) if self.log_path else ""
+
+
+def read_http_port(workdir: Path | None) -> int | None:
+    """The model-control port the server in ``workdir`` was started with, or None."""
+    if workdir is None:
+        return None
+    try:
+        return int((Path(workdir) / HTTP_PORT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def shm_prefix_for(workdir: Path | None, port: int) -> str:
@@ -326,12 +342,22 @@ def _server_argv(
     backend_directory: Path,
     shm_prefix: str,
     load_models: Sequence[str] = (),
+    http_port: int | None = None,
 ) -> list[str]:
+    # Triton's own HTTP API, on the loopback only, serves model control: its unload returns at
+    # once and the platform polls for the end (about 1.2 s for a python-backend model), where
+    # the SageMaker front end's DELETE always takes 2 s (it sleeps a second between checks and
+    # once more after the last). See docs/benchmarks.md, "Churn".
+    http = (
+        ["--allow-http=true", f"--http-address={host}", f"--http-port={http_port}"]
+        if http_port
+        else ["--allow-http=false"]
+    )
     return [
         str(binary),
         "--allow-sagemaker=true",
         f"--sagemaker-port={port}",
-        "--allow-http=false",
+        *http,
         "--allow-grpc=false",
         "--model-control-mode=explicit",
         f"--model-repository={repository}",
@@ -397,6 +423,11 @@ def start_triton(
         chosen_metrics = metrics_port or find_free_port(host)
         while chosen_metrics == chosen_port and metrics_port is None:
             chosen_metrics = find_free_port(host)
+        chosen_http = None
+        if multi_model:
+            chosen_http = find_free_port(host)
+            while chosen_http in (chosen_port, chosen_metrics):
+                chosen_http = find_free_port(host)
         try:
             return _start_once(
                 binary=binary,
@@ -410,6 +441,7 @@ def start_triton(
                 log_path=log_path,
                 startup_timeout_s=startup_timeout_s,
                 load_models=load_models,
+                http_port=chosen_http,
             )
         except InstanceUnavailable as exc:
             last_error = exc
@@ -433,8 +465,11 @@ def _start_once(
     log_path: Path,
     startup_timeout_s: float,
     load_models: Sequence[str] = (),
+    http_port: int | None = None,
 ) -> TritonProcess:
     shm_prefix = shm_prefix_for(workdir, port)
+    with contextlib.suppress(FileNotFoundError):
+        (workdir / HTTP_PORT_FILE).unlink()  # a previous server's; written again once up
     argv = _server_argv(
         binary=binary,
         host=host,
@@ -444,6 +479,7 @@ def _start_once(
         backend_directory=backend_directory,
         shm_prefix=shm_prefix,
         load_models=load_models,
+        http_port=http_port,
     )
     with open(log_path, "ab") as log:
         log_offset = log.tell()
@@ -492,6 +528,10 @@ def _start_once(
         time.sleep(0.05)
     startup_s = time.monotonic() - started
     logger.info("Triton pid %s ready on port %s in %.2f s", popen.pid, port, startup_s)
+    if http_port:
+        scratch = workdir / f".{HTTP_PORT_FILE}.{popen.pid}"
+        scratch.write_text(f"{http_port}\n")
+        scratch.replace(workdir / HTTP_PORT_FILE)
     return TritonProcess(
         host=host,
         port=port,
@@ -501,6 +541,7 @@ def _start_once(
         log_path=log_path,
         startup_s=startup_s,
         popen=popen,
+        http_port=http_port,
     )
 
 

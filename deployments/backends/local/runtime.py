@@ -10,6 +10,13 @@ behaviour on real Triton processes:
 - before a load, the eviction policy picks least-recently-used unpinned models to unload so that
   the measured memory of what stays plus the new model fits the instance's budget; pinned models
   are never evicted, and a model that cannot fit raises ``CapacityExceeded``;
+- ahead of need, a background evictor per instance (a thread of the serving process, woken after
+  each load) unloads models once what is resident crosses ``EVICTION_HIGH_WATERMARK`` of the
+  budget, down to ``EVICTION_LOW_WATERMARK``, so a cold load normally finds room and never waits
+  for an unload; a model being unloaded counts as resident until Triton reports it gone, and a
+  load that needs its memory waits for that rather than choosing more victims;
+- loads of different models on one instance run in parallel, each reserving its measured (or
+  estimated) memory under the instance's row lock before it starts;
 - every load verifies the package's sha256, measures the loaded model's real resident memory and
   stores it on the placement (and on the version the first time), and records an Event; a failed
   load marks the placement failed with Triton's reason and leaves the instance serving;
@@ -35,7 +42,7 @@ from pathlib import Path
 
 import psutil
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from config.errors import Conflict, DomainError
@@ -67,7 +74,9 @@ from deployments.placement.eviction import (
     AccessHistory,
     CapacityExceeded,
     ResidentModel,
+    evictions_make_room,
     lru_order,
+    plan_headroom,
     plan_load,
     plan_trim,
 )
@@ -84,12 +93,14 @@ ACTOR = "serving"
 # How long a request waits for another process's load of the same model.
 FOREIGN_LOAD_WAIT_S = 60.0
 LOAD_TIMEOUT_S = 120.0
-# How long a load waits for other loads (and evictions) in flight to free the memory it needs.
+# How long a load waits for other loads (and evictions) in flight to free the memory it needs,
+# and how often it looks again meanwhile.
 CAPACITY_WAIT_S = 20.0
+CAPACITY_POLL_S = 0.05
 # How long an eviction waits for the requests in flight on its model to finish.
 DRAIN_TIMEOUT_S = 30.0
-# An unload takes about 2 s (Triton polls the model's state once a second); one that has not
-# finished in this long has wedged the server, which is then restarted.
+# An unload takes about 1.2 s through Triton's model control (2 s through the SageMaker front
+# end); one that has not finished in this long has wedged the server, which is then restarted.
 UNLOAD_TIMEOUT_S = 15.0
 
 
@@ -624,6 +635,7 @@ def _resident_view(instance: Instance, *, exclude: int) -> tuple[list[ResidentMo
                 last_used=last_used,
                 # Neither a loading model nor one already being evicted can be chosen.
                 loading=other.actual_state != Placement.ActualState.LOADED,
+                evicting=other.actual_state == Placement.ActualState.EVICTING,
             )
         )
     return view, by_key
@@ -634,7 +646,8 @@ def _load_when_room(*, placement: Placement, actor: str) -> LoadOutcome:
 
     A loading model cannot be evicted, so a burst of cold requests for different models can
     fill the budget for a moment; the request waits for those loads (which then become
-    evictable) instead of failing at once. Pinned memory that leaves no room fails at once.
+    evictable), or for the unloads under way that make its room, instead of failing at once.
+    Pinned memory that leaves no room fails at once.
     """
     deadline = time.monotonic() + CAPACITY_WAIT_S
     while True:
@@ -654,7 +667,7 @@ def _load_when_room(*, placement: Placement, actor: str) -> LoadOutcome:
             )
             if not others_loading or time.monotonic() >= deadline:
                 raise
-            time.sleep(0.25)
+            time.sleep(CAPACITY_POLL_S)
 
 
 def _load(*, placement_id: int, actor: str) -> LoadOutcome:
@@ -686,6 +699,20 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
                     f"{instance} is {instance.status}; retry once the reconciler restarts it."
                 )
             resident, by_key = _resident_view(instance, exclude=placement.pk)
+            if evictions_make_room(
+                resident=resident,
+                incoming_mb=memory_of(placement),
+                budget_mb=instance.memory_budget_mb,
+                incoming_gpu_mb=held_gpu_memory_mb(placement),
+                gpu_budget_mb=_gpu_budget_mb(placement.endpoint),
+            ):
+                # Unloads under way (the background evictor's, or another load's) free the room
+                # this load needs: it waits for them (see _load_when_room) instead of choosing
+                # more victims.
+                raise CapacityExceeded(
+                    f"{placement.version} waits for the unloads under way on {instance} to "
+                    "free its memory; retry shortly."
+                )
             plan = plan_load(
                 resident=resident,
                 incoming_key=str(placement.pk),
@@ -796,6 +823,7 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
             },
         )
     _trim_to_budget(instance=instance, keep=placement, client=client, actor=actor)
+    wake_evictor(instance.pk)
     return LoadOutcome(placement_id=placement.pk, cold_start=True, load_time_ms=load_time_ms)
 
 
@@ -834,8 +862,17 @@ def _evict_all(
             raise
 
 
-def _evict(*, client, placement: Placement, to_make_room_for: Placement | None, actor: str) -> None:
-    # The client drains the model's requests in flight before Triton unloads it.
+def _evict(
+    *,
+    client,
+    placement: Placement,
+    to_make_room_for: Placement | None,
+    actor: str,
+    ahead_of_need: bool = False,
+) -> None:
+    # The client drains the model's requests in flight before Triton unloads it, and returns
+    # once Triton reports the model gone (its stub exited); until then the placement is
+    # "evicting" and its memory counts as resident.
     try:
         client.unload_model(placement.version.triton_model_name, timeout_s=UNLOAD_TIMEOUT_S)
     except UnloadTimedOut as exc:
@@ -850,12 +887,17 @@ def _evict(*, client, placement: Placement, to_make_room_for: Placement | None, 
         pk=placement.pk,
         actual_state__in=[Placement.ActualState.EVICTING, Placement.ActualState.LOADED],
     ).update(actual_state=Placement.ActualState.EVICTED, loading_by="", updated_at=timezone.now())
+    reason = (
+        "to keep room for cold loads (memory above the "
+        f"{settings.TENANTML_EVICTION_HIGH_WATERMARK:.0%} high watermark)"
+        if ahead_of_need
+        else f"to make room for {_incoming_for(placement, to_make_room_for)}"
+    )
     record_event(
         kind="placement.evicted",
         actor=actor,
         message=(
-            f"{placement.version} evicted from {placement.instance} to make room for "
-            f"{_incoming_for(placement, to_make_room_for)} ({_policy_words()})."
+            f"{placement.version} evicted from {placement.instance} {reason} ({_policy_words()})."
         ),
         version=placement.version,
         endpoint=placement.endpoint,
@@ -923,6 +965,133 @@ def _trim_to_budget(
             raise
         evicted.append(victim)
     return evicted
+
+
+def make_headroom(*, instance_id: int, actor: str = ACTOR) -> list[Placement]:
+    """Unload models ahead of need once the instance's resident memory crosses the high
+    watermark (or leaves less room than its largest model), down to the low watermark; returns
+    the evicted. Each victim is drained first; one still answering after the drain stays."""
+    high = settings.TENANTML_EVICTION_HIGH_WATERMARK
+    low = settings.TENANTML_EVICTION_LOW_WATERMARK
+    if high >= 1:
+        return []
+    with transaction.atomic():
+        locked = (
+            Instance.objects.select_for_update(of=("self",))
+            .select_related("endpoint__instance_type")
+            .filter(pk=instance_id)
+            .first()
+        )
+        if locked is None or locked.status != Instance.Status.HEALTHY or not locked.port:
+            return []
+        resident, by_key = _resident_view(locked, exclude=-1)
+        victims = [
+            by_key[key]
+            for key in plan_headroom(
+                resident=resident,
+                budget_mb=locked.memory_budget_mb,
+                high_watermark=high,
+                low_watermark=low,
+                order=eviction_order(locked.pk),
+                # The next cold model is likely as large as the largest this instance holds
+                # (one model kind per endpoint).
+                room_for_mb=max((m.memory_mb for m in resident if not m.pinned), default=0.0),
+                gpu_budget_mb=_gpu_budget_mb(locked.endpoint),
+            )
+        ]
+        _claim_victims(victims)
+    if not victims:
+        return []
+    client = client_for(locked)
+    evicted = []
+    for index, victim in enumerate(victims):
+        try:
+            _evict(
+                client=client, placement=victim, to_make_room_for=None, actor=actor,
+                ahead_of_need=True,
+            )  # fmt: skip
+        except ModelBusy as exc:
+            _release_victims([victim])
+            logger.info("Headroom on %s kept %s: %s", locked, victim, exc.message)
+            continue
+        except BaseException:
+            _release_victims(victims[index:])
+            raise
+        evicted.append(victim)
+    return evicted
+
+
+class _Evictor:
+    """The background evictor of one instance in this process: a daemon thread that runs
+    ``make_headroom`` whenever woken (after each load), one pass at a time."""
+
+    def __init__(self, instance_id: int) -> None:
+        self.instance_id = instance_id
+        self._woken = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(
+            target=self._run, name=f"evictor-{instance_id}", daemon=True
+        )
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._idle.clear()
+        self._woken.set()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        return self._idle.wait(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            self._woken.wait()
+            self._woken.clear()
+            try:
+                make_headroom(instance_id=self.instance_id)
+            except Exception:
+                # The next load wakes it again; loads make room themselves meanwhile.
+                logger.exception("Background eviction on instance %s failed", self.instance_id)
+            finally:
+                connections.close_all()  # this thread's own connections
+                if not self._woken.is_set():
+                    self._idle.set()
+
+
+_EVICTORS: dict[int, _Evictor] = {}
+_EVICTORS_LOCK = threading.Lock()
+
+
+def _evictor(instance_id: int) -> _Evictor:
+    with _EVICTORS_LOCK:
+        evictor = _EVICTORS.get(instance_id)
+        if evictor is None:
+            evictor = _EVICTORS[instance_id] = _Evictor(instance_id)
+        return evictor
+
+
+def wake_evictor(instance_id: int) -> None:
+    """Have the instance's background evictor check its watermarks once the caller's
+    transaction commits (it reads what the caller wrote)."""
+    if settings.TENANTML_EVICTION_HIGH_WATERMARK >= 1:
+        return
+    transaction.on_commit(lambda: _evictor(instance_id).wake())
+
+
+def wait_for_evictions(instance_id: int, *, timeout_s: float = 30.0) -> bool:
+    """Wait until the instance's background evictor in this process is idle; False on timeout."""
+    with _EVICTORS_LOCK:
+        evictor = _EVICTORS.get(instance_id)
+    return evictor is None or evictor.wait_idle(timeout_s)
+
+
+def _forget_evictors_after_fork() -> None:
+    # A forked child has none of its parent's threads: it starts evictors of its own.
+    global _EVICTORS_LOCK
+    _EVICTORS_LOCK = threading.Lock()
+    _EVICTORS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_evictors_after_fork)
 
 
 def trim_to_budget(*, instance: Instance, actor: str) -> list[str]:
@@ -1203,6 +1372,7 @@ __all__ = [
     "check_instance_health",
     "ensure_loaded",
     "invoke_placement",
+    "make_headroom",
     "place_on_instance",
     "prepare_probe",
     "probe_placement",
@@ -1211,4 +1381,6 @@ __all__ = [
     "start_local_instance",
     "stop_local_instance",
     "unload_placement",
+    "wait_for_evictions",
+    "wake_evictor",
 ]

@@ -1,0 +1,107 @@
+"""Eviction ahead of need: past the high watermark the least valuable models are chosen down to
+the low watermark, never pinned, loading or already-leaving ones; a load that does not fit waits
+for the unloads under way when they make its room."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from deployments.placement.eviction import ResidentModel, evictions_make_room, plan_headroom
+
+
+def model(key: str, mb: float = 100, *, used: float = 0, **kw) -> ResidentModel:
+    return ResidentModel(key=key, memory_mb=mb, last_used=used, **kw)
+
+
+def headroom(resident, budget_mb=1000, high=0.9, low=0.75, **kw):
+    return plan_headroom(
+        resident=resident, budget_mb=budget_mb, high_watermark=high, low_watermark=low, **kw
+    )
+
+
+def test_nothing_is_evicted_at_or_under_the_high_watermark():
+    resident = [model(str(i), used=i) for i in range(9)]  # 900 of 1,000 MB: 90 %
+
+    assert headroom(resident) == ()
+
+
+def test_crossing_the_high_watermark_evicts_least_recent_down_to_the_low_one():
+    resident = [model(str(i), used=i) for i in range(10)]  # 1,000 of 1,000 MB
+
+    evicted = headroom(resident)
+
+    assert evicted == ("0", "1", "2")  # 700 MB stay: at most 75 %
+
+
+def test_pinned_loading_and_leaving_models_are_never_chosen_and_leaving_ones_count_as_gone():
+    resident = [
+        model("pinned", used=0, pinned=True),
+        model("loading", used=1, loading=True),
+        model("leaving", used=2, loading=True, evicting=True),
+        *(model(f"m{i}", used=10 + i) for i in range(7)),
+    ]  # 1,000 MB, 900 once "leaving" is gone
+
+    assert headroom(resident) == ()  # 90 % once the unload under way ends
+    assert headroom(resident, high=0.85) == ("m0", "m1")  # 700 MB stay
+
+
+def test_the_most_recently_used_model_stays_even_when_headroom_is_short():
+    resident = [model("older", mb=500, used=1), model("just-loaded", mb=500, used=2)]
+
+    assert headroom(resident, high=0.5, low=0.1) == ("older",)
+
+
+def test_less_room_than_the_next_model_needs_triggers_eviction_below_the_high_watermark():
+    resident = [model(str(i), mb=200, used=i) for i in range(4)]  # 800 of 1,000 MB: 80 %
+
+    assert headroom(resident) == ()
+    assert headroom(resident, room_for_mb=250) == ("0",)  # 600 MB stay: 400 free
+
+
+def test_watermarks_out_of_order_are_refused():
+    with pytest.raises(ValueError, match="watermarks"):
+        headroom([model("a")], high=0.7, low=0.8)
+
+
+def test_a_load_waits_for_unloads_under_way_only_when_they_make_its_room():
+    leaving = model("leaving", mb=300, loading=True, evicting=True)
+    others = [model("a", mb=400), model("b", mb=200)]
+
+    assert evictions_make_room(resident=[leaving, *others], incoming_mb=300, budget_mb=1000)
+    # Fits already: nothing to wait for.
+    assert not evictions_make_room(resident=others, incoming_mb=300, budget_mb=1000)
+    # The unload under way is not enough: the load chooses victims of its own.
+    assert not evictions_make_room(resident=[leaving, *others], incoming_mb=500, budget_mb=1000)
+
+
+@given(
+    sizes=st.lists(st.floats(min_value=1, max_value=400), min_size=1, max_size=30),
+    pinned=st.lists(st.booleans(), min_size=30, max_size=30),
+    low=st.floats(min_value=0.1, max_value=1.0),
+    gap=st.floats(min_value=0.0, max_value=0.5),
+)
+def test_after_a_headroom_pass_what_stays_is_under_the_low_watermark_unless_pinned(
+    sizes, pinned, low, gap
+):
+    high = min(1.0, low + gap)
+    resident = [model(str(i), mb=mb, used=i, pinned=pinned[i]) for i, mb in enumerate(sizes)]
+    budget = 1000.0
+
+    evicted = set(headroom(resident, budget_mb=budget, high=high, low=low))
+
+    staying = [m for m in resident if m.key not in evicted]
+    assert not any(m.pinned for m in resident if m.key in evicted)
+    unpinned = [m for m in resident if not m.pinned]
+    if unpinned:
+        assert max(unpinned, key=lambda m: m.last_used).key not in evicted
+    used = sum(m.memory_mb for m in resident)
+    if used <= high * budget:
+        assert evicted == set()
+    else:
+        # Down to the low watermark, unless only pinned models and the one in use are left.
+        kept = sum(m.memory_mb for m in resident if m.pinned) + (
+            max(unpinned, key=lambda m: m.last_used).memory_mb if unpinned else 0
+        )
+        assert sum(m.memory_mb for m in staying) <= max(low * budget, kept) + 1e-6
