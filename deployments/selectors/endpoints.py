@@ -154,8 +154,14 @@ def _memory_bars(endpoint: Endpoint, instances: list[Instance]) -> list[dict]:
         placement.memory_mb = held_memory_mb(placement)
         mine.append(placement)
     bars = []
+    shared = endpoint.mode == Endpoint.Mode.SHARED_BASE
     for instance in instances:
         total = totals.get(instance.pk, ResidentTotals(0, 0.0))
+        heads_mb = total.memory_mb
+        # A shared-base instance also holds its encoder, once, whatever the number of heads.
+        encoder_mb = float(instance.shared_base_memory_mb or 0.0) if shared else 0.0
+        if encoder_mb:
+            total = ResidentTotals(total.models, total.memory_mb + encoder_mb)
         budget = float(instance.memory_budget_mb)
         scale = max(budget, total.memory_mb) or 1.0
         shown = by_instance.get(instance.pk, [])
@@ -168,7 +174,7 @@ def _memory_bars(endpoint: Endpoint, instances: list[Instance]) -> list[dict]:
             }
             for p in shown
         ]
-        rest_mb = max(total.memory_mb - sum(p.memory_mb for p in shown), 0.0)
+        rest_mb = max(heads_mb - sum(p.memory_mb for p in shown), 0.0)
         rest = total.models - len(shown)
         bars.append(
             {
@@ -191,6 +197,18 @@ def _memory_bars(endpoint: Endpoint, instances: list[Instance]) -> list[dict]:
                     else None
                 ),
                 "free_pct": round(max(budget - total.memory_mb, 0.0) / scale * 100, 2),
+                "shared_base": (
+                    {
+                        "encoder_mb": encoder_mb,
+                        "encoder_loaded": bool(encoder_mb),
+                        "width_pct": round(encoder_mb / scale * 100, 2),
+                        "heads": total.models,
+                        "heads_mb": heads_mb,
+                        "heads_kb": round(heads_mb * 1024, 1),
+                    }
+                    if shared
+                    else None
+                ),
             }
         )
     return bars

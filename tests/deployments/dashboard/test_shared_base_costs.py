@@ -89,3 +89,22 @@ def test_the_ranking_the_sampler_keeps_agrees_with_the_shares_read_now(shared_in
         {row["tenant"]: row["usd_per_hour"] for row in live.rows}, abs=1e-4
     )
     assert max(kept, key=kept.get) == live.rows[0]["tenant"]
+
+
+def test_the_endpoint_page_shows_the_encoder_once_and_the_heads_of_each_instance(
+    staff_client, shared_instance
+):
+    from django.urls import reverse
+
+    heads(shared_instance, [3, 2, 1, 0])
+
+    body = staff_client.get(
+        reverse("dashboard:endpoint", args=[shared_instance.endpoint.name])
+    ).content.decode()
+
+    assert f'data-testid="instance-heads-{shared_instance.pk}" data-heads="4"' in body
+    words = " ".join(body.split())
+    assert "Shared encoder: 115 MB, loaded once; 4 tenant heads resident in it (20.5 KB)" in words
+    assert f'data-testid="segment-encoder-{shared_instance.pk}"' in body
+    # The encoder counts once in what the instance holds: 115 MB and four 5 KB heads.
+    assert f'data-used-mb="{ENCODER_MB + 4 * HEAD_MB}"' in body
