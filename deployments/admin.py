@@ -30,7 +30,7 @@ from deployments.selectors.fleet import (
     instances_with_memory_use,
     memory_is_measured,
 )
-from deployments.services import draining, reconciler, retirement, rollouts
+from deployments.services import budgets, draining, reconciler, retirement, rollouts
 from deployments.services import scaling as scaling_policies
 from deployments.services.fleet import set_placement_desired_state
 from models_registry.kinds import kind_names
@@ -218,6 +218,11 @@ class InstanceAdmin(admin.ModelAdmin):
     # Only the memory budget is the operator's to set; the rest is what the backend reports.
     readonly_fields = tuple(field for field in fields if field != "memory_budget_mb")
     actions = ("drain_instances", "reconcile_now")
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and "memory_budget_mb" in form.changed_data:
+            budgets.memory_budget_edited(instance=obj, actor=admin_actor(request))
 
     @admin.action(description="Drain (move models to other instances, then stop)")
     def drain_instances(self, request, queryset):

@@ -426,6 +426,8 @@ def start_local_endpoints(*, actor: str) -> list[Instance]:
             )
         for _ in range(max(0, endpoint.min_instances - live)):
             started.append(start_local_instance(endpoint=endpoint, actor=actor))
+    for instance in started:  # each start shared the machine again: the budgets as they are now
+        instance.refresh_from_db(fields=["memory_budget_mb"])
     return started
 
 

@@ -68,6 +68,8 @@ def test_two_default_endpoints_on_an_8_gb_machine_get_no_more_than_it_has(machin
     assert shared["platform_mb"] >= RESERVE_MB  # the platform's own processes come first
     expected = int((limit_mb - shared["platform_mb"]) / 2 * 0.8)
     assert budgets([first, second]) == [expected, expected]
+    # What ``up`` prints for each instance started is its budget once both have started.
+    assert [first.memory_budget_mb, second.memory_budget_mb] == [expected, expected]
     assert sum(budgets([first, second])) <= limit_mb - RESERVE_MB
     # The old fixed figure (80 % of the catalog's 16 GB each) was 25.6 GB on this machine.
     assert expected < 8192 * 0.8 / 2
@@ -132,13 +134,28 @@ def test_an_override_above_the_machine_is_capped_and_recorded(machine, settings)
     assert "capped" in capped.message
 
 
-def test_an_admin_edit_survives_a_restart_and_other_starts_where_it_fits(machine, admin_client):
+def edit_in_admin(admin_client, capture, instance, budget_mb: int) -> None:
+    """Change an instance's budget on its admin page, as an operator does (and let what runs
+    once the edit commits run)."""
+    with capture(execute=True):
+        response = admin_client.post(
+            admin_url(Instance, "change", instance.pk), {"memory_budget_mb": budget_mb}
+        )
+    assert response.status_code == 302
+
+
+def test_an_admin_edit_survives_a_restart_and_other_starts_where_it_fits(
+    machine, admin_client, django_capture_on_commit_callbacks
+):
     limit_mb = machine(24)
     edited, other = default_instances()
-    response = admin_client.post(
-        admin_url(Instance, "change", edited.pk), {"memory_budget_mb": 3000}
-    )
-    assert response.status_code == 302
+
+    edit_in_admin(admin_client, django_capture_on_commit_callbacks, edited, 3000)
+
+    assert budgets([edited]) == [3000]
+    edit = Event.objects.filter(kind=BUDGET_EVENT, instance=edited).latest("id")
+    assert edit.data["operator_mb"] == 3000 and "operator's 3,000 MB kept" in edit.message
+    assert edit.actor.startswith("admin:")
 
     runtime.restart_local_instance(instance=edited, actor="test", reason="did not answer")
     third = runtime.start_local_instance(endpoint=other.endpoint, actor="test")
@@ -147,8 +164,6 @@ def test_an_admin_edit_survives_a_restart_and_other_starts_where_it_fits(machine
     assert budgets([edited]) == [3000]
     rest = int((limit_mb - shared["platform_mb"] - 3000) / 2 * 0.8)
     assert budgets([other, third]) == [rest, rest]
-    edit = Event.objects.filter(kind=BUDGET_EVENT, instance=edited).latest("id")
-    assert edit.data["operator_mb"] == 3000 and "operator's 3,000 MB kept" in edit.message
 
     runtime.stop_local_instance(instance=third, actor="test", reason="scaled in")
 
@@ -157,21 +172,31 @@ def test_an_admin_edit_survives_a_restart_and_other_starts_where_it_fits(machine
     assert budgets([other]) == [int((limit_mb - shared["platform_mb"] - 3000) * 0.8)]
 
 
-def test_an_admin_edit_above_the_machine_is_lowered_at_the_next_start_and_never_raised(
-    machine, admin_client
+def test_an_admin_edit_above_the_machine_is_lowered_at_once_and_never_raised_above_it(
+    machine, admin_client, django_capture_on_commit_callbacks
 ):
     limit_mb = machine(8)
     edited, other = default_instances()
-    admin_client.post(admin_url(Instance, "change", edited.pk), {"memory_budget_mb": 100_000})
+
+    edit_in_admin(admin_client, django_capture_on_commit_callbacks, edited, 100_000)
+
+    shared = last_sharing(edited)
+    assert budgets([edited]) == [limit_mb - shared["platform_mb"] - FLOOR_MB]
+    lowered = Event.objects.filter(kind=BUDGET_EVENT, instance=edited).latest("id")
+    assert lowered.severity == "warning" and lowered.data["operator_mb"] == 100_000
+    assert "do not fit; lowered" in lowered.message
+    assert sum(budgets([edited, other])) <= limit_mb - RESERVE_MB
 
     third = runtime.start_local_instance(endpoint=other.endpoint, actor="test")
 
     shared = last_sharing(edited)
-    room = limit_mb - shared["platform_mb"] - 2 * FLOOR_MB
-    assert budgets([edited]) == [room]
-    lowered = Event.objects.filter(kind=BUDGET_EVENT, instance=edited).latest("id")
-    assert lowered.severity == "warning" and lowered.data["operator_mb"] == 100_000
+    assert budgets([edited]) == [limit_mb - shared["platform_mb"] - 2 * FLOOR_MB]
     assert sum(budgets([edited, other, third])) <= limit_mb - RESERVE_MB
+
+    edit_in_admin(admin_client, django_capture_on_commit_callbacks, edited, 1000)
+
+    # Room for 1,000 MB: the operator's figure exactly, the others sharing the rest.
+    assert budgets([edited]) == [1000]
 
 
 def test_a_budget_shrunk_below_what_is_resident_evicts_unpinned_models(
