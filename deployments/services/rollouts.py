@@ -272,6 +272,18 @@ def _retire_old_versions(*, deployment_id: int, actor: str) -> None:
     )
     for placement in stale:
         set_unloaded(placement=placement, actor=actor, reason="superseded by a newer deployment")
+    # A model moved into or out of the shared-base layout is served in its new layout only.
+    moved = (
+        Placement.objects.filter(version_id=deployment.live_version_id)
+        .exclude(desired_state=Placement.DesiredState.UNLOADED)
+        .exclude(endpoint__mode=deployment.mode)
+        .select_related("version__model", "instance", "endpoint")
+    )
+    for placement in moved:
+        if Endpoint.Mode.SHARED_BASE in (placement.endpoint.mode, deployment.mode):
+            set_unloaded(
+                placement=placement, actor=actor, reason=f"now served as {deployment.mode}"
+            )
     # The version kept for rollback stays placed but no longer holds pinned memory.
     Placement.objects.filter(
         version_id=deployment.previous_version_id, desired_state=Placement.DesiredState.PINNED

@@ -438,3 +438,82 @@ def test_the_encoder_instances_follow_the_request_rate(
     assert Event.objects.filter(kind="endpoint.scaled_in", endpoint=endpoint).exists()
     served = Placement.objects.reachable().filter(endpoint=endpoint)
     assert {p.version_id for p in served} == {deployment.live_version_id, version.pk}
+
+
+def test_a_model_moved_from_mme_to_shared_base_is_served_by_its_head_only(
+    tenant_client, tenant, intent_artifact, proxy_url
+):
+    from tests.deployments.proxy.test_proxy import call, invoke_url
+
+    model = TenantModelFactory(tenant=tenant, name="intents", kind=KIND)
+    packaged_version(model, intent_artifact, 1, promote=True)
+    response = tenant_client.post(
+        f"/api/v1/tenants/{tenant.slug}/models/intents/deployments/", {}, format="json"
+    )
+    assert response.status_code == 202, response.content
+    mme_copy = Placement.objects.select_related("endpoint").get(version__model=model)
+    assert mme_copy.endpoint.mode == Endpoint.Mode.MME
+
+    deployment = deploy_shared(tenant_client, model)
+
+    assert deployment.status == Deployment.Status.LIVE and deployment.mode == "shared-base"
+    mme_copy.refresh_from_db()
+    assert mme_copy.desired_state == Placement.DesiredState.UNLOADED
+    assert mme_copy.actual_state == Placement.ActualState.UNLOADED
+    served = Placement.objects.reachable().filter(version__model=model).select_related("endpoint")
+    assert [p.endpoint.mode for p in served] == [Endpoint.Mode.SHARED_BASE]
+    token = issue_token(tenant=tenant, name="product", actor="test").secret
+    ROUTES.invalidate(None)
+    status, _, body = call(
+        invoke_url(proxy_url, tenant.slug, "intents"), token=token, body={"inputs": TICKETS}
+    )
+    assert status == 200, body
+    expected = IntentPredictor(str(intent_artifact)).predict(TICKETS)
+    assert [o["label"] for o in json.loads(body)["outputs"]] == [e["label"] for e in expected]
+
+
+def test_rollback_drain_and_retirement_work_for_heads(
+    tenant_client, tenant, intent_artifact, tmp_path
+):
+    from deployments.services import draining
+
+    model = TenantModelFactory(tenant=tenant, name="intents", kind=KIND)
+    packaged_version(model, intent_artifact, 1, promote=True)
+    deploy_shared(tenant_client, model)
+    artifact, labels = derived_artifact(intent_artifact, tmp_path / "v2", seed=11)
+    packaged_version(model, artifact, 2, promote=True)  # the promotion rolls it out
+    deployment = Deployment.objects.get(model=model)
+    assert deployment.live_version.number == 2 and deployment.previous_version.number == 1
+    v2 = Placement.objects.select_related("version__model__tenant", "instance", "endpoint").get(
+        version=deployment.live_version
+    )
+    serving = backend_for(v2.endpoint)
+    assert serving.invoke(placement=v2, inputs=TICKETS).outputs[0]["label"] in labels
+
+    response = tenant_client.post(
+        f"/api/v1/tenants/{tenant.slug}/models/intents/deployments/rollback", format="json"
+    )
+    assert response.status_code in (200, 202), response.content
+    deployment.refresh_from_db()
+    assert deployment.live_version.number == 1
+
+    # Draining the only instance starts another and moves the heads there, loaded, first.
+    first = v2.instance
+    drained = draining.drain_instance(instance=first, actor="test")
+    assert drained.status == Instance.Status.STOPPED
+    moved = (
+        Placement.objects.reachable()
+        .filter(version__model=model)
+        .select_related("version__model__tenant", "instance", "endpoint")
+    )
+    assert moved and all(p.instance_id != first.pk for p in moved)
+    live_copy = next(p for p in moved if p.version_id == deployment.live_version_id)
+    assert live_copy.actual_state == Placement.ActualState.LOADED
+    expected = IntentPredictor(str(intent_artifact)).predict(TICKETS)
+    result = serving.invoke(placement=live_copy, inputs=TICKETS)
+    assert [o["label"] for o in result.outputs] == [e["label"] for e in expected]
+
+    response = tenant_client.delete(f"/api/v1/tenants/{tenant.slug}/models/intents/deployments/")
+    assert response.status_code in (200, 202, 204), response.content
+    assert not Placement.objects.reachable().filter(version__model=model).exists()
+    assert resident_heads(live_copy.instance) == {}

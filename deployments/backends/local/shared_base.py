@@ -1173,8 +1173,9 @@ def copy_heads_to(*, instance: Instance, actor: str) -> int:
 
 
 def drain_instance(*, instance: Instance, actor: str, stop: bool = True) -> Instance:
-    """Move every head off an instance (placed on the endpoint's other instances, loaded there
-    on their next request), then stop it unless ``stop`` is false."""
+    """Move every head off an instance (placed and loaded on the endpoint's other instances
+    first, a new one started when there is none and the endpoint may grow), then stop it
+    unless ``stop`` is false."""
     with transaction.atomic():
         instance = (
             Instance.objects.select_for_update().select_related("endpoint").get(pk=instance.pk)
@@ -1183,20 +1184,36 @@ def drain_instance(*, instance: Instance, actor: str, stop: bool = True) -> Inst
             return instance
         instance.status = Instance.Status.DRAINING
         instance.save(update_fields=["status", "updated_at"])
+    record_event(
+        kind="instance.draining",
+        actor=actor,
+        message=f"{instance} is draining; its heads move to other instances first.",
+        endpoint=instance.endpoint,
+        instance=instance,
+    )
+    endpoint = instance.endpoint
+    moving = list(
+        instance.placements.exclude(desired_state=Placement.DesiredState.UNLOADED).select_related(
+            "version__model__tenant", "endpoint", "instance"
+        )
+    )
     others = [
         other
-        for other in instance.endpoint.instances.filter(status__in=Instance.ROUTABLE_STATES)
-        if other.pk != instance.pk
+        for other in endpoint.instances.filter(status__in=Instance.ROUTABLE_STATES)
+        if other.pk != instance.pk and runtime.instance_process_alive(other)
     ]
-    moving = instance.placements.exclude(
-        desired_state=Placement.DesiredState.UNLOADED
-    ).select_related("version__model__tenant", "endpoint", "instance")
+    live = endpoint.instances.exclude(status=Instance.Status.STOPPED).count()
+    if moving and not others and live < endpoint.max_instances:
+        others = [runtime.start_local_instance(endpoint=endpoint, actor=actor)]
     for placement in moving:
         if others:
             target = min(others, key=lambda i: (heads_on(i), i.ordinal))
-            place_head(
+            copy = place_head(
                 version=placement.version, instance=target, actor=actor, pinned=placement.is_pinned
             )
+            if placement.actual_state == Placement.ActualState.LOADED or placement.is_pinned:
+                copy.instance = target
+                ensure_loaded(placement=copy, actor=actor)
         Placement.objects.filter(pk=placement.pk).mark_unwanted()
         unload(placement=placement, actor=actor, reason=f"{instance} is draining")
         routing_changed.send(sender=Placement, model_id=placement.version.model_id)
