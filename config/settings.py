@@ -476,6 +476,11 @@ TENANTML_PROXY_MAX_OUTSTANDING_PER_COPY = env.int("PROXY_MAX_OUTSTANDING_PER_COP
 # How long a route and a token stay cached without a change notice, in seconds.
 TENANTML_PROXY_ROUTE_TTL_S = env.float("PROXY_ROUTE_TTL_S", default=30.0)
 TENANTML_PROXY_AUTH_TTL_S = env.float("PROXY_AUTH_TTL_S", default=10.0)
+# While the database cannot be reached, routes and tokens this process knew are used this long
+# past their TTL, so traffic is answered through a database restart or failover.
+TENANTML_PROXY_STALE_WHILE_DATABASE_DOWN_S = env.float(
+    "PROXY_STALE_WHILE_DATABASE_DOWN_S", default=300.0
+)
 TENANTML_PROXY_UPSTREAM_TIMEOUT_S = env.float("PROXY_UPSTREAM_TIMEOUT_S", default=60.0)
 # Most connections a web process keeps open to one serving instance (requests beyond wait).
 TENANTML_PROXY_UPSTREAM_CONNECTIONS = env.int("PROXY_UPSTREAM_CONNECTIONS", default=256)

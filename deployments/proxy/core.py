@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import DatabaseError
 
 from config.errors import DomainError
 from deployments import usage
@@ -90,6 +91,12 @@ class Answer:
 _TOKENS: dict[str, tuple[float, Principal]] = {}
 
 
+def within_stale_window(expired_at: float) -> bool:
+    """Whether a cache entry that expired at ``expired_at`` (monotonic) may still be used while
+    the database is down."""
+    return time.monotonic() <= expired_at + settings.TENANTML_PROXY_STALE_WHILE_DATABASE_DOWN_S
+
+
 def _principal_for(token) -> Principal:
     return Principal(
         token_id=token.pk,
@@ -117,6 +124,13 @@ async def bearer_principal(authorization: str) -> Principal:
         token = await in_thread(authenticate_token)(secret=secret.strip())
     except InvalidToken as exc:
         raise ProxyError(401, exc.message, code="unauthorized") from exc
+    except DatabaseError:
+        # The database is restarting or unreachable: a token this process verified a moment
+        # ago is still trusted for PROXY_STALE_WHILE_DATABASE_DOWN_S, so callers keep their
+        # answers through a database restart; a token never seen fails as before.
+        if cached is not None and within_stale_window(cached[0]):
+            return cached[1]
+        raise
     principal = _principal_for(token)
     _TOKENS[digest] = (time.monotonic() + settings.TENANTML_PROXY_AUTH_TTL_S, principal)
     return principal
@@ -150,10 +164,19 @@ async def route_for(principal: Principal, tenant_slug: str, model_name: str) -> 
     key = (tenant_slug, model_name)
     route = ROUTES.get(key)
     if route is MISSING:
-        route = await in_thread(load_route)(tenant_slug=tenant_slug, model_name=model_name)
-        live = route is not None and route.deployed
-        ttl = settings.TENANTML_PROXY_ROUTE_TTL_S if live else UNDEPLOYED_ROUTE_TTL_S
-        ROUTES.put(key, route, ttl)
+        try:
+            route = await in_thread(load_route)(tenant_slug=tenant_slug, model_name=model_name)
+        except DatabaseError:
+            # As for tokens: while the database cannot be asked, the last route known is used.
+            route = ROUTES.get_stale(
+                key, max_stale_s=settings.TENANTML_PROXY_STALE_WHILE_DATABASE_DOWN_S
+            )
+            if route is MISSING:
+                raise
+        else:
+            live = route is not None and route.deployed
+            ttl = settings.TENANTML_PROXY_ROUTE_TTL_S if live else UNDEPLOYED_ROUTE_TTL_S
+            ROUTES.put(key, route, ttl)
     if route is None or not principal.can_see(route.tenant_id):
         raise ProxyError(
             404, f"No model {model_name!r} for tenant {tenant_slug}.", code="not_found"

@@ -201,6 +201,14 @@ class RouteCache:
         self.hits += 1
         return entry[1]
 
+    def get_stale(self, key: tuple[str, str], *, max_stale_s: float):
+        """The route cached under ``key`` even if expired, up to ``max_stale_s`` past its expiry
+        (``MISSING`` beyond): what a request may use while the database cannot be asked."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] + max_stale_s < time.monotonic():
+            return _MISSING
+        return entry[1]
+
     def put(self, key: tuple[str, str], route: Route | None, ttl_s: float) -> None:
         with self._lock:
             self._entries[key] = (time.monotonic() + ttl_s, route)
