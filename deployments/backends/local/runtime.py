@@ -10,11 +10,12 @@ behaviour on real Triton processes:
 - before a load, the eviction policy picks least-recently-used unpinned models to unload so that
   the measured memory of what stays plus the new model fits the instance's budget; pinned models
   are never evicted, and a model that cannot fit raises ``CapacityExceeded``;
-- ahead of need, a background evictor per instance (a thread of the serving process, woken after
-  each load) unloads models once what is resident crosses ``EVICTION_HIGH_WATERMARK`` of the
-  budget, down to ``EVICTION_LOW_WATERMARK``, so a cold load normally finds room and never waits
-  for an unload; a model being unloaded counts as resident until Triton reports it gone, and a
-  load that needs its memory waits for that rather than choosing more victims;
+- ahead of need, a background evictor per instance (a thread of the serving process, woken when
+  a load starts and when it ends) unloads models once what is resident crosses
+  ``EVICTION_HIGH_WATERMARK`` of the budget, down to ``EVICTION_LOW_WATERMARK``, so a cold load
+  normally finds room and never waits for an unload; a model being unloaded counts as resident
+  until Triton reports it gone, and a load that needs its memory waits for that rather than
+  choosing more victims;
 - loads of different models on one instance run in parallel, each reserving its measured (or
   estimated) memory under the instance's row lock before it starts;
 - every load verifies the package's sha256, measures the loaded model's real resident memory and
@@ -35,6 +36,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import timedelta
@@ -649,27 +651,72 @@ def _load_when_room(*, placement: Placement, actor: str) -> LoadOutcome:
     A loading model cannot be evicted, so a burst of cold requests for different models can
     fill the budget for a moment; the request waits for those loads (which then become
     evictable), or for the unloads under way that make its room, instead of failing at once.
-    Pinned memory that leaves no room fails at once.
+    Pinned memory that leaves no room fails at once. Loads waiting for room on an instance take
+    it in the order they came (in this process): a load that finds others waiting queues behind
+    them, and only the first in line tries again, so none is starved by later arrivals.
     """
     deadline = time.monotonic() + CAPACITY_WAIT_S
-    while True:
-        try:
-            return _load(placement_id=placement.pk, actor=actor)
-        except CapacityExceeded:
-            others_loading = (
-                Placement.objects.filter(
-                    instance_id=placement.instance_id,
-                    actual_state__in=[
-                        Placement.ActualState.LOADING,
-                        Placement.ActualState.EVICTING,
-                    ],
+    line = _waiting_line(placement.instance_id)
+    queued = False
+    try:
+        while True:
+            with line.turn:
+                if not queued and line.waiting:
+                    line.waiting.append(placement.pk)
+                    queued = True
+                while queued and line.waiting[0] != placement.pk:
+                    if time.monotonic() >= deadline:
+                        raise CapacityExceeded(
+                            f"{placement.version} waited {CAPACITY_WAIT_S:g} s behind other "
+                            f"loads for room on {placement.instance}; retry shortly."
+                        )
+                    line.turn.wait(CAPACITY_POLL_S)
+            try:
+                return _load(placement_id=placement.pk, actor=actor)
+            except CapacityExceeded:
+                others_loading = (
+                    Placement.objects.filter(
+                        instance_id=placement.instance_id,
+                        actual_state__in=[
+                            Placement.ActualState.LOADING,
+                            Placement.ActualState.EVICTING,
+                        ],
+                    )
+                    .exclude(pk=placement.pk)
+                    .exists()
                 )
-                .exclude(pk=placement.pk)
-                .exists()
-            )
-            if not others_loading or time.monotonic() >= deadline:
-                raise
-            time.sleep(CAPACITY_POLL_S)
+                if not others_loading or time.monotonic() >= deadline:
+                    raise
+            with line.turn:
+                if not queued:
+                    line.waiting.append(placement.pk)
+                    queued = True
+                line.turn.wait(CAPACITY_POLL_S)
+    finally:
+        if queued:
+            with line.turn:
+                line.waiting.remove(placement.pk)
+                line.turn.notify_all()
+
+
+class _WaitingLine:
+    """The loads of one instance waiting for room in this process, first come first served."""
+
+    def __init__(self) -> None:
+        self.turn = threading.Condition()
+        self.waiting: deque[int] = deque()
+
+
+_WAITING_LINES: dict[int, _WaitingLine] = {}
+_WAITING_LINES_LOCK = threading.Lock()
+
+
+def _waiting_line(instance_id: int) -> _WaitingLine:
+    with _WAITING_LINES_LOCK:
+        line = _WAITING_LINES.get(instance_id)
+        if line is None:
+            line = _WAITING_LINES[instance_id] = _WaitingLine()
+        return line
 
 
 def _load(*, placement_id: int, actor: str) -> LoadOutcome:
@@ -735,6 +782,10 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
             )
     if foreign == Placement.ActualState.LOADING:
         return _wait_for_foreign_load(placement_id)
+    if foreign is None:
+        # The reservation just made may leave too little room for the next cold model: the
+        # evictor unloads beside this load rather than after it.
+        wake_evictor(placement.instance_id)
     if foreign == Placement.ActualState.EVICTING:
         # Another process is unloading this very model to make room: load it again only once
         # that unload is done (Triton must not be asked to load a model while it unloads it).
@@ -1087,10 +1138,13 @@ def wait_for_evictions(instance_id: int, *, timeout_s: float = 30.0) -> bool:
 
 
 def _forget_evictors_after_fork() -> None:
-    # A forked child has none of its parent's threads: it starts evictors of its own.
-    global _EVICTORS_LOCK
+    # A forked child has none of its parent's threads: it starts evictors (and waiting lines)
+    # of its own.
+    global _EVICTORS_LOCK, _WAITING_LINES_LOCK
     _EVICTORS_LOCK = threading.Lock()
     _EVICTORS.clear()
+    _WAITING_LINES_LOCK = threading.Lock()
+    _WAITING_LINES.clear()
 
 
 os.register_at_fork(after_in_child=_forget_evictors_after_fork)
