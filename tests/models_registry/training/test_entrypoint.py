@@ -37,7 +37,9 @@ def run_entrypoint(
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        # A hang guard, not a speed check (bench/training.py measures speed): generous enough
+        # for an embedding fine-tune on a busy two-core machine.
+        timeout=600,
     )
 
 
