@@ -1,7 +1,7 @@
 """Placement: the pure algorithms that decide where models go and what they cost.
 
 ``solver`` packs models onto instance types and prices the plan (and the dedicated baseline),
-``eviction`` chooses which loaded models make room for a cold one. Both take dataclasses and
-return dataclasses: no ORM, no backend, so they are property-tested and benchmarked at fleet
-scale.
+``eviction`` chooses which loaded models make room for a cold one, ``budgets`` shares one
+machine's memory between its local instances. They take dataclasses and return dataclasses: no
+ORM, no backend, so they are property-tested and benchmarked at fleet scale.
 """
