@@ -305,7 +305,10 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=plan))
                 continue
             if isinstance(plan, dict):
-                result = np.array([[json.dumps(plan, ensure_ascii=False).encode()]], dtype=object)
+                result = np.array(
+                    [[json.dumps(plan, ensure_ascii=False, separators=(",", ":")).encode()]],
+                    dtype=object,
+                )
                 tensors = [pb_utils.Tensor("RESULT", result)]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
                 continue
