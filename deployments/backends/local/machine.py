@@ -141,19 +141,21 @@ def _read_limit(path: Path) -> int | None:
 
 # --- The platform's own processes ------------------------------------------------------------
 
-# Command-line words that make a process one of the platform's: the web server (uvicorn or
-# gunicorn on the project's ASGI/WSGI app), Celery workers and beat of the ``config`` app, and
+# Command-line words that make a process one of the platform's: a web server (uvicorn, gunicorn,
+# daphne...) on the project's ASGI/WSGI app, Celery workers and beat of the ``config`` app, and
 # manage.py's long-running commands (``up`` supervises, ``serve_local`` runs the Tritons).
 _WEB_APPS = ("config.asgi:application", "config.wsgi:application", "config.asgi", "config.wsgi")
+_CELERY_APPS = ("config", "config.celery", "--app=config", "--app=config.celery")
 
 
 def platform_role(argv: list[str]) -> str | None:
     """Which of the platform's processes a command line starts, or None."""
     words = [Path(word).name if index == 0 else word for index, word in enumerate(argv)]
-    joined = " ".join(words)
-    if any(app in words for app in _WEB_APPS) and ("uvicorn" in joined or "gunicorn" in joined):
+    if any(app in words for app in _WEB_APPS):
         return "web"
-    if "celery" in joined and ("config" in words or "--app=config" in words):
+    if any(Path(word).name == "celery" for word in words) and any(
+        app in words for app in _CELERY_APPS
+    ):
         if "beat" in words:
             return "beat"
         if "worker" in words:
