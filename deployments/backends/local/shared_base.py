@@ -27,13 +27,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from datetime import timedelta
-from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
@@ -57,7 +55,6 @@ from deployments.backends.local.memory import model_memory_mb
 from deployments.backends.local.runtime import LoadOutcome
 from deployments.backends.local.upstream import UpstreamError, UpstreamPool
 from deployments.backends.shared_heads import (
-    STATUS_NOT_LOADED,
     HeadsNotLoaded,
     infer_body,
     list_heads_body,
@@ -65,6 +62,14 @@ from deployments.backends.shared_heads import (
     parse_heads_answer,
     parse_infer_answer,
     unload_head_body,
+)
+from deployments.backends.shared_requests import (
+    head_files,
+    head_id,
+    join_body,
+    single_model_answer,
+    split_body,
+    with_head,
 )
 from deployments.exceptions import (
     CapacityExceeded,
@@ -86,7 +91,6 @@ from deployments.placement.eviction import ResidentModel, plan_load
 from deployments.placement.rows import memory_of
 from deployments.placement.throughput import ThroughputPlan, encoder_instances
 from deployments.signals import routing_changed
-from models_registry import artifacts
 from models_registry.kinds import get_kind
 from models_registry.models import ModelVersion
 from models_registry.shared_base import shared_base_model_dir, shared_base_model_name
@@ -96,13 +100,6 @@ logger = logging.getLogger(__name__)
 
 ACTOR = "serving"
 MB = 1024 * 1024
-# The wire names the shared model adds to a single-model request and answer (see
-# ``models_registry.triton_runtime.shared_intent``).
-HEAD_INPUT = "HEAD"
-STATUS_OUTPUT = "STATUS"
-# Outputs of the shared model that the single model does not have: never shown to callers.
-SHARED_ONLY_OUTPUTS = (STATUS_OUTPUT, "ROW_HEAD", "RESULT")
-BINARY_JSON = "application/vnd.sagemaker-triton.binary+json;json-header-size="
 # How long a caller waits for another caller's load of the same head (in this process).
 HEAD_LOAD_WAIT_S = 30.0
 
@@ -110,11 +107,6 @@ HEAD_LOAD_WAIT_S = 30.0
 def serves(placement: Placement) -> bool:
     """Whether a copy is a head on a shared-base endpoint (served by this module)."""
     return placement.endpoint.mode == Endpoint.Mode.SHARED_BASE
-
-
-def head_id(version: ModelVersion) -> str:
-    """The id a version's head has inside the shared model (its serving name: unique, stable)."""
-    return version.triton_model_name
 
 
 _ENCODER_NAMES: dict[str, str] = {}
@@ -173,27 +165,6 @@ def shared_base_endpoint(*, kind: str, actor: str) -> Endpoint:
         endpoint=endpoint,
     )
     return endpoint
-
-
-def head_files(version: ModelVersion) -> tuple[bytes, bytes]:
-    """The head weights and label names of a version, as its artifact holds them."""
-    spec = get_kind(version.model.kind).shared_base
-    if spec is None:
-        raise DomainError(f"{version.model.kind} models have no shared base.", field="mode")
-    if not version.artifact_uri:
-        raise Conflict(f"{version} has no trained artifact to take its head from.", field="version")
-    uri = version.artifact_uri
-    try:
-        if uri.endswith(".tar.gz"):
-            with tempfile.TemporaryDirectory(prefix="tenantml-head-") as scratch:
-                directory = artifacts.local_copy(uri, Path(scratch))
-                return tuple((directory / name).read_bytes() for name in spec.head_files)
-        if uri.startswith("s3://"):
-            return tuple(artifacts.read_bytes(f"{uri.rstrip('/')}/{n}") for n in spec.head_files)
-        return tuple((Path(uri) / name).read_bytes() for name in spec.head_files)
-    except (OSError, DomainError) as exc:
-        reason = getattr(exc, "message", None) or str(exc)
-        raise ModelLoadFailed(f"{version}'s head could not be read: {reason}") from exc
 
 
 def place_head(
@@ -750,60 +721,6 @@ def _encoder_of(endpoint_id: int) -> str:
     return name
 
 
-def _header_length(content_type: str) -> int | None:
-    if content_type.startswith(BINARY_JSON.split(";")[0]) and "json-header-size=" in content_type:
-        return int(content_type.rsplit("=", 1)[1])
-    return None
-
-
-def _with_head(header: dict, head: str) -> dict:
-    """A single-model request header turned into one for the shared encoder: every row names
-    ``head``, and the row status is asked for (as JSON, whatever the other outputs' format)."""
-    inputs = list(header.get("inputs") or [])
-    rows = int(inputs[0]["shape"][0]) if inputs and inputs[0].get("shape") else 0
-    shared = {
-        **header,
-        "inputs": [
-            *(tensor for tensor in inputs if tensor.get("name") != HEAD_INPUT),
-            {"name": HEAD_INPUT, "shape": [rows, 1], "datatype": "BYTES", "data": [head] * rows},
-        ],
-    }
-    if header.get("outputs"):
-        shared["outputs"] = [
-            *(tensor for tensor in header["outputs"] if tensor.get("name") != STATUS_OUTPUT),
-            {"name": STATUS_OUTPUT, "parameters": {"binary_data": False}},
-        ]
-    return shared
-
-
-def _split(data: bytes, content_type: str) -> tuple[dict, bytes, bool]:
-    length = _header_length(content_type)
-    if length is None:
-        return json.loads(data), b"", False
-    return json.loads(data[:length]), data[length:], True
-
-
-def _joined(header: dict, binary: bytes, is_binary: bool) -> tuple[bytes, str]:
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    if not is_binary:
-        return encoded, "application/json"
-    return encoded + binary, f"{BINARY_JSON}{len(encoded)}"
-
-
-def _without_status(header: dict) -> tuple[dict, bool]:
-    """The answer as the single model gives it (no STATUS), and whether a row's head was not
-    resident."""
-    missing = False
-    outputs = []
-    for tensor in header.get("outputs", []):
-        if tensor.get("name") == STATUS_OUTPUT:
-            missing = STATUS_NOT_LOADED in [str(value) for value in tensor.get("data", [])]
-        if tensor.get("name") in SHARED_ONLY_OUTPUTS:
-            continue
-        outputs.append(tensor)
-    return {**header, "outputs": outputs}, missing
-
-
 def _load_for_request(placement_id: int, *, encoder_gone: bool) -> None:
     placement = Placement.objects.select_related(
         "version__model__tenant", "instance__endpoint", "endpoint"
@@ -904,12 +821,12 @@ async def forward(
     encoder that is not: Triton restarted) is loaded and the request sent again once, a cold
     start."""
     try:
-        header, binary, is_binary = _split(body, content_type)
+        header, binary, is_binary = split_body(body, content_type)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ForwardFailed(
             f"The request is not valid JSON: {exc}", status=400, code="invalid"
         ) from exc
-    shared_body, shared_type = _joined(_with_head(header, model_name), binary, is_binary)
+    shared_body, shared_type = join_body(with_head(header, model_name), binary, is_binary)
     encoder = _ENCODER_OF_ENDPOINT.get(copy.endpoint_id) or await in_thread(_encoder_of)(
         copy.endpoint_id
     )
@@ -925,18 +842,18 @@ async def forward(
         else:
             answer_type = response.headers.get("content-type", "application/json")
             try:
-                answer, answer_binary, answer_is_binary = _split(response.body, answer_type)
+                answer, answer_binary, answer_is_binary = split_body(response.body, answer_type)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise ForwardFailed(
                     "The shared encoder answered with something that is not JSON.",
                     status=502,
                     code="upstream",
                 ) from exc
-            single, missing = _without_status(answer)
+            single, missing = single_model_answer(answer)
             encoder_gone = False
             if not missing:
                 runtime.touch(copy.placement_id)
-                data, data_type = _joined(single, answer_binary, answer_is_binary)
+                data, data_type = join_body(single, answer_binary, answer_is_binary)
                 return Forwarded(status=200, content_type=data_type, body=data, cold_start=cold)
         if attempt == 1:
             break

@@ -22,7 +22,15 @@ from deployments.backends.base import (
     ReconcileReport,
     in_thread,
 )
-from deployments.backends.sagemaker import audit, cloudwatch, deploy, instances, retire, scaling
+from deployments.backends.sagemaker import (
+    audit,
+    cloudwatch,
+    deploy,
+    instances,
+    retire,
+    scaling,
+    shared_base,
+)
 from deployments.backends.sagemaker.client import (
     DEFAULT_VARIANT,
     ComponentHasNoCopies,
@@ -42,10 +50,17 @@ class SageMakerServingBackend:
     name = Endpoint.Backend.SAGEMAKER
     # CloudWatch reports the endpoints' figures (read by the cloud-metrics pass).
     reports_cloud_metrics = True
-    modes = (Endpoint.Mode.MME, Endpoint.Mode.INFERENCE_COMPONENT, Endpoint.Mode.DEDICATED)
+    modes = (
+        Endpoint.Mode.MME,
+        Endpoint.Mode.INFERENCE_COMPONENT,
+        Endpoint.Mode.DEDICATED,
+        Endpoint.Mode.SHARED_BASE,
+    )
 
     def roll_out(self, *, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
         try:
+            if deployment.mode == Endpoint.Mode.SHARED_BASE:
+                return shared_base.roll_out_and_probe(deployment=deployment, actor=actor)
             return deploy.roll_out(deployment=deployment, actor=actor)
         except EndpointFailed as exc:
             # A Failed endpoint or component serves nothing: delete it (and what it runs)
@@ -56,10 +71,15 @@ class SageMakerServingBackend:
     def prepare_probe(self, *, placement: Placement, actor: str) -> PreparedProbe:
         # Nothing to load: SageMaker loads an MME's model on its first request by itself, so
         # the platform cannot tell a cold answer from a warm one, and counts none as cold.
+        probe = (
+            shared_base.probe
+            if placement.endpoint.mode == Endpoint.Mode.SHARED_BASE
+            else deploy.probe
+        )
         return PreparedProbe(
             cold_start=False,
             prepare_ms=0.0,
-            send=partial(deploy.probe, backend=deploy.endpoint_backend(), placement=placement),
+            send=partial(probe, backend=deploy.endpoint_backend(), placement=placement),
         )
 
     def record_probe(self, *, placement: Placement, latency_ms: float) -> None:
@@ -68,11 +88,21 @@ class SageMakerServingBackend:
         )
 
     def invoke(self, *, placement: Placement, inputs: list) -> InvokeResult:
+        if placement.endpoint.mode == Endpoint.Mode.SHARED_BASE:
+            return shared_base.invoke(placement=placement, inputs=inputs)
         return deploy.invoke(placement=placement, inputs=inputs)
 
     async def forward(
         self, *, copy: Copy, model_name: str, public_name: str, body: bytes, content_type: str
     ) -> Forwarded:
+        if copy.endpoint_mode == Endpoint.Mode.SHARED_BASE:
+            return await shared_base.forward(
+                copy=copy,
+                model_name=model_name,
+                public_name=public_name,
+                body=body,
+                content_type=content_type,
+            )
         backend = deploy.endpoint_backend()
         try:
             answer_type, data = await in_thread(backend.invoke_raw)(

@@ -73,7 +73,9 @@ def endpoint_backend() -> SageMakerEndpointBackend:
     return SageMakerEndpointBackend(region=settings.TENANTML_AWS_REGION)
 
 
-def _require_configuration() -> tuple[str, str]:
+def require_configuration() -> tuple[str, str]:
+    """The role endpoints run as and the S3 store packages go to; refused when either is not
+    configured."""
     role = settings.TENANTML_SAGEMAKER_ROLE_ARN
     store = settings.ARTIFACT_STORE
     if not role:
@@ -112,7 +114,7 @@ def _catalog() -> list[InstanceType]:
 
 def roll_out(*, deployment: Deployment, actor: str) -> tuple[Endpoint, float]:
     """Make the deployment's target version answer on SageMaker; returns (endpoint, probe ms)."""
-    role, _store_uri = _require_configuration()
+    role, _store_uri = require_configuration()
     backend = endpoint_backend()
     target = deployment.target_version
     image = serving_image()

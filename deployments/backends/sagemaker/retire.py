@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from config.errors import DomainError
 from config.events import record_event
-from deployments.backends.sagemaker import deploy, scaling
+from deployments.backends.sagemaker import deploy, scaling, shared_base
 from deployments.backends.sagemaker.client import SageMakerEndpointBackend
 from deployments.backends.sagemaker.deploy import (
     component_name,
@@ -79,6 +79,10 @@ def retire_placement(*, placement: Placement, actor: str, reason: str) -> None:
             )
     elif endpoint.mode == Endpoint.Mode.INFERENCE_COMPONENT:
         _retire_component_version(backend=backend, placement=placement, actor=actor, reason=reason)
+    elif endpoint.mode == Endpoint.Mode.SHARED_BASE:
+        # Only the head goes: the encoder serves the endpoint's other tenants (the endpoint
+        # and its prefix go below once no head is wanted there).
+        shared_base.unload_head(backend=backend, placement=placement)
     else:
         _retire_endpoint(backend=backend, endpoint=endpoint, actor=actor, reason=reason)
     Placement.objects.filter(pk=placement.pk).update(
@@ -129,7 +133,7 @@ def _retire_endpoint(
     ):
         for name in names:
             record_deletion(what=what, name=name, endpoint=endpoint, actor=actor, reason=reason)
-    if endpoint.mode == Endpoint.Mode.MME:
+    if endpoint.mode in (Endpoint.Mode.MME, Endpoint.Mode.SHARED_BASE):
         for key in backend.remove_prefix(mme_prefix(endpoint)):
             record_deletion(
                 what="S3 object", name=key, endpoint=endpoint, actor=actor, reason=reason
