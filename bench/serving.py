@@ -17,6 +17,14 @@ multi-model mode, one local endpoint per kind, as production runs them:
   loaded through ``TritonMultiModelClient`` on the embedding endpoint's Triton under distinct
   names, one at a time.
 
+- the shared-base layout (``models_registry.shared_base``: one loaded encoder, tenants' heads
+  sent to its in-process cache) on a Triton of its own, through the runtime's bodies
+  (``deployments.backends.shared_heads``) and the local Triton client: head cold start (load +
+  first answer), memory per head from the process tree's growth over ``--shared-heads`` heads,
+  warm latency of one ticket for one tenant and round-robin over 1,000 tenants, 32 tickets from
+  32 tenants, the single-model layout's warm latency on the same Triton and client, interleaved,
+  and what other mappings' parts cost (a tiny python model's memory and load, a BLS call).
+
 Each kind's Triton is stopped once it has been measured (and every one on the way out, also on
 error). Figures and the method are written up in docs/benchmarks.md.
 
@@ -26,24 +34,33 @@ the fp16 encoder on CUDA) and each load's GPU memory is measured; the results go
 ``bench/results/serving-gpu.json``.
 
     python bench/serving.py [--device cpu|gpu] [--rows 240] [--versions-per-tenant 2]
-        [--warm-requests 300]
+        [--warm-requests 300] [--shared-heads 5000] [--shared-cold-starts 200]
+        [--only-shared-base]
+
+``--only-shared-base`` trains only the intent versions, measures the shared-base case and
+updates its keys in ``bench/results/serving.json``, leaving the other figures as they were.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import math
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 # Serving never reaches for the hub; the base model ships as a package.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 from harness import REPO, percentile, print_table, setup_django, write_results  # noqa: E402
 
@@ -74,8 +91,20 @@ def main() -> None:
     parser.add_argument("--baseline-loads", type=int, default=3)
     parser.add_argument("--baseline-warm-requests", type=int, default=100, help="per load")
     parser.add_argument("--baseline-batch-requests", type=int, default=10, help="per load")
+    parser.add_argument(
+        "--shared-heads", type=int, default=5000, help="heads loaded to measure memory per head"
+    )
+    parser.add_argument(
+        "--shared-cold-starts", type=int, default=200, help="head cold starts timed"
+    )
     parser.add_argument("--base-cache-dir", type=Path, default=DEFAULT_BASE_CACHE)
     parser.add_argument("--keep-var-dir", action="store_true", help="keep the run's state")
+    parser.add_argument(
+        "--only-shared-base",
+        action="store_true",
+        help="measure only the shared-base layout (and the single-model layout beside it) and "
+        "update those figures in bench/results/serving.json, keeping the others",
+    )
     parser.add_argument(
         "--device", choices=("cpu", "gpu"), default="cpu", help="load CPU or GPU packages"
     )
@@ -98,7 +127,9 @@ def main() -> None:
             shutil.rmtree(var_dir, ignore_errors=True)
     payload["runtime_s"] = round(time.perf_counter() - began, 1)
     print(f"\nbenchmark runtime: {payload['runtime_s']:.0f} s")
-    if args.device == "gpu":
+    if args.only_shared_base:
+        update_shared_results(payload)
+    elif args.device == "gpu":
         write_results("serving-gpu", payload, script="serving.py")
     else:
         write_results("serving", payload)
@@ -115,7 +146,8 @@ def run(args, var_dir: Path, instances: list) -> dict:
     setup["base_encoder_s"] = round(time.perf_counter() - started, 1)
 
     started = time.perf_counter()
-    versions = build_versions(args, base, var_dir)
+    kinds_built = ("intent-classifier",) if args.only_shared_base else KINDS
+    versions = build_versions(args, base, var_dir, kinds=kinds_built)
     setup["train_and_package_s"] = round(time.perf_counter() - started, 1)
     print(
         f"base encoder {'from cache' if cached else 'exported'} in {setup['base_encoder_s']} s; "
@@ -123,6 +155,12 @@ def run(args, var_dir: Path, instances: list) -> dict:
         f"{setup['train_and_package_s']} s"
     )
 
+    if args.only_shared_base:
+        shared = bench_shared_base(
+            versions["intent-classifier"], args, var_dir, Path(args.base_cache_dir)
+        )
+        report_shared(shared)
+        return shared_summary(shared) | {"shared_base": shared | {"setup": setup}}
     kinds = {}
     for kind in KINDS:
         kinds[kind], instance = bench_kind(kind, versions[kind], args, instances)
@@ -132,14 +170,21 @@ def run(args, var_dir: Path, instances: list) -> dict:
         stop_local_instance(instance=instance, actor=ACTOR, reason="measured")
         instances.remove(instance)
     report(kinds, baseline)
-    return summary(kinds, baseline, setup, args)
+    shared = None
+    if args.device == "cpu":
+        shared = bench_shared_base(
+            versions["intent-classifier"], args, var_dir, Path(args.base_cache_dir)
+        )
+        report_shared(shared)
+    return summary(kinds, baseline, setup, args, shared)
 
 
 # --- Tenants, versions, packages -----------------------------------------------------------------
 
 
-def build_versions(args, base, var_dir: Path) -> dict[str, list]:
-    """Two intent-classifier and two embedding versions per demo tenant, packaged for Triton."""
+def build_versions(args, base, var_dir: Path, *, kinds=KINDS) -> dict[str, list]:
+    """Two intent-classifier and two embedding versions per demo tenant (of ``kinds``),
+    packaged for Triton."""
     from models_registry import artifacts
     from models_registry.demo import tickets as demo_data
     from models_registry.kinds import get_kind
@@ -149,11 +194,11 @@ def build_versions(args, base, var_dir: Path) -> dict[str, list]:
     from tenants.services import create_tenant
 
     scratch = Path(tempfile.mkdtemp(prefix="artifacts-", dir=var_dir))
-    versions: dict[str, list] = {kind: [] for kind in KINDS}
+    versions: dict[str, list] = {kind: [] for kind in kinds}
     for slug, info in demo_data.DEMO_TENANTS.items():
         tier = Tenant.Tier.PREMIUM if info["vertical"] == "banking" else Tenant.Tier.STANDARD
         tenant = create_tenant(slug=slug, name=info["name"], tier=tier, actor=ACTOR)
-        for kind in KINDS:
+        for kind in kinds:
             model = create_model(tenant=tenant, name=MODEL_NAMES[kind], kind=kind, actor=ACTOR)
             for index in range(args.versions_per_tenant):
                 out_dir = scratch / slug / kind / str(index)
@@ -433,6 +478,421 @@ def latency_and_memory_figures(*, warm: dict, batch32: dict, rss: float, pss: fl
     }
 
 
+# --- The shared-base layout ----------------------------------------------------------------------
+
+SHARED_TARGETS = {
+    "models_per_16gb": 5000,
+    "head_cold_start_p50_ms": 50.0,
+    # Warm p50 of one ticket no worse than the single-model layout's, measured in the same run.
+    "warm_p50_vs_single_model": 1.0,
+}
+EMBEDDING_DIM = 384
+
+ECHO_CONFIG = """backend: "python"
+max_batch_size: 32
+input [ { name: "X" data_type: TYPE_FP32 dims: [ 384 ] } ]
+output [ { name: "Y" data_type: TYPE_FP32 dims: [ 384 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+ECHO_MODEL = """import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy())]
+            )
+            for r in requests
+        ]
+"""
+BLS_CONFIG = """backend: "python"
+max_batch_size: 8
+input [ { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [ { name: "RESULT" data_type: TYPE_STRING dims: [ 1 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+# Times, inside one python model, a BLS call to the tiny model named by TEXT against the
+# in-process alternative (a head's matrix product on the same embedding), 200 of each.
+BLS_MODEL = """import json
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(1, 384)).astype(np.float32)
+        w = rng.normal(size=(384, 8)).astype(np.float32)
+        for request in requests:
+            target = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
+            target = target.reshape(-1)[0].decode()
+            bls, local = [], []
+            for _ in range(200):
+                started = time.perf_counter()
+                answer = pb_utils.InferenceRequest(
+                    model_name=target,
+                    requested_output_names=["Y"],
+                    inputs=[pb_utils.Tensor("X", x)],
+                ).exec()
+                if answer.has_error():
+                    raise RuntimeError(answer.error().message())
+                bls.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                logits = x @ w
+                local.append(time.perf_counter() - started + 0 * float(logits[0, 0]))
+            result = {
+                "bls_call_p50_us": sorted(bls)[100] * 1e6,
+                "bls_call_p99_us": sorted(bls)[198] * 1e6,
+                "in_process_head_p50_us": sorted(local)[100] * 1e6,
+            }
+            data = np.array([[json.dumps(result).encode()]], dtype=object)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("RESULT", data)]))
+        return responses
+"""
+
+
+def bench_shared_base(versions: list, args, var_dir: Path, base_cache_dir: Path) -> dict:
+    """The shared-base layout on its own Triton: one loaded encoder, tenants' heads sent to it.
+
+    Driven through the runtime's own bodies (``deployments.backends.shared_heads``) on the local
+    Triton client; the single-model layout's warm latency is measured on the same Triton, with
+    the same client, interleaved with the shared one's, so the two are compared in one sitting.
+    """
+    from deployments.backends.local.client import TritonMultiModelClient
+    from deployments.backends.local.memory import model_memory_mb
+    from deployments.backends.local.packages import prepare_model_dir
+    from deployments.backends.local.process import prepare_triton_home, start_triton, stop_triton
+    from models_registry.shared_base import shared_base_model_dir, shared_base_model_name
+
+    process = start_triton(
+        workdir=var_dir / "shared-base-instance", backend_directory=prepare_triton_home(var_dir)
+    )
+    client = TritonMultiModelClient.for_process(process, timeout_s=120)
+    try:
+        tree_empty = triton_tree(process.pid)
+        name = shared_base_model_name(kind="intent-classifier", cache_dir=base_cache_dir)
+        url = shared_base_model_dir(
+            kind="intent-classifier",
+            models_root=var_dir / "shared-models",
+            cache_dir=base_cache_dir,
+            # Room for every head of the run: the memory figure must not be capped by eviction.
+            head_cache_bytes=4 * 1024**3,
+        )
+        started = time.perf_counter()
+        client.load_model(name, url, timeout_s=120)
+        encoder_load_s = time.perf_counter() - started
+        real = real_heads(versions, var_dir)
+        texts = {head["head_id"]: held_out_texts(head["slug"]) for head in real}
+        # Untimed: the encoder's first runs allocate what every later run reuses.
+        for head in real:
+            load_head(client, name, head)
+            ask(client, name, texts[head["head_id"]][:BATCH], [head["head_id"]] * BATCH)
+        encoder_reading = model_memory_mb(process.pid, name)
+        tree_encoder = triton_tree(process.pid)
+
+        labels = statistics.median_low(len(head["labels"]) for head in real)
+        pool = [text for head in real for text in texts[head["head_id"]]]
+        for head in real:  # loaded untimed above: a cold start needs them gone first
+            client.invoke(name, shared_heads().unload_head_body(head_id=head["head_id"]))
+        cold = shared_cold_starts(
+            client,
+            name,
+            real
+            + [
+                synthetic_head(f"cold{i}.intents.v1", labels, seed=10_000 + i)
+                for i in range(max(0, args.shared_cold_starts - len(real)))
+            ],
+            pool,
+        )
+
+        resident = len(list_heads(client, name))
+        started = time.perf_counter()
+        bulk = [
+            synthetic_head(f"bulk{i}.intents.v1", labels, seed=i) for i in range(args.shared_heads)
+        ]
+        tree_before = triton_tree(process.pid)
+        for head in bulk:
+            load_head(client, name, head)
+        bulk_load_s = time.perf_counter() - started
+        tree_after = triton_tree(process.pid)
+        heads_now = list_heads(client, name)
+        assert len(heads_now) == resident + len(bulk), "a head was evicted during the run"
+        # Cold starts again, now beside every bulk head: the load answer lists them all.
+        cold_full = shared_cold_starts(
+            client,
+            name,
+            [
+                synthetic_head(f"late{i}.intents.v1", labels, seed=20_000 + i)
+                for i in range(max(1, args.shared_cold_starts // 4))
+            ],
+            pool,
+        )
+        per_head_bytes = (tree_after["rss_mb"] - tree_before["rss_mb"]) * 1024**2 / len(bulk)
+        accounted = statistics.median(heads_now[head["head_id"]] for head in bulk)
+
+        # Warm latency, one ticket: one tenant's head, the single-model layout (same Triton and
+        # client) and round-robin over 1,000 tenants' heads, interleaved so that the machine's
+        # load weighs on the three alike.
+        single = versions[0]
+        single_url = prepare_model_dir(
+            package_path=local_package(single, var_dir),
+            expected_sha256=single.sha256,
+            models_root=var_dir / "single-models",
+        )
+        client.load_model(single.triton_model_name, single_url, timeout_s=120)
+        one = real[0]
+        one_texts = texts[one["head_id"]]
+        for text in one_texts[:3]:
+            invoke_single(client, single.triton_model_name, [text])
+        tenants = [head["head_id"] for head in real] + [
+            head["head_id"] for head in bulk[: 1000 - len(real)]
+        ]
+        shared_one, single_one, interleaved = [], [], []
+        for i in range(max(args.warm_requests, 2 * len(tenants))):
+            text = [one_texts[4 + i % (len(one_texts) - 4)]]
+            other = [pool[i % len(pool)]]
+            interleaved.append(timed(ask, client, name, other, [tenants[i % len(tenants)]]))
+            if i < args.warm_requests:
+                shared_one.append(timed(ask, client, name, text, [one["head_id"]]))
+                single_one.append(timed(invoke_single, client, single.triton_model_name, text))
+        # A batch of 32 tickets from 32 different tenants, against 32 tickets of one model.
+        mixed, single_batch = [], []
+        for i in range(args.batch_requests):
+            chosen = [tenants[(i * BATCH + j) % len(tenants)] for j in range(BATCH)]
+            batch_texts = [pool[(i * BATCH + j) % len(pool)] for j in range(BATCH)]
+            mixed.append(timed(ask, client, name, batch_texts, chosen))
+            single_batch.append(timed(invoke_single, client, single.triton_model_name, batch_texts))
+        encoder_after = model_memory_mb(process.pid, name)
+        alternatives = bench_alternatives(client, process.pid, var_dir)
+    finally:
+        client.close()
+        stop_triton(process)
+
+    warm_one, warm_single = summarize(shared_one), summarize(single_one)
+    warm_1000, batch_mixed = summarize(interleaved), summarize(mixed)
+    # The encoder's stub after its first batches, holding the run's six trained heads only.
+    encoder_mb = encoder_reading.rss_mb
+    per_head_mb = per_head_bytes / 1024**2
+    models_per_16gb = math.floor((HOST_MB - encoder_mb) / per_head_mb)
+    cold_ms = [c["cold_start_ms"] for c in cold]
+    figures = {
+        "model": name,
+        "encoder_load_s": round(encoder_load_s, 3),
+        "encoder_rss_mb": encoder_mb,
+        "stub_rss_at_end_mb": encoder_after.rss_mb,
+        "encoder_tree_growth_mb": round(tree_encoder["rss_mb"] - tree_empty["rss_mb"], 1),
+        "labels_per_head": labels,
+        "heads_measured": len(bulk),
+        "bulk_load_s": round(bulk_load_s, 1),
+        "bytes_per_head": round(per_head_bytes),
+        "head_array_bytes": round(accounted),
+        "models_per_16gb": models_per_16gb,
+        "heads_resident_at_end": len(heads_now),
+        "head_cold_start_p50_ms": round(statistics.median(cold_ms), 2),
+        "head_cold_start_p99_ms": round(percentile(cold_ms, 99), 2),
+        "head_load_p50_ms": round(statistics.median(c["load_ms"] for c in cold), 2),
+        "cold_starts": len(cold),
+        "head_cold_start_p50_ms_all_resident": round(
+            statistics.median(c["cold_start_ms"] for c in cold_full), 2
+        ),
+        "head_load_p50_ms_all_resident": round(
+            statistics.median(c["load_ms"] for c in cold_full), 2
+        ),
+        "cold_starts_all_resident": len(cold_full),
+        "warm_p50_ms": warm_one["p50_ms"],
+        "warm_p99_ms": warm_one["p99_ms"],
+        "warm": warm_one,
+        "warm_1000_tenants": warm_1000,
+        "batch32_mixed": batch_mixed,
+        "single_model_same_run": {
+            "model": single.triton_model_name,
+            "warm": warm_single,
+            "batch32": summarize(single_batch),
+        },
+        "alternatives": alternatives,
+        "triton_tree": {"empty": tree_empty, "encoder": tree_encoder, "heads": tree_after},
+    }
+    figures["meets_targets"] = {
+        "models_per_16gb": models_per_16gb >= SHARED_TARGETS["models_per_16gb"],
+        "head_cold_start_p50_ms": figures["head_cold_start_p50_ms"]
+        <= SHARED_TARGETS["head_cold_start_p50_ms"],
+        "warm_p50_vs_single_model": warm_one["p50_ms"] <= warm_single["p50_ms"],
+    }
+    return figures
+
+
+def real_heads(versions: list, var_dir: Path) -> list[dict]:
+    """The trained heads of the run's intent versions, as the platform would send them."""
+    from models_registry import artifacts
+    from models_registry.kinds import get_kind
+    from models_registry.triton_runtime.tenantml_head import head_digest
+
+    head_file, labels_file = get_kind("intent-classifier").shared_base.head_files
+    heads = []
+    for version in versions:
+        local = Path(
+            artifacts.local_copy(version.artifact_uri, var_dir / "heads" / str(version.pk))
+        )
+        head_npz, labels_json = (local / head_file).read_bytes(), (local / labels_file).read_bytes()
+        heads.append(
+            {
+                "head_id": version.triton_model_name,
+                "slug": version.model.tenant.slug,
+                "head_npz": head_npz,
+                "labels_json": labels_json,
+                "sha256": head_digest(head_npz, labels_json),
+                "labels": json.loads(labels_json),
+            }
+        )
+    return heads
+
+
+def synthetic_head(head_id: str, labels: int, *, seed: int) -> dict:
+    """A head of ``labels`` labels with random weights, in the artifact's file format."""
+    from models_registry.triton_runtime.tenantml_head import head_digest
+
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        W=rng.normal(size=(EMBEDDING_DIM, labels)).astype(np.float32),
+        b=rng.normal(size=labels).astype(np.float32),
+    )
+    names = [f"{head_id}-intent-{index}" for index in range(labels)]
+    labels_json = json.dumps(names).encode()
+    return {
+        "head_id": head_id,
+        "head_npz": buffer.getvalue(),
+        "labels_json": labels_json,
+        "sha256": head_digest(buffer.getvalue(), labels_json),
+        "labels": names,
+    }
+
+
+def shared_cold_starts(client, name: str, heads: list, pool: list) -> list[dict]:
+    """Load each never-loaded head and answer its first ticket, timed."""
+    cold = []
+    for index, head in enumerate(heads):
+        text = [pool[index % len(pool)]]
+        started = time.perf_counter()
+        load_head(client, name, head)
+        loaded = time.perf_counter()
+        answer = ask(client, name, text, [head["head_id"]])
+        done = time.perf_counter()
+        assert set(answer[0]["scores"]) == set(head["labels"]), "answered by another head"
+        assert abs(sum(answer[0]["scores"].values()) - 1) < 1e-3
+        cold.append(
+            {
+                "head_id": head["head_id"],
+                "cold_start_ms": round((done - started) * 1000, 2),
+                "load_ms": round((loaded - started) * 1000, 2),
+            }
+        )
+    return cold
+
+
+def bench_alternatives(client, pid: int, var_dir: Path) -> dict:
+    """What the other mappings onto Triton would cost: a tiny python model's memory and load
+    time (each per-tenant head model would be one) and the per-call overhead of a BLS call."""
+    root = var_dir / "alternatives"
+    copies, load_s = 4, []
+    before = triton_tree(pid)
+    for index in range(copies):
+        url = write_tiny_model(root / f"echo{index}", "echo", ECHO_CONFIG, ECHO_MODEL)
+        started = time.perf_counter()
+        client.load_model(f"echo{index}", url, timeout_s=120)
+        load_s.append(time.perf_counter() - started)
+    after = triton_tree(pid)
+    url = write_tiny_model(root / "bls", "bls", BLS_CONFIG, BLS_MODEL)
+    client.load_model("bls", url, timeout_s=120)
+    body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["echo0"]}]}
+    client.invoke("bls", body)  # untimed first round
+    rounds = [json.loads(output_of(client.invoke("bls", body), "RESULT")[0]) for _ in range(5)]
+    direct = []
+    x = {"inputs": [{"name": "X", "shape": [1, 384], "datatype": "FP32", "data": [0.0] * 384}]}
+    for _ in range(100):
+        direct.append(timed(client.invoke, "echo0", x))
+    for index in range(copies):
+        client.unload_model(f"echo{index}", timeout_s=60)
+    client.unload_model("bls", timeout_s=60)
+    return {
+        "tiny_python_model_rss_growth_mb": round((after["rss_mb"] - before["rss_mb"]) / copies, 1),
+        "tiny_python_model_load_p50_ms": round(statistics.median(load_s) * 1000, 1),
+        "bls_call_p50_us": round(statistics.median(r["bls_call_p50_us"] for r in rounds), 1),
+        "bls_call_p99_us": round(statistics.median(r["bls_call_p99_us"] for r in rounds), 1),
+        "in_process_head_p50_us": round(
+            statistics.median(r["in_process_head_p50_us"] for r in rounds), 2
+        ),
+        "http_call_to_tiny_model": summarize(direct),
+    }
+
+
+def write_tiny_model(url: Path, name: str, config: str, model_py: str) -> Path:
+    (url / name / "1").mkdir(parents=True, exist_ok=True)
+    (url / name / "config.pbtxt").write_text(config)
+    (url / name / "1" / "model.py").write_text(model_py)
+    return url
+
+
+def shared_heads():
+    from deployments.backends import shared_heads as module
+
+    return module
+
+
+def load_head(client, name: str, head: dict) -> dict:
+    module = shared_heads()
+    body = module.load_head_body(
+        head_id=head["head_id"],
+        head_npz=head["head_npz"],
+        labels_json=head["labels_json"],
+        sha256=head["sha256"],
+    )
+    return module.parse_control_answer(client.invoke(name, body))
+
+
+def list_heads(client, name: str) -> dict[str, int]:
+    module = shared_heads()
+    return module.parse_heads_answer(client.invoke(name, module.list_heads_body()))
+
+
+def ask(client, name: str, texts: list[str], head_ids: list[str]) -> list[dict]:
+    module = shared_heads()
+    answer = client.invoke(name, module.infer_body(texts=texts, head_ids=head_ids))
+    return module.parse_infer_answer(answer, head_ids=head_ids)
+
+
+def invoke_single(client, name: str, texts: list[str]) -> list[dict]:
+    from models_registry.kinds import encode_text_request, get_kind
+
+    decode = get_kind("intent-classifier").decode_response
+    return decode(client.invoke(name, encode_text_request(texts)))
+
+
+def local_package(version, var_dir: Path) -> Path:
+    from models_registry import artifacts
+
+    target = var_dir / "single-packages" / f"{version.pk}.tar.gz"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(artifacts.read_bytes(version.package_uri))
+    return target
+
+
+def output_of(answer: dict, name: str) -> list:
+    return next(output["data"] for output in answer["outputs"] if output["name"] == name)
+
+
+def timed(call, *args) -> float:
+    """Seconds ``call(*args)`` took."""
+    started = time.perf_counter()
+    call(*args)
+    return time.perf_counter() - started
+
+
 # --- Measuring -----------------------------------------------------------------------------------
 
 
@@ -544,7 +1004,54 @@ def report(kinds: dict, baseline: dict) -> None:
     )
 
 
-def summary(kinds: dict, baseline: dict, setup: dict, args) -> dict:
+def report_shared(shared: dict) -> None:
+    single = shared["single_model_same_run"]
+    alternatives = shared["alternatives"]
+    print_table(
+        "Shared-base layout (one encoder, tenants' heads in its cache) vs one model per version, "
+        "same Triton and client",
+        ["figure", "shared base", "one model per version", "target"],
+        [
+            ["warm p50, 1 ticket, 1 tenant (ms)", shared["warm_p50_ms"], single["warm"]["p50_ms"]]
+            + ["<= one model per version"],
+            ["warm p99, 1 ticket, 1 tenant (ms)", shared["warm_p99_ms"], single["warm"]["p99_ms"]]
+            + [""],
+            ["warm p50, 1 ticket, 1,000 tenants (ms)", shared["warm_1000_tenants"]["p50_ms"]]
+            + ["", ""],
+            ["warm p50, 32 tickets (ms)", shared["batch32_mixed"]["p50_ms"]]
+            + [single["batch32"]["p50_ms"], "(shared: 32 tenants)"],
+            ["head cold start p50 (ms)", shared["head_cold_start_p50_ms"], "", "<= 50"],
+            ["head load p50 (ms)", shared["head_load_p50_ms"], "", ""],
+            [
+                f"head cold start p50, {shared['heads_measured']:,} more resident (ms)",
+                shared["head_cold_start_p50_ms_all_resident"],
+                "",
+                "",
+            ],
+            ["encoder stub RSS, 6 heads (MB)", shared["encoder_rss_mb"], "", ""],
+            ["stub RSS with every head (MB)", shared["stub_rss_at_end_mb"], "", ""],
+            ["bytes per resident head", shared["bytes_per_head"], "", ""],
+            ["tenant models in 16 GB", shared["models_per_16gb"], "", ">= 5000"],
+        ],
+    )
+    print_table(
+        "Other mappings onto Triton: what their parts cost here",
+        ["figure", "value"],
+        [
+            ["tiny python model: RSS each (MB)", alternatives["tiny_python_model_rss_growth_mb"]],
+            ["tiny python model: load p50 (ms)", alternatives["tiny_python_model_load_p50_ms"]],
+            ["BLS call to a tiny model p50 (us)", alternatives["bls_call_p50_us"]],
+            ["BLS call to a tiny model p99 (us)", alternatives["bls_call_p99_us"]],
+            ["head in process, 1 row p50 (us)", alternatives["in_process_head_p50_us"]],
+            [
+                "HTTP call to a tiny model p50 (ms)",
+                alternatives["http_call_to_tiny_model"]["p50_ms"],
+            ],
+        ],
+    )
+
+
+def summary(kinds: dict, baseline: dict, setup: dict, args, shared: dict | None) -> dict:
     intent = kinds["intent-classifier"]
     payload = {
         "cold_start_p50_s": intent["cold_start_p50_s"],
@@ -578,6 +1085,7 @@ def summary(kinds: dict, baseline: dict, setup: dict, args) -> dict:
         },
         "kinds": kinds,
         "baseline": baseline,
+        "shared_base": shared,
         "setup": {
             **setup,
             "training_rows_per_version": args.rows,
@@ -585,7 +1093,41 @@ def summary(kinds: dict, baseline: dict, setup: dict, args) -> dict:
             "host_memory_mb_for_models_per_16gb": HOST_MB,
         },
     }
+    if shared is not None:
+        payload |= shared_summary(shared)
     return payload
+
+
+def shared_summary(shared: dict) -> dict:
+    """The shared-base layout's headline keys of bench/results/serving.json."""
+    return {
+        "shared_base_models_per_16gb": shared["models_per_16gb"],
+        "shared_base_head_cold_start_p50_ms": shared["head_cold_start_p50_ms"],
+        "shared_base_warm_p50_ms": shared["warm_p50_ms"],
+        "shared_base_warm_p50_ms_1000_tenants": shared["warm_1000_tenants"]["p50_ms"],
+        "shared_base_batch32_mixed_p50_ms": shared["batch32_mixed"]["p50_ms"],
+        "shared_base_single_model_warm_p50_ms": shared["single_model_same_run"]["warm"]["p50_ms"],
+        "shared_base_targets": SHARED_TARGETS,
+        "shared_base_meets_targets": shared["meets_targets"],
+    }
+
+
+def update_shared_results(payload: dict) -> None:
+    """Put a shared-base-only run's figures into bench/results/serving.json beside the others
+    (which keep their own date); the run's command and date go with its detail."""
+    from harness import RESULTS_DIR, machine
+
+    path = RESULTS_DIR / "serving.json"
+    document = json.loads(path.read_text()) if path.is_file() else {"benchmark": "serving"}
+    detail = payload.pop("shared_base")
+    detail["command"] = "python bench/serving.py " + " ".join(sys.argv[1:])
+    detail["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    detail["machine"] = machine()
+    detail["runtime_s"] = payload.pop("runtime_s")
+    document.update(payload)
+    document["shared_base"] = detail
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nupdated {path.relative_to(REPO)} (shared-base figures)")
 
 
 def meets_targets(figures: dict) -> dict:
