@@ -91,6 +91,19 @@ def test_heads_of_two_tenants_share_one_encoder_target_model_on_sagemaker(
     assert all(o["label"] in labels for o in answer["outputs"])
     assert set(answer["outputs"][0]["scores"]) == set(labels)
 
+    # Through the proxy too: its REST invoke forwards the body to the shared encoder with the
+    # head on every row, answered in the single model's format.
+    from tenants.services import issue_token
+    from tests.deployments.proxy.test_proxy import call, invoke_url
+
+    proxy_url = request.getfixturevalue("proxy_url")
+    token = issue_token(tenant=other.tenant, name="proxy", actor="test").secret
+    status, _, body = call(
+        invoke_url(proxy_url, "globex", "intents"), token=token, body={"inputs": TICKETS}
+    )
+    assert status == 200, body
+    assert all(o["label"] in labels for o in json.loads(body)["outputs"])
+
     # A reconciler pass leaves the shared encoder and its endpoint as they are.
     from deployments.services.reconciler import reconcile_fleet
 
