@@ -20,6 +20,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from models_registry.dataset_files import fold_text
 
@@ -950,6 +951,131 @@ _SPECS: dict[str, _Vertical] = {
 }
 
 
+# --------------------------------------------------------------------------- out of scope
+
+OUT_OF_SCOPE_LABEL = "out_of_scope"
+"""The label of messages that fit none of a vertical's intents (the intent classifier's default)."""
+
+# Companies a customer of each vertical mixes it up with, and what they wanted from them.
+_NEIGHBOURS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "ride-sharing": (
+        ("Delta", "United Airlines", "Amtrak", "Hertz", "DoorDash", "Uber Eats", "Greyhound"),
+        ("flight", "train ticket", "rental car", "food delivery", "bus ticket", "hotel booking"),
+    ),
+    "apparel-retail": (
+        ("Amazon", "Best Buy", "IKEA", "Target", "Walmart", "Sephora", "Apple"),
+        ("laptop", "sofa", "TV", "blender", "headphones", "skincare set", "phone case"),
+    ),
+    "banking": (
+        ("Chase", "Wells Fargo", "the IRS", "Geico", "Coinbase", "Venmo", "my landlord"),
+        ("tax refund", "car insurance claim", "crypto wallet", "mortgage with them", "rent portal"),
+    ),
+}
+_URLS = ("bit.ly/3xPrize", "win-now.example.com", "tinyurl.com/freegift", "cheap-deals.example.net")
+_PRIZES = ("$1,000 gift card", "free iPhone 15", "$500 Walmart voucher", "luxury cruise", "Tesla")
+_TEAMS = ("the Lakers", "the Yankees", "the Chiefs", "Arsenal", "the Celtics", "the Packers")
+_DISHES = ("lasagna", "banana bread", "chicken curry", "pancakes", "guacamole", "pad thai")
+_SHOWS = ("The Office", "Stranger Things", "The Bear", "Succession", "Friends", "Severance")
+_COUNTRIES = ("Australia", "Canada", "Portugal", "Japan", "Brazil", "Kenya", "Norway")
+_SUBJECTS = ("algebra", "chemistry", "World War II", "photosynthesis", "Shakespeare", "calculus")
+
+# Two disjoint pools of the same four kinds of message (spam, another company's customer,
+# chit-chat, off-topic): tenants' datasets draw from the first, the held-out test set from the
+# second, so a head is measured on wordings it never trained on.
+_OUT_OF_SCOPE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "train": (
+        # spam
+        "Congratulations! You have been selected to receive a {prize}. Claim it at {url}",
+        "Boost your website traffic by 300%. Our SEO experts are ready, reply for a free audit.",
+        "Make $5,000 a week working from home!!! Visit {url} now",
+        "Hot singles in {city} want to meet you",
+        "We buy houses for cash, any condition. Call us today for an offer.",
+        "URGENT: your package delivery fee is unpaid, pay {amount} at {url} to release it",
+        "Buy 10,000 Instagram followers for only {amount}. Limited offer!",
+        "Dear friend, I am a prince and need your help moving {amount} out of the country.",
+        # another company's customer
+        "My {other_thing} from {other} never showed up, can you check on it?",
+        "Is this {other}? I need to talk to someone about my {other_thing}.",
+        "How do I cancel my {other} subscription?",
+        "I was told to contact you about my {other_thing} with {other}.",
+        "Can you reset my {other} password? I'm locked out.",
+        "What are {other}'s customer service hours?",
+        "I need help with my {other_thing}. The {other} app keeps crashing.",
+        # chit-chat
+        "hi",
+        "hello?? anyone there",
+        "How are you doing today?",
+        "Are you a real person or a bot?",
+        "Tell me a joke",
+        "thanks, that's all. have a great day!",
+        "lol ok",
+        "Good morning! Hope your {weekday} is going well.",
+        "What's your name?",
+        # off-topic
+        "What's the weather going to be like in {city} this weekend?",
+        "Who won the {team} game last night?",
+        "Can you give me a recipe for {dish}?",
+        "What is the capital of {country}?",
+        "Can you help me with my {subject} homework?",
+        "Is {show} worth watching?",
+        "How many ounces are in a cup?",
+        "Recommend a good book for a long flight",
+    ),
+    "held_out": (
+        # spam
+        "You are our lucky winner today!!! Tap {url} to collect your {prize}",
+        "Lowest mortgage rates guaranteed, apply in 2 minutes at {url}",
+        "Cheap designer watches, 90% off, worldwide shipping.",
+        "Your computer has a virus. Call our technicians immediately to fix it.",
+        "Earn passive income with crypto trading bots. DM me for details.",
+        "Final notice: your car's extended warranty is about to expire.",
+        # another company's customer
+        "Hey {other}, my {other_thing} is wrong again. Please fix it.",
+        "Where can I find my {other} order number?",
+        "I think I got charged twice by {other} for my {other_thing}.",
+        "Does {other} have a store in {city}?",
+        "Please transfer me to {other} support.",
+        "My {other} account got hacked, what do I do?",
+        # chit-chat
+        "hey there",
+        "Is anybody reading these messages?",
+        "You guys are awesome, just wanted to say that",
+        "What's up",
+        "ok bye",
+        "Do you like your job?",
+        "Happy holidays to the whole team!",
+        # off-topic
+        "Will it rain in {city} tomorrow?",
+        "What time does the {team} game start?",
+        "How long should I bake {dish} for?",
+        "Translate 'good morning' into Japanese please",
+        "What's the population of {country}?",
+        "Explain {subject} to me like I'm five.",
+        "Who plays the lead in {show}?",
+        "What's a good name for a golden retriever puppy?",
+    ),
+}
+_OUT_OF_SCOPE_POOLS = tuple(_OUT_OF_SCOPE_TEMPLATES)
+
+
+def _out_of_scope_slots(spec: _Vertical, rng: random.Random) -> Slots:
+    companies, things = _NEIGHBOURS[spec.name]
+    return {
+        **spec.sample(rng),
+        "other": rng.choice(companies),
+        "other_thing": rng.choice(things),
+        "url": rng.choice(_URLS),
+        "prize": rng.choice(_PRIZES),
+        "team": rng.choice(_TEAMS),
+        "dish": rng.choice(_DISHES),
+        "show": rng.choice(_SHOWS),
+        "country": rng.choice(_COUNTRIES),
+        "subject": rng.choice(_SUBJECTS),
+        "weekday": rng.choice(_WEEKDAYS),
+        "amount": _money(rng, 20, 900, whole=0.6),
+    }
+
+
 # --------------------------------------------------------------------------- wrappers and noise
 
 _GREETINGS = (
@@ -1097,30 +1223,75 @@ def labels_for(vertical_or_slug: str) -> list[str]:
     return list(_resolve(vertical_or_slug).intents)
 
 
-def generate_tickets(vertical_or_slug: str, *, rows: int, seed: int = 0) -> list[dict[str, str]]:
-    """Balanced, unique ``{"text", "label"}`` tickets for a vertical, deterministic per seed.
+def generate_tickets(
+    vertical_or_slug: str, *, rows: int, seed: int = 0, out_of_scope_rows: int = 0
+) -> list[dict[str, str]]:
+    """Balanced, unique ``{"text", "label"}`` tickets for a vertical, deterministic per seed,
+    plus ``out_of_scope_rows`` messages labelled ``out_of_scope`` (from the training pool of
+    ``generate_out_of_scope``) mixed in at random places.
 
     Unique as the platform compares texts (``fold_text``: case and whitespace folded), so no
-    ticket is dropped on upload as a repeat of another.
+    ticket is dropped on upload as a repeat of another. Without out-of-scope rows the output is
+    what it always was for the same arguments.
     """
     spec = _resolve(vertical_or_slug)
     _check_count("rows", rows)
+    _check_count("out_of_scope_rows", out_of_scope_rows)
     rng = random.Random(f"tickets:{spec.name}:{seed}")
     seen: set[str] = set()
     out: list[dict[str, str]] = []
     for label in _balanced_labels(list(spec.intents), rows, rng):
-        for _ in range(_MAX_ATTEMPTS):
-            text = _render_ticket(spec, label, rng)
-            if text and len(text) <= MAX_TEXT_CHARS and fold_text(text) not in seen:
-                break
-        else:
-            raise ValueError(
-                f"rows={rows} is more than can be generated uniquely for {spec.name}: "
-                f"only {len(out)} unique tickets were made."
-            )
-        seen.add(fold_text(text))
+        text = _unique(partial(_render_ticket, spec, label, rng), seen, spec=spec, made=len(out))
         out.append({"text": text, "label": label})
+    if out_of_scope_rows:
+        # Its own random stream, so the in-scope tickets stay those of the same seed without.
+        extra = random.Random(f"out-of-scope:{spec.name}:{seed}")
+        for _ in range(out_of_scope_rows):
+            text = _unique(
+                lambda: _render_out_of_scope(spec, "train", extra), seen, spec=spec, made=len(out)
+            )
+            out.insert(extra.randint(0, len(out)), {"text": text, "label": OUT_OF_SCOPE_LABEL})
     return out
+
+
+def generate_out_of_scope(
+    vertical_or_slug: str, *, rows: int, seed: int = 0, held_out: bool = False
+) -> list[dict[str, str]]:
+    """Unique support messages that fit none of the vertical's intents, labelled
+    ``out_of_scope``: spam, questions meant for another company, chit-chat and off-topic
+    requests. ``held_out`` draws from a second pool of templates that tenants' datasets
+    (``generate_tickets(out_of_scope_rows=)``) never use, for measuring on unseen wordings."""
+    spec = _resolve(vertical_or_slug)
+    _check_count("rows", rows)
+    pool = _OUT_OF_SCOPE_POOLS[1 if held_out else 0]
+    rng = random.Random(f"out-of-scope:{pool}:{spec.name}:{seed}")
+    seen: set[str] = set()
+    out: list[dict[str, str]] = []
+    for _ in range(rows):
+        text = _unique(
+            lambda: _render_out_of_scope(spec, pool, rng), seen, spec=spec, made=len(out)
+        )
+        out.append({"text": text, "label": OUT_OF_SCOPE_LABEL})
+    return out
+
+
+def _render_out_of_scope(spec: _Vertical, pool: str, rng: random.Random) -> str:
+    template = rng.choice(_OUT_OF_SCOPE_TEMPLATES[pool])
+    return _render(template, _out_of_scope_slots(spec, rng), rng)
+
+
+def _unique(make: Callable[[], str], seen: set[str], *, spec: _Vertical, made: int) -> str:
+    """A text from ``make`` not yet in ``seen`` (as folded), added to it; ValueError when
+    ``_MAX_ATTEMPTS`` tries find none."""
+    for _ in range(_MAX_ATTEMPTS):
+        text = make()
+        if text and len(text) <= MAX_TEXT_CHARS and fold_text(text) not in seen:
+            seen.add(fold_text(text))
+            return text
+    raise ValueError(
+        f"More rows were asked for than can be generated uniquely for {spec.name}: "
+        f"only {made} unique rows were made."
+    )
 
 
 def _pair_groups(
