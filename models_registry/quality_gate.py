@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -25,14 +26,19 @@ def evaluate_gate(
     primary_metric: str,
     tolerance: float,
     higher_is_better: bool = True,
+    guarded_metrics: Sequence[str] = (),
 ) -> GateDecision:
-    """Promote unless the candidate's primary metric is worse than the active's by > tolerance.
+    """Promote unless the candidate's primary metric is worse than the active's by > tolerance,
+    or one of ``guarded_metrics`` (higher is better) is.
 
     ``active_metrics`` is None when the model has no active version. A candidate without the
-    metric is held back (nothing shows it is good enough); an active version without it cannot
-    be compared against, so the candidate goes ahead.
+    primary metric is held back (nothing shows it is good enough); an active version without it
+    cannot be compared against, so the candidate goes ahead. A guarded metric counts only where
+    the active version reports it: then a candidate that does not is held back too (it cannot
+    show it kept it), and one that does may lose at most the tolerance.
     """
-    candidate = _number((candidate_metrics or {}).get(primary_metric))
+    candidate_metrics = candidate_metrics or {}
+    candidate = _number(candidate_metrics.get(primary_metric))
     if active_metrics is None:
         return GateDecision(True, "No active version: the first trained version is promoted.")
     if candidate is None:
@@ -41,19 +47,45 @@ def evaluate_gate(
         )
     active = _number(active_metrics.get(primary_metric))
     if active is None:
-        return GateDecision(
+        primary = GateDecision(
             True, f"The active version reports no {primary_metric}; nothing to compare against."
         )
+    else:
+        primary = _compare(primary_metric, candidate, active, tolerance, higher_is_better)
+    if not primary.promote:
+        return primary
+    reasons = [primary.reason]
+    for name in guarded_metrics:
+        if name == primary_metric or _number(active_metrics.get(name)) is None:
+            continue
+        guarded_candidate = _number(candidate_metrics.get(name))
+        if guarded_candidate is None:
+            return GateDecision(
+                False,
+                f"The active version reports {name} and the candidate does not, so it cannot "
+                "show it kept it.",
+            )
+        decision = _compare(name, guarded_candidate, _number(active_metrics[name]), tolerance, True)
+        if not decision.promote:
+            return decision
+        reasons.append(decision.reason)
+    return GateDecision(True, " ".join(reasons))
+
+
+def _compare(
+    name: str, candidate: float, active: float, tolerance: float, higher_is_better: bool
+) -> GateDecision:
+    """Whether ``candidate`` is at most ``tolerance`` worse than ``active`` on metric ``name``."""
     improvement = candidate - active if higher_is_better else active - candidate
     # A hair of float slack so "exactly at the tolerance" passes however it was computed.
     if improvement >= -tolerance - 1e-12:
         return GateDecision(
             True,
-            f"{primary_metric} {candidate:.4f} vs the active version's {active:.4f} "
+            f"{name} {candidate:.4f} vs the active version's {active:.4f} "
             f"(tolerance {tolerance:g}).",
         )
     return GateDecision(
         False,
-        f"{primary_metric} {candidate:.4f} is worse than the active version's {active:.4f} by "
+        f"{name} {candidate:.4f} is worse than the active version's {active:.4f} by "
         f"{-improvement:.4f}, more than the tolerance {tolerance:g}.",
     )

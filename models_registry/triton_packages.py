@@ -5,6 +5,8 @@ The tarball holds one Triton model directory::
 
     <triton_model_name>/config.pbtxt          backend "python", batching, tensors, instances
     <triton_model_name>/1/model.py            the kind's triton_runtime module, verbatim
+    <triton_model_name>/1/tenantml_*.py       the shared runtime modules it imports (encoder,
+                                              head), verbatim
     <triton_model_name>/1/<artifact files>    encoder.onnx, tokenizer.json, ...
     <triton_model_name>/<env>.tar.gz          only with an execution environment
     <triton_model_name>/python-packages/...   only in a package built for a serving image:
@@ -52,6 +54,14 @@ RUNTIME_FILE = "model.py"
 # The encoder code every built-in runtime imports, shipped beside model.py.
 SHARED_RUNTIME_FILE = "tenantml_encoder.py"
 SHARED_RUNTIME_MODULE = "models_registry.triton_runtime.tenantml_encoder"
+# A tenant head's code (weights, calibration, out-of-scope threshold), shipped beside it too.
+HEAD_RUNTIME_FILE = "tenantml_head.py"
+HEAD_RUNTIME_MODULE = "models_registry.triton_runtime.tenantml_head"
+# Every runtime module a package carries beside model.py: (its file name there, the module).
+SHARED_RUNTIME_FILES: tuple[tuple[str, str], ...] = (
+    (SHARED_RUNTIME_FILE, SHARED_RUNTIME_MODULE),
+    (HEAD_RUNTIME_FILE, HEAD_RUNTIME_MODULE),
+)
 CONFIG_FILE = "config.pbtxt"
 # 1980-01-01: a fixed, non-zero mtime (some extractors warn about the epoch) for every member.
 _FIXED_MTIME = 315532800
@@ -131,9 +141,9 @@ def build_triton_package(
 def model_entries(
     *, kind: str, artifact_dir: Path, device: str = CPU, gpu_encoder: Path | None = None
 ) -> list[PackageEntry]:
-    """The version directory's files for ``device``: the runtime, the shared encoder code and
-    the artifact (its GPU encoder only on a GPU, where ``gpu_encoder`` stands in for a missing
-    one); ``config.pbtxt`` is rendered apart."""
+    """The version directory's files for ``device``: the runtime, the shared runtime code
+    (``SHARED_RUNTIME_FILES``) and the artifact (its GPU encoder only on a GPU, where
+    ``gpu_encoder`` stands in for a missing one); ``config.pbtxt`` is rendered apart."""
     model_kind = get_kind(kind)
     if device not in DEVICES:
         raise DomainError(
@@ -149,9 +159,9 @@ def model_entries(
         files = [name for name in files if name != GPU_ENCODER_FILE]
     entries = [
         PackageEntry(name=f"{MODEL_VERSION_DIR}/{RUNTIME_FILE}", content=runtime_source(kind)),
-        PackageEntry(
-            name=f"{MODEL_VERSION_DIR}/{SHARED_RUNTIME_FILE}",
-            content=runtime_source_of(SHARED_RUNTIME_MODULE),
+        *(
+            PackageEntry(name=f"{MODEL_VERSION_DIR}/{name}", content=runtime_source_of(module))
+            for name, module in SHARED_RUNTIME_FILES
         ),
     ]
     entries += [
@@ -199,6 +209,12 @@ def verify_package(*, path: Path, expected_sha256: str) -> None:
 def runtime_source(kind: str) -> bytes:
     """The source of the kind's python-backend module, as packaged into ``1/model.py``."""
     return runtime_source_of(get_kind(kind).runtime_module, kind=kind)
+
+
+def shared_runtime_source() -> bytes:
+    """The shared runtime modules' sources, concatenated in package order (what a rendering
+    keyed by the runtime code must hash besides the kind's own module)."""
+    return b"".join(runtime_source_of(module) for _, module in SHARED_RUNTIME_FILES)
 
 
 def runtime_source_of(module: str, *, kind: str = "") -> bytes:
@@ -357,7 +373,7 @@ def _artifact_files(kind: ModelKind, artifact_dir: Path) -> list[str]:
         for path in artifact_dir.rglob("*")
         if path.is_file() and not path.name.startswith(".")
     )
-    for reserved in (RUNTIME_FILE, SHARED_RUNTIME_FILE):
+    for reserved in (RUNTIME_FILE, *(name for name, _ in SHARED_RUNTIME_FILES)):
         if reserved in files:
             raise InvalidArtifact(f"An artifact may not contain {reserved}; the kind provides it.")
     return files

@@ -137,9 +137,16 @@ class ModelKind:
     # (SageMaker passes them so) and ``progress(percent, message)`` reports how far it got.
     # It must import without Django: the SageMaker container has only the sourcedir.
     train: Callable[..., dict] | None = None
+    # ``check_hyperparameters(hyperparameters)``: raises InvalidHyperparameter (400, naming the
+    # field) for names or values ``train`` would refuse, so a job is refused when it is asked
+    # for rather than failing later.
+    check_hyperparameters: Callable[[dict], None] | None = None
     # The validation metric that ranks versions of this kind (a key of ``train``'s metrics).
     primary_metric: str = ""
     higher_is_better: bool = True
+    # Further validation metrics (higher is better) a new version must not lose beyond the
+    # quality gate's tolerance, where the active version reports them.
+    guarded_metrics: tuple[str, ...] = ()
     # Request body for a list of inputs, and the answer decoded into the REST API's "outputs".
     encode_request: Callable[[list], dict] = encode_text_request
     decode_response: Callable[[dict], list] | None = None

@@ -33,12 +33,11 @@ from models_registry.triton_packages import (
     CONFIG_TYPE_TO_DATATYPE,
     CPU,
     GPU,
-    SHARED_RUNTIME_MODULE,
     build_triton_package,
     model_entries,
     render_config,
     runtime_source,
-    runtime_source_of,
+    shared_runtime_source,
     write_model_directory,
 )
 
@@ -226,7 +225,7 @@ def device_model_dir(*, version: ModelVersion, device: str, models_root: Path) -
     directory under that name is always complete.
     """
     runtime = hashlib.sha256(
-        runtime_source(version.model.kind) + runtime_source_of(SHARED_RUNTIME_MODULE)
+        runtime_source(version.model.kind) + shared_runtime_source()
     ).hexdigest()
     key = hashlib.sha256(f"{version.sha256}:{device}:{runtime}".encode()).hexdigest()[:32]
     models_root = Path(models_root)

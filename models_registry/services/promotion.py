@@ -32,6 +32,7 @@ def _gate_for(*, model: TenantModel, candidate: ModelVersion) -> GateDecision:
         primary_metric=getattr(kind, "primary_metric", "") or "macro_f1",
         tolerance=float(settings.TENANTML_QUALITY_GATE_TOLERANCE),
         higher_is_better=getattr(kind, "higher_is_better", True),
+        guarded_metrics=getattr(kind, "guarded_metrics", ()),
     )
 
 

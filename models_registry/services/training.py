@@ -35,6 +35,7 @@ from models_registry.exceptions import (
     TrainingBackendNotConfigured,
     TrainingLaunchDeferred,
 )
+from models_registry.kinds import get_kind
 from models_registry.models import Dataset, ModelVersion, TenantModel, TrainingJob
 from models_registry.quality_gate import GateDecision
 from models_registry.services.packaging import package_version
@@ -99,7 +100,11 @@ def _validated_hyperparameters(hyperparameters: object, *, kind: str) -> dict:
             f"hyperparameters.kind: the model's kind is {kind!r}; it cannot be overridden.",
             field="hyperparameters",
         )
-    return {name: hyperparameters[name] for name in sorted(hyperparameters) if name != "kind"}
+    checked = {name: hyperparameters[name] for name in sorted(hyperparameters) if name != "kind"}
+    check = get_kind(kind).check_hyperparameters
+    if check is not None:
+        check(checked)
+    return checked
 
 
 def _check_dataset_for_model(*, model: TenantModel, dataset: Dataset) -> None:

@@ -1,12 +1,14 @@
 """Triton python-backend model for the ``intent-classifier`` kind: text → label and scores.
 
 This file is copied verbatim as ``1/model.py`` into the kind's Triton package, so it imports only
-numpy, onnxruntime, tokenizers, the standard library and ``tenantml_encoder.py`` (packaged
-beside it) (plus Triton's own
-``triton_python_backend_utils`` when Triton runs it). The files it loads sit beside it in ``1/``:
-``encoder.onnx`` (the base encoder), ``tokenizer.json``, ``head.npz`` (``W`` [384 x n_labels],
-``b`` [n_labels]) and ``labels.json`` (the label names, in head column order); a package rendered
-for a GPU also carries ``encoder-gpu.onnx`` (see ``tenantml_encoder``).
+numpy, onnxruntime, tokenizers, the standard library and the two runtime modules packaged beside
+it, ``tenantml_encoder.py`` (the encoder) and ``tenantml_head.py`` (the tenant's head) (plus
+Triton's own ``triton_python_backend_utils`` when Triton runs it). The files it loads sit beside
+it in ``1/``: ``encoder.onnx`` (the base encoder), ``tokenizer.json``, ``head.npz`` (``W``
+[384 x n_labels], ``b`` [n_labels], and optionally the calibration ``temperature``, the
+out-of-scope ``threshold`` and ``out_of_scope_label``; see ``tenantml_head``) and
+``labels.json`` (the label names, in head column order); a package rendered for a GPU also
+carries ``encoder-gpu.onnx`` (see ``tenantml_encoder``).
 
 Wire format (KServe v2 JSON, ``POST /models/<name>/invoke`` on a SageMaker-mode Triton)::
 
@@ -17,20 +19,22 @@ Wire format (KServe v2 JSON, ``POST /models/<name>/invoke`` on a SageMaker-mode 
         {"name": "SCORES", "datatype": "FP32",  "shape": [n, k], "data": [p00, p01, ...]},
         {"name": "LABELS", "datatype": "BYTES", "shape": [n, k], "data": ["billing", ...]}]}
 
-SCORES row i holds softmax probabilities in the order of LABELS row i (every row repeats the
-label names, so an answer decodes without the model's config; the names are also the config
-parameter ``labels``). At most 32 texts per request (``max_batch_size``); Triton's dynamic batcher
-merges concurrent requests into one encoder run.
+SCORES row i holds the calibrated probabilities (softmax of the logits divided by the head's
+temperature) of the trained labels, in the order of LABELS row i (every row repeats the label
+names, so an answer decodes without the model's config; the names are also the config parameter
+``labels``). LABEL is the most probable label, or the out-of-scope label when the head has a
+threshold and no probability reaches it: then LABEL may name no column of SCORES (unless the
+tenant trained an out-of-scope label of that name). At most 32 texts per request
+(``max_batch_size``); Triton's dynamic batcher merges concurrent requests into one encoder run.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-# The shared encoder (tenantml_encoder.py) ships beside this file, in the package as in the
-# source tree.
+# The shared encoder and head code (tenantml_encoder.py, tenantml_head.py) ship beside this file,
+# in the package as in the source tree.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 from tenantml_encoder import (  # noqa: E402
@@ -43,15 +47,22 @@ from tenantml_encoder import (  # noqa: E402
     instance_device,
     log_info,
 )
+from tenantml_head import HEAD_FILE, LABELS_FILE, Head  # noqa: E402
 
 try:
     import triton_python_backend_utils as pb_utils
 except ImportError:  # imported outside Triton: training, packaging and tests use Predictor
     pb_utils = None
 
-HEAD_FILE = "head.npz"
-LABELS_FILE = "labels.json"
-__all__ = ["ENCODER_FILE", "TOKENIZER_FILE", "Encoder", "Predictor"]
+__all__ = [
+    "ENCODER_FILE",
+    "HEAD_FILE",
+    "LABELS_FILE",
+    "TOKENIZER_FILE",
+    "Encoder",
+    "Head",
+    "Predictor",
+]
 
 
 class Predictor:
@@ -59,34 +70,25 @@ class Predictor:
 
     def __init__(self, model_dir: str, *, device: str = CPU, device_id: int = 0) -> None:
         self.encoder = Encoder(model_dir, device=device, device_id=device_id)
-        with np.load(os.path.join(model_dir, HEAD_FILE)) as head:
-            self.weights = head["W"].astype(np.float32)
-            self.bias = head["b"].astype(np.float32)
-        with open(os.path.join(model_dir, LABELS_FILE), encoding="utf-8") as handle:
-            self.labels = [str(label) for label in json.load(handle)]
-        if self.weights.shape[1:] != (len(self.labels),) or self.bias.shape != (len(self.labels),):
-            raise ValueError(
-                f"head.npz has W {self.weights.shape} and b {self.bias.shape}, "
-                f"but labels.json names {len(self.labels)} labels."
-            )
+        self.head = Head.from_dir(model_dir)
+        self.labels = self.head.labels
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        """Softmax probabilities, one row per text, columns in ``self.labels`` order."""
+        """Calibrated probabilities, one row per text, columns in ``self.labels`` order."""
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        logits = self.encoder.embed(texts) @ self.weights + self.bias
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+        return self.head.probabilities(self.encoder.embed(texts))
 
     def predict(self, texts: list[str]) -> list[dict]:
-        """``{"label": best, "scores": {label: probability}}`` for each text."""
+        """``{"label": answer, "scores": {label: probability}}`` for each text; the answer is
+        the out-of-scope label where no probability reaches the head's threshold."""
+        rows = self.scores(texts)
         return [
             {
-                "label": self.labels[int(row.argmax())],
+                "label": answer,
                 "scores": {label: float(p) for label, p in zip(self.labels, row, strict=True)},
             }
-            for row in self.scores(texts)
+            for answer, row in zip(self.head.decide(rows), rows, strict=True)
         ]
 
 
@@ -100,7 +102,6 @@ class TritonPythonModel:
         log_info(
             pb_utils, f"{args['model_name']}: {describe(self.predictor.encoder, requested=device)}"
         )
-        self.label_names = np.array([name.encode() for name in self.predictor.labels], object)
 
     def execute(self, requests: list) -> list:
         return answer_batch(
@@ -112,8 +113,9 @@ class TritonPythonModel:
         )
 
     def _outputs(self, rows: np.ndarray) -> list:
-        best = self.label_names[rows.argmax(axis=1)].reshape(-1, 1)
-        names = np.tile(self.label_names, (len(rows), 1))
+        head = self.predictor.head
+        best = np.array([name.encode() for name in head.decide(rows)], object).reshape(-1, 1)
+        names = np.tile(head.label_array, (len(rows), 1))
         return [
             pb_utils.Tensor("LABEL", best),
             pb_utils.Tensor("SCORES", rows),

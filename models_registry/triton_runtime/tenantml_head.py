@@ -114,6 +114,25 @@ class Head:
         with np.load(io.BytesIO(head_npz), allow_pickle=False) as arrays:
             return cls.from_arrays(arrays, labels)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What ``head.npz`` stores for this head (``from_arrays`` reads it back); a head
+        without a threshold stores NaN."""
+        return {
+            "W": self.weights,
+            "b": self.bias,
+            "temperature": np.array(self.temperature, dtype=np.float64),
+            "threshold": np.array(
+                np.nan if self.threshold is None else self.threshold, dtype=np.float64
+            ),
+            "out_of_scope_label": np.array(self.out_of_scope_label),
+        }
+
+    def save(self, model_dir: str) -> None:
+        """Write ``head.npz`` and ``labels.json`` into ``model_dir``."""
+        np.savez(os.path.join(model_dir, HEAD_FILE), **self.arrays())
+        with open(os.path.join(model_dir, LABELS_FILE), "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(self.labels, ensure_ascii=False) + "\n")
+
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
         """Calibrated softmax probabilities, one row per embedding, columns in label order."""
         if len(embeddings) == 0:

@@ -19,12 +19,15 @@ from models_registry.kinds import get_kind
 from models_registry.triton_packages import build_triton_package, runtime_source, verify_package
 from models_registry.triton_runtime import embedding as embedding_runtime
 from models_registry.triton_runtime import intent_classifier as intent_runtime
-from models_registry.triton_runtime import tenantml_encoder
+from models_registry.triton_runtime import tenantml_encoder, tenantml_head
 from tests.serving_fixtures import INTENT_TRAINING_ROWS
 
 RUNTIME_ALLOWED_IMPORTS = {
     "__future__",
+    "hashlib",
+    "io",
     "json",
+    "math",
     "os",
     "sys",
     "numpy",
@@ -32,6 +35,7 @@ RUNTIME_ALLOWED_IMPORTS = {
     "tokenizers",
     "triton_python_backend_utils",
     "tenantml_encoder",  # shipped beside model.py in every package
+    "tenantml_head",  # likewise
 }
 
 
@@ -75,6 +79,7 @@ def test_package_has_the_layout_sagemaker_mme_with_triton_expects(intent_package
         "acme.intents.v3/1/labels.json",
         "acme.intents.v3/1/model.py",
         "acme.intents.v3/1/tenantml_encoder.py",
+        "acme.intents.v3/1/tenantml_head.py",
         "acme.intents.v3/1/tokenizer.json",
         "acme.intents.v3/config.pbtxt",
     ]
@@ -258,7 +263,9 @@ def test_intent_training_of_1000_rows_reports_accuracy_quickly(tmp_path, base_en
     assert metrics["embed_seconds"] + metrics["train_seconds"] < 15
 
 
-@pytest.mark.parametrize("module", [intent_runtime, embedding_runtime, tenantml_encoder])
+@pytest.mark.parametrize(
+    "module", [intent_runtime, embedding_runtime, tenantml_encoder, tenantml_head]
+)
 def test_runtime_modules_import_only_what_the_triton_stub_has(module):
     tree = ast.parse(Path(module.__file__).read_text())
     imported = {
