@@ -657,7 +657,7 @@ def _load_when_room(*, placement: Placement, actor: str) -> LoadOutcome:
     """
     deadline = time.monotonic() + CAPACITY_WAIT_S
     line = _waiting_line(placement.instance_id)
-    queued = False
+    queued = retried_alone = False
     try:
         while True:
             with line.turn:
@@ -673,6 +673,10 @@ def _load_when_room(*, placement: Placement, actor: str) -> LoadOutcome:
                     line.turn.wait(CAPACITY_POLL_S)
             try:
                 return _load(placement_id=placement.pk, actor=actor)
+            except _RoomComing:
+                # Unloads were under way that make this load's room; they may have ended since.
+                if time.monotonic() >= deadline:
+                    raise
             except CapacityExceeded:
                 others_loading = (
                     Placement.objects.filter(
@@ -685,8 +689,13 @@ def _load_when_room(*, placement: Placement, actor: str) -> LoadOutcome:
                     .exclude(pk=placement.pk)
                     .exists()
                 )
-                if not others_loading or time.monotonic() >= deadline:
+                # The loads or unloads that held the room may have ended since the plan: one
+                # more try then, and the refusal stands only if that fails too.
+                if (not others_loading and retried_alone) or time.monotonic() >= deadline:
                     raise
+                retried_alone = not others_loading
+                if retried_alone:
+                    continue
             with line.turn:
                 if not queued:
                     line.waiting.append(placement.pk)
@@ -697,6 +706,10 @@ def _load_when_room(*, placement: Placement, actor: str) -> LoadOutcome:
             with line.turn:
                 line.waiting.remove(placement.pk)
                 line.turn.notify_all()
+
+
+class _RoomComing(CapacityExceeded):
+    """The load does not fit yet, but the unloads under way make its room: it tries again."""
 
 
 class _WaitingLine:
@@ -758,8 +771,8 @@ def _load(*, placement_id: int, actor: str) -> LoadOutcome:
                 # Unloads under way (the background evictor's, or another load's) free the room
                 # this load needs: it waits for them (see _load_when_room) instead of choosing
                 # more victims.
-                raise CapacityExceeded(
-                    f"{placement.version} waits for the unloads under way on {instance} to "
+                raise _RoomComing(
+                    f"{placement.version} waited for the unloads under way on {instance} to "
                     "free its memory; retry shortly."
                 )
             plan = plan_load(

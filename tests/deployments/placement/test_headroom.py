@@ -105,3 +105,20 @@ def test_after_a_headroom_pass_what_stays_is_under_the_low_watermark_unless_pinn
             max(unpinned, key=lambda m: m.last_used).memory_mb if unpinned else 0
         )
         assert sum(m.memory_mb for m in staying) <= max(low * budget, kept) + 1e-6
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"EVICTION_HIGH_WATERMARK": "0.7", "EVICTION_LOW_WATERMARK": "0.8"},
+        {"EVICTION_HIGH_WATERMARK": "1.2"},
+        {"EVICTION_LOW_WATERMARK": "0"},
+    ],
+)
+def test_the_platform_refuses_to_start_with_watermarks_out_of_order(env, tmp_path):
+    from tests.config.test_settings import run_manage
+
+    result = run_manage("check", env={"TENANTML_VAR_DIR": str(tmp_path), **env})
+
+    assert result.returncode != 0
+    assert "EVICTION_LOW_WATERMARK and EVICTION_HIGH_WATERMARK" in result.stderr

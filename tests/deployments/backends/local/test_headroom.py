@@ -100,10 +100,11 @@ def stub_memory_mb(triton_pid: int) -> float:
     total = 0
     for child in psutil.Process(triton_pid).children(recursive=True):
         try:
-            if child.cmdline() and child.cmdline()[0].endswith(STUB_NAME):
+            argv = child.cmdline()
+            if argv and argv[0].endswith(STUB_NAME):
                 total += child.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # a stub that exited between the listing and the reading
     return total / 2**20
 
 
