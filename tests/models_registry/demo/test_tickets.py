@@ -17,7 +17,9 @@ from models_registry.demo import tickets as demo_data
 from models_registry.demo.tickets import (
     DEMO_TENANTS,
     MAX_ROWS,
+    OUT_OF_SCOPE_LABEL,
     VERTICALS,
+    generate_out_of_scope,
     generate_pairs,
     generate_tickets,
     labels_for,
@@ -278,3 +280,37 @@ def test_generation_is_fast():
     for vertical in VERTICALS:
         generate_tickets(vertical, rows=1000, seed=0)
     assert time.perf_counter() - started < 3.0  # ~0.05 s each locally; generous for slow CI
+
+
+# --- Out-of-scope messages ---
+
+
+def test_out_of_scope_rows_leave_a_tenants_tickets_as_they_were():
+    plain = generate_tickets("zoomride", rows=120, seed=4)
+    mixed = generate_tickets("zoomride", rows=120, seed=4, out_of_scope_rows=30)
+
+    assert [row for row in mixed if row["label"] != OUT_OF_SCOPE_LABEL] == plain
+    assert sum(row["label"] == OUT_OF_SCOPE_LABEL for row in mixed) == 30
+    positions = [i for i, row in enumerate(mixed) if row["label"] == OUT_OF_SCOPE_LABEL]
+    assert positions[0] < len(mixed) - 30  # mixed in, not appended
+    assert len({fold_text(row["text"]) for row in mixed}) == len(mixed)
+
+
+@pytest.mark.parametrize("vertical", ["ride-sharing", "apparel-retail", "banking"])
+def test_out_of_scope_messages_are_unique_deterministic_and_name_another_world(vertical):
+    first = generate_out_of_scope(vertical, rows=150, seed=2)
+
+    assert first == generate_out_of_scope(vertical, rows=150, seed=2)
+    assert {row["label"] for row in first} == {OUT_OF_SCOPE_LABEL}
+    assert len({fold_text(row["text"]) for row in first}) == 150
+    assert all(0 < len(row["text"]) <= 1000 for row in first)
+
+
+def test_held_out_out_of_scope_messages_are_other_messages_than_the_training_pool():
+    training = generate_out_of_scope("banking", rows=300, seed=3)
+    held_out = generate_out_of_scope("banking", rows=300, seed=3, held_out=True)
+
+    assert not {fold_text(r["text"]) for r in training} & {fold_text(r["text"]) for r in held_out}
+    # Requests only the held-out pool makes (the test set's unseen wordings).
+    assert any("translate" in row["text"].lower() for row in held_out)
+    assert not any("translate" in row["text"].lower() for row in training)
