@@ -323,3 +323,50 @@ def test_the_unpacked_package_serves_heads_from_its_own_files(base_var_dir, tmp_
     synthetic = synthetic_head("h", ["a", "b"], seed=1)
     server.control("load", _load_fields(synthetic))
     assert server.answer(["Where is my refund?"], ["h"])["STATUS"][0, 0] == STATUS_OK.encode()
+
+
+def _fake_base(cache_dir, *, encoder: bytes) -> None:
+    """A base-encoder cache holding ``encoder`` as the int8 export (and a stand-in fp32 one)."""
+    from models_registry.base_model import MANIFEST_FILE, cache_key
+
+    for quantized in (False, True):
+        entry = cache_dir / cache_key(quantized=quantized)
+        entry.mkdir(parents=True)
+        (entry / "encoder.onnx").write_bytes(encoder)
+        (entry / "tokenizer.json").write_text("{}")
+        (entry / MANIFEST_FILE).write_text("{}")
+
+
+def test_the_shared_model_name_follows_the_base_encoders_bytes(tmp_path):
+    _fake_base(tmp_path / "one", encoder=b"first base")
+    _fake_base(tmp_path / "two", encoder=b"second base")
+    _fake_base(tmp_path / "same", encoder=b"first base")
+    one, two, same = (
+        shared_base.shared_base_model_name(kind="intent-classifier", cache_dir=tmp_path / name)
+        for name in ("one", "two", "same")
+    )
+    assert one == same != two
+    assert one.startswith("shared.intent-classifier.") and two.startswith(
+        "shared.intent-classifier."
+    )
+
+
+def test_a_package_for_a_serving_image_vendors_the_runtime_layer(tmp_path):
+    from models_registry.runtime_layers import RuntimeLayer
+
+    _fake_base(tmp_path / "base", encoder=b"base")
+    layer_dir = tmp_path / "layer"
+    (layer_dir / "tokenizers").mkdir(parents=True)
+    (layer_dir / "tokenizers" / "__init__.py").write_text("")
+    info = shared_base.build_shared_base_package(
+        kind="intent-classifier",
+        out_path=tmp_path / "model.tar.gz",
+        cache_dir=tmp_path / "base",
+        runtime_layer=RuntimeLayer(
+            key="test", directory=layer_dir, files=("tokenizers/__init__.py",)
+        ),
+    )
+    with tarfile.open(info.path) as tar:
+        names = {member.name for member in tar.getmembers()}
+    assert f"{info.triton_model_name}/python-packages/tokenizers/__init__.py" in names
+    assert f"{info.triton_model_name}/1/model.py" in names
