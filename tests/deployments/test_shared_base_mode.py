@@ -351,6 +351,14 @@ def test_concurrent_requests_for_a_cold_head_load_it_once(
     loads = Event.objects.filter(kind="placement.loaded", version=version)
     assert loads.count() == 1
     assert any(r.cold_start for r in results)
+    # The usage figures count the eight requests and the cold start(s) among them.
+    from deployments.models import VersionUsageMinute
+    from deployments.usage import flush_usage
+
+    flush_usage()
+    minutes = VersionUsageMinute.objects.filter(version=version)
+    assert sum(m.invocations for m in minutes) == 8
+    assert sum(m.cold_starts for m in minutes) == sum(r.cold_start for r in results) >= 1
 
 
 def test_a_triton_restart_loses_encoder_and_heads_and_they_come_back(
