@@ -229,8 +229,8 @@ def test_three_hundred_heads_behind_one_encoder_each_answer_as_its_head_offline(
 
 
 def _lookalike_heads() -> list[SyntheticHead]:
-    """Heads with the same six label names and the same weights, each biased to its own label,
-    under ids that look like one another's."""
+    """Heads with the same six label names and nearly the same weights, each biased to its own
+    label, under ids that look like one another's."""
     labels = ["refund", "shipping", "account", "billing", "cancel", "other"]
     ids = [
         "acme.intents.v1",
@@ -243,10 +243,13 @@ def _lookalike_heads() -> list[SyntheticHead]:
     heads = []
     base = synthetic_head("template", labels, seed=99)
     template = base.head()
+    rng = np.random.default_rng(7)
     for index, head_id in enumerate(ids):
         bias = np.zeros(len(labels), dtype=np.float32)
         bias[index] = 6.0
-        heads.append(_with_arrays(head_id, labels, template.weights, bias))
+        # Weights of their own too, close enough that only the bias tells the heads apart.
+        weights = template.weights + rng.normal(scale=0.3, size=template.weights.shape)
+        heads.append(_with_arrays(head_id, labels, weights.astype(np.float32), bias))
     return heads
 
 
