@@ -8,6 +8,7 @@ The model directory::
     <name>/1/tenantml_encoder.py     the encoder code every built-in runtime imports
     <name>/1/tenantml_head.py        the head format
     <name>/1/encoder.onnx, ...       the base files (``SharedBaseSpec.base_files``)
+    <name>/1/encoder-gpu.onnx        only rendered for a GPU: the base in the kind's GPU precision
     <name>/python-packages/...       only in a package built for a serving image
 
 Its name, ``shared.<kind>.<16 hex>``, is derived from the kind and the sha256 of the base files:
@@ -32,6 +33,8 @@ from models_registry.runtime_layers import LAYER_DIR, RuntimeLayer
 from models_registry.triton_packages import (
     CPU,
     DEVICES,
+    GPU,
+    GPU_ENCODER_FILE,
     INSTANCE_KINDS,
     MAX_QUEUE_DELAY_MICROSECONDS,
     MODEL_VERSION_DIR,
@@ -152,8 +155,11 @@ def render_shared_config(
     return "\n".join(lines) + "\n"
 
 
-def shared_base_entries(*, kind: str, cache_dir: Path | None = None) -> list[PackageEntry]:
-    """The shared model's version directory: its runtime, the encoder and head code, the base."""
+def shared_base_entries(
+    *, kind: str, cache_dir: Path | None = None, device: str = CPU
+) -> list[PackageEntry]:
+    """The shared model's version directory: its runtime, the encoder and head code, the base
+    (and, on a GPU, the base's float encoder in the kind's GPU precision)."""
     spec = shared_base_spec(kind)
     entries = [
         PackageEntry(
@@ -173,6 +179,16 @@ def shared_base_entries(*, kind: str, cache_dir: Path | None = None) -> list[Pac
         PackageEntry(name=f"{MODEL_VERSION_DIR}/{name}", source=path)
         for name, path in base_files(kind=kind, cache_dir=cache_dir).items()
     ]
+    precision = get_kind(kind).gpu_precision
+    if device == GPU and precision and GPU_ENCODER_FILE not in spec.base_files:
+        from models_registry.kinds.gpu import base_gpu_encoder
+
+        entries.append(
+            PackageEntry(
+                name=f"{MODEL_VERSION_DIR}/{GPU_ENCODER_FILE}",
+                source=base_gpu_encoder(precision=precision, cache_dir=cache_dir),
+            )
+        )
     return entries
 
 
@@ -191,7 +207,7 @@ def build_shared_base_package(
     model_kind = get_kind(kind)
     digest = base_sha256(kind=kind, cache_dir=cache_dir)
     name = f"{SHARED_MODEL_PREFIX}.{kind}.{digest[:16]}"
-    entries = shared_base_entries(kind=kind, cache_dir=cache_dir)
+    entries = shared_base_entries(kind=kind, cache_dir=cache_dir, device=device)
     if runtime_layer is not None:
         entries += [
             PackageEntry(name=f"{LAYER_DIR}/{file}", source=runtime_layer.directory / file)
@@ -231,7 +247,7 @@ def shared_base_model_dir(
     model_kind = get_kind(kind)
     digest = base_sha256(kind=kind, cache_dir=cache_dir)
     name = f"{SHARED_MODEL_PREFIX}.{kind}.{digest[:16]}"
-    entries = shared_base_entries(kind=kind, cache_dir=cache_dir)
+    entries = shared_base_entries(kind=kind, cache_dir=cache_dir, device=device)
     config = render_shared_config(
         kind=model_kind, device=device, head_cache_bytes=head_cache_bytes, base_digest=digest
     )

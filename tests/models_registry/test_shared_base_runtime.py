@@ -370,3 +370,21 @@ def test_a_package_for_a_serving_image_vendors_the_runtime_layer(tmp_path):
         names = {member.name for member in tar.getmembers()}
     assert f"{info.triton_model_name}/python-packages/tokenizers/__init__.py" in names
     assert f"{info.triton_model_name}/1/model.py" in names
+
+
+def test_a_shared_model_rendered_for_a_gpu_carries_the_fp16_base_and_a_cpu_one_does_not(
+    base_encoder_cache_dir,
+):
+    def files(device: str) -> set[str]:
+        return {
+            entry.name
+            for entry in shared_base.shared_base_entries(
+                kind="intent-classifier", cache_dir=base_encoder_cache_dir, device=device
+            )
+        }
+
+    assert files("gpu") == files("cpu") | {"1/encoder-gpu.onnx"}
+    config = _model_config(
+        shared_base.render_shared_config(kind=get_kind("intent-classifier"), device="gpu")
+    )
+    assert [group.kind for group in config.instance_group] == [config.instance_group[0].KIND_GPU]
