@@ -43,6 +43,11 @@ RUNTIME_MODULE = "models_registry.triton_runtime.embedding"
 ENCODER_FILE = "encoder.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 ARTIFACT_FILE = "artifact.json"
+# Low-rank adapters (``adapter_rank`` > 0): the layers they adapt, and alpha / rank (alpha = 2 ×
+# rank, the usual LoRA setting, so the update's scale does not change with the rank).
+ADAPTER_TARGETS = ("query", "value")
+ADAPTER_ALPHA_PER_RANK = 2.0
+ADAPTER_FILE = "adapter.npz"
 
 
 def build_artifact(*, out_dir: Path, base: BaseEncoderFiles | None = None, **_: object) -> dict:
@@ -119,7 +124,7 @@ def train(
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="embedding-tune-") as tuned_dir:
-        losses = _fine_tune(
+        losses = fine_tune(
             train_groups,
             save_dir=Path(tuned_dir),
             epochs=epochs,
@@ -138,10 +143,7 @@ def train(
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         fp32_path = Path(tuned_dir) / "encoder-fp32.onnx"
-        base_model._export_fp32(fp32_path, model_dir=Path(tuned_dir))
-        progress(85, "quantizing the tuned encoder to int8")
-        (out_dir / ENCODER_FILE).unlink(missing_ok=True)
-        base_model._quantize(fp32_path, out_dir / ENCODER_FILE)
+        export_tuned_encoder(Path(tuned_dir), fp32_path=fp32_path, int8_path=out_dir / ENCODER_FILE)
         progress(88, "checking the tuned encoder in fp16 for GPU packages")
         gpu_check = _write_gpu_encoder(
             fp32_path,
@@ -186,6 +188,14 @@ def train(
         "train_device": device,
         **gpu_check,
     }
+
+
+def export_tuned_encoder(model_dir: Path, *, fp32_path: Path, int8_path: Path) -> None:
+    """Export the tuned encoder saved in ``model_dir`` to ONNX (``fp32_path``) and quantize it
+    to the int8 encoder CPU packages serve (``int8_path``), exactly as the base is exported."""
+    base_model._export_fp32(fp32_path, model_dir=model_dir)
+    int8_path.unlink(missing_ok=True)
+    base_model._quantize(fp32_path, int8_path)
 
 
 def fine_tune_device() -> str:
@@ -278,7 +288,7 @@ def _flatten_groups(groups: dict[str, list[str]]) -> tuple[list[str], list[str]]
     return texts, ids
 
 
-def _fine_tune(
+def fine_tune(
     groups: dict[str, list[str]],
     *,
     save_dir: Path,
@@ -291,9 +301,16 @@ def _fine_tune(
     threads: int,
     device: str,
     progress: Callable[[int, str], None],
+    adapter_rank: int = 0,
 ) -> list[float]:
     """The training loop (on ``device``); saves the tuned transformer and tokenizer into
-    ``save_dir``."""
+    ``save_dir``.
+
+    With ``adapter_rank`` > 0 only low-rank adapters on the attention query and value
+    projections are trained (the encoder stays frozen); they are merged into the saved weights,
+    so the saved model is a plain encoder, and their factors are saved beside it in
+    ``ADAPTER_FILE``.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -307,9 +324,11 @@ def _fine_tune(
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     # Eager attention: the same graph the ONNX export traces afterwards.
     model = AutoModel.from_pretrained(str(source), attn_implementation="eager")
+    adapters = add_adapters(model, rank=adapter_rank) if adapter_rank else {}
     model.to(device)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=learning_rate)
     names = sorted(groups)
     steps_per_epoch = max(1, -(-len(names) // batch_size))
     total_steps = epochs * steps_per_epoch
@@ -364,9 +383,73 @@ def _fine_tune(
                 f"epoch {epoch + 1}/{epochs} step {step}/{total_steps} loss {losses[-1]:.4f}",
             )
     model.eval()
+    if adapters:
+        model.to("cpu")
+        np.savez(save_dir / ADAPTER_FILE, **adapter_factors(adapters))
+        merge_adapters(model, adapters)
     model.save_pretrained(str(save_dir))
     tokenizer.save_pretrained(str(save_dir))
     return losses
+
+
+def add_adapters(model, *, rank: int) -> dict:
+    """Freeze ``model`` and wrap its attention query and value projections in low-rank
+    adapters (LoRA: ``W x + (alpha / rank) B A x``, ``B`` zero at first so training starts from
+    the base encoder); returns the wrappers by module name."""
+    import torch
+
+    class LowRankAdapter(torch.nn.Module):
+        def __init__(self, base: torch.nn.Linear) -> None:
+            super().__init__()
+            self.base = base
+            self.scaling = ADAPTER_ALPHA_PER_RANK
+            self.lora_a = torch.nn.Parameter(torch.empty(rank, base.in_features))
+            self.lora_b = torch.nn.Parameter(torch.zeros(base.out_features, rank))
+            # The initialisation LoRA's authors (and peft) use for A.
+            torch.nn.init.kaiming_uniform_(self.lora_a, a=5**0.5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            update = (x @ self.lora_a.T) @ self.lora_b.T
+            return self.base(x) + self.scaling * update
+
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    wrappers = {}
+    for name, module in list(model.named_modules()):
+        for target in ADAPTER_TARGETS:
+            linear = getattr(module, target, None)
+            if isinstance(linear, torch.nn.Linear) and name.endswith("attention.self"):
+                wrapper = LowRankAdapter(linear)
+                setattr(module, target, wrapper)
+                wrappers[f"{name}.{target}"] = wrapper
+    if not wrappers:
+        raise RuntimeError("The encoder has no attention query/value projections to adapt.")
+    return wrappers
+
+
+def adapter_factors(wrappers: dict) -> dict[str, np.ndarray]:
+    """The trained factors as float32 arrays, ``<module>.lora_a`` ([rank, in]) and
+    ``<module>.lora_b`` ([out, rank], the scaling folded in)."""
+    factors = {}
+    for name, wrapper in wrappers.items():
+        factors[f"{name}.lora_a"] = wrapper.lora_a.detach().cpu().numpy().astype(np.float32)
+        lora_b = wrapper.scaling * wrapper.lora_b.detach().cpu().numpy()
+        factors[f"{name}.lora_b"] = lora_b.astype(np.float32)
+    return factors
+
+
+def merge_adapters(model, wrappers: dict) -> None:
+    """Fold each adapter into its projection (``W += scaling B A``) and put the plain
+    ``Linear`` back, so the model saves and exports exactly like a fully tuned one."""
+    import torch
+
+    with torch.no_grad():
+        for name, wrapper in wrappers.items():
+            wrapper.base.weight += wrapper.scaling * (wrapper.lora_b @ wrapper.lora_a)
+            parent_name, _, attribute = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attribute, wrapper.base)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
 
 
 def triton_signature(artifact_dir: Path) -> TritonSignature:
