@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models_registry.demo.tickets import generate_pairs
-from models_registry.kinds import embedding
+from models_registry.kinds import InvalidHyperparameter, embedding, get_kind
 
 torch = pytest.importorskip("torch", reason="training needs torch (the dev extras install it)")
 
@@ -95,3 +95,48 @@ def test_adapter_fine_tune_changes_only_the_query_and_value_weights(tmp_path):
         )
     name = "encoder.layer.0.attention.self.query.weight"
     assert np.allclose(tuned[name].numpy() - base[name].numpy(), update, atol=1e-6)
+
+
+@pytest.mark.parametrize("rank", [-1, 65, "eight"])
+def test_a_bad_adapter_rank_is_refused_naming_the_field(tmp_path, rank):
+    rows = generate_pairs("zoomride", groups=4, seed=0)
+    with pytest.raises(InvalidHyperparameter) as refused:
+        get_kind("embedding").train(
+            train_rows=rows,
+            validation_rows=rows,
+            out_dir=tmp_path,
+            hyperparameters={"adapter_rank": rank},
+            cache_dir=tmp_path,
+            progress=lambda percent, message: None,
+        )
+    assert refused.value.field == "adapter_rank" and refused.value.status_code == 400
+
+
+def test_adapter_training_writes_a_plain_servable_encoder(
+    tmp_path, base_encoder_files, base_encoder_cache_dir
+):
+    from models_registry.triton_runtime.embedding import Predictor
+
+    rows = generate_pairs("zoomride", groups=20, seed=1)
+    held_out = {row["group"] for row in rows[:12]}
+    metrics = get_kind("embedding").train(
+        train_rows=[row for row in rows if row["group"] not in held_out],
+        validation_rows=[row for row in rows if row["group"] in held_out],
+        out_dir=tmp_path,
+        hyperparameters={"adapter_rank": "4", "epochs": 1, "batch_size": 8, "threads": 1},
+        cache_dir=base_encoder_cache_dir,
+        progress=lambda percent, message: None,
+    )
+
+    assert metrics["adapter_rank"] == 4 and 0.0 <= metrics["recall_at_5"] <= 1.0
+    # The artifact is the kind's usual one: no adapter file, the adapters merged in.
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "artifact.json",
+        "encoder-gpu.onnx",
+        "encoder.onnx",
+        "tokenizer.json",
+    ]
+    text = ["How do I get a refund for my ride?"]
+    tuned = Predictor(str(tmp_path)).embed(text)
+    base = Predictor(str(base_encoder_files.onnx_path.parent)).embed(text)
+    assert tuned.shape == (1, 384) and not np.allclose(tuned, base, atol=1e-4)
