@@ -24,9 +24,10 @@ overridable inputs, and one-text and 32-text latencies are compared: the plain e
 adapter graph with no adapter active, with the tenant's adapter active (``RunOptions``), and the
 tenant's merged encoder; plus the adapter's load time.
 
-    .venv/bin/python bench/embedding_adapters.py
+    .venv/bin/python bench/embedding_adapters.py --jobs 3
 
-Options: ``--tenants``, ``--epochs``, ``--ranks``, ``--lora-learning-rate``, ``--requests``.
+Options: ``--tenants``, ``--epochs``, ``--ranks``, ``--lora-learning-rate``, ``--requests``,
+``--jobs`` (tenants trained at once, in separate processes).
 """
 
 from __future__ import annotations

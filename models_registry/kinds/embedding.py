@@ -99,7 +99,8 @@ def train(
     ``batch_size`` different groups and minimizes MultipleNegativesRankingLoss (cross-entropy
     over scaled cosine similarities, the other pairs of the batch as negatives, both directions).
     Recall@1/@5 on the validation groups is measured with the served ONNX encoder before (the
-    int8 base) and after (the exported tuned encoder).
+    int8 base) and after (the exported tuned encoder). With ``adapter_rank`` > 0 only low-rank
+    adapters are trained, then merged: the artifact is the same plain encoder either way.
     """
     check_hyperparameter_names(hyperparameters, kind=KIND.name, known=HYPERPARAMETERS)
     epochs = hyperparameter(hyperparameters, "epochs", 3, minimum=1, maximum=100)
