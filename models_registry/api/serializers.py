@@ -161,8 +161,13 @@ class HyperparametersFieldSchema(OpenApiSerializerFieldExtension):
         return {
             "type": "object",
             "description": "Names to values: a string, number, boolean or null each. Which "
-            "names a model takes depends on its kind; one it does not take fails the job, "
-            "naming it.",
+            "names a model takes depends on its kind; one it does not take, or a value it "
+            "refuses, is answered 400 naming it where the kind checks them up front (the "
+            "intent classifier does), else fails the job, naming it. intent-classifier: "
+            "max_in_scope_accuracy_loss (0-0.5, default 0.01: the in-scope accuracy the "
+            "out-of-scope confidence threshold may cost; 0 turns it off), out_of_scope_label "
+            "(default out_of_scope), class_weight (auto, none, balanced), l2, epochs; see "
+            "docs/intent-classifier.md.",
             "additionalProperties": {
                 "nullable": True,
                 "anyOf": [

@@ -287,7 +287,6 @@ def fit_tenant_head(
             n_labels=len(label_names),
             l2=selection.l2,
             class_weight=selection.class_weight,
-            initial=np.vstack([selection.weights, selection.bias]).astype(np.float64),
             fit=fit,
             **iterations,
         )

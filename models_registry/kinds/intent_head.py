@@ -210,7 +210,10 @@ def out_of_fold_logits(
 ) -> np.ndarray:
     """Each training row's logits from a head fit (at the chosen ``l2`` and weighting) on the
     other folds: held-out answers for every training row, so the threshold is read off the
-    whole dataset rather than the validation split alone. Folds are fixed (seeded)."""
+    whole dataset rather than the validation split alone. Folds are fixed (seeded). Each fit
+    starts from ``initial`` (default zeros), never from a head that saw the fold: a warm start
+    there stops within the gradient tolerance still knowing the held rows, and its confidences
+    would not be held-out ones."""
     fit = fit or fit_head
     x = with_bias_column(features)
     fold = np.random.default_rng(0).permutation(len(targets)) % folds
