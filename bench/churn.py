@@ -11,11 +11,18 @@ same clients' requests for ``--warm-seconds``: the warm p50 the churn phase is c
 
 Each layout is one entry of ``LAYOUTS``: it deploys the fleet and says which instance serves it,
 with what budget, and which URL asks each tenant. ``single-model`` gives every tenant model its
-own Triton model. ``shared-base`` (one loaded encoder serving many tenant heads) plugs in as one
-more entry with the same ``prepare`` signature.
+own Triton model. ``shared-base`` deploys the same number of tenant models in the platform's
+shared-base mode (one loaded encoder answering every tenant's head) on one instance with the
+single-model layout's budget (this run's, or the one recorded in ``bench/results/churn.json``):
+every head fits beside the one encoder, which is the point of the layout. Its tenants' versions
+come from one trained artifact, each with another valid head (random weights, own labels), each
+registered, packaged, promoted and rolled out through the platform like any version.
+
+``--merge`` adds the layouts run to the recorded ``bench/results/churn.json`` (each with its own
+command and date) and leaves the other layouts and the top-level figures as recorded.
 
     python bench/churn.py [--minutes 5] [--models 10] [--room 4] [--clients 4] \
-        [--layouts single-model]
+        [--layouts single-model,shared-base] [--merge]
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import percentile, print_table, setup_django, write_results
+from harness import RESULTS_DIR, percentile, print_table, setup_django, write_results
 from proxy import DEFAULT_BASE_CACHE, build_fleet, free_port, start_proxy
 from soak import TEXT, models_memory_mb
 
@@ -45,6 +53,10 @@ class Fleet:
     instance_id: int
     urls: list[str]
     budget_mb: int
+    # Whether timing unloads of one loaded Triton model means anything for the layout.
+    time_unloads: bool = True
+    # What the layout wants said beside its figures.
+    note: str = ""
 
 
 def prepare_single_model(args, base, var_dir: Path) -> Fleet:
@@ -61,14 +73,101 @@ def prepare_single_model(args, base, var_dir: Path) -> Fleet:
     budget = int(sum(measured) / len(measured) * (args.room + 0.5))
     Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=budget)
     reconcile_fleet()  # trims the deployed fleet to the lowered budget
+    args.single_model_budget_mb = budget  # a shared-base layout of the same run takes it
     slugs = [model.tenant.slug for model in models]
     random.Random(7).shuffle(slugs)
     urls = [f"/api/v1/tenants/{slug}/models/intents/invoke" for slug in slugs]
     return Fleet(instance_id=instance.pk, urls=urls, budget_mb=budget)
 
 
-# name -> prepare(args, base, var_dir) -> Fleet. A shared-base layout adds its entry here.
-LAYOUTS = {"single-model": prepare_single_model}
+def single_model_budget_mb(args) -> int:
+    """The single-model layout's budget: this run's, else the one recorded in the results."""
+    if getattr(args, "single_model_budget_mb", None):
+        return args.single_model_budget_mb
+    recorded = RESULTS_DIR / "churn.json"
+    try:
+        return int(json.loads(recorded.read_text())["layouts"]["single-model"]["budget_mb"])
+    except (OSError, KeyError, ValueError) as error:
+        raise SystemExit(
+            f"shared-base takes the single-model layout's budget: run both layouts together, "
+            f"or record single-model in {recorded} first ({error!r})"
+        ) from None
+
+
+def prepare_shared_base(args, base, var_dir: Path) -> Fleet:
+    """The same number of tenant models deployed in shared-base mode on one instance of the
+    kind's shared-base endpoint, with the single-model layout's budget."""
+    import random
+    import tempfile
+
+    from shared_base_mode import derived_artifact
+
+    from deployments.backends.local import shared_base
+    from deployments.models import Endpoint, Instance, Placement
+    from deployments.services import rollouts
+    from models_registry import artifacts
+    from models_registry.demo import tickets as demo_data
+    from models_registry.kinds import get_kind
+    from models_registry.services.packaging import package_version
+    from models_registry.services.promotion import promote_version
+    from models_registry.services.registry import create_model, register_version
+    from tenants.services import create_tenant
+
+    kind, actor = "intent-classifier", "bench"
+    cache = var_dir / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    if not (cache / "base_models").exists():  # the encoder the instance loads
+        (cache / "base_models").symlink_to(Path(args.base_cache_dir).resolve())
+    endpoint = shared_base.shared_base_endpoint(kind=kind, actor=actor)
+    Endpoint.objects.filter(pk=endpoint.pk).update(min_instances=1, max_instances=1)
+
+    scratch = Path(tempfile.mkdtemp(prefix="shared-artifacts-", dir=var_dir))
+    trained = scratch / "trained"
+    verticals = list(demo_data.DEMO_TENANTS)
+    rows = demo_data.generate_tickets(verticals[0], rows=120, seed=0)
+    metrics = get_kind(kind).build_artifact(
+        texts=[row["text"] for row in rows],
+        labels=[row["label"] for row in rows],
+        out_dir=trained,
+        base=base,
+    )
+    slugs = []
+    for index in range(args.models):
+        slug = f"shared-{index:02d}"
+        source = trained if index == 0 else derived_artifact(trained, scratch / slug, seed=index)
+        tenant = create_tenant(slug=slug, name=slug.title(), actor=actor)
+        model = create_model(tenant=tenant, name="intents", kind=kind, actor=actor)
+        uri = artifacts.put_directory(f"artifacts/{slug}/intents/0", source)
+        version = register_version(model=model, actor=actor, artifact_uri=uri, metrics=metrics)
+        version = package_version(version=version, actor=actor)
+        promote_version(version=version, actor=actor)
+        model.refresh_from_db()
+        deployment, _ = rollouts.request_deployment(model=model, actor=actor, mode="shared-base")
+        rollouts.run_rollout(deployment_id=deployment.pk)
+        slugs.append(slug)
+
+    instance = Instance.objects.get(endpoint=endpoint, status="healthy")
+    placed = Placement.objects.filter(instance=instance)
+    assert placed.count() == args.models, f"{placed.count()} of {args.models} heads on {instance}"
+    budget = single_model_budget_mb(args)
+    Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=budget)
+    instance.refresh_from_db()
+    encoder_mb = instance.shared_base_memory_mb or 0.0
+    heads_kb = sum(p.host_memory_mb or 0.0 for p in placed) * 1024
+    note = (
+        f"shared-base: one encoder ({encoder_mb:.0f} MB measured) and all {args.models} heads "
+        f"({heads_kb:.0f} kB together) fit in the single-model layout's budget of {budget} MB, "
+        f"which holds {args.room} of its models: no tenant model is evicted for room"
+    )
+    random.Random(7).shuffle(slugs)
+    urls = [f"/api/v1/tenants/{slug}/models/intents/invoke" for slug in slugs]
+    return Fleet(
+        instance_id=instance.pk, urls=urls, budget_mb=budget, time_unloads=False, note=note
+    )
+
+
+# name -> prepare(args, base, var_dir) -> Fleet.
+LAYOUTS = {"single-model": prepare_single_model, "shared-base": prepare_shared_base}
 
 
 class Traffic:
@@ -178,7 +277,11 @@ def run_layout(name: str, args, base, var_dir: Path, token: str, base_url: str) 
     from deployments.models import Event, Instance, Placement
 
     fleet = LAYOUTS[name](args, base, var_dir)
-    unloads = measure_unloads(fleet.instance_id, args.unload_rounds) if args.unload_rounds else {}
+    unloads = (
+        measure_unloads(fleet.instance_id, args.unload_rounds)
+        if args.unload_rounds and fleet.time_unloads
+        else {}
+    )
     samples: list[float] = []
     sampling = threading.Event()
 
@@ -252,6 +355,7 @@ def run_layout(name: str, args, base, var_dir: Path, token: str, base_url: str) 
         "memory_samples": len(samples),
         "models_loaded_for_warm_phase": loaded,
         "unloads": unloads,
+        **({"note": fleet.note} if fleet.note else {}),
     }
 
 
@@ -267,6 +371,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--layouts", default="single-model", help=f"comma-separated, of: {', '.join(LAYOUTS)}"
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="add the layouts run to bench/results/churn.json, keeping the rest as recorded",
     )
     parser.add_argument("--base-cache-dir", type=Path, default=DEFAULT_BASE_CACHE)
     args = parser.parse_args()
@@ -317,6 +426,20 @@ def main() -> None:
          "max memory / budget"],
         rows,
     )  # fmt: skip
+    for figures in results.values():
+        if figures.get("note"):
+            print(figures["note"])
+    settings_used = vars(args) | {
+        "base_cache_dir": str(args.base_cache_dir),
+        # Absent on a platform from before headroom (a baseline run of this script).
+        "eviction_high_watermark": getattr(settings, "TENANTML_EVICTION_HIGH_WATERMARK", None),
+        "eviction_low_watermark": getattr(settings, "TENANTML_EVICTION_LOW_WATERMARK", None),
+        "eviction_policy": settings.TENANTML_EVICTION_POLICY,
+    }
+    settings_used.pop("single_model_budget_mb", None)
+    if args.merge:
+        merge_results(results, settings_used)
+        return
     single = results.get("single-model", {})
     write_results(
         "churn",
@@ -327,20 +450,27 @@ def main() -> None:
             "errors": single.get("errors"),
             "max_memory_over_budget": single.get("max_memory_over_budget"),
             "layouts": results,
-            "settings": vars(args)
-            | {
-                "base_cache_dir": str(args.base_cache_dir),
-                # Absent on a platform from before headroom (a baseline run of this script).
-                "eviction_high_watermark": getattr(
-                    settings, "TENANTML_EVICTION_HIGH_WATERMARK", None
-                ),
-                "eviction_low_watermark": getattr(
-                    settings, "TENANTML_EVICTION_LOW_WATERMARK", None
-                ),
-                "eviction_policy": settings.TENANTML_EVICTION_POLICY,
-            },
+            "settings": settings_used,
         },
     )
+
+
+def merge_results(results: dict, settings_used: dict) -> None:
+    """Add each layout run to the recorded results, with its own command, date and settings;
+    the other layouts and the top-level figures stay as recorded."""
+    import sys
+
+    path = RESULTS_DIR / "churn.json"
+    document = json.loads(path.read_text())
+    for name, figures in results.items():
+        document.setdefault("layouts", {})[name] = {
+            **figures,
+            "command": "python bench/churn.py " + " ".join(sys.argv[1:]),
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "settings": settings_used,
+        }
+    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    print(f"\nmerged {', '.join(results)} into {path}")
 
 
 if __name__ == "__main__":
