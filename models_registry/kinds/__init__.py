@@ -176,15 +176,23 @@ def register(kind: ModelKind) -> ModelKind:
     return kind
 
 
+_builtins_loaded = False
+
+
 def _load_builtins() -> None:
+    """Import every built-in kind once: importing one kind's module directly (a test, the
+    training entry point) registers only that kind, so an empty registry is not the signal."""
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
     for module in BUILTIN_KINDS:
         importlib.import_module(module)
+    _builtins_loaded = True
 
 
 def get_kind(name: str) -> ModelKind:
     """The registered kind called ``name``, or UnknownKind naming the choices."""
-    if not _REGISTRY:
-        _load_builtins()
+    _load_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -195,8 +203,7 @@ def get_kind(name: str) -> ModelKind:
 
 
 def kind_names() -> list[str]:
-    if not _REGISTRY:
-        _load_builtins()
+    _load_builtins()
     return sorted(_REGISTRY)
 
 

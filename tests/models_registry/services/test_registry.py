@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -36,6 +38,20 @@ def test_create_model_checks_the_kind_and_the_name(tenant):
 
 def test_builtin_kinds_are_registered():
     assert {"intent-classifier", "embedding"} <= set(kind_names())
+
+
+def test_every_builtin_kind_is_known_after_one_kind_module_was_imported_first():
+    # A fresh interpreter: importing one kind registers it before anything asks the registry.
+    script = (
+        "import models_registry.kinds.intent_classifier\n"
+        "from models_registry.kinds import get_kind, kind_names\n"
+        "print(get_kind('embedding').name, kind_names())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[0] == "embedding"
 
 
 def test_versions_are_numbered_consecutively_and_recorded(tenant):
