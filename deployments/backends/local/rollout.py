@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 
-from django.db import transaction
-
 from config.errors import DomainError
 from config.events import record_event
 from deployments.backends.base import dedicated_endpoint_name, record_rollout_progress
@@ -213,21 +211,9 @@ def unload(*, placement: Placement, actor: str, reason: str) -> None:
 
 def drain_instance(*, instance: Instance, actor: str, stop: bool = True) -> Instance:
     """Move every model off an instance (loaded elsewhere first), then stop it."""
-    with transaction.atomic():
-        instance = (
-            Instance.objects.select_for_update().select_related("endpoint").get(pk=instance.pk)
-        )
-        if instance.status == Instance.Status.STOPPED:
-            return instance
-        instance.status = Instance.Status.DRAINING
-        instance.save(update_fields=["status", "updated_at"])
-    record_event(
-        kind="instance.draining",
-        actor=actor,
-        message=f"{instance} is draining; its models move to other instances first.",
-        endpoint=instance.endpoint,
-        instance=instance,
-    )
+    instance = runtime.begin_draining(instance=instance, actor=actor, what="models")
+    if instance.status == Instance.Status.STOPPED:
+        return instance
     endpoint = instance.endpoint
     moving = instance.placements.exclude(
         desired_state=Placement.DesiredState.UNLOADED

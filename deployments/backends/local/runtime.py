@@ -337,6 +337,27 @@ def restart_local_instance(*, instance: Instance, actor: str, reason: str) -> In
     return instance
 
 
+def begin_draining(*, instance: Instance, actor: str, what: str) -> Instance:
+    """Mark an instance draining and record it (``what`` moves off it: "models", "heads");
+    a stopped instance is returned as it is."""
+    with transaction.atomic():
+        instance = (
+            Instance.objects.select_for_update().select_related("endpoint").get(pk=instance.pk)
+        )
+        if instance.status == Instance.Status.STOPPED:
+            return instance
+        instance.status = Instance.Status.DRAINING
+        instance.save(update_fields=["status", "updated_at"])
+    record_event(
+        kind="instance.draining",
+        actor=actor,
+        message=f"{instance} is draining; its {what} move to other instances first.",
+        endpoint=instance.endpoint,
+        instance=instance,
+    )
+    return instance
+
+
 def _instance_routing_changed() -> None:
     # An instance's address or health changed: every route through it is stale. Instance
     # changes are rare, so dropping all routes is simpler than tracking which go through it.

@@ -1093,21 +1093,9 @@ def drain_instance(*, instance: Instance, actor: str, stop: bool = True) -> Inst
     """Move every head off an instance (placed and loaded on the endpoint's other instances
     first, a new one started when there is none and the endpoint may grow), then stop it
     unless ``stop`` is false."""
-    with transaction.atomic():
-        instance = (
-            Instance.objects.select_for_update().select_related("endpoint").get(pk=instance.pk)
-        )
-        if instance.status == Instance.Status.STOPPED:
-            return instance
-        instance.status = Instance.Status.DRAINING
-        instance.save(update_fields=["status", "updated_at"])
-    record_event(
-        kind="instance.draining",
-        actor=actor,
-        message=f"{instance} is draining; its heads move to other instances first.",
-        endpoint=instance.endpoint,
-        instance=instance,
-    )
+    instance = runtime.begin_draining(instance=instance, actor=actor, what="heads")
+    if instance.status == Instance.Status.STOPPED:
+        return instance
     endpoint = instance.endpoint
     moving = list(
         instance.placements.exclude(desired_state=Placement.DesiredState.UNLOADED).select_related(
