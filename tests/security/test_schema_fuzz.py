@@ -59,8 +59,8 @@ schema.config.update(parameters={"slug": "acme", "name": "intents", "number": 1,
 
 @schema.hook
 def map_case(context, case):
-    """Valid requests name what exists, and when: the tenant's dataset, a future expiry, a real
-    dataset file (the schema states none of these)."""
+    """Valid requests name what exists, and when: the tenant's dataset, hyperparameters the
+    model's kind takes, a future expiry, a real dataset file (the schema states none of these)."""
     if case.meta is None or not case.meta.generation.mode.is_positive:
         return case
     if not isinstance(case.body, dict):
@@ -68,13 +68,10 @@ def map_case(context, case):
     operation = context.operation.definition.raw.get("operationId")
     if operation == "createTrainingJob":
         case.body["dataset"] = DATASET
-        hyperparameters = case.body.get("hyperparameters")
-        if isinstance(hyperparameters, dict):
-            case.body["hyperparameters"] = {
-                name: value
-                for name, value in hyperparameters.items()
-                if name and "\x00" not in name and name != "kind"
-            }
+        if "hyperparameters" in case.body:
+            # Which names and values a kind takes is the kind's (the intent classifier refuses
+            # any other up front, 400 naming it); the schema states only their JSON shape.
+            case.body["hyperparameters"] = {}
     elif operation == "issueToken" and case.body.get("expires_at") is not None:
         case.body["expires_at"] = (timezone.now() + timedelta(days=30)).isoformat()
     elif operation == "uploadDataset" and "file" in case.body:
