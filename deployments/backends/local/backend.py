@@ -67,7 +67,6 @@ class LocalServingBackend:
 
     def close_connections(self) -> None:
         forwarding.close_pools()
-        shared_base.close_pools()
 
     def unload(self, *, placement: Placement, actor: str, reason: str) -> None:
         if shared_base.serves(placement):

@@ -32,8 +32,9 @@ _POOLS: dict[int, UpstreamPool] = {}
 _GATES: dict[tuple[str, int], ModelGates] = {}
 
 
-def _pool() -> UpstreamPool:
-    """One keep-alive connection pool per event loop (connections belong to their loop)."""
+def upstream_pool() -> UpstreamPool:
+    """One keep-alive connection pool per event loop (connections belong to their loop), shared
+    by every request this process forwards to a local instance."""
     loop = asyncio.get_running_loop()
     pool = _POOLS.get(id(loop))
     if pool is None:
@@ -146,7 +147,7 @@ async def forward(
                     pass
             if inside:
                 try:
-                    response = await _pool().post(
+                    response = await upstream_pool().post(
                         copy.host,
                         copy.port,
                         path,

@@ -51,9 +51,10 @@ from deployments.backends.base import (
     record_rollout_progress,
 )
 from deployments.backends.local import runtime
+from deployments.backends.local.forward import upstream_pool
 from deployments.backends.local.memory import model_memory_mb
 from deployments.backends.local.runtime import LoadOutcome
-from deployments.backends.local.upstream import UpstreamError, UpstreamPool
+from deployments.backends.local.upstream import UpstreamError
 from deployments.backends.shared_heads import (
     HeadsNotLoaded,
     infer_body,
@@ -734,27 +735,8 @@ def _instance_down(instance_id: int) -> None:
         runtime.check_instance_health(instance=instance, actor="proxy")
 
 
-_POOLS: dict[int, UpstreamPool] = {}
 # Loads of a head for proxied requests in this process: concurrent requests share one.
 _REQUEST_LOADS: dict[int, asyncio.Future] = {}
-
-
-def _pool() -> UpstreamPool:
-    """One keep-alive connection pool per event loop (connections belong to their loop)."""
-    loop = asyncio.get_running_loop()
-    pool = _POOLS.get(id(loop))
-    if pool is None:
-        pool = _POOLS[id(loop)] = UpstreamPool(
-            max_connections=settings.TENANTML_PROXY_UPSTREAM_CONNECTIONS
-        )
-    return pool
-
-
-def close_pools() -> None:
-    """Close every pooled connection to the shared encoders."""
-    for pool in list(_POOLS.values()):
-        pool.close()
-    _POOLS.clear()
 
 
 async def _load_once(copy: Copy, *, encoder_gone: bool) -> None:
@@ -777,7 +759,7 @@ async def _load_once(copy: Copy, *, encoder_gone: bool) -> None:
 
 async def _post(copy: Copy, encoder: str, body: bytes, content_type: str, public_name: str):
     try:
-        return await _pool().post(
+        return await upstream_pool().post(
             copy.host,
             copy.port,
             f"/models/{encoder}/invoke",
