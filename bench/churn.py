@@ -19,7 +19,8 @@ come from one trained artifact, each with another valid head (random weights, ow
 registered, packaged, promoted and rolled out through the platform like any version.
 
 ``--merge`` adds the layouts run to the recorded ``bench/results/churn.json`` (each with its own
-command and date) and leaves the other layouts and the top-level figures as recorded.
+command and date) and leaves the other layouts as recorded; the top-level figures are the
+single-model layout's, so they change only when that layout is among those run.
 
     python bench/churn.py [--minutes 5] [--models 10] [--room 4] [--clients 4] \
         [--layouts single-model,shared-base] [--merge]
@@ -457,7 +458,8 @@ def main() -> None:
 
 def merge_results(results: dict, settings_used: dict) -> None:
     """Add each layout run to the recorded results, with its own command, date and settings;
-    the other layouts and the top-level figures stay as recorded."""
+    the other layouts stay as recorded, and the top-level figures (the single-model layout's)
+    too unless that layout is among those run."""
     import sys
 
     path = RESULTS_DIR / "churn.json"
@@ -469,6 +471,10 @@ def merge_results(results: dict, settings_used: dict) -> None:
             "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "settings": settings_used,
         }
+    single = results.get("single-model")
+    if single is not None:
+        for key in ("p50_ms", "p99_ms", "warm_p50_ms", "errors", "max_memory_over_budget"):
+            document[key] = single[key]
     path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
     print(f"\nmerged {', '.join(results)} into {path}")
 

@@ -1072,6 +1072,7 @@ def make_headroom(*, instance_id: int, actor: str = ACTOR) -> list[Placement]:
         if locked is None or locked.status != Instance.Status.HEALTHY or not locked.port:
             return []
         resident, by_key = _resident_view(locked, exclude=-1)
+        frequency_aware = settings.TENANTML_EVICTION_POLICY != "lru"
         victims = [
             by_key[key]
             for key in plan_headroom(
@@ -1079,11 +1080,17 @@ def make_headroom(*, instance_id: int, actor: str = ACTOR) -> list[Placement]:
                 budget_mb=locked.memory_budget_mb,
                 high_watermark=high,
                 low_watermark=low,
-                order=eviction_order(locked.pk),
+                order=eviction_order(locked.pk, protect=not frequency_aware),
                 # The next cold model is likely as large as the largest this instance holds
                 # (one model kind per endpoint).
                 room_for_mb=max((m.memory_mb for m in resident if not m.pinned), default=0.0),
                 gpu_budget_mb=_gpu_budget_mb(locked.endpoint),
+                # By request counts, a tail model loading now is the next victim once loaded
+                # (the evictor runs again when a load ends); a victim is drained before it is
+                # unloaded, and a model loaded for a request answers it first (the proxy loads
+                # from inside the model's gate), so the model used last needs no keeping.
+                defer_to_loading=frequency_aware,
+                keep_most_recent=not frequency_aware,
             )
         ]
         _claim_victims(victims)
@@ -1363,11 +1370,15 @@ def record_access(placement: Placement) -> None:
     access_history(placement.instance_id).record(str(placement.pk))
 
 
-def eviction_order(instance_id: int | None):
-    """The configured eviction order for an instance: frequency-aware, or plain LRU."""
+def eviction_order(instance_id: int | None, *, protect: bool = True):
+    """The configured eviction order for an instance: frequency-aware, or plain LRU.
+
+    ``protect`` puts the models of the last few requests last (for a load choosing its victims
+    on a request's path); the background evictor drains each victim before unloading it and
+    orders by request counts alone."""
     if settings.TENANTML_EVICTION_POLICY == "lru":
         return lru_order
-    return access_history(instance_id).order()
+    return access_history(instance_id).order(protect=protect)
 
 
 class _SingleFlight:

@@ -219,6 +219,21 @@ def test_the_model_just_requested_is_evicted_last():
     assert plan.evict == ("hot",)
 
 
+def test_without_protection_request_counts_alone_order_the_models():
+    history = history_of("hot", "hot", "hot", "just-loaded", "new", protect_requests=2)
+    resident = [model("hot", used=3), model("just-loaded", used=4)]
+
+    plan = plan_load(
+        resident=resident,
+        incoming_key="new",
+        incoming_mb=100,
+        budget_mb=200,
+        order=history.order(protect=False),
+    )
+
+    assert plan.evict == ("just-loaded",)
+
+
 def test_a_large_model_is_evicted_before_a_small_one_with_the_same_requests():
     history = history_of("small", "large", "small", "large")
     resident = [model("small", 100, used=3), model("large", 300, used=4)]

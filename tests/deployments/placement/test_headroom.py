@@ -53,6 +53,46 @@ def test_the_most_recently_used_model_stays_even_when_headroom_is_short():
     assert headroom(resident, high=0.5, low=0.1) == ("older",)
 
 
+def by_requests(counts: dict[str, float]):
+    return lambda m: (counts[m.key], m.key)
+
+
+def test_a_hot_model_is_not_pushed_out_for_a_colder_one_still_loading():
+    # Three hot models and a tail model loading: 4 × 115 MB of 518 leaves no room for the next.
+    counts = {"hot-a": 40.0, "hot-b": 20.0, "hot-c": 12.0, "tail": 1.0}
+    resident = [
+        *(model(key, mb=115, used=2 - i) for i, key in enumerate(["hot-a", "hot-b", "hot-c"])),
+        model("tail", mb=115, used=9, loading=True),
+    ]
+    kw = dict(budget_mb=518, room_for_mb=115, order=by_requests(counts))
+
+    # Without deferring, the coldest hot model goes while the tail model loads.
+    assert headroom(resident, **kw) == ("hot-c",)
+    # Deferring, nothing goes now: once loaded, the tail model is the one to go.
+    assert headroom(resident, defer_to_loading=True, keep_most_recent=False, **kw) == ()
+    loaded = [*resident[:3], model("tail", mb=115, used=10)]
+    assert headroom(loaded, defer_to_loading=True, keep_most_recent=False, **kw) == ("tail",)
+    # Keeping the most recently used model (LRU's rule) would push a hot one out instead.
+    assert headroom(loaded, defer_to_loading=True, **kw) == ("hot-c",)
+
+
+def test_a_loading_model_worth_more_than_a_candidate_does_not_hold_the_candidate_back():
+    counts = {"cold": 1.0, "hot-a": 40.0, "hot-b": 20.0, "warm": 30.0}
+    resident = [
+        model("cold", mb=115),
+        model("hot-a", mb=115),
+        model("hot-b", mb=115),
+        model("warm", mb=115, loading=True),
+    ]
+
+    evicted = headroom(
+        resident, budget_mb=518, room_for_mb=115, order=by_requests(counts),
+        defer_to_loading=True, keep_most_recent=False,
+    )  # fmt: skip
+
+    assert evicted == ("cold",)
+
+
 def test_less_room_than_the_next_model_needs_triggers_eviction_below_the_high_watermark():
     resident = [model(str(i), mb=200, used=i) for i in range(4)]  # 800 of 1,000 MB: 80 %
 

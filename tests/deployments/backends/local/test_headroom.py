@@ -263,3 +263,33 @@ def test_the_background_evictor_drains_a_victims_request_in_flight_before_unload
     assert Placement.objects.get(pk=victim.pk).actual_state == "evicted"
     assert name not in {m.name for m in client.list_models()}
     assert Placement.objects.get(pk=other.pk).actual_state == "loaded"
+
+
+def test_a_tail_model_loading_beside_hot_ones_is_the_one_unloaded_for_headroom(
+    instance, settings, intent_artifact
+):
+    # Zipf-shaped traffic: three models asked for often, then one from the tail. Four models
+    # leave less room than one more needs, so one must go; the hot ones stay.
+    settings.TENANTML_EVICTION_POLICY = "frequency"
+    settings.TENANTML_EVICTION_HIGH_WATERMARK = 0.9
+    settings.TENANTML_EVICTION_LOW_WATERMARK = 0.75
+    placements = placements_on(instance, intent_artifact, 4)
+    size = loaded_once(placements)
+    Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=int(size * 4.5))
+    *hot, tail = placements
+    for _ in range(3):
+        for placement in hot:
+            runtime.invoke_placement(placement=placement, inputs=TICKETS[:1])
+    assert runtime.wait_for_evictions(instance.pk, timeout_s=30)
+    assert not Event.objects.filter(kind="placement.evicted").exists()  # three: 67 %
+
+    answer = runtime.invoke_placement(placement=tail, inputs=TICKETS[:1])
+    assert runtime.wait_for_evictions(instance.pk, timeout_s=60)
+
+    assert answer.cold_start
+    evicted = list(
+        Event.objects.filter(kind="placement.evicted").values_list("version_id", flat=True)
+    )
+    assert evicted == [tail.version_id]
+    states = dict(Placement.objects.filter(instance=instance).values_list("pk", "actual_state"))
+    assert all(states[p.pk] == "loaded" for p in hot)
