@@ -111,6 +111,42 @@ class SharedBaseSpec:
     head_cache_bytes: int = SHARED_BASE_HEAD_CACHE_BYTES
 
 
+# Triton's generate extension (``POST /v2/models/<name>/generate_stream``) maps a JSON body's keys
+# to the model's inputs and its ``parameters`` to the request's parameters.
+GENERATE_TEXT_INPUT = "text_input"
+GENERATE_TEXT_OUTPUT = "text_output"
+GENERATE_FINISH_OUTPUT = "finish_reason"
+# Sampling settings a caller may send in ``parameters`` (each checked by the kind's bounds).
+GENERATION_PARAMETERS = ("max_new_tokens", "temperature", "top_p", "stop", "seed")
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """A kind whose model generates text token by token and streams it: a decoupled Triton
+    python-backend model (``model_transaction_policy { decoupled: true }``) spoken to through
+    Triton's generate extension.
+
+    One request: ``{"text_input": "<prompt>", "parameters": {"max_new_tokens": 48,
+    "temperature": 0.0, "top_p": 1.0, "stop": "[\"\\n\\n\"]", "seed": 0}}`` (``stop`` is a JSON
+    list of strings, or one string; every parameter is optional). The model sends one response
+    per generated piece of text: ``text_output`` the new text (a delta, never the whole text so
+    far) and ``finish_reason`` "" until the last response, then ``"stop"`` (a stop sequence or
+    the end of the reply) or ``"length"`` (``max_new_tokens`` reached), then the final flag. It
+    stops generating as soon as Triton reports the request cancelled.
+
+    The proxy, the API and the dashboard ask ``kind.generation is not None``; nothing in them
+    names a generating kind.
+    """
+
+    max_new_tokens_default: int = 48
+    max_new_tokens_limit: int = 256
+    temperature_default: float = 0.0
+    top_p_default: float = 1.0
+    # Stop sequences a request may carry, and the longest one.
+    max_stop_sequences: int = 4
+    max_stop_chars: int = 64
+
+
 @dataclass(frozen=True)
 class ModelKind:
     name: str
@@ -160,6 +196,9 @@ class ModelKind:
     gpu_precision: str = ""
     # One loaded base serving every tenant's head (``SharedBaseSpec``), or None: one model each.
     shared_base: SharedBaseSpec | None = None
+    # Text generated and streamed token by token (``GenerationSpec``), or None: one answer per
+    # input.
+    generation: GenerationSpec | None = None
 
 
 _REGISTRY: dict[str, ModelKind] = {}
