@@ -387,6 +387,12 @@ class TrafficMinute(models.Model):
     cache_hits = models.PositiveIntegerField(default=0)
     latency_ms_sum = models.FloatField(default=0)
     latency_ms_max = models.FloatField(default=0)
+    # Requests to generating models that produced a first token, the sum of their times to it,
+    # the tokens they generated and the time from first token to last (tokens a second).
+    generations = models.PositiveIntegerField(default=0)
+    time_to_first_token_ms_sum = models.FloatField(default=0)
+    generated_tokens = models.PositiveBigIntegerField(default=0)
+    generation_ms_sum = models.FloatField(default=0)
     # Counts per latency bucket upper bound in ms, so p50/p99 survive aggregation.
     latency_histogram = models.JSONField(default=dict, blank=True)
 

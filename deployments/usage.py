@@ -29,6 +29,16 @@ def bucket_for(latency_ms: float) -> str:
     return "inf"
 
 
+@dataclass(frozen=True)
+class GenerationFigures:
+    """What one request to a generating model produced: the time to its first token, the
+    pieces of text (tokens) it generated and the time from the first token to the last."""
+
+    time_to_first_token_ms: float
+    tokens: int
+    generation_ms: float
+
+
 @dataclass
 class _Cell:
     tenant_id: int
@@ -37,6 +47,10 @@ class _Cell:
     cold_starts: int = 0
     cache_hits: int = 0
     latency_ms_sum: float = 0.0
+    generations: int = 0
+    time_to_first_token_ms_sum: float = 0.0
+    generated_tokens: int = 0
+    generation_ms_sum: float = 0.0
     latency_ms_max: float = 0.0
     histogram: dict = field(default_factory=lambda: defaultdict(int))
 
@@ -49,7 +63,20 @@ class _Cell:
 
 # What adding two minutes of traffic sums (the largest latency is kept, histograms are merged);
 # the names of both a cell's attributes and a minute row's columns.
-COUNTS = ("invocations", "errors", "cold_starts", "cache_hits", "latency_ms_sum")
+GENERATION_COUNTS = (
+    "generations",
+    "time_to_first_token_ms_sum",
+    "generated_tokens",
+    "generation_ms_sum",
+)
+COUNTS = (
+    "invocations",
+    "errors",
+    "cold_starts",
+    "cache_hits",
+    "latency_ms_sum",
+    *GENERATION_COUNTS,
+)
 
 
 def _add_counts(target, source) -> None:
@@ -77,8 +104,10 @@ class UsageCounters:
         error: bool = False,
         placement_id: int | None = None,
         now: datetime | None = None,
+        generated: GenerationFigures | None = None,
     ) -> None:
-        """Count one request."""
+        """Count one request (and, for a generating model's request that produced a first
+        token, its time to that token and its tokens)."""
         now = now or datetime.now(UTC)
         minute = now.replace(second=0, microsecond=0)
         with self._lock:
@@ -92,6 +121,11 @@ class UsageCounters:
             cell.latency_ms_sum += latency_ms
             cell.latency_ms_max = max(cell.latency_ms_max, latency_ms)
             cell.histogram[bucket_for(latency_ms)] += 1
+            if generated is not None:
+                cell.generations += 1
+                cell.time_to_first_token_ms_sum += generated.time_to_first_token_ms
+                cell.generated_tokens += generated.tokens
+                cell.generation_ms_sum += generated.generation_ms
             if placement_id is not None:
                 self._last_invoked[placement_id] = now
 
@@ -195,8 +229,12 @@ def _add_to_minute_rows(model, key_fields: tuple[str, ...], cells: dict, *, extr
             histogram[bucket] = histogram.get(bucket, 0) + count
         row.latency_histogram = histogram
         changed.append(row)
+    # Minutes without generated text leave the generation columns as they are: fewer
+    # parameters per row, so as many rows fit a statement as before those columns existed.
+    generated = any(cells[key].generations for key in keys)
+    counts = COUNTS if generated else tuple(c for c in COUNTS if c not in GENERATION_COUNTS)
     model.objects.bulk_update(
-        changed, [*COUNTS, "latency_ms_max", "latency_histogram"], batch_size=FLUSH_BATCH_ROWS
+        changed, [*counts, "latency_ms_max", "latency_histogram"], batch_size=FLUSH_BATCH_ROWS
     )
 
 
@@ -254,6 +292,20 @@ def _flush_forever(interval_s: float) -> None:
             log.exception("Flushing serving counters failed; they are kept for the next flush.")
 
 
+def generation_rates(
+    *, generations: int, time_to_first_token_ms_sum: float, tokens: int, generation_ms_sum: float
+) -> dict | None:
+    """The mean time to first token (ms) and tokens a second of summed minute rows (None
+    where nothing was generated)."""
+    if not generations:
+        return None
+    return {
+        "time_to_first_token_ms": time_to_first_token_ms_sum / generations,
+        "tokens_per_s": tokens / (generation_ms_sum / 1000) if generation_ms_sum > 0 else None,
+        "generations": generations,
+    }
+
+
 def percentile_from_histogram(histogram: dict, pct: float) -> float | None:
     """The bucket bound under which ``pct`` % of the counted requests fell."""
     total = sum(histogram.values())
@@ -270,9 +322,11 @@ def percentile_from_histogram(histogram: dict, pct: float) -> float | None:
 
 __all__ = [
     "COUNTERS",
+    "GenerationFigures",
     "UsageCounters",
     "ensure_background_flush",
     "flush_usage",
+    "generation_rates",
     "percentile_from_histogram",
 ]
 

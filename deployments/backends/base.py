@@ -10,7 +10,7 @@ returns is a plain value; the errors it raises are domain errors (``deployments.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -85,6 +85,23 @@ class Forwarded:
     content_type: str
     body: bytes
     cold_start: bool
+
+
+@runtime_checkable
+class GenerationStream(Protocol):
+    """A copy's open answer to a generation request: the model's responses as they come."""
+
+    #: Whether the model had to be loaded for this request.
+    cold_start: bool
+
+    def events(self) -> AsyncIterator[dict]:
+        """Each response (Triton's generate event: ``text_output``, ``finish_reason``, or
+        ``error``) as it arrives; ForwardFailed when the stream breaks off."""
+        ...
+
+    def close(self) -> None:
+        """End the stream; mid-answer, the model stops generating."""
+        ...
 
 
 @dataclass
@@ -184,6 +201,14 @@ class ServingBackend(Protocol):
     ) -> Forwarded:
         """Send a proxied request body, as it came, to a copy of ``model_name`` (its Triton
         name); raises ForwardFailed (``deployments.exceptions``) when the copy cannot answer."""
+        ...
+
+    async def generate(
+        self, *, copy: Copy, model_name: str, public_name: str, body: bytes
+    ) -> GenerationStream:
+        """Open a generation request (``body``: the JSON of Triton's generate extension) on a
+        copy of a generating model and return its stream once the copy has accepted it; raises
+        ForwardFailed when the copy cannot answer. The caller closes the stream."""
         ...
 
     def close_connections(self) -> None:

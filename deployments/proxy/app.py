@@ -35,6 +35,7 @@ from deployments.proxy.core import Principal, ProxyError
 from deployments.proxy.invalidation import SUBSCRIBER
 from deployments.proxy.metrics import METRICS, exposition
 from deployments.proxy.routing import Route
+from deployments.usage import GenerationFigures
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,11 @@ NATIVE_INVOKE = re.compile(
 )
 V2_MODEL = re.compile(
     r"^/v2/models/(?P<name>[^/]+?)(?:/versions/(?P<version>[^/]+))?"
-    r"(?P<action>/infer|/ready)?/?$"
+    r"(?P<action>/infer|/ready|/generate|/generate_stream)?/?$"
 )
-SAGEMAKER_INVOKE = re.compile(r"^/endpoints/(?P<endpoint>[^/]+)/invocations/?$")
+SAGEMAKER_INVOKE = re.compile(
+    r"^/endpoints/(?P<endpoint>[^/]+)/(?P<action>invocations|invocations-response-stream)/?$"
+)
 
 
 class Request:
@@ -94,7 +97,7 @@ def _too_large(size: int, limit: int) -> ProxyError:
     )
 
 
-async def _send(
+async def send_answer(
     send, status: int, body: bytes, content_type: str, headers: list[tuple[bytes, bytes]] = ()
 ) -> None:
     await send(
@@ -111,7 +114,7 @@ async def _send(
     await send({"type": "http.response.body", "body": body})
 
 
-def _json(data: object) -> bytes:
+def json_body(data: object) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
@@ -257,7 +260,7 @@ def _public_answer(route: Route, header: dict, binary: bytes | None) -> tuple[by
     followed by its binary tensors: the body and, when binary, the header's length."""
     header["model_name"] = route.public_name
     header["model_version"] = str(route.version_number)
-    rewritten = _json(header)
+    rewritten = json_body(header)
     if binary is None:
         return rewritten, None
     return rewritten + binary, len(rewritten)
@@ -292,7 +295,7 @@ async def _forward_tensors(
         raise ProxyError(400, str(exc), code="invalid", field=exc.field) from exc
     parts = []
     for piece_header, piece_binary in pieces:
-        encoded = _json(piece_header)
+        encoded = json_body(piece_header)
         if length is None:
             parts.append((encoded, JSON))
         else:
@@ -324,7 +327,7 @@ def _joined(answers: list[core.Answer]) -> core.Answer:
 # --- Handlers --------------------------------------------------------------------------------
 
 
-async def _authorize_bearer(request: Request) -> Principal:
+async def authorize_bearer(request: Request) -> Principal:
     return await core.bearer_principal(request.headers.get("authorization", ""))
 
 
@@ -334,7 +337,7 @@ async def native_invoke(request: Request, send, tenant: str, model: str) -> None
     try:
         if request.method != "POST":
             raise ProxyError(405, "Use POST.", code="method_not_allowed")
-        principal = await _authorize_bearer(request)
+        principal = await authorize_bearer(request)
         body = await request.body()
         route = await core.route_for(principal, tenant, model)
         core.check_rate_limit(route)
@@ -344,14 +347,30 @@ async def native_invoke(request: Request, send, tenant: str, model: str) -> None
             raise ProxyError(400, f"The body is not JSON: {exc}", code="invalid") from exc
         if not isinstance(payload, dict) or "inputs" not in payload:
             raise ProxyError(400, "inputs: this field is required.", code="invalid", field="inputs")
-        validate_native_inputs(route, payload["inputs"])
         from models_registry.kinds import get_kind
 
         kind = get_kind(route.kind)
+        from deployments.proxy import generation_routes
+
+        streaming = generation_routes.native_stream_asked(payload, request.headers)
+        if kind.generation is not None:
+            await generation_routes.native_generation(
+                request, send, route, payload, streaming, started
+            )
+            return
+        if streaming:
+            raise ProxyError(
+                400,
+                f"stream: {route.public_name} answers each input whole; only models of a kind "
+                "that generates text stream their answers.",
+                code="invalid",
+                field="stream",
+            )
+        validate_native_inputs(route, payload["inputs"])
         answers = await core.forward_parts(
             route,
             [
-                (_json(kind.encode_request(list(part))), JSON)
+                (json_body(kind.encode_request(list(part))), JSON)
                 for part in split_list(payload["inputs"], kind.max_batch_size)
             ],
         )
@@ -360,14 +379,14 @@ async def native_invoke(request: Request, send, tenant: str, model: str) -> None
         ]
         answer = _joined(answers)
     except ProxyError as error:
-        _finish(route, None, started, "native", error.status)
-        await _send(send, error.status, _json(_native_error(error)), JSON, error.headers())
+        finish_request(route, None, started, "native", error.status)
+        await send_answer(send, error.status, json_body(native_error(error)), JSON, error.headers())
         return
-    _finish(route, answer, started, "native", 200)
-    await _send(
+    finish_request(route, answer, started, "native", 200)
+    await send_answer(
         send,
         200,
-        _json(
+        json_body(
             {
                 "outputs": outputs,
                 "model_version": route.version_number,
@@ -378,7 +397,7 @@ async def native_invoke(request: Request, send, tenant: str, model: str) -> None
     )
 
 
-def _native_error(error: ProxyError) -> dict:
+def native_error(error: ProxyError) -> dict:
     body = {"code": error.code, "message": error.message}
     if error.field:
         body["field"] = error.field
@@ -396,7 +415,7 @@ async def v2_model(request: Request, send, name: str, version: str | None, actio
     started = time.perf_counter()
     route = answer = None
     try:
-        principal = await _authorize_bearer(request)
+        principal = await authorize_bearer(request)
         tenant, model = _split_v2_name(name)
         route = await core.route_for(principal, tenant, model)
         if version is not None and version != str(route.version_number):
@@ -407,10 +426,15 @@ async def v2_model(request: Request, send, name: str, version: str | None, actio
                 code="not_found",
             )
         if action == "/ready":
-            await _send(send, 200 if route.copies else 400, b"", "text/plain")
+            await send_answer(send, 200 if route.copies else 400, b"", "text/plain")
+            return
+        if action in ("/generate", "/generate_stream"):
+            from deployments.proxy.generation_routes import v2_generation
+
+            await v2_generation(request, send, route, action == "/generate_stream", started)
             return
         if action != "/infer":
-            await _send(send, 200, _json(_metadata(route)), JSON)
+            await send_answer(send, 200, json_body(_metadata(route)), JSON)
             return
         if request.method != "POST":
             raise ProxyError(405, "Use POST.", code="method_not_allowed")
@@ -420,16 +444,18 @@ async def v2_model(request: Request, send, name: str, version: str | None, actio
         validate_tensor_header(route, header)
         answer, data, answer_length = await _forward_tensors(route, body, header, length)
     except ProxyError as error:
-        _finish(route, None, started, "v2", error.status)
-        await _send(send, error.status, _json({"error": error.message}), JSON, error.headers())
+        finish_request(route, None, started, "v2", error.status)
+        await send_answer(
+            send, error.status, json_body({"error": error.message}), JSON, error.headers()
+        )
         return
-    _finish(route, answer, started, "v2", 200)
-    headers = _answer_headers(route, answer)
+    finish_request(route, answer, started, "v2", 200)
+    headers = answer_headers(route, answer)
     if answer_length is not None:
         headers.append((HEADER_LENGTH.encode(), str(answer_length).encode()))
-        await _send(send, 200, data, "application/octet-stream", headers)
+        await send_answer(send, 200, data, "application/octet-stream", headers)
     else:
-        await _send(send, 200, data, JSON, headers)
+        await send_answer(send, 200, data, JSON, headers)
 
 
 def _metadata(route: Route) -> dict:
@@ -442,7 +468,7 @@ def _metadata(route: Route) -> dict:
     }
 
 
-def _answer_headers(route: Route, answer) -> list[tuple[bytes, bytes]]:
+def answer_headers(route: Route, answer) -> list[tuple[bytes, bytes]]:
     return [
         (b"x-tenantml-model-version", str(route.version_number).encode()),
         (b"x-tenantml-cold-start", b"true" if answer.cold_start else b"false"),
@@ -456,21 +482,18 @@ async def sagemaker_invoke(request: Request, send, endpoint: str) -> None:
         if request.method != "POST":
             raise ProxyError(405, "Use POST.", code="method_not_allowed")
         body = await request.body()
-        if "authorization" in request.headers and request.headers["authorization"].startswith(
-            "AWS4-"
-        ):
-            principal = await core.sigv4_principal(
-                method=request.method,
-                path=request.raw_path,
-                query_string=request.query_string,
-                headers=request.headers,
-                body=body,
-            )
-        else:
-            principal = await _authorize_bearer(request)
-        tenant, model = _sagemaker_target(endpoint, request.headers)
-        route = await core.route_for(principal, tenant, model)
+        route = await sagemaker_route(request, endpoint, body)
         core.check_rate_limit(route)
+        from models_registry.kinds import get_kind
+
+        if get_kind(route.kind).generation is not None:
+            raise ProxyError(
+                400,
+                f"{route.public_name} generates text: call InvokeEndpointWithResponseStream "
+                "(/invocations-response-stream) for it.",
+                code="invalid",
+                field="Body",
+            )
         content_type = request.headers.get("content-type", JSON)
         declared = None
         if content_type.startswith(SAGEMAKER_BINARY.split(";")[0]):
@@ -479,21 +502,43 @@ async def sagemaker_invoke(request: Request, send, endpoint: str) -> None:
         validate_tensor_header(route, header)
         answer, data, answer_length = await _forward_tensors(route, body, header, length)
     except ProxyError as error:
-        _finish(route, None, started, "sagemaker", error.status)
-        code = _SAGEMAKER_CODES.get(error.status, "ModelError")
-        if error.status in (401, 403) and error.code not in ("error", "unauthorized"):
-            code = error.code
-        headers = [(b"x-amzn-errortype", code.encode()), *error.headers()]
-        body = _json({"message": error.message, "__type": code})
-        await _send(send, error.status, body, JSON, headers)
+        finish_request(route, None, started, "sagemaker", error.status)
+        await send_sagemaker_error(send, error)
         return
-    _finish(route, answer, started, "sagemaker", 200)
+    finish_request(route, answer, started, "sagemaker", 200)
     headers = [
         (b"x-amzn-invoked-production-variant", b"AllTraffic"),
-        *_answer_headers(route, answer),
+        *answer_headers(route, answer),
     ]
     answer_type = JSON if answer_length is None else f"{SAGEMAKER_BINARY}{answer_length}"
-    await _send(send, 200, data, answer_type, headers)
+    await send_answer(send, 200, data, answer_type, headers)
+
+
+async def sagemaker_route(
+    request: Request, endpoint: str, body: bytes, *, streaming: bool = False
+) -> Route:
+    """The caller (SigV4, as AWS SDKs sign, or a bearer token) and the route of its target."""
+    if "authorization" in request.headers and request.headers["authorization"].startswith("AWS4-"):
+        principal = await core.sigv4_principal(
+            method=request.method,
+            path=request.raw_path,
+            query_string=request.query_string,
+            headers=request.headers,
+            body=body,
+        )
+    else:
+        principal = await authorize_bearer(request)
+    tenant, model = _sagemaker_target(endpoint, request.headers, streaming=streaming)
+    return await core.route_for(principal, tenant, model)
+
+
+async def send_sagemaker_error(send, error: ProxyError) -> None:
+    code = _SAGEMAKER_CODES.get(error.status, "ModelError")
+    if error.status in (401, 403) and error.code not in ("error", "unauthorized"):
+        code = error.code
+    headers = [(b"x-amzn-errortype", code.encode()), *error.headers()]
+    body = json_body({"message": error.message, "__type": code})
+    await send_answer(send, error.status, body, JSON, headers)
 
 
 _SAGEMAKER_CODES = {
@@ -510,16 +555,34 @@ _SAGEMAKER_CODES = {
 }
 
 
-def _sagemaker_target(endpoint: str, headers: dict[str, str]) -> tuple[str, str]:
+def _sagemaker_target(
+    endpoint: str, headers: dict[str, str], *, streaming: bool = False
+) -> tuple[str, str]:
     """``/endpoints/<tenant>`` with TargetModel ``<model>``, or TargetModel ``<tenant>/<model>``
-    (or ``<tenant>.<model>``) on any endpoint name."""
-    target = unquote(headers.get("x-amzn-sagemaker-target-model", "")).removesuffix(".tar.gz")
+    (or ``<tenant>.<model>``) on any endpoint name.
+
+    ``InvokeEndpointWithResponseStream`` has no TargetModel: there the model is named as an
+    inference component (InferenceComponentName, by the same rules), or by the endpoint name
+    ``<tenant>.<model>``.
+    """
+    header = (
+        "x-amzn-sagemaker-inference-component" if streaming else "x-amzn-sagemaker-target-model"
+    )
+    target = unquote(headers.get(header, "")).removesuffix(".tar.gz")
+    if not target and streaming:
+        tenant, found, model = unquote(endpoint).partition(".")
+        if found and tenant and model:
+            return tenant, model
     if not target:
+        name = "InferenceComponentName" if streaming else "TargetModel"
         raise ProxyError(
             400,
-            "X-Amzn-SageMaker-Target-Model is required: the model's name (TargetModel).",
+            f"{name} is required: the model's name ({header}), or an endpoint named "
+            "<tenant>.<model>."
+            if streaming
+            else "X-Amzn-SageMaker-Target-Model is required: the model's name (TargetModel).",
             code="invalid",
-            field="TargetModel",
+            field=name,
         )
     for separator in ("/", "."):
         tenant, found, model = target.partition(separator)
@@ -528,10 +591,17 @@ def _sagemaker_target(endpoint: str, headers: dict[str, str]) -> tuple[str, str]
     return unquote(endpoint), target
 
 
-def _finish(route: Route | None, answer, started: float, protocol: str, status: int) -> None:
+def finish_request(
+    route: Route | None,
+    answer,
+    started: float,
+    protocol: str,
+    status: int,
+    generated: GenerationFigures | None = None,
+) -> None:
     seconds = time.perf_counter() - started
     if route is not None and status not in (401, 403, 404, 413, 429):
-        core.record(route, answer, started=started, error=status != 200)
+        core.record(route, answer, started=started, error=status != 200, generated=generated)
     live = route is not None and route.deployed
     METRICS.observe(
         model=route.public_name if live else "",
@@ -545,25 +615,31 @@ def _finish(route: Route | None, answer, started: float, protocol: str, status: 
 
 async def metrics(request: Request, send) -> None:
     try:
-        principal = await _authorize_bearer(request)
+        principal = await authorize_bearer(request)
         if not principal.is_platform:
             raise ProxyError(403, "/metrics needs a platform token.", code="forbidden")
     except ProxyError as error:
-        await _send(send, error.status, _json(_native_error(error)), JSON, error.headers())
+        await send_answer(send, error.status, json_body(native_error(error)), JSON, error.headers())
         return
     # The periodic jobs' last passes live in the database: collected off the event loop.
     body, content_type = await in_thread(exposition)(request.headers.get("accept"))
-    await _send(send, 200, body, content_type)
+    await send_answer(send, 200, body, content_type)
 
 
 async def v2_server(request: Request, send, action: str) -> None:
     if action in ("/health/live", "/health/ready"):
-        await _send(send, 200, b"", "text/plain")
+        await send_answer(send, 200, b"", "text/plain")
         return
-    await _send(
+    await send_answer(
         send,
         200,
-        _json({"name": "tenantml", "version": "1", "extensions": ["binary_tensor_data"]}),
+        json_body(
+            {
+                "name": "tenantml",
+                "version": "1",
+                "extensions": ["binary_tensor_data", "generate"],
+            }
+        ),
         JSON,
     )
 
@@ -591,11 +667,13 @@ class ProxyApplication:
             await handler(request, send)
         except DomainError as exc:  # from a service called on a cold path: its own status
             error = ProxyError.from_domain(exc)
-            await _send(send, error.status, _json(_native_error(error)), JSON, error.headers())
+            await send_answer(
+                send, error.status, json_body(native_error(error)), JSON, error.headers()
+            )
         except Exception:
             logger.exception("The proxy failed on %s %s", scope["method"], scope["path"])
-            body = _json({"error": {"code": "upstream", "message": "The proxy failed; retry."}})
-            await _send(send, 502, body, JSON)
+            body = json_body({"error": {"code": "upstream", "message": "The proxy failed; retry."}})
+            await send_answer(send, 502, body, JSON)
 
     def _match(self, scope):
         path = scope["path"]
@@ -617,8 +695,12 @@ class ProxyApplication:
             return None
         if path.startswith("/endpoints/"):
             match = SAGEMAKER_INVOKE.match(path)
-            if match:
+            if match and match["action"] == "invocations":
                 return lambda r, s: sagemaker_invoke(r, s, match["endpoint"])
+            if match:
+                from deployments.proxy.generation_routes import sagemaker_invoke_stream
+
+                return lambda r, s: sagemaker_invoke_stream(r, s, match["endpoint"])
             return None
         if path == "/metrics":
             return metrics

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -21,13 +21,14 @@ from django.db import DatabaseError
 from config.errors import DomainError
 from deployments import usage
 from deployments.backends import backend_named, loaded_backends
-from deployments.backends.base import Copy, in_thread
+from deployments.backends.base import Copy, GenerationStream, in_thread
 from deployments.exceptions import ForwardFailed
 from deployments.proxy.batching import PARTS_IN_FLIGHT, gather_in_order
 from deployments.proxy.invalidation import SUBSCRIBER
 from deployments.proxy.metrics import METRICS
 from deployments.proxy.ratelimit import TokenBuckets, retry_after_header
 from deployments.proxy.routing import MISSING, ROUTES, UNDEPLOYED_ROUTE_TTL_S, Route, load_route
+from deployments.usage import GenerationFigures
 
 
 class ProxyError(Exception):
@@ -287,16 +288,7 @@ async def forward_parts(route: Route, parts: Sequence[tuple[bytes, str]]) -> lis
     The request counts once against the copy's limit; up to ``PARTS_IN_FLIGHT`` parts are sent
     at once. The first part that fails fails the request: the others are cancelled.
     """
-    copy = _pick(route)
-    limit = settings.TENANTML_PROXY_MAX_OUTSTANDING_PER_COPY
-    if _OUTSTANDING.get(copy.placement_id, 0) >= limit:
-        raise ProxyError(
-            503,
-            f"{route.public_name} has {limit} requests in flight on every copy; retry shortly.",
-            code="overloaded",
-            retry_after_s=1,
-        )
-    _OUTSTANDING[copy.placement_id] = _OUTSTANDING.get(copy.placement_id, 0) + 1
+    copy = _take(route)
     try:
         if len(parts) == 1:
             answers = [await _forward_part(route, copy, *parts[0])]
@@ -306,11 +298,7 @@ async def forward_parts(route: Route, parts: Sequence[tuple[bytes, str]]) -> lis
                 limit=PARTS_IN_FLIGHT,
             )
     finally:
-        left = _OUTSTANDING.get(copy.placement_id, 1) - 1
-        if left > 0:
-            _OUTSTANDING[copy.placement_id] = left
-        else:
-            _OUTSTANDING.pop(copy.placement_id, None)
+        _release(copy)
     if all(answer.status == 200 for answer in answers):
         _SEEN_LOADED.add(copy.placement_id)
     return answers
@@ -326,16 +314,7 @@ async def _forward_part(route: Route, copy: Copy, body: bytes, content_type: str
             content_type=content_type,
         )
     except ForwardFailed as exc:
-        if exc.metric is not None:
-            METRICS.upstream_error(exc.metric)
-        if exc.stale_route:
-            ROUTES.invalidate(route.model_id)
-        raise ProxyError(
-            exc.status_code,
-            public_names(route, exc.message),
-            code=exc.code,
-            retry_after_s=exc.retry_after_s,
-        ) from exc
+        raise _proxy_error(route, exc) from exc
     except DomainError as exc:
         _SEEN_LOADED.discard(copy.placement_id)
         error = ProxyError.from_domain(exc)
@@ -346,6 +325,94 @@ async def _forward_part(route: Route, copy: Copy, body: bytes, content_type: str
     )
 
 
+class Generation:
+    """A generation request open on one copy: its events as they come, counted against the
+    copy's requests in flight until it is closed."""
+
+    def __init__(self, *, route: Route, copy: Copy, stream: GenerationStream) -> None:
+        self.route = route
+        self.copy = copy
+        self.stream = stream
+        self.cold_start = stream.cold_start
+        self._open = True
+
+    async def events(self) -> AsyncIterator[dict]:
+        """The model's responses (Triton's generate events), as they arrive."""
+        try:
+            async for event in self.stream.events():
+                yield event
+        except ForwardFailed as exc:
+            raise _proxy_error(self.route, exc) from exc
+
+    def close(self) -> None:
+        """End the request (the model stops generating if it has not finished)."""
+        if not self._open:
+            return
+        self._open = False
+        self.stream.close()
+        _release(self.copy)
+
+
+def _proxy_error(route: Route, exc: ForwardFailed) -> ProxyError:
+    if exc.metric is not None:
+        METRICS.upstream_error(exc.metric)
+    if exc.stale_route:
+        ROUTES.invalidate(route.model_id)
+    return ProxyError(
+        exc.status_code,
+        public_names(route, exc.message),
+        code=exc.code,
+        retry_after_s=exc.retry_after_s,
+    )
+
+
+def _take(route: Route) -> Copy:
+    """The copy a request goes to, counted as in flight there (``_release`` ends it)."""
+    copy = _pick(route)
+    limit = settings.TENANTML_PROXY_MAX_OUTSTANDING_PER_COPY
+    if _OUTSTANDING.get(copy.placement_id, 0) >= limit:
+        raise ProxyError(
+            503,
+            f"{route.public_name} has {limit} requests in flight on every copy; retry shortly.",
+            code="overloaded",
+            retry_after_s=1,
+        )
+    _OUTSTANDING[copy.placement_id] = _OUTSTANDING.get(copy.placement_id, 0) + 1
+    return copy
+
+
+def _release(copy: Copy) -> None:
+    left = _OUTSTANDING.get(copy.placement_id, 1) - 1
+    if left > 0:
+        _OUTSTANDING[copy.placement_id] = left
+    else:
+        _OUTSTANDING.pop(copy.placement_id, None)
+
+
+async def open_generation(route: Route, body: bytes) -> Generation:
+    """Send a generation request (Triton's generate JSON) to a copy of the route's version and
+    return it open, once the copy has accepted it; the caller closes it."""
+    copy = _take(route)
+    try:
+        stream = await backend_named(copy.backend).generate(
+            copy=copy, model_name=route.triton_name, public_name=route.public_name, body=body
+        )
+    except ForwardFailed as exc:
+        _release(copy)
+        raise _proxy_error(route, exc) from exc
+    except DomainError as exc:
+        _release(copy)
+        _SEEN_LOADED.discard(copy.placement_id)
+        error = ProxyError.from_domain(exc)
+        error.message = public_names(route, error.message)
+        raise error from exc
+    except BaseException:
+        _release(copy)
+        raise
+    _SEEN_LOADED.add(copy.placement_id)
+    return Generation(route=route, copy=copy, stream=stream)
+
+
 def public_names(route: Route, text: str) -> str:
     """``text`` (Triton's words, in an error) with the model's serving name replaced by the
     public one callers use."""
@@ -354,8 +421,16 @@ def public_names(route: Route, text: str) -> str:
     return text.replace(route.triton_name, f"{route.public_name} v{route.version_number}")
 
 
-def record(route: Route, answer: Answer | None, *, started: float, error: bool) -> float:
-    """Count one request in the time series; returns its latency in ms."""
+def record(
+    route: Route,
+    answer: Answer | None,
+    *,
+    started: float,
+    error: bool,
+    generated: GenerationFigures | None = None,
+) -> float:
+    """Count one request in the time series (with what it generated, for a generating
+    model); returns its latency in ms."""
     latency_ms = (time.perf_counter() - started) * 1000
     if route.version_id is None:
         return latency_ms
@@ -370,6 +445,7 @@ def record(route: Route, answer: Answer | None, *, started: float, error: bool) 
         cold_start=bool(answer and answer.cold_start),
         error=error,
         placement_id=copy.placement_id if answer is not None else None,
+        generated=generated,
     )
     usage.ensure_background_flush()
     return latency_ms

@@ -134,7 +134,7 @@ def test_a_flush_makes_as_many_queries_for_many_models_as_for_two():
         return len(queries)
 
     # SQLite caps a statement's parameters, so Django cuts its batches smaller there.
-    many = 300 if connection.vendor == "postgresql" else 40
+    many = 300 if connection.vendor == "postgresql" else 30
     flush_of([PlacementFactory()])  # the flush's record is created once
     two = flush_of([PlacementFactory() for _ in range(2)])
     more = flush_of([PlacementFactory() for _ in range(many)])

@@ -10,12 +10,14 @@ from deployments.backends.base import (
     CloudMetrics,
     Copy,
     Forwarded,
+    GenerationStream,
     InvokeResult,
     PreparedProbe,
     ReconcileReport,
 )
 from deployments.backends.local import forward as forwarding
 from deployments.backends.local import reconcile, rollout, runtime, shared_base
+from deployments.exceptions import ForwardFailed
 from deployments.models import Deployment, Endpoint, Instance, Placement
 from deployments.placement.rows import memory_of
 
@@ -63,6 +65,19 @@ class LocalServingBackend:
             public_name=public_name,
             body=body,
             content_type=content_type,
+        )
+
+    async def generate(
+        self, *, copy: Copy, model_name: str, public_name: str, body: bytes
+    ) -> GenerationStream:
+        if copy.endpoint_mode == Endpoint.Mode.SHARED_BASE:
+            raise ForwardFailed(
+                f"{public_name} is served from a shared base, which does not generate text.",
+                status=409,
+                code="not_supported",
+            )
+        return await forwarding.generate(
+            copy=copy, model_name=model_name, public_name=public_name, body=body
         )
 
     def close_connections(self) -> None:

@@ -625,6 +625,65 @@ class TritonMultiModelClient:
             f"{reason or 'no details'}"
         )
 
+    def generate(self, name: str, body: dict, timeout_s: float | None = None) -> list[dict]:
+        """Run a generation request (Triton's generate extension, on the server's own HTTP port)
+        on the decoupled model ``name`` to its end; every event of the answer, in order."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        if self._control_pool is None:
+            raise InstanceUnavailable(
+                f"Triton at {self.address} was started without its HTTP API, where generation "
+                "is served; restart the instance."
+            )
+        try:
+            if self.gates is not None:
+                self.gates.enter(name)
+        except GateClosed:
+            raise ModelNotLoaded(
+                f"Model '{name}' is being unloaded from {self.address}; load it again to invoke it."
+            ) from None
+        try:
+            answer = self._request(
+                "POST",
+                f"/v2/models/{quote(name, safe='')}/generate_stream",
+                body=json.dumps(body).encode(),
+                timeout_s=timeout_s,
+                pool=self._control_pool,
+            )
+        except ReadTimeoutError as exc:
+            raise UpstreamError(
+                f"Model '{name}' on {self.address} did not answer within {timeout_s:g} s."
+            ) from exc
+        finally:
+            if self.gates is not None:
+                self.gates.leave(name)
+        if answer.status != 200:
+            if answer.status == 404 or is_unloading_answer(answer.status, answer.error):
+                raise ModelNotLoaded(
+                    f"Model '{name}' is not loaded on {self.address}; load it before invoking it."
+                )
+            raise UpstreamError(
+                f"Model '{name}' on {self.address} failed (HTTP {answer.status}): "
+                f"{answer.error or 'no details'}"
+            )
+        events = []
+        for block in answer.body.replace(b"\r\n", b"\n").split(b"\n\n"):
+            data = b"\n".join(
+                line[5:].strip() for line in block.split(b"\n") if line.startswith(b"data:")
+            )
+            if not data:
+                continue
+            try:
+                event = json.loads(data)
+            except ValueError as exc:
+                raise UpstreamError(
+                    f"Model '{name}' on {self.address} streamed an event that is not JSON: "
+                    f"{data[:200]!r}"
+                ) from exc
+            if isinstance(event, dict) and "error" in event:
+                raise UpstreamError(f"Model '{name}' on {self.address} failed: {event['error']}")
+            events.append(event)
+        return events
+
     # -- metrics --
 
     def metrics_text(self) -> str:

@@ -51,6 +51,7 @@ from config.errors import Conflict, DomainError
 from config.events import record_event
 from deployments import usage
 from deployments.backends.base import InvokeResult, PreparedProbe, ProbeResult
+from deployments.backends.generated import generation_body, whole_output
 from deployments.backends.local.budgets import (
     budget_for_new_instance,
     record_starting_budget,
@@ -558,14 +559,21 @@ def invoke_placement(*, placement: Placement, inputs: list) -> InvokeResult:
     """Answer ``inputs`` with the placement's model, loading it first when it is cold."""
     version = placement.version
     kind = get_kind(version.model.kind)
-    body = kind.encode_request(inputs)
     started = time.perf_counter()
     cold_start = False
     record_access(placement)
     try:
         cold_start = ensure_loaded(placement=placement).cold_start
-        answer = client_for(placement.instance).invoke(version.triton_model_name, body)
-        outputs = kind.decode_response(answer)
+        client = client_for(placement.instance)
+        if kind.generation is not None:
+            # A generating model answers through the generate extension, one prompt at a time.
+            outputs = [
+                whole_output(client.generate(version.triton_model_name, generation_body(text)))
+                for text in inputs
+            ]
+        else:
+            answer = client.invoke(version.triton_model_name, kind.encode_request(inputs))
+            outputs = kind.decode_response(answer)
     except Exception:
         _count(placement, started, cold_start=cold_start, error=True)
         raise
@@ -595,7 +603,8 @@ def prepare_probe(*, placement: Placement, actor: str = ACTOR) -> PreparedProbe:
     version = placement.version
     kind = get_kind(version.model.kind)
     name = version.triton_model_name
-    body = kind.encode_request(list(kind.warmup_inputs or ["warm-up"]))
+    warmup_inputs = list(kind.warmup_inputs or ["warm-up"])
+    body = None if kind.generation is not None else kind.encode_request(warmup_inputs)
     started = time.perf_counter()
     cold_start = ensure_loaded(placement=placement, actor=actor).cold_start
     prepare_ms = (time.perf_counter() - started) * 1000
@@ -603,6 +612,10 @@ def prepare_probe(*, placement: Placement, actor: str = ACTOR) -> PreparedProbe:
 
     def send() -> float:
         sent = time.perf_counter()
+        if body is None:
+            # A generating model warms up on one short answer through the generate extension.
+            client.generate(name, generation_body(str(warmup_inputs[0]), {"max_new_tokens": 1}))
+            return (time.perf_counter() - sent) * 1000
         answer = client.invoke(name, body)
         if kind.decode_response is not None:
             kind.decode_response(answer)

@@ -17,6 +17,7 @@ from deployments.backends.base import (
     CloudMetrics,
     Copy,
     Forwarded,
+    GenerationStream,
     InvokeResult,
     PreparedProbe,
     ReconcileReport,
@@ -135,6 +136,18 @@ class SageMakerServingBackend:
         if scaling.answered(copy.placement_id):
             await in_thread(scaling.record_back_from_zero)(placement_id=copy.placement_id)
         return Forwarded(status=200, content_type=answer_type, body=data, cold_start=False)
+
+    async def generate(
+        self, *, copy: Copy, model_name: str, public_name: str, body: bytes
+    ) -> GenerationStream:
+        # SageMaker's multi-model endpoints answer through InvokeEndpoint, which a decoupled
+        # model's stream of responses does not pass.
+        raise ForwardFailed(
+            f"{public_name} is deployed on SageMaker, where generation is not served yet; "
+            "deploy it on a local endpoint to stream its answers.",
+            status=409,
+            code="not_supported",
+        )
 
     def close_connections(self) -> None:
         return None  # boto3 clients pool their own connections

@@ -1,0 +1,432 @@
+"""The proxy's answers for models of a kind that generates text, in each protocol:
+
+- native (``POST .../invoke``): ``{"inputs": [prompt, ...], "parameters": {...}}`` answered
+  whole (``outputs`` in order), or, with ``"stream": true`` or ``Accept: text/event-stream`` and
+  one prompt, as server-sent events: ``token`` (``{"text"}``), then ``done`` (finish reason,
+  tokens, version, time to first token) or ``error``;
+- Open Inference Protocol (``/v2/models/<tenant>.<model>/generate`` and ``generate_stream``):
+  Triton's generate extension passed through with the public model name;
+- SageMaker runtime (``/endpoints/<e>/invocations-response-stream``, what
+  ``invoke_endpoint_with_response_stream`` calls): an AWS event stream whose ``PayloadPart``
+  events carry JSON lines, one per generated piece of text and a last one with the details.
+
+Errors before an answer starts are the protocol's usual error answers; after it started they are
+the stream's own error event. When the caller goes away the request upstream is closed, which
+stops the model. Every request is counted like the other routes' (metrics, usage), with its time
+to first token and tokens for the dashboards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+
+from deployments.proxy import core
+from deployments.proxy.app import (
+    JSON,
+    Request,
+    answer_headers,
+    finish_request,
+    json_body,
+    native_error,
+    sagemaker_route,
+    send_answer,
+    send_sagemaker_error,
+    validate_native_inputs,
+)
+from deployments.proxy.core import ProxyError
+from deployments.proxy.generation import (
+    AWS_EVENT_STREAM,
+    EVENT_STREAM,
+    Tally,
+    check_prompt,
+    model_stream_error,
+    payload_part,
+    server_sent_event,
+    triton_body,
+    triton_parameters,
+)
+from deployments.proxy.routing import Route
+from models_registry.kinds import GENERATE_TEXT_INPUT, GENERATE_TEXT_OUTPUT, GenerationSpec
+
+JSON_LINES = "application/jsonlines"
+
+
+def native_stream_asked(payload: dict, headers: dict[str, str]) -> bool:
+    """Whether a native request asks for a streamed answer; 400 for a ``stream`` that is not
+    true or false."""
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ProxyError(400, "stream: must be true or false.", code="invalid", field="stream")
+    return stream or EVENT_STREAM in headers.get("accept", "").lower()
+
+
+def _spec(route: Route) -> GenerationSpec:
+    from models_registry.kinds import get_kind
+
+    spec = get_kind(route.kind).generation
+    if spec is None:
+        raise ProxyError(
+            400,
+            f"stream: {route.public_name} does not generate text; send its requests to "
+            f"/v2/models/{route.public_name}/infer.",
+            code="invalid",
+            field="stream",
+        )
+    return spec
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the caller has gone away (or the answer is complete)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _stream_answer(
+    request: Request,
+    send,
+    *,
+    content_type: str,
+    headers: list[tuple[bytes, bytes]],
+    chunks: AsyncIterator[bytes],
+) -> bool:
+    """Send a 200 answer whose body is ``chunks`` as they come; returns False when the caller
+    went away before its end (the chunks are then abandoned, so the request upstream closes)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", content_type.encode("latin-1")),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),
+                *headers,
+            ],
+        }
+    )
+
+    async def pump() -> None:
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    pumping = asyncio.ensure_future(pump())
+    watching = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (pumping, watching):
+            if not task.done():
+                task.cancel()
+        for task in (pumping, watching):
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await task
+        with contextlib.suppress(Exception):
+            await chunks.aclose()  # type: ignore[attr-defined]
+    return pumping.done() and not pumping.cancelled() and pumping.exception() is None
+
+
+async def _generate_whole(route: Route, body: bytes) -> tuple[Tally, list[dict], bool]:
+    """Run one generation request to its end: what it produced, its events and whether the
+    model had to be loaded for it."""
+    tally = Tally()
+    events = []
+    generation = await core.open_generation(route, body)
+    try:
+        async for event in generation.events():
+            _raise_model_error(route, event)
+            tally.add(event)
+            events.append(event)
+    finally:
+        generation.close()
+    return tally, events, generation.cold_start
+
+
+def _raise_model_error(route: Route, event: dict) -> None:
+    if "error" in event:
+        raise ProxyError(
+            502,
+            core.public_names(route, f"The model failed the request: {event['error']!s:.500}"),
+            code="upstream",
+        )
+
+
+def _answer(generation: core.Generation) -> core.Answer:
+    return core.Answer(200, EVENT_STREAM, b"", generation.cold_start, generation.copy)
+
+
+# --- Native ------------------------------------------------------------------------------------
+
+
+async def native_generation(
+    request: Request, send, route: Route, payload: dict, streaming: bool, started: float
+) -> None:
+    """A native request to a generating model (the caller and route are checked; errors before
+    the answer starts are raised as ProxyError for the caller's handler)."""
+    spec = _spec(route)
+    inputs = payload["inputs"]
+    validate_native_inputs(route, inputs)
+    prompts = [check_prompt(prompt, where=f"inputs[{i}]") for i, prompt in enumerate(inputs)]
+    if not prompts:
+        raise ProxyError(400, "inputs: needs a prompt.", code="invalid", field="inputs")
+    parameters = triton_parameters(spec, payload.get("parameters"))
+    if streaming and len(prompts) != 1:
+        raise ProxyError(
+            400,
+            f"inputs: a streamed answer is for one prompt; this request has {len(prompts)}.",
+            code="invalid",
+            field="inputs",
+        )
+    if not streaming:
+        await _native_whole(send, route, prompts, parameters, started)
+        return
+    tally = Tally(started=started)
+    generation = await core.open_generation(route, triton_body(prompts[0], parameters))
+    status = 200
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal status
+        try:
+            async for event in generation.events():
+                _raise_model_error(route, event)
+                text = tally.add(event)
+                if text:
+                    yield server_sent_event({"text": text}, event="token")
+            yield server_sent_event(tally.summary(route.version_number), event="done")
+        except ProxyError as error:
+            status = error.status
+            yield server_sent_event(native_error(error)["error"], event="error")
+
+    try:
+        # A caller that closes the stream early still got an answer: it counts as one.
+        await _stream_answer(
+            request,
+            send,
+            content_type=EVENT_STREAM,
+            headers=answer_headers(route, generation),
+            chunks=chunks(),
+        )
+    finally:
+        generation.close()
+    finish_request(route, _answer(generation), started, "native", status, tally.figures())
+
+
+async def _native_whole(
+    send, route: Route, prompts: list[str], parameters: dict, started: float
+) -> None:
+    outputs, cold_start = [], False
+    first_token_ms = None
+    tokens, generation_ms = 0, 0.0
+    for prompt in prompts:
+        tally, _, cold = await _generate_whole(route, triton_body(prompt, parameters))
+        cold_start = cold_start or cold
+        outputs.append(
+            {"text": tally.text, "finish_reason": tally.finished_because, "tokens": tally.tokens}
+        )
+        figures = tally.figures()
+        if figures is not None:
+            if first_token_ms is None:
+                first_token_ms = (tally.first_token_at - started) * 1000
+            tokens += figures.tokens
+            generation_ms += figures.generation_ms
+    copy = route.copies[0] if route.copies else None
+    answer = core.Answer(200, JSON, b"", cold_start, copy) if copy is not None else None
+    generated = None
+    if first_token_ms is not None:
+        from deployments.usage import GenerationFigures
+
+        generated = GenerationFigures(
+            time_to_first_token_ms=first_token_ms, tokens=tokens, generation_ms=generation_ms
+        )
+    finish_request(route, answer, started, "native", 200, generated)
+    await send_answer(
+        send,
+        200,
+        json_body(
+            {"outputs": outputs, "model_version": route.version_number, "cold_start": cold_start}
+        ),
+        JSON,
+    )
+
+
+# --- Open Inference Protocol ---------------------------------------------------------------------
+
+
+def _v2_request(spec: GenerationSpec, body: bytes) -> bytes:
+    """A generate extension request checked and rebuilt (only the prompt and parameters)."""
+    try:
+        payload = json.loads(body or b"{}")
+    except (ValueError, RecursionError) as exc:
+        raise ProxyError(400, f"The body is not JSON: {exc}", code="invalid", field="body") from exc
+    if not isinstance(payload, dict):
+        raise ProxyError(400, "The request must be a JSON object.", code="invalid", field="body")
+    unknown = sorted(set(payload) - {GENERATE_TEXT_INPUT, "parameters"})
+    if unknown:
+        name = unknown[0][:40]
+        raise ProxyError(
+            400,
+            f"{name}: not an input of this model, which takes {GENERATE_TEXT_INPUT} and "
+            "parameters.",
+            code="invalid",
+            field=name,
+        )
+    if GENERATE_TEXT_INPUT not in payload:
+        raise ProxyError(
+            400,
+            f"{GENERATE_TEXT_INPUT}: this field is required.",
+            code="invalid",
+            field=GENERATE_TEXT_INPUT,
+        )
+    prompt = check_prompt(payload[GENERATE_TEXT_INPUT], where=GENERATE_TEXT_INPUT)
+    return triton_body(prompt, triton_parameters(spec, payload.get("parameters")))
+
+
+def _public_event(route: Route, event: dict) -> dict:
+    if "error" in event:
+        return {"error": core.public_names(route, str(event["error"]))}
+    return {
+        **event,
+        "model_name": route.public_name,
+        "model_version": str(route.version_number),
+    }
+
+
+async def v2_generation(
+    request: Request, send, route: Route, streaming: bool, started: float
+) -> None:
+    """``/generate`` (the whole answer, one JSON object) or ``/generate_stream`` (Triton's
+    events); errors before the answer starts are raised for the caller's handler."""
+    if request.method != "POST":
+        raise ProxyError(405, "Use POST.", code="method_not_allowed")
+    spec = _spec(route)
+    core.check_rate_limit(route)
+    body = _v2_request(spec, await request.body())
+    if not streaming:
+        tally, events, cold = await _generate_whole(route, body)
+        last = dict(events[-1]) if events else {}
+        last[GENERATE_TEXT_OUTPUT] = tally.text
+        answer = core.Answer(200, JSON, b"", cold, route.copies[0]) if route.copies else None
+        finish_request(route, answer, started, "v2", 200, tally.figures())
+        headers = [
+            (b"x-tenantml-model-version", str(route.version_number).encode()),
+            (b"x-tenantml-cold-start", b"true" if cold else b"false"),
+        ]
+        await send_answer(send, 200, json_body(_public_event(route, last)), JSON, headers)
+        return
+    tally = Tally(started=started)
+    generation = await core.open_generation(route, body)
+    status = 200
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal status
+        try:
+            async for event in generation.events():
+                if "error" in event:
+                    status = 502
+                tally.add(event)
+                yield server_sent_event(_public_event(route, event))
+        except ProxyError as error:
+            status = error.status
+            yield server_sent_event({"error": error.message})
+
+    try:
+        await _stream_answer(
+            request,
+            send,
+            content_type=EVENT_STREAM,
+            headers=answer_headers(route, generation),
+            chunks=chunks(),
+        )
+    finally:
+        generation.close()
+    finish_request(route, _answer(generation), started, "v2", status, tally.figures())
+
+
+# --- SageMaker runtime ---------------------------------------------------------------------------
+
+
+def _sagemaker_prompt(spec: GenerationSpec, body: bytes) -> bytes:
+    """``{"inputs": "<prompt>" | ["<prompt>"], "parameters": {...}}`` as Triton's request."""
+    try:
+        payload = json.loads(body or b"{}")
+    except (ValueError, RecursionError) as exc:
+        raise ProxyError(400, f"The body is not JSON: {exc}", code="invalid", field="Body") from exc
+    if not isinstance(payload, dict) or "inputs" not in payload:
+        raise ProxyError(400, "inputs: this field is required.", code="invalid", field="inputs")
+    unknown = sorted(set(payload) - {"inputs", "parameters", "stream"})
+    if unknown:
+        name = unknown[0][:40]
+        raise ProxyError(
+            400, f"{name}: not a field of a generation request.", code="invalid", field=name
+        )
+    inputs = payload["inputs"]
+    if isinstance(inputs, list):
+        if len(inputs) != 1:
+            raise ProxyError(
+                400,
+                "inputs: a streamed answer is for one prompt.",
+                code="invalid",
+                field="inputs",
+            )
+        prompt = check_prompt(inputs[0], where="inputs[0]")
+    else:
+        prompt = check_prompt(inputs, where="inputs")
+    return triton_body(prompt, triton_parameters(spec, payload.get("parameters")))
+
+
+def _json_line(data: dict) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+async def sagemaker_invoke_stream(request: Request, send, endpoint: str) -> None:
+    """``InvokeEndpointWithResponseStream`` for a generating model: an AWS event stream of
+    ``PayloadPart`` events, each one JSON line (``{"token": {"text"}}``, then ``{"details":
+    {...}}``), or a ``ModelStreamError`` event when the model fails after the answer began."""
+    started = time.perf_counter()
+    route = generation = None
+    try:
+        if request.method != "POST":
+            raise ProxyError(405, "Use POST.", code="method_not_allowed")
+        body = await request.body()
+        route = await sagemaker_route(request, endpoint, body, streaming=True)
+        core.check_rate_limit(route)
+        spec = _spec(route)
+        triton_request = _sagemaker_prompt(spec, body)
+        generation = await core.open_generation(route, triton_request)
+    except ProxyError as error:
+        finish_request(route, None, started, "sagemaker", error.status)
+        await send_sagemaker_error(send, error)
+        return
+    tally = Tally(started=started)
+    status = 200
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal status
+        try:
+            async for event in generation.events():
+                _raise_model_error(route, event)
+                text = tally.add(event)
+                if text:
+                    yield payload_part(_json_line({"token": {"text": text}}))
+            yield payload_part(_json_line({"details": tally.summary(route.version_number)}))
+        except ProxyError as error:
+            status = error.status
+            yield model_stream_error(error.message, error_code="StreamBroken")
+
+    headers = [
+        (b"x-amzn-invoked-production-variant", b"AllTraffic"),
+        (b"x-amzn-sagemaker-content-type", JSON_LINES.encode()),
+        *answer_headers(route, generation),
+    ]
+    try:
+        await _stream_answer(
+            request, send, content_type=AWS_EVENT_STREAM, headers=headers, chunks=chunks()
+        )
+    finally:
+        generation.close()
+    finish_request(route, _answer(generation), started, "sagemaker", status, tally.figures())
