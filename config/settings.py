@@ -389,6 +389,24 @@ TENANTML_SAGEMAKER_SCALE_FROM_ZERO_WAIT_S = env.float(
 )
 # The hourly warm-up skips models invoked within this many seconds (they are warm already).
 TENANTML_WARMUP_SKIP_RECENT_S = env.int("WARMUP_SKIP_RECENT_S", default=1800)
+# What the hourly warm-up pass does (deployments.placement.warmup_plan): "predictive" loads the
+# models likely to be called in the coming hour, from their usage by hour of the week, and
+# leaves the unlikely ones to go cold; "hourly-skip-recent" warms every placed model not used
+# within WARMUP_SKIP_RECENT_S, "hourly-all" every placed model.
+TENANTML_WARMUP_POLICY = env.str("WARMUP_POLICY", default="predictive")
+if TENANTML_WARMUP_POLICY not in ("predictive", "hourly-skip-recent", "hourly-all"):
+    raise parse.ConfigurationError(
+        "WARMUP_POLICY must be predictive, hourly-skip-recent or hourly-all, not "
+        f"{TENANTML_WARMUP_POLICY!r}."
+    )
+# A predictive pass loads a cold model when its chance of a request in the coming hour is at
+# least this (bench/warmup.py compares 0.3, 0.5 and 0.7).
+TENANTML_WARMUP_MIN_PROBABILITY = env.float("WARMUP_MIN_PROBABILITY", default=0.5)
+if not 0 < TENANTML_WARMUP_MIN_PROBABILITY <= 1:
+    raise parse.ConfigurationError(
+        f"WARMUP_MIN_PROBABILITY must be above 0 and at most 1, not "
+        f"{TENANTML_WARMUP_MIN_PROBABILITY}."
+    )
 # The reconciler reloads an unpinned model after an instance restart if it was invoked within
 # this many seconds ("hot").
 TENANTML_HOT_MODEL_WINDOW_S = env.int("HOT_MODEL_WINDOW_S", default=3600)

@@ -8,9 +8,10 @@ tenant's own figures read its ``VersionUsageMinute`` rows, which are few.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.db.models import Sum
+from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from deployments.models import Endpoint, EndpointUsageMinute, FleetUsageMinute, VersionUsageMinute
@@ -122,3 +123,19 @@ def fleet_trends(*, caller: Caller, hours: int = 6, bucket_minutes: int = 5, now
         (s, (c / n) if n else None) for s, c, n in zip(starts, cost, sampled, strict=True)
     ]
     return trends
+
+
+def active_hours_by_version(*, since: datetime) -> dict[int, set[int]]:
+    """For each version with traffic since ``since``, the UTC hours (numbered from the epoch) in
+    which it served at least one request, on any endpoint: one grouped query."""
+    rows = (
+        VersionUsageMinute.objects.filter(minute__gte=since, invocations__gt=0)
+        .annotate(hour=TruncHour("minute", tzinfo=UTC))
+        .values_list("version_id", "hour")
+        .distinct()
+        .order_by()
+    )
+    hours: dict[int, set[int]] = {}
+    for version_id, hour in rows:
+        hours.setdefault(version_id, set()).add(int(hour.timestamp() // 3600))
+    return hours

@@ -1,6 +1,18 @@
 """Warm-ups: send placed models their kind's warm-up request so none answers a tenant cold.
 
-The hourly job (django-celery-beat, editable in the admin) is smarter than calling everything:
+The hourly job (django-celery-beat, editable in the admin) runs one of three policies
+(``WARMUP_POLICY``, see ``deployments.placement.warmup_plan``). The default, ``predictive``,
+reads each live model's usage by hour over the last weeks (one grouped query), forecasts the
+chance that it is called in the coming hour (``deployments.placement.forecast``: its hour of
+the week, its hour of the day, and whether it is busy now), and on each instance loads the cold
+models likely to be called, the most likely first, into free memory or in place of loaded models
+less likely to be called (never one more likely, never a pinned one); loaded models get no
+request and unlikely ones are left to go cold. On an endpoint whose instances the platform does
+not see (SageMaker chooses), the likely models not used recently get their warm-up request.
+``bench/warmup.py`` replays two weeks of a synthetic fleet through it against the hourly ones.
+
+The hourly policies (``hourly-skip-recent``, and ``hourly-all``, which skips nothing) are
+smarter than calling everything too:
 
 - a model invoked within ``WARMUP_SKIP_RECENT_S`` is skipped: real traffic keeps it warm;
 - a loaded model gets the warm-up request (keeps it recently used, measures its latency);
@@ -40,7 +52,15 @@ from deployments.backends import backend_for
 from deployments.backends.base import NetworkCalls, PreparedProbe
 from deployments.models import Deployment, Instance, Placement
 from deployments.passes import WARM_UP, recorded_pass
+from deployments.placement.forecast import ForecastSettings, hour_of, next_hour_probability
 from deployments.placement.rows import expected_memory_mb, memory_of
+from deployments.placement.warmup_plan import (
+    HOURLY_ALL,
+    PREDICTIVE,
+    WarmupCandidate,
+    plan_warmups,
+)
+from deployments.selectors.traffic import active_hours_by_version
 from models_registry.models import ModelVersion, TenantModel
 
 ACTOR = "warm-up"
@@ -55,7 +75,12 @@ class WarmupReport:
     cold_starts: int = 0
     skipped_recent: int = 0
     skipped_no_room: int = 0
+    # Predictive: models left cold as unlikely to be called, and loaded ones unloaded to make
+    # room for likelier ones.
+    skipped_unlikely: int = 0
+    unloaded: int = 0
     failed: int = 0
+    policy: str = ""
     seconds: float = 0.0
     usd: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
@@ -90,7 +115,10 @@ class WarmupReport:
             "cold_starts": self.cold_starts,
             "skipped_recent": self.skipped_recent,
             "skipped_no_room": self.skipped_no_room,
+            "skipped_unlikely": self.skipped_unlikely,
+            "unloaded": self.unloaded,
             "failed": self.failed,
+            "policy": self.policy,
             "seconds": round(self.seconds, 3),
             "usd": round(self.usd, 9),
             "p50_ms": round(latencies[len(latencies) // 2], 2) if latencies else None,
@@ -98,9 +126,12 @@ class WarmupReport:
         }
 
 
-def warm_up_fleet(*, skip_recent_s: int | None = None, now=None) -> WarmupReport:
-    """Warm every placed model of the fleet that needs it; see the module docstring."""
-    report = WarmupReport()
+def warm_up_fleet(
+    *, skip_recent_s: int | None = None, now=None, policy: str | None = None
+) -> WarmupReport:
+    """Warm every placed model of the fleet that needs it under ``policy`` (``WARMUP_POLICY``
+    by default); see the module docstring."""
+    report = WarmupReport(policy=policy or settings.TENANTML_WARMUP_POLICY)
     with recorded_pass(WARM_UP) as record:
         try:
             _warm_up(report=report, skip_recent_s=skip_recent_s, now=now or timezone.now())
@@ -113,9 +144,8 @@ def warm_up_fleet(*, skip_recent_s: int | None = None, now=None) -> WarmupReport
 
 
 def _warm_up(*, report: WarmupReport, skip_recent_s: int | None, now) -> None:
-    skip_recent_s = (
-        settings.TENANTML_WARMUP_SKIP_RECENT_S if skip_recent_s is None else skip_recent_s
-    )
+    if skip_recent_s is None:
+        skip_recent_s = 0 if report.policy == HOURLY_ALL else settings.TENANTML_WARMUP_SKIP_RECENT_S
     recent = now - timedelta(seconds=skip_recent_s)
     live_versions = set(
         Deployment.objects.exclude(live_version__isnull=True).values_list(
@@ -127,10 +157,36 @@ def _warm_up(*, report: WarmupReport, skip_recent_s: int | None, now) -> None:
         .select_related("version__model__tenant", "instance", "endpoint__instance_type")
         .order_by("instance_id", "-desired_state", "id")
     )
-    resident_mb: dict[int, float] | None = None
-    used_by_instance: dict[int | None, float] = {}
     # The requests to send, one list per instance (per endpoint where the backend picks it).
     ready: dict[tuple[str, int], list[tuple[Placement, PreparedProbe]]] = {}
+    if report.policy == PREDICTIVE:
+        _predict_and_prepare(
+            list(placements), report=report, ready=ready, live_versions=live_versions,
+            recent=recent, now=now,
+        )  # fmt: skip
+    else:
+        _prepare_hourly(
+            placements, report=report, ready=ready, live_versions=live_versions, recent=recent
+        )
+    _send_and_record(ready, report=report)
+    record_event(
+        kind="warmup.completed",
+        actor=ACTOR,
+        message=(
+            f"Warm-up ({report.policy}): {report.warmed} models warmed ({report.cold_starts} "
+            f"were cold), {report.skipped_recent} skipped as recently used, "
+            f"{report.skipped_unlikely} left cold as unlikely to be called, "
+            f"{report.skipped_no_room} left cold for lack of room, {report.unloaded} unloaded "
+            f"for likelier ones, {report.failed} failed; it took {report.seconds:.2f} s of "
+            f"instance time, about ${report.usd:.2g}."
+        ),
+        data=report.as_dict(),
+    )
+
+
+def _prepare_hourly(placements, *, report: WarmupReport, ready: dict, live_versions, recent):
+    resident_mb: dict[int, float] | None = None
+    used_by_instance: dict[int | None, float] = {}
     for placement in placements:
         report.considered += 1
         if placement.last_invoked_at and placement.last_invoked_at >= recent:
@@ -160,24 +216,104 @@ def _warm_up(*, report: WarmupReport, skip_recent_s: int | None, now) -> None:
             used_by_instance[placement.instance_id] = used_by_instance.get(
                 placement.instance_id, 0.0
             ) + memory_of(placement)
-        key = (
-            ("instance", placement.instance_id)
-            if placement.instance_id is not None
-            else ("endpoint", placement.endpoint_id)
+        ready.setdefault(_ready_key(placement), []).append((placement, prepared))
+
+
+def _ready_key(placement: Placement) -> tuple[str, int]:
+    if placement.instance_id is not None:
+        return ("instance", placement.instance_id)
+    return ("endpoint", placement.endpoint_id)
+
+
+# How far back a predictive pass reads usage: the forecast's own lookback.
+FORECAST = ForecastSettings()
+
+
+def _predict_and_prepare(
+    placements: list[Placement], *, report: WarmupReport, ready: dict, live_versions, recent, now
+) -> None:
+    """The predictive pass: forecast every placed model's next hour, then plan each instance."""
+    since = now - timedelta(weeks=FORECAST.lookback_weeks)
+    active = active_hours_by_version(since=since)
+    hour = hour_of(now.timestamp())
+    by_instance: dict[int, list[Placement]] = {}
+    unseen: list[Placement] = []  # on endpoints whose instances the platform does not see
+    probability: dict[int, float] = {}
+    for placement in placements:
+        report.considered += 1
+        probability[placement.pk] = next_hour_probability(
+            active.get(placement.version_id, set()),
+            hour=hour + 1,
+            observed_since=max(
+                hour_of(since.timestamp()), hour_of(placement.created_at.timestamp())
+            ),
+            current_hour_active=hour in active.get(placement.version_id, set()),
+            settings=FORECAST,
         )
-        ready.setdefault(key, []).append((placement, prepared))
-    _send_and_record(ready, report=report)
-    record_event(
-        kind="warmup.completed",
-        actor=ACTOR,
-        message=(
-            f"Warm-up: {report.warmed} models warmed ({report.cold_starts} were cold), "
-            f"{report.skipped_recent} skipped as recently used, {report.skipped_no_room} left "
-            f"cold for lack of room, {report.failed} failed; it took {report.seconds:.2f} s of "
-            f"instance time, about ${report.usd:.2g}."
-        ),
-        data=report.as_dict(),
-    )
+        if placement.instance_id is None:
+            unseen.append(placement)
+        else:
+            by_instance.setdefault(placement.instance_id, []).append(placement)
+    minimum = settings.TENANTML_WARMUP_MIN_PROBABILITY
+    chosen: list[Placement] = []
+    for placement in unseen:
+        recently = placement.last_invoked_at and placement.last_invoked_at >= recent
+        if recently:
+            report.skipped_recent += 1
+        elif probability[placement.pk] < minimum:
+            report.skipped_unlikely += 1
+        else:
+            chosen.append(placement)
+    resident = resident_mb_by_instance() if by_instance else {}
+    for instance_id, group in by_instance.items():
+        instance = group[0].instance
+        by_key = {str(p.pk): p for p in group}
+        decision = plan_warmups(
+            policy=PREDICTIVE,
+            candidates=[
+                WarmupCandidate(
+                    key=str(p.pk),
+                    memory_mb=memory_of(p),
+                    loaded=p.actual_state == Placement.ActualState.LOADED,
+                    wanted=(p.is_pinned or p.version_id in live_versions)
+                    and p.actual_state != Placement.ActualState.FAILED,
+                    pinned=p.is_pinned,
+                    recently_used=bool(p.last_invoked_at and p.last_invoked_at >= recent),
+                    probability=probability[p.pk],
+                )
+                for p in group
+            ],
+            budget_mb=instance.memory_budget_mb,
+            resident_mb=resident.get(instance_id, 0.0),
+            min_probability=minimum,
+        )
+        report.skipped_no_room += len(decision.no_room)
+        report.skipped_unlikely += len(decision.skipped)
+        for key in decision.evict:
+            victim = by_key[key]
+            try:
+                backend_for(victim.endpoint).unload(
+                    placement=victim,
+                    actor=ACTOR,
+                    reason=(
+                        f"unlikely to be called in the coming hour "
+                        f"({probability[victim.pk]:.0%}), for a likelier model"
+                    ),
+                )
+            except DomainError as exc:
+                report.record_failure(victim, exc)
+                continue
+            report.unloaded += 1
+        chosen.extend(by_key[key] for key in decision.load)
+    for placement in chosen:
+        try:
+            prepared = backend_for(placement.endpoint).prepare_probe(
+                placement=placement, actor=ACTOR
+            )
+        except DomainError as exc:
+            report.record_failure(placement, exc)
+            continue
+        ready.setdefault(_ready_key(placement), []).append((placement, prepared))
 
 
 def _send_and_record(

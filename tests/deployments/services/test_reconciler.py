@@ -184,7 +184,7 @@ def test_warm_up_skips_recent_models_warms_the_rest_and_reports_its_cost(intent_
     assert client.post(busy_url, {"inputs": TICKET}, format="json").status_code == 200
     usage.flush_usage()
 
-    report = warmups.warm_up_fleet(skip_recent_s=600)
+    report = warmups.warm_up_fleet(skip_recent_s=600, policy="hourly-skip-recent")
 
     assert report.skipped_recent == 1 and report.warmed == 1 and report.failed == 0
     assert report.seconds > 0 and report.usd > 0
@@ -203,11 +203,11 @@ def test_warm_up_reloads_a_live_model_only_when_it_fits_without_evicting(intent_
     instance = placement.instance
     Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=1)
 
-    tight = warmups.warm_up_fleet(skip_recent_s=0)
+    tight = warmups.warm_up_fleet(skip_recent_s=0, policy="hourly-skip-recent")
 
     assert tight.skipped_no_room == 1 and tight.warmed == 0
     Instance.objects.filter(pk=instance.pk).update(memory_budget_mb=4000)
-    roomy = warmups.warm_up_fleet(skip_recent_s=0)
+    roomy = warmups.warm_up_fleet(skip_recent_s=0, policy="hourly-skip-recent")
     assert roomy.warmed == 1 and roomy.cold_starts == 1
     placement.refresh_from_db()
     assert placement.actual_state == Placement.ActualState.LOADED

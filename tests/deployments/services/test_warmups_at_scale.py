@@ -1,19 +1,26 @@
 """The warm-up over many instances: choosing what to warm reads the same queries whatever the
-fleet's size, the warm-up requests go out at once (one at a time per instance, within
-``WARMUP_CONCURRENCY``) to instances answered by the Triton stand-in, and every pass — a failed one
-too — is recorded as the warm-up job's last pass."""
+fleet's size (under each policy), the warm-up requests go out at once (one at a time per
+instance, within ``WARMUP_CONCURRENCY``) to instances answered by the Triton stand-in, and every
+pass — a failed one too — is recorded as the warm-up job's last pass."""
 
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from deployments.models import BackgroundPass, Placement
+from deployments.backends.base import PreparedProbe
+from deployments.models import (
+    BackgroundPass,
+    Deployment,
+    Event,
+    Placement,
+    VersionUsageMinute,
+)
 from deployments.passes import WARM_UP
 from deployments.placement.rows import memory_of
 from deployments.services import warmups
@@ -29,6 +36,12 @@ from tests.factories import (
 pytestmark = pytest.mark.django_db
 
 LONG_AGO = timedelta(hours=3)
+
+
+@pytest.fixture(autouse=True)
+def hourly_policy(settings):
+    # These tests are about the hourly policy's passes; the predictive ones say so.
+    settings.TENANTML_WARMUP_POLICY = "hourly-skip-recent"
 
 
 def crowded_instances(count: int, *, first_port: int) -> None:
@@ -165,3 +178,107 @@ def test_resident_memory_is_counted_per_instance_as_each_copy_is():
     assert used[instance.pk] == pytest.approx(sum(memory_of(p) for p in resident))
     assert used[instance.pk] == pytest.approx(100.0 + 111.0 + 140.0)
     assert used[other.pk] == pytest.approx(7.0)
+
+
+# --- The predictive policy -------------------------------------------------------------------
+
+
+class RecordingBackend:
+    """Stands for the serving backend: records what the pass asks of it."""
+
+    def __init__(self) -> None:
+        self.loaded: list[int] = []
+        self.unloaded: list[int] = []
+
+    def prepare_probe(self, *, placement, actor):
+        self.loaded.append(placement.pk)
+        return PreparedProbe(cold_start=True, prepare_ms=5.0, send=lambda: 2.0)
+
+    def record_probe(self, *, placement, latency_ms):
+        pass
+
+    def unload(self, *, placement, actor, reason):
+        assert "unlikely to be called" in reason
+        self.unloaded.append(placement.pk)
+
+
+def live_placement(instance, **kw) -> Placement:
+    placement = PlacementFactory(instance=instance, **kw)
+    Deployment.objects.create(
+        model=placement.version.model, live_version=placement.version, status="live"
+    )
+    return placement
+
+
+def busy_at(placement: Placement, hours: list[datetime]) -> None:
+    tenant = placement.version.model.tenant
+    for hour in hours:
+        VersionUsageMinute.objects.create(
+            version=placement.version,
+            endpoint=placement.endpoint,
+            tenant=tenant,
+            minute=hour + timedelta(minutes=12),
+            invocations=3,
+        )
+
+
+def test_a_predictive_pass_loads_the_models_due_in_the_coming_hour_in_place_of_idle_ones(
+    monkeypatch,
+):
+    now = datetime(2026, 11, 23, 8, 50, tzinfo=UTC)  # a Monday, 08:50 UTC
+    instance = InstanceFactory(port=47000, memory_budget_mb=250)  # room for two of 111 MB
+    created = now - timedelta(weeks=4)
+    due = live_placement(instance, actual_state=Placement.ActualState.EVICTED)
+    quiet = live_placement(instance, actual_state=Placement.ActualState.EVICTED)
+    idle = live_placement(instance)  # loaded, but busy only on Sunday nights
+    steady = live_placement(instance)  # loaded and busy at 09:00 too: stays
+    Placement.objects.filter(pk__in=[due.pk, quiet.pk, idle.pk, steady.pk]).update(
+        created_at=created
+    )
+    mondays_at_nine = [
+        now.replace(minute=0) + timedelta(hours=1) - timedelta(weeks=w) for w in (1, 2, 3)
+    ]
+    busy_at(due, mondays_at_nine)
+    busy_at(steady, mondays_at_nine)
+    busy_at(idle, [now.replace(hour=23, minute=0) - timedelta(days=1 + 7 * w) for w in (0, 1, 2)])
+    backend = RecordingBackend()
+    monkeypatch.setattr(warmups, "backend_for", lambda endpoint: backend)
+
+    report = warmups.warm_up_fleet(now=now, policy="predictive")
+
+    assert backend.loaded == [due.pk]
+    assert backend.unloaded == [idle.pk]
+    assert report.warmed == 1 and report.cold_starts == 1 and report.unloaded == 1
+    assert report.skipped_unlikely == 1  # "quiet": no history, left cold
+    event = Event.objects.filter(kind="warmup.completed").latest("id")
+    assert event.data["policy"] == "predictive" and event.data["unloaded"] == 1
+
+
+def test_a_predictive_pass_sends_nothing_to_loaded_models_and_nothing_for_unlikely_ones(
+    monkeypatch,
+):
+    instance = InstanceFactory(port=47100, memory_budget_mb=4000)
+    live_placement(instance)
+    live_placement(instance, actual_state=Placement.ActualState.EVICTED)
+    backend = RecordingBackend()
+    monkeypatch.setattr(warmups, "backend_for", lambda endpoint: backend)
+
+    report = warmups.warm_up_fleet(policy="predictive")
+
+    assert backend.loaded == [] and backend.unloaded == []
+    assert report.warmed == 0 and report.skipped_unlikely == 1 and report.considered == 2
+
+
+def test_a_predictive_pass_reads_as_many_queries_for_a_fleet_six_times_larger(settings):
+    settings.TENANTML_WARMUP_POLICY = "predictive"
+    crowded_instances(2, first_port=48000)
+    small, report = pass_queries()
+    assert report.considered == 6 and report.warmed == 0
+
+    crowded_instances(10, first_port=48100)
+    large, report = pass_queries()
+
+    # The busy models stay (used just now), so the pinned ones still find no room.
+    assert report.considered == 36 and report.failed == 0 and report.unloaded == 0
+    assert report.skipped_no_room == 12
+    assert large == small

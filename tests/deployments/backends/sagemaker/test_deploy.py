@@ -157,7 +157,7 @@ def test_the_hourly_warm_up_calls_sagemaker_copies_through_the_runtime(
         last_invoked_at=timezone.now() - timedelta(hours=2), last_warmed_at=None
     )
 
-    report = warmups.warm_up_fleet(skip_recent_s=600)
+    report = warmups.warm_up_fleet(skip_recent_s=600, policy="hourly-skip-recent")
 
     assert report.warmed == 1 and report.failed == 0 and report.usd > 0
     placement.refresh_from_db()
