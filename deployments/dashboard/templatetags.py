@@ -40,3 +40,11 @@ def ms(value: float | None) -> str:
     if value is None or value == "":
         return "—"
     return f"{float(value):,.0f} ms"
+
+
+@register.filter
+def tokens_per_s(value: float | None) -> str:
+    """Generation speed: 45.61 → "45.6 tokens/s"; None → "—"."""
+    if value is None or value == "":
+        return "—"
+    return f"{float(value):,.1f} tokens/s"

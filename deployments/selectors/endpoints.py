@@ -38,6 +38,7 @@ from deployments.selectors.fleet import (
     host_budget_mb,
     memory_is_measured,
 )
+from deployments.selectors.generation import generation_by_version, kind_generates
 from deployments.selectors.traffic import TRAFFIC_WINDOW_MINUTES, traffic_summary
 from models_registry.models import ModelVersion
 from tenants.access import Caller
@@ -249,12 +250,16 @@ def endpoint_detail(
         .annotate(invocations=Sum("invocations"), cold_starts=Sum("cold_starts"))
         .values_list("version_id", "invocations", "cold_starts")
     }
+    generating = {p.version_id for p in page.object_list if kind_generates(p.version.model.kind)}
+    generation = generation_by_version(version_ids=generating, since=since, endpoint=endpoint)
     page.object_list = [
         {
             "placement": p,
             "memory_mb": held_memory_mb(p),
             "invocations": traffic.get(p.version_id, (0, 0))[0],
             "cold_starts": traffic.get(p.version_id, (0, 0))[1],
+            "generates": p.version_id in generating,
+            "generation": generation.get(p.version_id),
         }
         for p in page.object_list
     ]
@@ -268,4 +273,6 @@ def endpoint_detail(
         "search": search,
         "segments_per_instance": SEGMENTS_PER_INSTANCE,
         "traffic": traffic_summary(caller=platform, since=since, endpoint=endpoint),
+        # Generation figures get a column only where a model on the page generates text.
+        "generating": bool(generating),
     }
