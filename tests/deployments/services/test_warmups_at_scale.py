@@ -197,6 +197,9 @@ class RecordingBackend:
     def record_probe(self, *, placement, latency_ms):
         pass
 
+    def has_room_for(self, *, placement, used_mb):
+        return used_mb + memory_of(placement) <= placement.instance.memory_budget_mb
+
     def unload(self, *, placement, actor, reason):
         assert "unlikely to be called" in reason
         self.unloaded.append(placement.pk)
@@ -282,3 +285,27 @@ def test_a_predictive_pass_reads_as_many_queries_for_a_fleet_six_times_larger(se
     assert report.considered == 36 and report.failed == 0 and report.unloaded == 0
     assert report.skipped_no_room == 12
     assert large == small
+
+
+def test_the_scheduled_warm_up_runs_the_configured_policy(settings, monkeypatch):
+    from django_celery_beat.models import PeriodicTask
+
+    from config.celery import app
+    from deployments import tasks  # noqa: F401  (registers the tasks, as a worker does)
+    from deployments.services.fleet import sync_periodic_tasks
+
+    sync_periodic_tasks()
+    scheduled = PeriodicTask.objects.get(task="deployments.tasks.warm_up_fleet")
+    assert scheduled.enabled and scheduled.interval.every == 3600
+    instance = InstanceFactory(port=47200, memory_budget_mb=4000)
+    live_placement(instance, actual_state=Placement.ActualState.EVICTED)
+    backend = RecordingBackend()
+    monkeypatch.setattr(warmups, "backend_for", lambda endpoint: backend)
+
+    settings.TENANTML_WARMUP_POLICY = "predictive"
+    predictive = app.tasks[scheduled.task].apply().get()
+    settings.TENANTML_WARMUP_POLICY = "hourly-skip-recent"
+    hourly = app.tasks[scheduled.task].apply().get()
+
+    assert predictive["policy"] == "predictive" and predictive["skipped_unlikely"] == 1
+    assert hourly["policy"] == "hourly-skip-recent" and hourly["warmed"] == 1
