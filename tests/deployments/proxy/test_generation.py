@@ -266,13 +266,12 @@ def test_a_model_error_after_the_stream_began_is_an_error_event(proxy_url, tmp_p
     assert "the decoder broke" in events[-1][1]["message"]
 
 
-def test_boto3_response_stream_carries_the_answer_in_payload_parts(proxy_url, tmp_path):
+def sagemaker_runtime(proxy_url: str, tenant):
     import boto3
     from botocore.config import Config
 
-    model, _ = deploy_generator(tmp_path)
-    issued = issue_token(tenant=model.tenant, name="aws-sdk", actor="test")
-    client = boto3.client(
+    issued = issue_token(tenant=tenant, name="aws-sdk", actor="test")
+    return boto3.client(
         "sagemaker-runtime",
         endpoint_url=proxy_url,
         region_name="us-east-1",
@@ -280,6 +279,11 @@ def test_boto3_response_stream_carries_the_answer_in_payload_parts(proxy_url, tm
         aws_secret_access_key=issued.secret_access_key,
         config=Config(retries={"total_max_attempts": 1}),
     )
+
+
+def test_boto3_response_stream_carries_the_answer_in_payload_parts(proxy_url, tmp_path):
+    model, _ = deploy_generator(tmp_path)
+    client = sagemaker_runtime(proxy_url, model.tenant)
 
     # The streaming call has no TargetModel: the model is an inference component of the tenant.
     response = client.invoke_endpoint_with_response_stream(
@@ -451,3 +455,78 @@ def test_a_kind_that_does_not_generate_refuses_stream(proxy_url, intent_artifact
     assert streamed.status_code == 400 and streamed.json()["error"]["field"] == "stream"
     assert v2.status_code == 400 and v2.json()["error"].startswith("stream:")
     assert whole.status_code == 200
+
+
+def test_generation_routes_check_the_caller_and_the_rate_like_every_route(
+    proxy_url, tmp_path, settings
+):
+    _, token = deploy_generator(tmp_path, slug="acme")
+    _, other = deploy_generator(tmp_path, slug="globex")
+    body = {"inputs": ["x"], "parameters": {"max_new_tokens": 1}, "stream": True}
+    url = f"{proxy_url}/v2/models/acme.replies/generate_stream"
+
+    nobody = httpx.post(invoke_url(proxy_url), json=body, timeout=60)
+    theirs = httpx.post(
+        invoke_url(proxy_url), json=body, headers={"Authorization": f"Bearer {other}"}
+    )
+    v2_theirs = httpx.post(
+        url, json={"text_input": "x"}, headers={"Authorization": f"Bearer {other}"}
+    )
+    assert nobody.status_code == 401
+    assert theirs.status_code == 404 and v2_theirs.status_code == 404
+
+    settings.TENANTML_PROXY_RATE_LIMIT_RPS = 0.01  # one token per 100 s: no refill mid-test
+    settings.TENANTML_PROXY_RATE_LIMIT_BURST = 1
+    core.reset_rate_limits()
+    headers = {"Authorization": f"Bearer {token}"}
+    first = httpx.post(invoke_url(proxy_url), json=body, headers=headers, timeout=60)
+    second = httpx.post(url, json={"text_input": "x"}, headers=headers, timeout=60)
+    assert first.status_code == 200
+    assert second.status_code == 429 and int(second.headers["Retry-After"]) >= 1
+
+
+def test_the_rest_api_answers_a_generating_model_whole(tmp_path, api_client):
+    model, token = deploy_generator(tmp_path)
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+
+    response = api_client.post(
+        "/api/v1/tenants/acme/models/replies/invoke", {"inputs": ["r"]}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    # The model's own default length: eight pieces.
+    assert response.json()["outputs"] == [
+        {"text": "".join(f" r-{i}" for i in range(8)), "finish_reason": "length", "tokens": 8}
+    ]
+
+
+def test_a_model_error_mid_stream_reaches_boto3_and_v2_callers_as_the_streams_error(
+    proxy_url, tmp_path
+):
+    from botocore.exceptions import EventStreamError
+
+    model, token = deploy_generator(tmp_path)
+    client = sagemaker_runtime(proxy_url, model.tenant)
+
+    response = client.invoke_endpoint_with_response_stream(
+        EndpointName="acme.replies",
+        ContentType="application/json",
+        Body=json.dumps({"inputs": "fail", "parameters": {"max_new_tokens": 5}}),
+    )
+    received = []
+    with pytest.raises(EventStreamError) as broken:
+        for event in response["Body"]:
+            received.append(event["PayloadPart"]["Bytes"])
+    v2 = httpx.post(
+        f"{proxy_url}/v2/models/acme.replies/generate_stream",
+        json={"text_input": "fail", "parameters": {"max_new_tokens": 5}},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+
+    assert [json.loads(part) for part in received] == [{"token": {"text": " fail-0"}}]
+    assert broken.value.response["Error"]["Code"] == "ModelStreamError"
+    assert "the decoder broke" in broken.value.response["Error"]["Message"]
+    events = [data for _, data in server_sent_events(v2.text.split("\n"))]
+    assert events[0]["text_output"] == " fail-0"
+    assert "the decoder broke" in events[-1]["error"]
