@@ -600,7 +600,8 @@ def finish_request(
     generated: GenerationFigures | None = None,
 ) -> None:
     seconds = time.perf_counter() - started
-    if route is not None and status not in (401, 403, 404, 413, 429):
+    # 499: the caller left before its answer (a generating model's whole answer, abandoned).
+    if route is not None and status not in (401, 403, 404, 413, 429, 499):
         core.record(route, answer, started=started, error=status != 200, generated=generated)
     live = route is not None and route.deployed
     METRICS.observe(

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
 
 from deployments.proxy import core
 from deployments.proxy.app import (
@@ -50,9 +53,15 @@ from deployments.proxy.generation import (
     triton_parameters,
 )
 from deployments.proxy.routing import Route
+from deployments.usage import GenerationFigures
 from models_registry.kinds import GENERATE_TEXT_INPUT, GENERATE_TEXT_OUTPUT, GenerationSpec
 
 JSON_LINES = "application/jsonlines"
+# The status a request the caller abandoned before its answer is counted under (nginx's "client
+# closed request"): in the metrics, never as the model's error.
+CALLER_LEFT = 499
+
+T = TypeVar("T")
 
 
 def native_stream_asked(payload: dict, headers: dict[str, str]) -> bool:
@@ -131,10 +140,18 @@ async def _stream_answer(
     return pumping.done() and not pumping.cancelled() and pumping.exception() is None
 
 
-async def _generate_whole(route: Route, body: bytes) -> tuple[Tally, list[dict], bool]:
-    """Run one generation request to its end: what it produced, its events and whether the
-    model had to be loaded for it."""
-    tally = Tally()
+@dataclass
+class _Whole:
+    """One prompt's answer run to its end: what it produced and the answer it stands for."""
+
+    tally: Tally
+    events: list[dict]
+    answer: core.Answer
+
+
+async def _generate_whole(route: Route, body: bytes, *, started: float) -> _Whole:
+    """Run one generation request to its end (timed from ``started``)."""
+    tally = Tally(started=started)
     events = []
     generation = await core.open_generation(route, body)
     try:
@@ -144,7 +161,31 @@ async def _generate_whole(route: Route, body: bytes) -> tuple[Tally, list[dict],
             events.append(event)
     finally:
         generation.close()
-    return tally, events, generation.cold_start
+    return _Whole(tally=tally, events=events, answer=_answer(generation))
+
+
+class CallerLeft(Exception):
+    """The caller went away before its whole answer was ready."""
+
+
+async def _unless_caller_leaves(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result; if the caller goes away first, ``work`` is cancelled (closing its
+    requests upstream, which stops the model) and CallerLeft is raised."""
+    working = asyncio.ensure_future(work)
+    watching = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({working, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (working, watching):
+            if not task.done():
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+    if working.cancelled():
+        with contextlib.suppress(asyncio.CancelledError):
+            await working
+        raise CallerLeft
+    return working.result()
 
 
 def _raise_model_error(route: Route, event: dict) -> None:
@@ -183,7 +224,7 @@ async def native_generation(
             field="inputs",
         )
     if not streaming:
-        await _native_whole(send, route, prompts, parameters, started)
+        await _native_whole(request, send, route, prompts, parameters, started)
         return
     tally = Tally(started=started)
     generation = await core.open_generation(route, triton_body(prompts[0], parameters))
@@ -217,33 +258,43 @@ async def native_generation(
 
 
 async def _native_whole(
-    send, route: Route, prompts: list[str], parameters: dict, started: float
+    request: Request, send, route: Route, prompts: list[str], parameters: dict, started: float
 ) -> None:
-    outputs, cold_start = [], False
-    first_token_ms = None
-    tokens, generation_ms = 0, 0.0
-    for prompt in prompts:
-        tally, _, cold = await _generate_whole(route, triton_body(prompt, parameters))
-        cold_start = cold_start or cold
-        outputs.append(
-            {"text": tally.text, "finish_reason": tally.finished_because, "tokens": tally.tokens}
-        )
-        figures = tally.figures()
-        if figures is not None:
-            if first_token_ms is None:
-                first_token_ms = (tally.first_token_at - started) * 1000
-            tokens += figures.tokens
-            generation_ms += figures.generation_ms
-    copy = route.copies[0] if route.copies else None
-    answer = core.Answer(200, JSON, b"", cold_start, copy) if copy is not None else None
-    generated = None
-    if first_token_ms is not None:
-        from deployments.usage import GenerationFigures
+    async def answer_all() -> list[_Whole]:
+        answers = []
+        for index, prompt in enumerate(prompts):
+            # The first answer is timed from the request's arrival (its time to first token).
+            begun = started if index == 0 else time.perf_counter()
+            answers.append(
+                await _generate_whole(route, triton_body(prompt, parameters), started=begun)
+            )
+        return answers
 
+    try:
+        answers = await _unless_caller_leaves(request, answer_all())
+    except CallerLeft:
+        finish_request(route, None, started, "native", CALLER_LEFT)
+        return
+    figures = [whole.tally.figures() for whole in answers]
+    produced = [f for f in figures if f is not None]
+    generated = None
+    if figures[0] is not None:
         generated = GenerationFigures(
-            time_to_first_token_ms=first_token_ms, tokens=tokens, generation_ms=generation_ms
+            time_to_first_token_ms=figures[0].time_to_first_token_ms,
+            tokens=sum(f.tokens for f in produced),
+            generation_ms=sum(f.generation_ms for f in produced),
         )
+    cold_start = any(whole.answer.cold_start for whole in answers)
+    answer = dataclasses.replace(answers[0].answer, cold_start=cold_start)
     finish_request(route, answer, started, "native", 200, generated)
+    outputs = [
+        {
+            "text": whole.tally.text,
+            "finish_reason": whole.tally.finished_because,
+            "tokens": whole.tally.tokens,
+        }
+        for whole in answers
+    ]
     await send_answer(
         send,
         200,
@@ -307,15 +358,17 @@ async def v2_generation(
     core.check_rate_limit(route)
     body = _v2_request(spec, await request.body())
     if not streaming:
-        tally, events, cold = await _generate_whole(route, body)
-        last = dict(events[-1]) if events else {}
-        last[GENERATE_TEXT_OUTPUT] = tally.text
-        answer = core.Answer(200, JSON, b"", cold, route.copies[0]) if route.copies else None
-        finish_request(route, answer, started, "v2", 200, tally.figures())
-        headers = [
-            (b"x-tenantml-model-version", str(route.version_number).encode()),
-            (b"x-tenantml-cold-start", b"true" if cold else b"false"),
-        ]
+        try:
+            whole = await _unless_caller_leaves(
+                request, _generate_whole(route, body, started=started)
+            )
+        except CallerLeft:
+            finish_request(route, None, started, "v2", CALLER_LEFT)
+            return
+        last = dict(whole.events[-1]) if whole.events else {}
+        last[GENERATE_TEXT_OUTPUT] = whole.tally.text
+        finish_request(route, whole.answer, started, "v2", 200, whole.tally.figures())
+        headers = answer_headers(route, whole.answer)
         await send_answer(send, 200, json_body(_public_event(route, last)), JSON, headers)
         return
     tally = Tally(started=started)

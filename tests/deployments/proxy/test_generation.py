@@ -341,6 +341,25 @@ def test_a_caller_closing_the_stream_stops_the_model_upstream(proxy_url, tmp_pat
     wait_until(lambda: gates.in_flight(name) == 0, 10, "the stream never left the model's gate")
 
 
+def test_a_caller_leaving_before_its_whole_answer_stops_the_model_too(proxy_url, tmp_path):
+    model, token = deploy_generator(tmp_path)
+
+    with pytest.raises(httpx.ReadTimeout):  # the caller gives up, closing its connection
+        httpx.post(
+            invoke_url(proxy_url),
+            json={"inputs": ["gone"], "parameters": {"max_new_tokens": 60}},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(10, read=0.5),
+        )
+
+    wait_until(lambda: not core._OUTSTANDING, 10, "the proxy still counts the request in flight")
+    time.sleep(1.0)
+    stopped_at = produced(model, "gone")
+    time.sleep(0.5)
+    assert produced(model, "gone") == stopped_at, "the model kept generating"
+    assert stopped_at < 20, f"the model made {stopped_at} of 60 pieces after the caller left"
+
+
 def _address(model) -> tuple[str, int]:
     instance = Placement.objects.get(version=model.active_version).instance
     return instance.host, instance.port
