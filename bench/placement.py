@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import print_table, write_results  # noqa: E402
 from deployments.catalog import INSTANCE_CATALOG  # noqa: E402
+from deployments.placement.bounds import plan_lower_bound  # noqa: E402
+from deployments.placement.packing import martello_toth_l2  # noqa: E402
 from deployments.placement.solver import (  # noqa: E402
     InstanceSpec,
     ModelSpec,
@@ -122,6 +124,7 @@ def solve_fleet(size: int, seed: int, policy: PlacementPolicy) -> tuple[dict, li
     solve(models=[*models, extra], instance_types=CATALOG, policy=policy, existing=plan)
     incremental = time.perf_counter() - started
     bound = lower_bound_usd_per_hour(models, CATALOG, policy)
+    plan_bound = plan_lower_bound(models=models, instance_types=CATALOG, policy=policy)
     # A few LLMs round up to a whole p4d; the small models show how tight the packing is.
     small = [m for m in models if m.kind != "llm"]
     small_bound = lower_bound_usd_per_hour(small, CATALOG, policy)
@@ -143,6 +146,13 @@ def solve_fleet(size: int, seed: int, policy: PlacementPolicy) -> tuple[dict, li
         "lower_bound_usd_per_hour": round(bound, 3),
         "ratio_to_lower_bound": round(plan.usd_per_hour / bound, 4),
         "ratio_to_lower_bound_without_llms": round(small_cost / small_bound, 4),
+        # Per endpoint, as solve lays the fleet out (one type per kind), packing weights.
+        "plan_lower_bound_usd_per_hour": round(plan_bound.usd_per_hour, 3),
+        "ratio_to_plan_lower_bound": round(plan.usd_per_hour / plan_bound.usd_per_hour, 4),
+        # The dimensions apart (memory, requests, cap): what a vector packing could reach.
+        "vector_lower_bound_usd_per_hour": round(plan_bound.vector_usd_per_hour, 3),
+        "ratio_to_vector_lower_bound": round(plan.usd_per_hour / plan_bound.vector_usd_per_hour, 4),
+        "add_one_ms": round(incremental * 1000, 1),
         "dedicated_usd_per_hour": round(plan.dedicated_usd_per_hour, 3),
         "savings": round(plan.savings, 4),
     }
@@ -152,12 +162,83 @@ def solve_fleet(size: int, seed: int, policy: PlacementPolicy) -> tuple[dict, li
         incremental,
         instances,
         plan.usd_per_hour,
-        plan.usd_per_hour / bound,
+        plan.usd_per_hour / plan_bound.usd_per_hour,
+        plan.usd_per_hour / plan_bound.vector_usd_per_hour,
         small_cost / small_bound,
         plan.dedicated_usd_per_hour,
         plan.savings,
     ]
     return row, table_row
+
+
+# One bin of 1,000 MB (or 150 MB) per instance, memory alone: the textbook families.
+BIN_POLICY = PlacementPolicy(
+    target_utilization=1.0,
+    max_models_per_instance=10**6,
+    size_ratio_limit=10**6,
+    requests_per_hour_per_instance=None,
+)
+TRIPLET_SIZES = (60, 120, 249, 501, 1002, 10_002)
+UNIFORM_SIZES = (120, 250, 500, 1000, 10_000)
+
+
+def triplets(count: int, seed: int) -> list[int]:
+    """Falkenauer's triplets: every bin of the optimum holds three items filling it exactly."""
+    rng = random.Random(seed)
+    sizes = []
+    for _ in range(count // 3):
+        first = rng.randint(380, 490)
+        second = rng.randint(250, 1000 - first - 250)
+        sizes += [first, second, 1000 - first - second]
+    rng.shuffle(sizes)
+    return sizes
+
+
+def pack_family(sizes: list[float], capacity: int) -> tuple[int, float]:
+    """Instances the solver opens for ``sizes`` on bins of ``capacity``, and the seconds."""
+    bin_type = InstanceSpec(f"bench.bin-{capacity}", 0, 0, capacity, 1, 1.0)
+    models = [ModelSpec(f"m{i:06d}", "family", float(s)) for i, s in enumerate(sizes)]
+    started = time.perf_counter()
+    plan = solve(models=models, instance_types=[bin_type], policy=BIN_POLICY)
+    return len(plan.endpoints[0].instances), time.perf_counter() - started
+
+
+def families(seeds: int) -> dict:
+    """Triplets (optimum known: a third of the items) and Falkenauer's uniform class (items of
+    20–100 in bins of 150; against the Martello–Toth bound), ``seeds`` instances per size."""
+    rows = {"triplets": [], "uniform": []}
+    for count in TRIPLET_SIZES:
+        for seed in range(1 if count > 5000 else seeds):
+            sizes = triplets(count, seed)
+            instances, seconds = pack_family(sizes, 1000)
+            optimum = count // 3
+            rows["triplets"].append(
+                {
+                    "items": count,
+                    "seed": seed,
+                    "optimum": optimum,
+                    "instances": instances,
+                    "ratio_to_optimum": round(instances / optimum, 4),
+                    "solve_s": round(seconds, 3),
+                }
+            )
+    for count in UNIFORM_SIZES:
+        for seed in range(1 if count > 5000 else seeds):
+            rng = random.Random(seed)
+            sizes = [rng.randint(20, 100) for _ in range(count)]
+            instances, seconds = pack_family(sizes, 150)
+            bound = martello_toth_l2(sizes, 150)
+            rows["uniform"].append(
+                {
+                    "items": count,
+                    "seed": seed,
+                    "lower_bound": bound,
+                    "instances": instances,
+                    "ratio_to_lower_bound": round(instances / bound, 4),
+                    "solve_s": round(seconds, 3),
+                }
+            )
+    return rows
 
 
 def homogeneous_ratio(policy: PlacementPolicy) -> dict:
@@ -261,8 +342,9 @@ def salesforce(policy: PlacementPolicy, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--sizes", default="100,1000,10000,100000")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--family-seeds", type=int, default=3)
     args = parser.parse_args()
     policy = PlacementPolicy()
     rows, results = [], []
@@ -278,12 +360,42 @@ def main() -> None:
             "add one s",
             "instances",
             "USD/h",
-            "to bound",
-            "to bound, no LLMs",
+            "to plan bound",
+            "to vector bound",
+            "to old bound, no LLMs",
             "dedicated USD/h",
             "savings",
         ],
         rows,
+    )
+    family_rows = families(args.family_seeds)
+    print_table(
+        "textbook families (one 1,000 or 150 MB bin per instance)",
+        ["family", "items", "seed", "instances", "optimum or bound", "ratio", "solve s"],
+        [
+            [
+                "triplets",
+                r["items"],
+                r["seed"],
+                r["instances"],
+                r["optimum"],
+                r["ratio_to_optimum"],
+                r["solve_s"],
+            ]
+            for r in family_rows["triplets"]
+        ]
+        + [
+            [
+                "uniform",
+                r["items"],
+                r["seed"],
+                r["instances"],
+                r["lower_bound"],
+                r["ratio_to_lower_bound"],
+                r["solve_s"],
+            ]
+            for r in family_rows["uniform"]
+        ],
     )
     homogeneous = homogeneous_ratio(policy)
     cases = {
@@ -314,9 +426,25 @@ def main() -> None:
     # write_results records the database engine from Django settings; no database is opened.
     os.environ.setdefault("TENANTML_VAR_DIR", tempfile.mkdtemp(prefix="tenantml-bench-"))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    mixed_up_to_10k = [r["ratio_to_plan_lower_bound"] for r in results if r["models"] <= 10_000]
+    largest = max(results, key=lambda r: r["models"]) if results else {}
     write_results(
         "placement",
         {
+            "known_optimum_worst_ratio": max(
+                r["ratio_to_optimum"] for r in family_rows["triplets"]
+            ),
+            "mixed_worst_ratio_to_lower_bound_10k": max(mixed_up_to_10k, default=None),
+            "mixed_ratio_to_lower_bound_100k": by_size.get(100_000, {}).get(
+                "ratio_to_plan_lower_bound"
+            ),
+            # Adding one model to the largest fleet measured, incremental (nothing moves).
+            "add_one_ms": largest.get("add_one_ms"),
+            "add_one_fleet_models": largest.get("models"),
+            "uniform_worst_ratio_to_lower_bound": max(
+                r["ratio_to_lower_bound"] for r in family_rows["uniform"]
+            ),
+            "families": family_rows,
             "solve_seconds_100k": by_size.get(100_000, {}).get("solve_s"),
             "cost_ratio_to_lower_bound": homogeneous["ratio"],
             "forethought_models_per_instance": cases["forethought"]["models_per_instance"],

@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import random
 from collections.abc import Sequence
 
 from sortedcontainers import SortedList
@@ -37,6 +38,9 @@ EXACT_SEARCH_MAX_ITEMS_PER_BIN = 6
 # Above this many items the exhaustive search is not tried (the local search is).
 EXACT_SEARCH_MAX_ITEMS = 1500
 EXACT_SEARCH_NODES = 100_000
+# Repacking a few bins at a time: rounds, and search steps each.
+RECREATE_ROUNDS = 300
+RECREATE_NODES = 3_000
 MINIMUM_SLACK_NODES_PER_BIN = 200
 # Local search steps: item comparisons, about a microsecond each.
 LOCAL_SEARCH_STEPS = 400_000
@@ -152,9 +156,62 @@ def improve(
         found = bin_completion(weights, owners, capacity, cap, bins=lower, nodes=exact_nodes)
         if found is not None:
             best = found
+    if len(best) > lower and len(weights) <= EXACT_SEARCH_MAX_ITEMS_PER_BIN * lower:
+        best = ruin_and_recreate(weights, owners, capacity, cap, best, lower)
     if len(best) > lower:
         best = LocalSearch(weights, owners, capacity, cap).run(best, lower, local_steps)
     return best if len(best) < upper else None
+
+
+def ruin_and_recreate(
+    weights: Sequence[float],
+    owners: Sequence[int],
+    capacity: float,
+    cap: int,
+    bins: list[list[int]],
+    lower: int,
+    *,
+    rounds: int = RECREATE_ROUNDS,
+    nodes: int = RECREATE_NODES,
+) -> list[list[int]]:
+    """Take out the emptiest bins (at least a bin's worth of free room between them) and a
+    few others drawn by a fixed seed, and repack their items into one bin fewer with the
+    bin-completion search; keep every success. Few items per bin only (the search's cost)."""
+    tolerance = capacity * RELATIVE_TOLERANCE
+    rng = random.Random(0)
+    current = [list(b) for b in bins]
+    for _ in range(rounds):
+        if len(current) <= lower:
+            break
+        rooms = [capacity - sum(weights[i] for i in b) for b in current]
+        if sum(rooms) < capacity - tolerance:
+            break  # no bin's worth of room anywhere: nothing to gain
+        by_room = sorted(range(len(current)), key=lambda b: (-rooms[b], b))
+        taken: list[int] = []
+        room = 0.0
+        for index in by_room:
+            if room >= capacity - tolerance and rng.random() < 0.5:
+                break
+            taken.append(index)
+            room += rooms[index]
+        others = [b for b in range(len(current)) if b not in set(taken)]
+        for _ in range(rng.randint(1, 6)):
+            if others:
+                taken.append(others.pop(rng.randrange(len(others))))
+        pool = sorted((i for b in taken for i in current[b]), key=lambda i: (-weights[i], i))
+        repacked = bin_completion(
+            [weights[i] for i in pool],
+            [owners[i] for i in pool],
+            capacity,
+            cap,
+            bins=len(taken) - 1,
+            nodes=nodes,
+        )
+        if repacked is None:
+            continue
+        kept = [current[b] for b in range(len(current)) if b not in set(taken)]
+        current = kept + [[pool[j] for j in b] for b in repacked]
+    return current
 
 
 def minimum_bin_slack(
@@ -241,6 +298,7 @@ def bin_completion(
     *,
     bins: int,
     nodes: int,
+    restarts: int = 1,
 ) -> list[list[int]] | None:
     """``bins`` bins that hold every item, or None (none exist, or not found in ``nodes``)."""
     tolerance = capacity * RELATIVE_TOLERANCE
@@ -291,7 +349,9 @@ def bin_completion(
                 found.append((room, list(current)))
 
         extend(first + 1, room, slots)
-        found.sort(key=lambda pair: pair[0])
+        # Fullest first; among equally full sets the restart's own order (restarts leave a
+        # subtree where the first choices were unlucky, as randomized backtracking does).
+        found.sort(key=lambda pair: (pair[0], tiebreak.get(tuple(pair[1]), 0.0)))
         return [items for _, items in found]
 
     def search(waste_left: float, bins_left: int, discrepancies: int) -> bool:
@@ -321,9 +381,28 @@ def bin_completion(
         used[first] = False
         return False
 
-    if search(waste_budget, bins, count):
-        return [list(b) for b in chosen]
+    for restart in range(restarts):
+        rng = random.Random(restart)
+        tiebreak = _SeededOrder(rng)
+        budget[0] = nodes // restarts
+        used[:] = [False] * count
+        chosen.clear()
+        if search(waste_budget, bins, count):
+            return [list(b) for b in chosen]
     return None
+
+
+class _SeededOrder(dict):
+    """A fixed pseudo-random rank per completion, drawn when first asked for."""
+
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__()
+        self.rng = rng
+
+    def get(self, key, default=None):
+        if key not in self:
+            self[key] = self.rng.random()
+        return self[key]
 
 
 class LocalSearch:
