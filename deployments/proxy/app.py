@@ -5,7 +5,8 @@ the request against the model kind's tensors and the platform's input limit (400
 field, never echoing it) and the size limit (413), forwards the body to the loaded copy — in
 parts of the model's batch size when larger (``batching``) — and translates the answer back,
 with the model's public name and version. Errors are answered in the protocol's own error
-format, with Retry-After on 429 and 503, and never as a 500.
+format, with Retry-After on 429 and 503, and never as a 500. What the handlers share is in
+``answers``; models of a kind that generates text are answered by ``generation_routes``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
 from django.conf import settings
@@ -24,6 +24,19 @@ from django.conf import settings
 from config.errors import DomainError
 from deployments.backends.base import in_thread
 from deployments.proxy import core
+from deployments.proxy.answers import (
+    JSON,
+    Request,
+    answer_headers,
+    authorize_bearer,
+    finish_request,
+    json_body,
+    native_error,
+    sagemaker_route,
+    send_answer,
+    send_sagemaker_error,
+    validate_native_inputs,
+)
 from deployments.proxy.batching import (
     TensorFramingError,
     merge_tensor_answers,
@@ -31,15 +44,19 @@ from deployments.proxy.batching import (
     split_tensor_request,
     too_many_inputs,
 )
-from deployments.proxy.core import Principal, ProxyError
+from deployments.proxy.core import ProxyError
+from deployments.proxy.generation_routes import (
+    native_generation,
+    native_stream_asked,
+    sagemaker_invoke_stream,
+    v2_generation,
+)
 from deployments.proxy.invalidation import SUBSCRIBER
-from deployments.proxy.metrics import METRICS, exposition
+from deployments.proxy.metrics import exposition
 from deployments.proxy.routing import Route
-from deployments.usage import GenerationFigures
 
 logger = logging.getLogger(__name__)
 
-JSON = "application/json"
 SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json;json-header-size="
 HEADER_LENGTH = "inference-header-content-length"
 DEFAULT_INPUTS = [{"name": "TEXT", "datatype": "BYTES", "shape": [-1, 1]}]
@@ -56,79 +73,7 @@ SAGEMAKER_INVOKE = re.compile(
 )
 
 
-class Request:
-    """What a handler needs from the ASGI scope, with the body read under the size limit."""
-
-    def __init__(self, scope: dict, receive: Callable[[], Awaitable[dict]]) -> None:
-        self.scope = scope
-        self.receive = receive
-        self.method: str = scope["method"]
-        self.path: str = scope["path"]
-        self.raw_path: str = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-        self.query_string: str = scope.get("query_string", b"").decode("latin-1")
-        self.headers: dict[str, str] = {
-            name.decode("latin-1").lower(): value.decode("latin-1")
-            for name, value in scope.get("headers", [])
-        }
-
-    async def body(self) -> bytes:
-        limit = settings.TENANTML_PROXY_MAX_BODY_BYTES
-        declared = self.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise _too_large(int(declared), limit)
-        chunks, size = [], 0
-        while True:
-            message = await self.receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(size, limit)
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
-
-
-def _too_large(size: int, limit: int) -> ProxyError:
-    return ProxyError(
-        413,
-        f"The request body is {size:,} bytes; the limit is {limit:,} (PROXY_MAX_BODY_BYTES). "
-        "Send fewer inputs per request.",
-        code="payload_too_large",
-    )
-
-
-async def send_answer(
-    send, status: int, body: bytes, content_type: str, headers: list[tuple[bytes, bytes]] = ()
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type.encode("latin-1")),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def json_body(data: object) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()
-
-
 # --- Validation against the kind's tensors -------------------------------------------------
-
-
-def validate_native_inputs(route: Route, inputs: object) -> None:
-    """The native ``inputs`` against the kind's JSON schema; 400 naming the first bad item."""
-    from deployments.proxy.invoke import validate_inputs
-
-    try:
-        validate_inputs(kind_name=route.kind, inputs=inputs)
-    except DomainError as exc:
-        raise ProxyError.from_domain(exc) from exc
 
 
 def _max_batch(route: Route) -> int:
@@ -327,10 +272,6 @@ def _joined(answers: list[core.Answer]) -> core.Answer:
 # --- Handlers --------------------------------------------------------------------------------
 
 
-async def authorize_bearer(request: Request) -> Principal:
-    return await core.bearer_principal(request.headers.get("authorization", ""))
-
-
 async def native_invoke(request: Request, send, tenant: str, model: str) -> None:
     started = time.perf_counter()
     route = answer = None
@@ -350,13 +291,9 @@ async def native_invoke(request: Request, send, tenant: str, model: str) -> None
         from models_registry.kinds import get_kind
 
         kind = get_kind(route.kind)
-        from deployments.proxy import generation_routes
-
-        streaming = generation_routes.native_stream_asked(payload, request.headers)
+        streaming = native_stream_asked(payload, request.headers)
         if kind.generation is not None:
-            await generation_routes.native_generation(
-                request, send, route, payload, streaming, started
-            )
+            await native_generation(request, send, route, payload, streaming, started)
             return
         if streaming:
             raise ProxyError(
@@ -397,13 +334,6 @@ async def native_invoke(request: Request, send, tenant: str, model: str) -> None
     )
 
 
-def native_error(error: ProxyError) -> dict:
-    body = {"code": error.code, "message": error.message}
-    if error.field:
-        body["field"] = error.field
-    return {"error": body}
-
-
 def _split_v2_name(name: str) -> tuple[str, str]:
     tenant, dot, model = unquote(name).partition(".")
     if not dot or not tenant or not model:
@@ -429,8 +359,6 @@ async def v2_model(request: Request, send, name: str, version: str | None, actio
             await send_answer(send, 200 if route.copies else 400, b"", "text/plain")
             return
         if action in ("/generate", "/generate_stream"):
-            from deployments.proxy.generation_routes import v2_generation
-
             await v2_generation(request, send, route, action == "/generate_stream", started)
             return
         if action != "/infer":
@@ -466,13 +394,6 @@ def _metadata(route: Route) -> dict:
         "inputs": route.signature.get("inputs") or DEFAULT_INPUTS,
         "outputs": route.signature.get("outputs") or [],
     }
-
-
-def answer_headers(route: Route, answer) -> list[tuple[bytes, bytes]]:
-    return [
-        (b"x-tenantml-model-version", str(route.version_number).encode()),
-        (b"x-tenantml-cold-start", b"true" if answer.cold_start else b"false"),
-    ]
 
 
 async def sagemaker_invoke(request: Request, send, endpoint: str) -> None:
@@ -512,106 +433,6 @@ async def sagemaker_invoke(request: Request, send, endpoint: str) -> None:
     ]
     answer_type = JSON if answer_length is None else f"{SAGEMAKER_BINARY}{answer_length}"
     await send_answer(send, 200, data, answer_type, headers)
-
-
-async def sagemaker_route(
-    request: Request, endpoint: str, body: bytes, *, streaming: bool = False
-) -> Route:
-    """The caller (SigV4, as AWS SDKs sign, or a bearer token) and the route of its target."""
-    if "authorization" in request.headers and request.headers["authorization"].startswith("AWS4-"):
-        principal = await core.sigv4_principal(
-            method=request.method,
-            path=request.raw_path,
-            query_string=request.query_string,
-            headers=request.headers,
-            body=body,
-        )
-    else:
-        principal = await authorize_bearer(request)
-    tenant, model = _sagemaker_target(endpoint, request.headers, streaming=streaming)
-    return await core.route_for(principal, tenant, model)
-
-
-async def send_sagemaker_error(send, error: ProxyError) -> None:
-    code = _SAGEMAKER_CODES.get(error.status, "ModelError")
-    if error.status in (401, 403) and error.code not in ("error", "unauthorized"):
-        code = error.code
-    headers = [(b"x-amzn-errortype", code.encode()), *error.headers()]
-    body = json_body({"message": error.message, "__type": code})
-    await send_answer(send, error.status, body, JSON, headers)
-
-
-_SAGEMAKER_CODES = {
-    400: "ValidationError",
-    401: "UnrecognizedClientException",
-    403: "AccessDeniedException",
-    404: "ResourceNotFound",
-    405: "ValidationError",
-    409: "ValidationError",
-    413: "ValidationError",
-    429: "ThrottlingException",
-    502: "ModelError",
-    503: "ServiceUnavailable",
-}
-
-
-def _sagemaker_target(
-    endpoint: str, headers: dict[str, str], *, streaming: bool = False
-) -> tuple[str, str]:
-    """``/endpoints/<tenant>`` with TargetModel ``<model>``, or TargetModel ``<tenant>/<model>``
-    (or ``<tenant>.<model>``) on any endpoint name.
-
-    ``InvokeEndpointWithResponseStream`` has no TargetModel: there the model is named as an
-    inference component (InferenceComponentName, by the same rules), or by the endpoint name
-    ``<tenant>.<model>``.
-    """
-    header = (
-        "x-amzn-sagemaker-inference-component" if streaming else "x-amzn-sagemaker-target-model"
-    )
-    target = unquote(headers.get(header, "")).removesuffix(".tar.gz")
-    if not target and streaming:
-        tenant, found, model = unquote(endpoint).partition(".")
-        if found and tenant and model:
-            return tenant, model
-    if not target:
-        name = "InferenceComponentName" if streaming else "TargetModel"
-        raise ProxyError(
-            400,
-            f"{name} is required: the model's name ({header}), or an endpoint named "
-            "<tenant>.<model>."
-            if streaming
-            else "X-Amzn-SageMaker-Target-Model is required: the model's name (TargetModel).",
-            code="invalid",
-            field=name,
-        )
-    for separator in ("/", "."):
-        tenant, found, model = target.partition(separator)
-        if found and tenant and model:
-            return tenant, model
-    return unquote(endpoint), target
-
-
-def finish_request(
-    route: Route | None,
-    answer,
-    started: float,
-    protocol: str,
-    status: int,
-    generated: GenerationFigures | None = None,
-) -> None:
-    seconds = time.perf_counter() - started
-    # 499: the caller left before its answer (a generating model's whole answer, abandoned).
-    if route is not None and status not in (401, 403, 404, 413, 429, 499):
-        core.record(route, answer, started=started, error=status != 200, generated=generated)
-    live = route is not None and route.deployed
-    METRICS.observe(
-        model=route.public_name if live else "",
-        model_version=str(route.version_number) if live else "",
-        protocol=protocol,
-        status=status,
-        seconds=seconds,
-        cold_start=bool(answer and answer.cold_start),
-    )
 
 
 async def metrics(request: Request, send) -> None:
@@ -699,8 +520,6 @@ class ProxyApplication:
             if match and match["action"] == "invocations":
                 return lambda r, s: sagemaker_invoke(r, s, match["endpoint"])
             if match:
-                from deployments.proxy.generation_routes import sagemaker_invoke_stream
-
                 return lambda r, s: sagemaker_invoke_stream(r, s, match["endpoint"])
             return None
         if path == "/metrics":

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from deployments.proxy import core
-from deployments.proxy.app import (
+from deployments.proxy.answers import (
     JSON,
     Request,
     answer_headers,
