@@ -48,6 +48,7 @@ from deployments.proxy.core import ProxyError
 from deployments.proxy.generation_routes import (
     native_generation,
     native_stream_asked,
+    refuse_tensors_for_generation,
     sagemaker_invoke_stream,
     v2_generation,
 )
@@ -366,6 +367,7 @@ async def v2_model(request: Request, send, name: str, version: str | None, actio
             return
         if request.method != "POST":
             raise ProxyError(405, "Use POST.", code="method_not_allowed")
+        refuse_tensors_for_generation(route, f"/v2/models/{route.public_name}/generate_stream")
         core.check_rate_limit(route)
         body = await request.body()
         header, length = _split_binary(body, request.headers.get(HEADER_LENGTH))
@@ -404,17 +406,10 @@ async def sagemaker_invoke(request: Request, send, endpoint: str) -> None:
             raise ProxyError(405, "Use POST.", code="method_not_allowed")
         body = await request.body()
         route = await sagemaker_route(request, endpoint, body)
+        refuse_tensors_for_generation(
+            route, "InvokeEndpointWithResponseStream (/invocations-response-stream)"
+        )
         core.check_rate_limit(route)
-        from models_registry.kinds import get_kind
-
-        if get_kind(route.kind).generation is not None:
-            raise ProxyError(
-                400,
-                f"{route.public_name} generates text: call InvokeEndpointWithResponseStream "
-                "(/invocations-response-stream) for it.",
-                code="invalid",
-                field="Body",
-            )
         content_type = request.headers.get("content-type", JSON)
         declared = None
         if content_type.startswith(SAGEMAKER_BINARY.split(";")[0]):

@@ -88,6 +88,20 @@ def _spec(route: Route) -> GenerationSpec:
     return spec
 
 
+def refuse_tensors_for_generation(route: Route, instead: str) -> None:
+    """400 for a tensor request (v2 ``infer``, SageMaker ``invocations``) to a model that
+    generates text, naming the call that answers it (Triton would refuse it less clearly)."""
+    from models_registry.kinds import get_kind
+
+    if get_kind(route.kind).generation is not None:
+        raise ProxyError(
+            400,
+            f"inputs: {route.public_name} generates text; send its requests to {instead}.",
+            code="invalid",
+            field="inputs",
+        )
+
+
 async def _disconnected(request: Request) -> None:
     """Return once the caller has gone away (or the answer is complete)."""
     while True:

@@ -434,6 +434,13 @@ def test_v2_generate_checks_its_body_too(proxy_url, tmp_path):
     bounds = httpx.post(url, json={"text_input": "x", "parameters": {"top_p": 2}}, headers=headers)
     extra = httpx.post(url, json={"text_input": "x", "image": "..."}, headers=headers)
 
+    infer = httpx.post(
+        f"{proxy_url}/v2/models/acme.replies/infer",
+        json={"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["x"]}]},
+        headers=headers,
+    )
+
+    assert infer.status_code == 400 and "generate_stream" in infer.json()["error"]
     assert missing.status_code == 400 and "text_input" in missing.json()["error"]
     assert bounds.status_code == 400 and "parameters.top_p" in bounds.json()["error"]
     assert extra.status_code == 400 and "image" in extra.json()["error"]
