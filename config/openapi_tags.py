@@ -48,5 +48,10 @@ API_TAGS = [
         "description": "Memory utilisation, traffic and cost of the serving fleet "
         "(a tenant token: its own share).",
     },
+    {
+        "name": "Webhooks",
+        "description": "Signed HTTPS callbacks when training, promotions and deployments "
+        "finish: register endpoints, rotate their secrets, follow and redeliver deliveries.",
+    },
     {"name": "Instances", "description": "Operators' actions on serving instances."},
 ]

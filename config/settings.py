@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_celery_beat",
     "tenants",
+    "webhooks",
     "models_registry",
     "deployments",
 ]
@@ -233,7 +234,42 @@ TENANTML_PERIODIC_TASKS = [
         "every_seconds": 60,
         "expire_seconds": 50,
     },
+    {
+        "name": "Sweep webhook deliveries",
+        "task": "webhooks.tasks.sweep_webhook_deliveries",
+        "every_seconds": 60,
+        "expire_seconds": 50,
+    },
 ]
+
+# --- Webhooks (docs/webhooks.md) ---
+# A delivery is attempted at most WEBHOOK_MAX_ATTEMPTS times, and never later than
+# WEBHOOK_RETRY_WINDOW_S after its event (or its redelivery); the wait before attempt n is
+# WEBHOOK_RETRY_BASE_S x 2^(n-2), at most WEBHOOK_RETRY_MAX_DELAY_S, of which a random 50-100 %.
+TENANTML_WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=10)
+TENANTML_WEBHOOK_RETRY_WINDOW_S = env.float("WEBHOOK_RETRY_WINDOW_S", default=86400.0)
+TENANTML_WEBHOOK_RETRY_BASE_S = env.float("WEBHOOK_RETRY_BASE_S", default=30.0)
+TENANTML_WEBHOOK_RETRY_MAX_DELAY_S = env.float("WEBHOOK_RETRY_MAX_DELAY_S", default=3600.0)
+# Seconds one POST may take before it counts as unanswered.
+TENANTML_WEBHOOK_TIMEOUT_S = env.float("WEBHOOK_TIMEOUT_S", default=10.0)
+# A delivery due this long that no worker took (its message lost with a worker) is queued again
+# by the sweep.
+TENANTML_WEBHOOK_SWEEP_GRACE_S = env.float("WEBHOOK_SWEEP_GRACE_S", default=60.0)
+# Plain http:// webhooks to localhost / 127.0.0.1 (development and tests); https:// otherwise.
+TENANTML_WEBHOOK_ALLOW_HTTP_LOCALHOST = env.bool("WEBHOOK_ALLOW_HTTP_LOCALHOST", default=False)
+if TENANTML_WEBHOOK_MAX_ATTEMPTS < 1:
+    raise parse.ConfigurationError(
+        f"WEBHOOK_MAX_ATTEMPTS must be at least 1, not {TENANTML_WEBHOOK_MAX_ATTEMPTS}."
+    )
+for _name, _seconds in {
+    "WEBHOOK_RETRY_WINDOW_S": TENANTML_WEBHOOK_RETRY_WINDOW_S,
+    "WEBHOOK_RETRY_BASE_S": TENANTML_WEBHOOK_RETRY_BASE_S,
+    "WEBHOOK_RETRY_MAX_DELAY_S": TENANTML_WEBHOOK_RETRY_MAX_DELAY_S,
+    "WEBHOOK_TIMEOUT_S": TENANTML_WEBHOOK_TIMEOUT_S,
+    "WEBHOOK_SWEEP_GRACE_S": TENANTML_WEBHOOK_SWEEP_GRACE_S,
+}.items():
+    if not _seconds > 0:
+        raise parse.ConfigurationError(f"{_name} must be more than 0 seconds, not {_seconds}.")
 
 # --- Datasets ---
 # What an upload with the same text under two labels gets (after case and whitespace folding):

@@ -25,6 +25,7 @@ urlpatterns = [
     # Tenant-scoped registry routes and the top-level /api/v1/training-jobs/{id}/ ones.
     path("api/v1/", include("models_registry.api.urls")),
     path("api/v1/", include("deployments.api.urls")),
+    path("api/v1/", include("webhooks.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", health.healthz, name="healthz"),

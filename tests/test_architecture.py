@@ -12,7 +12,7 @@ from pathlib import Path
 import grimp
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("config", "tenants", "models_registry", "deployments")
+PACKAGES = ("config", "tenants", "webhooks", "models_registry", "deployments")
 # Where naming a backend is the point: the backends themselves, the data model and its history.
 BACKEND_HOMES = (
     "deployments/backends/",

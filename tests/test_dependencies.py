@@ -15,7 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-PRODUCT_PACKAGES = ("config", "tenants", "models_registry", "deployments")
+PRODUCT_PACKAGES = ("config", "tenants", "webhooks", "models_registry", "deployments")
 # Heavy packages only training (torch and what the base encoder pulls in) or serving (Triton's
 # server) needs.
 TRAINING_AND_SERVING_MODULES = (

@@ -44,12 +44,20 @@ from tests.factories import (
     TenantModelFactory,
     TrainingJobFactory,
 )
+from webhooks.models import Webhook, WebhookDelivery
+from webhooks.services import create_webhook, new_event_id
 
 pytestmark = [pytest.mark.django_db, pytest.mark.timeout(600)]
 
 EXAMPLES_PER_OPERATION = 15
 # Rows of the world the fuzzer's path parameters name, at ids no other row of a test takes.
-IDS = {"job_id": 900_001, "token_id": 900_002, "instance_id": 900_003}
+IDS = {
+    "job_id": 900_001,
+    "token_id": 900_002,
+    "instance_id": 900_003,
+    "webhook_id": 900_004,
+    "delivery_id": 900_005,
+}
 DATASET = "tickets.csv"
 VALID_DATASET_FILE = to_csv(generate_tickets("banking", rows=60, seed=1))
 
@@ -76,6 +84,12 @@ def map_case(context, case):
         case.body["expires_at"] = (timezone.now() + timedelta(days=30)).isoformat()
     elif operation == "uploadDataset" and "file" in case.body:
         case.body["file"] = VALID_DATASET_FILE
+    elif operation in ("createWebhook", "updateWebhook"):
+        # A webhook posts to an https:// URL, and a tenant token registers its own tenant's.
+        if "url" in case.body:
+            case.body["url"] = "https://hooks.example.com/tenantml"
+        if "tenant" in case.body:
+            case.body["tenant"] = "acme"
     return case
 
 
@@ -108,6 +122,19 @@ def authorization(request, db, wsgi_in_test_transaction, settings):
     spare = issue_token(name="spare", tenant=tenant, actor="test").token
     ApiToken.objects.filter(pk=spare.pk).update(id=IDS["token_id"])
     InstanceFactory(id=IDS["instance_id"])
+    webhook, _ = create_webhook(
+        tenant=tenant, url="https://hooks.example.com/acme", event_types=["training."], actor="t"
+    )
+    Webhook.objects.filter(pk=webhook.pk).update(id=IDS["webhook_id"])
+    WebhookDelivery.objects.create(
+        id=IDS["delivery_id"],
+        webhook_id=IDS["webhook_id"],
+        event_id=new_event_id(),
+        event_type="training.succeeded",
+        body="{}",
+        status=WebhookDelivery.Status.SUCCEEDED,
+        retry_window_started_at=timezone.now(),
+    )
     owner = tenant if request.param == "tenant" else None
     secret = issue_token(name=f"fuzz-{request.param}", tenant=owner, actor="test").secret
     yield {"Authorization": f"Bearer {secret}"}

@@ -1,0 +1,1 @@
+"""The webhooks REST API: register endpoints, rotate secrets, follow and redeliver."""
