@@ -121,3 +121,29 @@ class WebhookDeliveryAdmin(ViewOnlyAdmin):
             self.message_user(
                 request, f"{busy} still being attempted; left as they are.", messages.WARNING
             )
+
+
+@admin.register(WebhookAttempt)
+class WebhookAttemptAdmin(ViewOnlyAdmin):
+    list_display = (
+        "delivery",
+        "number",
+        "started_at",
+        "duration_ms",
+        "status_code",
+        "succeeded",
+        "error",
+    )
+    list_filter = ("succeeded",)
+    list_select_related = ("delivery",)
+    search_fields = ("delivery__event_id", "delivery__webhook__url")
+    fields = (
+        "delivery",
+        "number",
+        "started_at",
+        "duration_ms",
+        "status_code",
+        "succeeded",
+        "error",
+    )
+    readonly_fields = fields
