@@ -28,6 +28,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from config.events import record_event
 from deployments.models import Deployment, Placement, VersionUsageMinute
 from tenants.models import Membership
 from tenants.services import IssuedToken, issue_token, revoke_token
@@ -44,6 +45,8 @@ from tests.factories import (
     UserFactory,
 )
 from tests.security.asgi import asgi_request
+from webhooks.models import WebhookDelivery
+from webhooks.services import create_webhook
 
 # Routes with rules of their own: the admin (staff only, checked below), the OpenAPI schema and
 # its docs (public descriptions of the API, no tenant data), static files.
@@ -67,6 +70,8 @@ class TenantWorld:
     token: IssuedToken
     spare_token: IssuedToken
     member: object
+    webhook: object
+    delivery: object
     markers: set[str] = field(default_factory=set)
 
 
@@ -135,6 +140,16 @@ def _tenant_world(prefix: str, display: str, *, endpoint, instance) -> TenantWor
     spare = issue_token(name=f"{prefix}-spare-token", tenant=tenant, actor="test")
     member = UserFactory(username=f"{prefix}-engineer", password=None)
     Membership.objects.create(user=member, tenant=tenant)
+    webhook, _ = create_webhook(
+        tenant=tenant,
+        url=f"https://{prefix}-hooks.example.com/tenantml",
+        event_types=["training."],
+        description=f"{prefix}-webhook",
+        actor="test",
+    )
+    record_event(kind="training.succeeded", message="Done.", actor="worker", tenant=tenant)
+    delivery = webhook.deliveries.get()
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(status=WebhookDelivery.Status.SUCCEEDED)
     world = TenantWorld(
         tenant=tenant,
         model=model,
@@ -144,6 +159,8 @@ def _tenant_world(prefix: str, display: str, *, endpoint, instance) -> TenantWor
         token=token,
         spare_token=spare,
         member=member,
+        webhook=webhook,
+        delivery=delivery,
     )
     # Each marker names exactly one tenant's data: its slug and display name, its models,
     # dataset, labels, token names, token prefixes and access key ids, its events.
@@ -158,6 +175,9 @@ def _tenant_world(prefix: str, display: str, *, endpoint, instance) -> TenantWor
         f"{prefix}-spare-token",
         f"{prefix}-event",
         f"{prefix}-engineer",
+        f"{prefix}-hooks",
+        f"{prefix}-webhook",
+        delivery.event_id,
         token.token.prefix,
         spare.token.prefix,
         token.access_key_id,
@@ -208,6 +228,10 @@ def _model(w: World) -> dict:
 
 def _no_args(w: World) -> dict:
     return {}
+
+
+def _webhook(w: World) -> dict:
+    return {"webhook_id": w.alpha.webhook.pk}
 
 
 def _csv_upload(w: World) -> dict:
@@ -300,6 +324,33 @@ API_MATRIX: dict[str, list[ApiCall]] = {
     # The whole event log is the operators'; a tenant reads its own.
     "event-list": [api("get", _no_args, 403, other=403, platform=200)],
     "tenant-events": [api("get", _slug, 200)],
+    # A tenant's webhooks are its own; naming another tenant to register one is a 400 (field
+    # "tenant") that says nothing of it.
+    "webhook-list": [
+        api("get", _no_args, 200, other=200),
+        api(
+            "post",
+            _no_args,
+            201,
+            other=400,
+            body=lambda w: {
+                "url": "https://fresh-hooks.example.com/",
+                "event_types": ["deployment."],
+                "tenant": w.alpha.tenant.slug,
+            },
+        ),
+    ],
+    "webhook-detail": [
+        api("get", _webhook, 200),
+        api("patch", _webhook, 200, body=lambda w: {"enabled": False}),
+        api("delete", _webhook, 204),
+    ],
+    "webhook-rotate-secret": [api("post", _webhook, 200)],
+    "webhook-test": [api("post", _webhook, 202)],
+    "webhook-delivery-list": [api("get", _webhook, 200)],
+    "webhook-redeliver": [
+        api("post", lambda w: _webhook(w) | {"delivery_id": w.alpha.delivery.pk}, 202)
+    ],
 }
 
 
@@ -460,7 +511,7 @@ def _ghost(kwargs: dict) -> dict:
     ghost = dict(kwargs)
     if "slug" in ghost:
         ghost["slug"] = GHOST_SLUG
-    for key in ("job_id", "token_id", "instance_id"):
+    for key in ("job_id", "token_id", "instance_id", "webhook_id", "delivery_id"):
         if key in ghost:
             ghost[key] = GHOST_ID
     return ghost
@@ -468,7 +519,7 @@ def _ghost(kwargs: dict) -> dict:
 
 def _unghost(text: str, kwargs: dict) -> str:
     text = text.replace(GHOST_SLUG, kwargs.get("slug", GHOST_SLUG))
-    for key in ("job_id", "token_id", "instance_id"):
+    for key in ("job_id", "token_id", "instance_id", "webhook_id", "delivery_id"):
         if key in kwargs:
             text = text.replace(str(GHOST_ID), str(kwargs[key]))
     return text
