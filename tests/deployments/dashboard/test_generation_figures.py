@@ -11,20 +11,24 @@ from django.utils import timezone
 
 from deployments.models import Placement
 from deployments.usage import GenerationFigures, UsageCounters, flush_usage
-from models_registry.kinds import GenerationSpec, ModelKind, register
+from models_registry.kinds import GenerationSpec, ModelKind
 from tests.factories import ModelVersionFactory, PlacementFactory, TenantModelFactory
+from tests.kind_support import register_for_test
 
 GENERATING_KIND = "test-dashboard-generator"
 
-register(
-    ModelKind(
-        name=GENERATING_KIND,
-        description="Test only: a kind that generates text.",
-        input_schema={"type": "array", "items": {"type": "string"}},
-        output_schema={"type": "array"},
-        generation=GenerationSpec(),
-    )
+GENERATOR = ModelKind(
+    name=GENERATING_KIND,
+    description="Test only: a kind that generates text.",
+    input_schema={"type": "array", "items": {"type": "string"}},
+    output_schema={"type": "array"},
+    generation=GenerationSpec(),
 )
+
+
+@pytest.fixture(autouse=True)
+def generating_kind(monkeypatch):
+    return register_for_test(monkeypatch, GENERATOR)
 
 
 @pytest.fixture

@@ -26,11 +26,11 @@ from models_registry.kinds import (
     TritonSignature,
     TritonTensor,
     get_kind,
-    register,
 )
 from models_registry.models import ModelVersion
 from tenants.services import issue_token
 from tests.factories import ModelVersionFactory, TenantFactory, TenantModelFactory
+from tests.kind_support import register_for_test
 from tests.triton_support import build_package
 from tests.waiting import wait_until
 
@@ -65,18 +65,21 @@ def _signature(_artifact_dir: Path) -> TritonSignature:
     )
 
 
-register(
-    ModelKind(
-        name=KIND,
-        description="Test only: streams ' <prompt>-<i>' pieces from a decoupled model.",
-        input_schema={"type": "array", "minItems": 1, "items": {"type": "string"}},
-        output_schema={"type": "array"},
-        warmup_inputs=["warm"],
-        runtime_module="tests.deployments.proxy.delta_streamer",
-        triton_signature=_signature,
-        generation=SPEC,
-    )
+DELTA_STREAMER = ModelKind(
+    name=KIND,
+    description="Test only: streams ' <prompt>-<i>' pieces from a decoupled model.",
+    input_schema={"type": "array", "minItems": 1, "items": {"type": "string"}},
+    output_schema={"type": "array"},
+    warmup_inputs=["warm"],
+    runtime_module="tests.deployments.proxy.delta_streamer",
+    triton_signature=_signature,
+    generation=SPEC,
 )
+
+
+@pytest.fixture(autouse=True)
+def delta_streamer_kind(monkeypatch):
+    return register_for_test(monkeypatch, DELTA_STREAMER)
 
 
 @pytest.fixture(autouse=True)
