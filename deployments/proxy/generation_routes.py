@@ -54,7 +54,12 @@ from deployments.proxy.generation import (
 )
 from deployments.proxy.routing import Route
 from deployments.usage import GenerationFigures
-from models_registry.kinds import GENERATE_TEXT_INPUT, GENERATE_TEXT_OUTPUT, GenerationSpec
+from models_registry.kinds import (
+    GENERATE_TEXT_INPUT,
+    GENERATE_TEXT_OUTPUT,
+    GenerationSpec,
+    get_kind,
+)
 
 JSON_LINES = "application/jsonlines"
 # The status a request the caller abandoned before its answer is counted under (nginx's "client
@@ -74,14 +79,12 @@ def native_stream_asked(payload: dict, headers: dict[str, str]) -> bool:
 
 
 def _spec(route: Route) -> GenerationSpec:
-    from models_registry.kinds import get_kind
-
     spec = get_kind(route.kind).generation
     if spec is None:
         raise ProxyError(
             400,
-            f"stream: {route.public_name} does not generate text; send its requests to "
-            f"/v2/models/{route.public_name}/infer.",
+            f"stream: {route.public_name} does not generate text; ask it for whole answers "
+            "(invoke, /v2/.../infer, invocations).",
             code="invalid",
             field="stream",
         )
@@ -91,8 +94,6 @@ def _spec(route: Route) -> GenerationSpec:
 def refuse_tensors_for_generation(route: Route, instead: str) -> None:
     """400 for a tensor request (v2 ``infer``, SageMaker ``invocations``) to a model that
     generates text, naming the call that answers it (Triton would refuse it less clearly)."""
-    from models_registry.kinds import get_kind
-
     if get_kind(route.kind).generation is not None:
         raise ProxyError(
             400,
