@@ -44,7 +44,7 @@ class DatasetUploadForm(forms.ModelForm):
     """Tenant, name and the file; the file is validated on the form so problems show beside it."""
 
     file = forms.FileField(
-        help_text="CSV or JSON Lines with text,label (and group for embeddings)."
+        help_text="CSV or JSON Lines with text,label (and group for embeddings), or text,reply.",
     )
 
     class Meta:

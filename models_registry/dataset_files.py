@@ -1,4 +1,5 @@
-"""Parsing uploaded datasets (CSV or JSON Lines with ``text,label`` and optional ``group``).
+"""Parsing uploaded datasets (CSV or JSON Lines with ``text,label`` and optional ``group``, or
+``text,reply`` for reply models).
 
 Pure functions: bytes in, rows or a list of problems out. Every problem names the row (1-based,
 counting the header for CSV) and the field, so a user can fix the file.
@@ -8,6 +9,11 @@ Texts are compared after Unicode normalisation (NFKC), case folding and collapsi
 in the parse but left out of the counts and the split: real data has such rows, and training on
 a text twice only weights it. The same text under two labels is found too (``conflicts``); whether
 that refuses the file is the caller's choice. Messages name rows by number, never their text.
+
+A dataset of replies (a ``reply`` column where a labelled one has ``label``: the agent's reply
+to the ticket, or the rest of a reply whose start is the text) has no labels: its rows are split
+at random, it needs ``MIN_REPLY_ROWS`` rows, and the same text with two different replies is no
+conflict (agents answer alike tickets differently).
 
 Cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, a tab
 or a carriage return) are kept verbatim: they are ordinary ticket text ("-1 star", "@support")
@@ -27,7 +33,12 @@ from dataclasses import dataclass, field
 
 REQUIRED_COLUMNS = ("text", "label")
 OPTIONAL_COLUMNS = ("group",)
+# A reply dataset's columns: ``reply`` stands where a labelled dataset has ``label``.
+REPLY_COLUMNS = ("text", "reply")
 MAX_TEXT_CHARS = 2000
+MAX_REPLY_CHARS = 2000
+# A reply model learns a tenant's style from its rows: fewer cannot be split and scored.
+MIN_REPLY_ROWS = 20
 # Labels and groups are names (a label becomes a class of the served model), not prose.
 MAX_LABEL_CHARS = 200
 MAX_GROUP_CHARS = 200
@@ -72,12 +83,28 @@ class ParsedDataset:
         return bool(self.rows) and all("group" in row for row in self.rows)
 
     @property
+    def has_replies(self) -> bool:
+        return bool(self.rows) and all("reply" in row for row in self.rows)
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns every row has, as a model's training reads them."""
+        if self.has_replies:
+            return list(REPLY_COLUMNS)
+        return ["text", "label", *(["group"] if self.has_groups else [])]
+
+    @property
     def group_count(self) -> int:
         return len({self.rows[i]["group"] for i in self.kept if "group" in self.rows[i]})
 
     @property
     def label_counts(self) -> dict[str, int]:
-        return dict(sorted(Counter(self.rows[i]["label"] for i in self.kept).items()))
+        """Rows kept per label (none for a dataset of replies)."""
+        return dict(
+            sorted(
+                Counter(self.rows[i]["label"] for i in self.kept if "label" in self.rows[i]).items()
+            )
+        )
 
     def split(self, *, validation_fraction: float = VALIDATION_FRACTION) -> dict[str, list[int]]:
         """The stratified split of the kept rows, as indexes into ``rows``."""
@@ -176,8 +203,9 @@ def parse_dataset(
         )
         return parsed
     records = _csv_records(text, parsed) if format == "csv" else _jsonl_records(text, parsed)
+    replies = _is_reply_file(records)
     for line_number, record in records:
-        _check_record(line_number, record, parsed)
+        _check_record(line_number, record, parsed, replies=replies)
     if not parsed.problems:
         _check_whole_file(parsed, min_rows_per_label=min_rows_per_label)
     return parsed
@@ -204,12 +232,17 @@ def _find_repeats_and_conflicts(parsed: ParsedDataset) -> None:
     by_text: dict[str, list[int]] = defaultdict(list)
     for index, row in enumerate(parsed.rows):
         text = fold_text(row["text"])
-        key = (text, row["label"], row.get("group"))
+        if "reply" in row:
+            key = (text, fold_text(row["reply"]))
+        else:
+            key = (text, row["label"], row.get("group"))
         if key in seen:
             parsed.repeated.append(index)
             continue
         seen.add(key)
         by_text[text].append(index)
+    if parsed.has_replies:
+        return  # one ticket, two replies: both are the tenant's style
     parsed.conflicts = [
         indexes
         for indexes in by_text.values()
@@ -221,6 +254,14 @@ def _check_whole_file(parsed: ParsedDataset, *, min_rows_per_label: int) -> None
     """Repeats and conflicting labels, the group column's consistency and the per-label /
     per-group minimums (counted over the rows kept)."""
     _find_repeats_and_conflicts(parsed)
+    if parsed.has_replies:
+        kept = parsed.kept
+        if len(kept) < MIN_REPLY_ROWS:
+            parsed.problems.append(
+                f"file, field reply: {len(kept)} row(s) with a reply; a reply dataset needs at "
+                f"least {MIN_REPLY_ROWS}."
+            )
+        return
     with_group = [i for i, row in enumerate(parsed.rows) if "group" in row]
     if with_group and len(with_group) != len(parsed.rows):
         missing = [i for i, row in enumerate(parsed.rows) if "group" not in row]
@@ -266,12 +307,13 @@ def stratified_split(
 
     Labelled rows are stratified by label, and every label with two or more rows puts at least
     one in validation. Rows with a ``group`` are split by whole groups, because a paraphrase pair
-    split across the two sides could not be scored.
+    split across the two sides could not be scored. Rows of replies are split at random.
     """
     units: dict[str, list[int]] = defaultdict(list)
     grouped = bool(rows) and all("group" in row for row in rows)
     for index, row in enumerate(rows):
-        units[row["group"] if grouped else row["label"]].append(index)
+        # Replies have no label: they are one stratum, split at random.
+        units[row["group"] if grouped else row.get("label", "")].append(index)
     train: list[int] = []
     validation: list[int] = []
     if grouped:
@@ -298,7 +340,14 @@ def _validation_count(size: int, fraction: float) -> int:
 
 def export_csv(rows: list[dict[str, str]]) -> str:
     """Rows as CSV for people to open in a spreadsheet, with formula-like cells neutralized."""
-    columns = ["text", "label", *(["group"] if rows and all("group" in r for r in rows) else [])]
+    if rows and all("reply" in row for row in rows):
+        columns = list(REPLY_COLUMNS)
+    else:
+        columns = [
+            "text",
+            "label",
+            *(["group"] if rows and all("group" in r for r in rows) else []),
+        ]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -323,7 +372,14 @@ def _csv_records(text: str, parsed: ParsedDataset):
         parsed.problems.append(f"row 1: malformed CSV header ({exc}).")
         return []
     columns = [c.strip() for c in (fieldnames or [])]
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if "reply" in columns and "label" in columns:
+        parsed.problems.append(
+            "header: has both label and reply; a dataset has labels (text,label) or replies "
+            "(text,reply), not both."
+        )
+        return []
+    wanted = REPLY_COLUMNS if "reply" in columns else REQUIRED_COLUMNS
+    missing = [c for c in wanted if c not in columns]
     if missing:
         parsed.problems.append(
             f"header: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}."
@@ -365,7 +421,9 @@ def _jsonl_records(text: str, parsed: ParsedDataset):
             parsed.problems.append(f"row {line_number}: not valid JSON ({reason}).")
             continue
         if not isinstance(record, dict):
-            parsed.problems.append(f"row {line_number}: must be a JSON object with text and label.")
+            parsed.problems.append(
+                f"row {line_number}: must be a JSON object with text and label (or reply)."
+            )
             continue
         records.append((line_number, record))
     return records
@@ -375,12 +433,34 @@ def _too_many_rows(line_number: int) -> str:
     return f"row {line_number}: the file has more than {MAX_ROWS:,} rows; split it."
 
 
-def _check_record(line_number: int, record: dict, parsed: ParsedDataset) -> None:
+# The longest value each column may hold.
+MAX_CHARS = {
+    "text": MAX_TEXT_CHARS,
+    "label": MAX_LABEL_CHARS,
+    "group": MAX_GROUP_CHARS,
+    "reply": MAX_REPLY_CHARS,
+}
+
+
+def _is_reply_file(records: list[tuple[int, dict]]) -> bool:
+    """Whether the file holds replies: its first row has a reply and no label."""
+    return bool(records) and "reply" in records[0][1] and "label" not in records[0][1]
+
+
+def _check_record(line_number: int, record: dict, parsed: ParsedDataset, *, replies: bool) -> None:
+    if "reply" in record and "label" in record:
+        parsed.problems.append(
+            f"row {line_number}: has both label and reply; a dataset has labels (text,label) or "
+            "replies (text,reply), not both."
+        )
+        return
+    required = REPLY_COLUMNS if replies else REQUIRED_COLUMNS
+    optional = () if replies else OPTIONAL_COLUMNS
     row: dict[str, str] = {}
-    for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
+    for column in required + optional:
         value = record.get(column)
         if value is None:
-            if column in REQUIRED_COLUMNS:
+            if column in required:
                 parsed.problems.append(f"row {line_number}, field {column}: missing.")
                 return
             continue
@@ -392,32 +472,17 @@ def _check_record(line_number: int, record: dict, parsed: ParsedDataset) -> None
             # Escaped as \u0000 in JSON Lines; the database cannot store it in text or JSON.
             parsed.problems.append(f"row {line_number}, field {column}: contains a NUL character.")
             return
-    if not row["text"]:
-        parsed.problems.append(f"row {line_number}, field text: empty.")
-        return
-    if len(row["text"]) > MAX_TEXT_CHARS:
-        parsed.problems.append(
-            f"row {line_number}, field text: {len(row['text'])} characters, over the "
-            f"{MAX_TEXT_CHARS} limit."
-        )
-        return
-    if not row["label"]:
-        parsed.problems.append(f"row {line_number}, field label: empty.")
-        return
-    if len(row["label"]) > MAX_LABEL_CHARS:
-        parsed.problems.append(
-            f"row {line_number}, field label: {len(row['label'])} characters, over the "
-            f"{MAX_LABEL_CHARS} limit."
-        )
-        return
-    if "group" in row and not row["group"]:
-        parsed.problems.append(f"row {line_number}, field group: empty.")
-        return
-    if len(row.get("group", "")) > MAX_GROUP_CHARS:
-        parsed.problems.append(
-            f"row {line_number}, field group: {len(row['group'])} characters, over the "
-            f"{MAX_GROUP_CHARS} limit."
-        )
-        return
+    for column in required + optional:
+        if column not in row:
+            continue
+        if not row[column]:
+            parsed.problems.append(f"row {line_number}, field {column}: empty.")
+            return
+        if len(row[column]) > MAX_CHARS[column]:
+            parsed.problems.append(
+                f"row {line_number}, field {column}: {len(row[column])} characters, over the "
+                f"{MAX_CHARS[column]} limit."
+            )
+            return
     parsed.rows.append(row)
     parsed.line_numbers.append(line_number)

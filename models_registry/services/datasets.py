@@ -121,7 +121,7 @@ def create_dataset(
         )
     digest = hashlib.sha256(content).hexdigest()
     stored = artifacts.put_bytes(f"datasets/{tenant.slug}/{digest}.{format}", content)
-    columns = ["text", "label", *(["group"] if parsed.has_groups else [])]
+    columns = parsed.columns
     try:
         with transaction.atomic():
             dataset = Dataset.objects.create(
