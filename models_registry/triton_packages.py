@@ -235,7 +235,8 @@ def render_config(
     device: str = CPU,
 ) -> str:
     """The ``config.pbtxt`` text of a python-backend model with dynamic batching on ``device``
-    (``KIND_CPU``, or ``KIND_GPU``: ``instance_count`` instances on each GPU).
+    (``KIND_CPU``, or ``KIND_GPU``: ``instance_count`` instances on each GPU), decoupled when
+    the kind's signature says so.
 
     It has no ``name``: SageMaker loads the model under its own name for the directory, and
     Triton fills the field in.
@@ -250,6 +251,8 @@ def render_config(
         "dynamic_batching {",
         f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_MICROSECONDS}",
         "}",
+        # A generating model answers each request with a stream of responses.
+        *(["model_transaction_policy {", "  decoupled: true", "}"] if signature.decoupled else []),
         *_tensors("input", signature.inputs),
         *_tensors("output", signature.outputs),
         "instance_group [",

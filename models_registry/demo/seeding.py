@@ -1,14 +1,15 @@
 """The demo tenants written into the database: ``manage.py seed_demo``'s service.
 
 Owns which demo tenants exist, which datasets and models each one gets, and doing it
-idempotently; the tickets themselves come from ``models_registry.demo.tickets``.
+idempotently; the tickets themselves come from ``models_registry.demo.tickets`` and the replies
+from ``models_registry.demo.replies``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models_registry.demo import tickets
+from models_registry.demo import replies, tickets
 from models_registry.models import Dataset, TenantModel
 from models_registry.services.datasets import create_dataset
 from models_registry.services.registry import create_model
@@ -29,8 +30,10 @@ class SeededTenant:
 def seed_demo(*, rows: int, seed: int, actor: str) -> list[SeededTenant]:
     """Create the demo tenants with labelled ticket datasets and their models; idempotent.
 
-    Each tenant gets an intent dataset (``tickets.csv``) and an ``intents`` model; the premium
-    tenant also gets a paraphrase-pair dataset and an ``embeddings`` model for retrieval.
+    Each tenant gets an intent dataset (``tickets.csv``) and an ``intents`` model, and a dataset
+    of its agents' replies (``replies.csv``) and a ``replies`` model that drafts them; the
+    premium tenant also gets a paraphrase-pair dataset and an ``embeddings`` model for
+    retrieval.
     """
     results = []
     for index, (slug, info) in enumerate(tickets.DEMO_TENANTS.items()):
@@ -47,6 +50,14 @@ def seed_demo(*, rows: int, seed: int, actor: str) -> list[SeededTenant]:
                 lambda s=slug, i=index: tickets.generate_tickets(s, rows=rows, seed=seed + i),
             ),
         ]
+        wanted.append(
+            (
+                "replies.csv",
+                "replies",
+                "reply-autocomplete",
+                lambda s=slug, i=index: replies.generate_replies(s, rows=rows, seed=seed + i),
+            ),
+        )
         if tier == Tenant.Tier.PREMIUM:
             wanted.append(
                 (

@@ -1254,6 +1254,16 @@ def generate_tickets(
     return out
 
 
+def sample_ticket(
+    vertical_or_slug: str, label: str, rng: random.Random
+) -> tuple[str, dict[str, str]]:
+    """One fresh ticket for ``label`` and the slot values it was written with (who wrote it,
+    what about), so a reply can speak of the same things."""
+    spec = _resolve(vertical_or_slug)
+    slots = spec.sample(rng)
+    return _render(rng.choice(spec.intents[label].templates), slots, rng), slots
+
+
 def generate_out_of_scope(
     vertical_or_slug: str, *, rows: int, seed: int = 0, held_out: bool = False
 ) -> list[dict[str, str]]:
@@ -1341,11 +1351,14 @@ def generate_pairs(
 
 
 def _columns(rows: list[dict]) -> list[str]:
+    if rows and all("reply" in row for row in rows):
+        return ["text", "reply"]  # a reply dataset (``models_registry.demo.replies``)
     return ["text", "label", *(["group"] if any("group" in row for row in rows) else [])]
 
 
 def to_csv(rows: list[dict]) -> bytes:
-    """UTF-8 CSV with a ``text,label[,group]`` header, quoted by the csv module."""
+    """UTF-8 CSV with a ``text,label[,group]`` (or ``text,reply``) header, quoted by the csv
+    module."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=_columns(rows), lineterminator="\n")
     writer.writeheader()

@@ -48,6 +48,9 @@ class TritonSignature:
     inputs: tuple[TritonTensor, ...]
     outputs: tuple[TritonTensor, ...]
     parameters: dict[str, str] = field(default_factory=dict)
+    # A decoupled model (``model_transaction_policy { decoupled: true }``) sends any number of
+    # responses per request, then a final flag: what a generating kind streams through.
+    decoupled: bool = False
 
 
 TEXT_INPUT = TritonTensor(name=TEXT_INPUT_NAME, data_type="TYPE_STRING", dims=(1,))
@@ -183,6 +186,13 @@ class ModelKind:
     # Further validation metrics (higher is better) a new version must not lose beyond the
     # quality gate's tolerance, where the active version reports them.
     guarded_metrics: tuple[str, ...] = ()
+    # A metric ``train`` reports for a simple baseline on the same validation data (e.g. an
+    # n-gram model's accuracy): a version whose primary metric does not beat it is held back,
+    # even the first. Empty: no baseline.
+    baseline_metric: str = ""
+    # The dataset columns ``train`` reads (``text`` and the target: ``label`` or ``reply``, and
+    # ``group`` for paraphrase groups); a training job refuses a dataset without one of them.
+    dataset_columns: tuple[str, ...] = ("text", "label")
     # Request body for a list of inputs, and the answer decoded into the REST API's "outputs".
     encode_request: Callable[[list], dict] = encode_text_request
     decode_response: Callable[[dict], list] | None = None
@@ -206,6 +216,7 @@ _REGISTRY: dict[str, ModelKind] = {}
 BUILTIN_KINDS = [
     "models_registry.kinds.intent_classifier",
     "models_registry.kinds.embedding",
+    "models_registry.kinds.reply_autocomplete",
 ]
 
 

@@ -485,6 +485,7 @@ KIND = register(
     ModelKind(
         name="embedding",
         description="MiniLM sentence encoder fine-tuned on the tenant's paraphrase groups.",
+        dataset_columns=("text", "label", "group"),
         input_schema={
             "type": "array",
             "items": {"type": "string", "minLength": 1},

@@ -33,6 +33,7 @@ def _gate_for(*, model: TenantModel, candidate: ModelVersion) -> GateDecision:
         tolerance=float(settings.TENANTML_QUALITY_GATE_TOLERANCE),
         higher_is_better=getattr(kind, "higher_is_better", True),
         guarded_metrics=getattr(kind, "guarded_metrics", ()),
+        baseline_metric=getattr(kind, "baseline_metric", ""),
     )
 
 

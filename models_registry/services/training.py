@@ -115,14 +115,23 @@ def _check_dataset_for_model(*, model: TenantModel, dataset: Dataset) -> None:
         )
     if dataset.status != Dataset.Status.VALID:
         raise InvalidDataset(f"Dataset {dataset.name!r} did not pass validation.", field="dataset")
-    if model.kind == "embedding":
-        report = dataset.validation_report or {}
-        if "group" not in report.get("columns", []) and not report.get("groups"):
-            raise InvalidDataset(
-                f"Dataset {dataset.name!r} has no group column; an embedding model trains on "
-                "paraphrase groups (text,label,group).",
-                field="dataset",
-            )
+    wanted = get_kind(model.kind).dataset_columns
+    missing = [column for column in wanted if column not in dataset_columns(dataset)]
+    if missing:
+        raise InvalidDataset(
+            f"Dataset {dataset.name!r} has no {' or '.join(missing)} column; "
+            f"{model.kind!r} models train on rows of {','.join(wanted)}.",
+            field="dataset",
+        )
+
+
+def dataset_columns(dataset: Dataset) -> list[str]:
+    """The columns a stored dataset's rows have (datasets validated before the report named
+    them: text and label, and group where it counted groups)."""
+    report = dataset.validation_report or {}
+    if report.get("columns"):
+        return list(report["columns"])
+    return ["text", "label", *(["group"] if report.get("groups") else [])]
 
 
 def _derived_idempotency_key(

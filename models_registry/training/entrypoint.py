@@ -8,7 +8,8 @@ inside a SageMaker PyTorch training container (the sourcedir shim calls ``main``
 - ``SM_OUTPUT_DATA_DIR`` (``/opt/ml/output/data``): ``metrics.json`` is written here;
 - ``SM_OUTPUT_DIR`` (``/opt/ml/output``): ``failure`` (the reason, SageMaker's FailureReason);
 - ``SM_CHANNEL_TRAIN`` / ``SM_CHANNEL_VALIDATION`` (``/opt/ml/input/data/<channel>``):
-  ``train.jsonl`` / ``validation.jsonl`` with ``{"text", "label"[, "group"]}`` rows;
+  ``train.jsonl`` / ``validation.jsonl`` with ``{"text", "label"[, "group"]}`` rows (or
+  ``{"text", "reply"}``: the columns the kind trains on, ``ModelKind.dataset_columns``);
 - ``<SM_INPUT_CONFIG_DIR>/hyperparameters.json`` (``/opt/ml/input/config``), over ``SM_HPS``
   and ``SM_HP_<NAME>``: values may be strings (SageMaker sends them so) and are parsed. ``kind``
   is required; the rest are the kind's (``sagemaker_*`` keys the SDK adds are ignored);
@@ -130,8 +131,11 @@ def _decode(value: object) -> object:
     return value
 
 
-def read_channel(channel_dir: Path, channel: str) -> list[dict]:
-    """The rows of ``<channel_dir>/<channel>.jsonl``; each needs a non-empty text and a label."""
+def read_channel(
+    channel_dir: Path, channel: str, *, columns: tuple[str, ...] = ("text", "label")
+) -> list[dict]:
+    """The rows of ``<channel_dir>/<channel>.jsonl``; each needs a non-empty text and the
+    kind's other ``columns`` (a label, a reply, ...)."""
     path = Path(channel_dir) / CHANNEL_FILES[channel]
     if not path.is_file():
         raise TrainingInputError(
@@ -152,10 +156,11 @@ def read_channel(channel_dir: Path, channel: str) -> list[dict]:
                 raise TrainingInputError(
                     f"{path.name} line {number} needs a non-empty 'text'.", field=channel
                 )
-            if row.get("label") is None:
-                raise TrainingInputError(
-                    f"{path.name} line {number} needs a 'label'.", field=channel
-                )
+            for column in columns:
+                if row.get(column) is None:
+                    raise TrainingInputError(
+                        f"{path.name} line {number} needs a {column!r}.", field=channel
+                    )
             rows.append(row)
     if not rows:
         raise TrainingInputError(f"The {channel} channel ({path.name}) has no rows.", field=channel)
@@ -211,8 +216,10 @@ def train(paths: TrainingPaths, hyperparameters: dict) -> dict:
     if kind.train is None:
         raise InvalidHyperparameter(f"Kind {kind.name!r} cannot be trained.", field="kind")
     progress(1, f"reading the channels for {kind.name}")
-    train_rows = read_channel(paths.train_dir, "train")
-    validation_rows = read_channel(paths.validation_dir, "validation")
+    # A paraphrase group is the embedding kind's to check: a row may lack one in its channel.
+    columns = tuple(column for column in kind.dataset_columns if column != "group")
+    train_rows = read_channel(paths.train_dir, "train", columns=columns)
+    validation_rows = read_channel(paths.validation_dir, "validation", columns=columns)
     paths.model_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     metrics = kind.train(

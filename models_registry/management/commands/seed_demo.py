@@ -6,7 +6,10 @@ from models_registry.demo.seeding import seed_demo
 
 
 class Command(BaseCommand):
-    help = "Create demo tenants (ride-sharing, apparel retail, banking) with ticket datasets."
+    help = (
+        "Create demo tenants (ride-sharing, apparel retail, banking) with ticket and reply "
+        "datasets."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--rows", type=int, default=480, help="Tickets per tenant (>= 300).")
@@ -19,7 +22,8 @@ class Command(BaseCommand):
                 f"{result.tenant.slug} ({result.tenant.name}, {result.tenant.tier}): {state}"
             )
             for dataset, model in zip(result.datasets, result.models, strict=True):
+                contents = f"{len(dataset.labels)} labels" if dataset.labels else "replies"
                 self.stdout.write(
-                    f"  dataset {dataset.name}: {dataset.rows} rows, {len(dataset.labels)} labels"
+                    f"  dataset {dataset.name}: {dataset.rows} rows, {contents}"
                     f" -> model {model.name} ({model.kind})"
                 )
