@@ -157,7 +157,14 @@ def update_webhook(
     if not changed:
         return webhook
     with transaction.atomic():
+        resumed = enabled and not Webhook.objects.filter(pk=webhook.pk, enabled=True).exists()
         webhook.save(update_fields=[*changed, "updated_at"])
+        if resumed:
+            # Its waiting deliveries go now rather than at the sweep's next pass.
+            for pk in webhook.deliveries.filter(status=WebhookDelivery.Status.PENDING).values_list(
+                "pk", flat=True
+            ):
+                _queue(pk)
         record_event(
             kind="webhook.updated",
             actor=actor,

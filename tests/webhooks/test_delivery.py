@@ -286,3 +286,46 @@ def test_a_rotated_secret_signs_the_next_attempt(
         assert deliver_all() == ["succeeded"]
 
     assert len(receiver.events) == 1 and receiver.rejected == []
+
+
+def test_a_promotion_through_the_api_reaches_the_receiver_with_its_model_and_version(
+    tenant, tenant_client, tenant_token, create_webhook
+):
+    from tests.factories import ModelVersionFactory, TenantModelFactory
+
+    model = TenantModelFactory(tenant=tenant, name="intents")
+    ModelVersionFactory(model=model, number=1, metrics={"macro_f1": 0.9})
+    with Receiver() as receiver:
+        webhook = create_webhook(tenant_token, url=receiver.url(), event_types=["version."])
+        receiver.secrets["/hook"] = webhook["secret"]
+        promoted = tenant_client.post(
+            f"/api/v1/tenants/{tenant.slug}/models/intents/versions/1/promote",
+            {},
+            format="json",
+        )
+        assert promoted.status_code == 200, promoted.content
+
+        assert deliver_all() == ["succeeded"]
+
+    [(_, event)] = receiver.events
+    assert event["type"] == "version.promoted"
+    assert (event["data"]["model"], event["data"]["version"]) == ("intents", 1)
+
+
+def test_enabling_a_webhook_again_resumes_its_waiting_deliveries(
+    tenant, tenant_client, tenant_token, create_webhook, django_capture_on_commit_callbacks
+):
+    webhook = create_webhook(
+        tenant_token, url="https://hooks.example.com/a", event_types=["training."]
+    )
+    record_event(kind="training.succeeded", message="m", actor="w", tenant=tenant)
+    path = f"/api/v1/webhooks/{webhook['id']}/"
+    tenant_client.patch(path, {"enabled": False}, format="json")
+    delivery = WebhookDelivery.objects.get()
+
+    assert services.deliver(delivery_id=delivery.pk) == "pending"  # paused: nothing sent
+    assert delivery.attempts.count() == 0
+    assert services.sweep_deliveries(now=timezone.now() + timedelta(hours=1)) == []
+    with django_capture_on_commit_callbacks() as queued:
+        tenant_client.patch(path, {"enabled": True}, format="json")
+    assert len(queued) == 1
