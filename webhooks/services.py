@@ -59,6 +59,18 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _is_internal_address(host: str) -> bool:
+    """An IP literal of this machine or a private, link-local or reserved network (a
+    tenant's webhook must not reach the platform's own network by address)."""
+    if host.lower() in LOOPBACK_HOSTS:
+        return True
+    try:
+        address = ip_address(host)
+    except ValueError:
+        return False
+    return not address.is_global
+
+
 def check_url(url: str) -> str:
     """``url`` if a webhook may post to it: HTTPS, or plain HTTP to this machine where
     WEBHOOK_ALLOW_HTTP_LOCALHOST allows it; otherwise a 400 naming ``url``."""
@@ -76,7 +88,10 @@ def check_url(url: str) -> str:
         raise DomainError(
             "Must not carry credentials; the signature proves the sender.", field="url"
         )
-    plain_http_allowed = settings.TENANTML_WEBHOOK_ALLOW_HTTP_LOCALHOST and _is_loopback(host)
+    local_allowed = settings.TENANTML_WEBHOOK_ALLOW_HTTP_LOCALHOST and _is_loopback(host)
+    if _is_internal_address(host) and not local_allowed:
+        raise DomainError("Must name a public host, not a private network address.", field="url")
+    plain_http_allowed = local_allowed
     if parts.scheme == "http" and not plain_http_allowed:
         raise DomainError(
             "Must use https:// (plain http is allowed only to localhost, and only where "

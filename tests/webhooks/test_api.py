@@ -62,6 +62,9 @@ def test_a_secret_stored_under_another_secret_key_is_reported_unreadable(setting
         ({"url": "https://user:pw-9@hooks.example.com/", "event_types": ["training."]}, "url"),
         ({"url": "not a url at all 9", "event_types": ["training."]}, "url"),
         ({"url": "https://[::1/", "event_types": ["training."]}, "url"),
+        ({"url": "https://10.0.0.9/hook", "event_types": ["training."]}, "url"),
+        ({"url": "https://169.254.169.254/9", "event_types": ["training."]}, "url"),
+        ({"url": "https://localhost:9443/hook-9", "event_types": ["training."]}, "url"),
         ({"url": URL, "event_types": []}, "event_types"),
         ({"url": URL, "event_types": ["placement.loaded-9"]}, "event_types"),
         ({"url": URL, "event_types": "training."}, "event_types"),
@@ -69,7 +72,10 @@ def test_a_secret_stored_under_another_secret_key_is_reported_unreadable(setting
         ({"url": URL, "event_types": ["training."], "tenant": "someone-else-9"}, "tenant"),
     ],
 )
-def test_invalid_fields_answer_400_naming_the_field_without_echoing_it(tenant_client, body, field):
+def test_invalid_fields_answer_400_naming_the_field_without_echoing_it(
+    tenant_client, settings, body, field
+):
+    settings.TENANTML_WEBHOOK_ALLOW_HTTP_LOCALHOST = False
     response = tenant_client.post("/api/v1/webhooks/", body, format="json")
 
     assert response.status_code == 400
