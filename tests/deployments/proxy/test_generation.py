@@ -253,6 +253,15 @@ def test_v2_generate_and_generate_stream_answer_with_the_public_name(proxy_url, 
     server = httpx.get(f"{proxy_url}/v2").json()
     assert "generate" in server["extensions"]
 
+    import tritonclient.http as httpclient
+
+    # tritonclient has no generate call; its readiness and metadata calls work as for any model.
+    client = httpclient.InferenceServerClient(url=proxy_url.removeprefix("http://"))
+    assert client.is_model_ready("acme.replies", headers=headers)
+    metadata = client.get_model_metadata("acme.replies", headers=headers)
+    assert [t["name"] for t in metadata["inputs"]] == ["text_input"]
+    assert {t["name"] for t in metadata["outputs"]} == {"text_output", "finish_reason"}
+
 
 def test_a_model_error_after_the_stream_began_is_an_error_event(proxy_url, tmp_path):
     _, token = deploy_generator(tmp_path)
