@@ -255,12 +255,16 @@ TENANTML_WEBHOOK_TIMEOUT_S = env.float("WEBHOOK_TIMEOUT_S", default=10.0)
 # A delivery due this long that no worker took (its message lost with a worker) is queued again
 # by the sweep.
 TENANTML_WEBHOOK_SWEEP_GRACE_S = env.float("WEBHOOK_SWEEP_GRACE_S", default=60.0)
+# Finished deliveries (succeeded or failed) older than this are deleted by the sweep.
+TENANTML_WEBHOOK_RETENTION_DAYS = env.int("WEBHOOK_RETENTION_DAYS", default=30)
 # Plain http:// webhooks to localhost / 127.0.0.1 (development and tests); https:// otherwise.
 TENANTML_WEBHOOK_ALLOW_HTTP_LOCALHOST = env.bool("WEBHOOK_ALLOW_HTTP_LOCALHOST", default=False)
-if TENANTML_WEBHOOK_MAX_ATTEMPTS < 1:
-    raise parse.ConfigurationError(
-        f"WEBHOOK_MAX_ATTEMPTS must be at least 1, not {TENANTML_WEBHOOK_MAX_ATTEMPTS}."
-    )
+for _name, _count in {
+    "WEBHOOK_MAX_ATTEMPTS": TENANTML_WEBHOOK_MAX_ATTEMPTS,
+    "WEBHOOK_RETENTION_DAYS": TENANTML_WEBHOOK_RETENTION_DAYS,
+}.items():
+    if _count < 1:
+        raise parse.ConfigurationError(f"{_name} must be at least 1, not {_count}.")
 for _name, _seconds in {
     "WEBHOOK_RETRY_WINDOW_S": TENANTML_WEBHOOK_RETRY_WINDOW_S,
     "WEBHOOK_RETRY_BASE_S": TENANTML_WEBHOOK_RETRY_BASE_S,

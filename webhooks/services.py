@@ -552,10 +552,25 @@ def _finish_attempt(
     return outcome["status"]
 
 
+def delete_old_deliveries(*, now=None) -> int:
+    """Delete finished deliveries older than WEBHOOK_RETENTION_DAYS, a batch at a time; how
+    many went."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.TENANTML_WEBHOOK_RETENTION_DAYS)
+    old = WebhookDelivery.objects.filter(
+        status__in=[WebhookDelivery.Status.SUCCEEDED, WebhookDelivery.Status.FAILED],
+        created_at__lt=cutoff,
+    ).values_list("pk", flat=True)[:SWEEP_BATCH]
+    deleted, _ = WebhookDelivery.objects.filter(pk__in=list(old)).delete()
+    return deleted
+
+
 def sweep_deliveries(*, now=None) -> list[int]:
     """Queue again the deliveries a lost worker left: an attempt held past its claim, or a
-    delivery due for longer than WEBHOOK_SWEEP_GRACE_S that no worker took; their ids."""
+    delivery due for longer than WEBHOOK_SWEEP_GRACE_S that no worker took; their ids. Old
+    finished deliveries are deleted on the way."""
     now = now or timezone.now()
+    delete_old_deliveries(now=now)
     grace = timedelta(seconds=settings.TENANTML_WEBHOOK_SWEEP_GRACE_S)
     stale = list(
         WebhookDelivery.objects.filter(webhook__enabled=True)

@@ -329,3 +329,31 @@ def test_enabling_a_webhook_again_resumes_its_waiting_deliveries(
     with django_capture_on_commit_callbacks() as queued:
         tenant_client.patch(path, {"enabled": True}, format="json")
     assert len(queued) == 1
+
+
+def test_the_sweep_deletes_finished_deliveries_past_their_retention(
+    tenant, tenant_token, create_webhook, settings
+):
+    settings.TENANTML_WEBHOOK_RETENTION_DAYS = 30
+    create_webhook(tenant_token, url="https://hooks.example.com/a", event_types=["training."])
+    for _ in range(4):
+        record_event(kind="training.succeeded", message="m", actor="w", tenant=tenant)
+    old_done, old_failed, old_pending, recent_done = WebhookDelivery.objects.order_by("pk")
+    long_ago = timezone.now() - timedelta(days=31)
+    for delivery, status in (
+        (old_done, WebhookDelivery.Status.SUCCEEDED),
+        (old_failed, WebhookDelivery.Status.FAILED),
+        (old_pending, WebhookDelivery.Status.PENDING),
+        (recent_done, WebhookDelivery.Status.SUCCEEDED),
+    ):
+        created = long_ago if delivery != recent_done else timezone.now()
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(
+            status=status, created_at=created, next_attempt_at=timezone.now()
+        )
+
+    services.sweep_deliveries()
+
+    assert set(WebhookDelivery.objects.values_list("pk", flat=True)) == {
+        old_pending.pk,
+        recent_done.pk,
+    }
