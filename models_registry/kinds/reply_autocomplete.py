@@ -41,11 +41,16 @@ from models_registry.kinds import (
     hyperparameter,
     register,
 )
+from models_registry.kinds.reply_sequences import (
+    BATCH_SIZE,
+    ReplySequence,
+    reply_sequence,
+    reply_targets,
+)
 from models_registry.triton_runtime.reply_autocomplete import (
     ARTIFACT_FILE,
     EOS,
     HEADS,
-    SEP,
     SPECIAL_TOKENS,
     TOKENIZER_FILE,
     UNK,
@@ -63,7 +68,6 @@ HYPERPARAMETERS = {"epochs", "learning_rate", "d_model", "layers", "max_tokens",
 # the demo replies the decoder passes its trigram baseline only after 150 to 250 steps at this
 # learning rate, however few rows there are.
 MIN_TRAINING_STEPS = 300
-BATCH_SIZE = 16
 MIN_EPOCHS = 6
 MAX_EPOCHS = 500
 DEFAULT_LEARNING_RATE = 1e-2
@@ -258,33 +262,6 @@ def write_vocabulary(vocabulary: Vocabulary, out_dir: Path) -> None:
 # --------------------------------------------------------------------------- sequences
 
 
-@dataclass(frozen=True)
-class ReplySequence:
-    """One row as token ids: prompt, ``[SEP]``, reply, ``[EOS]`` (cut to the context); the
-    positions from ``first_target`` on are the reply tokens the loss and the metrics score."""
-
-    ids: list[int]
-    first_target: int
-
-
-def reply_sequence(
-    vocabulary: Vocabulary, *, text: str, reply: str, settings: ReplySettings
-) -> ReplySequence:
-    """The row as the model trains on it; the prompt's ids are the runtime's own."""
-    prompt = vocabulary.encode(text)[-settings.max_prompt_tokens :]
-    ids = [*prompt, SEP, *vocabulary.encode(reply), EOS][: settings.max_tokens]
-    return ReplySequence(ids=ids, first_target=len(prompt) + 1)
-
-
-def reply_targets(sequence: ReplySequence) -> list[tuple[list[int], int]]:
-    """Each scored position: the reply so far (``[SEP]`` first) and the token that follows."""
-    start = sequence.first_target - 1
-    return [
-        (sequence.ids[start:index], sequence.ids[index])
-        for index in range(sequence.first_target, len(sequence.ids))
-    ]
-
-
 # --------------------------------------------------------------------------- the n-gram baseline
 
 
@@ -386,18 +363,8 @@ def train(
     progress(3, f"building the vocabulary of {len(train_rows)} rows")
     tokenizer_path = base_tokenizer_path()
     vocabulary = build_vocabulary(train_rows, tokenizer_path=tokenizer_path)
-    train_sequences = [
-        reply_sequence(
-            vocabulary, text=str(row["text"]), reply=str(row["reply"]), settings=settings
-        )
-        for row in train_rows
-    ]
-    validation_sequences = [
-        reply_sequence(
-            vocabulary, text=str(row["text"]), reply=str(row["reply"]), settings=settings
-        )
-        for row in validation_rows
-    ]
+    train_sequences = [_sequence(vocabulary, row, settings) for row in train_rows]
+    validation_sequences = [_sequence(vocabulary, row, settings) for row in validation_rows]
     epochs = epochs_for(settings, train_rows=len(train_rows))
     progress(8, f"training a {settings.layers}-layer decoder over {len(vocabulary)} tokens")
     model, fitted = reply_decoder.fit(
@@ -450,6 +417,16 @@ def train(
         **fitted,
         "score_seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _sequence(vocabulary: Vocabulary, row: dict, settings: ReplySettings) -> ReplySequence:
+    return reply_sequence(
+        vocabulary,
+        text=str(row["text"]),
+        reply=str(row["reply"]),
+        max_tokens=settings.max_tokens,
+        max_prompt_tokens=settings.max_prompt_tokens,
+    )
 
 
 def _check_rows(rows: list[dict], *, what: str) -> None:

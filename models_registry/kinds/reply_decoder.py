@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models_registry.kinds.reply_autocomplete import BATCH_SIZE, ReplySequence
+from models_registry.kinds.reply_sequences import BATCH_SIZE, ReplySequence
 from models_registry.triton_runtime.reply_autocomplete import BLOCKED_TOKENS, HEADS, PAD, UNK
 
 DROPOUT = 0.1
