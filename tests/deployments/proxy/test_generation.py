@@ -8,7 +8,6 @@ loaded first, parameter checks, and a kind that does not generate refusing ``str
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 from pathlib import Path
 
@@ -27,11 +26,10 @@ from models_registry.kinds import (
     TritonTensor,
     get_kind,
 )
-from models_registry.models import ModelVersion
 from tenants.services import issue_token
-from tests.factories import ModelVersionFactory, TenantFactory, TenantModelFactory
+from tests.factories import TenantFactory, TenantModelFactory
 from tests.kind_support import register_for_test
-from tests.triton_support import build_package
+from tests.serving_fixtures import packaged_version
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("local_rollouts")]
@@ -39,20 +37,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 KIND = "test-delta-streamer"
 MAX_NEW_TOKENS_LIMIT = 64
 SPEC = GenerationSpec(max_new_tokens_limit=MAX_NEW_TOKENS_LIMIT, max_stop_sequences=2)
-MODEL_SOURCE = Path(__file__).with_name("delta_streamer.py")
-DECOUPLED_CONFIG = textwrap.dedent(
-    """\
-    backend: "python"
-    max_batch_size: 0
-    model_transaction_policy { decoupled: true }
-    input [ { name: "text_input" data_type: TYPE_STRING dims: [ 1 ] } ]
-    output [
-      { name: "text_output" data_type: TYPE_STRING dims: [ 1 ] },
-      { name: "finish_reason" data_type: TYPE_STRING dims: [ 1 ] }
-    ]
-    instance_group [ { kind: KIND_CPU count: 2 } ]
-    """
-)
 
 
 def _signature(_artifact_dir: Path) -> TritonSignature:
@@ -62,6 +46,7 @@ def _signature(_artifact_dir: Path) -> TritonSignature:
             TritonTensor("text_output", "TYPE_STRING", (1,)),
             TritonTensor("finish_reason", "TYPE_STRING", (1,)),
         ),
+        decoupled=True,
     )
 
 
@@ -94,32 +79,15 @@ def fresh_proxy_state():
 
 
 def deploy_generator(tmp_path: Path, *, slug: str = "acme", name: str = "replies"):
-    """A model of the test kind, packaged as a decoupled Triton model, deployed locally."""
+    """A model of the test kind, packaged by the platform (a decoupled Triton model, as the
+    kind's signature says) and deployed locally like any model."""
     from deployments.services import rollouts
-    from models_registry.services.promotion import promote_version
 
+    artifact = tmp_path / f"{slug}-{name}-artifact"
+    artifact.mkdir(exist_ok=True)
+    (artifact / "settings.json").write_text("{}")
     model = TenantModelFactory(tenant=TenantFactory(slug=slug), name=name, kind=KIND)
-    version = ModelVersionFactory(
-        model=model, number=1, status=ModelVersion.Status.READY, host_memory_mb=None
-    )
-    package = build_package(
-        tmp_path, version.triton_model_name, MODEL_SOURCE.read_text(), config=DECOUPLED_CONFIG
-    )
-    ModelVersion.objects.filter(pk=version.pk).update(
-        package_uri=str(package.path),
-        sha256=package.sha256,
-        size_bytes=package.path.stat().st_size,
-        signature={
-            "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1]}],
-            "outputs": [
-                {"name": "text_output", "datatype": "BYTES", "shape": [1]},
-                {"name": "finish_reason", "datatype": "BYTES", "shape": [1]},
-            ],
-        },
-    )
-    version.refresh_from_db()
-    promote_version(version=version, actor="test", force=True)
-    model.refresh_from_db()
+    packaged_version(model, artifact, 1, promote=True)
     deployment, _ = rollouts.request_deployment(model=model, actor="test")
     rollouts.run_rollout(deployment_id=deployment.pk)
     token = issue_token(tenant=model.tenant, name="product", actor="test").secret
