@@ -172,7 +172,8 @@ class ModelKind:
     build_artifact: Callable[..., dict] | None = None
     # ``train(*, train_rows, validation_rows, out_dir, hyperparameters, cache_dir, progress)
     # -> metrics``: what the training entry point runs (locally or in a SageMaker container).
-    # Rows are ``{"text", "label"[, "group"]}`` dicts, hyperparameters may arrive as strings
+    # Rows are dicts of the kind's ``dataset_columns`` (``text`` and ``label``, with ``group`` for
+    # paraphrase groups, or ``text`` and ``reply``), hyperparameters may arrive as strings
     # (SageMaker passes them so) and ``progress(percent, message)`` reports how far it got.
     # It must import without Django: the SageMaker container has only the sourcedir.
     train: Callable[..., dict] | None = None

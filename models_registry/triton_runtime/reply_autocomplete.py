@@ -649,19 +649,26 @@ class TritonPythonModel:
         for chunk in self.generator.stream(
             prompt, settings, cancelled=sender.is_cancelled, token_delay_s=self.token_delay_s
         ):
+            response = pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor(TEXT_OUTPUT, np.array([chunk.text.encode()], object)),
+                    pb_utils.Tensor(
+                        FINISH_OUTPUT, np.array([chunk.finish_reason.encode()], object)
+                    ),
+                ]
+            )
+            try:
+                sender.send(response)
+            except pb_utils.TritonModelException:
+                break  # the request went away between the check and the send: stop as cancelled
             responses += 1
             finish = chunk.finish_reason
-            sender.send(
-                pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor(TEXT_OUTPUT, np.array([chunk.text.encode()], object)),
-                        pb_utils.Tensor(FINISH_OUTPUT, np.array([finish.encode()], object)),
-                    ]
-                )
-            )
         if not finish:
             _log(f"reply generation cancelled after {responses} response(s)")
-        sender.send(flags=final)
+        try:
+            sender.send(flags=final)
+        except pb_utils.TritonModelException:
+            _log("the final flag of a cancelled reply could not be sent")
 
     def finalize(self) -> None:
         self.generator = None
