@@ -39,8 +39,15 @@ EXACT_SEARCH_MAX_ITEMS_PER_BIN = 6
 EXACT_SEARCH_MAX_ITEMS = 1500
 EXACT_SEARCH_NODES = 100_000
 # Repacking a few bins at a time: rounds, and search steps each.
-RECREATE_ROUNDS = 300
-RECREATE_NODES = 3_000
+RECREATE_ROUNDS = (200, 1500)
+# Rounds = this ÷ items, within RECREATE_ROUNDS: small fleets search longer per item.
+RECREATE_ITEM_ROUNDS = 200_000
+# All repacks together stop after this many search steps (about a second).
+RECREATE_TOTAL_NODES = 600_000
+RECREATE_NODES = 4_000
+# How many full bins join the emptiest ones in a repack: up to the first, widening to the
+# second after failures.
+RECREATE_EXTRA_BINS = (6, 16)
 MINIMUM_SLACK_NODES_PER_BIN = 200
 # Local search steps: item comparisons, about a microsecond each.
 LOCAL_SEARCH_STEPS = 400_000
@@ -171,7 +178,7 @@ def ruin_and_recreate(
     bins: list[list[int]],
     lower: int,
     *,
-    rounds: int = RECREATE_ROUNDS,
+    rounds: int | None = None,
     nodes: int = RECREATE_NODES,
 ) -> list[list[int]]:
     """Take out the emptiest bins (at least a bin's worth of free room between them) and a
@@ -179,9 +186,14 @@ def ruin_and_recreate(
     bin-completion search; keep every success. Few items per bin only (the search's cost)."""
     tolerance = capacity * RELATIVE_TOLERANCE
     rng = random.Random(0)
+    if rounds is None:
+        rounds = RECREATE_ITEM_ROUNDS // max(len(weights), 1)
+        rounds = min(max(rounds, RECREATE_ROUNDS[0]), RECREATE_ROUNDS[1])
     current = [list(b) for b in bins]
+    stale = 0
+    spent = [0]
     for _ in range(rounds):
-        if len(current) <= lower:
+        if len(current) <= lower or spent[0] >= RECREATE_TOTAL_NODES:
             break
         rooms = [capacity - sum(weights[i] for i in b) for b in current]
         if sum(rooms) < capacity - tolerance:
@@ -195,7 +207,9 @@ def ruin_and_recreate(
             taken.append(index)
             room += rooms[index]
         others = [b for b in range(len(current)) if b not in set(taken)]
-        for _ in range(rng.randint(1, 6)):
+        # Small neighbourhoods while they succeed, wider after each run of failures.
+        widest = min(RECREATE_EXTRA_BINS[0] + stale // 10, RECREATE_EXTRA_BINS[1])
+        for _ in range(rng.randint(1, widest)):
             if others:
                 taken.append(others.pop(rng.randrange(len(others))))
         pool = sorted((i for b in taken for i in current[b]), key=lambda i: (-weights[i], i))
@@ -206,9 +220,12 @@ def ruin_and_recreate(
             cap,
             bins=len(taken) - 1,
             nodes=nodes,
+            spent=spent,
         )
         if repacked is None:
+            stale += 1
             continue
+        stale = 0
         kept = [current[b] for b in range(len(current)) if b not in set(taken)]
         current = kept + [[pool[j] for j in b] for b in repacked]
     return current
@@ -299,6 +316,7 @@ def bin_completion(
     bins: int,
     nodes: int,
     restarts: int = 1,
+    spent: list[int] | None = None,
 ) -> list[list[int]] | None:
     """``bins`` bins that hold every item, or None (none exist, or not found in ``nodes``)."""
     tolerance = capacity * RELATIVE_TOLERANCE
@@ -387,7 +405,10 @@ def bin_completion(
         budget[0] = nodes // restarts
         used[:] = [False] * count
         chosen.clear()
-        if search(waste_budget, bins, count):
+        found = search(waste_budget, bins, count)
+        if spent is not None:
+            spent[0] += nodes // restarts - max(budget[0], 0)
+        if found:
             return [list(b) for b in chosen]
     return None
 
