@@ -235,6 +235,12 @@ TENANTML_PERIODIC_TASKS = [
         "expire_seconds": 50,
     },
     {
+        "name": "Delete captured requests past their retention",
+        "task": "deployments.tasks.delete_expired_capture",
+        "every_seconds": 3600,
+        "expire_seconds": 3000,
+    },
+    {
         "name": "Sweep webhook deliveries",
         "task": "webhooks.tasks.sweep_webhook_deliveries",
         "every_seconds": 60,
@@ -503,6 +509,13 @@ if not 0 < TENANTML_EVICTION_LOW_WATERMARK <= TENANTML_EVICTION_HIGH_WATERMARK <
 # Serving processes add their in-memory request counters to the minute time series this often
 # (seconds; 0 = only on demand).
 TENANTML_USAGE_FLUSH_INTERVAL_S = env.int("USAGE_FLUSH_INTERVAL_S", default=15)
+# Request capture (docs/deployments.md): a serving process buffers up to CAPTURE_BUFFER_RECORDS
+# sampled requests (beyond, they are dropped and counted); its writer thread stores them every
+# CAPTURE_FLUSH_INTERVAL_S seconds (0: only on demand); a model's capture settings are re-read
+# every CAPTURE_SETTINGS_TTL_S seconds.
+TENANTML_CAPTURE_BUFFER_RECORDS = env.int("CAPTURE_BUFFER_RECORDS", default=10000)
+TENANTML_CAPTURE_FLUSH_INTERVAL_S = env.float("CAPTURE_FLUSH_INTERVAL_S", default=1.0)
+TENANTML_CAPTURE_SETTINGS_TTL_S = env.float("CAPTURE_SETTINGS_TTL_S", default=10.0)
 # The CloudWatch pass (every minute) reads each SageMaker endpoint's last minutes of CloudWatch
 # figures: this many minutes back (or back to the last pass after an outage, at most three
 # hours), so datapoints CloudWatch publishes late are caught; a minute read again is

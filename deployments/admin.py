@@ -396,16 +396,37 @@ class DeploymentAdmin(admin.ModelAdmin):
         "attempts",
         "rollout_started_at",
         "live_since",
+        "capture_enabled",
+        "capture_sample_percent",
+        "capture_retention_days",
+        "capture_records_written",
+        "capture_records_dropped",
         "created_at",
         "updated_at",
     )
     # Deployments change through the API, the dashboard or these actions, so each change is a
-    # recorded rollout rather than an edited row.
-    readonly_fields = fields
+    # recorded rollout rather than an edited row; only request capture's settings are edited
+    # here (saved through the capture service, which records the change).
+    readonly_fields = tuple(
+        name
+        for name in fields
+        if name not in ("capture_enabled", "capture_sample_percent", "capture_retention_days")
+    )
     actions = ("roll_back", "redeploy_active", "retire")
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def save_model(self, request, obj: Deployment, form, change: bool) -> None:
+        from deployments.services.capture import update_capture_settings
+
+        update_capture_settings(
+            deployment=Deployment.objects.get(pk=obj.pk),
+            actor=admin_actor(request),
+            enabled=form.cleaned_data["capture_enabled"],
+            sample_percent=form.cleaned_data["capture_sample_percent"],
+            retention_days=form.cleaned_data["capture_retention_days"],
+        )
 
     @admin.display(description="Live", ordering="live_version__number")
     def live(self, obj: Deployment) -> str:

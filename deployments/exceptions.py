@@ -136,3 +136,17 @@ class ForwardFailed(DomainError):
         self.retry_after_s = retry_after_s
         self.metric = metric
         self.stale_route = stale_route
+
+
+class InvalidCapture(DomainError):
+    """A request-capture call that cannot be done as asked (the field is named)."""
+
+    status_code = 400
+    code = "invalid"
+
+
+class CaptureNotFound(DomainError):
+    """No captured requests where the caller asked for them."""
+
+    status_code = 404
+    code = "not_found"

@@ -12,6 +12,11 @@ from django.utils import timezone
 from models_registry.models import ModelVersion, TenantModel
 from tenants.models import Tenant
 
+# Request capture's defaults and bounds (docs/deployments.md, "Request capture").
+CAPTURE_DEFAULT_SAMPLE_PERCENT = 10.0
+CAPTURE_DEFAULT_RETENTION_DAYS = 30
+CAPTURE_MAX_RETENTION_DAYS = 3650
+
 
 class InstanceType(models.Model):
     """One row of the instance catalog; operators edit prices and sizes in the admin."""
@@ -466,6 +471,20 @@ class Deployment(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     rollout_started_at = models.DateTimeField(null=True, blank=True)
     live_since = models.DateTimeField(null=True, blank=True)
+    # Request capture (opt-in): the share of answered requests kept, with their inputs and
+    # outputs, under capture/<tenant>/<model>/<day>/ in the artifact store, for how many days.
+    capture_enabled = models.BooleanField(default=False)
+    capture_sample_percent = models.FloatField(
+        default=CAPTURE_DEFAULT_SAMPLE_PERCENT,
+        validators=[MinValueValidator(0.0), MaxValueValidator(100.0)],
+    )
+    capture_retention_days = models.PositiveSmallIntegerField(
+        default=CAPTURE_DEFAULT_RETENTION_DAYS,
+        validators=[MinValueValidator(1), MaxValueValidator(CAPTURE_MAX_RETENTION_DAYS)],
+    )
+    # Records written, and records dropped because the serving process's buffer was full.
+    capture_records_written = models.PositiveBigIntegerField(default=0)
+    capture_records_dropped = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -482,6 +501,10 @@ class Deployment(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(replicas__gte=1), name="deployment_replicas_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(capture_sample_percent__gte=0, capture_sample_percent__lte=100),
+                name="deployment_capture_sample_percent_range",
             ),
         ]
         indexes = [models.Index(fields=["status"], name="deployment_status")]

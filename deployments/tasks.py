@@ -3,7 +3,7 @@
 from celery import shared_task
 
 from deployments.exceptions import CapacityExceeded, InstanceUnavailable
-from deployments.services import cloud_metrics, reconciler, retirement, rollouts, warmups
+from deployments.services import capture, cloud_metrics, reconciler, retirement, rollouts, warmups
 from deployments.services import fleet as services
 
 
@@ -40,3 +40,8 @@ def read_cloud_metrics() -> dict:
 @shared_task(name="deployments.tasks.retire_placements")
 def retire_placements(model_id: int) -> int:
     return retirement.retire_placements(model_id=model_id)
+
+
+@shared_task(name="deployments.tasks.delete_expired_capture")
+def delete_expired_capture() -> int:
+    return capture.delete_expired_capture()

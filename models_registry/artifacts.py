@@ -7,6 +7,7 @@ rename), so a crash never leaves a half-written artifact under its final name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -80,6 +81,58 @@ def put_bytes(key: str, content: bytes) -> StoredArtifact:
             Path(tmp).unlink(missing_ok=True)
             raise
     return StoredArtifact(key=key, uri=uri_for(key), sha256=digest, size_bytes=len(content))
+
+
+def list_keys(prefix: str) -> list[str]:
+    """The relative keys stored under ``prefix`` (a folder), sorted; none when it is absent."""
+    prefix = _checked_key(prefix).rstrip("/") + "/"
+    store = settings.ARTIFACT_STORE
+    if store.kind == "s3":
+        from config.aws import client as aws_client
+
+        bucket, _, root = store.root.partition("/")
+        base = f"{root}/" if root else ""
+        paginator = aws_client("s3").get_paginator("list_objects_v2")
+        return sorted(
+            item["Key"][len(base) :]
+            for page in paginator.paginate(Bucket=bucket, Prefix=base + prefix)
+            for item in page.get("Contents", [])
+        )
+    folder = Path(store.root) / prefix
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path.relative_to(store.root).as_posix()
+        for path in folder.rglob("*")
+        if path.is_file() and not path.name.startswith(".tmp-")
+    )
+
+
+def delete_keys(keys: list[str]) -> int:
+    """Delete stored artifacts by relative key (missing ones are skipped); returns how many
+    keys were asked for. Local folders left empty are removed."""
+    keys = [_checked_key(key) for key in keys]
+    store = settings.ARTIFACT_STORE
+    if store.kind == "s3":
+        from config.aws import client as aws_client
+
+        bucket, _, root = store.root.partition("/")
+        client = aws_client("s3")
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
+            objects = [
+                {"Key": f"{root}/{key}" if root else key} for key in keys[start : start + 1000]
+            ]
+            client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+        return len(keys)
+    folders = set()
+    for key in keys:
+        path = Path(store.root) / key
+        path.unlink(missing_ok=True)
+        folders.add(path.parent)
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty: another writer's file is there
+            folder.rmdir()
+    return len(keys)
 
 
 def read_bytes(uri: str) -> bytes:

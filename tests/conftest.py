@@ -169,11 +169,16 @@ def isolated_artifact_store(settings, tmp_path):
 def explicit_usage_flushes(settings):
     """Tests flush serving counters explicitly; no background thread writes behind their back."""
     settings.TENANTML_USAGE_FLUSH_INTERVAL_S = 0
+    settings.TENANTML_CAPTURE_FLUSH_INTERVAL_S = 0
     from deployments import usage
     from deployments.backends.local import runtime
 
     # Counts and recency stamps from an earlier test name rows that test's database rolled back.
     usage.COUNTERS.drain()
+    from deployments.proxy import capture
+
+    capture.BUFFER.drain()
+    capture.SETTINGS.forget()
     runtime._LAST_USED.clear()
 
 

@@ -7,11 +7,12 @@ from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from config.fields import JsonIntegerField
+from config.fields import JsonBooleanField, JsonIntegerField, JsonNumberField, TextField
 from deployments.backends import backend_named
-from deployments.models import Deployment, Endpoint, Event, Instance
+from deployments.models import CAPTURE_MAX_RETENTION_DAYS, Deployment, Endpoint, Event, Instance
 from deployments.proxy.batching import too_many_inputs
 from deployments.selectors.events import EVENT_TYPE_MAX_CHARS, EVENT_TYPE_PATTERN
+from models_registry.api.serializers import DATASET_NAME_MAX_CHARS
 
 
 class DeploymentModeField(serializers.ChoiceField):
@@ -51,6 +52,20 @@ class DeploymentRequestSerializer(serializers.Serializer):
     )
 
 
+class CaptureSerializer(serializers.Serializer):
+    """A deployment's request capture, as its answer shows it."""
+
+    enabled = serializers.BooleanField(source="capture_enabled")
+    sample_percent = serializers.FloatField(source="capture_sample_percent")
+    retention_days = serializers.IntegerField(source="capture_retention_days")
+    records_written = serializers.IntegerField(source="capture_records_written")
+    records_dropped = serializers.IntegerField(
+        source="capture_records_dropped",
+        help_text="Sampled requests not kept: a serving process's capture buffer was full, "
+        "or the artifact store refused them.",
+    )
+
+
 def _number(version) -> int | None:
     return version.number if version is not None else None
 
@@ -62,6 +77,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
     live_version = serializers.SerializerMethodField()
     target_version = serializers.SerializerMethodField()
     previous_version = serializers.SerializerMethodField()
+    capture = CaptureSerializer(source="*", read_only=True)
 
     class Meta:
         model = Deployment
@@ -79,6 +95,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "previous_version",
             "rollout_started_at",
             "live_since",
+            "capture",
             "updated_at",
         ]
         read_only_fields = fields
@@ -91,6 +108,40 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     def get_previous_version(self, obj: Deployment) -> int | None:
         return _number(obj.previous_version)
+
+
+class CaptureSettingsRequestSerializer(serializers.Serializer):
+    capture_enabled = JsonBooleanField(
+        required=False, help_text="Keep a sample of answered requests with their outputs."
+    )
+    capture_sample_percent = JsonNumberField(
+        required=False,
+        min_value=0.0,
+        max_value=100.0,
+        help_text="The share of answered requests kept, 0 to 100.",
+    )
+    capture_retention_days = JsonIntegerField(
+        required=False,
+        min_value=1,
+        max_value=CAPTURE_MAX_RETENTION_DAYS,
+        help_text="Days a captured day is kept before it is deleted.",
+    )
+
+    def validate(self, attrs):
+        if not attrs:
+            raise serializers.ValidationError(
+                {
+                    "capture_enabled": "Send at least one of capture_enabled, "
+                    "capture_sample_percent, capture_retention_days."
+                }
+            )
+        return attrs
+
+
+class CaptureDatasetRequestSerializer(serializers.Serializer):
+    name = TextField(
+        max_length=DATASET_NAME_MAX_CHARS, help_text="The new dataset's name (unique per tenant)."
+    )
 
 
 class InvokeInputsField(serializers.ListField):

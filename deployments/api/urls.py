@@ -11,6 +11,12 @@ urlpatterns = [
         views.DeploymentRollbackView.as_view(),
         name="deployment-rollback",
     ),
+    path(f"{MODEL}/captures/", views.CapturedDaysView.as_view(), name="captured-days"),
+    path(
+        f"{MODEL}/captures/<str:day>/dataset",
+        views.CapturedDayDatasetView.as_view(),
+        name="captured-day-dataset",
+    ),
     path(f"{MODEL}/invoke", views.InvokeView.as_view(), name="model-invoke"),
     path("instances/<int:instance_id>/drain", views.InstanceDrainView.as_view(), name="drain"),
     path("events/", views.EventListView.as_view(), name="event-list"),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
-from rest_framework import status
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -12,6 +12,8 @@ from config.filters import query_filters
 from config.openapi import error_responses
 from config.pagination import LimitOffsetPagination
 from deployments.api.serializers import (
+    CaptureDatasetRequestSerializer,
+    CaptureSettingsRequestSerializer,
     DeploymentRequestSerializer,
     DeploymentSerializer,
     DrainedInstanceSerializer,
@@ -28,8 +30,9 @@ from deployments.proxy import invoke as inference
 from deployments.selectors import costs as cost_selectors
 from deployments.selectors import events as event_selectors
 from deployments.selectors import fleet as selectors
-from deployments.services import draining, retirement, rollouts
+from deployments.services import capture, draining, retirement, rollouts
 from models_registry import selectors as registry_selectors
+from models_registry.api.serializers import DatasetSerializer
 from tenants.access import caller_for_request
 from tenants.api.permissions import IsPlatformCaller
 from tenants.selectors import tenant_for_caller
@@ -115,6 +118,92 @@ class DeploymentView(APIView):
         retirement.retire_deployment(model=model, actor=caller_for_request(request).label)
         deployment = selectors.deployment_for_model(model=model)
         return Response(DeploymentSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        operation_id="updateDeploymentCapture",
+        tags=["Deployments"],
+        summary="Turn request capture on or off",
+        description="Request capture keeps `capture_sample_percent` % of the model's answered "
+        "requests with their outputs (version, latency, cold start, protocol, time, a request "
+        "id) as JSON Lines under `capture/<tenant>/<model>/<YYYY-MM-DD>/` in the artifact "
+        "store, for `capture_retention_days` days. Serving processes read the change within "
+        "CAPTURE_SETTINGS_TTL_S seconds.",
+        request=CaptureSettingsRequestSerializer,
+        responses={
+            200: DeploymentSerializer,
+            **error_responses(
+                {
+                    400: "A capture field is out of range or of the wrong type.",
+                    404: "No such model, or the model was never deployed.",
+                }
+            ),
+        },
+    )
+    def patch(self, request, slug: str, name: str):
+        deployment = selectors.deployment_for_model(model=_model(request, slug, name))
+        serializer = CaptureSettingsRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        capture.update_capture_settings(
+            deployment=deployment,
+            actor=caller_for_request(request).label,
+            enabled=data.get("capture_enabled"),
+            sample_percent=data.get("capture_sample_percent"),
+            retention_days=data.get("capture_retention_days"),
+        )
+        deployment = selectors.deployment_for_model(model=deployment.model)
+        return Response(DeploymentSerializer(deployment).data)
+
+
+class CapturedDaysView(APIView):
+    @extend_schema(
+        operation_id="getCapturedDays",
+        tags=["Deployments"],
+        summary="Days with captured requests",
+        description="The UTC days (YYYY-MM-DD) the model has captured requests for, oldest first.",
+        responses={
+            200: inline_serializer("CapturedDays", {"days": serializers.ListField()}),
+            **error_responses({404: "No such model."}),
+        },
+    )
+    def get(self, request, slug: str, name: str):
+        return Response({"days": capture.captured_days(model=_model(request, slug, name))})
+
+
+class CapturedDayDatasetView(APIView):
+    @extend_schema(
+        operation_id="createDatasetFromCapture",
+        tags=["Deployments"],
+        summary="Turn a captured day into a dataset",
+        description="A dataset, checked like an upload, of the requests captured on one day: "
+        "for a classifier each text with the label the model predicted (every row marked "
+        '`"label_source": "predicted"` in the stored file, for the team to correct); for a '
+        "reply model each text with the reply it generated. Embedding models are refused "
+        "(their answers are no training target).",
+        request=CaptureDatasetRequestSerializer,
+        responses={
+            201: DatasetSerializer,
+            **error_responses(
+                {
+                    400: "The day, the name or the captured rows are refused (the field is "
+                    "named), or the model's kind has no training target in its answers.",
+                    404: "No such model, or nothing captured that day.",
+                    409: "The tenant has a dataset of that name.",
+                }
+            ),
+        },
+    )
+    def post(self, request, slug: str, name: str, day: str):
+        model = _model(request, slug, name)
+        serializer = CaptureDatasetRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        dataset = capture.dataset_from_capture(
+            model=model,
+            day=day,
+            name=serializer.validated_data["name"],
+            actor=caller_for_request(request).label,
+        )
+        return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
 
 class DeploymentRollbackView(APIView):

@@ -13,7 +13,7 @@ from urllib.parse import unquote
 from django.conf import settings
 
 from config.errors import DomainError
-from deployments.proxy import core
+from deployments.proxy import capture, core
 from deployments.proxy.core import Principal, ProxyError
 from deployments.proxy.metrics import METRICS
 from deployments.proxy.routing import Route
@@ -196,7 +196,10 @@ def finish_request(
     protocol: str,
     status: int,
     generated: GenerationFigures | None = None,
+    exchange: tuple[object, object] | None = None,
 ) -> None:
+    """Count a finished request; an answered one with its ``exchange`` (inputs, outputs) is
+    offered for request capture."""
     seconds = time.perf_counter() - started
     # 499: the caller left before its answer (a generating model's whole answer, abandoned).
     if route is not None and status not in (401, 403, 404, 413, 429, 499):
@@ -210,3 +213,12 @@ def finish_request(
         seconds=seconds,
         cold_start=bool(answer and answer.cold_start),
     )
+    if exchange is not None and live and status == 200:
+        capture.offer(
+            route=route,
+            protocol=protocol,
+            inputs=exchange[0],
+            outputs=exchange[1],
+            latency_ms=seconds * 1000,
+            cold_start=bool(answer and answer.cold_start),
+        )

@@ -265,6 +265,11 @@ async def _forward_tensors(
     return _joined(answers), data, answer_length
 
 
+def _captured(data: bytes, answer_length: int | None) -> bytes:
+    """A tensor answer's JSON header as request capture keeps it (binary tensors left out)."""
+    return data if answer_length is None else data[:answer_length]
+
+
 def _joined(answers: list[core.Answer]) -> core.Answer:
     """The answer that stands for a split request's parts (cold if any part was)."""
     return dataclasses.replace(answers[0], cold_start=any(a.cold_start for a in answers))
@@ -320,7 +325,7 @@ async def native_invoke(request: Request, send, tenant: str, model: str) -> None
         finish_request(route, None, started, "native", error.status)
         await send_answer(send, error.status, json_body(native_error(error)), JSON, error.headers())
         return
-    finish_request(route, answer, started, "native", 200)
+    finish_request(route, answer, started, "native", 200, exchange=(payload["inputs"], outputs))
     await send_answer(
         send,
         200,
@@ -379,7 +384,14 @@ async def v2_model(request: Request, send, name: str, version: str | None, actio
             send, error.status, json_body({"error": error.message}), JSON, error.headers()
         )
         return
-    finish_request(route, answer, started, "v2", 200)
+    finish_request(
+        route,
+        answer,
+        started,
+        "v2",
+        200,
+        exchange=(header["inputs"], _captured(data, answer_length)),
+    )
     headers = answer_headers(route, answer)
     if answer_length is not None:
         headers.append((HEADER_LENGTH.encode(), str(answer_length).encode()))
@@ -421,7 +433,14 @@ async def sagemaker_invoke(request: Request, send, endpoint: str) -> None:
         finish_request(route, None, started, "sagemaker", error.status)
         await send_sagemaker_error(send, error)
         return
-    finish_request(route, answer, started, "sagemaker", 200)
+    finish_request(
+        route,
+        answer,
+        started,
+        "sagemaker",
+        200,
+        exchange=(header["inputs"], _captured(data, answer_length)),
+    )
     headers = [
         (b"x-amzn-invoked-production-variant", b"AllTraffic"),
         *answer_headers(route, answer),

@@ -269,7 +269,15 @@ async def native_generation(
         )
     finally:
         generation.close()
-    finish_request(route, _answer(generation), started, "native", status, tally.figures())
+    finish_request(
+        route,
+        _answer(generation),
+        started,
+        "native",
+        status,
+        tally.figures(),
+        exchange=(prompts, [{"text": tally.text}]),
+    )
 
 
 async def _native_whole(
@@ -301,7 +309,6 @@ async def _native_whole(
         )
     cold_start = any(whole.answer.cold_start for whole in answers)
     answer = dataclasses.replace(answers[0].answer, cold_start=cold_start)
-    finish_request(route, answer, started, "native", 200, generated)
     outputs = [
         {
             "text": whole.tally.text,
@@ -310,6 +317,7 @@ async def _native_whole(
         }
         for whole in answers
     ]
+    finish_request(route, answer, started, "native", 200, generated, exchange=(prompts, outputs))
     await send_answer(
         send,
         200,
