@@ -52,7 +52,10 @@ def last_sharing(instance) -> dict:
 
 
 def default_instances() -> list[Instance]:
+    """One instance each of the intent and embedding endpoints (the figures below are worked out
+    for two; the reply endpoint, a default too, is left out)."""
     runtime.ensure_default_local_endpoints(actor="test")
+    Endpoint.objects.exclude(model_kind__in=("intent-classifier", "embedding")).delete()
     started = runtime.start_local_endpoints(actor="test")
     assert len(started) == 2
     return started

@@ -560,6 +560,10 @@ def test_start_up_marks_instances_whose_triton_is_gone_and_starts_fresh_ones(db)
 def test_default_local_endpoints_are_created_once_one_per_kind(db):
     created = runtime.ensure_default_local_endpoints(actor="test")
 
-    assert sorted(e.model_kind for e in created) == ["embedding", "intent-classifier"]
+    assert sorted(e.model_kind for e in created) == [
+        "embedding",
+        "intent-classifier",
+        "reply-autocomplete",
+    ]
     assert all(e.backend == "local" and e.instance_type.is_local for e in created)
     assert runtime.ensure_default_local_endpoints(actor="test") == []
