@@ -496,6 +496,12 @@ def _improved_bins(
     """
     if sizing.slots != 1 or upper <= 1:
         return None
+    # The improvement's own limits, checked before any work (the bound is at most ``upper``).
+    copies_total = sum(counts)
+    if copies_total > packing.IMPROVE_MAX_ITEMS:
+        return None
+    if copies_total > packing.IMPROVE_MAX_ITEMS_PER_BIN * upper:
+        return None
     item_weights, owners = _copy_items(weights, counts, order)
     if not item_weights:
         return None
