@@ -235,6 +235,12 @@ TENANTML_PERIODIC_TASKS = [
         "expire_seconds": 50,
     },
     {
+        "name": "Decide canary and shadow rollouts",
+        "task": "deployments.tasks.evaluate_candidates",
+        "every_seconds": 60,
+        "expire_seconds": 50,
+    },
+    {
         "name": "Delete captured requests past their retention",
         "task": "deployments.tasks.delete_expired_capture",
         "every_seconds": 3600,
@@ -544,6 +550,21 @@ TENANTML_PROXY_RATE_LIMIT_RPS = env.float("PROXY_RATE_LIMIT_RPS", default=200.0)
 TENANTML_PROXY_RATE_LIMIT_BURST = env.float("PROXY_RATE_LIMIT_BURST", default=400.0)
 # Requests in flight per copy before the proxy answers 503 (overload) instead of queueing.
 TENANTML_PROXY_MAX_OUTSTANDING_PER_COPY = env.int("PROXY_MAX_OUTSTANDING_PER_COPY", default=64)
+# Canary and shadow rollouts (docs/deployments.md): copies of live requests a serving process
+# sends a new version at once (beyond, a copy is dropped and counted), the share of a canary's
+# live-version requests also copied to the canary to compare answers, and the live gate: it
+# decides once the new version has CANARY_MIN_REQUESTS requests, or CANARY_MIN_MINUTES have
+# passed with at least one; it promotes when the error rate is at most CANARY_MAX_ERROR_RATE,
+# the p99 latency at most CANARY_MAX_P99_RATIO times the live version's (or CANARY_MAX_P99_MS,
+# whichever is larger) and the agreement with the live answers at least CANARY_MIN_AGREEMENT.
+TENANTML_SHADOW_MAX_IN_FLIGHT = env.int("SHADOW_MAX_IN_FLIGHT", default=32)
+TENANTML_CANARY_MIRROR_SHARE = env.float("CANARY_MIRROR_SHARE", default=0.05)
+TENANTML_CANARY_MIN_REQUESTS = env.int("CANARY_MIN_REQUESTS", default=200)
+TENANTML_CANARY_MIN_MINUTES = env.float("CANARY_MIN_MINUTES", default=30.0)
+TENANTML_CANARY_MAX_ERROR_RATE = env.float("CANARY_MAX_ERROR_RATE", default=0.01)
+TENANTML_CANARY_MAX_P99_RATIO = env.float("CANARY_MAX_P99_RATIO", default=2.0)
+TENANTML_CANARY_MAX_P99_MS = env.float("CANARY_MAX_P99_MS", default=50.0)
+TENANTML_CANARY_MIN_AGREEMENT = env.float("CANARY_MIN_AGREEMENT", default=0.9)
 # How long a route and a token stay cached without a change notice, in seconds.
 TENANTML_PROXY_ROUTE_TTL_S = env.float("PROXY_ROUTE_TTL_S", default=30.0)
 TENANTML_PROXY_AUTH_TTL_S = env.float("PROXY_AUTH_TTL_S", default=10.0)

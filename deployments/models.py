@@ -398,6 +398,14 @@ class TrafficMinute(models.Model):
     time_to_first_token_ms_sum = models.FloatField(default=0)
     generated_tokens = models.PositiveBigIntegerField(default=0)
     generation_ms_sum = models.FloatField(default=0)
+    # Canary and shadow rollouts: requests a new version got as a copy of a live request (its
+    # answer discarded), copies dropped because too many were in flight, outputs compared with
+    # the live version's answer and the sum of their agreement (1 for the same label, the
+    # cosine similarity of embeddings): the comparison a live gate decides on.
+    mirrored = models.PositiveIntegerField(default=0)
+    mirror_dropped = models.PositiveIntegerField(default=0)
+    compared = models.PositiveIntegerField(default=0)
+    agreement_sum = models.FloatField(default=0)
     # Counts per latency bucket upper bound in ms, so p50/p99 survive aggregation.
     latency_histogram = models.JSONField(default=dict, blank=True)
 
@@ -444,6 +452,10 @@ class Deployment(models.Model):
         FAILED = "failed", "Failed"
         RETIRED = "retired", "Retired"
 
+    class Strategy(models.TextChoices):
+        CANARY = "canary", "Canary"
+        SHADOW = "shadow", "Shadow"
+
     model = models.OneToOneField(
         "models_registry.TenantModel", on_delete=models.CASCADE, related_name="deployment"
     )
@@ -471,6 +483,17 @@ class Deployment(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     rollout_started_at = models.DateTimeField(null=True, blank=True)
     live_since = models.DateTimeField(null=True, blank=True)
+    # A canary or shadow rollout: the new version loaded beside the live one, how it gets
+    # traffic (a share of live requests, or a copy of each), since when, and the live gate's
+    # thresholds this deployment overrides. The strategy is set when the rollout is requested,
+    # the candidate once it is loaded and answering.
+    candidate_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    candidate_strategy = models.CharField(max_length=8, choices=Strategy.choices, blank=True)
+    candidate_share = models.FloatField(default=0.1)
+    candidate_started_at = models.DateTimeField(null=True, blank=True)
+    gate_overrides = models.JSONField(default=dict, blank=True)
     # Request capture (opt-in): the share of answered requests kept, with their inputs and
     # outputs, under capture/<tenant>/<model>/<day>/ in the artifact store, for how many days.
     capture_enabled = models.BooleanField(default=False)

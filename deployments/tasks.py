@@ -3,7 +3,15 @@
 from celery import shared_task
 
 from deployments.exceptions import CapacityExceeded, InstanceUnavailable
-from deployments.services import capture, cloud_metrics, reconciler, retirement, rollouts, warmups
+from deployments.services import (
+    candidates,
+    capture,
+    cloud_metrics,
+    reconciler,
+    retirement,
+    rollouts,
+    warmups,
+)
 from deployments.services import fleet as services
 
 
@@ -45,3 +53,8 @@ def retire_placements(model_id: int) -> int:
 @shared_task(name="deployments.tasks.delete_expired_capture")
 def delete_expired_capture() -> int:
     return capture.delete_expired_capture()
+
+
+@shared_task(name="deployments.tasks.evaluate_candidates")
+def evaluate_candidates() -> list[dict]:
+    return candidates.evaluate_candidates()

@@ -51,6 +51,10 @@ class _Cell:
     time_to_first_token_ms_sum: float = 0.0
     generated_tokens: int = 0
     generation_ms_sum: float = 0.0
+    mirrored: int = 0
+    mirror_dropped: int = 0
+    compared: int = 0
+    agreement_sum: float = 0.0
     latency_ms_max: float = 0.0
     histogram: dict = field(default_factory=lambda: defaultdict(int))
 
@@ -69,6 +73,9 @@ GENERATION_COUNTS = (
     "generated_tokens",
     "generation_ms_sum",
 )
+# A new version's copies of live requests and its agreement with the live version's answers
+# (canary and shadow rollouts).
+COMPARISON_COUNTS = ("mirrored", "mirror_dropped", "compared", "agreement_sum")
 COUNTS = (
     "invocations",
     "errors",
@@ -76,6 +83,7 @@ COUNTS = (
     "cache_hits",
     "latency_ms_sum",
     *GENERATION_COUNTS,
+    *COMPARISON_COUNTS,
 )
 
 
@@ -105,15 +113,15 @@ class UsageCounters:
         placement_id: int | None = None,
         now: datetime | None = None,
         generated: GenerationFigures | None = None,
+        mirrored: bool = False,
     ) -> None:
         """Count one request (and, for a generating model's request that produced a first
-        token, its time to that token and its tokens)."""
+        token, its time to that token and its tokens); ``mirrored`` for a copy of a live
+        request sent to a new version."""
         now = now or datetime.now(UTC)
-        minute = now.replace(second=0, microsecond=0)
         with self._lock:
-            cell = self._cells.get((version_id, endpoint_id, minute))
-            if cell is None:
-                cell = self._cells[(version_id, endpoint_id, minute)] = _Cell(tenant_id)
+            cell = self._cell(version_id, endpoint_id, tenant_id, now)
+            cell.mirrored += int(mirrored)
             cell.invocations += 1
             cell.errors += int(error)
             cell.cold_starts += int(cold_start)
@@ -128,6 +136,38 @@ class UsageCounters:
                 cell.generation_ms_sum += generated.generation_ms
             if placement_id is not None:
                 self._last_invoked[placement_id] = now
+
+    def record_comparison(
+        self,
+        *,
+        version_id: int,
+        endpoint_id: int,
+        tenant_id: int,
+        compared: int,
+        agreement_sum: float,
+        now: datetime | None = None,
+    ) -> None:
+        """Count outputs of a new version compared with the live version's answers to the same
+        inputs, and the sum of their agreement (each between 0 and 1)."""
+        with self._lock:
+            cell = self._cell(version_id, endpoint_id, tenant_id, now or datetime.now(UTC))
+            cell.compared += compared
+            cell.agreement_sum += agreement_sum
+
+    def record_mirror_dropped(
+        self, *, version_id: int, endpoint_id: int, tenant_id: int, now: datetime | None = None
+    ) -> None:
+        """Count a copy of a live request not sent to a new version (too many in flight)."""
+        with self._lock:
+            cell = self._cell(version_id, endpoint_id, tenant_id, now or datetime.now(UTC))
+            cell.mirror_dropped += 1
+
+    def _cell(self, version_id: int, endpoint_id: int, tenant_id: int, now: datetime) -> _Cell:
+        key = (version_id, endpoint_id, now.replace(second=0, microsecond=0))
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = _Cell(tenant_id)
+        return cell
 
     def drain(self) -> tuple[dict, dict]:
         """Take everything counted so far, leaving the counters empty."""
@@ -229,10 +269,15 @@ def _add_to_minute_rows(model, key_fields: tuple[str, ...], cells: dict, *, extr
             histogram[bucket] = histogram.get(bucket, 0) + count
         row.latency_histogram = histogram
         changed.append(row)
-    # Minutes without generated text leave the generation columns as they are: fewer
+    # Minutes without generated text (or without compared answers) leave those columns as they
+    # are: fewer
     # parameters per row, so as many rows fit a statement as before those columns existed.
     generated = any(cells[key].generations for key in keys)
-    counts = COUNTS if generated else tuple(c for c in COUNTS if c not in GENERATION_COUNTS)
+    compared = any(
+        cells[key].mirrored or cells[key].mirror_dropped or cells[key].compared for key in keys
+    )
+    skipped = (*(() if generated else GENERATION_COUNTS), *(() if compared else COMPARISON_COUNTS))
+    counts = tuple(c for c in COUNTS if c not in skipped)
     model.objects.bulk_update(
         changed, [*counts, "latency_ms_max", "latency_histogram"], batch_size=FLUSH_BATCH_ROWS
     )

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from deployments.api import views
+from deployments.api import candidates, views
 
 MODEL = "tenants/<slug:slug>/models/<slug:name>"
 
@@ -16,6 +16,17 @@ urlpatterns = [
         f"{MODEL}/captures/<str:day>/dataset",
         views.CapturedDayDatasetView.as_view(),
         name="captured-day-dataset",
+    ),
+    path(f"{MODEL}/rollouts/current", candidates.CandidateRolloutView.as_view(), name="rollout"),
+    path(
+        f"{MODEL}/rollouts/current/promote",
+        candidates.PromoteCandidateView.as_view(),
+        name="rollout-promote",
+    ),
+    path(
+        f"{MODEL}/rollouts/current/abort",
+        candidates.AbortCandidateView.as_view(),
+        name="rollout-abort",
     ),
     path(f"{MODEL}/invoke", views.InvokeView.as_view(), name="model-invoke"),
     path("instances/<int:instance_id>/drain", views.InstanceDrainView.as_view(), name="drain"),

@@ -288,6 +288,7 @@ async def native_invoke(request: Request, send, tenant: str, model: str) -> None
         body = await request.body()
         route = await core.route_for(principal, tenant, model)
         core.check_rate_limit(route)
+        route = core.serving_route(route, request.headers)
         try:
             payload = json.loads(body or b"{}")
         except (ValueError, RecursionError) as exc:
@@ -374,6 +375,8 @@ async def v2_model(request: Request, send, name: str, version: str | None, actio
             raise ProxyError(405, "Use POST.", code="method_not_allowed")
         refuse_tensors_for_generation(route, f"/v2/models/{route.public_name}/generate_stream")
         core.check_rate_limit(route)
+        if version is None:  # a caller naming the live version is answered by it
+            route = core.serving_route(route, request.headers)
         body = await request.body()
         header, length = _split_binary(body, request.headers.get(HEADER_LENGTH))
         validate_tensor_header(route, header)
@@ -422,6 +425,7 @@ async def sagemaker_invoke(request: Request, send, endpoint: str) -> None:
             route, "InvokeEndpointWithResponseStream (/invocations-response-stream)"
         )
         core.check_rate_limit(route)
+        route = core.serving_route(route, request.headers)
         content_type = request.headers.get("content-type", JSON)
         declared = None
         if content_type.startswith(SAGEMAKER_BINARY.split(";")[0]):

@@ -23,11 +23,19 @@ from deployments import usage
 from deployments.backends import backend_named, loaded_backends
 from deployments.backends.base import Copy, GenerationStream, in_thread
 from deployments.exceptions import ForwardFailed
+from deployments.proxy import mirroring
 from deployments.proxy.batching import PARTS_IN_FLIGHT, gather_in_order
 from deployments.proxy.invalidation import SUBSCRIBER
 from deployments.proxy.metrics import METRICS
 from deployments.proxy.ratelimit import TokenBuckets, retry_after_header
-from deployments.proxy.routing import MISSING, ROUTES, UNDEPLOYED_ROUTE_TTL_S, Route, load_route
+from deployments.proxy.routing import (
+    MISSING,
+    ROUTES,
+    UNDEPLOYED_ROUTE_TTL_S,
+    Route,
+    choose_version,
+    load_route,
+)
 from deployments.usage import GenerationFigures
 
 
@@ -204,6 +212,16 @@ async def route_for(principal: Principal, tenant_slug: str, model_name: str) -> 
     return route
 
 
+# The header that keeps a caller's requests on one version during a canary rollout.
+REQUEST_KEY_HEADER = "x-tenantml-request-key"
+
+
+def serving_route(route: Route, headers: dict[str, str]) -> Route:
+    """The route an inference request is served on: during a canary rollout, the new version's
+    for its share of requests (sticky per ``X-TenantML-Request-Key``), the live one's otherwise."""
+    return choose_version(route, request_key=headers.get(REQUEST_KEY_HEADER) or None)
+
+
 def not_deployed_message(model: str, failure_reason: str = "") -> str:
     """What a caller of a model with no live version and no rollout under way is told."""
     if failure_reason:
@@ -301,6 +319,8 @@ async def forward_parts(route: Route, parts: Sequence[tuple[bytes, str]]) -> lis
         _release(copy)
     if all(answer.status == 200 for answer in answers):
         _SEEN_LOADED.add(copy.placement_id)
+        if route.candidate is not None:
+            mirroring.mirror(route, parts, answers)
     return answers
 
 

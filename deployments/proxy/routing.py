@@ -13,7 +13,10 @@ it is not deployed, perhaps because its deployment failed (409 with the reason).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -53,6 +56,11 @@ class Route:
     rollout_started_at: float | None = None
     expected_rollout_s: float = DEFAULT_ROLLOUT_S
     failure_reason: str = ""
+    # A canary or shadow rollout under way: the new version's route, and how it gets traffic
+    # (``choose_version`` and ``core.forward_parts`` read these).
+    candidate: Route | None = None
+    strategy: str = ""
+    canary_share: float = 0.0
 
     @property
     def public_name(self) -> str:
@@ -112,7 +120,7 @@ def expected_rollout_s(*, model_id: int, kind: str) -> float:
 
 def load_route(*, tenant_slug: str, model_name: str) -> Route | None:
     """Build a route from the database (None when the tenant has no such model)."""
-    from models_registry.models import TenantModel, triton_model_name
+    from models_registry.models import TenantModel
 
     model = (
         TenantModel.objects.select_related("tenant")
@@ -130,7 +138,7 @@ def load_route(*, tenant_slug: str, model_name: str) -> Route | None:
         "kind": model.kind,
     }
     deployment = (
-        Deployment.objects.select_related("live_version", "target_version")
+        Deployment.objects.select_related("live_version", "target_version", "candidate_version")
         .filter(model=model)
         .first()
     )
@@ -146,6 +154,21 @@ def load_route(*, tenant_slug: str, model_name: str) -> Route | None:
             )
         failed = deployment is not None and deployment.status == Deployment.Status.FAILED
         return Route(**base, failure_reason=deployment.status_reason if failed else "")
+    candidate = None
+    if deployment.candidate_version is not None and deployment.candidate_strategy:
+        candidate = version_route(base=base, model=model, version=deployment.candidate_version)
+    return dataclasses.replace(
+        version_route(base=base, model=model, version=version),
+        candidate=candidate if candidate is not None and candidate.copies else None,
+        strategy=deployment.candidate_strategy if candidate is not None else "",
+        canary_share=deployment.candidate_share,
+    )
+
+
+def version_route(*, base: dict, model, version) -> Route:
+    """The route to one version of a model: its serving name, signature and reachable copies."""
+    from models_registry.models import triton_model_name
+
     reachable = list(
         Placement.objects.reachable()
         .filter(version=version)
@@ -178,6 +201,20 @@ def load_route(*, tenant_slug: str, model_name: str) -> Route | None:
         signature=version.signature or {},
         copies=copies,
     )
+
+
+def choose_version(route: Route, *, request_key: str | None = None) -> Route:
+    """The route one request is served on: the canary's for its share of requests (the same
+    one every time for the same request key), the live version's otherwise."""
+    candidate = route.candidate
+    if candidate is None or route.strategy != Deployment.Strategy.CANARY:
+        return route
+    if request_key:
+        digest = hashlib.sha256(f"{route.model_id}:{request_key}".encode()).digest()
+        draw = int.from_bytes(digest[:8], "big") / 2**64
+    else:
+        draw = random.random()
+    return candidate if draw < route.canary_share else route
 
 
 _MISSING = object()

@@ -134,6 +134,11 @@ def request_deployment(
         deployment.backend = backend
         deployment.replicas = replicas
         deployment.target_version = version
+        # Deploying directly ends a canary or shadow rollout: its version is unloaded after
+        # the switch, with the other versions nobody routes to.
+        deployment.candidate_version = None
+        deployment.candidate_strategy = ""
+        deployment.candidate_started_at = None
         deployment.status = Deployment.Status.ROLLING_OUT
         deployment.status_reason = f"Queued: v{version.number} ({mode})."
         deployment.attempts = 0
@@ -212,7 +217,7 @@ def run_rollout(*, deployment_id: int, actor: str = "worker") -> RolloutOutcome:
         raise
     switched = _switch(deployment_id=deployment_id, target=target, endpoint=endpoint, actor=actor)
     if switched:
-        _retire_old_versions(deployment_id=deployment_id, actor=actor)
+        retire_old_versions(deployment_id=deployment_id, actor=actor)
     else:
         _unload_abandoned(deployment_id=deployment_id, version=target, actor=actor)
     return RolloutOutcome(
@@ -228,6 +233,14 @@ def _switch(*, deployment_id: int, target: ModelVersion, endpoint: Endpoint, act
         deployment = Deployment.objects.select_for_update().get(pk=deployment_id)
         if deployment.target_version_id != target.pk:
             return False  # a newer request replaced this rollout; it runs its own switch
+        if deployment.candidate_strategy:
+            from deployments.services.candidates import begin_candidate
+
+            # A canary or shadow: the new version gets its traffic beside the live one, and
+            # the live gate switches later (or not).
+            begin_candidate(deployment=deployment, target=target, actor=actor)
+            transaction.on_commit(lambda: routing_changed(model_id=target.model_id))
+            return True
         previous = deployment.live_version
         if previous is not None and previous.pk != target.pk:
             deployment.previous_version = previous
@@ -260,10 +273,14 @@ def routing_changed(*, model_id: int) -> None:
     signal_routing_changed.send(sender=Deployment, model_id=model_id)
 
 
-def _retire_old_versions(*, deployment_id: int, actor: str) -> None:
+def retire_old_versions(*, deployment_id: int, actor: str) -> None:
     """Unload versions other than the live one and the one kept for rollback."""
     deployment = Deployment.objects.get(pk=deployment_id)
-    keep = {deployment.live_version_id, deployment.previous_version_id}
+    keep = {
+        deployment.live_version_id,
+        deployment.previous_version_id,
+        deployment.candidate_version_id,
+    }
     stale = (
         Placement.objects.filter(version__model_id=deployment.model_id)
         .exclude(version_id__in=[k for k in keep if k])
@@ -298,6 +315,7 @@ def _unload_abandoned(*, deployment_id: int, version: ModelVersion, actor: str) 
         deployment.live_version_id,
         deployment.target_version_id,
         deployment.previous_version_id,
+        deployment.candidate_version_id,
     ):
         return
     abandoned = (
@@ -329,6 +347,8 @@ def fail_rollout(deployment: Deployment, exc: BaseException, *, actor: str) -> N
             + (f" v{locked.live_version.number} keeps serving." if locked.live_version else "")
         )[:4000]
         locked.target_version = None
+        if locked.candidate_version_id is None:
+            locked.candidate_strategy = ""
         locked.save()
         transaction.on_commit(
             lambda: _unload_abandoned(deployment_id=deployment.pk, version=target, actor=actor)
