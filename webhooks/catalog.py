@@ -4,7 +4,8 @@ the subscriptions (exact types or a group prefix such as ``training.``) a webhoo
 from __future__ import annotations
 
 # The platform's event kind (what ``record_event`` is called with) -> the type product teams
-# subscribe to and receive. Canary types are reserved for canary rollouts; nothing sends them yet.
+# subscribe to and receive. The canary types are the live gate's decisions on canary and shadow
+# rollouts (deployments.services.candidates), and by-hand promotions and aborts.
 PUBLIC_TYPE_BY_KIND = {
     "training.succeeded": "training.succeeded",
     "training.failed": "training.failed",

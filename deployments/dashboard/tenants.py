@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 
 from config.errors import DomainError, NotFound
 from deployments.dashboard.forms import DeployForm
+from deployments.selectors.candidates import tenant_candidate_rollouts
 from deployments.selectors.costs import fleet_costs
 from deployments.selectors.tenants import tenant_models_overview, tenants_matching
 from deployments.services import retirement, rollouts
@@ -83,9 +84,11 @@ def tenant_detail(request: HttpRequest, slug: str) -> HttpResponse:
     context = _models_context(tenant)
     context["costs"] = _tenant_costs(tenant)
     context["jobs"] = selectors.training_jobs_for_tenant(tenant=tenant)
+    context["rollouts"] = tenant_candidate_rollouts(tenant=tenant)
     if request.htmx:
         template = {
             "tenant-cost": "dashboard/partials/_tenant_cost.html",
+            "tenant-rollouts": "dashboard/partials/_tenant_rollouts.html",
             "tenant-jobs": "dashboard/partials/_training_jobs.html",
         }.get(target or "", "dashboard/partials/_tenant_models.html")
         return render(request, template, context)

@@ -128,3 +128,17 @@ def candidate_rollout(deployment: Deployment | None) -> dict | None:
             "live_version": deployment.live_version.number if deployment.live_version else None,
         }
     return {"state": "comparing", **comparison_for(deployment).as_dict()}
+
+
+def tenant_candidate_rollouts(*, tenant) -> list[dict]:
+    """The tenant's canary and shadow rollouts under way, by model name, as shown."""
+    deployments = (
+        Deployment.objects.filter(model__tenant=tenant)
+        .exclude(candidate_strategy="")
+        .select_related("model", "live_version", "candidate_version", "target_version")
+        .order_by("model__name")
+    )
+    return [
+        {"model": deployment.model.name, **candidate_rollout(deployment)}
+        for deployment in deployments
+    ]
