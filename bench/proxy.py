@@ -29,6 +29,14 @@ throughput ratio as it would be on a shared host.
 
     python bench/proxy.py [--models 6] [--requests 400] [--seconds 5]
     python bench/proxy.py --upstream-clients [--models 2] [--seconds 5] [--client-rounds 2]
+    python bench/proxy.py --capture [--models 4] [--requests 400] [--store-delay-ms 250]
+
+With ``--capture`` it measures request capture's cost on the request: the native route at
+concurrency 1 (half the models interleaved with the other half) and 8, capture off, then on at
+100 % for half the models, the proxy served with an artifact store that takes
+``--store-delay-ms`` before every write (``bench/capture_slow_store.py``); the records written
+and dropped are read back. The figures are added to ``bench/results/proxy.json`` under
+``capture``.
 """
 
 from __future__ import annotations
@@ -103,6 +111,7 @@ UPSTREAM_CLIENTS = {
     # name: (the ASGI application uvicorn serves, the directory it is imported from)
     "platform": ("config.asgi:application", None),
     "aiohttp": ("upstream_aiohttp:application", REPO / "bench"),
+    "slow-store": ("capture_slow_store:application", REPO / "bench"),
 }
 
 
@@ -419,6 +428,105 @@ def zipf_live(models, instance, var_dir: Path, token: str, args) -> dict:
 JSON_TYPE = "application/json"
 
 
+def capture_main(args) -> None:
+    """The proxy's latency with request capture off, then on at 100 % for half the models
+    behind an artifact store that takes ``--store-delay-ms`` per write (the other half, in the
+    same process and the same seconds, without capture): added to proxy.json under
+    ``capture``."""
+    from datetime import UTC, datetime
+
+    from harness import RESULTS_DIR, machine
+
+    var_dir = setup_django()
+    from deployments.backends.local.runtime import stop_local_instance
+    from deployments.models import Deployment, Instance
+    from models_registry import artifacts
+    from models_registry.base_model import base_encoder
+    from tenants.services import issue_token
+
+    began = time.perf_counter()
+    base = base_encoder(quantized=True, cache_dir=args.base_cache_dir)
+    models = build_fleet(max(args.models, 2), base, var_dir)
+    instance = Instance.objects.get(endpoint__name="local-intent-classifier", status="healthy")
+    token = issue_token(tenant=None, name="bench", actor=ACTOR).secret
+    port = free_port()
+    env = {
+        "BENCH_STORE_DELAY_MS": str(args.store_delay_ms),
+        "CAPTURE_SETTINGS_TTL_S": "1",
+        "CAPTURE_FLUSH_INTERVAL_S": "1",
+    }
+    proxy = start_proxy(var_dir, port, env, client="slow-store")
+    captured, plain = models[: len(models) // 2], models[len(models) // 2 :]
+    try:
+        native = targets_for(models, instance, f"http://127.0.0.1:{port}", token)["native"]
+        by_model = dict(zip([m.pk for m in models], native, strict=True))
+        groups = {
+            "captured": [by_model[m.pk] for m in captured],
+            "plain": [by_model[m.pk] for m in plain],
+        }
+        off = asyncio.run(interleaved(groups, ["captured", "plain"], args.requests))
+        off_c8 = asyncio.run(saturate(groups["captured"], 8, args.seconds))
+        Deployment.objects.filter(model__in=captured).update(
+            capture_enabled=True, capture_sample_percent=100.0
+        )
+        time.sleep(2.5)  # the serving process reads the settings within CAPTURE_SETTINGS_TTL_S
+        on = asyncio.run(interleaved(groups, ["captured", "plain"], args.requests))
+        on_c8 = asyncio.run(saturate(groups["captured"], 8, args.seconds))
+        time.sleep(3 + 4 * args.store_delay_ms / 1000)  # the writer's last parts land
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+        for live in Instance.objects.exclude(status="stopped").exclude(pid=None):
+            stop_local_instance(instance=live, actor=ACTOR, reason="measured")
+
+    def p(samples, pct):
+        return round(percentile(samples, pct) * 1000, 3)
+
+    rows = Deployment.objects.filter(model__in=captured)
+    written = sum(row.capture_records_written for row in rows)
+    dropped = sum(row.capture_records_dropped for row in rows)
+    parts = sum(len(artifacts.list_keys(f"capture/{m.tenant.slug}/{m.name}")) for m in captured)
+    figures = {
+        "command": "python bench/proxy.py " + " ".join(sys.argv[1:]),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "models": len(models),
+        "store_delay_ms": args.store_delay_ms,
+        "c1_capture_off": {
+            name: {"p50_ms": p(values, 50), "p99_ms": p(values, 99)} for name, values in off.items()
+        },
+        "c1_capture_on": {
+            name: {"p50_ms": p(values, 50), "p99_ms": p(values, 99)} for name, values in on.items()
+        },
+        "c8_captured_models": {"capture_off": off_c8, "capture_on": on_c8},
+        "captured_p50_change_ms_c1": round(p(on["captured"], 50) - p(off["captured"], 50), 3),
+        "captured_vs_plain_p50_ms_c1": round(p(on["captured"], 50) - p(on["plain"], 50), 3),
+        "records_written": written,
+        "records_dropped": dropped,
+        "part_files": parts,
+        "run_seconds": round(time.perf_counter() - began, 1),
+    }
+    print_table(
+        f"Native route, concurrency 1, {len(models)} models; capture on for {len(captured)} "
+        f"behind a store taking {args.store_delay_ms} ms a write",
+        ["phase", "models", "p50 ms", "p99 ms"],
+        [
+            [phase, name, stats["p50_ms"], stats["p99_ms"]]
+            for phase, key in (("capture off", "c1_capture_off"), ("capture on", "c1_capture_on"))
+            for name, stats in figures[key].items()
+        ],
+    )
+    print(
+        f"concurrency 8, captured models: off {off_c8}, on {on_c8}; records written {written}, "
+        f"dropped {dropped}, in {parts} part files"
+    )
+    path = RESULTS_DIR / "proxy.json"
+    document = json.loads(path.read_text()) if path.exists() else {"benchmark": "proxy"}
+    document["capture"] = figures
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nwrote {path.relative_to(REPO)} (capture)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=6, help="tenant models deployed")
@@ -436,9 +544,18 @@ def main() -> None:
         help="only compare the proxy's client to Triton with aiohttp's (added to proxy.json)",
     )
     parser.add_argument("--client-rounds", type=int, default=2, help="with --upstream-clients")
+    parser.add_argument(
+        "--capture",
+        action="store_true",
+        help="only measure request capture at 100 %% behind a slow store (added to proxy.json)",
+    )
+    parser.add_argument("--store-delay-ms", type=int, default=250, help="with --capture")
     args = parser.parse_args()
     if args.upstream_clients:
         upstream_clients_main(args)
+        return
+    if args.capture:
+        capture_main(args)
         return
 
     var_dir = setup_django()

@@ -257,6 +257,32 @@ def test_a_captured_classifier_day_becomes_a_dataset_of_predicted_labels(acme_cl
     }
 
 
+def test_a_captured_reply_day_becomes_a_dataset_of_generated_replies(acme_client):
+    _, route = deployed(name="replies", kind="reply-autocomplete")
+    for index in range(24):
+        capture.offer(
+            route=route,
+            protocol="native",
+            inputs=[f"Where is order {index}?"],
+            outputs=[{"text": f"Order {index} ships today.", "finish_reason": "stop"}],
+            latency_ms=30.0,
+            cold_start=False,
+        )
+    capture.flush_capture()
+
+    response = acme_client("acme").post(
+        url(route, f"captures/{today()}/dataset"), {"name": "replies-today"}, format="json"
+    )
+
+    assert response.status_code == 201, response.json()
+    dataset = Dataset.objects.get(tenant__slug="acme", name="replies-today")
+    assert dataset.validation_report["columns"] == ["text", "reply"]
+    rows = [json.loads(line) for line in artifacts.read_bytes(dataset.storage_uri).splitlines()]
+    assert {(row["text"], row["reply"]) for row in rows} == {
+        (f"Where is order {index}?", f"Order {index} ships today.") for index in range(24)
+    }
+
+
 def test_a_captured_day_that_cannot_become_a_dataset_is_refused_naming_the_field(acme_client):
     _, route = deployed()
     _, embedding = deployed(slug="globex", name="search", kind="embedding")
