@@ -23,7 +23,9 @@ HYPERPARAMETERS_MAX_DEPTH = 8
 
 
 class DatasetUploadSerializer(serializers.Serializer):
-    file = serializers.FileField(help_text="CSV or JSON Lines with text,label (and group).")
+    file = serializers.FileField(
+        help_text="CSV or JSON Lines with text,label (and group), or text,reply."
+    )
     name = serializers.CharField(
         max_length=DATASET_NAME_MAX_CHARS,
         required=False,

@@ -66,8 +66,10 @@ class DatasetListView(GenericAPIView):
         tags=["Datasets"],
         summary="Upload a dataset",
         description="A CSV or JSON Lines file of text,label rows (and group, for embedding "
-        "models), as multipart/form-data. Every row is checked and the file is split into "
-        "train and validation rows; a file with problems is refused whole, naming the rows.",
+        "models) or text,reply rows (for reply autocomplete models), as multipart/form-data. "
+        "A training job checks that its model's kind trains on the dataset's columns. Every "
+        "row is checked and the file is split into train and validation rows; a file with "
+        "problems is refused whole, naming the rows.",
         request={"multipart/form-data": DatasetUploadSerializer},
         responses={
             201: DatasetSerializer,
