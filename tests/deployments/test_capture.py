@@ -347,3 +347,33 @@ def test_capture_settings_change_through_the_deployment_resource(acme_client):
     }
     deployment.refresh_from_db()
     assert (deployment.capture_sample_percent, deployment.capture_retention_days) == (12.5, 7)
+
+
+def test_on_an_s3_store_capture_lands_under_the_prefix_and_old_days_are_deleted(
+    settings, dummy_aws_credentials, acme_client
+):
+    import boto3
+    from moto import mock_aws
+
+    from config.env import ArtifactStore
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="tenantml-capture")
+        settings.ARTIFACT_STORE = ArtifactStore(kind="s3", root="tenantml-capture/platform")
+        _, route = deployed(retention_days=5)
+        for index in range(30):
+            offer(route, f"ticket number {index}", LABELS[index % 3])
+        capture.flush_capture()
+        old = (datetime.now(UTC).date() - timedelta(days=10)).isoformat()
+        put_day("acme", "intents", old)
+
+        keys = [item["Key"] for item in s3.list_objects_v2(Bucket="tenantml-capture")["Contents"]]
+        assert sum(key.startswith(f"platform/capture/acme/intents/{today()}/") for key in keys) == 1
+        assert capture_service.delete_expired_capture() == 1
+        keys = [item["Key"] for item in s3.list_objects_v2(Bucket="tenantml-capture")["Contents"]]
+        assert not any(f"/{old}/" in key for key in keys)
+        response = acme_client("acme").post(
+            url(route, f"captures/{today()}/dataset"), {"name": "from-s3"}, format="json"
+        )
+        assert response.status_code == 201, response.json()
