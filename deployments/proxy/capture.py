@@ -133,6 +133,11 @@ class CaptureBuffer:
             dropped, self._dropped = self._dropped, {}
         return records, dropped
 
+    def dropped_by_model(self) -> dict[str, int]:
+        """Records dropped in this process since it started, per model public name."""
+        with self._lock:
+            return dict(self.dropped_total)
+
     def __len__(self) -> int:
         return len(self._records)
 
@@ -141,6 +146,7 @@ class SettingsCache:
     """Capture settings per model id; expired or unknown ones are asked for, not read here."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._entries: dict[int, tuple[float, CaptureSettings]] = {}
         self._wanted: set[int] = set()
 
@@ -148,12 +154,14 @@ class SettingsCache:
         """The model's settings (possibly stale), or None before they were first read."""
         entry = self._entries.get(model_id)
         if entry is None or entry[0] < time.monotonic():
-            self._wanted.add(model_id)
+            with self._lock:  # only on a miss: the writer swaps the set under the same lock
+                self._wanted.add(model_id)
         return entry[1] if entry is not None else None
 
     def refresh(self, load: Callable[[set[int]], dict[int, tuple[bool, float]]]) -> None:
         """Read the settings asked for (``load`` reads the database; the writer calls this)."""
-        wanted, self._wanted = self._wanted, set()
+        with self._lock:
+            wanted, self._wanted = self._wanted, set()
         if not wanted:
             return
         loaded = load(wanted)
@@ -163,8 +171,9 @@ class SettingsCache:
             self._entries[model_id] = (expires, CaptureSettings(enabled, percent))
 
     def forget(self) -> None:
-        self._entries.clear()
-        self._wanted.clear()
+        with self._lock:
+            self._entries.clear()
+            self._wanted.clear()
 
 
 BUFFER = CaptureBuffer(capacity=settings.TENANTML_CAPTURE_BUFFER_RECORDS)
@@ -280,7 +289,7 @@ class CaptureCollector(Collector):
             "Captured requests dropped because this process's capture buffer was full.",
             labels=["model"],
         )
-        for name, count in sorted(BUFFER.dropped_total.items()):
+        for name, count in sorted(BUFFER.dropped_by_model().items()):
             dropped.add_metric([name], count)
         yield dropped
         offered = CounterMetricFamily(
