@@ -27,6 +27,7 @@ WARM_UP = "warm-up"
 SAMPLE = "sample"
 USAGE_FLUSH = "usage-flush"
 CLOUD_METRICS = "cloud-metrics"
+CAPTURE_RETENTION = "capture-retention"
 
 
 @dataclass

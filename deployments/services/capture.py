@@ -22,6 +22,7 @@ from django.db.models import F
 from config.events import record_event
 from deployments.exceptions import CaptureNotFound, InvalidCapture
 from deployments.models import Deployment
+from deployments.passes import CAPTURE_RETENTION, recorded_pass
 from models_registry import artifacts
 from models_registry.models import Dataset, TenantModel
 
@@ -151,16 +152,19 @@ def delete_expired_capture(*, today: date | None = None) -> int:
         if len(parts) == 5 and DAY_PATTERN.match(parts[3]):
             by_day[(parts[1], parts[2], parts[3])].append(key)
     deleted = 0
-    for (tenant_slug, model_name, day), keys in sorted(by_day.items()):
-        days = retention.get((tenant_slug, model_name), CAPTURE_DEFAULT_RETENTION_DAYS)
-        try:
-            captured_on = date.fromisoformat(day)
-        except ValueError:
-            continue
-        # A day is kept for ``days`` whole days after it ends.
-        if captured_on + timedelta(days=days) < today:
-            artifacts.delete_keys(keys)
-            deleted += 1
+    with recorded_pass(CAPTURE_RETENTION) as record:
+        for (tenant_slug, model_name, day), keys in sorted(by_day.items()):
+            days = retention.get((tenant_slug, model_name), CAPTURE_DEFAULT_RETENTION_DAYS)
+            try:
+                captured_on = date.fromisoformat(day)
+            except ValueError:
+                continue
+            # A day is kept for ``days`` whole days after it ends.
+            if captured_on + timedelta(days=days) < today:
+                artifacts.delete_keys(keys)
+                deleted += 1
+        record.items = len(by_day)
+        record.summary = {"days_deleted": deleted}
     return deleted
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from deployments.models import Deployment
+from deployments.models import BackgroundPass, Deployment
 from deployments.proxy import capture
 from deployments.proxy.metrics import exposition
 from deployments.proxy.routing import Route
@@ -215,6 +215,8 @@ def test_retention_deletes_captured_days_older_than_the_deployments_retention():
 
     assert deleted == 1
     assert artifacts.list_keys("capture") == sorted([acme_recent, globex_old])
+    last_pass = BackgroundPass.objects.get(job="capture-retention")
+    assert last_pass.succeeded and last_pass.items == 3
     assert acme_old not in artifacts.list_keys("capture")
 
 
