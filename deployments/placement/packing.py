@@ -2,18 +2,24 @@
 
 Items are copies of models: a weight (the solver's packing weight, in bin units) and an owner
 (copies of one model share an owner and never share a bin). A bin holds at most ``cap`` items
-and weighs at most ``capacity``. ``improve`` starts from best fit decreasing and then:
+and weighs at most ``capacity``. ``improve`` keeps the better of best fit decreasing and Gupta
+and Ho's minimum bin slack (each bin in turn takes the largest item left and the set of others
+that fills it most), then, while it has more bins than the lower bound:
 
 - for small fleets, a bin-completion search (Korf, 2002): bins are filled one at a time, each
   with the largest item left and a set of others, most-full sets first, within a waste budget
-  of ``bins × capacity − total weight`` for the bin count tried (the lower bound first);
-- otherwise, and when the search runs out of steps, a local search in the spirit of
-  Falkenauer's dominance moves: the least-filled bins are emptied into a pool, every other bin
-  trades items with the pool where that fills it more (one or two of its items for one or two
-  of the pool's), the pool is put back best fit, and the best packing seen is kept.
+  of ``bins × capacity − total weight`` for the lower bound's bin count;
+- ruin and recreate: the emptiest bins (a bin's worth of room between them) and a few others
+  drawn with a fixed seed are repacked by that search into one bin fewer;
+- a local search in the spirit of Falkenauer's dominance moves: the least-filled bins are
+  emptied into a pool, every other bin trades items with the pool where that fills it more (one
+  or two of its items for one or two of the pool's), the pool is put back best fit, and the
+  best packing seen is kept.
 
-Both are bounded by counts of steps, never by the clock, so the same input gives the same bins
-on any machine. The answer is used only when it has fewer bins than first fit decreasing.
+Every search is bounded by counts of steps, never by the clock, and draws only from generators
+with fixed seeds, so the same input gives the same bins on any machine. The solver uses the
+answer only when it has fewer bins than first fit decreasing. ``continuous_bound`` and
+``martello_toth_l2`` are the lower bounds.
 """
 
 from __future__ import annotations
@@ -315,7 +321,6 @@ def bin_completion(
     *,
     bins: int,
     nodes: int,
-    restarts: int = 1,
     spent: list[int] | None = None,
 ) -> list[list[int]] | None:
     """``bins`` bins that hold every item, or None (none exist, or not found in ``nodes``)."""
@@ -367,12 +372,12 @@ def bin_completion(
                 found.append((room, list(current)))
 
         extend(first + 1, room, slots)
-        # Fullest first; among equally full sets the restart's own order (restarts leave a
-        # subtree where the first choices were unlucky, as randomized backtracking does).
+        # Fullest first; equally full sets in a fixed pseudo-random order (item order alone
+        # keeps pairing the largest items first, which dead-ends more often).
         found.sort(key=lambda pair: (pair[0], tiebreak.get(tuple(pair[1]), 0.0)))
         return [items for _, items in found]
 
-    def search(waste_left: float, bins_left: int, discrepancies: int) -> bool:
+    def search(waste_left: float, bins_left: int) -> bool:
         first = next((i for i in range(count) if not used[i]), -1)
         if first < 0:
             return True
@@ -380,16 +385,14 @@ def bin_completion(
             return False
         used[first] = True
         room = capacity - weights[first]
-        for rank, others in enumerate(
-            completions(first, room, cap - 1, {owners[first]}, waste_left)
-        ):
+        for others in completions(first, room, cap - 1, {owners[first]}, waste_left):
             waste = room - sum(weights[i] for i in others)
-            if waste > waste_left + tolerance or rank > discrepancies:
+            if waste > waste_left + tolerance:
                 break  # sorted by waste
             for item in others:
                 used[item] = True
             chosen.append([first, *others])
-            if search(waste_left - max(waste, 0.0), bins_left - 1, discrepancies - rank):
+            if search(waste_left - max(waste, 0.0), bins_left - 1):
                 return True
             chosen.pop()
             for item in others:
@@ -399,18 +402,11 @@ def bin_completion(
         used[first] = False
         return False
 
-    for restart in range(restarts):
-        rng = random.Random(restart)
-        tiebreak = _SeededOrder(rng)
-        budget[0] = nodes // restarts
-        used[:] = [False] * count
-        chosen.clear()
-        found = search(waste_budget, bins, count)
-        if spent is not None:
-            spent[0] += nodes // restarts - max(budget[0], 0)
-        if found:
-            return [list(b) for b in chosen]
-    return None
+    tiebreak = _SeededOrder(random.Random(0))
+    found = search(waste_budget, bins)
+    if spent is not None:
+        spent[0] += nodes - max(budget[0], 0)
+    return [list(b) for b in chosen] if found else None
 
 
 class _SeededOrder(dict):
