@@ -456,6 +456,11 @@ class Deployment(models.Model):
         CANARY = "canary", "Canary"
         SHADOW = "shadow", "Shadow"
 
+    class RolloutStrategy(models.TextChoices):
+        IMMEDIATE = "immediate", "Immediate"
+        CANARY = "canary", "Canary"
+        SHADOW = "shadow", "Shadow"
+
     model = models.OneToOneField(
         "models_registry.TenantModel", on_delete=models.CASCADE, related_name="deployment"
     )
@@ -494,6 +499,11 @@ class Deployment(models.Model):
     candidate_share = models.FloatField(default=0.1)
     candidate_started_at = models.DateTimeField(null=True, blank=True)
     gate_overrides = models.JSONField(default=dict, blank=True)
+    # How a version the registry promotes reaches traffic: all at once, or as a canary (of
+    # ``candidate_share``) or a shadow that the live gate decides on.
+    rollout_strategy = models.CharField(
+        max_length=10, choices=RolloutStrategy.choices, default=RolloutStrategy.IMMEDIATE
+    )
     # Request capture (opt-in): the share of answered requests kept, with their inputs and
     # outputs, under capture/<tenant>/<model>/<day>/ in the artifact store, for how many days.
     capture_enabled = models.BooleanField(default=False)

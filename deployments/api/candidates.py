@@ -164,3 +164,54 @@ class AbortCandidateView(APIView):
         actor = caller_for_request(request).label
         deployment = candidates.abort_candidate(model=model, actor=actor, reason="by hand")
         return Response(_decided(deployment))
+
+
+class RolloutStrategyRequestSerializer(serializers.Serializer):
+    strategy = serializers.ChoiceField(
+        choices=Deployment.RolloutStrategy.values,
+        help_text="immediate: a promoted version takes all traffic once it answers; canary or "
+        "shadow: it is tried on live traffic first and the live gate promotes or aborts it.",
+    )
+    share = JsonNumberField(
+        required=False,
+        min_value=0.001,
+        max_value=0.999,
+        help_text="A canary's share of requests (0.1 = 10 %); default: the current one.",
+    )
+
+
+class RolloutStrategyView(APIView):
+    @extend_schema(
+        operation_id="setRolloutStrategy",
+        tags=["Deployments"],
+        summary="Choose how promoted versions reach traffic",
+        description="From now on, a version the registry promotes (by the quality gate or by "
+        "hand) rolls out this way. A canary or shadow that the live gate aborts also rolls the "
+        "registry's active version back to the live one.",
+        request=RolloutStrategyRequestSerializer,
+        responses={
+            200: dict,
+            **error_responses(
+                {
+                    400: "Not a strategy, a share out of range, or a kind that streams.",
+                    404: "No such model, or the model was never deployed.",
+                }
+            ),
+        },
+    )
+    def put(self, request, slug: str, name: str):
+        model = _model(request, slug, name)
+        serializer = RolloutStrategyRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        deployment = Deployment.objects.filter(model=model).first()
+        if deployment is None:
+            raise NotFound(f"{model} was never deployed.")
+        deployment = candidates.set_rollout_strategy(
+            deployment=deployment,
+            strategy=serializer.validated_data["strategy"],
+            share=serializer.validated_data.get("share"),
+            actor=caller_for_request(request).label,
+        )
+        return Response(
+            {"strategy": deployment.rollout_strategy, "share": deployment.candidate_share}
+        )

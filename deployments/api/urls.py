@@ -19,6 +19,11 @@ urlpatterns = [
     ),
     path(f"{MODEL}/rollouts/current", candidates.CandidateRolloutView.as_view(), name="rollout"),
     path(
+        f"{MODEL}/rollouts/strategy",
+        candidates.RolloutStrategyView.as_view(),
+        name="rollout-strategy",
+    ),
+    path(
         f"{MODEL}/rollouts/current/promote",
         candidates.PromoteCandidateView.as_view(),
         name="rollout-promote",

@@ -13,6 +13,7 @@ worker lost mid-way loses nothing: the next pass decides again from the same fig
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -163,6 +164,63 @@ def start_candidate(
     return deployment
 
 
+def set_rollout_strategy(
+    *, deployment: Deployment, strategy: str, actor: str, share: float | None = None
+) -> Deployment:
+    """How versions the registry promotes from now on reach this deployment's traffic: at
+    once (``immediate``), or as a canary or shadow the live gate decides on."""
+    if strategy not in Deployment.RolloutStrategy.values:
+        raise DomainError(
+            f"strategy must be one of {', '.join(Deployment.RolloutStrategy.values)}.",
+            field="strategy",
+        )
+    if share is not None and not 0 < share < 1:
+        raise DomainError("share must be between 0 and 1 (e.g. 0.1 for 10 %).", field="share")
+    model = deployment.model
+    if strategy != Deployment.RolloutStrategy.IMMEDIATE and get_kind(model.kind).generation:
+        raise DomainError(
+            f"{model.kind} models stream generated text; their versions roll out immediately.",
+            field="strategy",
+        )
+    with transaction.atomic():
+        locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+        locked.rollout_strategy = strategy
+        if share is not None:
+            locked.candidate_share = share
+        locked.save(update_fields=["rollout_strategy", "candidate_share", "updated_at"])
+        record_event(
+            kind="deployment.strategy_changed",
+            actor=actor,
+            message=f"{model}: promoted versions now roll out {strategy}"
+            + (f" ({locked.candidate_share:.0%} of requests)." if strategy == "canary" else "."),
+            tenant=model.tenant,
+            data={"strategy": strategy, "share": locked.candidate_share},
+        )
+    return locked
+
+
+def start_for_promotion(
+    *, deployment: Deployment, version: ModelVersion, actor: str
+) -> Deployment | None:
+    """A version the registry promoted, on a deployment that rolls out as a canary or shadow:
+    start one (ending one of an older version first); None where the version goes live
+    directly instead (nothing live to compare with, or a direct rollout under way)."""
+    if deployment.live_version_id is None or (
+        deployment.target_version_id is not None and not deployment.candidate_strategy
+    ):
+        return None
+    if deployment.candidate_strategy:
+        abort_candidate(
+            model=version.model, actor=actor, reason=f"v{version.number} was promoted since"
+        )
+    return start_candidate(
+        model=version.model,
+        version=version,
+        strategy=deployment.rollout_strategy,
+        actor=actor,
+    )
+
+
 def begin_candidate(*, deployment: Deployment, target: ModelVersion, actor: str) -> None:
     """The candidate answers its probe: it starts getting traffic (call under the row lock)."""
     deployment.candidate_version = target
@@ -259,6 +317,13 @@ def abort_candidate(
             data={"reason": reason, "live": deployment.live_version.number, **figures},
         )
     rollouts.routing_changed(model_id=model.pk)
+    if TenantModel.objects.filter(pk=model.pk, active_version_id=version.pk).exists():
+        from models_registry.exceptions import NothingToRollBack
+        from models_registry.services.promotion import rollback_model
+
+        # The registry promoted the version this rollout tried; it follows what serves again.
+        with contextlib.suppress(NothingToRollBack):
+            rollback_model(model=model, actor=actor)
     if version.pk not in (deployment.live_version_id, deployment.previous_version_id):
         for placement in (
             Placement.objects.filter(version=version)

@@ -166,6 +166,17 @@ def on_version_promoted(*, version: ModelVersion, actor: str) -> Deployment | No
     deployment = Deployment.objects.filter(model_id=version.model_id).first()
     if deployment is None or deployment.status == Deployment.Status.RETIRED:
         return None
+    if deployment.rollout_strategy != Deployment.RolloutStrategy.IMMEDIATE and version.pk not in (
+        deployment.live_version_id,
+        deployment.previous_version_id,
+    ):
+        from deployments.services.candidates import start_for_promotion
+
+        # The deployment tries promoted versions on live traffic first (a rollback to the
+        # version kept for it is immediate).
+        started = start_for_promotion(deployment=deployment, version=version, actor=actor)
+        if started is not None:
+            return started
     deployment, _ = request_deployment(
         model=version.model, version=version, actor=actor, mode=deployment.mode
     )

@@ -47,6 +47,7 @@ OPERATION_IDS = {
     "getCandidateRollout",
     "promoteCandidateRollout",
     "abortCandidateRollout",
+    "setRolloutStrategy",
     "updateDeploymentCapture",
     "getCapturedDays",
     "createDatasetFromCapture",

@@ -327,3 +327,34 @@ def test_bad_rollout_requests_are_4xx_naming_the_field(proxy_url, intent_artifac
     assert wrong_share.status_code == 400 and "share" in wrong_share.content.decode()
     assert live_already.status_code == 409 and "version" in live_already.content.decode()
     assert api_client.post(f"{url}/promote").status_code == 409
+
+
+def test_a_version_the_registry_promotes_rolls_out_as_the_deployments_strategy(
+    proxy_url, intent_artifact, api_client
+):
+    from models_registry.services.promotion import promote_version
+
+    model, token = deploy(intent_artifact)
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    chosen = api_client.put(
+        "/api/v1/tenants/acme/models/intents/rollouts/strategy",
+        {"strategy": "shadow"},
+        format="json",
+    )
+    assert chosen.status_code == 200, chosen.content
+    v2 = packaged_version(model, intent_artifact, 2)
+
+    promote_version(version=v2, actor="test")
+
+    deployment = Deployment.objects.get(model=model)
+    assert deployment.live_version.number == 1
+    assert deployment.candidate_version_id == v2.pk and deployment.candidate_strategy == "shadow"
+    assert all(version == 1 for _, version, *_ in ask_many(proxy_url, token, 10))
+
+    candidates.abort_candidate(model=model, actor="test", reason="by hand")
+
+    # The registry follows what serves: v1 is the active version again.
+    model.refresh_from_db()
+    assert model.active_version.number == 1
+    assert Deployment.objects.get(model=model).live_version.number == 1
+    assert all(version == 1 for _, version, *_ in ask_many(proxy_url, token, 10))
