@@ -161,3 +161,21 @@ def test_a_good_shadow_is_promoted_and_becomes_the_active_version(db, settings):
     assert deployment.model.active_version.number == 2
     assert Event.objects.filter(kind="canary.promoted").count() == 1
     assert not Event.objects.filter(kind="deployment.requested").exists()
+
+
+@pytest.mark.parametrize(
+    ("live", "candidate", "agreement"),
+    [
+        ({"label": "refund", "scores": {}}, {"label": "refund", "scores": {}}, 1.0),
+        ({"label": "refund", "scores": {}}, {"label": "login", "scores": {}}, 0.0),
+        ([1.0, 0.0], [1.0, 0.0], 1.0),
+        ([1.0, 0.0], [0.6, 0.8], 0.6),
+        ([1.0, 0.0], [-1.0, 0.0], 0.0),
+        ("a reply", "a reply", 1.0),
+    ],
+    ids=["same-label", "other-label", "same-vector", "cosine", "opposite", "equal-text"],
+)
+def test_agreement_is_the_same_label_or_the_cosine_of_embeddings(live, candidate, agreement):
+    from deployments.proxy.mirroring import output_agreement
+
+    assert output_agreement(live, candidate) == pytest.approx(agreement)
