@@ -35,6 +35,6 @@ def sync_periodic_tasks_after_migrate(sender, app_config=None, **kwargs) -> None
 def roll_out_activated_version(sender, *, version, actor: str, **kwargs) -> None:
     """A promoted (or rolled-back-to) version rolls out where its model is deployed; a model
     never deployed stays undeployed."""
-    from deployments.services.rollouts import on_version_promoted
+    from deployments.services.candidates import on_version_promoted
 
     on_version_promoted(version=version, actor=actor)

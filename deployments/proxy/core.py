@@ -320,7 +320,7 @@ async def forward_parts(route: Route, parts: Sequence[tuple[bytes, str]]) -> lis
     if all(answer.status == 200 for answer in answers):
         _SEEN_LOADED.add(copy.placement_id)
         if route.candidate is not None:
-            mirroring.mirror(route, parts, answers)
+            mirroring.mirror(route, parts, answers, forward=forward_parts, refused=ProxyError)
     return answers
 
 

@@ -18,7 +18,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from django.conf import settings
 
@@ -73,10 +73,19 @@ def answers_agreement(kind_name: str, live: Sequence, candidate: Sequence) -> tu
     return compared, total
 
 
-def mirror(route, parts: Sequence[tuple[bytes, str]], answers: Sequence) -> None:
+def mirror(
+    route,
+    parts: Sequence[tuple[bytes, str]],
+    answers: Sequence,
+    *,
+    forward: Callable[..., Awaitable[Sequence]],
+    refused: type[Exception],
+) -> None:
     """Send a copy of a live request that was answered (``answers``) to the route's candidate,
     without waiting for it: every request in a shadow rollout, ``CANARY_MIRROR_SHARE`` of the
-    live version's requests in a canary."""
+    live version's requests in a canary. ``forward(route, parts)`` sends it (the routing core's
+    own forwarding, passed in so this module needs nothing of the core); ``refused`` is the
+    error the core raises for a request it cannot serve."""
     candidate = route.candidate
     if candidate is None or not candidate.copies:
         return
@@ -89,20 +98,27 @@ def mirror(route, parts: Sequence[tuple[bytes, str]], answers: Sequence) -> None
             tenant_id=candidate.tenant_id,
         )
         return
-    task = asyncio.get_running_loop().create_task(_send_copy(candidate, list(parts), answers))
+    task = asyncio.get_running_loop().create_task(
+        _send_copy(candidate, list(parts), answers, forward=forward, refused=refused)
+    )
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)
 
 
-async def _send_copy(candidate, parts: list[tuple[bytes, str]], live_answers: Sequence) -> None:
-    from deployments.proxy import core
-
+async def _send_copy(
+    candidate,
+    parts: list[tuple[bytes, str]],
+    live_answers: Sequence,
+    *,
+    forward: Callable[..., Awaitable[Sequence]],
+    refused: type[Exception],
+) -> None:
     started = time.perf_counter()
     answers = None
     try:
-        answers = await core.forward_parts(candidate, parts)
+        answers = await forward(candidate, parts)
         error = any(answer.status != 200 for answer in answers)
-    except core.ProxyError:
+    except refused:
         error = True
     except Exception:  # a copy's failure must never reach the live request's caller
         logger.exception("A copy of a live request to %s failed.", candidate.public_name)

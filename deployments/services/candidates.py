@@ -221,31 +221,24 @@ def start_for_promotion(
     )
 
 
-def begin_candidate(*, deployment: Deployment, target: ModelVersion, actor: str) -> None:
-    """The candidate answers its probe: it starts getting traffic (call under the row lock)."""
-    deployment.candidate_version = target
-    deployment.candidate_started_at = timezone.now()
-    deployment.target_version = None
-    deployment.status = Deployment.Status.LIVE
-    deployment.status_reason = ""
-    deployment.attempts = 0
-    deployment.save()
-    record_event(
-        kind="canary.started",
-        actor=actor,
-        message=(
-            f"{target.model}: v{target.number} now gets "
-            + (
-                f"{deployment.candidate_share:.0%} of requests as a canary"
-                if deployment.candidate_strategy == Deployment.Strategy.CANARY
-                else "a copy of every request as a shadow"
-            )
-            + f" beside v{deployment.live_version.number}."
-        ),
-        tenant=target.model.tenant,
-        version=target,
-        data={"strategy": deployment.candidate_strategy, "share": deployment.candidate_share},
+def on_version_promoted(*, version: ModelVersion, actor: str) -> Deployment | None:
+    """A promoted (or rolled-back-to) version rolls out to the model's existing deployment."""
+    deployment = Deployment.objects.filter(model_id=version.model_id).first()
+    if deployment is None or deployment.status == Deployment.Status.RETIRED:
+        return None
+    if deployment.rollout_strategy != Deployment.RolloutStrategy.IMMEDIATE and version.pk not in (
+        deployment.live_version_id,
+        deployment.previous_version_id,
+    ):
+        # The deployment tries promoted versions on live traffic first (a rollback to the
+        # version kept for it is immediate).
+        started = start_for_promotion(deployment=deployment, version=version, actor=actor)
+        if started is not None:
+            return started
+    deployment, _ = rollouts.request_deployment(
+        model=version.model, version=version, actor=actor, mode=deployment.mode
     )
+    return deployment
 
 
 # --- Decisions -------------------------------------------------------------------------------

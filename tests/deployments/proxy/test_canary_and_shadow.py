@@ -115,7 +115,14 @@ def binomial_bounds(count: int, share: float, sigmas: float = 5.0) -> tuple[floa
 
 def usage_of(version: ModelVersion) -> dict:
     flush_usage()
-    totals = {"invocations": 0, "errors": 0, "mirrored": 0, "compared": 0, "agreement_sum": 0.0}
+    totals = {
+        "invocations": 0,
+        "errors": 0,
+        "mirrored": 0,
+        "mirror_dropped": 0,
+        "compared": 0,
+        "agreement_sum": 0.0,
+    }
     for row in VersionUsageMinute.objects.filter(version=version):
         for name in totals:
             totals[name] += getattr(row, name)
@@ -172,10 +179,13 @@ def test_a_shadow_never_changes_a_callers_answer_and_is_compared(proxy_url, inte
     assert all(body["outputs"] == expected for *_, body in answers)
     wait_until(lambda: mirroring.in_flight() == 0, 30, "shadow copies still in flight")
     shadow = usage_of(v2)
-    assert shadow["mirrored"] == shadow["invocations"] == 60
+    # Every request was copied, or its copy dropped and counted (on a busy machine more than
+    # SHADOW_MAX_IN_FLIGHT copies may be under way at once).
+    assert shadow["mirrored"] + shadow["mirror_dropped"] == 60
+    assert shadow["mirrored"] == shadow["invocations"] > 0
     assert shadow["errors"] == 0
     # The same artifact: every label agrees.
-    assert shadow["compared"] == 60 * len(TICKETS)
+    assert shadow["compared"] == shadow["mirrored"] * len(TICKETS)
     assert shadow["agreement_sum"] == pytest.approx(shadow["compared"])
 
 
