@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
@@ -160,14 +161,20 @@ class CapturedDaysView(APIView):
         operation_id="getCapturedDays",
         tags=["Deployments"],
         summary="Days with captured requests",
-        description="The UTC days (YYYY-MM-DD) the model has captured requests for, oldest first.",
+        description="The UTC days (YYYY-MM-DD) the model has captured requests for, oldest "
+        "first, and the model's name as `<tenant>.<model>`.",
         responses={
-            200: inline_serializer("CapturedDays", {"days": serializers.ListField()}),
+            200: inline_serializer(
+                "CapturedDays", {"model": serializers.CharField(), "days": serializers.ListField()}
+            ),
             **error_responses({404: "No such model."}),
         },
     )
     def get(self, request, slug: str, name: str):
-        return Response({"days": capture.captured_days(model=_model(request, slug, name))})
+        model = _model(request, slug, name)
+        return Response(
+            {"model": f"{slug}.{model.name}", "days": capture.captured_days(model=model)}
+        )
 
 
 class CapturedDayDatasetView(APIView):
@@ -180,6 +187,11 @@ class CapturedDayDatasetView(APIView):
         '`"label_source": "predicted"` in the stored file, for the team to correct); for a '
         "reply model each text with the reply it generated. Embedding models are refused "
         "(their answers are no training target).",
+        parameters=[
+            OpenApiParameter(
+                "day", OpenApiTypes.DATE, OpenApiParameter.PATH, description="A UTC day."
+            )
+        ],
         request=CaptureDatasetRequestSerializer,
         responses={
             201: DatasetSerializer,

@@ -244,7 +244,10 @@ def test_a_captured_classifier_day_becomes_a_dataset_of_predicted_labels(acme_cl
     capture.flush_capture()
     client = acme_client("acme")
 
-    assert client.get(url(route, "captures/")).json() == {"days": [today()]}
+    assert client.get(url(route, "captures/")).json() == {
+        "model": route.public_name,
+        "days": [today()],
+    }
     response = client.post(
         url(route, f"captures/{today()}/dataset"), {"name": "captured-today"}, format="json"
     )

@@ -306,10 +306,31 @@ API_MATRIX: dict[str, list[ApiCall]] = {
     "training-job-cancel": [api("post", lambda w: {"job_id": w.alpha.job.pk}, 202)],
     "deployment": [
         api("get", _model, 200),
+        api("patch", _model, 200, body=lambda w: {"capture_sample_percent": 5}),
         api("post", _model, 202, body=lambda w: {}),
         api("delete", _model, 202),
     ],
     "deployment-rollback": [api("post", _model, 202)],
+    # No canary or shadow is under way on Alpha's model: its owner is told so, others see no
+    # model at all.
+    "rollout": [
+        api("get", _model, 404),
+        api("post", _model, 400, body=lambda w: {"strategy": "canary"}),
+    ],
+    "rollout-strategy": [api("put", _model, 200, body=lambda w: {"strategy": "immediate"})],
+    "rollout-promote": [api("post", _model, 409)],
+    "rollout-abort": [api("post", _model, 409)],
+    # Nothing captured yet: an empty list of days for the named model, and a day with nothing
+    # is 404 to everyone.
+    "captured-days": [api("get", _model, 200)],
+    "captured-day-dataset": [
+        api(
+            "post",
+            lambda w: _model(w) | {"day": "2026-12-01"},
+            404,
+            body=lambda w: {"name": "from-capture"},
+        )
+    ],
     # Django's own invoke view (the dashboard's path, logged in); no serving instance answers here.
     "model-invoke": [api("post", _model, 503, body=lambda w: {"inputs": ["Where is my refund?"]})],
     "drain": [
