@@ -1430,7 +1430,9 @@ _SINGLE_FLIGHT = _SingleFlight()
 # Triton processes this process started, by pid: their handles reap the child on stop.
 _STARTED: dict[int, object] = {}
 
-_CLIENTS: dict[tuple[str, int], TritonMultiModelClient] = {}
+# Keyed by the process as well as its address: a port a stopped or killed server held may be
+# taken by a new one, whose model-control port and log differ.
+_CLIENTS: dict[tuple[str, int, int | None, str], TritonMultiModelClient] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
@@ -1438,7 +1440,7 @@ def client_for(instance: Instance) -> TritonMultiModelClient:
     """A pooled protocol client for a local instance."""
     if instance is None or not instance.port:
         raise InstanceUnavailable("The placement has no running instance.")
-    key = (instance.host, instance.port)
+    key = (instance.host, instance.port, instance.pid, instance.external_id or "")
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(key)
         if client is None:
@@ -1459,7 +1461,8 @@ def client_for(instance: Instance) -> TritonMultiModelClient:
 
 def _forget_client(instance: Instance) -> None:
     with _CLIENTS_LOCK:
-        _CLIENTS.pop((instance.host, instance.port or 0), None)
+        for key in [key for key in _CLIENTS if key[:2] == (instance.host, instance.port or 0)]:
+            del _CLIENTS[key]
 
 
 def _process_of(instance: Instance):

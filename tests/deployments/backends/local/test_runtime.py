@@ -567,3 +567,28 @@ def test_default_local_endpoints_are_created_once_one_per_kind(db):
     ]
     assert all(e.backend == "local" and e.instance_type.is_local for e in created)
     assert runtime.ensure_default_local_endpoints(actor="test") == []
+
+
+def test_a_new_server_on_a_port_an_old_one_held_gets_its_own_client(db, tmp_path):
+    """A port a killed server held may be taken by a new one with another model-control port: the
+    client the old one left cached must not be handed to the new one."""
+    from deployments.backends.local.process import HTTP_PORT_FILE
+
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    old_dir.mkdir()
+    new_dir.mkdir()
+    (new_dir / HTTP_PORT_FILE).write_text("45001\n")
+    endpoint = EndpointFactory(backend=Endpoint.Backend.LOCAL, model_kind="intent-classifier")
+    old = InstanceFactory(endpoint=endpoint, port=45000, pid=101, external_id=str(old_dir))
+    old_client = runtime.client_for(old)
+    old.status = Instance.Status.STOPPED
+    old.port = None
+    old.save()
+    new = InstanceFactory(endpoint=endpoint, port=45000, pid=202, external_id=str(new_dir))
+
+    new_client = runtime.client_for(new)
+
+    assert old_client.http_port is None
+    assert new_client is not old_client
+    assert new_client.http_port == 45001
+    assert runtime.client_for(new) is new_client
