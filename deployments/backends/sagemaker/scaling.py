@@ -40,6 +40,7 @@ from config.errors import DomainError
 from config.events import record_event
 from deployments.backends.sagemaker.client import (
     DEFAULT_VARIANT,
+    EndpointBackendError,
     SageMakerEndpointBackend,
     no_capacity_alarm_name,
 )
@@ -650,6 +651,19 @@ def _pending_request(placement: Placement, now: datetime) -> Event | None:
     return None if back else requested
 
 
+def _ask_for_one_copy(backend: SageMakerEndpointBackend, component: str) -> bool:
+    """Set the component's copy count to one; False when the step policy its no-capacity alarm
+    invokes got there first (SageMaker refuses a new count while that update runs)."""
+    try:
+        backend.set_component_copies(component, 1)
+    except EndpointBackendError:
+        state = backend.describe_component(component)
+        if state is None or (state.desired_copies or 0) < 1:
+            raise
+        return False
+    return True
+
+
 def wake_component(
     *,
     backend: SageMakerEndpointBackend,
@@ -689,7 +703,7 @@ def wake_component(
             if asked:
                 # AWS's own step policy may be bringing it back already; one copy either way,
                 # never fewer than it asks for.
-                backend.set_component_copies(component, 1)
+                asked = _ask_for_one_copy(backend, component)
             expected_s, source = expected_copy_start(
                 measured_ms=placement.load_time_ms,
                 approximate_s=approximate_load_s,

@@ -18,7 +18,7 @@ from botocore.stub import Stubber
 from deployments.backends.base import Copy
 from deployments.backends.sagemaker import retire, scaling
 from deployments.backends.sagemaker.backend import SageMakerServingBackend
-from deployments.backends.sagemaker.client import SageMakerEndpointBackend
+from deployments.backends.sagemaker.client import EndpointBackendError, SageMakerEndpointBackend
 from deployments.backends.sagemaker.deploy import endpoint_backend
 from deployments.exceptions import ForwardFailed
 from deployments.models import (
@@ -463,6 +463,54 @@ def test_the_proxy_answers_503_with_retry_after_while_the_copy_starts(stubs):
     assert refused.value.retry_after_s == 60
     [asked] = Event.objects.filter(kind="sagemaker.scale_out_requested")
     assert asked.data["asked"] is False
+
+
+@pytest.mark.django_db
+def test_a_step_policy_that_starts_the_copy_between_the_describe_and_the_ask_is_waited_for(stubs):
+    placement = ic_placement(load_time_ms=42_000.0, copies=0)
+    stubs.sagemaker.add_response(
+        "describe_inference_component", component_description(desired=0, current=0)
+    )
+    # The no-capacity alarm's step policy set one copy a moment before the platform asked.
+    stubs.sagemaker.add_client_error(
+        "update_inference_component_runtime_config",
+        service_error_code="ValidationException",
+        service_message=f"Inference component {COMPONENT} is Updating; wait until it is "
+        "InService or Failed.",
+        http_status_code=400,
+    )
+    stubs.sagemaker.add_response(
+        "describe_inference_component",
+        component_description(desired=1, current=0, status="Updating"),
+    )
+
+    answer = scaling.wake_component(backend=stubs.backend, placement_id=placement.pk)
+
+    assert (answer.status_code, answer.code) == (503, "scaling_from_zero")
+    assert answer.retry_after_s == 42
+    [asked] = Event.objects.filter(kind="sagemaker.scale_out_requested")
+    assert asked.data["asked"] is False
+
+
+@pytest.mark.django_db
+def test_a_refused_ask_for_a_copy_nobody_else_started_is_an_error(stubs):
+    placement = ic_placement(load_time_ms=42_000.0, copies=0)
+    stubs.sagemaker.add_response(
+        "describe_inference_component", component_description(desired=0, current=0)
+    )
+    stubs.sagemaker.add_client_error(
+        "update_inference_component_runtime_config",
+        service_error_code="ValidationException",
+        service_message="Inference component quota exceeded.",
+        http_status_code=400,
+    )
+    stubs.sagemaker.add_response(
+        "describe_inference_component", component_description(desired=0, current=0)
+    )
+
+    with pytest.raises(EndpointBackendError, match="quota exceeded"):
+        scaling.wake_component(backend=stubs.backend, placement_id=placement.pk)
+    assert not Event.objects.filter(kind="sagemaker.scale_out_requested").exists()
 
 
 @pytest.mark.django_db
