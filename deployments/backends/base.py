@@ -220,9 +220,10 @@ class ServingBackend(Protocol):
         cannot be done now the reconciler finishes)."""
         ...
 
-    def has_room_for(self, *, placement: Placement, used_mb: float) -> bool:
-        """Whether a copy that is not loaded could be, next to ``used_mb`` already resident on
-        its instance, without evicting anything."""
+    def warmup_budget_mb(self, *, placement: Placement) -> float | None:
+        """The memory copies like this one may hold on its instance, which a warm-up fills
+        without evicting anything; None where the backend finds room itself (it loads a model
+        on its first request)."""
         ...
 
     def reconcile(self, *, endpoints: Sequence[Endpoint], report: ReconcileReport) -> None:

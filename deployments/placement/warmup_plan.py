@@ -56,8 +56,10 @@ class WarmupDecision:
     evict: tuple[str, ...] = ()
     # Cold models left cold for lack of room.
     no_room: tuple[str, ...] = ()
-    # Models left alone: used recently (hourly-skip-recent) or unlikely to be called.
+    # Cold models left cold: neither pinned nor live, or (predictive) unlikely to be called.
     skipped: tuple[str, ...] = ()
+    # Models left alone as used within the skip window (hourly-skip-recent).
+    recent: tuple[str, ...] = ()
 
     @property
     def requests(self) -> int:
@@ -74,20 +76,26 @@ def plan_warmups(
     min_probability: float = 0.5,
 ) -> WarmupDecision:
     """The warm-up pass for one instance whose models (the candidates, and any others counted
-    in ``resident_mb``) hold ``resident_mb`` of its ``budget_mb``."""
+    in ``resident_mb``) hold ``resident_mb`` of its ``budget_mb`` (``math.inf`` where the
+    backend finds room by itself).
+
+    The hourly policies take the candidates in the order given (the caller's priority: the
+    first cold model to fit is loaded); the predictive one orders them by their forecast.
+    """
     if policy not in POLICIES:
         raise ValueError(f"Unknown warm-up policy {policy!r}; choose one of {', '.join(POLICIES)}.")
-    models = sorted(candidates, key=lambda m: m.key)
     if policy == PREDICTIVE:
+        models = sorted(candidates, key=lambda m: m.key)
         return _predictive(models, budget_mb, resident_mb, min_probability)
     warm: list[str] = []
     load: list[str] = []
     no_room: list[str] = []
     skipped: list[str] = []
+    recent: list[str] = []
     free = budget_mb - resident_mb
-    for model in models:
+    for model in candidates:
         if policy == HOURLY_SKIP_RECENT and model.recently_used:
-            skipped.append(model.key)
+            recent.append(model.key)
         elif model.loaded:
             warm.append(model.key)
         elif not model.wanted:
@@ -98,7 +106,11 @@ def plan_warmups(
         else:
             no_room.append(model.key)
     return WarmupDecision(
-        warm=tuple(warm), load=tuple(load), no_room=tuple(no_room), skipped=tuple(skipped)
+        warm=tuple(warm),
+        load=tuple(load),
+        no_room=tuple(no_room),
+        skipped=tuple(skipped),
+        recent=tuple(recent),
     )
 
 

@@ -37,6 +37,7 @@ written back in the pass's thread: a query or two per model warmed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -54,12 +55,7 @@ from deployments.models import Deployment, Instance, Placement
 from deployments.passes import WARM_UP, recorded_pass
 from deployments.placement.forecast import ForecastSettings, hour_of, next_hour_probability
 from deployments.placement.rows import expected_memory_mb, memory_of
-from deployments.placement.warmup_plan import (
-    HOURLY_ALL,
-    PREDICTIVE,
-    WarmupCandidate,
-    plan_warmups,
-)
+from deployments.placement.warmup_plan import HOURLY_ALL, PREDICTIVE, WarmupCandidate, plan_warmups
 from deployments.selectors.traffic import active_hours_by_version
 from models_registry.models import ModelVersion, TenantModel
 
@@ -159,15 +155,18 @@ def _warm_up(*, report: WarmupReport, skip_recent_s: int | None, now) -> None:
     )
     # The requests to send, one list per instance (per endpoint where the backend picks it).
     ready: dict[tuple[str, int], list[tuple[Placement, PreparedProbe]]] = {}
-    if report.policy == PREDICTIVE:
-        _predict_and_prepare(
-            list(placements), report=report, ready=ready, live_versions=live_versions,
-            recent=recent, now=now,
-        )  # fmt: skip
-    else:
-        _prepare_hourly(
-            placements, report=report, ready=ready, live_versions=live_versions, recent=recent
-        )
+    chosen = _plan(
+        list(placements), report=report, live_versions=live_versions, recent=recent, now=now
+    )
+    for placement in chosen:
+        try:
+            prepared = backend_for(placement.endpoint).prepare_probe(
+                placement=placement, actor=ACTOR
+            )
+        except DomainError as exc:
+            report.record_failure(placement, exc)
+            continue
+        ready.setdefault(_ready_key(placement), []).append((placement, prepared))
     _send_and_record(ready, report=report)
     record_event(
         kind="warmup.completed",
@@ -184,41 +183,6 @@ def _warm_up(*, report: WarmupReport, skip_recent_s: int | None, now) -> None:
     )
 
 
-def _prepare_hourly(placements, *, report: WarmupReport, ready: dict, live_versions, recent):
-    resident_mb: dict[int, float] | None = None
-    used_by_instance: dict[int | None, float] = {}
-    for placement in placements:
-        report.considered += 1
-        if placement.last_invoked_at and placement.last_invoked_at >= recent:
-            report.skipped_recent += 1
-            continue
-        backend = backend_for(placement.endpoint)
-        loaded = placement.actual_state == Placement.ActualState.LOADED
-        if not loaded:
-            wanted = placement.is_pinned or placement.version_id in live_versions
-            if not wanted or placement.actual_state == Placement.ActualState.FAILED:
-                continue
-            if resident_mb is None:
-                resident_mb = resident_mb_by_instance()
-            used = used_by_instance.setdefault(
-                placement.instance_id, resident_mb.get(placement.instance_id, 0.0)
-            )
-            if not backend.has_room_for(placement=placement, used_mb=used):
-                report.skipped_no_room += 1
-                continue
-        try:
-            prepared = backend.prepare_probe(placement=placement, actor=ACTOR)
-        except DomainError as exc:
-            report.record_failure(placement, exc)
-            continue
-        if prepared.cold_start:
-            # Loaded just now: the next cold model on this instance must fit beside it.
-            used_by_instance[placement.instance_id] = used_by_instance.get(
-                placement.instance_id, 0.0
-            ) + memory_of(placement)
-        ready.setdefault(_ready_key(placement), []).append((placement, prepared))
-
-
 def _ready_key(placement: Placement) -> tuple[str, int]:
     if placement.instance_id is not None:
         return ("instance", placement.instance_id)
@@ -229,19 +193,13 @@ def _ready_key(placement: Placement) -> tuple[str, int]:
 FORECAST = ForecastSettings()
 
 
-def _predict_and_prepare(
-    placements: list[Placement], *, report: WarmupReport, ready: dict, live_versions, recent, now
-) -> None:
-    """The predictive pass: forecast every placed model's next hour, then plan each instance."""
+def _forecast(placements: list[Placement], *, now) -> dict[int, float]:
+    """Each placement's chance of being called in the coming hour, from one grouped query."""
     since = now - timedelta(weeks=FORECAST.lookback_weeks)
     active = active_hours_by_version(since=since)
     hour = hour_of(now.timestamp())
-    by_instance: dict[int, list[Placement]] = {}
-    unseen: list[Placement] = []  # on endpoints whose instances the platform does not see
-    probability: dict[int, float] = {}
-    for placement in placements:
-        report.considered += 1
-        probability[placement.pk] = next_hour_probability(
+    return {
+        placement.pk: next_hour_probability(
             active.get(placement.version_id, set()),
             hour=hour + 1,
             observed_since=max(
@@ -250,45 +208,71 @@ def _predict_and_prepare(
             current_hour_active=hour in active.get(placement.version_id, set()),
             settings=FORECAST,
         )
-        if placement.instance_id is None:
-            unseen.append(placement)
-        else:
-            by_instance.setdefault(placement.instance_id, []).append(placement)
+        for placement in placements
+    }
+
+
+def _plan(
+    placements: list[Placement], *, report: WarmupReport, live_versions, recent, now
+) -> list[Placement]:
+    """Plan each instance's pass under the report's policy (``plan_warmups``), unload what the
+    plan makes room from, and return the copies to send a warm-up request, in order."""
+    predictive = report.policy == PREDICTIVE
+    probability = _forecast(placements, now=now) if predictive else {}
     minimum = settings.TENANTML_WARMUP_MIN_PROBABILITY
+    report.considered += len(placements)
     chosen: list[Placement] = []
-    for placement in unseen:
-        recently = placement.last_invoked_at and placement.last_invoked_at >= recent
-        if recently:
+    by_instance: dict[int, list[Placement]] = {}
+    for placement in placements:
+        recently = bool(placement.last_invoked_at and placement.last_invoked_at >= recent)
+        if placement.instance_id is not None:
+            by_instance.setdefault(placement.instance_id, []).append(placement)
+        elif not predictive:
+            # The backend picks the instance and finds room itself: warm what is loaded and
+            # what is wanted, as on an instance with room to spare.
+            by_instance.setdefault(-placement.endpoint_id, []).append(placement)
+        # On an endpoint whose instances the platform does not see, whether a model is loaded
+        # is unknown: a likely model not used recently gets its request.
+        elif recently:
             report.skipped_recent += 1
         elif probability[placement.pk] < minimum:
             report.skipped_unlikely += 1
         else:
             chosen.append(placement)
-    resident = resident_mb_by_instance() if by_instance else {}
-    for instance_id, group in by_instance.items():
-        instance = group[0].instance
+    resident: dict[int, float] | None = None
+    for group_id, group in by_instance.items():
         by_key = {str(p.pk): p for p in group}
+        candidates = [
+            WarmupCandidate(
+                key=str(p.pk),
+                memory_mb=memory_of(p),
+                loaded=p.actual_state == Placement.ActualState.LOADED,
+                wanted=(p.is_pinned or p.version_id in live_versions)
+                and p.actual_state != Placement.ActualState.FAILED,
+                pinned=p.is_pinned,
+                recently_used=bool(p.last_invoked_at and p.last_invoked_at >= recent),
+                probability=probability.get(p.pk, 0.0),
+            )
+            for p in group
+        ]
+        budget = backend_for(group[0].endpoint).warmup_budget_mb(placement=group[0])
+        used = 0.0
+        if budget is not None and any(not c.loaded and c.wanted for c in candidates):
+            if resident is None:
+                # Read once, only when a cold model might be loaded somewhere.
+                resident = resident_mb_by_instance()
+            used = resident.get(group_id, 0.0)
         decision = plan_warmups(
-            policy=PREDICTIVE,
-            candidates=[
-                WarmupCandidate(
-                    key=str(p.pk),
-                    memory_mb=memory_of(p),
-                    loaded=p.actual_state == Placement.ActualState.LOADED,
-                    wanted=(p.is_pinned or p.version_id in live_versions)
-                    and p.actual_state != Placement.ActualState.FAILED,
-                    pinned=p.is_pinned,
-                    recently_used=bool(p.last_invoked_at and p.last_invoked_at >= recent),
-                    probability=probability[p.pk],
-                )
-                for p in group
-            ],
-            budget_mb=instance.memory_budget_mb,
-            resident_mb=resident.get(instance_id, 0.0),
+            policy=report.policy,
+            candidates=candidates,
+            budget_mb=math.inf if budget is None else budget,
+            resident_mb=used,
             min_probability=minimum,
         )
+        report.skipped_recent += len(decision.recent)
         report.skipped_no_room += len(decision.no_room)
-        report.skipped_unlikely += len(decision.skipped)
+        if predictive:
+            report.skipped_unlikely += len(decision.skipped)
         for key in decision.evict:
             victim = by_key[key]
             try:
@@ -304,16 +288,8 @@ def _predict_and_prepare(
                 report.record_failure(victim, exc)
                 continue
             report.unloaded += 1
-        chosen.extend(by_key[key] for key in decision.load)
-    for placement in chosen:
-        try:
-            prepared = backend_for(placement.endpoint).prepare_probe(
-                placement=placement, actor=ACTOR
-            )
-        except DomainError as exc:
-            report.record_failure(placement, exc)
-            continue
-        ready.setdefault(_ready_key(placement), []).append((placement, prepared))
+        chosen.extend(by_key[key] for key in decision.warm + decision.load)
+    return chosen
 
 
 def _send_and_record(

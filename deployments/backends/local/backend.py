@@ -19,7 +19,6 @@ from deployments.backends.local import forward as forwarding
 from deployments.backends.local import reconcile, rollout, runtime, shared_base
 from deployments.exceptions import ForwardFailed
 from deployments.models import Deployment, Endpoint, Instance, Placement
-from deployments.placement.rows import memory_of
 
 
 class LocalServingBackend:
@@ -89,10 +88,10 @@ class LocalServingBackend:
             return
         rollout.unload(placement=placement, actor=actor, reason=reason)
 
-    def has_room_for(self, *, placement: Placement, used_mb: float) -> bool:
+    def warmup_budget_mb(self, *, placement: Placement) -> float | None:
         if shared_base.serves(placement):
-            return shared_base.has_room_for(placement=placement, used_mb=used_mb)
-        return used_mb + memory_of(placement) <= placement.instance.memory_budget_mb
+            return shared_base.head_budget_mb(placement.instance, kind=placement.version.model.kind)
+        return float(placement.instance.memory_budget_mb)
 
     def reconcile(self, *, endpoints: Sequence[Endpoint], report: ReconcileReport) -> None:
         reconcile.reconcile_endpoints(endpoints=endpoints, report=report)

@@ -703,12 +703,6 @@ def prepare_probe(*, placement: Placement, actor: str = ACTOR) -> PreparedProbe:
     return PreparedProbe(cold_start=cold_start, prepare_ms=prepare_ms, send=send)
 
 
-def has_room_for(*, placement: Placement, used_mb: float) -> bool:
-    """Whether a head could be loaded next to ``used_mb`` of heads without evicting any."""
-    budget = head_budget_mb(placement.instance, kind=placement.version.model.kind)
-    return used_mb + memory_of(placement) <= budget
-
-
 # --- Proxied bodies (Open Inference Protocol, SageMaker runtime, the REST invoke) ------------
 
 _ENCODER_OF_ENDPOINT: dict[int, str] = {}

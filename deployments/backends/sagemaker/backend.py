@@ -161,8 +161,8 @@ class SageMakerServingBackend:
             # The placement stays unwanted and not unloaded: the reconciler retries.
             logger.warning("Retiring %s failed: %s", placement, exc.message)
 
-    def has_room_for(self, *, placement: Placement, used_mb: float) -> bool:
-        return True  # the endpoint loads a model on its first request by itself
+    def warmup_budget_mb(self, *, placement: Placement) -> float | None:
+        return None  # the endpoint loads a model on its first request by itself
 
     def reconcile(self, *, endpoints: Sequence[Endpoint], report: ReconcileReport) -> None:
         # One DescribeEndpoint (and the few row reads and writes that mirror it) per endpoint,

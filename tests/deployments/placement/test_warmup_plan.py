@@ -37,7 +37,8 @@ def test_hourly_warms_every_loaded_model_and_loads_cold_ones_only_into_free_room
 
     assert every.warm == ("a", "b") and every.load == ("c",) and every.no_room == ("d",)
     assert every.evict == () and every.requests == 3
-    assert skipping.warm == ("a",) and "b" in skipping.skipped and skipping.requests == 2
+    assert skipping.warm == ("a",) and skipping.recent == ("b",) and skipping.requests == 2
+    assert every.skipped == skipping.skipped == ("e",)
 
 
 def test_predictive_loads_the_likeliest_first_and_leaves_the_unlikely_cold():

@@ -198,8 +198,8 @@ class RecordingBackend:
     def record_probe(self, *, placement, latency_ms):
         pass
 
-    def has_room_for(self, *, placement, used_mb):
-        return used_mb + memory_of(placement) <= placement.instance.memory_budget_mb
+    def warmup_budget_mb(self, *, placement):
+        return placement.instance.memory_budget_mb
 
     def unload(self, *, placement, actor, reason):
         assert "unlikely to be called" in reason
