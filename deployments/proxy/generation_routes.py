@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -216,6 +216,51 @@ def _answer(generation: core.Generation) -> core.Answer:
     return core.Answer(200, EVENT_STREAM, b"", generation.cold_start, generation.copy)
 
 
+@dataclass
+class _Outcome:
+    """The status a streamed answer is counted under: 200 unless the model failed in it."""
+
+    status: int = 200
+
+
+async def _stream_then_finish(
+    request: Request,
+    send,
+    route: Route,
+    generation: core.Generation,
+    chunks: AsyncIterator[bytes],
+    *,
+    protocol: str,
+    started: float,
+    tally: Tally,
+    outcome: _Outcome,
+    content_type: str = EVENT_STREAM,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    exchange: Callable[[], tuple[object, object]] | None = None,
+) -> None:
+    """Stream ``chunks`` to the caller, close the generation whatever happens, then count the
+    request (a caller that closes the stream early still got an answer: it counts as one)."""
+    try:
+        await _stream_answer(
+            request,
+            send,
+            content_type=content_type,
+            headers=[*headers, *answer_headers(route, generation)],
+            chunks=chunks,
+        )
+    finally:
+        generation.close()
+    finish_request(
+        route,
+        _answer(generation),
+        started,
+        protocol,
+        outcome.status,
+        tally.figures(),
+        exchange=exchange() if exchange is not None else None,
+    )
+
+
 # --- Native ------------------------------------------------------------------------------------
 
 
@@ -243,10 +288,9 @@ async def native_generation(
         return
     tally = Tally(started=started)
     generation = await core.open_generation(route, triton_body(prompts[0], parameters))
-    status = 200
+    outcome = _Outcome()
 
     async def chunks() -> AsyncIterator[bytes]:
-        nonlocal status
         try:
             async for event in generation.events():
                 _raise_model_error(route, event)
@@ -255,29 +299,14 @@ async def native_generation(
                     yield server_sent_event({"text": text}, event="token")
             yield server_sent_event(tally.summary(route.version_number), event="done")
         except ProxyError as error:
-            status = error.status
+            outcome.status = error.status
             yield server_sent_event(native_error(error)["error"], event="error")
 
-    try:
-        # A caller that closes the stream early still got an answer: it counts as one.
-        await _stream_answer(
-            request,
-            send,
-            content_type=EVENT_STREAM,
-            headers=answer_headers(route, generation),
-            chunks=chunks(),
-        )
-    finally:
-        generation.close()
-    finish_request(
-        route,
-        _answer(generation),
-        started,
-        "native",
-        status,
-        tally.figures(),
-        exchange=(prompts, [{"text": tally.text}]),
-    )
+    await _stream_then_finish(
+        request, send, route, generation, chunks(),
+        protocol="native", started=started, tally=tally, outcome=outcome,
+        exchange=lambda: (prompts, [{"text": tally.text}]),
+    )  # fmt: skip
 
 
 async def _native_whole(
@@ -396,31 +425,23 @@ async def v2_generation(
         return
     tally = Tally(started=started)
     generation = await core.open_generation(route, body)
-    status = 200
+    outcome = _Outcome()
 
     async def chunks() -> AsyncIterator[bytes]:
-        nonlocal status
         try:
             async for event in generation.events():
                 if "error" in event:
-                    status = 502
+                    outcome.status = 502
                 tally.add(event)
                 yield server_sent_event(_public_event(route, event))
         except ProxyError as error:
-            status = error.status
+            outcome.status = error.status
             yield server_sent_event({"error": error.message})
 
-    try:
-        await _stream_answer(
-            request,
-            send,
-            content_type=EVENT_STREAM,
-            headers=answer_headers(route, generation),
-            chunks=chunks(),
-        )
-    finally:
-        generation.close()
-    finish_request(route, _answer(generation), started, "v2", status, tally.figures())
+    await _stream_then_finish(
+        request, send, route, generation, chunks(),
+        protocol="v2", started=started, tally=tally, outcome=outcome,
+    )  # fmt: skip
 
 
 # --- SageMaker runtime ---------------------------------------------------------------------------
@@ -479,10 +500,9 @@ async def sagemaker_invoke_stream(request: Request, send, endpoint: str) -> None
         await send_sagemaker_error(send, error)
         return
     tally = Tally(started=started)
-    status = 200
+    outcome = _Outcome()
 
     async def chunks() -> AsyncIterator[bytes]:
-        nonlocal status
         try:
             async for event in generation.events():
                 _raise_model_error(route, event)
@@ -491,18 +511,15 @@ async def sagemaker_invoke_stream(request: Request, send, endpoint: str) -> None
                     yield payload_part(_json_line({"token": {"text": text}}))
             yield payload_part(_json_line({"details": tally.summary(route.version_number)}))
         except ProxyError as error:
-            status = error.status
+            outcome.status = error.status
             yield model_stream_error(error.message, error_code="StreamBroken")
 
-    headers = [
-        (b"x-amzn-invoked-production-variant", b"AllTraffic"),
-        (b"x-amzn-sagemaker-content-type", JSON_LINES.encode()),
-        *answer_headers(route, generation),
-    ]
-    try:
-        await _stream_answer(
-            request, send, content_type=AWS_EVENT_STREAM, headers=headers, chunks=chunks()
-        )
-    finally:
-        generation.close()
-    finish_request(route, _answer(generation), started, "sagemaker", status, tally.figures())
+    await _stream_then_finish(
+        request, send, route, generation, chunks(),
+        protocol="sagemaker", started=started, tally=tally, outcome=outcome,
+        content_type=AWS_EVENT_STREAM,
+        headers=[
+            (b"x-amzn-invoked-production-variant", b"AllTraffic"),
+            (b"x-amzn-sagemaker-content-type", JSON_LINES.encode()),
+        ],
+    )  # fmt: skip
