@@ -18,23 +18,14 @@ Writes ``bench/results/canary.json``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import REPO, RESULTS_DIR, machine, percentile, print_table, setup_django
-from proxy import (
-    ACTOR,
-    DEFAULT_BASE_CACHE,
-    build_fleet,
-    free_port,
-    interleaved,
-    start_proxy,
-    targets_for,
-)
+from harness import REPO, RESULTS_DIR, machine, print_table, setup_django
+from proxy import ACTOR, DEFAULT_BASE_CACHE, c1_figures, ms, split_fleet
 
 
 def start_shadows(models) -> list:
@@ -70,39 +61,16 @@ def main() -> None:
     args = parser.parse_args()
 
     var_dir = setup_django()
-    from deployments.backends.local.runtime import stop_local_instance
-    from deployments.models import Instance, VersionUsageMinute
-    from models_registry.base_model import base_encoder
-    from tenants.services import issue_token
+    from deployments.models import VersionUsageMinute
 
     began = time.perf_counter()
-    base = base_encoder(quantized=True, cache_dir=args.base_cache_dir)
-    models = build_fleet(max(args.models, 2), base, var_dir)
-    instance = Instance.objects.get(endpoint__name="local-intent-classifier", status="healthy")
-    token = issue_token(tenant=None, name="bench", actor=ACTOR).secret
-    port = free_port()
-    proxy = start_proxy(var_dir, port, {"USAGE_FLUSH_INTERVAL_S": "1"})
-    shadowed, plain = models[: len(models) // 2], models[len(models) // 2 :]
-    try:
-        native = targets_for(models, instance, f"http://127.0.0.1:{port}", token)["native"]
-        by_model = dict(zip([m.pk for m in models], native, strict=True))
-        groups = {
-            "shadowed": [by_model[m.pk] for m in shadowed],
-            "plain": [by_model[m.pk] for m in plain],
-        }
-        before = asyncio.run(interleaved(groups, ["shadowed", "plain"], args.requests))
-        versions = start_shadows(shadowed)
+    with split_fleet(args, var_dir, "shadowed", {"USAGE_FLUSH_INTERVAL_S": "1"}) as fleet:
+        before = fleet.interleaved(args.requests)
+        versions = start_shadows(fleet.changed)
         time.sleep(2.0)  # the web process hears of the new routes
-        during = asyncio.run(interleaved(groups, ["shadowed", "plain"], args.requests))
+        during = fleet.interleaved(args.requests)
         time.sleep(3.0)  # the last copies are answered and flushed
-    finally:
-        proxy.terminate()
-        proxy.wait(timeout=30)
-        for live in Instance.objects.exclude(status="stopped").exclude(pid=None):
-            stop_local_instance(instance=live, actor=ACTOR, reason="measured")
-
-    def p(samples, pct):
-        return round(percentile(samples, pct) * 1000, 3)
+    models, shadowed = fleet.models, fleet.changed
 
     rows = VersionUsageMinute.objects.filter(version__in=versions)
     mirrored = sum(row.mirrored for row in rows)
@@ -116,16 +84,10 @@ def main() -> None:
         "machine": machine(),
         "models": len(models),
         "requests_per_group_and_phase": args.requests,
-        "c1_no_rollout": {
-            name: {"p50_ms": p(values, 50), "p99_ms": p(values, 99)}
-            for name, values in before.items()
-        },
-        "c1_shadow_running": {
-            name: {"p50_ms": p(values, 50), "p99_ms": p(values, 99)}
-            for name, values in during.items()
-        },
-        "shadowed_p50_change_ms": round(p(during["shadowed"], 50) - p(before["shadowed"], 50), 3),
-        "shadowed_vs_plain_p50_ms": round(p(during["shadowed"], 50) - p(during["plain"], 50), 3),
+        "c1_no_rollout": c1_figures(before),
+        "c1_shadow_running": c1_figures(during),
+        "shadowed_p50_change_ms": round(ms(during["shadowed"], 50) - ms(before["shadowed"], 50), 3),
+        "shadowed_vs_plain_p50_ms": round(ms(during["shadowed"], 50) - ms(during["plain"], 50), 3),
         "copies_sent": mirrored,
         "copies_dropped": dropped,
         "outputs_compared": compared,

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -215,6 +216,60 @@ async def interleaved(targets: dict[str, list[Target]], names: list[str], reques
                 target = targets[name][index % len(targets[name])]
                 samples[name].append(await one(session, target))
     return samples
+
+
+class SplitFleet:
+    """A fleet behind a running proxy, split in two halves: the one a change is made to, and
+    the plain one it is measured against in the same seconds."""
+
+    def __init__(self, models: list, changed: list, plain: list, groups: dict) -> None:
+        self.models, self.changed, self.plain, self.groups = models, changed, plain, groups
+
+    def interleaved(self, requests: int) -> dict[str, list[float]]:
+        """Concurrency 1 on the native route, the halves alternating request by request."""
+        return asyncio.run(interleaved(self.groups, list(self.groups), requests))
+
+
+@contextlib.contextmanager
+def split_fleet(args, var_dir: Path, changed_name: str, env: dict, *, client: str = "platform"):
+    """``args.models`` intent classifiers on one local Triton and the platform's web server in
+    its own process; yields a SplitFleet whose first half is named ``changed_name``. The
+    server and every Triton are stopped afterwards."""
+    from deployments.backends.local.runtime import stop_local_instance
+    from deployments.models import Instance
+    from models_registry.base_model import base_encoder
+    from tenants.services import issue_token
+
+    base = base_encoder(quantized=True, cache_dir=args.base_cache_dir)
+    models = build_fleet(max(args.models, 2), base, var_dir)
+    instance = Instance.objects.get(endpoint__name="local-intent-classifier", status="healthy")
+    token = issue_token(tenant=None, name="bench", actor=ACTOR).secret
+    port = free_port()
+    proxy = start_proxy(var_dir, port, env, client=client)
+    changed, plain = models[: len(models) // 2], models[len(models) // 2 :]
+    try:
+        native = targets_for(models, instance, f"http://127.0.0.1:{port}", token)["native"]
+        by_model = dict(zip([m.pk for m in models], native, strict=True))
+        groups = {
+            changed_name: [by_model[m.pk] for m in changed],
+            "plain": [by_model[m.pk] for m in plain],
+        }
+        yield SplitFleet(models, changed, plain, groups)
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+        for live in Instance.objects.exclude(status="stopped").exclude(pid=None):
+            stop_local_instance(instance=live, actor=ACTOR, reason="measured")
+
+
+def ms(samples: list[float], pct: float) -> float:
+    """A percentile of latencies in seconds, in milliseconds."""
+    return round(percentile(samples, pct) * 1000, 3)
+
+
+def c1_figures(samples: dict[str, list[float]]) -> dict:
+    """Each half's p50 and p99 at concurrency 1."""
+    return {name: {"p50_ms": ms(v, 50), "p99_ms": ms(v, 99)} for name, v in samples.items()}
 
 
 async def saturate(targets: list[Target], concurrency: int, seconds: float) -> dict:
@@ -438,49 +493,27 @@ def capture_main(args) -> None:
     from harness import RESULTS_DIR, machine
 
     var_dir = setup_django()
-    from deployments.backends.local.runtime import stop_local_instance
-    from deployments.models import Deployment, Instance
+    from deployments.models import Deployment
     from models_registry import artifacts
-    from models_registry.base_model import base_encoder
-    from tenants.services import issue_token
 
     began = time.perf_counter()
-    base = base_encoder(quantized=True, cache_dir=args.base_cache_dir)
-    models = build_fleet(max(args.models, 2), base, var_dir)
-    instance = Instance.objects.get(endpoint__name="local-intent-classifier", status="healthy")
-    token = issue_token(tenant=None, name="bench", actor=ACTOR).secret
-    port = free_port()
     env = {
         "BENCH_STORE_DELAY_MS": str(args.store_delay_ms),
         "CAPTURE_SETTINGS_TTL_S": "1",
         "CAPTURE_FLUSH_INTERVAL_S": "1",
     }
-    proxy = start_proxy(var_dir, port, env, client="slow-store")
-    captured, plain = models[: len(models) // 2], models[len(models) // 2 :]
-    try:
-        native = targets_for(models, instance, f"http://127.0.0.1:{port}", token)["native"]
-        by_model = dict(zip([m.pk for m in models], native, strict=True))
-        groups = {
-            "captured": [by_model[m.pk] for m in captured],
-            "plain": [by_model[m.pk] for m in plain],
-        }
-        off = asyncio.run(interleaved(groups, ["captured", "plain"], args.requests))
-        off_c8 = asyncio.run(saturate(groups["captured"], 8, args.seconds))
+    with split_fleet(args, var_dir, "captured", env, client="slow-store") as fleet:
+        captured = fleet.changed
+        off = fleet.interleaved(args.requests)
+        off_c8 = asyncio.run(saturate(fleet.groups["captured"], 8, args.seconds))
         Deployment.objects.filter(model__in=captured).update(
             capture_enabled=True, capture_sample_percent=100.0
         )
         time.sleep(2.5)  # the serving process reads the settings within CAPTURE_SETTINGS_TTL_S
-        on = asyncio.run(interleaved(groups, ["captured", "plain"], args.requests))
-        on_c8 = asyncio.run(saturate(groups["captured"], 8, args.seconds))
+        on = fleet.interleaved(args.requests)
+        on_c8 = asyncio.run(saturate(fleet.groups["captured"], 8, args.seconds))
         time.sleep(3 + 4 * args.store_delay_ms / 1000)  # the writer's last parts land
-    finally:
-        proxy.terminate()
-        proxy.wait(timeout=30)
-        for live in Instance.objects.exclude(status="stopped").exclude(pid=None):
-            stop_local_instance(instance=live, actor=ACTOR, reason="measured")
-
-    def p(samples, pct):
-        return round(percentile(samples, pct) * 1000, 3)
+    models = fleet.models
 
     rows = Deployment.objects.filter(model__in=captured)
     written = sum(row.capture_records_written for row in rows)
@@ -492,15 +525,11 @@ def capture_main(args) -> None:
         "machine": machine(),
         "models": len(models),
         "store_delay_ms": args.store_delay_ms,
-        "c1_capture_off": {
-            name: {"p50_ms": p(values, 50), "p99_ms": p(values, 99)} for name, values in off.items()
-        },
-        "c1_capture_on": {
-            name: {"p50_ms": p(values, 50), "p99_ms": p(values, 99)} for name, values in on.items()
-        },
+        "c1_capture_off": c1_figures(off),
+        "c1_capture_on": c1_figures(on),
         "c8_captured_models": {"capture_off": off_c8, "capture_on": on_c8},
-        "captured_p50_change_ms_c1": round(p(on["captured"], 50) - p(off["captured"], 50), 3),
-        "captured_vs_plain_p50_ms_c1": round(p(on["captured"], 50) - p(on["plain"], 50), 3),
+        "captured_p50_change_ms_c1": round(ms(on["captured"], 50) - ms(off["captured"], 50), 3),
+        "captured_vs_plain_p50_ms_c1": round(ms(on["captured"], 50) - ms(on["plain"], 50), 3),
         "records_written": written,
         "records_dropped": dropped,
         "part_files": parts,
