@@ -57,6 +57,11 @@ RECREATE_EXTRA_BINS = (6, 16)
 MINIMUM_SLACK_NODES_PER_BIN = 200
 # Local search steps: item comparisons, about a microsecond each.
 LOCAL_SEARCH_STEPS = 400_000
+# A fleet whose total is exactly a whole number of bins (each bin of the optimum full) is also
+# searched for a perfect packing, fail first, up to this many items and search steps (about
+# three seconds).
+PERFECT_SEARCH_MAX_ITEMS = 200
+PERFECT_SEARCH_STEPS = 3_000_000
 # Pair moves are tried only while bins and the pool are this small (their cost is quadratic).
 PAIR_MOVE_MAX_ITEMS = 48
 
@@ -167,6 +172,12 @@ def improve(
     )
     if len(best) > lower and exact:
         found = bin_completion(weights, owners, capacity, cap, bins=lower, nodes=exact_nodes)
+        if found is not None:
+            best = found
+    if len(best) > lower and exact and len(weights) <= PERFECT_SEARCH_MAX_ITEMS:
+        found = perfect_packing(
+            weights, owners, capacity, cap, bins=lower, nodes=PERFECT_SEARCH_STEPS
+        )
         if found is not None:
             best = found
     if len(best) > lower and len(weights) <= EXACT_SEARCH_MAX_ITEMS_PER_BIN * lower:
@@ -404,6 +415,110 @@ def bin_completion(
 
     tiebreak = _SeededOrder(random.Random(0))
     found = search(waste_budget, bins)
+    if spent is not None:
+        spent[0] += nodes - max(budget[0], 0)
+    return [list(b) for b in chosen] if found else None
+
+
+def perfect_packing(
+    weights: Sequence[float],
+    owners: Sequence[int],
+    capacity: float,
+    cap: int,
+    *,
+    bins: int,
+    nodes: int,
+    spent: list[int] | None = None,
+) -> list[list[int]] | None:
+    """``bins`` exactly full bins that hold every item, or None (the items do not add up to
+    ``bins`` full bins, none exist, or none was found in ``nodes`` steps).
+
+    Every item must then share a bin with a set of others that fills it exactly, so each step
+    fills the bin of the item with the fewest such sets (fail first: an item with none ends the
+    branch at once), trying its sets in turn. ``weights`` must be non-increasing.
+    """
+    tolerance = capacity * RELATIVE_TOLERANCE
+    if bins <= 0 or abs(bins * capacity - math.fsum(weights)) > tolerance * bins:
+        return None
+    count = len(weights)
+    descending = [-w for w in weights]  # ascending, for bisect
+    used = [False] * count
+    budget = [nodes]
+    chosen: list[list[int]] = []
+
+    def exact_sets(item: int, limit: int) -> list[tuple[int, ...]]:
+        """Sets of other unused items that fill ``item``'s bin exactly (at most ``limit``)."""
+        found: list[tuple[int, ...]] = []
+        current: list[int] = []
+        owners_in = {owners[item]}
+
+        def extend(start: int, room: float, slots: int) -> None:
+            budget[0] -= 1
+            if room <= 8 * tolerance:
+                found.append(tuple(current))
+                return
+            if slots <= 0 or budget[0] <= 0 or len(found) >= limit:
+                return
+            previous = None
+            for other in range(
+                max(start, bisect.bisect_left(descending, -room - tolerance)), count
+            ):
+                if used[other] or other == item or owners[other] in owners_in:
+                    continue
+                weight = weights[other]
+                if weight == previous:
+                    continue  # the same weight again completes the bin the same way
+                if weight * slots < room - tolerance:
+                    break  # even ``slots`` items this heavy (the heaviest left) fall short
+                previous = weight
+                current.append(other)
+                owners_in.add(owners[other])
+                extend(other + 1, room - weight, slots - 1)
+                owners_in.discard(owners[other])
+                current.pop()
+                if budget[0] <= 0 or len(found) >= limit:
+                    return
+
+        extend(0, capacity - weights[item], cap - 1)
+        return found
+
+    def search(bins_left: int) -> bool:
+        if bins_left == 0:
+            return True
+        if budget[0] <= 0:
+            return False
+        best: tuple[int, list[tuple[int, ...]]] | None = None
+        seen: set[float] = set()
+        for item in range(count):
+            if used[item] or weights[item] in seen:
+                continue
+            seen.add(weights[item])
+            sets = exact_sets(item, len(best[1]) if best else nodes)
+            if not sets or budget[0] <= 0:
+                return False
+            if best is None or len(sets) < len(best[1]):
+                best = (item, sets)
+                if len(sets) == 1:
+                    break
+        if best is None:
+            return False
+        item, sets = best
+        used[item] = True
+        for others in sets:
+            for other in others:
+                used[other] = True
+            chosen.append([item, *others])
+            if search(bins_left - 1):
+                return True
+            chosen.pop()
+            for other in others:
+                used[other] = False
+            if budget[0] <= 0:
+                break
+        used[item] = False
+        return False
+
+    found = search(bins)
     if spent is not None:
         spent[0] += nodes - max(budget[0], 0)
     return [list(b) for b in chosen] if found else None
