@@ -241,6 +241,13 @@ TENANTML_PERIODIC_TASKS = [
         "expire_seconds": 50,
     },
     {
+        # Applies only where REBALANCE_MIN_SAVING_USD_MONTH is set and the saving reaches it.
+        "name": "Rebalance the local fleet when it saves enough",
+        "task": "deployments.tasks.rebalance_if_worth_it",
+        "every_seconds": 3600,
+        "expire_seconds": 3000,
+    },
+    {
         "name": "Delete captured requests past their retention",
         "task": "deployments.tasks.delete_expired_capture",
         "every_seconds": 3600,
@@ -458,6 +465,18 @@ if not 0 < TENANTML_WARMUP_MIN_PROBABILITY <= 1:
     raise parse.ConfigurationError(
         f"WARMUP_MIN_PROBABILITY must be above 0 and at most 1, not "
         f"{TENANTML_WARMUP_MIN_PROBABILITY}."
+    )
+# A rebalance of the local fleet (packing its copies afresh onto fewer instances) runs by itself
+# when it would save at least this many USD a month; unset, only when asked (API, admin,
+# dashboard).
+TENANTML_REBALANCE_MIN_SAVING_USD_MONTH = env.float("REBALANCE_MIN_SAVING_USD_MONTH", default=None)
+if (
+    TENANTML_REBALANCE_MIN_SAVING_USD_MONTH is not None
+    and TENANTML_REBALANCE_MIN_SAVING_USD_MONTH < 0
+):
+    raise parse.ConfigurationError(
+        "REBALANCE_MIN_SAVING_USD_MONTH must be 0 or more, not "
+        f"{TENANTML_REBALANCE_MIN_SAVING_USD_MONTH}."
     )
 # The reconciler reloads an unpinned model after an instance restart if it was invoked within
 # this many seconds ("hot").

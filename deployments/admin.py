@@ -30,7 +30,8 @@ from deployments.selectors.fleet import (
     instances_with_memory_use,
     memory_is_measured,
 )
-from deployments.services import budgets, draining, reconciler, retirement, rollouts
+from deployments.selectors.rebalance import rebalance_report
+from deployments.services import budgets, draining, rebalance, reconciler, retirement, rollouts
 from deployments.services import scaling as scaling_policies
 from deployments.services.fleet import set_placement_desired_state
 from models_registry.kinds import kind_names
@@ -152,8 +153,36 @@ class EndpointAdmin(AddFieldsMixin, admin.ModelAdmin):
         "updated_at",
     )
 
+    actions = ("show_rebalance", "rebalance_endpoints")
+
     def get_queryset(self, request):
         return ordered(self, request, endpoints_with_cost())
+
+    @admin.action(description="What a rebalance would save (moves nothing)")
+    def show_rebalance(self, request, queryset):
+        for endpoint in queryset:
+            report = rebalance_report(endpoint_id=endpoint.pk)
+            for name, reason in report.skipped:
+                self.message_user(request, f"{name}: not rebalanced. {reason}")
+            for plan in report.endpoints:
+                self.message_user(
+                    request,
+                    f"{plan.endpoint}: {plan.instances_now} → {plan.instances_after} instances, "
+                    f"${plan.usd_per_month_saved:,.2f} a month saved, {len(plan.moves)} copies "
+                    "to move.",
+                )
+
+    @admin.action(description="Rebalance (move copies, then stop the instances left empty)")
+    def rebalance_endpoints(self, request, queryset):
+        actor = admin_actor(request)
+        for endpoint in queryset:
+            report = rebalance.request_rebalance(actor=actor, endpoint_id=endpoint.pk)
+            self.message_user(
+                request,
+                f"{endpoint}: rebalance requested ({report.copies_moved} copies to move, "
+                f"{report.instances_saved} instances to stop); the events say what was done.",
+                level=messages.SUCCESS,
+            )
 
     @admin.display(description="Live instances", ordering="live_instances")
     def live_instance_count(self, obj: Endpoint) -> str:

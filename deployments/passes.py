@@ -28,6 +28,7 @@ SAMPLE = "sample"
 USAGE_FLUSH = "usage-flush"
 CLOUD_METRICS = "cloud-metrics"
 CAPTURE_RETENTION = "capture-retention"
+REBALANCE = "rebalance"
 
 
 @dataclass

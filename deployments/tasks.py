@@ -7,6 +7,7 @@ from deployments.services import (
     candidates,
     capture,
     cloud_metrics,
+    rebalance,
     reconciler,
     retirement,
     rollouts,
@@ -38,6 +39,16 @@ def reconcile_fleet() -> bool:
 @shared_task(name="deployments.tasks.warm_up_fleet")
 def warm_up_fleet() -> dict:
     return warmups.warm_up_fleet().as_dict()
+
+
+@shared_task(name="deployments.tasks.rebalance_fleet")
+def rebalance_fleet(actor: str = rebalance.ACTOR, endpoint_id: int | None = None) -> dict:
+    return rebalance.rebalance_fleet(actor=actor, endpoint_id=endpoint_id).as_dict()
+
+
+@shared_task(name="deployments.tasks.rebalance_if_worth_it")
+def rebalance_if_worth_it() -> dict:
+    return rebalance.rebalance_fleet(only_if_worth_it=True).as_dict()
 
 
 @shared_task(name="deployments.tasks.read_cloud_metrics")

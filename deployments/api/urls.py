@@ -1,6 +1,6 @@
 from django.urls import path
 
-from deployments.api import candidates, views
+from deployments.api import candidates, rebalance, views
 
 MODEL = "tenants/<slug:slug>/models/<slug:name>"
 
@@ -39,6 +39,7 @@ urlpatterns = [
     path("tenants/<slug:slug>/events/", views.TenantEventListView.as_view(), name="tenant-events"),
     path("fleet/utilization", views.FleetUtilizationView.as_view(), name="fleet-utilization"),
     path("fleet/costs", views.FleetCostsView.as_view(), name="fleet-costs"),
+    path("fleet/rebalance", rebalance.RebalanceView.as_view(), name="fleet-rebalance"),
     path("fleet/costs/tenants", views.FleetTenantCostsView.as_view(), name="fleet-tenant-costs"),
     path(
         "fleet/costs/endpoints",

@@ -246,6 +246,19 @@ class ServingBackend(Protocol):
         stop it unless ``stop`` is false."""
         ...
 
+    def rebalance_refusal(self, *, endpoint: Endpoint) -> str:
+        """Why this endpoint's copies are not rebalanced model by model ("" where they are: the
+        platform chooses each copy's instance and memory bounds them)."""
+        ...
+
+    def move_copy(
+        self, *, placement: Placement, instance: Instance, actor: str, reason: str
+    ) -> Placement:
+        """Move a copy to another of its endpoint's instances by the rollout rules (loaded and
+        warmed there, routes switched, then the old copy unloaded); returns the new copy.
+        Only where the platform chooses each copy's instance."""
+        ...
+
     def cloud_metrics(
         self, *, endpoints: Sequence[Endpoint], start: datetime, end: datetime
     ) -> CloudMetrics:

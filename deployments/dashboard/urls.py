@@ -16,6 +16,7 @@ urlpatterns = [
     path("endpoints/<str:name>/", fleet.endpoint_detail, name="endpoint"),
     path("costs/tenants/", fleet.tenant_costs, name="tenant-costs"),
     path("what-if/", fleet.what_if, name="what-if"),
+    path("what-if/rebalance", fleet.rebalance, name="rebalance"),
     path("events/", fleet.event_list, name="events"),
     path("tenants/", registry.tenant_list, name="tenants"),
     path(f"{TENANT}/", registry.tenant_detail, name="tenant"),

@@ -25,7 +25,9 @@ from deployments.selectors import cloud_metrics as cloud_selectors
 from deployments.selectors import costs as cost_selectors
 from deployments.selectors import endpoints as endpoint_selectors
 from deployments.selectors import fleet as selectors
+from deployments.selectors.rebalance import rebalance_report
 from deployments.selectors.traffic import fleet_trends
+from deployments.services import rebalance as rebalance_service
 from tenants.access import Caller, caller_for_user
 
 EVENTS_PER_PAGE = 25
@@ -234,6 +236,21 @@ def what_if(request: HttpRequest) -> HttpResponse:
     if request.htmx:
         return render(request, "dashboard/partials/_what_if_result.html", context, status=status)
     return render(request, "dashboard/what_if.html", context, status=status)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def rebalance(request: HttpRequest) -> HttpResponse:
+    """What packing the local fleet afresh would save (GET), and running it (POST)."""
+    caller = _platform_caller(request)
+    if request.method == "POST":
+        report = rebalance_service.request_rebalance(actor=caller.label)
+        requested = True
+    else:
+        report = rebalance_report()
+        requested = False
+    context = {"rebalance": report.as_dict(), "requested": requested}
+    return render(request, "dashboard/partials/_rebalance.html", context)
 
 
 @login_required

@@ -4,10 +4,10 @@ Incremental solves never move a placed model, so a fleet that grew and shrank dr
 fresh packing would open. ``rebalance_saving`` says what re-placing everything would save
 (instances, USD an hour and a month) and what it costs in moves: each fresh instance is matched
 to the current instance of its endpoint and type it shares most models with (greedily, largest
-overlap first, ties by name), and a copy moves when its fresh instance is not matched to one
-that holds it now. ``worth_doing`` compares the monthly saving with the operator's threshold.
-Pure: plans in, figures out; the moves themselves follow the rollout rules of whoever applies
-the fresh plan.
+overlap first, ties by name; ``match_instances``), and a copy moves when its fresh instance is
+not matched to one that holds it now. ``worth_doing`` compares the monthly saving with the
+operator's threshold. Pure: plans in, figures out; the moves themselves follow the rollout
+rules of whoever applies the fresh plan (``deployments.services.rebalance``).
 """
 
 from __future__ import annotations
@@ -53,6 +53,32 @@ def _instances(plan: PlacementPlan) -> dict[tuple[str, str], dict[str, set[str]]
     return held
 
 
+def match_instances(current: dict[str, set[str]], fresh: dict[str, set[str]]) -> dict[str, str]:
+    """Which current instance each fresh one becomes (fresh name → current name): the pairs
+    sharing most models first (ties by name), then the fresh instances left over take the
+    current ones left over, in name order, while there are any. A copy moves when the instance
+    its fresh instance becomes does not hold it now."""
+    pairs = sorted(
+        (-len(models & current[old]), fresh_name, old)
+        for fresh_name, models in fresh.items()
+        for old in current
+        if models & current[old]
+    )
+    matched: dict[str, str] = {}
+    taken: set[str] = set()
+    for _, fresh_name, old in pairs:
+        if fresh_name not in matched and old not in taken:
+            matched[fresh_name] = old
+            taken.add(old)
+    spare = iter(sorted(set(current) - taken))
+    for fresh_name in sorted(set(fresh) - set(matched)):
+        old = next(spare, None)
+        if old is None:
+            break
+        matched[fresh_name] = old
+    return matched
+
+
 def rebalance_saving(
     *,
     current: PlacementPlan,
@@ -65,21 +91,8 @@ def rebalance_saving(
     moved: set[str] = set()
     copies_moved = 0
     for key, fresh_group in _instances(fresh).items():
-        now_group = dict(now.get(key, {}))
-        pairs = sorted(
-            (
-                (-len(models & now_group[old]), fresh_name, old)
-                for fresh_name, models in fresh_group.items()
-                for old in now_group
-                if models & now_group[old]
-            ),
-        )
-        matched: dict[str, str] = {}
-        taken: set[str] = set()
-        for _, fresh_name, old in pairs:
-            if fresh_name not in matched and old not in taken:
-                matched[fresh_name] = old
-                taken.add(old)
+        now_group = now.get(key, {})
+        matched = match_instances(now_group, fresh_group)
         for fresh_name, models in sorted(fresh_group.items()):
             kept = now_group.get(matched.get(fresh_name, ""), set())
             for model in sorted(models - kept):

@@ -56,6 +56,8 @@ OPERATION_IDS = {
     "listTenantEvents",
     "getFleetUtilization",
     "getFleetCosts",
+    "getRebalance",
+    "rebalanceFleet",
     "listTenantCosts",
     "listEndpointCosts",
     "drainInstance",

@@ -398,3 +398,31 @@ def test_scaling_policies_cannot_be_added_or_deleted_by_hand(admin_client, db):
     assert admin_client.get(admin_url(ScalingPolicy, "add")).status_code == 403
     assert admin_client.post(admin_url(ScalingPolicy, "delete", policy.pk)).status_code == 403
     assert ScalingPolicy.objects.filter(pk=policy.pk).exists()
+
+
+def test_endpoint_actions_show_a_rebalance_and_request_one(admin_client, db):
+    endpoint = EndpointFactory(backend=Endpoint.Backend.LOCAL, model_kind="intent-classifier")
+    for ordinal in range(2):
+        instance = InstanceFactory(
+            endpoint=endpoint, ordinal=ordinal, port=47500 + ordinal, memory_budget_mb=1000
+        )
+        PlacementFactory(instance=instance, host_memory_mb=100.0)
+
+    shown = run_action(admin_client, Endpoint, "show_rebalance", [endpoint], follow=True)
+
+    text = " ".join(str(m) for m in shown.context["messages"])
+    assert f"{endpoint.name}: 2 → 1 instances" in text and "1 copies to move" in text
+    assert not Event.objects.filter(kind="rebalance.requested").exists()
+
+
+def test_rebalancing_a_sagemaker_endpoint_from_the_admin_moves_nothing_and_says_why(
+    admin_client, db
+):
+    endpoint = EndpointFactory(backend=Endpoint.Backend.SAGEMAKER, name="tml-intents-mme")
+
+    shown = run_action(admin_client, Endpoint, "show_rebalance", [endpoint], follow=True)
+    asked = run_action(admin_client, Endpoint, "rebalance_endpoints", [endpoint], follow=True)
+
+    assert "SageMaker chooses" in " ".join(str(m) for m in shown.context["messages"])
+    assert "0 copies to move" in " ".join(str(m) for m in asked.context["messages"])
+    assert Event.objects.filter(kind="rebalance.requested").count() == 1

@@ -342,6 +342,11 @@ API_MATRIX: dict[str, list[ApiCall]] = {
     # Each caller's own share of the cost; the endpoints' cost is the operators'.
     "fleet-tenant-costs": [api("get", _no_args, 200, other=200)],
     "fleet-endpoint-costs": [api("get", _no_args, 403, other=403, platform=200)],
+    # Rebalancing moves every tenant's copies: the operators'.
+    "fleet-rebalance": [
+        api("get", _no_args, 403, other=403, platform=200),
+        api("post", _no_args, 403, other=403, platform=202),
+    ],
     # The whole event log is the operators'; a tenant reads its own.
     "event-list": [api("get", _no_args, 403, other=403, platform=200)],
     "tenant-events": [api("get", _slug, 200)],
@@ -424,6 +429,10 @@ DASHBOARD_MATRIX: dict[str, list[PageCall]] = {
             staff=200,
             data=lambda w: {"instance_type": "local", "target_utilization": "0.8", "replicas": 1},
         ),
+    ],
+    "dashboard:rebalance": [
+        page("get", _no_args, 404, staff=200),
+        page("post", _no_args, 404, staff=200),
     ],
     "dashboard:events": [page("get", _no_args, 200, other=200)],
     "dashboard:tenants": [page("get", _no_args, 200, other=200)],

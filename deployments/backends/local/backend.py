@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
+from config.errors import DomainError
 from deployments.backends.base import (
     CloudMetrics,
     Copy,
@@ -109,6 +110,21 @@ class LocalServingBackend:
         if instance.endpoint.mode == Endpoint.Mode.SHARED_BASE:
             return shared_base.drain_instance(instance=instance, actor=actor, stop=stop)
         return rollout.drain_instance(instance=instance, actor=actor, stop=stop)
+
+    def rebalance_refusal(self, *, endpoint: Endpoint) -> str:
+        if endpoint.mode == Endpoint.Mode.SHARED_BASE:
+            return "A shared-base endpoint's instance count follows its request rate."
+        if endpoint.mode == Endpoint.Mode.DEDICATED:
+            return "A dedicated endpoint holds one model."
+        return ""
+
+    def move_copy(
+        self, *, placement: Placement, instance: Instance, actor: str, reason: str
+    ) -> Placement:
+        refusal = self.rebalance_refusal(endpoint=placement.endpoint)
+        if refusal:
+            raise DomainError(refusal, field="instance")
+        return rollout.move_copy(placement=placement, instance=instance, actor=actor, reason=reason)
 
     def cloud_metrics(
         self, *, endpoints: Sequence[Endpoint], start: datetime, end: datetime

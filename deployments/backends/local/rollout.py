@@ -228,18 +228,43 @@ def drain_instance(*, instance: Instance, actor: str, stop: bool = True) -> Inst
                 pinned=placement.is_pinned,
                 actor=actor,
             )
-            new = runtime.place_on_instance(
-                version=placement.version,
+            move_copy(
+                placement=placement,
                 instance=targets[0],
                 actor=actor,
-                pinned=placement.is_pinned,
+                reason=f"{instance} is draining",
             )
-            runtime.probe_placement(placement=new, actor=actor)
-        Placement.objects.filter(pk=placement.pk).mark_unwanted()
-        unload(placement=placement, actor=actor, reason=f"{instance} is draining")
-        routing_changed.send(sender=Placement, model_id=placement.version.model_id)
+        else:
+            _retire_copy(placement, actor=actor, reason=f"{instance} is draining")
     if stop:
         instance = runtime.stop_local_instance(
             instance=instance, actor=actor, reason="drained by an operator"
         )
     return instance
+
+
+def move_copy(*, placement: Placement, instance: Instance, actor: str, reason: str) -> Placement:
+    """Move a copy to another instance of its endpoint by the rollout rules: load it there and
+    answer its kind's warm-up request, switch the routes, then unload the old copy. A failed
+    load leaves the old copy serving."""
+    if instance.endpoint_id != placement.endpoint_id:
+        raise DomainError(
+            f"{instance} is not an instance of {placement.endpoint}.", field="instance"
+        )
+    new = runtime.place_on_instance(
+        version=placement.version, instance=instance, actor=actor, pinned=placement.is_pinned
+    )
+    # A copy this instance held before and was told to drop is wanted again.
+    wanted = Placement.DesiredState.PINNED if placement.is_pinned else Placement.DesiredState.LOADED
+    if new.desired_state != wanted:
+        Placement.objects.filter(pk=new.pk).update(desired_state=wanted)
+        new.desired_state = wanted
+    runtime.probe_placement(placement=new, actor=actor)
+    _retire_copy(placement, actor=actor, reason=reason)
+    return new
+
+
+def _retire_copy(placement: Placement, *, actor: str, reason: str) -> None:
+    Placement.objects.filter(pk=placement.pk).mark_unwanted()
+    unload(placement=placement, actor=actor, reason=reason)
+    routing_changed.send(sender=Placement, model_id=placement.version.model_id)

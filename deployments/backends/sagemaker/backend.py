@@ -213,6 +213,19 @@ class SageMakerServingBackend:
             field="instance",
         )
 
+    def rebalance_refusal(self, *, endpoint: Endpoint) -> str:
+        return (
+            "SageMaker chooses which of its instances holds each model; the endpoint's "
+            "instance count follows its scaling policies."
+        )
+
+    def move_copy(self, *, placement, instance, actor: str, reason: str):
+        raise DomainError(
+            "SageMaker chooses which of its instances holds each model; only local instances "
+            "are rebalanced model by model.",
+            field="instance",
+        )
+
     def cloud_metrics(
         self, *, endpoints: Sequence[Endpoint], start: datetime, end: datetime
     ) -> CloudMetrics:

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import pytest
 from django.urls import reverse
 
-from deployments.models import Deployment
+from deployments.models import Deployment, Event
 from tests.deployments.dashboard.conftest import htmx
 from tests.factories import EventFactory, TrainingJobFactory
 
@@ -400,3 +400,18 @@ def test_no_poll_answer_carries_a_form_field_so_a_poll_never_replaces_one_being_
     } <= set(polled)
     # ... and none answered a field: the deploy forms' choices are never replaced mid-selection.
     assert {element: fields for element, fields in polled.items() if fields} == {}
+
+
+def test_the_what_if_page_shows_what_a_rebalance_would_save_and_runs_it(staff_client, fleet):
+    page = staff_client.get(reverse("dashboard:what-if")).content.decode()
+    assert reverse("dashboard:rebalance") in page
+
+    shown = staff_client.get(reverse("dashboard:rebalance"), **htmx("rebalance"))
+    asked = staff_client.post(reverse("dashboard:rebalance"), **htmx("rebalance"))
+
+    body = shown.content.decode()
+    assert shown.status_code == 200 and body.lstrip().startswith('<section id="rebalance"')
+    assert 'data-testid="rebalance-instances-saved"' in body and "<html" not in body
+    assert asked.status_code == 200
+    assert 'data-testid="rebalance-requested"' in asked.content.decode()
+    assert Event.objects.filter(kind="rebalance.requested").count() == 1
