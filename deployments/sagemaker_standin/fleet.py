@@ -1038,8 +1038,9 @@ class Fleet:
                     found.extend(c.process for c in instance.copies if c.process is not None)
             return found
 
-    def stop_everything(self) -> None:
-        """Stop every Triton (reset and shutdown); the AWS resources are moto's to forget."""
+    def stop_everything(self, *, kill: bool = False) -> None:
+        """Stop every Triton (reset and shutdown); the AWS resources are moto's to forget.
+        ``kill``: at once, without unloading their models in order (a reset forgets them)."""
         with self.lock:
             self._closing = True
         self.wait_idle(timeout_s=120.0)
@@ -1061,7 +1062,7 @@ class Fleet:
         ]
         # In parallel: each Triton takes a second or two to unload its models and exit.
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(self.image.stop, processes))
+            list(pool.map(self.image.kill if kill else self.image.stop, processes))
         for instance in instances:
             self._stop_instance(instance)  # already stopped: this clears and removes its files
         for endpoint in endpoints:

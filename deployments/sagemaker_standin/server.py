@@ -359,7 +359,8 @@ class StandinApp:
             if self.training is not None:
                 # First, so no training job writes to S3 after moto forgot it.
                 self.training.reset()
-            self.fleet.stop_everything()
+            # Everything is forgotten: no model needs an orderly unload.
+            self.fleet.stop_everything(kill=True)
             moto_api_backend.reset()
             self.scaling.forget()
 

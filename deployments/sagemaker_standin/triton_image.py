@@ -22,6 +22,7 @@ import urllib3
 
 from deployments.backends.local.process import (
     TritonProcess,
+    kill_triton,
     prepare_triton_home,
     read_log_tail,
     start_triton,
@@ -160,6 +161,11 @@ class TritonImage:
         """Stop a server and its python stubs, removing its shared memory; None is a no-op."""
         if process is not None:
             stop_triton(process, timeout_s=10.0)
+
+    def kill(self, process: TritonProcess | None) -> None:
+        """Kill a server and its python stubs at once, removing its shared memory."""
+        if process is not None:
+            kill_triton(process)
 
     def request(
         self,

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from deployments.backends.local.client import TritonMultiModelClient
-from deployments.backends.local.process import start_triton, stop_triton
+from deployments.backends.local.process import kill_triton, start_triton
 from models_registry.dataset_files import stratified_split
 from models_registry.demo.replies import generate_replies
 from models_registry.kinds import get_kind
@@ -62,7 +62,7 @@ def triton(tmp_path_factory, artifact):
         TritonMultiModelClient.for_process(process).load_model(MODEL, repository)
         yield process
     finally:
-        stop_triton(process)
+        kill_triton(process)  # its models need no orderly unload
 
 
 def send(triton, prompt: str, parameters: dict) -> http.client.HTTPResponse:

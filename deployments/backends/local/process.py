@@ -619,6 +619,15 @@ def stop_triton(process: TritonProcess, timeout_s: float = 10.0) -> None:
     _cleanup_after_exit(process)
 
 
+def kill_triton(process: TritonProcess) -> None:
+    """Kill a Triton server and everything it started at once (SIGKILL to its group), then
+    sweep its shared memory: for a server whose models need no orderly unload, such as one
+    being thrown away with everything it held."""
+    if process.pid:
+        _kill_group(process.pid)
+    _cleanup_after_exit(process)
+
+
 def _wait_gone(process: TritonProcess, server: psutil.Process | None, timeout_s: float) -> bool:
     if process.popen is not None:
         try:

@@ -18,9 +18,9 @@ import pytest
 from deployments.backends.local.client import TritonMultiModelClient
 from deployments.backends.local.packages import prepare_model_dir
 from deployments.backends.local.process import (
+    kill_triton,
     prepare_triton_home,
     start_triton,
-    stop_triton,
     tritonserver_path,
 )
 from deployments.backends.shared_heads import (
@@ -139,7 +139,7 @@ def triton(tmp_path_factory):
         startup_timeout_s=30,
     )
     yield process
-    stop_triton(process)
+    kill_triton(process)  # its models need no orderly unload
 
 
 @pytest.fixture(scope="module")

@@ -65,6 +65,28 @@ def ask(proxy_url: str, token: str, *, key: str | None = None, texts=TICKETS[:1]
         return error.code, None, time.perf_counter() - started, None
 
 
+def same_answer(answer, expected) -> bool:
+    """Equal, floats to 1e-5 relative: requests batched together on Triton may differ from a
+    lone one in the last digits."""
+    if isinstance(expected, dict):
+        return (
+            isinstance(answer, dict)
+            and answer.keys() == expected.keys()
+            and all(same_answer(answer[k], v) for k, v in expected.items())
+        )
+    if isinstance(expected, list):
+        return (
+            isinstance(answer, list)
+            and len(answer) == len(expected)
+            and all(same_answer(a, e) for a, e in zip(answer, expected, strict=True))
+        )
+    if isinstance(expected, float):
+        return isinstance(answer, float | int) and math.isclose(
+            answer, expected, rel_tol=1e-5, abs_tol=1e-7
+        )
+    return answer == expected
+
+
 def ask_many(proxy_url: str, token: str, count: int, *, workers: int = 8, **kwargs) -> list:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda _: ask(proxy_url, token, **kwargs), range(count)))
@@ -176,7 +198,8 @@ def test_a_shadow_never_changes_a_callers_answer_and_is_compared(proxy_url, inte
     answers = ask_many(proxy_url, token, 60, texts=TICKETS)
 
     assert all(status == 200 and version == 1 for status, version, *_ in answers)
-    assert all(body["outputs"] == expected for *_, body in answers)
+    # Requests batched together on Triton may differ from a lone one in the last float digits.
+    assert all(same_answer(body["outputs"], expected) for *_, body in answers)
     wait_until(lambda: mirroring.in_flight() == 0, 30, "shadow copies still in flight")
     shadow = usage_of(v2)
     # Every request was copied, or its copy dropped and counted (on a busy machine more than
@@ -256,7 +279,8 @@ def test_the_live_gate_aborts_a_canary_that_errors_and_callers_see_at_most_its_s
 def test_the_live_gate_promotes_a_good_canary(proxy_url, intent_artifact):
     model, token = deploy(intent_artifact)
     v2 = packaged_version(model, intent_artifact, 2)
-    start(model, v2, "canary", share=0.5, gate={"min_requests": 20})
+    # A loaded machine must not make a good release look slow: latency is not what this tests.
+    start(model, v2, "canary", share=0.5, gate={"min_requests": 20, "max_p99_ms": 60_000})
 
     ask_many(proxy_url, token, 80)
     flush_usage()

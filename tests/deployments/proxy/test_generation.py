@@ -145,8 +145,12 @@ def test_a_native_stream_sends_each_piece_then_done_and_is_counted(proxy_url, tm
     # Each piece takes the model 50 ms: the first cannot arrive sooner.
     assert 50 <= done["time_to_first_token_ms"] < 5000
 
-    usage.flush_usage()
-    row = VersionUsageMinute.objects.get(version=model.active_version)
+    # The request is counted once its last piece has gone out: a moment after the caller has it.
+    def counted():
+        usage.flush_usage()
+        return VersionUsageMinute.objects.filter(version=model.active_version).first()
+
+    row = wait_until(counted, 10, "the stream was never counted in the usage ledger")
     assert row.invocations == 1 and row.generations == 1 and row.generated_tokens == 5
     assert row.time_to_first_token_ms_sum >= 50
     assert row.generation_ms_sum >= 4 * 50 * 0.8  # four pauses between five pieces

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from deployments.backends.local import runtime
-from deployments.backends.local.process import STUB_NAME, start_triton, stop_triton
+from deployments.backends.local.process import STUB_NAME, kill_triton, start_triton
 from deployments.models import Endpoint, Event, Instance, Placement
 from deployments.placement.rows import memory_of
 from models_registry.models import ModelVersion
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def triton(tmp_path_factory):
     process = start_triton(workdir=tmp_path_factory.mktemp("triton-headroom"))
     yield process
-    stop_triton(process)
+    kill_triton(process)  # its models need no orderly unload
 
 
 @pytest.fixture
@@ -242,6 +242,8 @@ def test_the_background_evictor_drains_a_victims_request_in_flight_before_unload
 ):
     settings.TENANTML_EVICTION_HIGH_WATERMARK = 0.5
     settings.TENANTML_EVICTION_LOW_WATERMARK = 0.4
+    # One request each: least recently used names the victim (by request counts it is a tie).
+    settings.TENANTML_EVICTION_POLICY = "lru"
     victim, other = placements_on(instance, intent_artifact, 2)
     size = loaded_once([victim, other])
     runtime.invoke_placement(placement=victim, inputs=TICKETS[:1])

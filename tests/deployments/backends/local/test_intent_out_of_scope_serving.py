@@ -7,7 +7,7 @@ import pytest
 
 from deployments.backends.local import runtime
 from deployments.backends.local.client import TritonMultiModelClient
-from deployments.backends.local.process import start_triton, stop_triton
+from deployments.backends.local.process import kill_triton, start_triton
 from deployments.models import Endpoint
 from models_registry.demo.tickets import OUT_OF_SCOPE_LABEL, generate_tickets
 from models_registry.kinds import get_kind
@@ -28,7 +28,7 @@ TEXTS = [
 def triton(tmp_path_factory):
     process = start_triton(workdir=tmp_path_factory.mktemp("triton-out-of-scope"))
     yield process
-    stop_triton(process)
+    kill_triton(process)  # its models need no orderly unload
 
 
 @pytest.fixture(scope="module")

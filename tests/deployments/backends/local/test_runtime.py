@@ -21,7 +21,7 @@ import pytest
 
 from deployments.backends.local import runtime
 from deployments.backends.local.client import TritonMultiModelClient
-from deployments.backends.local.process import start_triton, stop_triton
+from deployments.backends.local.process import kill_triton, start_triton
 from deployments.exceptions import InstanceUnavailable, ModelBusy, ModelLoadFailed
 from deployments.models import Endpoint, Event, Instance, InstanceType, Placement
 from deployments.placement.eviction import CapacityExceeded
@@ -44,7 +44,7 @@ def triton(tmp_path_factory):
     """One real Triton server for the module; each test gets its own instance row on it."""
     process = start_triton(workdir=tmp_path_factory.mktemp("triton-serving"))
     yield process
-    stop_triton(process)
+    kill_triton(process)  # its models need no orderly unload
 
 
 @pytest.fixture
