@@ -465,23 +465,29 @@ def test_the_proxy_answers_503_with_retry_after_while_the_copy_starts(stubs):
     assert asked.data["asked"] is False
 
 
-@pytest.mark.django_db
-def test_a_step_policy_that_starts_the_copy_between_the_describe_and_the_ask_is_waited_for(stubs):
-    placement = ic_placement(load_time_ms=42_000.0, copies=0)
+def ask_refused(stubs: Stubs, *, message: str, then: dict) -> None:
+    """A component at zero copies whose UpdateInferenceComponentRuntimeConfig is refused with
+    ``message``; described as ``then`` afterwards."""
     stubs.sagemaker.add_response(
         "describe_inference_component", component_description(desired=0, current=0)
     )
-    # The no-capacity alarm's step policy set one copy a moment before the platform asked.
     stubs.sagemaker.add_client_error(
         "update_inference_component_runtime_config",
         service_error_code="ValidationException",
-        service_message=f"Inference component {COMPONENT} is Updating; wait until it is "
-        "InService or Failed.",
+        service_message=message,
         http_status_code=400,
     )
-    stubs.sagemaker.add_response(
-        "describe_inference_component",
-        component_description(desired=1, current=0, status="Updating"),
+    stubs.sagemaker.add_response("describe_inference_component", then)
+
+
+@pytest.mark.django_db
+def test_a_step_policy_that_starts_the_copy_between_the_describe_and_the_ask_is_waited_for(stubs):
+    placement = ic_placement(load_time_ms=42_000.0, copies=0)
+    # The no-capacity alarm's step policy set one copy a moment before the platform asked.
+    ask_refused(
+        stubs,
+        message=f"Inference component {COMPONENT} is Updating; wait until it is InService.",
+        then=component_description(desired=1, current=0, status="Updating"),
     )
 
     answer = scaling.wake_component(backend=stubs.backend, placement_id=placement.pk)
@@ -495,17 +501,10 @@ def test_a_step_policy_that_starts_the_copy_between_the_describe_and_the_ask_is_
 @pytest.mark.django_db
 def test_a_refused_ask_for_a_copy_nobody_else_started_is_an_error(stubs):
     placement = ic_placement(load_time_ms=42_000.0, copies=0)
-    stubs.sagemaker.add_response(
-        "describe_inference_component", component_description(desired=0, current=0)
-    )
-    stubs.sagemaker.add_client_error(
-        "update_inference_component_runtime_config",
-        service_error_code="ValidationException",
-        service_message="Inference component quota exceeded.",
-        http_status_code=400,
-    )
-    stubs.sagemaker.add_response(
-        "describe_inference_component", component_description(desired=0, current=0)
+    ask_refused(
+        stubs,
+        message="Inference component quota exceeded.",
+        then=component_description(desired=0, current=0),
     )
 
     with pytest.raises(EndpointBackendError, match="quota exceeded"):
