@@ -118,6 +118,30 @@ def test_a_perfect_packing_keeps_copies_of_one_model_apart_and_needs_whole_bins(
     assert packing.perfect_packing([600.0, 300.0], [0, 1], 1000.0, 3, bins=1, nodes=1000) is None
 
 
+@FAST
+@given(
+    splits=st.lists(
+        st.lists(st.integers(1, 60), min_size=1, max_size=3).filter(lambda cuts: sum(cuts) < 100),
+        min_size=1,
+        max_size=8,
+    ),
+    order=st.randoms(use_true_random=False),
+)
+def test_a_perfect_packing_fills_every_bin_exactly_with_each_item_once(splits, order):
+    # Bins of 100 cut into pieces: a perfect packing exists, and at most 32 pieces are few
+    # enough for the search to finish, so it must find one.
+    sizes = [float(size) for cuts in splits for size in [*cuts, 100 - sum(cuts)]]
+    order.shuffle(sizes)
+    sizes.sort(reverse=True)
+    owners = list(range(len(sizes)))
+
+    found = packing.perfect_packing(sizes, owners, 100.0, 4, bins=len(splits), nodes=200_000)
+
+    assert found is not None
+    assert sorted(i for b in found for i in b) == owners
+    assert all(sum(sizes[i] for i in b) == 100 and len(b) <= 4 for b in found)
+
+
 @pytest.mark.parametrize("count", [249, 1002])
 def test_larger_triplet_fleets_come_within_two_percent_of_the_optimum(count):
     sizes = sorted((float(s) for s in triplets(count, seed=3)), reverse=True)
