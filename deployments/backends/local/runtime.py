@@ -1334,7 +1334,16 @@ def _loader_gone(placement: Placement) -> bool:
         return False  # another machine's load, or none recorded: wait it out
     if int(pid) == os.getpid():
         return not (_SINGLE_FLIGHT.in_flight(placement.pk) or placement.pk in _EVICTING_HERE)
-    return not psutil.pid_exists(int(pid))
+    return not _running(int(pid))
+
+
+def _running(pid: int) -> bool:
+    """Whether a process of this host runs: a zombie does not (a killed worker's pool process
+    stays one where the container's first process reaps no orphans)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _recently_updated(placement: Placement) -> bool:

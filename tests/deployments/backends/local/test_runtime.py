@@ -9,6 +9,7 @@ and clear failures (never a hung instance) for corrupt packages and broken model
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -30,7 +31,7 @@ from models_registry.models import ModelVersion
 from models_registry.services.packaging import package_version
 from models_registry.triton_runtime.embedding import Predictor as EmbeddingPredictor
 from models_registry.triton_runtime.intent_classifier import Predictor as IntentPredictor
-from tests.factories import EndpointFactory, InstanceFactory, ModelVersionFactory
+from tests.factories import EndpointFactory, InstanceFactory, ModelVersionFactory, PlacementFactory
 
 TICKETS = [
     "Where is my refund? I sent the parcel back a month ago.",
@@ -592,3 +593,31 @@ def test_a_new_server_on_a_port_an_old_one_held_gets_its_own_client(db, tmp_path
     assert new_client is not old_client
     assert new_client.http_port == 45001
     assert runtime.client_for(new) is new_client
+
+
+def test_a_load_whose_worker_died_is_not_waited_for_even_while_its_process_is_a_zombie(db):
+    """A killed worker's pool process stays a zombie where nothing reaps orphans: the model it
+    was loading must be taken over at once, not after the foreign-load wait."""
+    import socket
+    import subprocess
+    import sys
+
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while psutil.Process(exited.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.01)
+        placement = PlacementFactory(
+            actual_state=Placement.ActualState.LOADING,
+            loading_by=f"{socket.gethostname()}:{exited.pid}",
+        )
+        alive = PlacementFactory(
+            actual_state=Placement.ActualState.LOADING,
+            loading_by=f"{socket.gethostname()}:{os.getppid()}",
+        )
+
+        assert runtime._loader_gone(placement) is True
+        assert runtime._loader_gone(alive) is False
+    finally:
+        exited.wait()
