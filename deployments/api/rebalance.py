@@ -6,10 +6,10 @@ from __future__ import annotations
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.errors import NotFound
 from config.openapi import error_responses
 from deployments.models import Endpoint
 from deployments.selectors.rebalance import rebalance_report
@@ -78,7 +78,7 @@ def _endpoint_id(name: str | None) -> int | None:
         .first()
     )
     if endpoint is None:
-        raise ValidationError({"endpoint": [f"No live endpoint is named {name[:63]!r}."]})
+        raise NotFound(f"No live endpoint is named {name[:63]!r}.", field="endpoint")
     return endpoint.pk
 
 
@@ -103,7 +103,7 @@ class RebalanceView(APIView):
                 "endpoint", OpenApiTypes.STR, description="Only this endpoint (by name)."
             )
         ],
-        responses={200: RebalanceSerializer, **error_responses({400: "No such endpoint."})},
+        responses={200: RebalanceSerializer, **error_responses({404: "No such endpoint."})},
     )
     def get(self, request):
         endpoint = request.query_params.get("endpoint")
@@ -119,7 +119,10 @@ class RebalanceView(APIView):
         "instances left empty are stopped. The answer is the plan as it stood; the "
         "`rebalance.completed` event says what was done.",
         request=RebalanceRequestSerializer,
-        responses={202: RebalanceSerializer, **error_responses({400: "No such endpoint."})},
+        responses={
+            202: RebalanceSerializer,
+            **error_responses({400: "A malformed body.", 404: "No such endpoint."}),
+        },
     )
     def post(self, request):
         body = RebalanceRequestSerializer(data=request.data)

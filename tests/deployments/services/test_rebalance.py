@@ -124,9 +124,9 @@ def test_the_rebalance_api_is_for_platform_tokens_and_names_a_bad_endpoint():
     missing = platform_client().get("/api/v1/fleet/rebalance", {"endpoint": "nope"})
 
     assert answer.status_code == 200 and answer.json()["instances_saved"] == 2
-    assert unknown.status_code == 400 and "endpoint" in unknown.json()["error"]["message"]
+    assert unknown.status_code == 400 and unknown.json()["error"]["field"] == "endpoint"
     assert "x" * 100 not in unknown.content.decode()
-    assert missing.status_code == 400 and missing.json()["error"]["field"] == "endpoint"
+    assert missing.status_code == 404 and missing.json()["error"]["field"] == "endpoint"
 
 
 @pytest.mark.django_db(transaction=True)
