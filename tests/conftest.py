@@ -96,6 +96,16 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+@pytest.fixture(autouse=True, scope="session")
+def fast_password_hashing():
+    """Test users' throwaway passwords are hashed with a fast hasher: the platform's PBKDF2 takes
+    a quarter of a second a hash, paid by every user a test creates or logs in."""
+    from django.test.utils import override_settings
+
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def instance_catalog(request):
     """The seeded instance catalog, for every test that touches the database.
