@@ -89,8 +89,92 @@ def embedding_artifact(tmp_path_factory, base_encoder_files) -> Path:
     return out_dir
 
 
+# Packages this session built, by what they are built from: packaging is byte-for-byte
+# deterministic, so the same artifact under the same Triton name gives the same tarball, and
+# the serving tests (which do not test packaging) take a copy instead of building it again.
+_BUILT_PACKAGES: dict[tuple, tuple[Path, object]] = {}
+
+
+KEPT_PACKAGES = 24
+_PACKAGE_CACHE: list[Path] = []
+
+
+def _package_cache() -> Path:
+    """This session's directory of kept packages, removed when the session ends."""
+    if not _PACKAGE_CACHE:
+        import atexit
+        import shutil
+        import tempfile
+
+        _PACKAGE_CACHE.append(Path(tempfile.mkdtemp(prefix="tenantml-test-packages-")))
+        atexit.register(shutil.rmtree, _PACKAGE_CACHE[0], ignore_errors=True)
+    return _PACKAGE_CACHE[0]
+
+
+def _package_key(kind: str, artifact_dir: Path, triton_model_name: str, device: str) -> tuple:
+    from models_registry.kinds import get_kind
+
+    files = tuple(
+        (str(path.relative_to(artifact_dir)), path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(artifact_dir.rglob("*"))
+        if path.is_file()
+    )
+    return (repr(get_kind(kind)), str(artifact_dir.resolve()), files, triton_model_name, device)
+
+
+def _reusing_packages(source_dir: Path):
+    """``build_triton_package`` for artifacts of ``source_dir``, reusing this session's builds."""
+    import dataclasses
+    import shutil
+    import tempfile
+
+    from models_registry.services import packaging
+
+    build = packaging.build_triton_package
+
+    def build_or_copy(*, kind, artifact_dir, triton_model_name, out_path, **options):
+        device = options.get("device", "cpu")
+        reusable = Path(source_dir).is_dir() and not (
+            options.get("runtime_layer") is not None or options.get("gpu_encoder") is not None
+        )
+        if not reusable:
+            return build(
+                kind=kind,
+                artifact_dir=artifact_dir,
+                triton_model_name=triton_model_name,
+                out_path=out_path,
+                **options,
+            )
+        key = _package_key(kind, Path(source_dir), triton_model_name, device)
+        if key in _BUILT_PACKAGES:
+            kept, info = _BUILT_PACKAGES.pop(key)
+            _BUILT_PACKAGES[key] = (kept, info)  # most recently used last
+            shutil.copyfile(kept, out_path)
+            return dataclasses.replace(info, path=Path(out_path))
+        info = build(
+            kind=kind,
+            artifact_dir=artifact_dir,
+            triton_model_name=triton_model_name,
+            out_path=out_path,
+            **options,
+        )
+        kept = Path(tempfile.mkdtemp(prefix="tenantml-test-package-", dir=_package_cache()))
+        kept = kept / "model.tar.gz"
+        shutil.copyfile(info.path, kept)
+        _BUILT_PACKAGES[key] = (kept, info)
+        while len(_BUILT_PACKAGES) > KEPT_PACKAGES:  # a few dozen MB each
+            oldest = next(iter(_BUILT_PACKAGES))
+            shutil.rmtree(_BUILT_PACKAGES.pop(oldest)[0].parent, ignore_errors=True)
+        return info
+
+    return build_or_copy
+
+
 def packaged_version(model, artifact_dir: Path, number: int, *, promote: bool = False):
-    """A version of ``model`` built from ``artifact_dir``, packaged for Triton (and promoted)."""
+    """A version of ``model`` built from ``artifact_dir``, packaged for Triton (and promoted);
+    a package this session already built from the same artifact and name is copied."""
+    from unittest import mock
+
     from models_registry.models import ModelVersion
     from models_registry.services.packaging import package_version
     from models_registry.services.promotion import promote_version
@@ -104,7 +188,11 @@ def packaged_version(model, artifact_dir: Path, number: int, *, promote: bool = 
         host_memory_mb=None,
         metrics={"macro_f1": 0.9},
     )
-    version = package_version(version=version, actor="test")
+    with mock.patch(
+        "models_registry.services.packaging.build_triton_package",
+        _reusing_packages(Path(artifact_dir)),
+    ):
+        version = package_version(version=version, actor="test")
     if promote:
         version = promote_version(version=version, actor="test")
         model.refresh_from_db()
